@@ -1,0 +1,250 @@
+/*
+ * config.h: the sidecar's configuration model, loaded from sidecar.yaml and
+ * one policies/<upstream>.yaml per upstream (libyaml).
+ *
+ * Loading is strict: unknown keys, bad durations, bad addresses and
+ * impossible values are errors that name the file, line and field; nothing
+ * is silently defaulted. All problems in all files are collected (not just
+ * the first) so `sidecar --check` can print every one.
+ *
+ * Ownership: sc_config_load() returns a config the caller owns and releases
+ * with sc_config_free(); every string and array inside belongs to it. A
+ * loaded config is immutable and may be read from any thread.
+ */
+#ifndef SC_CONFIG_H
+#define SC_CONFIG_H
+
+#include "core/common.h"
+#include "core/log.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+/* A resolved socket address plus its text form as the user wrote it. */
+typedef struct sc_addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char text[80];   /* "127.0.0.1:9191", "[::1]:80", "localhost:8080" */
+} sc_addr;
+
+typedef enum { SC_PROTO_HTTP1 = 0, SC_PROTO_HTTP2, SC_PROTO_GRPC } sc_proto;
+const char *sc_proto_name(sc_proto p);
+
+typedef enum { SC_LB_ROUND_ROBIN = 0, SC_LB_LEAST_REQUEST, SC_LB_RANDOM } sc_lb_kind;
+const char *sc_lb_kind_name(sc_lb_kind k);
+
+/* All durations are milliseconds; 0 means "no limit" only where a comment says so. */
+typedef struct sc_timeouts {
+    uint64_t connect_ms;      /* default 1000 */
+    uint64_t request_ms;      /* overall, 0 = none; default 15000 */
+    uint64_t per_try_ms;      /* 0 = same as request; default 0 */
+    uint64_t idle_ms;         /* idle connection timeout, default 60000 */
+    uint64_t header_read_ms;  /* inbound/downstream only: whole head must arrive; default 10000 */
+} sc_timeouts;
+
+/* Retry / failure conditions as bits (policy `retries.on`, breaker `failure_on`). */
+enum {
+    SC_COND_5XX = 1u << 0,
+    SC_COND_GATEWAY_ERROR = 1u << 1,   /* 502, 503, 504 */
+    SC_COND_CONNECT_FAILURE = 1u << 2,
+    SC_COND_RESET = 1u << 3,
+    SC_COND_REFUSED_STREAM = 1u << 4,
+    SC_COND_TIMEOUT = 1u << 5,
+    SC_COND_4XX = 1u << 6,
+};
+
+typedef struct sc_retry_policy {
+    bool enabled;
+    uint32_t max_attempts;        /* >= 1; 1 = no retry */
+    uint32_t on;                  /* SC_COND_* bits */
+    uint32_t on_grpc;             /* bit n = gRPC status code n (0..16) */
+    uint64_t backoff_base_ms;     /* default 25 */
+    uint64_t backoff_max_ms;      /* default 250 */
+    double budget_ratio;          /* 0..1, default 0.2 */
+    uint32_t budget_min_per_second; /* default 10 */
+    uint64_t buffer_limit;        /* bytes of request body kept for replay, default 65536 */
+} sc_retry_policy;
+
+typedef struct sc_bulkhead_policy {
+    bool enabled;
+    uint32_t max_concurrent;      /* >= 1 */
+    uint32_t max_pending;         /* 0 = no queue */
+    uint64_t queue_timeout_ms;
+    uint32_t max_connections;     /* per upstream, across workers; 0 = unlimited */
+} sc_bulkhead_policy;
+
+typedef struct sc_breaker_policy {
+    bool enabled;
+    double failure_rate;          /* percent, 0 < x <= 100 */
+    uint64_t slow_call_ms;        /* 0 = slow calls not tracked */
+    double slow_call_rate;        /* percent */
+    uint64_t window_ms;
+    uint32_t min_calls;
+    uint64_t open_for_ms;
+    uint32_t half_open_calls;
+    uint32_t consecutive_failures; /* 0 = off */
+    uint32_t failure_on;          /* SC_COND_* bits; default gateway-error|connect-failure|reset|timeout */
+    uint32_t failure_on_grpc;     /* gRPC code bits; default unavailable|deadline-exceeded|internal|unknown|data-loss */
+    bool has_fallback;
+    uint32_t fallback_http_status;
+    char *fallback_http_body;
+    uint32_t fallback_grpc_status;
+    char *fallback_grpc_message;
+} sc_breaker_policy;
+
+typedef struct sc_outlier_policy {
+    bool enabled;
+    uint32_t consecutive_failures;  /* default 5 */
+    uint64_t eject_for_ms;          /* base ejection time, default 30000 */
+    uint64_t max_eject_ms;          /* cap, default 300000 */
+    double max_ejected_percent;     /* default 50 */
+} sc_outlier_policy;
+
+typedef enum { SC_TLS_OFF = 0, SC_TLS_SIMPLE, SC_TLS_MUTUAL } sc_tls_mode;
+
+typedef struct sc_static_instance {
+    sc_addr addr;
+    uint32_t weight;                /* default 1, >= 1 */
+} sc_static_instance;
+
+typedef enum { SC_DISCOVERY_STATIC = 0, SC_DISCOVERY_CONSUL } sc_discovery_kind;
+
+/* One upstream: policies/<name>.yaml. */
+typedef struct sc_policy {
+    char *file;                     /* path it was loaded from */
+    char *name;                     /* `upstream:` */
+    sc_proto protocol;
+    sc_addr listen;                 /* local outbound listener */
+    sc_discovery_kind discovery;
+    sc_static_instance *instances;  /* static discovery */
+    size_t n_instances;
+    struct {
+        char *service;              /* default: the upstream name */
+        char *tag;                  /* NULL = none */
+        char *dc;                   /* NULL = agent's */
+    } consul;
+    sc_timeouts timeouts;
+    sc_retry_policy retries;
+    sc_bulkhead_policy bulkhead;
+    sc_breaker_policy breaker;
+    sc_outlier_policy outlier;
+    sc_lb_kind lb;
+    struct {
+        sc_tls_mode mode;
+        char *server_identity;      /* expected URI SAN, NULL = any from the CA */
+        char *sni;
+    } tls;
+} sc_policy;
+
+typedef struct sc_kv { char *key; char *value; } sc_kv;
+
+typedef struct sc_config {
+    char *file;                     /* path of sidecar.yaml */
+    struct {
+        char *name;                 /* required */
+        char *id;                   /* default: name */
+        char *address;              /* registration address, NULL = detect */
+        char **tags; size_t n_tags;
+        sc_kv *meta; size_t n_meta;
+    } service;
+    struct {
+        bool enabled;               /* an `inbound:` section exists */
+        sc_addr listen;             /* public listener */
+        sc_addr app;                /* local app */
+        sc_proto app_protocol;      /* how to talk to the app; default http1 */
+        sc_timeouts timeouts;
+        uint32_t max_concurrent;    /* inbound bulkhead, 0 = unlimited */
+    } inbound;
+    struct {
+        sc_addr listen;             /* default 127.0.0.1:19000 */
+    } admin;
+    uint32_t workers;               /* 0 = number of cores */
+    uint64_t drain_timeout_ms;      /* default 10000 */
+    char *policies_dir;             /* resolved against the config's directory; NULL = none */
+    struct {
+        uint32_t max_header_bytes;  /* request line + headers, default 65536 */
+        uint32_t max_request_line;  /* default 8192 */
+        uint32_t stream_buffer;     /* per-direction per-stream buffer, default 65536 */
+        uint32_t max_connections;   /* downstream connections per worker, default 10000 */
+        uint32_t h2_max_concurrent_streams; /* advertised to clients, default 256 */
+    } limits;
+    sc_log_level log_level;         /* default info */
+    struct {
+        bool enabled;               /* a `consul:` section exists */
+        char *address;              /* default: $CONSUL_HTTP_ADDR or 127.0.0.1:8500; http://, https://, unix:// */
+        char *token;                /* default: $CONSUL_HTTP_TOKEN(_FILE) */
+        char *token_file;
+        bool ssl;                   /* $CONSUL_HTTP_SSL */
+        bool ssl_verify;            /* default true */
+        char *ca_file, *cert_file, *key_file;
+        char *datacenter;           /* NULL = agent's */
+        bool register_service;      /* default true */
+        enum { SC_CHECK_HTTP = 0, SC_CHECK_TTL, SC_CHECK_GRPC, SC_CHECK_NONE } check;
+        uint64_t check_interval_ms; /* default 10000 */
+        uint64_t check_ttl_ms;      /* default 15000 */
+        uint64_t deregister_after_ms; /* DeregisterCriticalServiceAfter, 0 = never; min 60000 */
+        uint64_t wait_ms;           /* blocking query wait, default 300000 */
+        char *cache_file;           /* last known instances, NULL = off */
+    } consul;
+    struct {
+        char *cert_file, *key_file, *ca_file; /* NULL = no TLS */
+        char **allow; size_t n_allow;        /* inbound caller identities, "*"-suffix patterns */
+        char *identity_header;               /* default "x-sidecar-caller" */
+    } tls;
+    sc_policy *policies;            /* from policies_dir and inline `upstreams:` */
+    size_t n_policies;
+} sc_config;
+
+/* One problem found while loading: `file:line: field: message`. */
+typedef struct sc_diag {
+    char *file;
+    unsigned line;                  /* 1-based, 0 = whole file */
+    char *field;                    /* dotted path, e.g. "timeouts.connect" */
+    char *msg;
+} sc_diag;
+
+typedef struct sc_diags {
+    sc_diag *v;
+    size_t n, cap;
+} sc_diags;
+
+void sc_diags_add(sc_diags *d, const char *file, unsigned line, const char *field,
+                  const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void sc_diags_free(sc_diags *d);
+
+/*
+ * Loads sidecar.yaml at `path` and every *.yaml in its policies directory.
+ * Returns 0 and sets *out, or -EINVAL with every problem in `diags` (then
+ * *out is NULL), or -errno when a file cannot be read (also in diags).
+ */
+int sc_config_load(const char *path, sc_config **out, sc_diags *diags);
+
+/* Same, from a YAML string (the embedded example, tests, fuzzing); `name`
+ * stands for the file name in diagnostics, `base_dir` resolves relative paths. */
+int sc_config_load_string(const char *yaml, size_t len, const char *name,
+                          const char *base_dir, sc_config **out, sc_diags *diags);
+
+/* Parses one policy document (tests, fuzzing). */
+int sc_policy_load_string(const char *yaml, size_t len, const char *name,
+                          sc_policy *out, sc_diags *diags);
+void sc_policy_clear(sc_policy *p);
+
+void sc_config_free(sc_config *cfg);
+
+/* "250ms", "2s", "1m", "1h", "1m30s", "0"; returns 0 or -EINVAL (also on overflow,
+ * negative, fractional or unit-less non-zero values). */
+int sc_duration_parse(const char *s, uint64_t *ms);
+
+/* "ip:port", "[v6]:port" and, when allow_hostname, "name:port" (resolved now
+ * with getaddrinfo, first answer). Port 1..65535 (0 allowed when allow_zero_port). */
+int sc_addr_parse(const char *s, sc_addr *out, bool allow_hostname);
+
+/* The effective configuration as a JSON document (admin /config), caller frees
+ * with json_decref. Never contains secrets (tokens are shown as "<set>"). */
+struct json_t;
+struct json_t *sc_config_to_json(const sc_config *cfg);
+
+/* The built-in example (`sidecar` without --config): a YAML string. */
+extern const char sc_config_example_yaml[];
+
+#endif

@@ -1,0 +1,45 @@
+/*
+ * common.h: the conventions every module of the sidecar follows.
+ *
+ * Errors: a function that can fail returns int; 0 (or a non-negative count)
+ * means success and a negative errno value means failure (-EINVAL for bad
+ * input, -ENOMEM when an allocation failed, -EPROTO for a protocol
+ * violation by a peer, ...), the libuv convention. Functions that need to
+ * explain a failure to a human take a `char *err, size_t errlen` buffer.
+ *
+ * Naming: every exported symbol starts with `sc_<module>_`; types are
+ * `sc_<thing>`; static helpers inside a .c file carry no prefix.
+ *
+ * Memory: a header says who owns what it returns. Unless it says otherwise
+ * the caller owns nothing it did not allocate itself.
+ */
+#ifndef SC_COMMON_H
+#define SC_COMMON_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SC_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define SC_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define SC_MAX(a, b) ((a) > (b) ? (a) : (b))
+#define SC_UNUSED(x) ((void)(x))
+#define SC_LIKELY(x) __builtin_expect(!!(x), 1)
+#define SC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* container_of: from a pointer to a member back to its enclosing struct. */
+#define SC_CONTAINER_OF(ptr, type, member) \
+    ((type *)((char *)(ptr) - offsetof(type, member)))
+
+/* Allocation that cannot usefully fail at start-up (config, tables): aborts
+ * with a message on out-of-memory. Never used on the per-request path. */
+void *sc_xcalloc(size_t n, size_t size);
+char *sc_xstrdup(const char *s);
+char *sc_xstrndup(const char *s, size_t n);
+
+/* Monotonic clock in milliseconds / nanoseconds (CLOCK_MONOTONIC). */
+uint64_t sc_now_ms(void);
+uint64_t sc_now_ns(void);
+
+#endif

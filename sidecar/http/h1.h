@@ -1,0 +1,140 @@
+/*
+ * h1.h: a strict HTTP/1.1 codec that does no I/O (the nghttp2 way): bytes go
+ * in, parsed heads and body chunks come out. Used on both sides of the proxy:
+ * requests from callers and responses from upstreams.
+ *
+ * Strictness (RFC 9112): CRLF line endings only; method and header names are
+ * tokens; header values are VCHAR / obs-text / SP / HTAB; no whitespace
+ * before the colon; no obs-fold; exactly one Host for requests; a
+ * Content-Length is 1*DIGIT without overflow, duplicates with different
+ * values are refused; Transfer-Encoding together with Content-Length is
+ * refused; a request whose Transfer-Encoding is not exactly "chunked" is
+ * refused (a response's is read until close); chunk sizes are hex without
+ * overflow; limits on request line and header block size.
+ *
+ * Memory: sc_h1_parse_head() does not copy: the sc_h1_head fields point into
+ * the caller's buffer and stay valid while that buffer does.
+ */
+#ifndef SC_H1_H
+#define SC_H1_H
+
+#include "core/common.h"
+
+#define SC_H1_MAX_HEADERS 100
+
+typedef struct sc_h1_str {
+    const char *p;
+    size_t len;
+} sc_h1_str;
+
+typedef struct sc_h1_header {
+    sc_h1_str name;
+    sc_h1_str value;
+} sc_h1_header;
+
+typedef enum {
+    SC_H1_BODY_NONE = 0,     /* no body (GET without length, 204, 304, HEAD response) */
+    SC_H1_BODY_LENGTH,       /* Content-Length bytes */
+    SC_H1_BODY_CHUNKED,
+    SC_H1_BODY_UNTIL_CLOSE,  /* responses only */
+} sc_h1_body_kind;
+
+typedef struct sc_h1_head {
+    /* request */
+    sc_h1_str method;
+    sc_h1_str target;
+    /* response */
+    int status;
+    sc_h1_str reason;
+    /* both */
+    int minor_version;                 /* 0 or 1 */
+    sc_h1_header headers[SC_H1_MAX_HEADERS];
+    size_t n_headers;
+    /* derived from the headers */
+    sc_h1_body_kind body;
+    uint64_t content_length;           /* when body == SC_H1_BODY_LENGTH */
+    bool keep_alive;                   /* after this message (version and Connection) */
+    bool expect_continue;              /* request: Expect: 100-continue */
+    bool upgrade;                      /* Connection: upgrade with an Upgrade header */
+    sc_h1_str host;                    /* request: the Host header value */
+    bool te_trailers;                  /* request: TE contains "trailers" */
+} sc_h1_head;
+
+typedef struct sc_h1_limits {
+    size_t max_request_line;           /* request line / status line, default 8192 */
+    size_t max_head;                   /* whole head incl. final CRLF, default 65536 */
+} sc_h1_limits;
+
+/* Parse errors: distinguishable so the caller can answer 400 or 431. */
+#define SC_H1_ERR_INCOMPLETE 0         /* not an error: need more bytes */
+#define SC_H1_ERR_SYNTAX (-EPROTO)     /* -> 400 */
+#define SC_H1_ERR_TOO_LARGE (-EMSGSIZE) /* -> 431 (head) or 414 (request line) */
+#define SC_H1_ERR_LINE_TOO_LONG (-ENAMETOOLONG) /* -> 414 */
+#define SC_H1_ERR_UNSUPPORTED (-ENOTSUP) /* -> 501 (e.g. unknown transfer coding), 505 for version */
+
+/*
+ * Parses a request head (is_request) or a response head from buf[0..len).
+ * Returns the number of bytes the head occupies (> 0) when complete,
+ * 0 when more bytes are needed (and the limits are not yet exceeded), or a
+ * negative SC_H1_ERR_*. `why`, when not NULL, receives a static string
+ * naming the problem ("duplicate Content-Length", ...).
+ * For responses, `request_method_head` and the status decide body == NONE.
+ */
+int sc_h1_parse_head(const char *buf, size_t len, bool is_request, bool request_method_head,
+                     const sc_h1_limits *limits, sc_h1_head *out, const char **why);
+
+/* Case-insensitive lookup of the first header named `name`; NULL if absent. */
+const sc_h1_header *sc_h1_find(const sc_h1_head *h, const char *name);
+
+/* True for hop-by-hop headers a proxy must not forward: Connection,
+ * Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade,
+ * and any header named in `connection` (the Connection header's value,
+ * a comma list; may be empty). */
+bool sc_h1_is_hop_by_hop(const char *name, size_t len, sc_h1_str connection);
+
+/*
+ * Body decoder: feed bytes that follow the head.
+ */
+typedef struct sc_h1_body {
+    sc_h1_body_kind kind;
+    uint64_t remaining;                /* LENGTH: bytes left; CHUNKED: bytes left in chunk */
+    int state;                         /* private */
+    size_t aux;                        /* private: bytes consumed of the current line */
+    size_t trailer_bytes;              /* private */
+    size_t max_trailer_bytes;          /* default 16384 (set by init) */
+    /* Trailer section of a chunked body, accumulated (raw "name: value\r\n" lines,
+     * validated). Caller-provided storage; trailers beyond it are an error. */
+    char *trailer_buf;
+    size_t trailer_cap, trailer_len;
+} sc_h1_body;
+
+void sc_h1_body_init(sc_h1_body *b, sc_h1_body_kind kind, uint64_t content_length,
+                     char *trailer_buf, size_t trailer_cap);
+
+typedef enum {
+    SC_H1_BODY_NEED_MORE = 0,          /* all input consumed, no data produced */
+    SC_H1_BODY_DATA = 1,               /* *data/*data_len is body payload (points into input) */
+    SC_H1_BODY_DONE = 2,               /* message complete; trailers (if any) in trailer_buf */
+} sc_h1_body_result;
+
+/*
+ * Consumes from in[0..len): sets *consumed to the bytes used. Returns
+ * SC_H1_BODY_DATA with payload in (*data, *data_len) (call again with the rest),
+ * SC_H1_BODY_DONE at the end of the message (bytes after it belong to the next
+ * message), SC_H1_BODY_NEED_MORE when all input was consumed without payload,
+ * or SC_H1_ERR_SYNTAX / SC_H1_ERR_TOO_LARGE. UNTIL_CLOSE never returns DONE:
+ * the caller ends it at EOF. For NONE it returns DONE at once.
+ */
+int sc_h1_body_decode(sc_h1_body *b, const char *in, size_t len, size_t *consumed,
+                      const char **data, size_t *data_len);
+
+/*
+ * Parses the accumulated trailer block into headers (pointers into b->trailer_buf).
+ * Returns the count (>= 0) or SC_H1_ERR_SYNTAX.
+ */
+int sc_h1_body_trailers(const sc_h1_body *b, sc_h1_header *out, size_t max);
+
+/* Reason phrase for a status code ("OK", "Bad Gateway", ... "Unknown"). */
+const char *sc_h1_reason(int status);
+
+#endif
