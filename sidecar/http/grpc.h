@@ -1,0 +1,57 @@
+/*
+ * grpc.h: the few gRPC facts the transparent data plane needs. The sidecar
+ * never decodes protobuf; it reads `grpc-timeout`, `grpc-status`,
+ * `grpc-message`, `grpc-retry-pushback-ms`, and speaks gRPC errors.
+ * Pure functions, no allocation.
+ */
+#ifndef SC_GRPC_H
+#define SC_GRPC_H
+
+#include "core/common.h"
+
+/* gRPC status codes (https://grpc.github.io/grpc/core/md_doc_statuscodes.html). */
+typedef enum {
+    SC_GRPC_OK = 0, SC_GRPC_CANCELLED = 1, SC_GRPC_UNKNOWN = 2, SC_GRPC_INVALID_ARGUMENT = 3,
+    SC_GRPC_DEADLINE_EXCEEDED = 4, SC_GRPC_NOT_FOUND = 5, SC_GRPC_ALREADY_EXISTS = 6,
+    SC_GRPC_PERMISSION_DENIED = 7, SC_GRPC_RESOURCE_EXHAUSTED = 8, SC_GRPC_FAILED_PRECONDITION = 9,
+    SC_GRPC_ABORTED = 10, SC_GRPC_OUT_OF_RANGE = 11, SC_GRPC_UNIMPLEMENTED = 12,
+    SC_GRPC_INTERNAL = 13, SC_GRPC_UNAVAILABLE = 14, SC_GRPC_DATA_LOSS = 15,
+    SC_GRPC_UNAUTHENTICATED = 16,
+} sc_grpc_status;
+
+#define SC_GRPC_STATUS_MAX 16
+
+/* "unavailable", "deadline-exceeded", ... (lower case, dashes: policy spelling). */
+const char *sc_grpc_status_name(int code);
+/* Accepts the policy spelling, upper-case with underscores ("UNAVAILABLE",
+ * "DEADLINE_EXCEEDED") and decimal digits; returns 0..16 or -EINVAL. */
+int sc_grpc_status_parse(const char *s, size_t len);
+
+/*
+ * grpc-timeout: 1 to 8 ASCII digits followed by one unit of H M S m u n.
+ * Parses into nanoseconds (saturating at UINT64_MAX / 2). Returns 0 or -EINVAL.
+ */
+int sc_grpc_timeout_parse(const char *s, size_t len, uint64_t *ns);
+/*
+ * Formats `ns` as the most precise grpc-timeout value that fits 8 digits,
+ * rounding up so that a deadline is never shortened below 1 unit; writes a NUL
+ * terminated string into buf (at least 10 bytes). Returns its length.
+ */
+size_t sc_grpc_timeout_format(uint64_t ns, char *buf, size_t cap);
+
+/* True when a content-type value is application/grpc or application/grpc+x / ;x. */
+bool sc_grpc_is_content_type(const char *v, size_t len);
+
+/*
+ * grpc-message is percent-encoded (RFC 3986 unreserved stays, everything
+ * else outside 0x20..0x7E and '%' itself as %XX). Returns the encoded length
+ * written (truncating safely at cap-1, always NUL terminated).
+ */
+size_t sc_grpc_message_encode(const char *msg, char *buf, size_t cap);
+
+/* HTTP status -> gRPC status, as gRPC clients map a non-200 response
+ * (400->INTERNAL, 401->UNAUTHENTICATED, 403->PERMISSION_DENIED,
+ * 404->UNIMPLEMENTED, 429/502/503/504->UNAVAILABLE, else UNKNOWN). */
+int sc_grpc_status_from_http(int http_status);
+
+#endif
