@@ -18,6 +18,7 @@
 #include "core/log.h"
 
 #include <netinet/in.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 /* A resolved socket address plus its text form as the user wrote it. */
@@ -211,6 +212,8 @@ typedef struct sc_diags {
 void sc_diags_add(sc_diags *d, const char *file, unsigned line, const char *field,
                   const char *fmt, ...) __attribute__((format(printf, 5, 6)));
 void sc_diags_free(sc_diags *d);
+/* Prints one `file:line: field: message` line per problem (line omitted when 0). */
+void sc_diags_print(const sc_diags *d, FILE *out);
 
 /*
  * Loads sidecar.yaml at `path` and every *.yaml in its policies directory.
@@ -224,9 +227,13 @@ int sc_config_load(const char *path, sc_config **out, sc_diags *diags);
 int sc_config_load_string(const char *yaml, size_t len, const char *name,
                           const char *base_dir, sc_config **out, sc_diags *diags);
 
-/* Parses one policy document (tests, fuzzing). */
+/* Parses one policy document (tests, fuzzing). Returns 0 (the caller then
+ * owns *out and releases it with sc_policy_clear) or -EINVAL with the problems
+ * in diags and *out left zeroed (sc_policy_clear on it is a no-op). Static
+ * instances given as hostnames are resolved now. */
 int sc_policy_load_string(const char *yaml, size_t len, const char *name,
                           sc_policy *out, sc_diags *diags);
+/* Frees everything inside *p and zeroes it; safe on a zeroed policy. */
 void sc_policy_clear(sc_policy *p);
 
 void sc_config_free(sc_config *cfg);
@@ -234,15 +241,30 @@ void sc_config_free(sc_config *cfg);
 /* "250ms", "2s", "1m", "1h", "1m30s", "0"; returns 0 or -EINVAL (also on overflow,
  * negative, fractional or unit-less non-zero values). */
 int sc_duration_parse(const char *s, uint64_t *ms);
+/* Largest duration accepted: its value in nanoseconds still fits in 64 bits. */
+#define SC_DURATION_MAX_MS (UINT64_MAX / 1000000u)
+/* Formats ms the way sc_duration_parse reads it back ("1m30s", "250ms", "0");
+ * NUL terminated, truncated to cap. Returns the length it wanted to write. */
+size_t sc_duration_format(uint64_t ms, char *buf, size_t cap);
+/* Sizes: "65536", "64KiB", "1MiB", "1GiB" (also "512B"); 0 or -EINVAL. */
+int sc_size_parse(const char *s, uint64_t *bytes);
 
 /* "ip:port", "[v6]:port" and, when allow_hostname, "name:port" (resolved now
  * with getaddrinfo, first answer). Port 1..65535 (0 allowed when allow_zero_port). */
 int sc_addr_parse(const char *s, sc_addr *out, bool allow_hostname);
+/* Same; on failure *why (when not NULL) names the problem for a human.
+ * Returns -EINVAL for bad syntax, -EHOSTUNREACH when a name does not resolve. */
+int sc_addr_parse_why(const char *s, sc_addr *out, bool allow_hostname, const char **why);
+/* Test and fuzzing hook: when false, hostnames are never looked up (they fail
+ * with -EHOSTUNREACH) so loading a config never waits on DNS. Default true. */
+void sc_addr_set_dns_enabled(bool enabled);
 
 /* The effective configuration as a JSON document (admin /config), caller frees
  * with json_decref. Never contains secrets (tokens are shown as "<set>"). */
 struct json_t;
 struct json_t *sc_config_to_json(const sc_config *cfg);
+/* One upstream's effective policy, same shape as an entry of "upstreams". */
+struct json_t *sc_policy_to_json(const sc_policy *p);
 
 /* The built-in example (`sidecar` without --config): a YAML string. */
 extern const char sc_config_example_yaml[];

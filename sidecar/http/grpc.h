@@ -21,7 +21,8 @@ typedef enum {
 
 #define SC_GRPC_STATUS_MAX 16
 
-/* "unavailable", "deadline-exceeded", ... (lower case, dashes: policy spelling). */
+/* "unavailable", "deadline-exceeded", ... (lower case, dashes: policy spelling);
+ * "invalid" for a code outside 0..16. */
 const char *sc_grpc_status_name(int code);
 /* Accepts the policy spelling, upper-case with underscores ("UNAVAILABLE",
  * "DEADLINE_EXCEEDED") and decimal digits; returns 0..16 or -EINVAL. */
@@ -36,22 +37,34 @@ int sc_grpc_timeout_parse(const char *s, size_t len, uint64_t *ns);
  * Formats `ns` as the most precise grpc-timeout value that fits 8 digits,
  * rounding up so that a deadline is never shortened below 1 unit; writes a NUL
  * terminated string into buf (at least 10 bytes). Returns its length.
+ * 0 is sent as "1n" (as gRPC core does: the deadline is already due).
+ * With cap < 10 nothing is written but a NUL (when cap > 0) and 0 is returned.
  */
 size_t sc_grpc_timeout_format(uint64_t ns, char *buf, size_t cap);
 
-/* True when a content-type value is application/grpc or application/grpc+x / ;x. */
+/* True when a content-type value is application/grpc or application/grpc+x / ;x
+ * (the media type compared case-insensitively; OWS allowed before ';'). */
 bool sc_grpc_is_content_type(const char *v, size_t len);
 
 /*
- * grpc-message is percent-encoded (RFC 3986 unreserved stays, everything
- * else outside 0x20..0x7E and '%' itself as %XX). Returns the encoded length
- * written (truncating safely at cap-1, always NUL terminated).
+ * grpc-message is percent-encoded (PROTOCOL-HTTP2.md: bytes 0x20..0x7E stay,
+ * except '%'; every other byte and '%' itself become %XX, upper-case hex).
+ * Returns the encoded length written (truncating safely at cap-1 without
+ * splitting an escape, always NUL terminated when cap > 0).
  */
 size_t sc_grpc_message_encode(const char *msg, char *buf, size_t cap);
+/*
+ * Decodes a received grpc-message value s[0..len). Invalid escapes are kept
+ * as they are (the spec asks receivers not to fail). Writes at most cap-1
+ * bytes plus a NUL (the result may contain NUL bytes from %00); returns the
+ * decoded length.
+ */
+size_t sc_grpc_message_decode(const char *s, size_t len, char *buf, size_t cap);
 
 /* HTTP status -> gRPC status, as gRPC clients map a non-200 response
- * (400->INTERNAL, 401->UNAUTHENTICATED, 403->PERMISSION_DENIED,
- * 404->UNIMPLEMENTED, 429/502/503/504->UNAVAILABLE, else UNKNOWN). */
+ * without grpc-status (400->INTERNAL, 401->UNAUTHENTICATED,
+ * 403->PERMISSION_DENIED, 404->UNIMPLEMENTED, 429/502/503/504->UNAVAILABLE,
+ * else UNKNOWN, 200 included: it is only called for a missing grpc-status). */
 int sc_grpc_status_from_http(int http_status);
 
 #endif

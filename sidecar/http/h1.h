@@ -60,8 +60,9 @@ typedef struct sc_h1_head {
     bool te_trailers;                  /* request: TE contains "trailers" */
 } sc_h1_head;
 
+/* A NULL limits pointer, or a field left 0, means the default. */
 typedef struct sc_h1_limits {
-    size_t max_request_line;           /* request line / status line, default 8192 */
+    size_t max_request_line;           /* request line / status line (without CRLF), default 8192 */
     size_t max_head;                   /* whole head incl. final CRLF, default 65536 */
 } sc_h1_limits;
 
@@ -79,6 +80,13 @@ typedef struct sc_h1_limits {
  * negative SC_H1_ERR_*. `why`, when not NULL, receives a static string
  * naming the problem ("duplicate Content-Length", ...).
  * For responses, `request_method_head` and the status decide body == NONE.
+ * Stateless: call again with the whole head received so far. Bytes are
+ * validated as they arrive, so an invalid prefix fails before its line is
+ * complete, and a limit is reported as soon as the bytes prove it exceeded.
+ * Leading empty lines before a request line are skipped (and counted in the
+ * returned length). Content-Length and chunk sizes above INT64_MAX are
+ * refused. A CONNECT response is not special-cased: the caller tunnels
+ * after a 2xx to CONNECT.
  */
 int sc_h1_parse_head(const char *buf, size_t len, bool is_request, bool request_method_head,
                      const sc_h1_limits *limits, sc_h1_head *out, const char **why);
@@ -106,6 +114,7 @@ typedef struct sc_h1_body {
      * validated). Caller-provided storage; trailers beyond it are an error. */
     char *trailer_buf;
     size_t trailer_cap, trailer_len;
+    const char *why;                   /* after an error: static description */
 } sc_h1_body;
 
 void sc_h1_body_init(sc_h1_body *b, sc_h1_body_kind kind, uint64_t content_length,
@@ -113,7 +122,7 @@ void sc_h1_body_init(sc_h1_body *b, sc_h1_body_kind kind, uint64_t content_lengt
 
 typedef enum {
     SC_H1_BODY_NEED_MORE = 0,          /* all input consumed, no data produced */
-    SC_H1_BODY_DATA = 1,               /* *data/*data_len is body payload (points into input) */
+    SC_H1_BODY_DATA = 1,               /* (*data, *data_len) is body payload (points into input) */
     SC_H1_BODY_DONE = 2,               /* message complete; trailers (if any) in trailer_buf */
 } sc_h1_body_result;
 
@@ -123,14 +132,19 @@ typedef enum {
  * SC_H1_BODY_DONE at the end of the message (bytes after it belong to the next
  * message), SC_H1_BODY_NEED_MORE when all input was consumed without payload,
  * or SC_H1_ERR_SYNTAX / SC_H1_ERR_TOO_LARGE. UNTIL_CLOSE never returns DONE:
- * the caller ends it at EOF. For NONE it returns DONE at once.
+ * the caller ends it at EOF. For NONE it returns DONE at once. Errors are
+ * sticky (later calls return the same error) and set b->why. Chunk
+ * extensions are skipped; one chunk-size line may carry at most 4096 bytes
+ * after the size (TOO_LARGE). max_trailer_bytes counts the bytes of trailer
+ * fields (not the final CRLF); 0 refuses any trailer field.
  */
 int sc_h1_body_decode(sc_h1_body *b, const char *in, size_t len, size_t *consumed,
                       const char **data, size_t *data_len);
 
 /*
  * Parses the accumulated trailer block into headers (pointers into b->trailer_buf).
- * Returns the count (>= 0) or SC_H1_ERR_SYNTAX.
+ * Returns the count (>= 0), SC_H1_ERR_SYNTAX, or SC_H1_ERR_TOO_LARGE when
+ * there are more than `max` fields.
  */
 int sc_h1_body_trailers(const sc_h1_body *b, sc_h1_header *out, size_t max);
 

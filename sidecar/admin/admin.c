@@ -1,0 +1,388 @@
+#include "admin/admin.h"
+
+#include "core/log.h"
+#include "http/grpc.h"
+#include "http/h1.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define REQ_CAP 8192
+
+struct sc_admin {
+    sidecar *sc;
+    ev_io listener;
+};
+
+typedef struct admin_conn {
+    ev_io io;
+    ev_timer timer;
+    sc_admin *admin;
+    char req[REQ_CAP];
+    size_t req_len;
+    char *resp;
+    size_t resp_len, resp_off;
+} admin_conn;
+
+static void conn_free(struct ev_loop *loop, admin_conn *ac)
+{
+    ev_io_stop(loop, &ac->io);
+    ev_timer_stop(loop, &ac->timer);
+    close(ac->io.fd);
+    free(ac->resp);
+    free(ac);
+}
+
+static void respond(admin_conn *ac, int status, const char *ctype, const char *body)
+{
+    size_t blen = strlen(body);
+    char head[256];
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\nconnection: close\r\n\r\n", status,
+                      sc_h1_reason(status), ctype, blen);
+    ac->resp = malloc((size_t)hl + blen);
+    if (!ac->resp)
+        return;
+    memcpy(ac->resp, head, (size_t)hl);
+    memcpy(ac->resp + hl, body, blen);
+    ac->resp_len = (size_t)hl + blen;
+}
+
+/* ---- /stats ---- */
+
+typedef struct strbuf {
+    char *p;
+    size_t len;
+    FILE *f;
+} strbuf;
+
+static uint64_t sum_route(const sidecar *sc, size_t r, size_t off)
+{
+    uint64_t t = 0;
+    for (unsigned i = 0; i < sc->n_workers; i++) {
+        const sc_route_stats *rs = &sc->workers[i].stats->routes[r];
+        t += SC_STAT_GET(*(sc_counter *)((char *)rs + off));
+    }
+    return t;
+}
+
+static uint64_t sum_worker(const sidecar *sc, size_t off)
+{
+    uint64_t t = 0;
+    for (unsigned i = 0; i < sc->n_workers; i++)
+        t += SC_STAT_GET(*(sc_counter *)((char *)sc->workers[i].stats + off));
+    return t;
+}
+
+#define RS_OFF(field) offsetof(sc_route_stats, field)
+#define WS_OFF(field) offsetof(sc_worker_stats, field)
+
+static void metric_head(FILE *f, const char *name, const char *type, const char *help)
+{
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+char *sc_admin_render_stats(const sidecar *sc)
+{
+    strbuf b = {0};
+    b.f = open_memstream(&b.p, &b.len);
+    if (!b.f)
+        return NULL;
+    FILE *f = b.f;
+    static const struct {
+        const char *name, *type, *help;
+        size_t off;
+    } per_route[] = {
+        {"sidecar_upstream_requests_total", "counter", "Requests routed to the upstream.", RS_OFF(requests)},
+        {"sidecar_upstream_requests_active", "gauge", "Requests in flight.", RS_OFF(active_requests)},
+        {"sidecar_upstream_local_replies_total", "counter", "Errors answered by the sidecar itself.", RS_OFF(local_replies)},
+        {"sidecar_upstream_connect_failures_total", "counter", "Failed connection attempts.", RS_OFF(connect_failures)},
+        {"sidecar_upstream_connect_timeouts_total", "counter", "Connection attempts that timed out.", RS_OFF(connect_timeouts)},
+        {"sidecar_upstream_timeouts_total", "counter", "Requests that hit their deadline.", RS_OFF(timeouts)},
+        {"sidecar_upstream_resets_total", "counter", "Requests cut by an upstream reset or protocol error.", RS_OFF(resets)},
+        {"sidecar_upstream_no_instance_total", "counter", "Requests with no instance to go to.", RS_OFF(no_instance)},
+        {"sidecar_upstream_connections_active", "gauge", "Open connections to the upstream's instances.", RS_OFF(upstream_conns)},
+        {"sidecar_upstream_connections_total", "counter", "Connections opened to the upstream's instances.", RS_OFF(upstream_conns_total)},
+        {"sidecar_upstream_request_bytes_total", "counter", "Request body bytes sent by callers.", RS_OFF(bytes_in)},
+        {"sidecar_upstream_response_bytes_total", "counter", "Response body bytes returned to callers.", RS_OFF(bytes_out)},
+    };
+    for (size_t m = 0; m < SC_ARRAY_LEN(per_route); m++) {
+        metric_head(f, per_route[m].name, per_route[m].type, per_route[m].help);
+        for (size_t r = 0; r < sc->n_routes; r++)
+            fprintf(f, "%s{upstream=\"%s\"} %llu\n", per_route[m].name, sc->routes[r].name,
+                    (unsigned long long)sum_route(sc, r, per_route[m].off));
+    }
+    metric_head(f, "sidecar_upstream_responses_total", "counter", "Responses by HTTP status class (0xx: no response).");
+    for (size_t r = 0; r < sc->n_routes; r++)
+        for (int k = 0; k < 6; k++)
+            fprintf(f, "sidecar_upstream_responses_total{upstream=\"%s\",class=\"%dxx\"} %llu\n", sc->routes[r].name, k,
+                    (unsigned long long)sum_route(sc, r, RS_OFF(responses) + (size_t)k * sizeof(sc_counter)));
+    metric_head(f, "sidecar_upstream_grpc_responses_total", "counter", "gRPC calls by grpc-status.");
+    for (size_t r = 0; r < sc->n_routes; r++)
+        for (int k = 0; k <= SC_GRPC_STATUS_MAX; k++) {
+            uint64_t v = sum_route(sc, r, RS_OFF(grpc) + (size_t)k * sizeof(sc_counter));
+            if (v || k == 0)
+                fprintf(f, "sidecar_upstream_grpc_responses_total{upstream=\"%s\",grpc_status=\"%s\"} %llu\n",
+                        sc->routes[r].name, sc_grpc_status_name(k), (unsigned long long)v);
+        }
+    metric_head(f, "sidecar_upstream_request_duration_seconds", "histogram", "Time from request head to the end of the exchange.");
+    for (size_t r = 0; r < sc->n_routes; r++) {
+        uint64_t cum = 0;
+        for (int k = 0; k <= SC_LAT_BUCKETS; k++) {
+            cum += sum_route(sc, r, RS_OFF(lat_buckets) + (size_t)k * sizeof(sc_counter));
+            if (k < SC_LAT_BUCKETS)
+                fprintf(f, "sidecar_upstream_request_duration_seconds_bucket{upstream=\"%s\",le=\"%g\"} %llu\n",
+                        sc->routes[r].name, (double)sc_lat_bounds_us[k] / 1e6, (unsigned long long)cum);
+            else
+                fprintf(f, "sidecar_upstream_request_duration_seconds_bucket{upstream=\"%s\",le=\"+Inf\"} %llu\n",
+                        sc->routes[r].name, (unsigned long long)cum);
+        }
+        fprintf(f, "sidecar_upstream_request_duration_seconds_sum{upstream=\"%s\"} %.6f\n", sc->routes[r].name,
+                (double)sum_route(sc, r, RS_OFF(lat_sum_us)) / 1e6);
+        fprintf(f, "sidecar_upstream_request_duration_seconds_count{upstream=\"%s\"} %llu\n", sc->routes[r].name,
+                (unsigned long long)cum);
+    }
+    metric_head(f, "sidecar_downstream_connections_active", "gauge", "Open connections from callers.");
+    fprintf(f, "sidecar_downstream_connections_active %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(down_conns)));
+    metric_head(f, "sidecar_downstream_connections_total", "counter", "Connections accepted from callers.");
+    fprintf(f, "sidecar_downstream_connections_total %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(down_conns_total)));
+    metric_head(f, "sidecar_streams_active", "gauge", "Requests in flight on all listeners.");
+    fprintf(f, "sidecar_streams_active %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(streams)));
+    metric_head(f, "sidecar_downstream_bad_requests_total", "counter", "Requests refused as malformed, by reason.");
+    for (int k = 0; k < SC_BAD_REQ_KINDS; k++)
+        fprintf(f, "sidecar_downstream_bad_requests_total{reason=\"%s\"} %llu\n", sc_bad_req_names[k],
+                (unsigned long long)sum_worker(sc, WS_OFF(bad_requests) + (size_t)k * sizeof(sc_counter)));
+    for (size_t r = 0; r < sc->n_routes; r++) {
+        sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
+        if (r == 0)
+            metric_head(f, "sidecar_upstream_instances", "gauge", "Instances known for the upstream.");
+        fprintf(f, "sidecar_upstream_instances{upstream=\"%s\"} %zu\n", sc->routes[r].name, e ? e->n : 0);
+    }
+    metric_head(f, "sidecar_upstream_discovery_stale", "gauge", "1 when the instance list is last-known data.");
+    for (size_t r = 0; r < sc->n_routes; r++) {
+        sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
+        fprintf(f, "sidecar_upstream_discovery_stale{upstream=\"%s\"} %d\n", sc->routes[r].name, e && e->stale);
+    }
+    metric_head(f, "sidecar_uptime_seconds", "gauge", "Seconds since start.");
+    fprintf(f, "sidecar_uptime_seconds %llu\n", (unsigned long long)((sc_now_ms() - sc->started_ms) / 1000));
+    fclose(f);
+    return b.p;
+}
+
+char *sc_admin_render_clusters(const sidecar *sc)
+{
+    json_t *root = json_object();
+    json_t *ups = json_array();
+    for (size_t r = 0; r < sc->n_routes; r++) {
+        const sc_route *rt = &sc->routes[r];
+        json_t *u = json_object();
+        json_object_set_new(u, "name", json_string(rt->name));
+        json_object_set_new(u, "direction", json_string(rt->inbound ? "inbound" : "outbound"));
+        json_object_set_new(u, "protocol", json_string(sc_proto_name(rt->protocol)));
+        json_object_set_new(u, "listen", json_string(rt->inbound ? sc->cfg->inbound.listen.text : rt->policy->listen.text));
+        json_object_set_new(u, "discovery",
+                            json_string(rt->policy && rt->policy->discovery == SC_DISCOVERY_CONSUL ? "consul" : "static"));
+        sc_endpoints *e = sc_endpoints_current(&((sc_route *)rt)->endpoints);
+        json_t *insts = json_array();
+        for (size_t i = 0; e && i < e->n; i++) {
+            json_t *in = json_object();
+            json_object_set_new(in, "address", json_string(e->inst[i].addr.text));
+            json_object_set_new(in, "id", json_string(e->inst[i].id));
+            json_object_set_new(in, "weight", json_integer(e->inst[i].weight));
+            json_object_set_new(in, "health", json_string("healthy"));
+            json_array_append_new(insts, in);
+        }
+        json_object_set_new(u, "instances", insts);
+        json_object_set_new(u, "stale", json_boolean(e && e->stale));
+        json_object_set_new(u, "endpoints_version", json_integer(e ? (json_int_t)e->version : 0));
+        json_object_set_new(u, "active_requests", json_integer((json_int_t)sum_route(sc, r, RS_OFF(active_requests))));
+        json_object_set_new(u, "active_connections", json_integer((json_int_t)sum_route(sc, r, RS_OFF(upstream_conns))));
+        json_object_set_new(u, "requests_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(requests))));
+        json_object_set_new(u, "connect_failures_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(connect_failures))));
+        json_object_set_new(u, "timeouts_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(timeouts))));
+        json_array_append_new(ups, u);
+    }
+    json_object_set_new(root, "upstreams", ups);
+    char *out = json_dumps(root, JSON_INDENT(2));
+    json_decref(root);
+    return out;
+}
+
+/* ---- request handling ---- */
+
+static bool path_is(const sc_h1_head *h, const char *p)
+{
+    size_t l = strlen(p);
+    return h->target.len >= l && memcmp(h->target.p, p, l) == 0 &&
+           (h->target.len == l || h->target.p[l] == '?');
+}
+
+static bool method_is(const sc_h1_head *h, const char *m)
+{
+    return h->method.len == strlen(m) && memcmp(h->method.p, m, h->method.len) == 0;
+}
+
+static void handle(admin_conn *ac, const sc_h1_head *h)
+{
+    sidecar *sc = ac->admin->sc;
+    char *body = NULL;
+    if (path_is(h, "/ready")) {
+        if (atomic_load(&sc->draining))
+            respond(ac, 503, "text/plain", "draining\n");
+        else if (!atomic_load(&sc->ready))
+            respond(ac, 503, "text/plain", "starting\n");
+        else
+            respond(ac, 200, "text/plain", "ready\n");
+    } else if (path_is(h, "/stats") || path_is(h, "/metrics")) {
+        body = sc_admin_render_stats(sc);
+        respond(ac, body ? 200 : 500, "text/plain; version=0.0.4", body ? body : "out of memory\n");
+    } else if (path_is(h, "/clusters")) {
+        body = sc_admin_render_clusters(sc);
+        respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
+    } else if (path_is(h, "/config")) {
+        json_t *j = sc_config_to_json(sc->cfg);
+        body = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+        json_decref(j);
+        respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
+    } else if (path_is(h, "/log")) {
+        const char *q = memchr(h->target.p, '?', h->target.len);
+        if (method_is(h, "POST") && q) {
+            char lvl[16] = {0};
+            const char *v = strstr(q, "level=");
+            if (v) {
+                v += 6;
+                size_t n = 0;
+                while (n < sizeof(lvl) - 1 && v + n < h->target.p + h->target.len && v[n] != '&') {
+                    lvl[n] = v[n];
+                    n++;
+                }
+            }
+            sc_log_level l;
+            if (sc_log_level_parse(lvl, &l) == 0) {
+                sc_log_set_level(l);
+                SC_INFO("admin: log level set to %s", sc_log_level_name(l));
+                respond(ac, 200, "text/plain", "ok\n");
+            } else {
+                respond(ac, 400, "text/plain", "level must be one of debug, info, warn, error\n");
+            }
+        } else {
+            char b[32];
+            snprintf(b, sizeof(b), "%s\n", sc_log_level_name(sc_log_get_level()));
+            respond(ac, 200, "text/plain", b);
+        }
+    } else if (path_is(h, "/drain")) {
+        if (!method_is(h, "POST")) {
+            respond(ac, 405, "text/plain", "use POST /drain\n");
+        } else {
+            SC_INFO("admin: drain requested");
+            sc_sidecar_drain(sc);
+            respond(ac, 200, "text/plain", "draining\n");
+        }
+    } else if (path_is(h, "/")) {
+        respond(ac, 200, "text/plain",
+                "sidecar admin\n  GET /ready\n  GET /stats\n  GET /clusters\n  GET /config\n"
+                "  GET /log, POST /log?level=LEVEL\n  POST /drain\n");
+    } else {
+        respond(ac, 404, "text/plain", "not found; GET / lists the endpoints\n");
+    }
+    free(body);
+}
+
+static void conn_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    admin_conn *ac = SC_CONTAINER_OF(io, admin_conn, io);
+    if (revents & EV_READ && !ac->resp) {
+        ssize_t n = recv(io->fd, ac->req + ac->req_len, REQ_CAP - ac->req_len, 0);
+        if (n <= 0) {
+            if (n < 0 && errno == EAGAIN)
+                return;
+            conn_free(loop, ac);
+            return;
+        }
+        ac->req_len += (size_t)n;
+        sc_h1_head h;
+        const char *why = NULL;
+        int rv = sc_h1_parse_head(ac->req, ac->req_len, true, false, NULL, &h, &why);
+        if (rv == 0 && ac->req_len < REQ_CAP)
+            return;
+        if (rv <= 0)
+            respond(ac, 400, "text/plain", "bad request\n");
+        else
+            handle(ac, &h);
+        if (!ac->resp) {
+            conn_free(loop, ac);
+            return;
+        }
+        ev_io_stop(loop, io);
+        ev_io_set(io, io->fd, EV_WRITE);
+        ev_io_start(loop, io);
+        return;
+    }
+    if (revents & EV_WRITE && ac->resp) {
+        ssize_t n = send(io->fd, ac->resp + ac->resp_off, ac->resp_len - ac->resp_off, MSG_NOSIGNAL);
+        if (n < 0 && errno == EAGAIN)
+            return;
+        if (n > 0)
+            ac->resp_off += (size_t)n;
+        if (n <= 0 || ac->resp_off == ac->resp_len)
+            conn_free(loop, ac);
+    }
+}
+
+static void conn_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    conn_free(loop, SC_CONTAINER_OF(t, admin_conn, timer));
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)revents;
+    sc_admin *a = SC_CONTAINER_OF(io, sc_admin, listener);
+    for (int i = 0; i < 16; i++) {
+        int fd = accept4(io->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;
+        admin_conn *ac = calloc(1, sizeof(*ac));
+        if (!ac) {
+            close(fd);
+            continue;
+        }
+        ac->admin = a;
+        ev_io_init(&ac->io, conn_cb, fd, EV_READ);
+        ev_io_start(loop, &ac->io);
+        ev_timer_init(&ac->timer, conn_timeout_cb, 10.0, 0);
+        ev_timer_start(loop, &ac->timer);
+    }
+}
+
+int sc_admin_start(sidecar *sc, sc_admin **out, char *err, size_t errlen)
+{
+    sc_admin *a = calloc(1, sizeof(*a));
+    if (!a)
+        return -ENOMEM;
+    a->sc = sc;
+    int fd;
+    int rv = sc_listen_socket(&sc->cfg->admin.listen, &fd, err, errlen);
+    if (rv < 0) {
+        free(a);
+        return rv;
+    }
+    ev_io_init(&a->listener, accept_cb, fd, EV_READ);
+    ev_io_start(sc->loop, &a->listener);
+    *out = a;
+    return 0;
+}
+
+void sc_admin_stop(sc_admin *a)
+{
+    if (!a)
+        return;
+    ev_io_stop(a->sc->loop, &a->listener);
+    close(a->listener.fd);
+    free(a);
+}

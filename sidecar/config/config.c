@@ -1,0 +1,997 @@
+/*
+ * config.c: sidecar.yaml (schema, defaults, Consul environment variables),
+ * the policies directory, inline `upstreams:`, and the checks that span
+ * files (duplicate upstream names, clashing listeners, TLS and Consul
+ * prerequisites).
+ */
+#include "config/config_internal.h"
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define FIELDS(c, m, path, keys, out) \
+    sc_config_fields((c), (m), (path), (keys), SC_ARRAY_LEN(keys), (out))
+
+static const char *const check_names[] = {"http", "ttl", "grpc", "none"};
+static const char *const proto_names[] = {"http1", "http2", "grpc"};
+
+const char *sc_config_check_name(int check)
+{
+    return (unsigned)check < SC_ARRAY_LEN(check_names) ? check_names[check] : "?";
+}
+
+char *sc_config_read_file(const char *path, size_t *len, int *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        *err = -errno;
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        *err = -errno;
+        close(fd);
+        return NULL;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        *err = -EISDIR;
+        close(fd);
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap + 1);
+    if (!buf) {
+        close(fd);
+        *err = -ENOMEM;
+        return NULL;
+    }
+    for (;;) {
+        if (n == cap) {
+            if (cap >= SC_CFG_MAX_FILE) {
+                free(buf);
+                close(fd);
+                *err = -EFBIG;
+                return NULL;
+            }
+            cap *= 2;
+            char *nb = realloc(buf, cap + 1);
+            if (!nb) {
+                free(buf);
+                close(fd);
+                *err = -ENOMEM;
+                return NULL;
+            }
+            buf = nb;
+        }
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            *err = -errno;
+            free(buf);
+            close(fd);
+            return NULL;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    close(fd);
+    buf[n] = 0;
+    *len = n;
+    *err = 0;
+    return buf;
+}
+
+/* ---- what the loader remembers while it works ---- */
+
+typedef struct pmeta {
+    sc_policy_where w;
+    char prefix[32];            /* "upstreams[3]" or "" */
+} pmeta;
+
+typedef struct loader {
+    sc_cx c;                    /* context of sidecar.yaml */
+    sc_config *cfg;
+    pmeta *meta;
+    size_t cap;
+    int io_err;
+    unsigned admin_line, inbound_listen_line, inbound_app_line, policies_line, tls_line;
+    unsigned consul_line, token_line, token_file_line, ssl_line, address_line;
+    bool set_address, set_token, set_token_file, set_ssl, set_ssl_verify, set_ca, set_cert,
+        set_key;
+} loader;
+
+static sc_policy *add_policy(loader *L, pmeta **m)
+{
+    sc_config *cfg = L->cfg;
+    if (cfg->n_policies == L->cap) {
+        size_t cap = L->cap ? L->cap * 2 : 8;
+        sc_policy *np = realloc(cfg->policies, cap * sizeof(*np));
+        pmeta *nm = np ? realloc(L->meta, cap * sizeof(*nm)) : NULL;
+        if (!np || !nm) {
+            fputs("sidecar: out of memory during setup\n", stderr);
+            abort();
+        }
+        cfg->policies = np;
+        L->meta = nm;
+        L->cap = cap;
+    }
+    sc_policy *p = &cfg->policies[cfg->n_policies];
+    *m = &L->meta[cfg->n_policies];
+    cfg->n_policies++;
+    memset(p, 0, sizeof(*p));
+    memset(*m, 0, sizeof(**m));
+    return p;
+}
+
+static void config_defaults(sc_config *cfg)
+{
+    cfg->inbound.app_protocol = SC_PROTO_HTTP1;
+    cfg->inbound.timeouts = (sc_timeouts){.connect_ms = 1000, .request_ms = 15000,
+                                          .per_try_ms = 0, .idle_ms = 60000,
+                                          .header_read_ms = 10000};
+    sc_addr_parse("127.0.0.1:19000", &cfg->admin.listen, false);
+    cfg->workers = 0;
+    cfg->drain_timeout_ms = 10000;
+    cfg->limits.max_header_bytes = 65536;
+    cfg->limits.max_request_line = 8192;
+    cfg->limits.stream_buffer = 65536;
+    cfg->limits.max_connections = 10000;
+    cfg->limits.h2_max_concurrent_streams = 256;
+    cfg->log_level = SC_LOG_INFO;
+    cfg->consul.ssl_verify = true;
+    cfg->consul.register_service = true;
+    cfg->consul.check = SC_CHECK_HTTP;
+    cfg->consul.check_interval_ms = 10000;
+    cfg->consul.check_ttl_ms = 15000;
+    cfg->consul.deregister_after_ms = 0;
+    cfg->consul.wait_ms = 300000;
+    cfg->tls.identity_header = sc_xstrdup("x-sidecar-caller");
+}
+
+/* ---- sections ---- */
+
+static bool is_meta_key(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 128)
+        return false;
+    return strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == n;
+}
+
+static void parse_service(loader *L, const sc_ynode *m)
+{
+    static const char *const keys[] = {"name", "id", "address", "tags", "meta"};
+    const sc_ynode *f[SC_ARRAY_LEN(keys)];
+    sc_cx *c = &L->c;
+    sc_config *cfg = L->cfg;
+    if (!FIELDS(c, m, "service", keys, f))
+        return;
+    sc_config_require(c, m, "service", "name", f[0]);
+    if (sc_config_rd_str(c, f[0], "service.name", false, &cfg->service.name) &&
+        cfg->service.name && !sc_config_is_name(cfg->service.name, 128))
+        sc_config_err(c, f[0], "service.name",
+                      "'%.64s' is not a valid service name; use letters, digits, '_', '.' and "
+                      "'-' (at most 128)",
+                      cfg->service.name);
+    if (sc_config_rd_str(c, f[1], "service.id", false, &cfg->service.id) && cfg->service.id &&
+        !sc_config_is_name(cfg->service.id, 128))
+        sc_config_err(c, f[1], "service.id",
+                      "'%.64s' is not a valid service id; use letters, digits, '_', '.' and '-'",
+                      cfg->service.id);
+    if (sc_config_rd_str(c, f[2], "service.address", false, &cfg->service.address) &&
+        cfg->service.address && !sc_config_is_host(cfg->service.address))
+        sc_config_err(c, f[2], "service.address",
+                      "'%.64s' is not an IP address or hostname (no port here)",
+                      cfg->service.address);
+    if (sc_config_rd_str_list(c, f[3], "service.tags", &cfg->service.tags,
+                              &cfg->service.n_tags)) {
+        for (size_t i = 0; i < cfg->service.n_tags; i++)
+            for (size_t j = 0; j < i; j++)
+                if (strcmp(cfg->service.tags[i], cfg->service.tags[j]) == 0) {
+                    char fp[64];
+                    sc_config_path_idx(fp, sizeof(fp), "service.tags", i);
+                    sc_config_err(c, f[3]->items[i], fp, "tag '%.64s' is listed twice",
+                                  cfg->service.tags[i]);
+                }
+    }
+    const sc_ynode *mm = f[4];
+    if (!mm || sc_config_yaml_is_null(mm) || mm->kind == SC_YN_BAD)
+        return;
+    if (mm->kind != SC_YN_MAP) {
+        sc_config_err(c, mm, "service.meta", "expected a mapping of key: value strings");
+        return;
+    }
+    if (mm->n / 2 > 64) {
+        sc_config_err(c, mm, "service.meta", "too many entries (%zu, Consul allows 64)",
+                      mm->n / 2);
+        return;
+    }
+    cfg->service.meta = sc_xcalloc(mm->n / 2 + 1, sizeof(sc_kv));
+    for (size_t k = 0; k + 1 < mm->n; k += 2) {
+        const sc_ynode *key = mm->items[k], *val = mm->items[k + 1];
+        if (key->kind != SC_YN_SCALAR)
+            continue;
+        char fp[256];
+        sc_config_path(fp, sizeof(fp), "service.meta", key->str);
+        if (!is_meta_key(key->str) || strncmp(key->str, "consul-", 7) == 0) {
+            sc_config_err(c, key, fp,
+                          "'%.64s' is not a valid meta key; use 1-128 letters, digits, '_' "
+                          "and '-', not starting with 'consul-'",
+                          key->str);
+            continue;
+        }
+        bool dup = false;
+        for (size_t j = 0; j < k; j += 2)
+            if (mm->items[j]->kind == SC_YN_SCALAR && strcmp(mm->items[j]->str, key->str) == 0) {
+                sc_config_err(c, key, fp, "duplicate key '%s' (first set at line %u)", key->str,
+                              mm->items[j]->line);
+                dup = true;
+                break;
+            }
+        if (dup)
+            continue;
+        char *v = NULL;
+        if (!sc_config_rd_str(c, val, fp, true, &v))
+            continue;
+        if (strlen(v) > 512) {
+            sc_config_err(c, val, fp, "value longer than 512 characters (Consul's limit)");
+            free(v);
+            continue;
+        }
+        cfg->service.meta[cfg->service.n_meta].key = sc_xstrdup(key->str);
+        cfg->service.meta[cfg->service.n_meta].value = v;
+        cfg->service.n_meta++;
+    }
+}
+
+static void parse_inbound(loader *L, const sc_ynode *m)
+{
+    static const char *const keys[] = {"listen", "app", "app_protocol", "timeouts",
+                                       "max_concurrent"};
+    const sc_ynode *f[SC_ARRAY_LEN(keys)];
+    sc_cx *c = &L->c;
+    sc_config *cfg = L->cfg;
+    cfg->inbound.enabled = true;
+    if (!FIELDS(c, m, "inbound", keys, f))
+        return;
+    sc_config_require(c, m, "inbound", "listen", f[0]);
+    sc_config_require(c, m, "inbound", "app", f[1]);
+    L->inbound_listen_line = f[0] ? f[0]->line : 0;
+    L->inbound_app_line = f[1] ? f[1]->line : 0;
+    sc_config_rd_addr(c, f[0], "inbound.listen", false, &cfg->inbound.listen);
+    sc_config_rd_addr(c, f[1], "inbound.app", true, &cfg->inbound.app);
+    int proto = SC_PROTO_HTTP1;
+    if (sc_config_rd_enum(c, f[2], "inbound.app_protocol", proto_names,
+                          SC_ARRAY_LEN(proto_names), &proto))
+        cfg->inbound.app_protocol = (sc_proto)proto;
+    if (f[3]) {
+        static const char *const tk[] = {"connect", "request", "idle", "header_read", "per_try"};
+        const sc_ynode *tf[SC_ARRAY_LEN(tk)];
+        sc_timeouts *t = &cfg->inbound.timeouts;
+        if (FIELDS(c, f[3], "inbound.timeouts", tk, tf)) {
+            sc_config_rd_dur(c, tf[0], "inbound.timeouts.connect", 1, &t->connect_ms);
+            sc_config_rd_dur(c, tf[1], "inbound.timeouts.request", 0, &t->request_ms);
+            sc_config_rd_dur(c, tf[2], "inbound.timeouts.idle", 0, &t->idle_ms);
+            sc_config_rd_dur(c, tf[3], "inbound.timeouts.header_read", 1, &t->header_read_ms);
+            if (tf[4])
+                sc_config_err(c, tf[4], "inbound.timeouts.per_try",
+                              "inbound requests are not retried, so per_try does not apply "
+                              "here; use request");
+        }
+    }
+    sc_config_rd_u32(c, f[4], "inbound.max_concurrent", 0, 1000000,
+                     &cfg->inbound.max_concurrent);
+    if (cfg->inbound.listen.len && cfg->inbound.app.len &&
+        cfg->inbound.listen.len == cfg->inbound.app.len &&
+        memcmp(&cfg->inbound.listen.ss, &cfg->inbound.app.ss, cfg->inbound.app.len) == 0)
+        sc_config_err(c, f[1], "inbound.app",
+                      "the app address is the inbound listener itself; requests would loop");
+}
+
+static void parse_limits(loader *L, const sc_ynode *m)
+{
+    static const char *const keys[] = {"max_header_bytes", "max_request_line", "stream_buffer",
+                                       "max_connections", "h2_max_concurrent_streams"};
+    const sc_ynode *f[SC_ARRAY_LEN(keys)];
+    sc_cx *c = &L->c;
+    sc_config *cfg = L->cfg;
+    if (!FIELDS(c, m, "limits", keys, f))
+        return;
+    bool a = sc_config_rd_size32(c, f[0], "limits.max_header_bytes", 1024, 16u << 20,
+                                 &cfg->limits.max_header_bytes);
+    bool b = sc_config_rd_size32(c, f[1], "limits.max_request_line", 256, 1u << 20,
+                                 &cfg->limits.max_request_line);
+    sc_config_rd_size32(c, f[2], "limits.stream_buffer", 4096, 64u << 20,
+                        &cfg->limits.stream_buffer);
+    sc_config_rd_u32(c, f[3], "limits.max_connections", 1, 10000000,
+                     &cfg->limits.max_connections);
+    sc_config_rd_u32(c, f[4], "limits.h2_max_concurrent_streams", 1, 1000000,
+                     &cfg->limits.h2_max_concurrent_streams);
+    if (a && b && cfg->limits.max_request_line > cfg->limits.max_header_bytes)
+        sc_config_err(c, f[1] ? f[1] : f[0], f[1] ? "limits.max_request_line"
+                                                   : "limits.max_header_bytes",
+                      "max_request_line (%u) is larger than max_header_bytes (%u), which "
+                      "includes the request line",
+                      cfg->limits.max_request_line, cfg->limits.max_header_bytes);
+}
+
+static void parse_consul(loader *L, const sc_ynode *m)
+{
+    static const char *const keys[] = {
+        "address", "token", "token_file", "ssl", "ssl_verify", "ca_file", "cert_file",
+        "key_file", "datacenter", "register_service", "check", "check_interval", "check_ttl",
+        "deregister_after", "wait", "cache_file"};
+    const sc_ynode *f[SC_ARRAY_LEN(keys)];
+    sc_cx *c = &L->c;
+    sc_config *cfg = L->cfg;
+    cfg->consul.enabled = true;
+    L->consul_line = m ? m->line : 0;
+    if (!FIELDS(c, m, "consul", keys, f))
+        return;
+    L->set_address = f[0] != NULL;
+    L->address_line = f[0] ? f[0]->line : 0;
+    L->set_token = f[1] != NULL;
+    L->token_line = f[1] ? f[1]->line : 0;
+    L->set_token_file = f[2] != NULL;
+    L->token_file_line = f[2] ? f[2]->line : 0;
+    L->set_ssl = f[3] != NULL;
+    L->ssl_line = f[3] ? f[3]->line : 0;
+    L->set_ssl_verify = f[4] != NULL;
+    L->set_ca = f[5] != NULL;
+    L->set_cert = f[6] != NULL;
+    L->set_key = f[7] != NULL;
+    sc_config_rd_str(c, f[0], "consul.address", false, &cfg->consul.address);
+    sc_config_rd_str(c, f[1], "consul.token", false, &cfg->consul.token);
+    sc_config_rd_path(c, f[2], "consul.token_file", &cfg->consul.token_file);
+    if (f[1] && f[2])
+        sc_config_err(c, f[2], "consul.token_file", "set either token or token_file, not both");
+    sc_config_rd_bool(c, f[3], "consul.ssl", &cfg->consul.ssl);
+    sc_config_rd_bool(c, f[4], "consul.ssl_verify", &cfg->consul.ssl_verify);
+    sc_config_rd_path(c, f[5], "consul.ca_file", &cfg->consul.ca_file);
+    sc_config_rd_path(c, f[6], "consul.cert_file", &cfg->consul.cert_file);
+    sc_config_rd_path(c, f[7], "consul.key_file", &cfg->consul.key_file);
+    if (sc_config_rd_str(c, f[8], "consul.datacenter", false, &cfg->consul.datacenter) &&
+        cfg->consul.datacenter && !sc_config_is_name(cfg->consul.datacenter, 64))
+        sc_config_err(c, f[8], "consul.datacenter", "'%.64s' is not a datacenter name",
+                      cfg->consul.datacenter);
+    sc_config_rd_bool(c, f[9], "consul.register_service", &cfg->consul.register_service);
+    int check = SC_CHECK_HTTP;
+    if (sc_config_rd_enum(c, f[10], "consul.check", check_names, SC_ARRAY_LEN(check_names),
+                          &check))
+        cfg->consul.check = check;
+    sc_config_rd_dur(c, f[11], "consul.check_interval", 1000, &cfg->consul.check_interval_ms);
+    sc_config_rd_dur(c, f[12], "consul.check_ttl", 1000, &cfg->consul.check_ttl_ms);
+    if (sc_config_rd_dur(c, f[13], "consul.deregister_after", 0,
+                         &cfg->consul.deregister_after_ms) &&
+        cfg->consul.deregister_after_ms && cfg->consul.deregister_after_ms < 60000)
+        sc_config_err(c, f[13], "consul.deregister_after",
+                      "Consul's minimum is 1m; use 0 to never deregister");
+    if (sc_config_rd_dur(c, f[14], "consul.wait", 1000, &cfg->consul.wait_ms) &&
+        cfg->consul.wait_ms > 600000)
+        sc_config_err(c, f[14], "consul.wait", "Consul caps blocking queries at 10m");
+    sc_config_rd_path(c, f[15], "consul.cache_file", &cfg->consul.cache_file);
+}
+
+static void parse_tls(loader *L, const sc_ynode *m)
+{
+    static const char *const keys[] = {"cert", "key", "ca", "allow", "identity_header"};
+    const sc_ynode *f[SC_ARRAY_LEN(keys)];
+    sc_cx *c = &L->c;
+    sc_config *cfg = L->cfg;
+    L->tls_line = m ? m->line : 0;
+    if (!FIELDS(c, m, "tls", keys, f))
+        return;
+    sc_config_rd_path(c, f[0], "tls.cert", &cfg->tls.cert_file);
+    sc_config_rd_path(c, f[1], "tls.key", &cfg->tls.key_file);
+    sc_config_rd_path(c, f[2], "tls.ca", &cfg->tls.ca_file);
+    if (f[0] && !f[1])
+        sc_config_err(c, f[0], "tls.key", "tls.cert needs tls.key (the certificate's key)");
+    if (f[1] && !f[0])
+        sc_config_err(c, f[1], "tls.cert", "tls.key needs tls.cert");
+    if (sc_config_rd_str_list(c, f[3], "tls.allow", &cfg->tls.allow, &cfg->tls.n_allow)) {
+        for (size_t i = 0; i < cfg->tls.n_allow; i++) {
+            const char *a = cfg->tls.allow[i];
+            const char *star = strchr(a, '*');
+            if (star && star[1] != 0) {
+                char fp[64];
+                sc_config_path_idx(fp, sizeof(fp), "tls.allow", i);
+                sc_config_err(c, f[3]->items[i], fp,
+                              "'%.64s': '*' is allowed only at the end, e.g. "
+                              "spiffe://example.org/*",
+                              a);
+            }
+        }
+        if (cfg->tls.n_allow && !f[2])
+            sc_config_err(c, f[3], "tls.allow",
+                          "checking caller identities needs tls.ca to verify client "
+                          "certificates");
+        if (cfg->tls.n_allow && !f[0])
+            sc_config_err(c, f[3], "tls.allow",
+                          "checking caller identities needs tls.cert and tls.key (inbound "
+                          "TLS)");
+    }
+    if (sc_config_rd_str(c, f[4], "tls.identity_header", false, &cfg->tls.identity_header)) {
+        const char *h = cfg->tls.identity_header;
+        if (strspn(h, "abcdefghijklmnopqrstuvwxyz0123456789-") != strlen(h) || !*h)
+            sc_config_err(c, f[4], "tls.identity_header",
+                          "'%.64s' is not a header name; use lower-case letters, digits and "
+                          "'-'",
+                          h);
+    }
+}
+
+static void load_inline_upstreams(loader *L, const sc_ynode *v)
+{
+    sc_cx *c = &L->c;
+    if (!v || v->kind == SC_YN_BAD || sc_config_yaml_is_null(v))
+        return;
+    if (v->kind != SC_YN_SEQ) {
+        sc_config_err(c, v, "upstreams",
+                      "expected a list of policies (- upstream: name ...), got %s",
+                      v->kind == SC_YN_MAP ? "a mapping" : "a single value");
+        return;
+    }
+    for (size_t i = 0; i < v->n; i++) {
+        pmeta *m;
+        sc_policy *p = add_policy(L, &m);
+        sc_config_path_idx(m->prefix, sizeof(m->prefix), "upstreams", i);
+        p->file = sc_xstrdup(c->file);
+        sc_config_parse_policy(c, v->items[i], m->prefix, p, &m->w);
+    }
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static bool has_suffix(const char *s, const char *sfx)
+{
+    size_t n = strlen(s), m = strlen(sfx);
+    return n > m && strcmp(s + n - m, sfx) == 0;
+}
+
+static void load_policy_dir(loader *L, const sc_ynode *at)
+{
+    sc_cx *c = &L->c;
+    const char *dir = L->cfg->policies_dir;
+    DIR *d = opendir(dir);
+    if (!d) {
+        int e = errno;
+        sc_config_err(c, at, "policies", "cannot open the policies directory %s: %s", dir,
+                      strerror(e));
+        if (!L->io_err)
+            L->io_err = -e;
+        return;
+    }
+    char **names = NULL;
+    size_t n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.' || !(has_suffix(e->d_name, ".yaml") || has_suffix(e->d_name, ".yml")))
+            continue;
+        if (n == 10000) {
+            sc_config_err(c, at, "policies", "more than 10000 policy files in %s", dir);
+            break;
+        }
+        if (n == cap) {
+            cap = cap ? cap * 2 : 16;
+            char **nn = realloc(names, cap * sizeof(*nn));
+            if (!nn) {
+                fputs("sidecar: out of memory during setup\n", stderr);
+                abort();
+            }
+            names = nn;
+        }
+        names[n++] = sc_xstrdup(e->d_name);
+    }
+    closedir(d);
+    if (n)
+        qsort(names, n, sizeof(*names), cmp_str);
+    for (size_t i = 0; i < n; i++) {
+        char *path = sc_config_resolve_path(dir, names[i]);
+        size_t len;
+        int err;
+        char *buf = sc_config_read_file(path, &len, &err);
+        if (!buf) {
+            sc_diags_add(c->d, path, 0, "", "cannot read the policy file: %s", strerror(-err));
+            c->n_errors++;
+            if (!L->io_err)
+                L->io_err = err;
+        } else {
+            sc_cx pc = {.d = c->d, .file = path, .base_dir = dir};
+            sc_ynode *root = NULL;
+            size_t before = c->d->n;
+            if (sc_config_yaml_parse(buf, len, path, c->d, &root) == 0) {
+                pmeta *m;
+                sc_policy *p = add_policy(L, &m);
+                p->file = sc_xstrdup(path);
+                sc_config_parse_policy(&pc, root, "", p, &m->w);
+                sc_config_yaml_free(root);
+            }
+            c->n_errors += c->d->n - before;
+            free(buf);
+        }
+        free(path);
+        free(names[i]);
+    }
+    free(names);
+}
+
+/* ---- Consul environment ---- */
+
+static int parse_go_bool(const char *s, bool *out)
+{
+    static const char *const t[] = {"1", "t", "T", "true", "TRUE", "True"};
+    static const char *const f[] = {"0", "f", "F", "false", "FALSE", "False"};
+    for (size_t i = 0; i < SC_ARRAY_LEN(t); i++) {
+        if (strcmp(s, t[i]) == 0) {
+            *out = true;
+            return 0;
+        }
+        if (strcmp(s, f[i]) == 0) {
+            *out = false;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v && *v ? v : NULL;
+}
+
+static void env_path(char **dst, bool set_in_file, const char *var)
+{
+    const char *v = env(var);
+    if (!set_in_file && v) {
+        free(*dst);
+        *dst = sc_xstrdup(v);
+    }
+}
+
+static void env_bool(loader *L, bool *dst, bool set_in_file, const char *var, const char *field)
+{
+    const char *v = env(var);
+    if (set_in_file || !v)
+        return;
+    if (parse_go_bool(v, dst) < 0)
+        sc_config_err_line(&L->c, 0, field, "$%s='%.32s' is not a boolean; expected true or false",
+                           var, v);
+}
+
+static void read_token_file(loader *L, const char *from_env)
+{
+    sc_config *cfg = L->cfg;
+    size_t len;
+    int err;
+    char *buf = sc_config_read_file(cfg->consul.token_file, &len, &err);
+    if (!buf) {
+        sc_config_err_line(&L->c, L->token_file_line, "consul.token_file",
+                           "cannot read the token file %s%s: %s", cfg->consul.token_file,
+                           from_env ? " (from $CONSUL_HTTP_TOKEN_FILE)" : "", strerror(-err));
+        if (!L->io_err)
+            L->io_err = err;
+        return;
+    }
+    size_t a = 0, b = len;
+    while (a < b && strchr(" \t\r\n", buf[a]) && buf[a])
+        a++;
+    while (b > a && strchr(" \t\r\n", buf[b - 1]) && buf[b - 1])
+        b--;
+    free(cfg->consul.token);
+    cfg->consul.token = NULL;
+    if (memchr(buf + a, 0, b - a) || memchr(buf + a, '\n', b - a))
+        sc_config_err_line(&L->c, L->token_file_line, "consul.token_file",
+                           "the token file %s holds more than one line", cfg->consul.token_file);
+    else if (b > a)
+        cfg->consul.token = sc_xstrndup(buf + a, b - a);
+    else
+        sc_config_err_line(&L->c, L->token_file_line, "consul.token_file",
+                           "the token file %s is empty", cfg->consul.token_file);
+    free(buf);
+}
+
+static void check_consul_address(loader *L, bool from_env)
+{
+    sc_config *cfg = L->cfg;
+    const char *a = cfg->consul.address;
+    const char *rest = a;
+    bool https = false;
+    if (strncmp(a, "http://", 7) == 0)
+        rest = a + 7;
+    else if (strncmp(a, "https://", 8) == 0) {
+        rest = a + 8;
+        https = true;
+    } else if (strncmp(a, "unix://", 7) == 0) {
+        if (!a[7])
+            sc_config_err_line(&L->c, L->address_line, "consul.address",
+                               "unix:// needs a socket path, e.g. unix:///run/consul.sock");
+        return;
+    } else if (strstr(a, "://")) {
+        sc_config_err_line(&L->c, L->address_line, "consul.address",
+                           "'%.64s'%s: expected http://, https://, unix:// or host:port", a,
+                           from_env ? " (from $CONSUL_HTTP_ADDR)" : "");
+        return;
+    }
+    size_t n = strlen(rest);
+    while (n && rest[n - 1] == '/')
+        n--;
+    bool ok = n > 0 && n < 256 && !memchr(rest, '/', n) && !memchr(rest, ' ', n);
+    if (ok) {
+        /* host[:port] where host is a name, IPv4 or [IPv6] */
+        char host[256];
+        memcpy(host, rest, n);
+        host[n] = 0;
+        char *port = NULL;
+        if (host[0] == '[') {
+            char *close = strchr(host, ']');
+            ok = close && (close[1] == 0 || close[1] == ':');
+            if (ok) {
+                port = close[1] == ':' ? close + 2 : NULL;
+                *close = 0;
+                ok = sc_config_is_host(host + 1) && strchr(host + 1, ':');
+            }
+        } else {
+            char *colon = strrchr(host, ':');
+            if (colon) {
+                *colon = 0;
+                port = colon + 1;
+            }
+            ok = sc_config_is_host(host) && !strchr(host, ':');
+        }
+        if (ok && port) {
+            size_t pl = strlen(port);
+            ok = pl > 0 && pl <= 5 && strspn(port, "0123456789") == pl && atoi(port) > 0 &&
+                 atoi(port) <= 65535;
+        }
+    }
+    if (!ok) {
+        sc_config_err_line(&L->c, L->address_line, "consul.address",
+                           "'%.64s'%s is not a Consul address; expected host:port, "
+                           "http(s)://host:port or unix:///path",
+                           a, from_env ? " (from $CONSUL_HTTP_ADDR)" : "");
+        return;
+    }
+    if (https) {
+        if (L->set_ssl && !cfg->consul.ssl)
+            sc_config_err_line(&L->c, L->ssl_line, "consul.ssl",
+                               "ssl is false but the address is https://");
+        cfg->consul.ssl = true;
+    }
+}
+
+static void apply_consul_env(loader *L)
+{
+    sc_config *cfg = L->cfg;
+    bool addr_from_env = false;
+    if (!L->set_address) {
+        const char *v = env("CONSUL_HTTP_ADDR");
+        free(cfg->consul.address);
+        cfg->consul.address = sc_xstrdup(v ? v : "127.0.0.1:8500");
+        addr_from_env = v != NULL;
+    }
+    env_bool(L, &cfg->consul.ssl, L->set_ssl, "CONSUL_HTTP_SSL", "consul.ssl");
+    env_bool(L, &cfg->consul.ssl_verify, L->set_ssl_verify, "CONSUL_HTTP_SSL_VERIFY",
+             "consul.ssl_verify");
+    env_path(&cfg->consul.ca_file, L->set_ca, "CONSUL_CACERT");
+    env_path(&cfg->consul.cert_file, L->set_cert, "CONSUL_CLIENT_CERT");
+    env_path(&cfg->consul.key_file, L->set_key, "CONSUL_CLIENT_KEY");
+    if (cfg->consul.address)
+        check_consul_address(L, addr_from_env);
+    if (!L->set_token && !L->set_token_file) {
+        const char *tf = env("CONSUL_HTTP_TOKEN_FILE");
+        const char *t = env("CONSUL_HTTP_TOKEN");
+        if (tf) {
+            cfg->consul.token_file = sc_xstrdup(tf);
+            read_token_file(L, tf);
+        } else if (t) {
+            cfg->consul.token = sc_xstrdup(t);
+        }
+    } else if (L->set_token_file && cfg->consul.token_file && !L->set_token) {
+        read_token_file(L, NULL);
+    }
+    if ((cfg->consul.cert_file != NULL) != (cfg->consul.key_file != NULL))
+        sc_config_err_line(&L->c, L->consul_line,
+                           cfg->consul.cert_file ? "consul.key_file" : "consul.cert_file",
+                           "a Consul client certificate needs both cert_file and key_file "
+                           "(or $CONSUL_CLIENT_CERT and $CONSUL_CLIENT_KEY)");
+}
+
+/* ---- checks across files ---- */
+
+static bool is_wildcard(const sc_addr *a)
+{
+    if (a->ss.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr == htonl(INADDR_ANY);
+    if (a->ss.ss_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr, &in6addr_any,
+                      sizeof(in6addr_any)) == 0;
+    return false;
+}
+
+static uint16_t addr_port(const sc_addr *a)
+{
+    if (a->ss.ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+    if (a->ss.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+    return 0;
+}
+
+static bool addr_conflict(const sc_addr *a, const sc_addr *b)
+{
+    if (!a->len || !b->len || addr_port(a) != addr_port(b))
+        return false;
+    if (a->ss.ss_family == b->ss.ss_family) {
+        if (is_wildcard(a) || is_wildcard(b))
+            return true;
+        return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+    }
+    /* [::] is dual-stack on Linux by default and takes the IPv4 port too. */
+    return (a->ss.ss_family == AF_INET6 && is_wildcard(a)) ||
+           (b->ss.ss_family == AF_INET6 && is_wildcard(b));
+}
+
+typedef struct lst {
+    const sc_addr *addr;
+    const char *file;
+    unsigned line;
+    char field[64];
+    char what[160];
+} lst;
+
+static void cross_checks(loader *L)
+{
+    sc_config *cfg = L->cfg;
+    sc_cx *c = &L->c;
+    size_t n = cfg->n_policies;
+
+    for (size_t i = 0; i < n; i++) {
+        sc_policy *p = &cfg->policies[i];
+        pmeta *m = &L->meta[i];
+        char fp[96];
+        for (size_t j = 0; j < i && p->name; j++) {
+            if (cfg->policies[j].name && strcmp(cfg->policies[j].name, p->name) == 0) {
+                sc_config_path(fp, sizeof(fp), m->prefix, "upstream");
+                sc_diags_add(c->d, p->file, m->w.name_line, fp,
+                             "upstream '%s' is already defined in %s:%u", p->name,
+                             cfg->policies[j].file, L->meta[j].w.name_line);
+                c->n_errors++;
+                break;
+            }
+        }
+        if (p->discovery == SC_DISCOVERY_CONSUL && !cfg->consul.enabled && m->w.discovery_line) {
+            sc_config_path(fp, sizeof(fp), m->prefix, "discovery.consul");
+            sc_diags_add(c->d, p->file, m->w.discovery_line, fp,
+                         "Consul discovery needs a consul: section in %s (consul: {} for the "
+                         "defaults)",
+                         cfg->file);
+            c->n_errors++;
+        }
+        if (p->tls.mode == SC_TLS_MUTUAL && (!cfg->tls.cert_file || !cfg->tls.key_file)) {
+            sc_config_path(fp, sizeof(fp), m->prefix, "tls.mode");
+            sc_diags_add(c->d, p->file, m->w.tls_line, fp,
+                         "mutual TLS needs this sidecar's certificate: set tls.cert and tls.key "
+                         "in %s",
+                         cfg->file);
+            c->n_errors++;
+        }
+    }
+
+    lst *ls = sc_xcalloc(n + 2, sizeof(*ls));
+    size_t k = 0;
+    ls[k] = (lst){.addr = &cfg->admin.listen, .file = cfg->file, .line = L->admin_line};
+    snprintf(ls[k].field, sizeof(ls[k].field), "admin.listen");
+    snprintf(ls[k++].what, sizeof(ls[0].what), "the admin listener");
+    if (cfg->inbound.enabled) {
+        ls[k] = (lst){.addr = &cfg->inbound.listen, .file = cfg->file,
+                      .line = L->inbound_listen_line};
+        snprintf(ls[k].field, sizeof(ls[k].field), "inbound.listen");
+        snprintf(ls[k++].what, sizeof(ls[0].what), "the inbound listener");
+    }
+    for (size_t i = 0; i < n; i++) {
+        sc_policy *p = &cfg->policies[i];
+        ls[k] = (lst){.addr = &p->listen, .file = p->file, .line = L->meta[i].w.listen_line};
+        sc_config_path(ls[k].field, sizeof(ls[k].field), L->meta[i].prefix, "listen");
+        snprintf(ls[k++].what, sizeof(ls[0].what), "upstream '%.64s'",
+                 p->name ? p->name : "?");
+    }
+    for (size_t i = 0; i < k; i++)
+        for (size_t j = 0; j < i; j++)
+            if (addr_conflict(ls[i].addr, ls[j].addr)) {
+                sc_diags_add(c->d, ls[i].file, ls[i].line, ls[i].field,
+                             "%s is already used by %s (%s:%u)", ls[i].addr->text, ls[j].what,
+                             ls[j].file, ls[j].line);
+                c->n_errors++;
+                break;
+            }
+    free(ls);
+}
+
+/* ---- the document ---- */
+
+static void parse_config(loader *L, const sc_ynode *root)
+{
+    static const char *const keys[] = {"service", "inbound", "admin", "workers", "drain_timeout",
+                                       "policies", "upstreams", "limits", "log", "consul", "tls"};
+    const sc_ynode *f[SC_ARRAY_LEN(keys)];
+    sc_cx *c = &L->c;
+    sc_config *cfg = L->cfg;
+    if (!root || sc_config_yaml_is_null(root)) {
+        sc_config_err_line(c, root ? root->line : 0, "service.name",
+                           "the configuration is empty; it needs at least service: {name: ...}");
+        return;
+    }
+    if (!FIELDS(c, root, "", keys, f))
+        return;
+    sc_config_require(c, root, "", "service", f[0]);
+    if (f[0])
+        parse_service(L, f[0]);
+    if (f[1])
+        parse_inbound(L, f[1]);
+    if (f[2]) {
+        static const char *const ak[] = {"listen"};
+        const sc_ynode *af[1];
+        if (FIELDS(c, f[2], "admin", ak, af)) {
+            L->admin_line = af[0] ? af[0]->line : f[2]->line;
+            sc_config_rd_addr(c, af[0], "admin.listen", false, &cfg->admin.listen);
+        }
+    }
+    sc_config_rd_u32(c, f[3], "workers", 0, 1024, &cfg->workers);
+    sc_config_rd_dur(c, f[4], "drain_timeout", 0, &cfg->drain_timeout_ms);
+    if (f[5]) {
+        L->policies_line = f[5]->line;
+        sc_config_rd_path(c, f[5], "policies", &cfg->policies_dir);
+    }
+    if (f[7])
+        parse_limits(L, f[7]);
+    if (f[8]) {
+        static const char *const lk[] = {"level"};
+        const sc_ynode *lf[1];
+        if (FIELDS(c, f[8], "log", lk, lf) && lf[0]) {
+            char *lv = NULL;
+            if (sc_config_rd_str(c, lf[0], "log.level", false, &lv) &&
+                sc_log_level_parse(lv, &cfg->log_level) < 0)
+                sc_config_err(c, lf[0], "log.level",
+                              "'%.64s' is not a log level; expected debug, info, warn or error",
+                              lv);
+            free(lv);
+        }
+    }
+    if (f[9])
+        parse_consul(L, f[9]);
+    if (f[10])
+        parse_tls(L, f[10]);
+    if (cfg->service.name && !cfg->service.id)
+        cfg->service.id = sc_xstrdup(cfg->service.name);
+    if (cfg->consul.enabled)
+        apply_consul_env(L);
+    load_inline_upstreams(L, f[6]);
+    if (cfg->policies_dir)
+        load_policy_dir(L, f[5]);
+    cross_checks(L);
+}
+
+static int load_text(const char *yaml, size_t len, const char *name, const char *base_dir,
+                     sc_config **out, sc_diags *diags, int io_err)
+{
+    sc_diags local = {0};
+    sc_diags *d = diags ? diags : &local;
+    size_t before = d->n;
+    loader L = {0};
+    L.c = (sc_cx){.d = d, .file = name ? name : "<string>", .base_dir = base_dir};
+    L.io_err = io_err;
+    *out = NULL;
+    sc_config *cfg = sc_xcalloc(1, sizeof(*cfg));
+    L.cfg = cfg;
+    cfg->file = sc_xstrdup(L.c.file);
+    config_defaults(cfg);
+
+    sc_ynode *root = NULL;
+    if (sc_config_yaml_parse(yaml ? yaml : "", yaml ? len : 0, L.c.file, d, &root) == 0) {
+        parse_config(&L, root);
+        sc_config_yaml_free(root);
+    }
+    free(L.meta);
+    int rc = 0;
+    if (d->n != before) {
+        sc_config_free(cfg);
+        rc = L.io_err ? L.io_err : -EINVAL;
+    } else {
+        *out = cfg;
+    }
+    sc_diags_free(&local);
+    return rc;
+}
+
+int sc_config_load_string(const char *yaml, size_t len, const char *name, const char *base_dir,
+                          sc_config **out, sc_diags *diags)
+{
+    return load_text(yaml, len, name, base_dir, out, diags, 0);
+}
+
+int sc_config_load(const char *path, sc_config **out, sc_diags *diags)
+{
+    sc_diags local = {0};
+    sc_diags *d = diags ? diags : &local;
+    size_t len;
+    int err;
+    *out = NULL;
+    if (!path || !*path) {
+        sc_diags_add(d, "", 0, "", "no configuration file given");
+        sc_diags_free(&local);
+        return -EINVAL;
+    }
+    char *buf = sc_config_read_file(path, &len, &err);
+    if (!buf) {
+        sc_diags_add(d, path, 0, "", "cannot read the configuration: %s", strerror(-err));
+        sc_diags_free(&local);
+        return err;
+    }
+    char *dir = sc_xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        dir[1] = 0;
+    else if (slash)
+        *slash = 0;
+    else {
+        free(dir);
+        dir = sc_xstrdup(".");
+    }
+    int rc = load_text(buf, len, path, dir, out, d, 0);
+    free(dir);
+    free(buf);
+    sc_diags_free(&local);
+    return rc;
+}
+
+static void free_strv(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+void sc_config_free(sc_config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->file);
+    free(cfg->service.name);
+    free(cfg->service.id);
+    free(cfg->service.address);
+    free_strv(cfg->service.tags, cfg->service.n_tags);
+    for (size_t i = 0; i < cfg->service.n_meta; i++) {
+        free(cfg->service.meta[i].key);
+        free(cfg->service.meta[i].value);
+    }
+    free(cfg->service.meta);
+    free(cfg->policies_dir);
+    free(cfg->consul.address);
+    free(cfg->consul.token);
+    free(cfg->consul.token_file);
+    free(cfg->consul.ca_file);
+    free(cfg->consul.cert_file);
+    free(cfg->consul.key_file);
+    free(cfg->consul.datacenter);
+    free(cfg->consul.cache_file);
+    free(cfg->tls.cert_file);
+    free(cfg->tls.key_file);
+    free(cfg->tls.ca_file);
+    free_strv(cfg->tls.allow, cfg->tls.n_allow);
+    free(cfg->tls.identity_header);
+    for (size_t i = 0; i < cfg->n_policies; i++)
+        sc_policy_clear(&cfg->policies[i]);
+    free(cfg->policies);
+    free(cfg);
+}

@@ -1,0 +1,46 @@
+/*
+ * buf.h: a bounded contiguous byte buffer. Data lives in [start, end) of a
+ * block of `cap` bytes; space is reclaimed by compaction when the front is
+ * consumed. The block comes from the worker's block pool (sc_pool_*), so a
+ * buffer costs no malloc on the per-request path once the pool is warm.
+ */
+#ifndef SC_BUF_H
+#define SC_BUF_H
+
+#include "core/common.h"
+
+#include <string.h>
+
+typedef struct sc_buf {
+    char *data;      /* NULL until first use */
+    uint32_t cap;
+    uint32_t start;
+    uint32_t end;
+} sc_buf;
+
+static inline size_t sc_buf_len(const sc_buf *b) { return b->end - b->start; }
+static inline char *sc_buf_head(const sc_buf *b) { return b->data + b->start; }
+
+/* Free space at the tail after compaction (compacts when worthwhile). */
+static inline size_t sc_buf_space(sc_buf *b)
+{
+    if (!b->data)
+        return b->cap;
+    if (b->start && (b->start == b->end || b->cap - b->end < b->cap / 4)) {
+        memmove(b->data, b->data + b->start, b->end - b->start);
+        b->end -= b->start;
+        b->start = 0;
+    }
+    return b->cap - b->end;
+}
+
+static inline char *sc_buf_tail(const sc_buf *b) { return b->data + b->end; }
+
+static inline void sc_buf_consume(sc_buf *b, size_t n)
+{
+    b->start += (uint32_t)n;
+    if (b->start == b->end)
+        b->start = b->end = 0;
+}
+
+#endif

@@ -1,0 +1,59 @@
+/*
+ * conns.h: the concrete connection structs shared by the HTTP/1 and HTTP/2
+ * implementations of each side. Private to sidecar/proxy/.
+ */
+#ifndef SC_CONNS_H
+#define SC_CONNS_H
+
+#include "proxy/proxy.h"
+
+/* A caller's connection: starts as HTTP/1 and switches to HTTP/2 when the
+ * first bytes are the HTTP/2 connection preface (h2c prior knowledge). */
+typedef struct sc_down_conn {
+    sc_conn super;
+    /* HTTP/1 */
+    sc_stream *cur;                 /* the request being served */
+    bool close_after;               /* close once the current response is out */
+    bool awaiting_head;             /* header-read timer is armed */
+    /* HTTP/2 */
+    nghttp2_session *h2;
+    uint32_t n_streams;
+    bool goaway_sent;
+} sc_down_conn;
+
+/* A connection to one upstream instance. */
+typedef struct sc_up_conn {
+    sc_conn super;
+    sc_link pending;                /* streams waiting for the connection */
+    /* HTTP/1 */
+    sc_stream *cur;
+    bool head_parsed;
+    /* HTTP/2 */
+    nghttp2_session *h2;
+    uint32_t n_streams;
+    uint32_t max_streams;           /* peer's SETTINGS_MAX_CONCURRENT_STREAMS */
+    bool goaway;                    /* no new streams on this connection */
+    bool settings_seen;
+} sc_up_conn;
+
+#define SC_DOWN(c) ((sc_down_conn *)(c))
+#define SC_UP(c) ((sc_up_conn *)(c))
+
+/* Shared between up_h1.c / up_h2.c and the pool logic (stream.c). */
+sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr *sa, socklen_t len,
+                           const sc_conn_ops *ops, int *err);
+/* Starts the idle timer of an upstream connection with nothing to do. */
+void sc_up_conn_idle(sc_up_conn *u);
+/* Fails every stream still waiting on u->pending. */
+void sc_up_conn_fail_pending(sc_up_conn *u, sc_fail why);
+
+/* Decodes an HTTP/1 body from `in` into pipe `p` while it has room (the
+ * decoder `b` keeps its state between calls). Returns the number of payload
+ * bytes moved plus one when the body ended (so 0 means no progress), or a
+ * negative SC_H1_ERR_*. Trailers of a chunked body go to p->trailers. */
+int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p);
+
+/* The bytes a stream's timeout leaves for an upstream grpc-timeout; 0 = none. */
+uint64_t sc_stream_remaining_ns(const sc_stream *s);
+
+#endif

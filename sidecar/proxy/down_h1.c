@@ -1,0 +1,512 @@
+/*
+ * down_h1.c: a caller's HTTP/1.1 connection. Parses requests with the strict
+ * codec (http/h1.h), turns each into a protocol-neutral stream, and writes
+ * the response back with the framing this client understands. One request at
+ * a time: a pipelined request waits in c->in until the previous response is
+ * out. A connection that begins with the HTTP/2 preface is handed to
+ * down_h2.c.
+ */
+#include "core/log.h"
+#include "http/grpc.h"
+#include "proxy/conns.h"
+#include "sidecar.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+#define H2_PREFACE_LEN 24
+#define TRAILER_CAP 8192
+
+static uint32_t in_cap(const sc_conn *c)
+{
+    const sc_config *cfg = c->w->sc->cfg;
+    uint32_t cap = cfg->limits.stream_buffer;
+    return cfg->limits.max_header_bytes + 1 > cap ? cfg->limits.max_header_bytes + 1 : cap;
+}
+
+static void arm_timer(sc_conn *c, uint64_t ms)
+{
+    ev_timer_stop(c->w->loop, &c->timer);
+    if (ms) {
+        ev_timer_set(&c->timer, (double)ms / 1000.0, 0);
+        ev_timer_start(c->w->loop, &c->timer);
+    }
+}
+
+/* Answers a request the sidecar refuses to forward, then closes. */
+static void reject(sc_conn *c, int status, sc_bad_req_kind kind, const char *why)
+{
+    SC_STAT_INC(c->w->stats->bad_requests[kind]);
+    SC_DEBUG("%s listener: refused request from %s: %d %s", c->route->name, c->peer_text, status, why);
+    char body[256], head[512];
+    int bl = snprintf(body, sizeof(body), "%s\n", why);
+    int hl = snprintf(head, sizeof(head),
+                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                      "x-sidecar-reason: bad-request\r\nconnection: close\r\ncontent-length: %d\r\n\r\n",
+                      status, sc_h1_reason(status), bl);
+    c->out.start = c->out.end = 0;
+    sc_conn_write(c, head, (size_t)hl);
+    sc_conn_write(c, body, (size_t)bl);
+    if (SC_DOWN(c)->cur) {
+        sc_stream *s = SC_DOWN(c)->cur;
+        SC_DOWN(c)->cur = NULL;
+        sc_stream_downstream_done(s, true);
+    }
+    sc_conn_close_after_flush(c);
+}
+
+static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_conn *c = SC_CONTAINER_OF(t, sc_conn, timer);
+    sc_down_conn *d = SC_DOWN(c);
+    if (d->cur)
+        return; /* a request is in flight: its own deadline governs */
+    if (d->awaiting_head && sc_buf_len(&c->in)) {
+        reject(c, 408, SC_BAD_REQ_HEADER_TIMEOUT, "request head not received in time (timeouts.header_read)");
+        return;
+    }
+    sc_conn_close(c, 0);
+}
+
+static bool is_hop(const sc_h1_header *h, sc_h1_str connection)
+{
+    return sc_h1_is_hop_by_hop(h->name.p, h->name.len, connection);
+}
+
+static bool name_is(const sc_h1_str *n, const char *lit, size_t len)
+{
+    return n->len == len && strncasecmp(n->p, lit, len) == 0;
+}
+
+/* A complete request head: build the stream and start it. */
+static int begin_request(sc_conn *c, const sc_h1_head *h)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    sc_stream *s = sc_stream_new(c->w, c->route, c, 0);
+    if (!s)
+        return -ENOMEM;
+    d->cur = s;
+    sc_msg *m = &s->req;
+    sc_h1_str conn_hdr = {0};
+    const sc_h1_header *ch = sc_h1_find(h, "connection");
+    if (ch)
+        conn_hdr = ch->value;
+    m->method = sc_arena_dup(&s->arena, h->method.p, h->method.len);
+    m->method_len = h->method.len;
+    m->scheme = "http";
+    const char *path = h->target.p;
+    size_t plen = h->target.len;
+    /* absolute-form: forward origin-form and use its authority. */
+    if (plen > 7 && strncasecmp(path, "http://", 7) == 0) {
+        const char *a = path + 7;
+        const char *slash = memchr(a, '/', plen - 7);
+        size_t alen = slash ? (size_t)(slash - a) : plen - 7;
+        m->authority = sc_arena_dup(&s->arena, a, alen);
+        m->authority_len = alen;
+        path = slash ? slash : "/";
+        plen = slash ? plen - 7 - alen : 1;
+    } else {
+        m->authority = sc_arena_dup(&s->arena, h->host.p ? h->host.p : "", h->host.len);
+        m->authority_len = h->host.len;
+    }
+    m->path = sc_arena_dup(&s->arena, path, plen);
+    m->path_len = plen;
+    if (!m->method || !m->path || !m->authority)
+        return -ENOMEM;
+    for (size_t i = 0; i < h->n_headers; i++) {
+        const sc_h1_header *hd = &h->headers[i];
+        if (is_hop(hd, conn_hdr) || name_is(&hd->name, "host", 4) || name_is(&hd->name, "content-length", 14) ||
+            name_is(&hd->name, "expect", 6))
+            continue;
+        if (name_is(&hd->name, "content-type", 12) && sc_grpc_is_content_type(hd->value.p, hd->value.len))
+            m->is_grpc = true;
+        if (sc_msg_add(s, m, hd->name.p, hd->name.len, hd->value.p, hd->value.len) < 0)
+            return -ENOMEM;
+    }
+    if (h->te_trailers) {
+        s->down_te_trailers = true;
+        sc_msg_add(s, m, "te", 2, "trailers", 8);
+    }
+    if (h->method.len == 4 && memcmp(h->method.p, "HEAD", 4) == 0)
+        s->flags |= SC_ST_F_HEAD_REQ;
+    s->down_keepalive = h->keep_alive && !c->w->draining;
+    d->close_after = !s->down_keepalive;
+    s->req.content_length = h->body == SC_H1_BODY_LENGTH ? (int64_t)h->content_length : -1;
+    if (h->body == SC_H1_BODY_NONE || (h->body == SC_H1_BODY_LENGTH && h->content_length == 0)) {
+        s->reqp.eof = true;
+        s->req.content_length = h->body == SC_H1_BODY_LENGTH ? 0 : -1;
+        sc_h1_body_init(&s->h1_body, SC_H1_BODY_NONE, 0, NULL, 0);
+    } else {
+        if (h->body == SC_H1_BODY_CHUNKED) {
+            s->h1_trailer_buf = malloc(TRAILER_CAP);
+            if (!s->h1_trailer_buf)
+                return -ENOMEM;
+        }
+        sc_h1_body_init(&s->h1_body, h->body, h->content_length, s->h1_trailer_buf,
+                        s->h1_trailer_buf ? TRAILER_CAP : 0);
+        if (h->expect_continue && h->minor_version >= 1) {
+            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            sc_conn_write(c, cont, sizeof(cont) - 1);
+            sc_conn_mark_dirty(c);
+        }
+    }
+    m->head_done = true;
+    d->awaiting_head = false;
+    ev_timer_stop(c->w->loop, &c->timer);
+    sc_stream_start(s);
+    return 0;
+}
+
+/* Moves request body bytes from c->in into the stream's pipe. */
+static int pump_body(sc_conn *c, sc_stream *s)
+{
+    int rv = sc_h1_pump_body(s, &c->in, &s->h1_body, &s->reqp);
+    if (rv > 0)
+        sc_stream_req_progress(s);
+    return rv < 0 ? rv : 0;
+}
+
+static void process(sc_conn *c)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    for (;;) {
+        if (c->flags & (SC_CONN_F_CLOSED | SC_CONN_F_CLOSING))
+            return;
+        sc_stream *s = d->cur;
+        if (s) {
+            if (!s->reqp.eof && !(s->flags & SC_ST_F_DOWN_DONE)) {
+                int rv = pump_body(c, s);
+                if (rv < 0) {
+                    reject(c, 400, SC_BAD_REQ_BODY, "malformed request body");
+                    return;
+                }
+                if (!s->reqp.eof && sc_buf_len(&c->in) && sc_buf_space(&s->reqp.buf) == 0)
+                    sc_conn_pause_read(c); /* backpressure: the upstream is slower */
+            }
+            if (sc_buf_len(&c->in) >= in_cap(c) && s->reqp.eof)
+                sc_conn_pause_read(c); /* pipelined bytes wait for the response */
+            return;
+        }
+        size_t len = sc_buf_len(&c->in);
+        if (len == 0)
+            return;
+        if (c->ops->kind == SC_CONN_DOWN_H1 && !d->h2 && c->in.start == 0 && d->n_streams == 0 &&
+            memcmp(sc_buf_head(&c->in), h2_preface, SC_MIN(len, (size_t)H2_PREFACE_LEN)) == 0) {
+            if (len < H2_PREFACE_LEN)
+                return;
+            if (sc_down_h2_upgrade(c) < 0)
+                sc_conn_close(c, -EPROTO);
+            return;
+        }
+        if (!d->awaiting_head) {
+            d->awaiting_head = true;
+            arm_timer(c, c->route->timeouts->header_read_ms);
+        }
+        sc_h1_head h;
+        const char *why = NULL;
+        sc_h1_limits lim = {c->w->sc->cfg->limits.max_request_line, c->w->sc->cfg->limits.max_header_bytes};
+        int n = sc_h1_parse_head(sc_buf_head(&c->in), len, true, false, &lim, &h, &why);
+        if (n == 0) {
+            if (len >= in_cap(c))
+                reject(c, 431, SC_BAD_REQ_TOO_LARGE, "request header block too large (limits.max_header_bytes)");
+            return;
+        }
+        if (n < 0) {
+            switch (n) {
+            case SC_H1_ERR_TOO_LARGE:
+                reject(c, 431, SC_BAD_REQ_TOO_LARGE, why ? why : "request header block too large");
+                break;
+            case SC_H1_ERR_LINE_TOO_LONG:
+                reject(c, 414, SC_BAD_REQ_LINE_TOO_LONG, why ? why : "request line too long");
+                break;
+            case SC_H1_ERR_UNSUPPORTED:
+                reject(c, why && strstr(why, "version") ? 505 : 501, SC_BAD_REQ_UNSUPPORTED,
+                       why ? why : "unsupported request");
+                break;
+            default:
+                reject(c, 400, SC_BAD_REQ_SYNTAX, why ? why : "malformed request");
+            }
+            return;
+        }
+        /* The head stays in c->in while its fields are copied into the stream. */
+        int rv = begin_request(c, &h);
+        sc_buf_consume(&c->in, (size_t)n);
+        if (rv < 0) {
+            reject(c, 503, SC_BAD_REQ_SYNTAX, "out of memory");
+            return;
+        }
+    }
+}
+
+static void on_readable(sc_conn *c)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    for (int i = 0; i < 16; i++) {
+        if (c->flags & (SC_CONN_F_CLOSED | SC_CONN_F_READ_PAUSED | SC_CONN_F_EOF))
+            break;
+        if (sc_buf_reserve(c->w, &c->in, in_cap(c)) < 0) {
+            sc_conn_close(c, -ENOMEM);
+            return;
+        }
+        size_t space = sc_buf_space(&c->in);
+        if (space == 0) {
+            process(c);
+            if (sc_buf_space(&c->in) == 0) {
+                sc_conn_pause_read(c);
+                break;
+            }
+            continue;
+        }
+        ssize_t n = recv(c->fd, sc_buf_tail(&c->in), space, 0);
+        if (n > 0) {
+            c->in.end += (uint32_t)n;
+            process(c);
+            if (c->ops != &sc_down_h1_ops)
+                return; /* switched to HTTP/2 */
+            if ((size_t)n < space)
+                break;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            break;
+        /* EOF or error. */
+        if (d->cur && (!d->cur->reqp.eof || n < 0)) {
+            sc_conn_close(c, n < 0 ? -errno : -ECONNRESET);
+            return;
+        }
+        if (!d->cur) {
+            sc_conn_close(c, 0);
+            return;
+        }
+        /* Request complete, the client half-closed: finish the response, then close. */
+        c->flags |= SC_CONN_F_EOF;
+        d->close_after = true;
+        ev_io_stop(c->w->loop, &c->io);
+        ev_io_set(&c->io, c->fd, 0);
+        break;
+    }
+    if (sc_buf_len(&c->in) && !(c->flags & SC_CONN_F_CLOSED) && c->ops == &sc_down_h1_ops)
+        process(c);
+    if (sc_buf_len(&c->in) == 0 && !(c->flags & SC_CONN_F_CLOSED))
+        sc_buf_release(c->w, &c->in);
+}
+
+static bool is_response_hop(const nghttp2_nv *nv)
+{
+    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                                      "upgrade", "te", "trailer", "content-length"};
+    for (size_t i = 0; i < SC_ARRAY_LEN(hop); i++)
+        if (nv->namelen == strlen(hop[i]) && memcmp(nv->name, hop[i], nv->namelen) == 0)
+            return true;
+    return false;
+}
+
+static int write_headers(sc_conn *c, const nghttp2_nv *nv, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (nv[i].namelen && nv[i].name[0] == ':')
+            continue;
+        if (is_response_hop(&nv[i]))
+            continue;
+        if (sc_conn_write(c, nv[i].name, nv[i].namelen) < 0 || sc_conn_write(c, ": ", 2) < 0 ||
+            sc_conn_write(c, nv[i].value, nv[i].valuelen) < 0 || sc_conn_write(c, "\r\n", 2) < 0)
+            return -ENOBUFS;
+    }
+    return 0;
+}
+
+static void finish_response(sc_conn *c, sc_stream *s)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    if (!s->reqp.eof)
+        d->close_after = true; /* the rest of the request body is unread: cannot reuse */
+    d->cur = NULL;
+    sc_stream_downstream_done(s, false);
+    if (d->close_after || c->w->draining) {
+        sc_conn_close_after_flush(c);
+        return;
+    }
+    d->awaiting_head = false;
+    arm_timer(c, c->route->timeouts->idle_ms);
+    sc_conn_resume_read(c);
+    if (sc_buf_len(&c->in))
+        sc_conn_mark_dirty(c);
+}
+
+static int write_head(sc_conn *c, sc_stream *s)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    char line[128];
+    int st = s->resp.status;
+    bool no_body = (s->flags & SC_ST_F_HEAD_REQ) || st == 204 || st == 304 || st < 200;
+    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", st, sc_h1_reason(st));
+    size_t before = c->out.end;
+    if (sc_conn_write(c, line, (size_t)n) < 0 || write_headers(c, s->resp.hdrs, s->resp.n_hdrs) < 0)
+        goto full;
+    if (s->resp.content_length >= 0 && st != 204 && st >= 200) {
+        n = snprintf(line, sizeof(line), "content-length: %lld\r\n", (long long)s->resp.content_length);
+        if (sc_conn_write(c, line, (size_t)n) < 0)
+            goto full;
+    } else if (!no_body) {
+        /* Unknown length: chunked keeps the connection reusable. */
+        s->down_chunked = true;
+        if (sc_conn_write(c, "transfer-encoding: chunked\r\n", 28) < 0)
+            goto full;
+    }
+    if (d->close_after || c->w->draining) {
+        d->close_after = true;
+        if (sc_conn_write(c, "connection: close\r\n", 19) < 0)
+            goto full;
+    }
+    if (sc_conn_write(c, "\r\n", 2) < 0)
+        goto full;
+    s->flags |= SC_ST_F_DOWN_HEAD_SENT;
+    if (no_body) {
+        sc_buf_release(c->w, &s->respp.buf);
+        s->down_chunked = false;
+    }
+    return 0;
+full:
+    c->out.end = (uint32_t)before;
+    return -ENOBUFS;
+}
+
+static int produce(sc_conn *c)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    sc_stream *s = d->cur;
+    if (!s || !s->resp.head_done)
+        return 0;
+    if ((s->flags & SC_ST_F_DOWN_HEAD_SENT) && s->fail && !s->respp.eof) {
+        /* The upstream failed mid-response: cutting the connection is the
+         * only way HTTP/1.1 can tell the client the body is incomplete. */
+        d->cur = NULL;
+        sc_stream_downstream_done(s, true);
+        return -ECONNABORTED;
+    }
+    if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
+        if (write_head(c, s) < 0)
+            return 0; /* wait for the output to drain */
+    }
+    bool no_body = (s->flags & SC_ST_F_HEAD_REQ) || s->resp.status == 204 || s->resp.status == 304;
+    size_t drained = 0;
+    while (!no_body && sc_buf_len(&s->respp.buf)) {
+        if (sc_buf_reserve(c->w, &c->out, 64 * 1024) < 0)
+            return -ENOMEM;
+        size_t space = sc_buf_space(&c->out);
+        size_t len = sc_buf_len(&s->respp.buf);
+        size_t overhead = s->down_chunked ? 20 : 0;
+        if (space <= overhead)
+            break;
+        size_t n = SC_MIN(len, space - overhead);
+        if (s->down_chunked) {
+            char hdr[20];
+            int hl = snprintf(hdr, sizeof(hdr), "%zx\r\n", n);
+            sc_conn_write(c, hdr, (size_t)hl);
+        }
+        sc_conn_write(c, sc_buf_head(&s->respp.buf), n);
+        if (s->down_chunked)
+            sc_conn_write(c, "\r\n", 2);
+        sc_buf_consume(&s->respp.buf, n);
+        drained += n;
+    }
+    if (drained)
+        sc_stream_resp_drained(s, drained);
+    if (d->cur != s)
+        return 0;
+    if (s->respp.eof && (no_body || sc_buf_len(&s->respp.buf) == 0)) {
+        if (s->down_chunked) {
+            size_t before = c->out.end;
+            if (sc_conn_write(c, "0\r\n", 3) < 0 ||
+                (s->down_te_trailers && write_headers(c, s->respp.trailers, s->respp.n_trailers) < 0) ||
+                sc_conn_write(c, "\r\n", 2) < 0) {
+                c->out.end = (uint32_t)before;
+                return 0;
+            }
+        }
+        finish_response(c, s);
+    }
+    return 0;
+}
+
+void sc_down_h1_stream_event(sc_stream *s)
+{
+    sc_conn_mark_dirty(s->down);
+}
+
+void sc_down_h1_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
+{
+    if (status == 100 || status == 101)
+        return; /* 100 was answered by the sidecar itself; upgrades are not proxied */
+    sc_conn *c = s->down;
+    char line[64];
+    int l = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, sc_h1_reason(status));
+    size_t before = c->out.end;
+    if (sc_conn_write(c, line, (size_t)l) < 0 || write_headers(c, nv, n) < 0 || sc_conn_write(c, "\r\n", 2) < 0)
+        c->out.end = (uint32_t)before; /* no room: an informational response may be dropped */
+    sc_conn_mark_dirty(c);
+}
+
+static void on_close(sc_conn *c, int err)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    (void)err;
+    if (d->cur) {
+        sc_stream *s = d->cur;
+        d->cur = NULL;
+        sc_stream_downstream_done(s, true);
+    }
+    c->w->n_down_conns--;
+    SC_STAT_DEC(c->w->stats->down_conns);
+}
+
+const sc_conn_ops sc_down_h1_ops = {
+    .kind = SC_CONN_DOWN_H1,
+    .on_readable = on_readable,
+    .produce = produce,
+    .on_close = on_close,
+    .on_drained = NULL,
+};
+
+void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr *sa, socklen_t len)
+{
+    sc_down_conn *d = calloc(1, sizeof(*d));
+    if (!d) {
+        close(fd);
+        return;
+    }
+    sc_conn *c = &d->super;
+    sc_conn_init(c, w, fd, &sc_down_h1_ops, route);
+    memcpy(&c->peer, sa, len);
+    c->peer_len = len;
+    snprintf(c->peer_text, sizeof(c->peer_text), "fd %d", fd);
+    ev_init(&c->timer, timer_cb);
+    sc_list_push(&w->down_conns, &c->link);
+    w->n_down_conns++;
+    SC_STAT_INC(w->stats->down_conns);
+    SC_STAT_INC(w->stats->down_conns_total);
+    ev_io_start(w->loop, &c->io);
+    d->awaiting_head = true;
+    arm_timer(c, route->timeouts->header_read_ms);
+}
+
+void sc_down_h2_drain(sc_conn *c);
+
+void sc_down_drain(sc_conn *c)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    if (c->ops->kind == SC_CONN_DOWN_H2) {
+        sc_down_h2_drain(c);
+        return;
+    }
+    d->close_after = true;
+    if (!d->cur)
+        sc_conn_close(c, 0);
+}

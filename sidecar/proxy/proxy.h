@@ -1,0 +1,335 @@
+/*
+ * proxy.h: the data plane's internal types: workers, routes, connections and
+ * streams. Not an API for other layers (they use sidecar.h).
+ *
+ * Shape (see DESIGN.md "Data flow"): a worker thread owns a libev loop, one
+ * SO_REUSEPORT socket per listener, its downstream connections, its upstream
+ * connection pools and every stream on them. Nothing here is shared between
+ * workers except the routes (read-only config, endpoint snapshots published
+ * by the control thread, relaxed-atomic counters).
+ *
+ * A connection (sc_conn) is one socket with a protocol implementation plugged
+ * in through a static ops table: downstream HTTP/1 (down_h1.c), downstream
+ * HTTP/2 (down_h2.c), upstream HTTP/1 (up_h1.c), upstream HTTP/2 (up_h2.c).
+ *
+ * A stream (sc_stream) is one request/response exchange. It owns two pipes:
+ * the request body flowing down->up and the response body flowing up->down.
+ * Each pipe is bounded (limits.stream_buffer): a producer stops reading its
+ * socket (HTTP/1) or withholds WINDOW_UPDATE (HTTP/2) while the pipe is full,
+ * so a slow reader slows its writer instead of growing memory.
+ *
+ * Memory: streams and buffer blocks come from per-worker free lists; header
+ * strings live in the stream's arena and are released with the stream.
+ */
+#ifndef SC_PROXY_H
+#define SC_PROXY_H
+
+#include "config/config.h"
+#include "core/common.h"
+#include "discovery/endpoints.h"
+#include "http/h1.h"
+#include "proxy/buf.h"
+#include "proxy/stats.h"
+
+#include <ev.h>
+#include <nghttp2/nghttp2.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+typedef struct sc_worker sc_worker;
+typedef struct sc_conn sc_conn;
+typedef struct sc_stream sc_stream;
+typedef struct sc_route sc_route;
+
+/* ---- intrusive doubly linked list ---- */
+typedef struct sc_link {
+    struct sc_link *prev, *next;
+} sc_link;
+
+static inline void sc_list_init(sc_link *h) { h->prev = h->next = h; }
+static inline bool sc_list_empty(const sc_link *h) { return h->next == h; }
+static inline bool sc_link_linked(const sc_link *l) { return l->next != NULL && l->next != l; }
+static inline void sc_list_push(sc_link *h, sc_link *l)
+{
+    l->prev = h->prev;
+    l->next = h;
+    h->prev->next = l;
+    h->prev = l;
+}
+static inline void sc_list_remove(sc_link *l)
+{
+    if (!l->next)
+        return;
+    l->prev->next = l->next;
+    l->next->prev = l->prev;
+    l->prev = l->next = NULL;
+}
+
+/* ---- arena: bump allocator released with its stream ---- */
+typedef struct sc_arena_chunk {
+    struct sc_arena_chunk *next;
+    size_t used, cap;
+    char data[];
+} sc_arena_chunk;
+
+typedef struct sc_arena {
+    sc_arena_chunk *head;    /* extra chunks, malloc'ed, freed at reset */
+    char *inl;               /* the stream's inline block */
+    size_t inl_used, inl_cap;
+} sc_arena;
+
+void *sc_arena_alloc(sc_arena *a, size_t n);
+char *sc_arena_dup(sc_arena *a, const char *s, size_t n); /* NUL terminated copy */
+void sc_arena_reset(sc_arena *a);
+
+/* ---- routes: where a listener's traffic goes ---- */
+struct sc_route {
+    const char *name;               /* upstream name, or "inbound" */
+    unsigned index;                 /* into worker->rstate and stats */
+    sc_proto protocol;              /* towards the instances */
+    const sc_timeouts *timeouts;
+    const sc_policy *policy;        /* NULL for inbound */
+    bool inbound;
+    sc_endpoints_ref endpoints;     /* published snapshot (discovery/endpoints.h) */
+};
+
+/* Per worker, per route: connection pool and balancing state. */
+typedef struct sc_route_state {
+    sc_link h2_conns;               /* upstream HTTP/2 connections */
+    sc_link h1_idle;                /* idle upstream HTTP/1 connections */
+    uint32_t rr;                    /* round robin cursor */
+    uint32_t n_conns;               /* open upstream connections */
+} sc_route_state;
+
+/* ---- connections ---- */
+typedef enum {
+    SC_CONN_DOWN_H1 = 0,
+    SC_CONN_DOWN_H2,
+    SC_CONN_UP_H1,
+    SC_CONN_UP_H2,
+} sc_conn_kind;
+
+typedef struct sc_conn_ops {
+    sc_conn_kind kind;
+    void (*on_readable)(sc_conn *c);
+    /* Produce output into c->out (called when there is space and the conn is
+     * dirty or writable). Returns 0, or a negative error to close. */
+    int (*produce)(sc_conn *c);
+    /* Tear down protocol state; streams attached must be detached/failed. */
+    void (*on_close)(sc_conn *c, int err);
+    /* Called after a flush emptied the output buffer. */
+    void (*on_drained)(sc_conn *c);
+} sc_conn_ops;
+
+enum {
+    SC_CONN_F_DIRTY = 1u << 0,      /* on worker->dirty, produce() pending */
+    SC_CONN_F_CLOSING = 1u << 1,    /* close after the output is flushed */
+    SC_CONN_F_CLOSED = 1u << 2,
+    SC_CONN_F_CONNECTING = 1u << 3,
+    SC_CONN_F_READ_PAUSED = 1u << 4,
+    SC_CONN_F_WANT_WRITE = 1u << 5, /* EAGAIN on write: waiting for EPOLLOUT */
+    SC_CONN_F_EOF = 1u << 6,        /* peer closed its side */
+};
+
+struct sc_conn {
+    ev_io io;
+    ev_timer timer;                 /* idle / header-read / connect timeout */
+    const sc_conn_ops *ops;
+    sc_worker *w;
+    sc_route *route;                /* downstream: the listener's route; upstream: its route */
+    int fd;
+    uint32_t flags;
+    sc_link dirty_link;             /* worker->dirty */
+    sc_link link;                   /* pool / worker list membership */
+    sc_buf out;                     /* bytes waiting for the socket */
+    sc_buf in;                      /* bytes read but not yet parsed (HTTP/1) */
+    struct sockaddr_storage peer;
+    socklen_t peer_len;
+    char peer_text[64];
+    const uint8_t *pend;            /* HTTP/2: serialized bytes not yet in `out` */
+    size_t pend_len;
+};
+
+/* HTTP/2 output shared by both sides: moves nghttp2_session_mem_send()
+ * output into c->out while it has room. Returns 0 or a negative error. */
+int sc_h2_produce(sc_conn *c, nghttp2_session *session);
+
+/* ---- pipes and streams ---- */
+typedef struct sc_pipe {
+    sc_buf buf;                     /* bounded body bytes */
+    uint64_t total;                 /* bytes that entered the pipe */
+    nghttp2_nv *trailers;           /* in the stream arena */
+    size_t n_trailers, cap_trailers;
+    bool eof;                       /* producer finished (after buf drains, the end) */
+} sc_pipe;
+
+typedef struct sc_msg {
+    /* request: method/scheme/authority/path; response: status */
+    const char *method, *scheme, *authority, *path;
+    size_t method_len, authority_len, path_len;
+    int status;
+    nghttp2_nv *hdrs;               /* regular headers (lower-case names), arena */
+    size_t n_hdrs, cap_hdrs;
+    int64_t content_length;         /* -1 unknown */
+    bool is_grpc;
+    bool head_done;
+} sc_msg;
+
+typedef enum {
+    SC_FAIL_NONE = 0,
+    SC_FAIL_NO_INSTANCE,            /* 503 / UNAVAILABLE */
+    SC_FAIL_CONNECT,                /* 503 / UNAVAILABLE */
+    SC_FAIL_CONNECT_TIMEOUT,        /* 503 / UNAVAILABLE */
+    SC_FAIL_RESET,                  /* 502 / UNAVAILABLE: upstream reset or closed */
+    SC_FAIL_PROTOCOL,               /* 502 / INTERNAL: upstream sent garbage */
+    SC_FAIL_TIMEOUT,                /* 504 / DEADLINE_EXCEEDED */
+    SC_FAIL_DRAINING,               /* 503 / UNAVAILABLE */
+    SC_FAIL_OVERLOAD,               /* 503 / RESOURCE_EXHAUSTED */
+} sc_fail;
+
+const char *sc_fail_reason(sc_fail f);
+
+enum {
+    SC_ST_F_DOWN_HEAD_SENT = 1u << 0,   /* response head reached the downstream codec */
+    SC_ST_F_DOWN_DONE = 1u << 1,        /* downstream side finished (or gone) */
+    SC_ST_F_UP_DONE = 1u << 2,          /* upstream side finished (or gone) */
+    SC_ST_F_HEAD_REQ = 1u << 3,         /* request method is HEAD */
+    SC_ST_F_FAILED = 1u << 4,
+    SC_ST_F_UP_STARTED = 1u << 5,       /* request head handed to an upstream conn */
+    SC_ST_F_DEFERRED_DOWN = 1u << 6,    /* down h2 data provider is deferred */
+    SC_ST_F_DEFERRED_UP = 1u << 7,      /* up h2 data provider is deferred */
+    SC_ST_F_REQ_SENT = 1u << 8,         /* whole request written upstream */
+    SC_ST_F_DOWN_RESP_END = 1u << 9,    /* HTTP/2 downstream: END_STREAM of the response sent */
+};
+
+struct sc_stream {
+    sc_worker *w;
+    sc_route *route;
+    uint32_t flags;
+    /* downstream side */
+    sc_conn *down;
+    int32_t down_sid;               /* HTTP/2 stream id, 0 for HTTP/1 */
+    /* upstream side */
+    sc_conn *up;
+    int32_t up_sid;
+    sc_link up_link;                /* pending on a connecting upstream conn */
+    struct sockaddr_storage up_addr;
+    socklen_t up_addr_len;
+    /* messages */
+    sc_msg req, resp;
+    sc_pipe reqp, respp;
+    sc_arena arena;
+    /* deadline */
+    ev_timer timer;
+    uint64_t start_ns;
+    uint64_t deadline_ns;           /* 0 = none */
+    sc_fail fail;
+    int grpc_status;                /* seen in trailers, -1 none */
+    uint64_t bytes_in, bytes_out;
+    /* per-stream state for HTTP/1 sides */
+    sc_h1_body h1_body;             /* body decoder of whichever side is HTTP/1 */
+    sc_h1_body h1_up_body;
+    char *h1_trailer_buf;           /* chunked request trailers (HTTP/1 caller) */
+    char *h1_up_trailer_buf;        /* chunked response trailers (HTTP/1 upstream) */
+    uint64_t req_sent;              /* request body bytes handed to the upstream */
+    bool down_chunked;              /* HTTP/1 downstream response framing */
+    bool up_chunked;                /* HTTP/1 upstream request framing */
+    bool down_keepalive;
+    bool up_keepalive;
+    bool down_te_trailers;
+    bool up_head_sent;
+    sc_link wlink;                  /* worker->streams (drain, stats) */
+    char inline_arena[2048];
+};
+
+/* ---- worker ---- */
+struct sc_worker {
+    unsigned id;
+    pthread_t thread;
+    struct ev_loop *loop;
+    struct sidecar *sc;             /* process-wide state (sidecar.h) */
+    ev_io *listeners;               /* one per route */
+    ev_async wakeup;                /* drain / stop requests from the control thread */
+    ev_prepare flush;               /* flush dirty connections before polling */
+    ev_check check;                 /* epoch tracking after polling */
+    ev_timer drain_timer;
+    sc_link dirty;
+    sc_link down_conns;
+    sc_link streams;
+    sc_route_state *rstate;         /* per route */
+    sc_worker_stats *stats;         /* counters read by the admin endpoint */
+    uint32_t n_down_conns;
+    bool draining;
+    bool stopping;
+    /* free lists */
+    void *free_streams;
+    void *free_blocks;
+    unsigned n_free_blocks;
+    _Atomic uint64_t epoch;         /* 0 while idle in poll, else the global epoch at wake-up */
+};
+
+/* Block pool: stream_buffer-sized blocks for sc_buf, per worker. */
+int sc_buf_reserve(sc_worker *w, sc_buf *b, uint32_t cap);
+void sc_buf_release(sc_worker *w, sc_buf *b);
+
+/* ---- conn (worker.c) ---- */
+void sc_conn_init(sc_conn *c, sc_worker *w, int fd, const sc_conn_ops *ops, sc_route *route);
+void sc_conn_mark_dirty(sc_conn *c);
+void sc_conn_pause_read(sc_conn *c);
+void sc_conn_resume_read(sc_conn *c);
+/* Closes at once (err < 0: abnormal) or, with SC_CONN_F_CLOSING, after flushing. */
+void sc_conn_close(sc_conn *c, int err);
+void sc_conn_close_after_flush(sc_conn *c);
+/* Appends bytes to c->out (bounded by the block; returns -ENOBUFS when full). */
+int sc_conn_write(sc_conn *c, const void *p, size_t n);
+/* Connected sockets: non-blocking, TCP_NODELAY. */
+int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out);
+
+/* ---- stream lifecycle (stream.c) ---- */
+sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t down_sid);
+/* The downstream codec finished the request head: route, admit, pick, connect. */
+void sc_stream_start(sc_stream *s);
+/* Request body bytes arrived (pipe updated) or ended: wake the upstream side. */
+void sc_stream_req_progress(sc_stream *s);
+/* The downstream consumed n response bytes from the pipe: reopen the upstream
+ * flow (HTTP/2 WINDOW_UPDATE or resume reading the HTTP/1 socket). */
+void sc_stream_resp_drained(sc_stream *s, size_t n);
+/* The upstream consumed n request bytes: reopen the downstream flow. */
+void sc_stream_req_drained(sc_stream *s, size_t n);
+/* Response head / body / end arrived from upstream: wake the downstream side. */
+void sc_stream_resp_progress(sc_stream *s);
+/* Informational (1xx) response from upstream, to forward downstream. */
+void sc_stream_resp_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n);
+/* Upstream side failed before or during the response. */
+void sc_stream_upstream_failed(sc_stream *s, sc_fail why);
+/* Upstream side finished cleanly (response complete). */
+void sc_stream_upstream_done(sc_stream *s);
+/* Downstream side is gone (RST, close) or finished sending the response. */
+void sc_stream_downstream_done(sc_stream *s, bool aborted);
+/* Header helpers (arena copies; names lower-cased). */
+int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);
+const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
+int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen);
+
+/* ---- protocol entry points ---- */
+void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr *sa, socklen_t len);
+extern const sc_conn_ops sc_down_h1_ops, sc_down_h2_ops, sc_up_h1_ops, sc_up_h2_ops;
+/* Downstream notifications from the stream (down_h1.c / down_h2.c). */
+void sc_down_h1_stream_event(sc_stream *s);
+void sc_down_h2_stream_event(sc_stream *s);
+void sc_down_h1_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n);
+void sc_down_h2_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n);
+/* Take over a downstream connection that began with the HTTP/2 preface. */
+int sc_down_h2_upgrade(sc_conn *c);
+/* Upstream side (up_h1.c / up_h2.c). */
+void sc_up_h1_attach(sc_stream *s);         /* find/open a connection and send */
+void sc_up_h2_attach(sc_stream *s);
+void sc_up_h1_stream_event(sc_stream *s);   /* request body progress / resp drained */
+void sc_up_h2_stream_event(sc_stream *s);
+void sc_up_h1_cancel(sc_stream *s);         /* downstream went away */
+void sc_up_h2_cancel(sc_stream *s);
+
+/* Route state lookup. */
+static inline sc_route_state *sc_rstate(sc_worker *w, const sc_route *r) { return &w->rstate[r->index]; }
+
+#endif

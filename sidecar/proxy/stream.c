@@ -1,0 +1,564 @@
+/*
+ * stream.c: one request/response exchange between a downstream codec and an
+ * upstream codec: start (deadline, instance choice, attach to a pooled
+ * connection), the notifications that move body bytes through the two
+ * bounded pipes, local error replies in the caller's protocol, and the end
+ * (stats, free once both sides are done).
+ */
+#include "core/log.h"
+#include "http/grpc.h"
+#include "proxy/conns.h"
+#include "sidecar.h"
+
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- arena ---- */
+
+void *sc_arena_alloc(sc_arena *a, size_t n)
+{
+    n = (n + 7) & ~(size_t)7;
+    if (a->inl_cap - a->inl_used >= n) {
+        void *p = a->inl + a->inl_used;
+        a->inl_used += n;
+        return p;
+    }
+    if (a->head && a->head->cap - a->head->used >= n) {
+        void *p = a->head->data + a->head->used;
+        a->head->used += n;
+        return p;
+    }
+    size_t cap = n > 4096 ? n : 4096;
+    sc_arena_chunk *c = malloc(sizeof(*c) + cap);
+    if (!c)
+        return NULL;
+    c->cap = cap;
+    c->used = n;
+    c->next = a->head;
+    a->head = c;
+    return c->data;
+}
+
+char *sc_arena_dup(sc_arena *a, const char *s, size_t n)
+{
+    char *p = sc_arena_alloc(a, n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = 0;
+    }
+    return p;
+}
+
+void sc_arena_reset(sc_arena *a)
+{
+    while (a->head) {
+        sc_arena_chunk *c = a->head;
+        a->head = c->next;
+        free(c);
+    }
+    a->inl_used = 0;
+}
+
+/* ---- headers ---- */
+
+static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, const char *name, size_t nlen,
+                     const char *value, size_t vlen)
+{
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        nghttp2_nv *na = sc_arena_alloc(&s->arena, ncap * sizeof(*na));
+        if (!na)
+            return -ENOMEM;
+        if (*n)
+            memcpy(na, *arr, *n * sizeof(*na));
+        *arr = na;
+        *cap = ncap;
+    }
+    char *nm = sc_arena_dup(&s->arena, name, nlen);
+    char *vl = sc_arena_dup(&s->arena, value, vlen);
+    if (!nm || !vl)
+        return -ENOMEM;
+    for (size_t i = 0; i < nlen; i++)
+        if (nm[i] >= 'A' && nm[i] <= 'Z')
+            nm[i] = (char)(nm[i] + 32);
+    nghttp2_nv *nv = &(*arr)[(*n)++];
+    nv->name = (uint8_t *)nm;
+    nv->namelen = nlen;
+    nv->value = (uint8_t *)vl;
+    nv->valuelen = vlen;
+    nv->flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    return 0;
+}
+
+int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen);
+}
+
+int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen);
+}
+
+const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < m->n_hdrs; i++)
+        if (m->hdrs[i].namelen == len && memcmp(m->hdrs[i].name, name, len) == 0)
+            return &m->hdrs[i];
+    return NULL;
+}
+
+/* ---- lifecycle ---- */
+
+const char *sc_fail_reason(sc_fail f)
+{
+    switch (f) {
+    case SC_FAIL_NONE: return "none";
+    case SC_FAIL_NO_INSTANCE: return "no-healthy-instance";
+    case SC_FAIL_CONNECT: return "connect-failure";
+    case SC_FAIL_CONNECT_TIMEOUT: return "connect-timeout";
+    case SC_FAIL_RESET: return "upstream-reset";
+    case SC_FAIL_PROTOCOL: return "upstream-protocol-error";
+    case SC_FAIL_TIMEOUT: return "upstream-timeout";
+    case SC_FAIL_DRAINING: return "draining";
+    case SC_FAIL_OVERLOAD: return "overloaded";
+    }
+    return "unknown";
+}
+
+static const char *fail_detail(sc_fail f)
+{
+    switch (f) {
+    case SC_FAIL_NO_INSTANCE: return "no healthy instance to send the request to";
+    case SC_FAIL_CONNECT: return "connection to the instance failed";
+    case SC_FAIL_CONNECT_TIMEOUT: return "connection to the instance timed out (timeouts.connect)";
+    case SC_FAIL_RESET: return "the instance reset or closed the connection before the response ended";
+    case SC_FAIL_PROTOCOL: return "the instance sent an invalid response";
+    case SC_FAIL_TIMEOUT: return "request timed out (deadline from timeouts.request, per_try or grpc-timeout)";
+    case SC_FAIL_DRAINING: return "the sidecar is shutting down";
+    case SC_FAIL_OVERLOAD: return "too many concurrent requests";
+    default: return "failed";
+    }
+}
+
+static int fail_http_status(sc_fail f)
+{
+    switch (f) {
+    case SC_FAIL_RESET:
+    case SC_FAIL_PROTOCOL: return 502;
+    case SC_FAIL_TIMEOUT: return 504;
+    default: return 503;
+    }
+}
+
+static int fail_grpc_status(sc_fail f)
+{
+    switch (f) {
+    case SC_FAIL_TIMEOUT: return SC_GRPC_DEADLINE_EXCEEDED;
+    case SC_FAIL_OVERLOAD: return SC_GRPC_RESOURCE_EXHAUSTED;
+    case SC_FAIL_PROTOCOL: return SC_GRPC_INTERNAL;
+    default: return SC_GRPC_UNAVAILABLE;
+    }
+}
+
+static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
+
+sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t down_sid)
+{
+    sc_stream *s = w->free_streams;
+    if (s)
+        w->free_streams = *(void **)s;
+    else if (!(s = malloc(sizeof(*s))))
+        return NULL;
+    memset(s, 0, offsetof(sc_stream, inline_arena));
+    s->w = w;
+    s->route = route;
+    s->down = down;
+    s->down_sid = down_sid;
+    s->arena.inl = s->inline_arena;
+    s->arena.inl_cap = sizeof(s->inline_arena);
+    s->req.content_length = -1;
+    s->resp.content_length = -1;
+    s->grpc_status = -1;
+    s->start_ns = sc_now_ns();
+    ev_init(&s->timer, stream_timeout_cb);
+    sc_list_push(&w->streams, &s->wlink);
+    SC_STAT_INC(w->stats->streams);
+    return s;
+}
+
+static void stream_free(sc_stream *s)
+{
+    sc_worker *w = s->w;
+    sc_route_stats *rs = &w->stats->routes[s->route->index];
+    ev_timer_stop(w->loop, &s->timer);
+    sc_list_remove(&s->wlink);
+    sc_list_remove(&s->up_link);
+    if (s->flags & SC_ST_F_UP_STARTED || s->fail) {
+        SC_STAT_DEC(rs->active_requests);
+        int st = s->resp.status;
+        if (s->flags & SC_ST_F_DOWN_HEAD_SENT && st >= 100 && st < 600)
+            SC_STAT_INC(rs->responses[st / 100]);
+        else
+            SC_STAT_INC(rs->responses[0]);
+        if (s->req.is_grpc && s->grpc_status >= 0 && s->grpc_status <= SC_GRPC_STATUS_MAX)
+            SC_STAT_INC(rs->grpc[s->grpc_status]);
+        sc_stats_observe_latency(rs, (sc_now_ns() - s->start_ns) / 1000);
+        SC_STAT_ADD(rs->bytes_in, s->reqp.total);
+        SC_STAT_ADD(rs->bytes_out, s->respp.total);
+    }
+    SC_STAT_DEC(w->stats->streams);
+    sc_buf_release(w, &s->reqp.buf);
+    sc_buf_release(w, &s->respp.buf);
+    free(s->h1_trailer_buf);
+    free(s->h1_up_trailer_buf);
+    sc_arena_reset(&s->arena);
+    *(void **)s = w->free_streams;
+    w->free_streams = s;
+}
+
+static void maybe_free(sc_stream *s)
+{
+    if ((s->flags & (SC_ST_F_DOWN_DONE | SC_ST_F_UP_DONE)) == (SC_ST_F_DOWN_DONE | SC_ST_F_UP_DONE))
+        stream_free(s);
+}
+
+uint64_t sc_stream_remaining_ns(const sc_stream *s)
+{
+    if (!s->deadline_ns)
+        return 0;
+    uint64_t now = sc_now_ns();
+    return s->deadline_ns > now ? s->deadline_ns - now : 1;
+}
+
+static void down_event(sc_stream *s)
+{
+    if (s->flags & SC_ST_F_DOWN_DONE)
+        return;
+    if (s->down->ops->kind == SC_CONN_DOWN_H2)
+        sc_down_h2_stream_event(s);
+    else
+        sc_down_h1_stream_event(s);
+}
+
+static void up_event(sc_stream *s)
+{
+    if (!s->up || (s->flags & SC_ST_F_UP_DONE))
+        return;
+    if (s->up->ops->kind == SC_CONN_UP_H2)
+        sc_up_h2_stream_event(s);
+    else
+        sc_up_h1_stream_event(s);
+}
+
+static void up_cancel(sc_stream *s)
+{
+    if (s->flags & SC_ST_F_UP_DONE)
+        return;
+    sc_list_remove(&s->up_link);
+    if (s->up) {
+        if (s->up->ops->kind == SC_CONN_UP_H2)
+            sc_up_h2_cancel(s);
+        else
+            sc_up_h1_cancel(s);
+    }
+    s->up = NULL;
+    s->flags |= SC_ST_F_UP_DONE;
+}
+
+/* Builds the sidecar's own answer into s->resp / s->respp. */
+static void local_reply(sc_stream *s, sc_fail why)
+{
+    sc_route_stats *rs = &s->w->stats->routes[s->route->index];
+    SC_STAT_INC(rs->local_replies);
+    char msg[384];
+    snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
+    sc_msg *m = &s->resp;
+    m->n_hdrs = 0;
+    m->head_done = true;
+    sc_buf_release(s->w, &s->respp.buf);
+    s->respp.n_trailers = s->respp.cap_trailers = 0;
+    s->respp.eof = true;
+    if (s->req.is_grpc) {
+        char code[8], enc[1024];
+        int g = fail_grpc_status(why);
+        s->grpc_status = g;
+        snprintf(code, sizeof(code), "%d", g);
+        size_t elen = sc_grpc_message_encode(msg, enc, sizeof(enc));
+        m->status = 200;
+        m->content_length = -1;
+        sc_msg_add(s, m, "content-type", 12, "application/grpc", 16);
+        sc_msg_add(s, m, "grpc-status", 11, code, strlen(code));
+        sc_msg_add(s, m, "grpc-message", 12, enc, elen);
+        sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
+        return;
+    }
+    m->status = fail_http_status(why);
+    size_t n = strlen(msg);
+    msg[n++] = '\n';
+    m->content_length = (int64_t)n;
+    sc_msg_add(s, m, "content-type", 12, "text/plain; charset=utf-8", 25);
+    sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
+    if (!(s->flags & SC_ST_F_HEAD_REQ) && sc_buf_reserve(s->w, &s->respp.buf, s->w->sc->cfg->limits.stream_buffer) == 0 &&
+        sc_buf_space(&s->respp.buf) >= n) {
+        memcpy(sc_buf_tail(&s->respp.buf), msg, n);
+        s->respp.buf.end += (uint32_t)n;
+        s->respp.total += n;
+    }
+}
+
+void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
+{
+    sc_route_stats *rs = &s->w->stats->routes[s->route->index];
+    if (s->flags & SC_ST_F_UP_DONE)
+        return;
+    s->fail = why;
+    s->flags |= SC_ST_F_FAILED;
+    switch (why) {
+    case SC_FAIL_CONNECT: SC_STAT_INC(rs->connect_failures); break;
+    case SC_FAIL_CONNECT_TIMEOUT: SC_STAT_INC(rs->connect_timeouts); break;
+    case SC_FAIL_TIMEOUT: SC_STAT_INC(rs->timeouts); break;
+    case SC_FAIL_RESET:
+    case SC_FAIL_PROTOCOL: SC_STAT_INC(rs->resets); break;
+    case SC_FAIL_NO_INSTANCE: SC_STAT_INC(rs->no_instance); break;
+    default: break;
+    }
+    if (why != SC_FAIL_NO_INSTANCE)
+        SC_DEBUG("upstream %s: request %.*s failed: %s", s->route->name, (int)s->req.path_len,
+                 s->req.path ? s->req.path : "", sc_fail_reason(why));
+    up_cancel(s);
+    ev_timer_stop(s->w->loop, &s->timer);
+    if (s->flags & SC_ST_F_DOWN_DONE) {
+        maybe_free(s);
+        return;
+    }
+    if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
+        local_reply(s, why);
+    } else if (s->req.is_grpc && s->down->ops->kind == SC_CONN_DOWN_H2 && !s->respp.eof) {
+        /* Headers went out already: end the call with a status in trailers. */
+        char code[8], enc[512], msg[384];
+        int g = fail_grpc_status(why);
+        s->grpc_status = g;
+        snprintf(code, sizeof(code), "%d", g);
+        snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
+        size_t elen = sc_grpc_message_encode(msg, enc, sizeof(enc));
+        s->respp.n_trailers = s->respp.cap_trailers = 0;
+        sc_pipe_add_trailer(s, &s->respp, "grpc-status", 11, code, strlen(code));
+        sc_pipe_add_trailer(s, &s->respp, "grpc-message", 12, enc, elen);
+        s->respp.eof = true;
+    } else {
+        s->respp.eof = false;
+        s->fail = why; /* the downstream codec aborts (RST_STREAM / close) */
+    }
+    down_event(s);
+}
+
+void sc_stream_upstream_done(sc_stream *s)
+{
+    s->flags |= SC_ST_F_UP_DONE;
+    s->up = NULL;
+    ev_timer_stop(s->w->loop, &s->timer);
+    maybe_free(s);
+}
+
+void sc_stream_downstream_done(sc_stream *s, bool aborted)
+{
+    if (s->flags & SC_ST_F_DOWN_DONE)
+        return;
+    s->flags |= SC_ST_F_DOWN_DONE;
+    s->down = NULL;
+    if (aborted || !(s->flags & SC_ST_F_UP_DONE)) {
+        if (!(s->flags & SC_ST_F_UP_DONE) && !(s->flags & SC_ST_F_FAILED))
+            SC_DEBUG("upstream %s: caller went away; cancelling the upstream request", s->route->name);
+        up_cancel(s);
+    }
+    maybe_free(s);
+}
+
+static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_stream *s = SC_CONTAINER_OF(t, sc_stream, timer);
+    sc_stream_upstream_failed(s, SC_FAIL_TIMEOUT);
+}
+
+void sc_stream_req_progress(sc_stream *s) { up_event(s); }
+void sc_stream_resp_progress(sc_stream *s) { down_event(s); }
+
+void sc_stream_resp_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
+{
+    if (s->flags & (SC_ST_F_DOWN_DONE | SC_ST_F_DOWN_HEAD_SENT))
+        return;
+    if (s->down->ops->kind == SC_CONN_DOWN_H2)
+        sc_down_h2_informational(s, status, nv, n);
+    else
+        sc_down_h1_informational(s, status, nv, n);
+}
+
+void sc_stream_resp_drained(sc_stream *s, size_t n)
+{
+    if (!s->up || (s->flags & SC_ST_F_UP_DONE))
+        return;
+    if (s->up->ops->kind == SC_CONN_UP_H2) {
+        nghttp2_session_consume(SC_UP(s->up)->h2, s->up_sid, n);
+        sc_conn_mark_dirty(s->up);
+    } else {
+        sc_conn_resume_read(s->up);
+    }
+}
+
+void sc_stream_req_drained(sc_stream *s, size_t n)
+{
+    if (!s->down || (s->flags & SC_ST_F_DOWN_DONE))
+        return;
+    if (s->down->ops->kind == SC_CONN_DOWN_H2) {
+        nghttp2_session_consume(SC_DOWN(s->down)->h2, s->down_sid, n);
+        sc_conn_mark_dirty(s->down);
+    } else {
+        sc_conn_resume_read(s->down);
+    }
+}
+
+/* Round robin over the current snapshot; the address is copied because the
+ * snapshot may be retired once this loop iteration ends. */
+static bool pick_instance(sc_stream *s)
+{
+    sc_endpoints *e = sc_endpoints_current(&s->route->endpoints);
+    if (!e || e->n == 0)
+        return false;
+    sc_route_state *rs = sc_rstate(s->w, s->route);
+    const sc_instance *in = &e->inst[rs->rr++ % e->n];
+    memcpy(&s->up_addr, &in->addr.ss, in->addr.len);
+    s->up_addr_len = in->addr.len;
+    return true;
+}
+
+void sc_stream_start(sc_stream *s)
+{
+    sc_worker *w = s->w;
+    sc_route_stats *rs = &w->stats->routes[s->route->index];
+    SC_STAT_INC(rs->requests);
+    SC_STAT_INC(rs->active_requests);
+    s->flags |= SC_ST_F_UP_STARTED;
+
+    /* Deadline: the smaller of the policy's and the caller's grpc-timeout. */
+    uint64_t limit_ns = s->route->timeouts->request_ms * 1000000u;
+    if (s->route->timeouts->per_try_ms && (!limit_ns || s->route->timeouts->per_try_ms * 1000000u < limit_ns))
+        limit_ns = s->route->timeouts->per_try_ms * 1000000u;
+    for (size_t i = 0; i < s->req.n_hdrs; i++) {
+        nghttp2_nv *nv = &s->req.hdrs[i];
+        if (nv->namelen == 12 && memcmp(nv->name, "grpc-timeout", 12) == 0) {
+            uint64_t ns;
+            if (sc_grpc_timeout_parse((const char *)nv->value, nv->valuelen, &ns) == 0 && (!limit_ns || ns < limit_ns))
+                limit_ns = ns;
+            /* Dropped here; the upstream side sends what remains when it sends. */
+            s->req.hdrs[i] = s->req.hdrs[--s->req.n_hdrs];
+            break;
+        }
+    }
+    if (limit_ns) {
+        s->deadline_ns = s->start_ns + limit_ns;
+        ev_timer_set(&s->timer, (double)limit_ns / 1e9, 0);
+        ev_timer_start(w->loop, &s->timer);
+    }
+    if (w->sc->cfg->inbound.max_concurrent && s->route->inbound &&
+        SC_STAT_GET(rs->active_requests) > w->sc->cfg->inbound.max_concurrent) {
+        sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
+        return;
+    }
+    if (!pick_instance(s)) {
+        sc_stream_upstream_failed(s, SC_FAIL_NO_INSTANCE);
+        return;
+    }
+    if (s->route->protocol == SC_PROTO_HTTP1)
+        sc_up_h1_attach(s);
+    else
+        sc_up_h2_attach(s);
+}
+
+/* ---- upstream connections shared by up_h1.c and up_h2.c ---- */
+
+static void up_conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_conn *c = SC_CONTAINER_OF(t, sc_conn, timer);
+    if (c->flags & SC_CONN_F_CONNECTING) {
+        SC_WARN("upstream %s: connect to %s timed out after %llums", c->route->name, c->peer_text,
+                (unsigned long long)c->route->timeouts->connect_ms);
+        sc_up_conn_fail_pending(SC_UP(c), SC_FAIL_CONNECT_TIMEOUT);
+        sc_conn_close(c, -ETIMEDOUT);
+    } else {
+        SC_DEBUG("upstream %s: closing idle connection to %s", c->route->name, c->peer_text);
+        sc_conn_close(c, 0);
+    }
+}
+
+sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr *sa, socklen_t len,
+                           const sc_conn_ops *ops, int *err)
+{
+    int fd;
+    int rv = sc_socket_connect(sa, len, &fd);
+    if (rv < 0) {
+        *err = rv;
+        return NULL;
+    }
+    sc_up_conn *u = calloc(1, sizeof(*u));
+    if (!u) {
+        close(fd);
+        *err = -ENOMEM;
+        return NULL;
+    }
+    sc_conn_init(&u->super, w, fd, ops, route);
+    sc_list_init(&u->pending);
+    memcpy(&u->super.peer, sa, len);
+    u->super.peer_len = len;
+    sc_addr tmp;
+    (void)tmp;
+    char host[64] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        snprintf(u->super.peer_text, sizeof(u->super.peer_text), "%s:%u", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        snprintf(u->super.peer_text, sizeof(u->super.peer_text), "[%s]:%u", host, ntohs(in6->sin6_port));
+    }
+    u->super.flags |= SC_CONN_F_CONNECTING;
+    ev_io_set(&u->super.io, fd, EV_READ | EV_WRITE);
+    ev_io_start(w->loop, &u->super.io);
+    ev_timer_init(&u->super.timer, up_conn_timer_cb, (double)route->timeouts->connect_ms / 1000.0, 0);
+    ev_timer_start(w->loop, &u->super.timer);
+    sc_route_stats *rs = &w->stats->routes[route->index];
+    SC_STAT_INC(rs->upstream_conns);
+    SC_STAT_INC(rs->upstream_conns_total);
+    sc_rstate(w, route)->n_conns++;
+    return u;
+}
+
+void sc_up_conn_idle(sc_up_conn *u)
+{
+    sc_conn *c = &u->super;
+    uint64_t idle = c->route->timeouts->idle_ms;
+    ev_timer_stop(c->w->loop, &c->timer);
+    if (idle) {
+        ev_timer_set(&c->timer, (double)idle / 1000.0, 0);
+        ev_timer_start(c->w->loop, &c->timer);
+    }
+}
+
+void sc_up_conn_fail_pending(sc_up_conn *u, sc_fail why)
+{
+    while (!sc_list_empty(&u->pending)) {
+        sc_stream *s = SC_CONTAINER_OF(u->pending.next, sc_stream, up_link);
+        sc_list_remove(&s->up_link);
+        s->up = NULL;
+        sc_stream_upstream_failed(s, why);
+    }
+}

@@ -1,0 +1,418 @@
+/*
+ * up_h2.c: HTTP/2 (h2c, gRPC) connections to upstream instances, one nghttp2
+ * client session each, multiplexed up to the peer's
+ * SETTINGS_MAX_CONCURRENT_STREAMS; a new connection opens when all are full.
+ * Response DATA is acknowledged (WINDOW_UPDATE) only when the caller has
+ * taken it from the stream's pipe.
+ */
+#include "core/log.h"
+#include "http/grpc.h"
+#include "proxy/conns.h"
+#include "sidecar.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define CONN_WINDOW (16 * 1024 * 1024)
+#define DEFAULT_MAX_STREAMS 100
+
+static bool eq(const uint8_t *a, size_t alen, const char *lit)
+{
+    size_t l = strlen(lit);
+    return alen == l && memcmp(a, lit, l) == 0;
+}
+
+static sc_stream *get_stream(nghttp2_session *session, int32_t sid)
+{
+    return nghttp2_session_get_stream_user_data(session, sid);
+}
+
+static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, size_t length, uint32_t *data_flags,
+                         nghttp2_data_source *source, void *user_data)
+{
+    (void)user_data;
+    sc_stream *s = source->ptr;
+    if (!s || get_stream(session, sid) != s)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    size_t n = SC_MIN(length, sc_buf_len(&s->reqp.buf));
+    if (n) {
+        memcpy(buf, sc_buf_head(&s->reqp.buf), n);
+        sc_buf_consume(&s->reqp.buf, n);
+        s->req_sent += n;
+        sc_stream_req_drained(s, n);
+    }
+    if (sc_buf_len(&s->reqp.buf) == 0 && s->reqp.eof) {
+        *data_flags |= NGHTTP2_DATA_FLAG_EOF;
+        if (s->reqp.n_trailers) {
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            nghttp2_submit_trailer(session, sid, s->reqp.trailers, s->reqp.n_trailers);
+        }
+        s->flags |= SC_ST_F_REQ_SENT;
+        return (ssize_t)n;
+    }
+    if (n == 0) {
+        s->flags |= SC_ST_F_DEFERRED_UP;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    return (ssize_t)n;
+}
+
+static bool skip_req_header(const nghttp2_nv *nv)
+{
+    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                                      "upgrade", "trailer", "host", "content-length"};
+    for (size_t i = 0; i < SC_ARRAY_LEN(hop); i++)
+        if (eq(nv->name, nv->namelen, hop[i]))
+            return true;
+    if (eq(nv->name, nv->namelen, "te") && !eq(nv->value, nv->valuelen, "trailers"))
+        return true;
+    return false;
+}
+
+static int submit(sc_up_conn *u, sc_stream *s)
+{
+    const sc_msg *m = &s->req;
+    size_t n = m->n_hdrs + 7;
+    nghttp2_nv stack[72];
+    nghttp2_nv *nva = n <= SC_ARRAY_LEN(stack) ? stack : sc_arena_alloc(&s->arena, n * sizeof(*nva));
+    if (!nva)
+        return -ENOMEM;
+    size_t k = 0;
+#define NV(nm, v, vl) (nghttp2_nv){(uint8_t *)(nm), (uint8_t *)(v), sizeof(nm) - 1, (vl), NGHTTP2_NV_FLAG_NO_COPY_NAME}
+    nva[k++] = NV(":method", m->method, m->method_len);
+    nva[k++] = NV(":scheme", "http", 4);
+    nva[k++] = NV(":authority", m->authority, m->authority_len);
+    nva[k++] = NV(":path", m->path, m->path_len);
+    for (size_t i = 0; i < m->n_hdrs; i++)
+        if (!skip_req_header(&m->hdrs[i]))
+            nva[k++] = m->hdrs[i];
+    char tbuf[16], clbuf[24];
+    if (m->is_grpc && s->deadline_ns) {
+        size_t tl = sc_grpc_timeout_format(sc_stream_remaining_ns(s), tbuf, sizeof(tbuf));
+        nva[k++] = NV("grpc-timeout", tbuf, tl);
+    }
+    if (m->content_length >= 0) {
+        int cl = snprintf(clbuf, sizeof(clbuf), "%lld", (long long)m->content_length);
+        nva[k++] = NV("content-length", clbuf, (size_t)cl);
+    }
+#undef NV
+    nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
+    bool no_body = s->reqp.eof && sc_buf_len(&s->reqp.buf) == 0 && s->reqp.n_trailers == 0;
+    int32_t sid = nghttp2_submit_request(u->h2, NULL, nva, k, no_body ? NULL : &prd, s);
+    if (sid < 0)
+        return -EPROTO;
+    if (no_body)
+        s->flags |= SC_ST_F_REQ_SENT;
+    s->up_sid = sid;
+    s->up = &u->super;
+    s->up_head_sent = true;
+    sc_list_push(&u->pending, &s->up_link);
+    u->n_streams++;
+    if (!(u->super.flags & SC_CONN_F_CONNECTING))
+        ev_timer_stop(u->super.w->loop, &u->super.timer);
+    sc_conn_mark_dirty(&u->super);
+    return 0;
+}
+
+static sc_up_conn *new_conn(sc_stream *s, int *err);
+
+void sc_up_h2_attach(sc_stream *s)
+{
+    sc_worker *w = s->w;
+    sc_route_state *rs = sc_rstate(w, s->route);
+    sc_up_conn *u = NULL;
+    for (sc_link *l = rs->h2_conns.next; l != &rs->h2_conns; l = l->next) {
+        sc_up_conn *x = SC_CONTAINER_OF(l, sc_up_conn, super.link);
+        if (x->goaway || x->n_streams >= x->max_streams || x->super.peer_len != s->up_addr_len ||
+            memcmp(&x->super.peer, &s->up_addr, s->up_addr_len) != 0)
+            continue;
+        u = x;
+        break;
+    }
+    if (!u) {
+        int err = 0;
+        u = new_conn(s, &err);
+        if (!u) {
+            SC_WARN("upstream %s: cannot connect: %s", s->route->name, strerror(-err));
+            sc_stream_upstream_failed(s, SC_FAIL_CONNECT);
+            return;
+        }
+    }
+    if (submit(u, s) < 0)
+        sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL);
+}
+
+static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
+                     const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
+{
+    (void)flags;
+    (void)user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    sc_stream *s = get_stream(session, frame->hd.stream_id);
+    if (!s)
+        return 0;
+    const char *n = (const char *)name, *v = (const char *)value;
+    if (eq(name, namelen, "grpc-status")) {
+        int g = 0;
+        for (size_t i = 0; i < valuelen && i < 3; i++)
+            g = g * 10 + (v[i] - '0');
+        s->grpc_status = g;
+    }
+    if (s->resp.head_done) {
+        return sc_pipe_add_trailer(s, &s->respp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+    }
+    if (eq(name, namelen, ":status")) {
+        int st = 0;
+        for (size_t i = 0; i < valuelen; i++)
+            st = st * 10 + (v[i] - '0');
+        s->resp.status = st;
+        return 0;
+    }
+    if (eq(name, namelen, "content-length")) {
+        int64_t cl = 0;
+        for (size_t i = 0; i < valuelen; i++)
+            cl = cl * 10 + (v[i] - '0');
+        s->resp.content_length = cl;
+        return 0;
+    }
+    return sc_msg_add(s, &s->resp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+}
+
+static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    sc_up_conn *u = user_data;
+    sc_stream *s;
+    switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+        s = get_stream(session, frame->hd.stream_id);
+        if (!s)
+            return 0;
+        if (!s->resp.head_done) {
+            if (s->resp.status < 200) {
+                sc_stream_resp_informational(s, s->resp.status, s->resp.hdrs, s->resp.n_hdrs);
+                s->resp.n_hdrs = 0;
+                s->resp.status = 0;
+                return 0;
+            }
+            s->resp.head_done = true;
+        }
+        if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
+            s->respp.eof = true;
+        sc_stream_resp_progress(s);
+        break;
+    case NGHTTP2_DATA:
+        s = get_stream(session, frame->hd.stream_id);
+        if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+            s->respp.eof = true;
+            sc_stream_resp_progress(s);
+        }
+        break;
+    case NGHTTP2_SETTINGS:
+        if (!(frame->hd.flags & NGHTTP2_FLAG_ACK)) {
+            u->max_streams = nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS);
+            u->settings_seen = true;
+        }
+        break;
+    case NGHTTP2_GOAWAY:
+        u->goaway = true;
+        SC_DEBUG("upstream %s: %s sent GOAWAY (last stream %d); new requests go to another connection",
+                 u->super.route->name, u->super.peer_text, frame->goaway.last_stream_id);
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, const uint8_t *data, size_t len,
+                         void *user_data)
+{
+    (void)flags;
+    sc_up_conn *u = user_data;
+    sc_stream *s = get_stream(session, sid);
+    if (!s) {
+        nghttp2_session_consume(session, sid, len);
+        return 0;
+    }
+    sc_worker *w = u->super.w;
+    if (sc_buf_reserve(w, &s->respp.buf, w->sc->cfg->limits.stream_buffer) < 0 || sc_buf_space(&s->respp.buf) < len) {
+        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR);
+        return 0;
+    }
+    memcpy(sc_buf_tail(&s->respp.buf), data, len);
+    s->respp.buf.end += (uint32_t)len;
+    s->respp.total += len;
+    sc_stream_resp_progress(s);
+    return 0;
+}
+
+static void conn_maybe_idle(sc_up_conn *u)
+{
+    if (u->n_streams)
+        return;
+    if (u->goaway) {
+        sc_conn_close_after_flush(&u->super);
+        return;
+    }
+    sc_up_conn_idle(u);
+}
+
+static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error_code, void *user_data)
+{
+    sc_up_conn *u = user_data;
+    sc_stream *s = get_stream(session, sid);
+    if (!s)
+        return 0;
+    nghttp2_session_set_stream_user_data(session, sid, NULL);
+    sc_list_remove(&s->up_link);
+    u->n_streams--;
+    s->up = NULL;
+    if (s->respp.eof && error_code == NGHTTP2_NO_ERROR) {
+        sc_stream_upstream_done(s);
+    } else if (error_code == NGHTTP2_REFUSED_STREAM && !s->resp.head_done && s->req_sent == 0) {
+        /* Never processed (GOAWAY or refused): safe to send on another connection. */
+        s->flags &= ~(SC_ST_F_DEFERRED_UP | SC_ST_F_REQ_SENT);
+        s->up_head_sent = false;
+        sc_up_h2_attach(s);
+    } else if (s->respp.eof) {
+        sc_stream_upstream_done(s);
+    } else {
+        SC_DEBUG("upstream %s: stream reset by %s (%s)", u->super.route->name, u->super.peer_text,
+                 nghttp2_http2_strerror(error_code));
+        sc_stream_upstream_failed(s, SC_FAIL_RESET);
+    }
+    conn_maybe_idle(u);
+    return 0;
+}
+
+void sc_up_h2_stream_event(sc_stream *s)
+{
+    sc_up_conn *u = SC_UP(s->up);
+    if (s->flags & SC_ST_F_DEFERRED_UP) {
+        s->flags &= ~SC_ST_F_DEFERRED_UP;
+        nghttp2_session_resume_data(u->h2, s->up_sid);
+    }
+    sc_conn_mark_dirty(&u->super);
+}
+
+void sc_up_h2_cancel(sc_stream *s)
+{
+    sc_up_conn *u = SC_UP(s->up);
+    nghttp2_session_set_stream_user_data(u->h2, s->up_sid, NULL);
+    nghttp2_submit_rst_stream(u->h2, NGHTTP2_FLAG_NONE, s->up_sid, NGHTTP2_CANCEL);
+    sc_list_remove(&s->up_link);
+    u->n_streams--;
+    s->up = NULL;
+    sc_conn_mark_dirty(&u->super);
+    conn_maybe_idle(u);
+}
+
+static void on_readable(sc_conn *c)
+{
+    sc_up_conn *u = SC_UP(c);
+    uint8_t buf[16384];
+    for (int i = 0; i < 8; i++) {
+        ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+        if (n > 0) {
+            ssize_t rv = nghttp2_session_mem_recv(u->h2, buf, (size_t)n);
+            if (rv < 0) {
+                SC_WARN("upstream %s: HTTP/2 protocol error from %s: %s", c->route->name, c->peer_text,
+                        nghttp2_strerror((int)rv));
+                sc_conn_close(c, -EPROTO);
+                return;
+            }
+            sc_conn_mark_dirty(c);
+            if ((size_t)n < sizeof(buf))
+                break;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            break;
+        sc_conn_close(c, n < 0 ? -errno : -ECONNRESET);
+        return;
+    }
+}
+
+static int produce(sc_conn *c)
+{
+    sc_up_conn *u = SC_UP(c);
+    return sc_h2_produce(c, u->h2);
+}
+
+static void on_close(sc_conn *c, int err)
+{
+    sc_up_conn *u = SC_UP(c);
+    sc_route_stats *rs = &c->w->stats->routes[c->route->index];
+    SC_STAT_DEC(rs->upstream_conns);
+    sc_rstate(c->w, c->route)->n_conns--;
+    sc_fail why = SC_FAIL_RESET;
+    if (c->flags & SC_CONN_F_CONNECTING) {
+        why = err == -ETIMEDOUT ? SC_FAIL_CONNECT_TIMEOUT : SC_FAIL_CONNECT;
+        if (why == SC_FAIL_CONNECT)
+            SC_WARN("upstream %s: connect to %s failed: %s", c->route->name, c->peer_text, strerror(-err));
+    } else if (err && err != -ECANCELED && u->n_streams) {
+        SC_WARN("upstream %s: connection to %s lost with %u streams in flight: %s", c->route->name, c->peer_text,
+                u->n_streams, strerror(-err));
+    }
+    while (!sc_list_empty(&u->pending)) {
+        sc_stream *s = SC_CONTAINER_OF(u->pending.next, sc_stream, up_link);
+        sc_list_remove(&s->up_link);
+        s->up = NULL;
+        if (s->respp.eof)
+            sc_stream_upstream_done(s);
+        else
+            sc_stream_upstream_failed(s, why);
+    }
+    nghttp2_session_del(u->h2);
+    u->h2 = NULL;
+}
+
+const sc_conn_ops sc_up_h2_ops = {
+    .kind = SC_CONN_UP_H2,
+    .on_readable = on_readable,
+    .produce = produce,
+    .on_close = on_close,
+    .on_drained = NULL,
+};
+
+static nghttp2_session_callbacks *g_callbacks;
+static nghttp2_option *g_option;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void init_callbacks(void)
+{
+    nghttp2_session_callbacks_new(&g_callbacks);
+    nghttp2_session_callbacks_set_on_header_callback(g_callbacks, on_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(g_callbacks, on_frame_recv);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(g_callbacks, on_data_chunk);
+    nghttp2_session_callbacks_set_on_stream_close_callback(g_callbacks, on_stream_close);
+    nghttp2_option_new(&g_option);
+    nghttp2_option_set_no_auto_window_update(g_option, 1);
+    nghttp2_option_set_peer_max_concurrent_streams(g_option, DEFAULT_MAX_STREAMS);
+}
+
+static sc_up_conn *new_conn(sc_stream *s, int *err)
+{
+    pthread_once(&g_once, init_callbacks);
+    sc_up_conn *u = sc_up_conn_new(s->w, s->route, (struct sockaddr *)&s->up_addr, s->up_addr_len, &sc_up_h2_ops, err);
+    if (!u)
+        return NULL;
+    if (nghttp2_session_client_new2(&u->h2, g_callbacks, u, g_option) != 0) {
+        *err = -ENOMEM;
+        sc_conn_close(&u->super, -ENOMEM);
+        return NULL;
+    }
+    u->max_streams = DEFAULT_MAX_STREAMS;
+    const sc_config *cfg = s->w->sc->cfg;
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->limits.stream_buffer},
+    };
+    nghttp2_submit_settings(u->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv));
+    nghttp2_session_set_local_window_size(u->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
+    sc_list_push(&sc_rstate(s->w, s->route)->h2_conns, &u->super.link);
+    return u;
+}

@@ -1,0 +1,562 @@
+/*
+ * worker.c: one event loop per thread. Owns listeners, the connection I/O
+ * machinery shared by all protocol implementations (read pause/resume,
+ * bounded output with EAGAIN handling, the dirty list flushed once per loop
+ * iteration before polling, deferred frees), the block pool, and the drain.
+ */
+#include "core/log.h"
+#include "proxy/conns.h"
+#include "sidecar.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define OUT_CAP (64 * 1024)
+#define MAX_FREE_BLOCKS 256
+#define MAX_FREE_STREAMS 256
+#define ACCEPT_BURST 64
+
+/* ---- block pool ---- */
+
+int sc_buf_reserve(sc_worker *w, sc_buf *b, uint32_t cap)
+{
+    if (b->data)
+        return 0;
+    uint32_t block = w->sc->cfg->limits.stream_buffer;
+    if (cap == block && w->free_blocks) {
+        b->data = w->free_blocks;
+        w->free_blocks = *(void **)b->data;
+        w->n_free_blocks--;
+    } else {
+        b->data = malloc(cap);
+        if (!b->data)
+            return -ENOMEM;
+    }
+    b->cap = cap;
+    b->start = b->end = 0;
+    return 0;
+}
+
+void sc_buf_release(sc_worker *w, sc_buf *b)
+{
+    if (!b->data)
+        return;
+    if (b->cap == w->sc->cfg->limits.stream_buffer && w->n_free_blocks < MAX_FREE_BLOCKS) {
+        *(void **)b->data = w->free_blocks;
+        w->free_blocks = b->data;
+        w->n_free_blocks++;
+    } else {
+        free(b->data);
+    }
+    b->data = NULL;
+    b->start = b->end = 0;
+}
+
+/* ---- sockets ---- */
+
+static int set_nodelay(int fd)
+{
+    int one = 1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+int sc_listen_socket(const sc_addr *a, int *fd_out, char *err, size_t errlen)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket(): %s", strerror(errno));
+        return -errno;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "SO_REUSEPORT: %s", strerror(e));
+        close(fd);
+        return -e;
+    }
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 || listen(fd, 1024) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "cannot listen on %s: %s", a->text, strerror(e));
+        close(fd);
+        return -e;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    set_nodelay(fd);
+    if (connect(fd, sa, len) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+/* ---- connection I/O ---- */
+
+static void conn_update_events(sc_conn *c)
+{
+    if (c->flags & SC_CONN_F_CLOSED)
+        return;
+    int ev = 0;
+    if (!(c->flags & (SC_CONN_F_READ_PAUSED | SC_CONN_F_EOF)))
+        ev |= EV_READ;
+    if (c->flags & (SC_CONN_F_WANT_WRITE | SC_CONN_F_CONNECTING))
+        ev |= EV_WRITE;
+    if (ev == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io))
+        return;
+    ev_io_stop(c->w->loop, &c->io);
+    ev_io_set(&c->io, c->fd, ev);
+    if (ev)
+        ev_io_start(c->w->loop, &c->io);
+}
+
+void sc_conn_pause_read(sc_conn *c)
+{
+    if (c->flags & SC_CONN_F_READ_PAUSED)
+        return;
+    c->flags |= SC_CONN_F_READ_PAUSED;
+    conn_update_events(c);
+}
+
+void sc_conn_resume_read(sc_conn *c)
+{
+    if (!(c->flags & SC_CONN_F_READ_PAUSED))
+        return;
+    c->flags &= ~SC_CONN_F_READ_PAUSED;
+    conn_update_events(c);
+    /* Bytes may already wait in c->in (pipelined HTTP/1): let the codec look. */
+    if (sc_buf_len(&c->in) && !(c->flags & SC_CONN_F_CLOSED))
+        sc_conn_mark_dirty(c);
+}
+
+void sc_conn_mark_dirty(sc_conn *c)
+{
+    if (c->flags & (SC_CONN_F_DIRTY | SC_CONN_F_CLOSED))
+        return;
+    c->flags |= SC_CONN_F_DIRTY;
+    sc_list_push(&c->w->dirty, &c->dirty_link);
+}
+
+int sc_conn_write(sc_conn *c, const void *p, size_t n)
+{
+    if (sc_buf_reserve(c->w, &c->out, OUT_CAP) < 0)
+        return -ENOMEM;
+    if (sc_buf_space(&c->out) < n)
+        return -ENOBUFS;
+    memcpy(sc_buf_tail(&c->out), p, n);
+    c->out.end += (uint32_t)n;
+    return 0;
+}
+
+int sc_h2_produce(sc_conn *c, nghttp2_session *session)
+{
+    if (sc_buf_reserve(c->w, &c->out, OUT_CAP) < 0)
+        return -ENOMEM;
+    for (;;) {
+        if (c->pend_len) {
+            size_t space = sc_buf_space(&c->out);
+            size_t n = SC_MIN(space, c->pend_len);
+            memcpy(sc_buf_tail(&c->out), c->pend, n);
+            c->out.end += (uint32_t)n;
+            c->pend += n;
+            c->pend_len -= n;
+            if (c->pend_len)
+                return 0; /* full: the socket must take some first */
+        }
+        if (sc_buf_space(&c->out) < 1024)
+            return 0;
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(session, &data);
+        if (n < 0)
+            return -EPROTO;
+        if (n == 0)
+            return 0;
+        c->pend = data;
+        c->pend_len = (size_t)n;
+    }
+}
+
+/* Writes what c->out holds, asking the protocol for more while the socket
+ * takes it. Returns 0, or -1 when the connection was closed. */
+static int conn_flush(sc_conn *c)
+{
+    for (int rounds = 0; rounds < 64; rounds++) {
+        if (c->flags & SC_CONN_F_CLOSED)
+            return -1;
+        if (!(c->flags & SC_CONN_F_CONNECTING) && c->ops->produce) {
+            int rv = c->ops->produce(c);
+            if (rv < 0) {
+                sc_conn_close(c, rv);
+                return -1;
+            }
+            if (c->flags & SC_CONN_F_CLOSED)
+                return -1;
+        }
+        size_t len = sc_buf_len(&c->out);
+        if (len == 0)
+            break;
+        ssize_t n = send(c->fd, sc_buf_head(&c->out), len, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->flags |= SC_CONN_F_WANT_WRITE;
+                conn_update_events(c);
+                return 0;
+            }
+            if (errno == EINTR)
+                continue;
+            sc_conn_close(c, -errno);
+            return -1;
+        }
+        sc_buf_consume(&c->out, (size_t)n);
+        if ((size_t)n < len) {
+            c->flags |= SC_CONN_F_WANT_WRITE;
+            conn_update_events(c);
+            return 0;
+        }
+    }
+    if (sc_buf_len(&c->out) == 0) {
+        if (c->flags & SC_CONN_F_WANT_WRITE) {
+            c->flags &= ~SC_CONN_F_WANT_WRITE;
+            conn_update_events(c);
+        }
+        sc_buf_release(c->w, &c->out);
+        if (c->flags & SC_CONN_F_CLOSING) {
+            sc_conn_close(c, 0);
+            return -1;
+        }
+        if (c->ops->on_drained)
+            c->ops->on_drained(c);
+    } else if (!(c->flags & SC_CONN_F_WANT_WRITE)) {
+        /* Ran out of rounds with data left: come back next iteration. */
+        sc_conn_mark_dirty(c);
+    }
+    return 0;
+}
+
+static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    sc_conn *c = SC_CONTAINER_OF(io, sc_conn, io);
+    if (revents & EV_WRITE) {
+        if (c->flags & SC_CONN_F_CONNECTING) {
+            int err = 0;
+            socklen_t l = sizeof(err);
+            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+            if (err) {
+                sc_conn_close(c, -err);
+                return;
+            }
+            c->flags &= ~SC_CONN_F_CONNECTING;
+            ev_timer_stop(c->w->loop, &c->timer);
+            conn_update_events(c);
+        } else {
+            c->flags &= ~SC_CONN_F_WANT_WRITE;
+            conn_update_events(c);
+        }
+        if (conn_flush(c) < 0)
+            return;
+    }
+    if ((revents & EV_READ) && !(c->flags & SC_CONN_F_CLOSED))
+        c->ops->on_readable(c);
+}
+
+void sc_conn_init(sc_conn *c, sc_worker *w, int fd, const sc_conn_ops *ops, sc_route *route)
+{
+    memset(c, 0, sizeof(*c));
+    c->w = w;
+    c->fd = fd;
+    c->ops = ops;
+    c->route = route;
+    ev_io_init(&c->io, conn_io_cb, fd, EV_READ);
+    ev_init(&c->timer, NULL);
+}
+
+static sc_link *graveyard_of(sc_worker *w);
+
+void sc_conn_close(sc_conn *c, int err)
+{
+    if (c->flags & SC_CONN_F_CLOSED)
+        return;
+    c->flags |= SC_CONN_F_CLOSED;
+    ev_io_stop(c->w->loop, &c->io);
+    ev_timer_stop(c->w->loop, &c->timer);
+    if (c->flags & SC_CONN_F_DIRTY) {
+        sc_list_remove(&c->dirty_link);
+        c->flags &= ~SC_CONN_F_DIRTY;
+    }
+    c->ops->on_close(c, err);
+    sc_list_remove(&c->link);
+    close(c->fd);
+    c->fd = -1;
+    sc_buf_release(c->w, &c->out);
+    sc_buf_release(c->w, &c->in);
+    /* Freed before the next poll: callbacks up the stack may still look at it. */
+    sc_list_push(graveyard_of(c->w), &c->dirty_link);
+}
+
+void sc_conn_close_after_flush(sc_conn *c)
+{
+    c->flags |= SC_CONN_F_CLOSING;
+    sc_conn_pause_read(c);
+    sc_conn_mark_dirty(c);
+}
+
+/* ---- worker loop ---- */
+
+typedef struct worker_priv {
+    sc_link graveyard;
+} worker_priv;
+
+static _Thread_local worker_priv *t_priv;
+static worker_priv g_main_priv = {{&g_main_priv.graveyard, &g_main_priv.graveyard}};
+
+static sc_link *graveyard_of(sc_worker *w)
+{
+    (void)w;
+    return t_priv ? &t_priv->graveyard : &g_main_priv.graveyard;
+}
+
+static void bury(sc_link *g)
+{
+    while (!sc_list_empty(g)) {
+        sc_link *l = g->next;
+        sc_list_remove(l);
+        free(SC_CONTAINER_OF(l, sc_conn, dirty_link));
+    }
+}
+
+static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_worker *w = SC_CONTAINER_OF(p, sc_worker, flush);
+    /* Connections made dirty during a flush are handled in the same pass. */
+    for (int guard = 0; guard < 1000 && !sc_list_empty(&w->dirty); guard++) {
+        sc_link *l = w->dirty.next;
+        sc_list_remove(l);
+        sc_conn *c = SC_CONTAINER_OF(l, sc_conn, dirty_link);
+        c->flags &= ~SC_CONN_F_DIRTY;
+        if (c->flags & SC_CONN_F_WANT_WRITE) {
+            /* Output is stuck; the codec may still have parsing to do. */
+            if (sc_buf_len(&c->in) && !(c->flags & SC_CONN_F_READ_PAUSED))
+                c->ops->on_readable(c);
+            continue;
+        }
+        if (sc_buf_len(&c->in) && !(c->flags & (SC_CONN_F_READ_PAUSED | SC_CONN_F_CLOSING)) &&
+            c->ops->kind == SC_CONN_DOWN_H1)
+            c->ops->on_readable(c);
+        if (!(c->flags & SC_CONN_F_CLOSED))
+            conn_flush(c);
+    }
+    bury(&t_priv->graveyard);
+    if (w->draining && w->n_down_conns == 0)
+        ev_break(w->loop, EVBREAK_ALL);
+    sc_epoch_leave(&w->epoch);
+}
+
+static void check_cb(struct ev_loop *loop, ev_check *c, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_worker *w = SC_CONTAINER_OF(c, sc_worker, check);
+    sc_epoch_enter(&w->epoch);
+}
+
+static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_worker *w = io->data;
+    unsigned idx = (unsigned)(io - w->listeners);
+    sc_route *route = &w->sc->routes[idx];
+    for (int i = 0; i < ACCEPT_BURST; i++) {
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof(ss);
+        int fd = accept4(io->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE)
+                SC_WARN("listener %s: out of file descriptors (%s); raise the limit (ulimit -n)",
+                        route->name, strerror(errno));
+            return;
+        }
+        if (w->n_down_conns >= w->sc->cfg->limits.max_connections) {
+            SC_WARN("listener %s: refusing connection: %u connections open on this worker "
+                    "(limits.max_connections)", route->name, w->n_down_conns);
+            close(fd);
+            continue;
+        }
+        set_nodelay(fd);
+        sc_down_accept(w, route, fd, (struct sockaddr *)&ss, len);
+    }
+}
+
+static void stop_listeners(sc_worker *w)
+{
+    for (size_t i = 0; i < w->sc->n_routes; i++) {
+        if (w->listeners[i].fd >= 0) {
+            ev_io_stop(w->loop, &w->listeners[i]);
+            close(w->listeners[i].fd);
+            w->listeners[i].fd = -1;
+        }
+    }
+}
+
+void sc_down_drain(sc_conn *c); /* down_h1.c: finish current work, then close */
+
+static void drain_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    sc_worker *w = SC_CONTAINER_OF(t, sc_worker, drain_timer);
+    SC_WARN("drain timeout: closing %u connections with requests still in flight", w->n_down_conns);
+    ev_break(loop, EVBREAK_ALL);
+}
+
+static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)revents;
+    sc_worker *w = SC_CONTAINER_OF(a, sc_worker, wakeup);
+    if (w->stopping) {
+        ev_break(loop, EVBREAK_ALL);
+        return;
+    }
+    if (w->draining)
+        return;
+    w->draining = true;
+    stop_listeners(w);
+    ev_timer_init(&w->drain_timer, drain_timeout_cb, (double)w->sc->cfg->drain_timeout_ms / 1000.0, 0);
+    ev_timer_start(loop, &w->drain_timer);
+    sc_link *l = w->down_conns.next;
+    while (l != &w->down_conns) {
+        sc_conn *c = SC_CONTAINER_OF(l, sc_conn, link);
+        l = l->next;
+        sc_down_drain(c);
+    }
+}
+
+int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
+{
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    w->sc = sc;
+    w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
+    if (!w->loop)
+        return -ENOMEM;
+    sc_list_init(&w->dirty);
+    sc_list_init(&w->down_conns);
+    sc_list_init(&w->streams);
+    w->rstate = sc_xcalloc(sc->n_routes, sizeof(*w->rstate));
+    for (size_t i = 0; i < sc->n_routes; i++) {
+        sc_list_init(&w->rstate[i].h2_conns);
+        sc_list_init(&w->rstate[i].h1_idle);
+    }
+    w->stats = sc_xcalloc(1, sizeof(sc_worker_stats) + sc->n_routes * sizeof(sc_route_stats));
+    w->stats->n_routes = sc->n_routes;
+    w->listeners = sc_xcalloc(sc->n_routes, sizeof(ev_io));
+    for (size_t i = 0; i < sc->n_routes; i++) {
+        int fd;
+        char err[256];
+        const sc_addr *a = sc->routes[i].inbound ? &sc->cfg->inbound.listen : &sc->routes[i].policy->listen;
+        int rv = sc_listen_socket(a, &fd, err, sizeof(err));
+        if (rv < 0) {
+            SC_ERROR("%s listener: %s", sc->routes[i].name, err);
+            for (size_t j = 0; j < i; j++)
+                close(w->listeners[j].fd);
+            return rv;
+        }
+        ev_io_init(&w->listeners[i], accept_cb, fd, EV_READ);
+        w->listeners[i].data = w;
+    }
+    ev_async_init(&w->wakeup, wakeup_cb);
+    ev_prepare_init(&w->flush, flush_cb);
+    ev_check_init(&w->check, check_cb);
+    ev_set_priority(&w->check, EV_MAXPRI);
+    return 0;
+}
+
+static void *worker_main(void *arg)
+{
+    sc_worker *w = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "worker-%u", w->id);
+    sc_log_set_thread_name(name);
+    worker_priv priv;
+    sc_list_init(&priv.graveyard);
+    t_priv = &priv;
+    for (size_t i = 0; i < w->sc->n_routes; i++)
+        ev_io_start(w->loop, &w->listeners[i]);
+    ev_async_start(w->loop, &w->wakeup);
+    ev_prepare_start(w->loop, &w->flush);
+    ev_check_start(w->loop, &w->check);
+    sc_epoch_enter(&w->epoch);
+    ev_run(w->loop, 0);
+    /* Whatever is still open after the drain is cut now. */
+    stop_listeners(w);
+    while (!sc_list_empty(&w->down_conns))
+        sc_conn_close(SC_CONTAINER_OF(w->down_conns.next, sc_conn, link), -ECANCELED);
+    for (size_t i = 0; i < w->sc->n_routes; i++) {
+        sc_route_state *rs = &w->rstate[i];
+        while (!sc_list_empty(&rs->h2_conns))
+            sc_conn_close(SC_CONTAINER_OF(rs->h2_conns.next, sc_conn, link), -ECANCELED);
+        while (!sc_list_empty(&rs->h1_idle))
+            sc_conn_close(SC_CONTAINER_OF(rs->h1_idle.next, sc_conn, link), -ECANCELED);
+    }
+    bury(&priv.graveyard);
+    sc_epoch_leave(&w->epoch);
+    atomic_fetch_sub(&w->sc->workers_running, 1);
+    t_priv = NULL;
+    return NULL;
+}
+
+int sc_worker_start(sc_worker *w)
+{
+    sc_epoch_register(&w->epoch);
+    int rv = pthread_create(&w->thread, NULL, worker_main, w);
+    return rv ? -rv : 0;
+}
+
+void sc_worker_request_drain(sc_worker *w)
+{
+    ev_async_send(w->loop, &w->wakeup);
+}
+
+void sc_worker_join(sc_worker *w)
+{
+    pthread_join(w->thread, NULL);
+}
+
+void sc_worker_free(sc_worker *w)
+{
+    while (w->free_blocks) {
+        void *b = w->free_blocks;
+        w->free_blocks = *(void **)b;
+        free(b);
+    }
+    while (w->free_streams) {
+        void *s = w->free_streams;
+        w->free_streams = *(void **)s;
+        free(s);
+    }
+    if (w->loop)
+        ev_loop_destroy(w->loop);
+    free(w->rstate);
+    free(w->stats);
+    free(w->listeners);
+}

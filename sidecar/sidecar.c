@@ -1,0 +1,203 @@
+/*
+ * sidecar.c: process start-up, the control loop (admin, signals, snapshot
+ * reclamation) and the drain.
+ */
+#include "sidecar.h"
+
+#include "admin/admin.h"
+#include "core/log.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+static sc_endpoints *static_snapshot(const sc_static_instance *in, size_t n)
+{
+    sc_endpoints *e = sc_endpoints_new(n);
+    if (!e)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        e->inst[i].addr = in[i].addr;
+        e->inst[i].weight = in[i].weight ? in[i].weight : 1;
+        snprintf(e->inst[i].id, sizeof(e->inst[i].id), "%.63s", in[i].addr.text);
+    }
+    return e;
+}
+
+sidecar *sc_sidecar_new(sc_config *cfg)
+{
+    sidecar *sc = sc_xcalloc(1, sizeof(*sc));
+    sc->cfg = cfg;
+    sc->n_routes = (cfg->inbound.enabled ? 1 : 0) + cfg->n_policies;
+    sc->routes = sc_xcalloc(sc->n_routes ? sc->n_routes : 1, sizeof(sc_route));
+    size_t r = 0;
+    if (cfg->inbound.enabled) {
+        sc_route *rt = &sc->routes[r];
+        rt->name = "inbound";
+        rt->index = (unsigned)r++;
+        rt->protocol = cfg->inbound.app_protocol;
+        rt->timeouts = &cfg->inbound.timeouts;
+        rt->inbound = true;
+        sc_static_instance app = {.addr = cfg->inbound.app, .weight = 1};
+        sc_endpoints_publish(&rt->endpoints, static_snapshot(&app, 1));
+    }
+    for (size_t i = 0; i < cfg->n_policies; i++) {
+        const sc_policy *p = &cfg->policies[i];
+        sc_route *rt = &sc->routes[r];
+        rt->name = p->name;
+        rt->index = (unsigned)r++;
+        rt->protocol = p->protocol;
+        rt->timeouts = &p->timeouts;
+        rt->policy = p;
+        if (p->discovery == SC_DISCOVERY_STATIC) {
+            sc_endpoints_publish(&rt->endpoints, static_snapshot(p->instances, p->n_instances));
+        } else {
+            sc_endpoints *e = sc_endpoints_new(0);
+            e->stale = true;
+            sc_endpoints_publish(&rt->endpoints, e);
+        }
+    }
+    return sc;
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+void sc_sidecar_drain(sidecar *sc)
+{
+    if (atomic_exchange(&sc->draining, true))
+        return;
+    SC_INFO("draining: no new connections; in-flight requests have %llums to finish",
+            (unsigned long long)sc->cfg->drain_timeout_ms);
+    for (unsigned i = 0; i < sc->n_workers; i++)
+        sc_worker_request_drain(&sc->workers[i]);
+}
+
+static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sidecar *sc = w->data;
+    if (atomic_load(&sc->draining)) {
+        SC_WARN("second signal %d during drain: stopping now", w->signum);
+        for (unsigned i = 0; i < sc->n_workers; i++) {
+            sc->workers[i].stopping = true;
+            sc_worker_request_drain(&sc->workers[i]);
+        }
+        return;
+    }
+    SC_INFO("received %s", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
+    sc_sidecar_drain(sc);
+}
+
+static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    sidecar *sc = t->data;
+    sc_endpoints_reclaim();
+    if (atomic_load(&sc->workers_running) == 0)
+        ev_break(loop, EVBREAK_ALL);
+}
+
+int sc_sidecar_run(sidecar *sc)
+{
+    const sc_config *cfg = sc->cfg;
+    raise_nofile();
+    signal(SIGPIPE, SIG_IGN);
+    sc->started_ms = sc_now_ms();
+    sc->n_workers = cfg->workers ? cfg->workers : (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
+    if (sc->n_workers == 0)
+        sc->n_workers = 1;
+    sc->loop = ev_default_loop(EVFLAG_NOENV);
+    char err[256];
+    int rv = sc_admin_start(sc, &sc->admin, err, sizeof(err));
+    if (rv < 0) {
+        SC_ERROR("admin listener: %s", err);
+        return rv;
+    }
+    sc->workers = sc_xcalloc(sc->n_workers, sizeof(sc_worker));
+    for (unsigned i = 0; i < sc->n_workers; i++) {
+        rv = sc_worker_init(&sc->workers[i], sc, i);
+        if (rv < 0)
+            return rv;
+    }
+    /* Workers inherit a mask without the shutdown signals: only this thread takes them. */
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &set, &old);
+    atomic_store(&sc->workers_running, sc->n_workers);
+    for (unsigned i = 0; i < sc->n_workers; i++) {
+        rv = sc_worker_start(&sc->workers[i]);
+        if (rv < 0) {
+            SC_ERROR("cannot start worker thread %u: %s", i, strerror(-rv));
+            abort();
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+
+    ev_signal sigterm, sigint;
+    ev_signal_init(&sigterm, signal_cb, SIGTERM);
+    ev_signal_init(&sigint, signal_cb, SIGINT);
+    sigterm.data = sigint.data = sc;
+    ev_signal_start(sc->loop, &sigterm);
+    ev_signal_start(sc->loop, &sigint);
+    ev_timer tick;
+    ev_timer_init(&tick, tick_cb, 0.1, 0.1);
+    tick.data = sc;
+    ev_timer_start(sc->loop, &tick);
+
+    atomic_store(&sc->ready, true);
+    SC_INFO("sidecar %s ready: %u workers, admin on %s", SC_VERSION, sc->n_workers, cfg->admin.listen.text);
+    if (cfg->inbound.enabled)
+        SC_INFO("inbound: %s -> app %s (%s)", cfg->inbound.listen.text, cfg->inbound.app.text,
+                sc_proto_name(cfg->inbound.app_protocol));
+    for (size_t i = 0; i < cfg->n_policies; i++) {
+        const sc_policy *p = &cfg->policies[i];
+        SC_INFO("upstream %s: %s -> %zu %s instance(s) (%s)", p->name, p->listen.text,
+                p->discovery == SC_DISCOVERY_STATIC ? p->n_instances : 0,
+                p->discovery == SC_DISCOVERY_STATIC ? "static" : "consul", sc_proto_name(p->protocol));
+        if (p->discovery == SC_DISCOVERY_CONSUL)
+            SC_WARN("upstream %s: Consul discovery is not available in this build yet; requests get "
+                    "'no healthy instance'", p->name);
+        if (p->retries.enabled || p->bulkhead.enabled || p->breaker.enabled || p->outlier.enabled ||
+            p->lb != SC_LB_ROUND_ROBIN || p->tls.mode != SC_TLS_OFF)
+            SC_WARN("upstream %s: retries, bulkhead, circuit_breaker, outlier, load_balancer other than "
+                    "round_robin and tls are parsed but not enforced by this build", p->name);
+    }
+
+    ev_run(sc->loop, 0);
+
+    for (unsigned i = 0; i < sc->n_workers; i++)
+        sc_worker_join(&sc->workers[i]);
+    sc_admin_stop(sc->admin);
+    sc->admin = NULL;
+    SC_INFO("drained; exiting");
+    return 0;
+}
+
+void sc_sidecar_free(sidecar *sc)
+{
+    if (!sc)
+        return;
+    for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
+        sc_worker_free(&sc->workers[i]);
+    free(sc->workers);
+    sc_endpoints_reclaim();
+    for (size_t r = 0; r < sc->n_routes; r++)
+        sc_endpoints_ref_clear(&sc->routes[r].endpoints);
+    free(sc->routes);
+    sc_config_free(sc->cfg);
+    free(sc);
+}

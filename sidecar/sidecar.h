@@ -1,0 +1,50 @@
+/*
+ * sidecar.h: the process: configuration, routes, worker threads, the
+ * control thread (admin endpoint, discovery, signals) and how they start,
+ * drain and stop.
+ *
+ * Ownership: sc_sidecar_new() takes the config; sc_sidecar_free() releases
+ * everything once sc_sidecar_run() has returned.
+ */
+#ifndef SC_SIDECAR_H
+#define SC_SIDECAR_H
+
+#include "config/config.h"
+#include "proxy/proxy.h"
+
+#include <stdatomic.h>
+
+typedef struct sidecar {
+    sc_config *cfg;
+    sc_route *routes;               /* [0] inbound (when configured), then one per policy */
+    size_t n_routes;
+    sc_worker *workers;
+    unsigned n_workers;
+    struct ev_loop *loop;           /* control thread loop (the main thread) */
+    _Atomic bool draining;
+    _Atomic bool ready;
+    _Atomic unsigned workers_running;
+    uint64_t started_ms;
+    struct sc_admin *admin;
+} sidecar;
+
+sidecar *sc_sidecar_new(sc_config *cfg);
+/* Binds every listener (so errors show before anything runs), starts the
+ * workers and runs the control loop until SIGTERM/SIGINT and the drain end.
+ * Returns 0 after a clean drain, or a negative error when start-up failed. */
+int sc_sidecar_run(sidecar *sc);
+void sc_sidecar_free(sidecar *sc);
+
+/* Control thread: begin the drain (signal, admin POST /drain). */
+void sc_sidecar_drain(sidecar *sc);
+
+/* Worker threads (worker.c). */
+int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id);
+int sc_worker_start(sc_worker *w);
+void sc_worker_request_drain(sc_worker *w);
+void sc_worker_join(sc_worker *w);
+void sc_worker_free(sc_worker *w);
+/* A listening socket for a route with SO_REUSEPORT (worker.c). */
+int sc_listen_socket(const sc_addr *a, int *fd_out, char *err, size_t errlen);
+
+#endif
