@@ -28,6 +28,7 @@
 #include "core/common.h"
 #include "discovery/endpoints.h"
 #include "http/h1.h"
+#include "lb/lb.h"
 #include "proxy/buf.h"
 #include "proxy/stats.h"
 
@@ -97,7 +98,7 @@ struct sc_route {
 typedef struct sc_route_state {
     sc_link h2_conns;               /* upstream HTTP/2 connections */
     sc_link h1_idle;                /* idle upstream HTTP/1 connections */
-    uint32_t rr;                    /* round robin cursor */
+    sc_lb_ctx lb;                   /* cursor and random state of this worker */
     uint32_t n_conns;               /* open upstream connections */
 } sc_route_state;
 

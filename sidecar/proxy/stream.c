@@ -424,7 +424,7 @@ void sc_stream_req_drained(sc_stream *s, size_t n)
     }
 }
 
-/* Round robin over the current snapshot; the address is copied because the
+/* Chooses from the current snapshot; the address is copied because the
  * snapshot may be retired once this loop iteration ends. */
 static bool pick_instance(sc_stream *s)
 {
@@ -432,7 +432,11 @@ static bool pick_instance(sc_stream *s)
     if (!e || e->n == 0)
         return false;
     sc_route_state *rs = sc_rstate(s->w, s->route);
-    const sc_instance *in = &e->inst[rs->rr++ % e->n];
+    sc_lb_kind kind = s->route->policy ? s->route->policy->lb : SC_LB_ROUND_ROBIN;
+    int k = sc_lb_pick(kind, e->inst, e->n, NULL, NULL, &rs->lb);
+    if (k < 0)
+        return false;
+    const sc_instance *in = &e->inst[k];
     memcpy(&s->up_addr, &in->addr.ss, in->addr.len);
     s->up_addr_len = in->addr.len;
     return true;

@@ -466,6 +466,7 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
     for (size_t i = 0; i < sc->n_routes; i++) {
         sc_list_init(&w->rstate[i].h2_conns);
         sc_list_init(&w->rstate[i].h1_idle);
+        sc_lb_ctx_init(&w->rstate[i].lb, sc_now_ns() ^ ((uint64_t)(id + 1) << 32) ^ i);
     }
     w->stats = sc_xcalloc(1, sizeof(sc_worker_stats) + sc->n_routes * sizeof(sc_route_stats));
     w->stats->n_routes = sc->n_routes;
