@@ -25,6 +25,7 @@ typedef enum {
 typedef struct sc_ynode {
     sc_yn_kind kind;
     unsigned line;              /* 1-based */
+    unsigned key_line;          /* line of the key this is the value of, 0 = none */
     bool plain;                 /* an unquoted scalar */
     char *str;                  /* scalar text, NUL terminated */
     size_t len;

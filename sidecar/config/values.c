@@ -511,7 +511,9 @@ void sc_config_require(sc_cx *c, const sc_ynode *m, const char *path, const char
         return;
     char f[256];
     sc_config_path(f, sizeof(f), path, key);
-    sc_config_err(c, m, f, "missing required key '%s'", key);
+    /* point at the section's own key ("inbound:"), where the reader looks */
+    sc_config_err_line(c, m ? (m->key_line ? m->key_line : m->line) : 0, f,
+                       "missing required key '%s'", key);
 }
 
 /* ---- typed readers ---- */

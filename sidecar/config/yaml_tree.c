@@ -155,6 +155,8 @@ int sc_config_yaml_parse(const char *buf, size_t len, const char *file, sc_diags
                 sc_diags_add(d, file, n->line, "",
                              "mapping keys must be plain strings, not lists or mappings");
             }
+            if (parent->kind == SC_YN_MAP && parent->n % 2 == 1)
+                n->key_line = parent->items[parent->n - 1]->line;
             node_push(parent, n);
         }
         if (open) {

@@ -133,7 +133,7 @@ typedef enum {
  * message), SC_H1_BODY_NEED_MORE when all input was consumed without payload,
  * or SC_H1_ERR_SYNTAX / SC_H1_ERR_TOO_LARGE. UNTIL_CLOSE never returns DONE:
  * the caller ends it at EOF. For NONE it returns DONE at once. Errors are
- * sticky (later calls return the same error) and set b->why. Chunk
+ * sticky (later calls return the same error), set b->why and *consumed = 0. Chunk
  * extensions are skipped; one chunk-size line may carry at most 4096 bytes
  * after the size (TOO_LARGE). max_trailer_bytes counts the bytes of trailer
  * fields (not the final CRLF); 0 refuses any trailer field.

@@ -264,7 +264,7 @@ static void on_readable(sc_conn *c)
             }
             continue;
         }
-        ssize_t n = recv(c->fd, sc_buf_tail(&c->in), space, 0);
+        ssize_t n = sc_conn_recv(c, sc_buf_tail(&c->in), space);
         if (n > 0) {
             c->in.end += (uint32_t)n;
             process(c);

@@ -281,6 +281,10 @@ void sc_conn_resume_read(sc_conn *c);
 /* Closes at once (err < 0: abnormal) or, with SC_CONN_F_CLOSING, after flushing. */
 void sc_conn_close(sc_conn *c, int err);
 void sc_conn_close_after_flush(sc_conn *c);
+/* Socket I/O of every protocol goes through these two, so transport security
+ * (TLS) sits under all codecs. Same contract as recv(2)/send(2) with errno. */
+ssize_t sc_conn_recv(sc_conn *c, void *buf, size_t len);
+ssize_t sc_conn_send(sc_conn *c, const void *buf, size_t len);
 /* Appends bytes to c->out (bounded by the block; returns -ENOBUFS when full). */
 int sc_conn_write(sc_conn *c, const void *p, size_t n);
 /* Connected sockets: non-blocking, TCP_NODELAY. */

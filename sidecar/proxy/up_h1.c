@@ -26,7 +26,8 @@ int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p)
         size_t avail = sc_buf_len(in);
         if (space == 0 || (avail == 0 && b->kind != SC_H1_BODY_NONE))
             break;
-        if (b->kind == SC_H1_BODY_LENGTH && avail > space)
+        /* Payload never exceeds the input handed over, so this bounds it by the room. */
+        if (avail > space)
             avail = space;
         size_t consumed = 0, dlen = 0;
         const char *data = NULL;
@@ -34,12 +35,6 @@ int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p)
         if (rv < 0)
             return rv;
         if (rv == SC_H1_BODY_DATA) {
-            if (dlen > space) {
-                size_t keep = dlen - space; /* chunk bigger than the room: take part */
-                consumed -= keep;
-                b->remaining += keep;
-                dlen = space;
-            }
             memcpy(sc_buf_tail(&p->buf), data, dlen);
             p->buf.end += (uint32_t)dlen;
             p->total += dlen;
@@ -327,7 +322,7 @@ static void on_readable(sc_conn *c)
         size_t space = sc_buf_space(&c->in);
         ssize_t n = 0;
         if (space) {
-            n = recv(c->fd, sc_buf_tail(&c->in), space, 0);
+            n = sc_conn_recv(c, sc_buf_tail(&c->in), space);
             if (n < 0 && (errno == EAGAIN || errno == EINTR))
                 n = -2;
         }

@@ -315,7 +315,7 @@ static void on_readable(sc_conn *c)
     sc_up_conn *u = SC_UP(c);
     uint8_t buf[16384];
     for (int i = 0; i < 8; i++) {
-        ssize_t n = recv(c->fd, buf, sizeof(buf), 0);
+        ssize_t n = sc_conn_recv(c, buf, sizeof(buf));
         if (n > 0) {
             ssize_t rv = nghttp2_session_mem_recv(u->h2, buf, (size_t)n);
             if (rv < 0) {

@@ -111,6 +111,16 @@ int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out)
 
 /* ---- connection I/O ---- */
 
+ssize_t sc_conn_recv(sc_conn *c, void *buf, size_t len)
+{
+    return recv(c->fd, buf, len, 0);
+}
+
+ssize_t sc_conn_send(sc_conn *c, const void *buf, size_t len)
+{
+    return send(c->fd, buf, len, MSG_NOSIGNAL);
+}
+
 static void conn_update_events(sc_conn *c)
 {
     if (c->flags & SC_CONN_F_CLOSED)
@@ -213,7 +223,7 @@ static int conn_flush(sc_conn *c)
         size_t len = sc_buf_len(&c->out);
         if (len == 0)
             break;
-        ssize_t n = send(c->fd, sc_buf_head(&c->out), len, MSG_NOSIGNAL);
+        ssize_t n = sc_conn_send(c, sc_buf_head(&c->out), len);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
                 c->flags |= SC_CONN_F_WANT_WRITE;
