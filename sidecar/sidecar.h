@@ -44,6 +44,8 @@ int sc_worker_start(sc_worker *w);
 void sc_worker_request_drain(sc_worker *w);
 void sc_worker_join(sc_worker *w);
 void sc_worker_free(sc_worker *w);
+/* Fails when any other socket holds the address (worker.c). */
+int sc_listen_probe(const sc_addr *a, char *err, size_t errlen);
 /* A listening socket for a route with SO_REUSEPORT (worker.c). */
 int sc_listen_socket(const sc_addr *a, int *fd_out, char *err, size_t errlen);
 

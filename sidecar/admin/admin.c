@@ -367,7 +367,9 @@ int sc_admin_start(sidecar *sc, sc_admin **out, char *err, size_t errlen)
         return -ENOMEM;
     a->sc = sc;
     int fd;
-    int rv = sc_listen_socket(&sc->cfg->admin.listen, &fd, err, errlen);
+    int rv = sc_listen_probe(&sc->cfg->admin.listen, err, errlen);
+    if (rv == 0)
+        rv = sc_listen_socket(&sc->cfg->admin.listen, &fd, err, errlen);
     if (rv < 0) {
         free(a);
         return rv;

@@ -85,7 +85,7 @@ int sc_config_yaml_parse(const char *buf, size_t len, const char *file, sc_diags
             if (p.error == YAML_MEMORY_ERROR)
                 sc_diags_add(d, file, 0, "", "out of memory while parsing YAML");
             else if (p.context)
-                sc_diags_add(d, file, line, "", "YAML syntax error: %s %s (line %u)",
+                sc_diags_add(d, file, line, "", "YAML syntax error: %s %s that starts at line %u",
                              p.problem ? p.problem : "invalid document", p.context,
                              (unsigned)p.context_mark.line + 1);
             else

@@ -20,6 +20,10 @@
 #define DEFAULT_MAX_REQUEST_LINE 8192
 #define DEFAULT_MAX_HEAD 65536
 #define DEFAULT_MAX_TRAILER_BYTES 16384
+/* RFC 9112 2.2 asks to ignore "at least one" empty line before a request;
+ * a few cover old clients that add CRLF after a body. More is refused, so
+ * that the number of lines in a head stays bounded (see worth_parsing). */
+#define MAX_LEADING_EMPTY_LINES 8
 /* Chunk extensions are skipped, never interpreted; this bounds the bytes of
  * one chunk-size line after the size (BWS and extensions). It is per line,
  * not per body, because real clients (AWS SigV4 streaming uploads) put ~80
@@ -550,7 +554,9 @@ static int parse_head(const char *buf, size_t len, bool is_request, bool head_re
 
     if (is_request) {
         /* RFC 9112 2.2: empty lines before the request line are ignored. */
-        while (p < end && *p == '\r') {
+        for (int n = 0; p < end && *p == '\r'; n++) {
+            if (n == MAX_LEADING_EMPTY_LINES)
+                return fail(e, SC_H1_ERR_SYNTAX, "too many empty lines before request");
             if (p + 1 == end)
                 return INCOMPLETE;
             if (p[1] != '\n')
@@ -570,13 +576,21 @@ static int parse_head(const char *buf, size_t len, bool is_request, bool head_re
     return (int)(p - buf);
 }
 
+static void resolve_limits(const sc_h1_limits *limits, size_t *max_line, size_t *max_head)
+{
+    *max_line = limits && limits->max_request_line ? limits->max_request_line : DEFAULT_MAX_REQUEST_LINE;
+    *max_head = limits && limits->max_head ? limits->max_head : DEFAULT_MAX_HEAD;
+    if (*max_head > INT32_MAX)
+        *max_head = INT32_MAX; /* the return value is an int */
+    if (*max_line > *max_head)
+        *max_line = *max_head; /* a longer line would fail the head limit first */
+}
+
 int sc_h1_parse_head(const char *buf, size_t len, bool is_request, bool request_method_head,
                      const sc_h1_limits *limits, sc_h1_head *out, const char **why)
 {
-    size_t max_line = limits && limits->max_request_line ? limits->max_request_line : DEFAULT_MAX_REQUEST_LINE;
-    size_t max_head = limits && limits->max_head ? limits->max_head : DEFAULT_MAX_HEAD;
-    if (max_head > INT32_MAX)
-        max_head = INT32_MAX; /* the return value is an int */
+    size_t max_line, max_head;
+    resolve_limits(limits, &max_line, &max_head);
 
     out->method = out->target = out->reason = out->host = (sc_h1_str){NULL, 0};
     out->status = 0;
@@ -600,6 +614,28 @@ int sc_h1_parse_head(const char *buf, size_t len, bool is_request, bool request_
     if (why)
         *why = rc < 0 ? e.why : NULL;
     return rc;
+}
+
+bool sc_h1_head_worth_parsing(const char *buf, size_t prev_len, size_t len, const sc_h1_limits *limits)
+{
+    size_t max_line, max_head;
+    resolve_limits(limits, &max_line, &max_head);
+    if (prev_len >= len)
+        return false;
+    if (len >= max_head)
+        return true;
+    /* The first line may just have become too long (it starts after at most
+     * MAX_LEADING_EMPTY_LINES CRLFs). */
+    if (len > max_line && prev_len <= max_line + 2 * MAX_LEADING_EMPTY_LINES + 1)
+        return true;
+    /* A new line ended, or a byte that no head may contain arrived (a TLS
+     * ClientHello on a plaintext port should fail now, not at the limit). */
+    for (size_t i = prev_len; i < len; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (c == '\n' || (c < 0x20 && c != '\r' && c != '\t') || c == 0x7f)
+            return true;
+    }
+    return false;
 }
 
 const sc_h1_header *sc_h1_find(const sc_h1_head *h, const char *name)

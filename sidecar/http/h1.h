@@ -83,13 +83,27 @@ typedef struct sc_h1_limits {
  * Stateless: call again with the whole head received so far. Bytes are
  * validated as they arrive, so an invalid prefix fails before its line is
  * complete, and a limit is reported as soon as the bytes prove it exceeded.
- * Leading empty lines before a request line are skipped (and counted in the
- * returned length). Content-Length and chunk sizes above INT64_MAX are
+ * Up to 8 leading empty lines before a request line are skipped (and
+ * counted in the returned length); more is a syntax error. Content-Length and chunk sizes above INT64_MAX are
  * refused. A CONNECT response is not special-cased: the caller tunnels
  * after a 2xx to CONNECT.
  */
 int sc_h1_parse_head(const char *buf, size_t len, bool is_request, bool request_method_head,
                      const sc_h1_limits *limits, sc_h1_head *out, const char **why);
+
+/*
+ * Cost control for heads that arrive in many small reads. Each
+ * sc_h1_parse_head() call rescans from the start, so calling it after every
+ * read costs O(head^2) for a peer that sends one byte at a time. This cheap
+ * check (it looks only at buf[prev_len..len) ) says whether parsing again can
+ * give a different answer than "incomplete": a line ended, a byte no head may
+ * contain arrived, or a limit may have been reached. A caller that re-parses
+ * only then gets the same verdicts (errors may come later, at the end of the
+ * offending line) at a cost of O(lines * head), and the number of lines is
+ * bounded (SC_H1_MAX_HEADERS, at most 8 leading empty lines).
+ * `prev_len` is the buffered length at the previous parse (0 at first).
+ */
+bool sc_h1_head_worth_parsing(const char *buf, size_t prev_len, size_t len, const sc_h1_limits *limits);
 
 /* Case-insensitive lookup of the first header named `name`; NULL if absent. */
 const sc_h1_header *sc_h1_find(const sc_h1_head *h, const char *name);

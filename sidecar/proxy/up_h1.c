@@ -24,7 +24,9 @@ int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p)
             return -ENOMEM;
         size_t space = sc_buf_space(&p->buf);
         size_t avail = sc_buf_len(in);
-        if (space == 0 || (avail == 0 && b->kind != SC_H1_BODY_NONE))
+        /* With no input only a finished length-delimited body can still progress (to DONE). */
+        bool can_end = b->kind == SC_H1_BODY_NONE || (b->kind == SC_H1_BODY_LENGTH && b->remaining == 0);
+        if (space == 0 || (avail == 0 && !can_end))
             break;
         /* Payload never exceeds the input handed over, so this bounds it by the room. */
         if (avail > space)

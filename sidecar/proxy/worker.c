@@ -67,6 +67,31 @@ static int set_nodelay(int fd)
     return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+/* SO_REUSEPORT would let a second sidecar bind the same address silently and
+ * take half the connections. A probe bind without it fails with EADDRINUSE
+ * when any other socket holds the address, ours included, so this runs once
+ * per address before the first worker binds. */
+int sc_listen_probe(const sc_addr *a, char *err, size_t errlen)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket(): %s", strerror(errno));
+        return -errno;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (a->ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    int rv = 0;
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0) {
+        rv = -errno;
+        snprintf(err, errlen, "cannot listen on %s: %s%s", a->text, strerror(errno),
+                 errno == EADDRINUSE ? " (another process, perhaps another sidecar, holds it)" : "");
+    }
+    close(fd);
+    return rv;
+}
+
 int sc_listen_socket(const sc_addr *a, int *fd_out, char *err, size_t errlen)
 {
     int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -484,6 +509,15 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
     for (size_t i = 0; i < sc->n_routes; i++) {
         int fd;
         char err[256];
+        if (id == 0) {
+            const sc_addr *pa = sc->routes[i].inbound ? &sc->cfg->inbound.listen : &sc->routes[i].policy->listen;
+            if (sc_listen_probe(pa, err, sizeof(err)) < 0) {
+                SC_ERROR("%s listener: %s", sc->routes[i].name, err);
+                for (size_t j = 0; j < i; j++)
+                    close(w->listeners[j].fd);
+                return -EADDRINUSE;
+            }
+        }
         const sc_addr *a = sc->routes[i].inbound ? &sc->cfg->inbound.listen : &sc->routes[i].policy->listen;
         int rv = sc_listen_socket(a, &fd, err, sizeof(err));
         if (rv < 0) {
