@@ -499,9 +499,20 @@ static void load_policy_dir(loader *L, const sc_ynode *at)
         char *path = sc_config_resolve_path(dir, names[i]);
         size_t len;
         int err;
-        char *buf = sc_config_read_file(path, &len, &err);
+        struct stat st;
+        char *buf = NULL;
+        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+            free(path); /* a directory that happens to be named x.yaml */
+            free(names[i]);
+            continue;
+        }
+        if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+            err = -EINVAL; /* never block on a FIFO or a device */
+        else
+            buf = sc_config_read_file(path, &len, &err);
         if (!buf) {
-            sc_diags_add(c->d, path, 0, "", "cannot read the policy file: %s", strerror(-err));
+            sc_diags_add(c->d, path, 0, "", "cannot read the policy file: %s",
+                         err == -EINVAL ? "not a regular file" : strerror(-err));
             c->n_errors++;
             if (!L->io_err)
                 L->io_err = err;
@@ -809,9 +820,13 @@ static void cross_checks(loader *L)
     for (size_t i = 0; i < k; i++)
         for (size_t j = 0; j < i; j++)
             if (addr_conflict(ls[i].addr, ls[j].addr)) {
+                char at[300];
+                if (ls[j].line)
+                    snprintf(at, sizeof(at), "%s:%u", ls[j].file, ls[j].line);
+                else
+                    snprintf(at, sizeof(at), "its default");
                 sc_diags_add(c->d, ls[i].file, ls[i].line, ls[i].field,
-                             "%s is already used by %s (%s:%u)", ls[i].addr->text, ls[j].what,
-                             ls[j].file, ls[j].line);
+                             "%s is already used by %s (%s)", ls[i].addr->text, ls[j].what, at);
                 c->n_errors++;
                 break;
             }

@@ -310,7 +310,8 @@ static void parse_tls(sc_cx *c, const sc_ynode *m, const char *path, sc_policy *
         return;
     int mode = SC_TLS_OFF;
     sc_config_path(fp, sizeof(fp), path, "mode");
-    if (sc_config_rd_enum(c, f[0], fp, tls_names, SC_ARRAY_LEN(tls_names), &mode))
+    bool mode_ok = sc_config_rd_enum(c, f[0], fp, tls_names, SC_ARRAY_LEN(tls_names), &mode);
+    if (mode_ok)
         p->tls.mode = (sc_tls_mode)mode;
     sc_config_path(fp, sizeof(fp), path, "server_identity");
     sc_config_rd_str(c, f[1], fp, false, &p->tls.server_identity);
@@ -324,7 +325,7 @@ static void parse_tls(sc_cx *c, const sc_ynode *m, const char *path, sc_policy *
             sc_config_err(c, f[2], fp, "'%.64s' is not a valid server name (DNS name)",
                           p->tls.sni);
     }
-    if (p->tls.mode == SC_TLS_OFF) {
+    if (mode_ok && p->tls.mode == SC_TLS_OFF) {
         for (size_t i = 1; i < SC_ARRAY_LEN(keys); i++)
             if (f[i] && f[i]->kind == SC_YN_SCALAR) {
                 sc_config_path(fp, sizeof(fp), path, keys[i]);

@@ -215,26 +215,26 @@ int sc_size_parse(const char *s, uint64_t *bytes)
 
 int sc_config_decimal(const char *s, double *out)
 {
-    double v = 0;
-    size_t digits = 0;
+    /* digits into one integer, then a single division: correctly rounded,
+     * so "0.3" is the same double as the C literal 0.3 */
+    uint64_t mant = 0;
+    size_t digits = 0, frac = 0;
     const char *p = s;
     while (*p >= '0' && *p <= '9') {
-        if (++digits > 15)
+        if (++digits > 18)
             return -EINVAL;
-        v = v * 10 + (*p - '0');
+        mant = mant * 10 + (uint64_t)(*p - '0');
         p++;
     }
     if (digits == 0)
         return -EINVAL;
     if (*p == '.') {
         p++;
-        double scale = 0.1;
-        size_t frac = 0;
         while (*p >= '0' && *p <= '9') {
-            if (++frac > 9)
+            if (++digits > 18)
                 return -EINVAL;
-            v += (*p - '0') * scale;
-            scale /= 10;
+            mant = mant * 10 + (uint64_t)(*p - '0');
+            frac++;
             p++;
         }
         if (frac == 0)
@@ -242,7 +242,10 @@ int sc_config_decimal(const char *s, double *out)
     }
     if (*p)
         return -EINVAL;
-    *out = v;
+    double scale = 1;
+    for (size_t i = 0; i < frac; i++)
+        scale *= 10;
+    *out = (double)mant / scale;
     return 0;
 }
 
@@ -552,6 +555,10 @@ bool sc_config_rd_str(sc_cx *c, const sc_ynode *v, const char *field, bool allow
     const char *s = scalar(c, v, field, "a string");
     if (!s)
         return false;
+    if (!*s && !allow_empty) {
+        sc_config_err(c, v, field, "must not be empty");
+        return false;
+    }
     free(*dst);
     *dst = sc_xstrdup(s);
     return true;

@@ -233,6 +233,8 @@ struct sc_stream {
     char *h1_trailer_buf;           /* chunked request trailers (HTTP/1 caller) */
     char *h1_up_trailer_buf;        /* chunked response trailers (HTTP/1 upstream) */
     uint64_t req_sent;              /* request body bytes handed to the upstream */
+    sc_buf replay;                  /* copy of the request body sent so far, for retries */
+    bool replayable;                /* every byte sent is in `replay` (within retries.buffer_limit) */
     bool down_chunked;              /* HTTP/1 downstream response framing */
     bool up_chunked;                /* HTTP/1 upstream request framing */
     bool down_keepalive;
@@ -301,6 +303,9 @@ void sc_stream_req_progress(sc_stream *s);
 void sc_stream_resp_drained(sc_stream *s, size_t n);
 /* The upstream consumed n request bytes: reopen the downstream flow. */
 void sc_stream_req_drained(sc_stream *s, size_t n);
+/* Upstream codecs take request body bytes with this after copying the first
+ * n bytes of s->reqp.buf: keeps the replay copy, consumes, reopens the flow. */
+void sc_stream_req_consume(sc_stream *s, size_t n);
 /* Response head / body / end arrived from upstream: wake the downstream side. */
 void sc_stream_resp_progress(sc_stream *s);
 /* Informational (1xx) response from upstream, to forward downstream. */

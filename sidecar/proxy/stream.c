@@ -216,6 +216,7 @@ static void stream_free(sc_stream *s)
     sc_buf_release(w, &s->respp.buf);
     free(s->h1_trailer_buf);
     free(s->h1_up_trailer_buf);
+    free(s->replay.data);
     sc_arena_reset(&s->arena);
     *(void **)s = w->free_streams;
     w->free_streams = s;
@@ -422,6 +423,24 @@ void sc_stream_req_drained(sc_stream *s, size_t n)
     } else {
         sc_conn_resume_read(s->down);
     }
+}
+
+void sc_stream_req_consume(sc_stream *s, size_t n)
+{
+    if (s->replayable) {
+        const sc_retry_policy *rp = &s->route->policy->retries;
+        if (s->replay.end + n > rp->buffer_limit || sc_buf_reserve(s->w, &s->replay, (uint32_t)rp->buffer_limit) < 0) {
+            s->replayable = false; /* too big to keep: this request will not be retried */
+            free(s->replay.data);
+            s->replay.data = NULL;
+        } else {
+            memcpy(s->replay.data + s->replay.end, sc_buf_head(&s->reqp.buf), n);
+            s->replay.end += (uint32_t)n;
+        }
+    }
+    sc_buf_consume(&s->reqp.buf, n);
+    s->req_sent += n;
+    sc_stream_req_drained(s, n);
 }
 
 /* Chooses from the current snapshot; the address is copied because the

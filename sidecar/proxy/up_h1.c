@@ -161,7 +161,6 @@ static int produce(sc_conn *c)
         return -ENOMEM;
     if (!s->up_head_sent && write_request_head(c, s) < 0)
         return 0;
-    size_t drained = 0;
     while (sc_buf_len(&s->reqp.buf)) {
         size_t space = sc_buf_space(&c->out);
         size_t overhead = s->up_chunked ? 20 : 0;
@@ -176,8 +175,7 @@ static int produce(sc_conn *c)
         put(c, sc_buf_head(&s->reqp.buf), n);
         if (s->up_chunked)
             put(c, "\r\n", 2);
-        sc_buf_consume(&s->reqp.buf, n);
-        drained += n;
+        sc_stream_req_consume(s, n);
     }
     if (s->reqp.eof && sc_buf_len(&s->reqp.buf) == 0) {
         if (s->up_chunked) {
@@ -185,15 +183,12 @@ static int produce(sc_conn *c)
             if (put(c, "0\r\n", 3) < 0 || put_nv(c, s->reqp.trailers, s->reqp.n_trailers, NULL) < 0 ||
                 put(c, "\r\n", 2) < 0) {
                 c->out.end = (uint32_t)before;
-                goto out;
+                return 0;
             }
         }
         s->flags |= SC_ST_F_REQ_SENT;
         sc_buf_release(c->w, &s->reqp.buf);
     }
-out:
-    if (drained)
-        sc_stream_req_drained(s, drained);
     return 0;
 }
 

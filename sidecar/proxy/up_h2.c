@@ -39,9 +39,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     size_t n = SC_MIN(length, sc_buf_len(&s->reqp.buf));
     if (n) {
         memcpy(buf, sc_buf_head(&s->reqp.buf), n);
-        sc_buf_consume(&s->reqp.buf, n);
-        s->req_sent += n;
-        sc_stream_req_drained(s, n);
+        sc_stream_req_consume(s, n);
     }
     if (sc_buf_len(&s->reqp.buf) == 0 && s->reqp.eof) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
