@@ -276,21 +276,13 @@ static void on_readable(sc_conn *c)
         }
         if (n < 0 && (errno == EAGAIN || errno == EINTR))
             break;
-        /* EOF or error. */
-        if (d->cur && (!d->cur->reqp.eof || n < 0)) {
-            sc_conn_close(c, n < 0 ? -errno : -ECONNRESET);
-            return;
-        }
-        if (!d->cur) {
-            sc_conn_close(c, 0);
-            return;
-        }
-        /* Request complete, the client half-closed: finish the response, then close. */
-        c->flags |= SC_CONN_F_EOF;
-        d->close_after = true;
-        ev_io_stop(c->w->loop, &c->io);
-        ev_io_set(&c->io, c->fd, 0);
-        break;
+        /* EOF or error. A client that closes while its request is in flight
+         * has given up on it (clients do not half-close HTTP/1.1): cancel the
+         * upstream exchange instead of finishing a response nobody reads. */
+        if (d->cur && !(d->cur->flags & SC_ST_F_DOWN_DONE))
+            SC_DEBUG("%s listener: caller closed the connection with a request in flight", c->route->name);
+        sc_conn_close(c, n < 0 ? -errno : 0);
+        return;
     }
     if (sc_buf_len(&c->in) && !(c->flags & SC_CONN_F_CLOSED) && c->ops == &sc_down_h1_ops)
         process(c);
