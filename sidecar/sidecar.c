@@ -6,6 +6,9 @@
 
 #include "admin/admin.h"
 #include "core/log.h"
+#include "discovery/app_health.h" /* consul + health (issue 4) */
+#include "discovery/consul.h"
+#include "discovery/grpc_health.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -72,14 +75,23 @@ static void raise_nofile(void)
     }
 }
 
-void sc_sidecar_drain(sidecar *sc)
+static void drain_workers(void *arg)
 {
-    if (atomic_exchange(&sc->draining, true))
-        return;
+    sidecar *sc = arg;
     SC_INFO("draining: no new connections; in-flight requests have %llums to finish",
             (unsigned long long)sc->cfg->drain_timeout_ms);
     for (unsigned i = 0; i < sc->n_workers; i++)
         sc_worker_request_drain(&sc->workers[i]);
+}
+
+void sc_sidecar_drain(sidecar *sc)
+{
+    if (atomic_exchange(&sc->draining, true))
+        return;
+    /* consul (issue 4): deregister first (bounded); the workers drain when it is done */
+    if (sc->consul && sc_consul_deregister(sc->consul, drain_workers, sc) == 0)
+        return;
+    drain_workers(sc);
 }
 
 static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
@@ -124,6 +136,14 @@ int sc_sidecar_run(sidecar *sc)
         SC_ERROR("admin listener: %s", err);
         return rv;
     }
+    /* consul + health (issue 4): app probe and gRPC health bind before the workers run */
+    sc_app_health_start(sc->loop, cfg, &sc->app_health);
+    rv = sc_grpc_health_start(sc, &sc->grpc_health, err, sizeof(err));
+    if (rv < 0 && rv != -ENOENT) {
+        SC_ERROR("health.grpc_listen: %s", err);
+        return rv;
+    }
+    /* end consul + health */
     sc->workers = sc_xcalloc(sc->n_workers, sizeof(sc_worker));
     for (unsigned i = 0; i < sc->n_workers; i++) {
         rv = sc_worker_init(&sc->workers[i], sc, i);
@@ -168,19 +188,30 @@ int sc_sidecar_run(sidecar *sc)
         SC_INFO("upstream %s: %s -> %zu %s instance(s) (%s)", p->name, p->listen.text,
                 p->discovery == SC_DISCOVERY_STATIC ? p->n_instances : 0,
                 p->discovery == SC_DISCOVERY_STATIC ? "static" : "consul", sc_proto_name(p->protocol));
-        if (p->discovery == SC_DISCOVERY_CONSUL)
-            SC_WARN("upstream %s: Consul discovery is not available in this build yet; requests get "
-                    "'no healthy instance'", p->name);
         if (p->retries.enabled || p->bulkhead.enabled || p->breaker.enabled || p->outlier.enabled ||
             p->lb != SC_LB_ROUND_ROBIN || p->tls.mode != SC_TLS_OFF)
             SC_WARN("upstream %s: retries, bulkhead, circuit_breaker, outlier, load_balancer other than "
                     "round_robin and tls are parsed but not enforced by this build", p->name);
     }
 
+    /* consul + health (issue 4): registration and watches once serving */
+    rv = sc_consul_start(sc, &sc->consul);
+    if (rv < 0 && rv != -ENOENT)
+        SC_ERROR("consul: cannot start the client: %s; running without Consul", strerror(-rv));
+    /* end consul + health */
+
     ev_run(sc->loop, 0);
 
     for (unsigned i = 0; i < sc->n_workers; i++)
         sc_worker_join(&sc->workers[i]);
+    /* consul + health (issue 4) */
+    sc_consul_stop(sc->consul);
+    sc->consul = NULL;
+    sc_grpc_health_stop(sc->grpc_health);
+    sc->grpc_health = NULL;
+    sc_app_health_stop(sc->app_health);
+    sc->app_health = NULL;
+    /* end consul + health */
     sc_admin_stop(sc->admin);
     sc->admin = NULL;
     SC_INFO("drained; exiting");

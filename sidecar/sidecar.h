@@ -26,6 +26,11 @@ typedef struct sidecar {
     _Atomic unsigned workers_running;
     uint64_t started_ms;
     struct sc_admin *admin;
+    /* consul + health (issue 4): NULL when not configured */
+    struct sc_consul *consul;
+    struct sc_app_health *app_health;
+    struct sc_grpc_health *grpc_health;
+    /* end consul + health */
 } sidecar;
 
 sidecar *sc_sidecar_new(sc_config *cfg);

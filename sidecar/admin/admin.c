@@ -1,6 +1,8 @@
 #include "admin/admin.h"
 
 #include "core/log.h"
+#include "discovery/app_health.h" /* consul + health (issue 4) */
+#include "discovery/consul.h"
 #include "http/grpc.h"
 #include "http/h1.h"
 
@@ -167,6 +169,8 @@ char *sc_admin_render_stats(const sidecar *sc)
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
         fprintf(f, "sidecar_upstream_discovery_stale{upstream=\"%s\"} %d\n", sc->routes[r].name, e && e->stale);
     }
+    sc_consul_render_stats(sc->consul, f);         /* consul + health (issue 4) */
+    sc_app_health_render_stats(sc->app_health, f);
     metric_head(f, "sidecar_uptime_seconds", "gauge", "Seconds since start.");
     fprintf(f, "sidecar_uptime_seconds %llu\n", (unsigned long long)((sc_now_ms() - sc->started_ms) / 1000));
     fclose(f);
@@ -204,9 +208,14 @@ char *sc_admin_render_clusters(const sidecar *sc)
         json_object_set_new(u, "requests_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(requests))));
         json_object_set_new(u, "connect_failures_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(connect_failures))));
         json_object_set_new(u, "timeouts_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(timeouts))));
+        json_t *cj = sc_consul_route_json(sc->consul, r); /* consul (issue 4) */
+        if (cj)
+            json_object_set_new(u, "consul", cj);
         json_array_append_new(ups, u);
     }
     json_object_set_new(root, "upstreams", ups);
+    if (sc->consul) /* consul (issue 4) */
+        json_object_set_new(root, "consul", sc_consul_json(sc->consul));
     char *out = json_dumps(root, JSON_INDENT(2));
     json_decref(root);
     return out;
@@ -231,12 +240,13 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
     sidecar *sc = ac->admin->sc;
     char *body = NULL;
     if (path_is(h, "/ready")) {
-        if (atomic_load(&sc->draining))
-            respond(ac, 503, "text/plain", "draining\n");
-        else if (!atomic_load(&sc->ready))
-            respond(ac, 503, "text/plain", "starting\n");
-        else
+        char why[400]; /* consul + health (issue 4): starting, draining or the app is down */
+        if (sc_health_ready(sc, why, sizeof(why) - 1)) {
             respond(ac, 200, "text/plain", "ready\n");
+        } else {
+            strcat(why, "\n");
+            respond(ac, 503, "text/plain", why);
+        }
     } else if (path_is(h, "/stats") || path_is(h, "/metrics")) {
         body = sc_admin_render_stats(sc);
         respond(ac, body ? 200 : 500, "text/plain; version=0.0.4", body ? body : "out of memory\n");

@@ -19,6 +19,12 @@
 
 static const char *const check_names[] = {"http", "ttl", "grpc", "none"};
 static const char *const proto_names[] = {"http1", "http2", "grpc"};
+static const char *const probe_names[] = {"tcp", "http", "none"};
+
+const char *sc_config_probe_name(int probe)
+{
+    return (unsigned)probe < SC_ARRAY_LEN(probe_names) ? probe_names[probe] : "?";
+}
 
 const char *sc_config_check_name(int check)
 {
@@ -103,6 +109,7 @@ typedef struct loader {
     int io_err;
     unsigned admin_line, inbound_listen_line, inbound_app_line, policies_line, tls_line;
     unsigned consul_line, token_line, token_file_line, ssl_line, address_line;
+    unsigned health_line, check_line, grpc_listen_line;
     bool set_address, set_token, set_token_file, set_ssl, set_ssl_verify, set_ca, set_cert,
         set_key;
 } loader;
@@ -152,6 +159,9 @@ static void config_defaults(sc_config *cfg)
     cfg->consul.check_ttl_ms = 15000;
     cfg->consul.deregister_after_ms = 0;
     cfg->consul.wait_ms = 300000;
+    cfg->health.app_probe = SC_APP_PROBE_TCP;
+    cfg->health.interval_ms = 2000;
+    cfg->health.timeout_ms = 1000;
     cfg->tls.identity_header = sc_xstrdup("x-sidecar-caller");
 }
 
@@ -366,6 +376,7 @@ static void parse_consul(loader *L, const sc_ynode *m)
     if (sc_config_rd_enum(c, f[10], "consul.check", check_names, SC_ARRAY_LEN(check_names),
                           &check))
         cfg->consul.check = check;
+    L->check_line = f[10] ? f[10]->line : m->line;
     sc_config_rd_dur(c, f[11], "consul.check_interval", 1000, &cfg->consul.check_interval_ms);
     sc_config_rd_dur(c, f[12], "consul.check_ttl", 1000, &cfg->consul.check_ttl_ms);
     if (sc_config_rd_dur(c, f[13], "consul.deregister_after", 0,
@@ -377,6 +388,42 @@ static void parse_consul(loader *L, const sc_ynode *m)
         cfg->consul.wait_ms > 600000)
         sc_config_err(c, f[14], "consul.wait", "Consul caps blocking queries at 10m");
     sc_config_rd_path(c, f[15], "consul.cache_file", &cfg->consul.cache_file);
+}
+
+static void parse_health(loader *L, const sc_ynode *m)
+{
+    static const char *const keys[] = {"app_probe", "app_path", "interval", "timeout",
+                                       "grpc_listen"};
+    const sc_ynode *f[SC_ARRAY_LEN(keys)];
+    sc_cx *c = &L->c;
+    sc_config *cfg = L->cfg;
+    L->health_line = m->line;
+    if (!FIELDS(c, m, "health", keys, f))
+        return;
+    int probe = SC_APP_PROBE_TCP;
+    if (sc_config_rd_enum(c, f[0], "health.app_probe", probe_names, SC_ARRAY_LEN(probe_names),
+                          &probe))
+        cfg->health.app_probe = probe;
+    if (sc_config_rd_str(c, f[1], "health.app_path", false, &cfg->health.app_path) &&
+        cfg->health.app_path &&
+        (cfg->health.app_path[0] != '/' || strlen(cfg->health.app_path) > 1024 ||
+         strpbrk(cfg->health.app_path, " \t\r\n")))
+        sc_config_err(c, f[1], "health.app_path",
+                      "'%.64s' is not a request path; expected e.g. /healthz", cfg->health.app_path);
+    if (cfg->health.app_probe == SC_APP_PROBE_HTTP && !cfg->health.app_path && f[0])
+        sc_config_err(c, f[0], "health.app_path", "the http probe needs app_path, e.g. /healthz");
+    if (cfg->health.app_probe != SC_APP_PROBE_HTTP && cfg->health.app_path && f[1])
+        sc_config_err(c, f[1], "health.app_path", "app_path is used only with app_probe: http");
+    bool iv = sc_config_rd_dur(c, f[2], "health.interval", 100, &cfg->health.interval_ms);
+    bool to = sc_config_rd_dur(c, f[3], "health.timeout", 10, &cfg->health.timeout_ms);
+    if (iv && to && cfg->health.timeout_ms > cfg->health.interval_ms)
+        sc_config_err(c, f[3] ? f[3] : f[2], f[3] ? "health.timeout" : "health.interval",
+                      "the probe timeout is longer than its interval");
+    if (f[4]) {
+        L->grpc_listen_line = f[4]->line;
+        if (sc_config_rd_addr(c, f[4], "health.grpc_listen", false, &cfg->health.grpc_listen))
+            cfg->health.grpc_enabled = true;
+    }
 }
 
 static void parse_tls(loader *L, const sc_ynode *m)
@@ -799,7 +846,20 @@ static void cross_checks(loader *L)
         }
     }
 
-    lst *ls = sc_xcalloc(n + 2, sizeof(*ls));
+    if (cfg->health.app_probe != SC_APP_PROBE_NONE && !cfg->inbound.enabled && L->health_line &&
+        (cfg->health.app_probe == SC_APP_PROBE_HTTP || cfg->health.app_path)) {
+        sc_diags_add(c->d, cfg->file, L->health_line, "health.app_probe",
+                     "probing the local app needs an inbound: section with the app's address");
+        c->n_errors++;
+    }
+    if (cfg->consul.enabled && cfg->consul.register_service && cfg->consul.check == SC_CHECK_GRPC &&
+        !cfg->health.grpc_enabled) {
+        sc_diags_add(c->d, cfg->file, L->check_line, "consul.check",
+                     "a grpc check needs the sidecar's gRPC health server: set health.grpc_listen");
+        c->n_errors++;
+    }
+
+    lst *ls = sc_xcalloc(n + 3, sizeof(*ls));
     size_t k = 0;
     ls[k] = (lst){.addr = &cfg->admin.listen, .file = cfg->file, .line = L->admin_line};
     snprintf(ls[k].field, sizeof(ls[k].field), "admin.listen");
@@ -809,6 +869,12 @@ static void cross_checks(loader *L)
                       .line = L->inbound_listen_line};
         snprintf(ls[k].field, sizeof(ls[k].field), "inbound.listen");
         snprintf(ls[k++].what, sizeof(ls[0].what), "the inbound listener");
+    }
+    if (cfg->health.grpc_enabled) {
+        ls[k] = (lst){.addr = &cfg->health.grpc_listen, .file = cfg->file,
+                      .line = L->grpc_listen_line};
+        snprintf(ls[k].field, sizeof(ls[k].field), "health.grpc_listen");
+        snprintf(ls[k++].what, sizeof(ls[0].what), "the gRPC health listener");
     }
     for (size_t i = 0; i < n; i++) {
         sc_policy *p = &cfg->policies[i];
@@ -838,7 +904,8 @@ static void cross_checks(loader *L)
 static void parse_config(loader *L, const sc_ynode *root)
 {
     static const char *const keys[] = {"service", "inbound", "admin", "workers", "drain_timeout",
-                                       "policies", "upstreams", "limits", "log", "consul", "tls"};
+                                       "policies", "upstreams", "limits", "log", "consul", "tls",
+                                       "health"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -887,6 +954,8 @@ static void parse_config(loader *L, const sc_ynode *root)
         parse_consul(L, f[9]);
     if (f[10])
         parse_tls(L, f[10]);
+    if (f[11])
+        parse_health(L, f[11]);
     if (cfg->service.name && !cfg->service.id)
         cfg->service.id = sc_xstrdup(cfg->service.name);
     if (cfg->consul.enabled)
@@ -1000,6 +1069,7 @@ void sc_config_free(sc_config *cfg)
     free(cfg->consul.key_file);
     free(cfg->consul.datacenter);
     free(cfg->consul.cache_file);
+    free(cfg->health.app_path);
     free(cfg->tls.cert_file);
     free(cfg->tls.key_file);
     free(cfg->tls.ca_file);

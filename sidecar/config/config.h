@@ -187,6 +187,15 @@ typedef struct sc_config {
         uint64_t wait_ms;           /* blocking query wait, default 300000 */
         char *cache_file;           /* last known instances, NULL = off */
     } consul;
+    struct {                        /* readiness: local app probe, grpc.health.v1 server */
+        enum { SC_APP_PROBE_TCP = 0, SC_APP_PROBE_HTTP, SC_APP_PROBE_NONE } app_probe;
+                                    /* default tcp; probes run only with an `inbound:` app */
+        char *app_path;             /* http probe: GET this path, 2xx = healthy */
+        uint64_t interval_ms;       /* default 2000 */
+        uint64_t timeout_ms;        /* default 1000, <= interval */
+        bool grpc_enabled;          /* grpc_listen given */
+        sc_addr grpc_listen;        /* grpc.health.v1 Health service */
+    } health;
     struct {
         char *cert_file, *key_file, *ca_file; /* NULL = no TLS */
         char **allow; size_t n_allow;        /* inbound caller identities, "*"-suffix patterns */

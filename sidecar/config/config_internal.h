@@ -130,6 +130,7 @@ void sc_config_parse_policy(sc_cx *c, const sc_ynode *root, const char *path, sc
                             sc_policy_where *where);
 const char *sc_config_tls_mode_name(sc_tls_mode m);
 const char *sc_config_check_name(int check);
+const char *sc_config_probe_name(int probe);
 char *sc_config_read_file(const char *path, size_t *len, int *err);
 
 #endif

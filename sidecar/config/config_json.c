@@ -212,6 +212,16 @@ json_t *sc_config_to_json(const sc_config *cfg)
     json_object_set_new(cs, "cache_file", jstr(cfg->consul.cache_file));
     json_object_set_new(o, "consul", cs);
 
+    json_t *hs = json_object();
+    json_object_set_new(hs, "app_probe", json_string(sc_config_probe_name(cfg->health.app_probe)));
+    json_object_set_new(hs, "app_path", jstr(cfg->health.app_path));
+    json_object_set_new(hs, "interval", jdur(cfg->health.interval_ms));
+    json_object_set_new(hs, "timeout", jdur(cfg->health.timeout_ms));
+    json_object_set_new(hs, "grpc_listen",
+                        cfg->health.grpc_enabled ? json_string(cfg->health.grpc_listen.text)
+                                                 : json_null());
+    json_object_set_new(o, "health", hs);
+
     json_t *tls = json_object();
     json_object_set_new(tls, "cert", jstr(cfg->tls.cert_file));
     json_object_set_new(tls, "key", jstr(cfg->tls.key_file));

@@ -1,0 +1,1448 @@
+/*
+ * consul.c: the Consul agent client (see consul.h). The I/O shell around
+ * consul_json.c: libcurl multi on the control loop, registration, TTL
+ * updates, watches, the cache file.
+ *
+ * libcurl integration: CURLMOPT_SOCKETFUNCTION keeps one ev_io per socket
+ * curl wants watched, CURLMOPT_TIMERFUNCTION one ev_timer; both call
+ * curl_multi_socket_action and then collect finished transfers. A request
+ * (creq) owns its easy handle; its `done` callback runs after the handle
+ * left the multi handle, and the request is freed right after it.
+ */
+#include "discovery/consul.h"
+
+#include "core/log.h"
+#include "discovery/app_health.h"
+#include "discovery/consul_json.h"
+
+#include <arpa/inet.h>
+#include <curl/curl.h>
+#include <ifaddrs.h>
+#include <jansson.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BODY_LIMIT (64u << 20)         /* largest answer kept (1000 instances are ~2 MB) */
+#define WRITE_TIMEOUT_MS 10000         /* agent writes and non-blocking reads */
+#define CONNECT_TIMEOUT_MS 3000
+#define BUCKET_BURST 4.0               /* watch loop: 4 queries at once ... */
+#define BUCKET_PER_S 1.0               /* ... then 1 per second */
+#define CACHE_WRITE_DELAY_S 2.0        /* coalesce cache file writes */
+
+typedef struct creq creq;
+typedef void (*creq_cb)(creq *r);
+
+struct creq {
+    CURL *easy;
+    sc_consul *c;
+    creq_cb done;
+    void *owner;
+    creq *prev, *next;          /* c->reqs */
+    struct curl_slist *headers;
+    char *body;                 /* the answer, NUL terminated */
+    size_t len, cap;
+    bool too_big;
+    bool has_index, bad_index;
+    uint64_t index;
+    char hash[96];
+    CURLcode result;
+    long status;
+    char curl_err[CURL_ERROR_SIZE];
+};
+
+typedef struct csock {
+    ev_io io;
+    sc_consul *c;
+    curl_socket_t fd;
+    struct csock *prev, *next;  /* c->socks */
+} csock;
+
+typedef enum {
+    REG_OFF = 0,
+    REG_REGISTERING,
+    REG_REGISTERED,
+    REG_FAILED,                 /* waiting to try again */
+    REG_DEREGISTERING,
+    REG_DEREGISTERED,
+} reg_state;
+
+static const char *const reg_state_names[] = {"off", "registering", "registered", "failed",
+                                              "deregistering", "deregistered"};
+
+typedef struct watch {
+    sc_consul *c;
+    size_t route_index;
+    sc_route *route;
+    const char *service, *tag, *dc;
+    creq *req;
+    ev_timer timer;
+    sc_consul_bucket bucket;
+    uint64_t index;             /* to send; 0 = a non-blocking fetch */
+    uint64_t last_index;        /* last X-Consul-Index seen */
+    uint64_t sent_index;
+    unsigned failures;          /* in a row */
+    bool have_data, from_cache;
+    char last_error[320];
+    int64_t last_error_unix, last_change_unix, last_success_unix, saved_unix;
+    uint64_t errors_total, changes_total, answers_total;
+    size_t skipped;
+    char skip_reason[192];
+} watch;
+
+struct sc_consul {
+    sidecar *sc;
+    const sc_config *cfg;
+    struct ev_loop *loop;
+    CURLM *multi;
+    ev_timer curl_timer;
+    creq *reqs;                 /* in flight */
+    csock *socks;               /* sockets libcurl asked us to watch */
+    char base[600];             /* scheme://host:port, no trailing slash */
+    const char *unix_path;
+    uint64_t rnd;
+    uint64_t requests_total, request_errors_total;
+
+    /* registration */
+    reg_state reg;
+    char *reg_body;
+    char check_id[300];
+    char address[INET6_ADDRSTRLEN];
+    char check_target[200];
+    creq *reg_req, *ttl_req, *svc_req, *dereg_req;
+    ev_timer reg_timer, ttl_timer, svc_timer, dereg_timer;
+    unsigned reg_failures, ttl_failures, svc_failures;
+    sc_consul_bucket svc_bucket;
+    char svc_hash[96];
+    bool ttl_resend;
+    bool ttl_passing;           /* last status sent */
+    bool ttl_sent;
+    char ttl_note[256];
+    char reg_error[320];
+    int64_t reg_error_unix, registered_unix;
+    uint64_t registrations_total, reg_failures_total, ttl_updates_total, ttl_failures_total;
+    void (*dereg_done)(void *);
+    void *dereg_arg;
+
+    /* watches */
+    watch *watches;
+    size_t n_watches;
+    watch **by_route;           /* [sc->n_routes], NULL = not watched */
+
+    /* cache file */
+    char *cache_doc;
+    size_t cache_len;
+    bool cache_dirty;
+    ev_timer cache_timer;
+};
+
+static uint64_t rnd_next(sc_consul *c)
+{
+    uint64_t x = c->rnd;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    c->rnd = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
+static uint64_t backoff(sc_consul *c, unsigned failures)
+{
+    return sc_consul_backoff_ms(failures, SC_CONSUL_BACKOFF_BASE_MS, SC_CONSUL_BACKOFF_CAP_MS,
+                                rnd_next(c));
+}
+
+static void timer_again(sc_consul *c, ev_timer *t, uint64_t ms)
+{
+    ev_timer_stop(c->loop, t);
+    ev_timer_set(t, (double)ms / 1000.0, 0);
+    ev_timer_start(c->loop, t);
+}
+
+static unsigned addr_port(const sc_addr *a)
+{
+    if (a->ss.ss_family == AF_INET)
+        return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
+    if (a->ss.ss_family == AF_INET6)
+        return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
+    return 0;
+}
+
+static const char *check_name(int check)
+{
+    static const char *const names[] = {"http", "ttl", "grpc", "none"};
+    return (unsigned)check < SC_ARRAY_LEN(names) ? names[check] : "?";
+}
+
+static void iso_time(int64_t unix_s, char *buf, size_t cap)
+{
+    time_t t = (time_t)unix_s;
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* ---- requests ---- */
+
+static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    creq *r = userdata;
+    size_t n = size * nmemb;
+    if (r->len + n + 1 > BODY_LIMIT) {
+        r->too_big = true;
+        return 0;
+    }
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + n + 1)
+            cap *= 2;
+        char *nb = realloc(r->body, cap);
+        if (!nb)
+            return 0;
+        r->body = nb;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, ptr, n);
+    r->len += n;
+    r->body[r->len] = 0;
+    return n;
+}
+
+static bool header_is(const char *h, size_t n, const char *name, const char **val, size_t *vlen)
+{
+    size_t l = strlen(name);
+    if (n <= l || strncasecmp(h, name, l) != 0 || h[l] != ':')
+        return false;
+    *val = h + l + 1;
+    *vlen = n - l - 1;
+    return true;
+}
+
+static size_t header_cb(char *buf, size_t size, size_t nitems, void *userdata)
+{
+    creq *r = userdata;
+    size_t n = size * nitems;
+    const char *v;
+    size_t vl;
+    if (n >= 5 && strncmp(buf, "HTTP/", 5) == 0) {
+        /* a new header block (after 100 Continue, say): forget the last one */
+        r->has_index = r->bad_index = false;
+        r->hash[0] = 0;
+    } else if (header_is(buf, n, "X-Consul-Index", &v, &vl)) {
+        r->has_index = sc_consul_index_parse(v, vl, &r->index) == 0;
+        r->bad_index = !r->has_index;
+    } else if (header_is(buf, n, "X-Consul-ContentHash", &v, &vl)) {
+        while (vl && (*v == ' ' || *v == '\t'))
+            v++, vl--;
+        while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+            vl--;
+        if (vl < sizeof(r->hash)) {
+            memcpy(r->hash, v, vl);
+            r->hash[vl] = 0;
+        }
+    }
+    return n;
+}
+
+static void creq_free(creq *r)
+{
+    if (r->prev)
+        r->prev->next = r->next;
+    else if (r->c->reqs == r)
+        r->c->reqs = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    curl_easy_cleanup(r->easy);
+    curl_slist_free_all(r->headers);
+    free(r->body);
+    free(r);
+}
+
+/* Cancels a request in flight without calling its callback; *pp = NULL. */
+static void creq_cancel(creq **pp)
+{
+    creq *r = *pp;
+    if (!r)
+        return;
+    *pp = NULL;
+    curl_multi_remove_handle(r->c->multi, r->easy);
+    creq_free(r);
+}
+
+/*
+ * Starts a request. method "GET" or "PUT"; a PUT sends `body` (JSON) or
+ * nothing. Returns NULL when libcurl cannot even start it (then nothing is
+ * called; the caller treats it like a failed request).
+ */
+static creq *creq_start(sc_consul *c, const char *method, const char *path, const char *body,
+                        uint64_t timeout_ms, creq_cb done, void *owner)
+{
+    creq *r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->c = c;
+    r->done = done;
+    r->owner = owner;
+    r->easy = curl_easy_init();
+    size_t ul = strlen(c->base) + strlen(path) + 1;
+    char *url = malloc(ul);
+    if (!r->easy || !url) {
+        free(url);
+        if (r->easy)
+            curl_easy_cleanup(r->easy);
+        free(r);
+        return NULL;
+    }
+    snprintf(url, ul, "%s%s", c->base, path);
+    CURL *e = r->easy;
+    const sc_config *cfg = c->cfg;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    free(url); /* libcurl keeps its own copy */
+    curl_easy_setopt(e, CURLOPT_PRIVATE, r);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROXY, ""); /* the agent is local: never through a proxy */
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, r->curl_err);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)CONNECT_TIMEOUT_MS);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "sidecar/" SC_VERSION);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPIDLE, 30L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
+    if (c->unix_path)
+        curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, c->unix_path);
+    if (cfg->consul.ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, cfg->consul.ca_file);
+    if (cfg->consul.cert_file)
+        curl_easy_setopt(e, CURLOPT_SSLCERT, cfg->consul.cert_file);
+    if (cfg->consul.key_file)
+        curl_easy_setopt(e, CURLOPT_SSLKEY, cfg->consul.key_file);
+    if (!cfg->consul.ssl_verify) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    struct curl_slist *h = NULL;
+    if (cfg->consul.token) {
+        size_t tl = strlen(cfg->consul.token) + 32;
+        char *th = malloc(tl);
+        if (th) {
+            snprintf(th, tl, "X-Consul-Token: %s", cfg->consul.token);
+            h = curl_slist_append(h, th);
+            free(th);
+        }
+    }
+    if (strcmp(method, "PUT") == 0) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)(body ? strlen(body) : 0));
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body ? body : "");
+        h = curl_slist_append(h, body ? "Content-Type: application/json" : "Content-Type:");
+        h = curl_slist_append(h, "Expect:");
+    }
+    r->headers = h;
+    if (h)
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
+    r->next = c->reqs;
+    if (c->reqs)
+        c->reqs->prev = r;
+    c->reqs = r;
+    if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
+        creq_free(r);
+        return NULL;
+    }
+    c->requests_total++;
+    return r;
+}
+
+/* A one-line description of what went wrong, "" when the request succeeded
+ * with a 2xx answer. */
+static void creq_error(const creq *r, char *buf, size_t cap)
+{
+    buf[0] = 0;
+    if (r->too_big) {
+        snprintf(buf, cap, "the answer is larger than %u MiB", BODY_LIMIT >> 20);
+    } else if (r->result != CURLE_OK) {
+        snprintf(buf, cap, "%s", r->curl_err[0] ? r->curl_err : curl_easy_strerror(r->result));
+    } else if (r->status < 200 || r->status > 299) {
+        char text[200];
+        size_t n = 0;
+        for (size_t i = 0; r->body && i < r->len && n < sizeof(text) - 1; i++) {
+            char ch = r->body[i];
+            if (ch == '\n' || ch == '\r') {
+                if (n && text[n - 1] != ' ')
+                    text[n++] = ' ';
+                continue;
+            }
+            text[n++] = (ch >= 0x20 && ch < 0x7f) ? ch : '?';
+        }
+        while (n && text[n - 1] == ' ')
+            n--;
+        text[n] = 0;
+        snprintf(buf, cap, "HTTP %ld%s%s", r->status, n ? ": " : "", text);
+    }
+}
+
+static bool body_has(const creq *r, const char *needle)
+{
+    return r->body && strstr(r->body, needle);
+}
+
+/* Advice appended to errors a person can fix. */
+static const char *hint(const creq *r)
+{
+    if (r->result != CURLE_OK)
+        return "";
+    if (r->status == 403 && body_has(r, "ACL not found"))
+        return " (the ACL token is not known to the agent: check consul.token, consul.token_file, "
+               "$CONSUL_HTTP_TOKEN or $CONSUL_HTTP_TOKEN_FILE)";
+    if (r->status == 403)
+        return " (the ACL token lacks a permission: see the agent's message)";
+    return "";
+}
+
+static void check_done(sc_consul *c)
+{
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(c->multi, &left))) {
+        if (m->msg != CURLMSG_DONE)
+            continue;
+        CURL *e = m->easy_handle;
+        creq *r = NULL;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&r);
+        r->result = m->data.result;
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
+        curl_multi_remove_handle(c->multi, e);
+        if (r->result != CURLE_OK || r->status < 200 || r->status > 299)
+            c->request_errors_total++;
+        r->done(r);
+        creq_free(r);
+    }
+}
+
+static void sock_ev_cb(struct ev_loop *loop, ev_io *w, int revents)
+{
+    (void)loop;
+    csock *cs = SC_CONTAINER_OF(w, csock, io);
+    sc_consul *c = cs->c;
+    int flags = ((revents & EV_READ) ? CURL_CSELECT_IN : 0) |
+                ((revents & EV_WRITE) ? CURL_CSELECT_OUT : 0);
+    int running;
+    curl_multi_socket_action(c->multi, cs->fd, flags, &running); /* may free cs */
+    check_done(c);
+}
+
+static void csock_free(sc_consul *c, csock *cs)
+{
+    ev_io_stop(c->loop, &cs->io);
+    if (cs->prev)
+        cs->prev->next = cs->next;
+    else
+        c->socks = cs->next;
+    if (cs->next)
+        cs->next->prev = cs->prev;
+    free(cs);
+}
+
+static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
+{
+    (void)e;
+    sc_consul *c = userp;
+    csock *cs = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (cs)
+            csock_free(c, cs);
+        return 0;
+    }
+    if (!cs) {
+        cs = calloc(1, sizeof(*cs));
+        if (!cs)
+            return -1;
+        cs->c = c;
+        cs->fd = s;
+        cs->next = c->socks;
+        if (c->socks)
+            c->socks->prev = cs;
+        c->socks = cs;
+        ev_init(&cs->io, sock_ev_cb);
+        curl_multi_assign(c->multi, s, cs);
+    } else {
+        ev_io_stop(c->loop, &cs->io);
+    }
+    int ev = ((what & CURL_POLL_IN) ? EV_READ : 0) | ((what & CURL_POLL_OUT) ? EV_WRITE : 0);
+    ev_io_set(&cs->io, s, ev);
+    ev_io_start(c->loop, &cs->io);
+    return 0;
+}
+
+static void curl_timer_ev(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_consul *c = SC_CONTAINER_OF(t, sc_consul, curl_timer);
+    int running;
+    curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    check_done(c);
+}
+
+static int timer_cb(CURLM *m, long timeout_ms, void *userp)
+{
+    (void)m;
+    sc_consul *c = userp;
+    ev_timer_stop(c->loop, &c->curl_timer);
+    if (timeout_ms >= 0) {
+        ev_timer_set(&c->curl_timer, (double)timeout_ms / 1000.0, 0);
+        ev_timer_start(c->loop, &c->curl_timer);
+    }
+    return 0;
+}
+
+/* ---- registration ---- */
+
+static void reg_start(sc_consul *c);
+static void ttl_send(sc_consul *c);
+static void svc_start(sc_consul *c);
+
+static void set_reg_error(sc_consul *c, const char *msg)
+{
+    snprintf(c->reg_error, sizeof(c->reg_error), "%s", msg);
+    c->reg_error_unix = (int64_t)time(NULL);
+}
+
+static void reg_retry(sc_consul *c)
+{
+    c->reg = REG_FAILED;
+    uint64_t ms = backoff(c, ++c->reg_failures);
+    timer_again(c, &c->reg_timer, ms);
+}
+
+static void reg_done(creq *r)
+{
+    sc_consul *c = r->c;
+    c->reg_req = NULL;
+    char err[300];
+    creq_error(r, err, sizeof(err));
+    if (err[0]) {
+        c->reg_failures_total++;
+        bool first = c->reg_failures == 0 || strcmp(err, c->reg_error) != 0;
+        set_reg_error(c, err);
+        reg_retry(c);
+        if (first)
+            SC_ERROR("consul: registering service '%s' (id %s) failed: %s%s; retrying with backoff",
+                     c->cfg->service.name, c->cfg->service.id, err, hint(r));
+        else
+            SC_DEBUG("consul: registering service '%s' failed again (%u in a row): %s",
+                     c->cfg->service.name, c->reg_failures, err);
+        return;
+    }
+    c->reg = REG_REGISTERED;
+    c->reg_failures = 0;
+    c->registrations_total++;
+    c->registered_unix = (int64_t)time(NULL);
+    SC_INFO("consul: registered service '%s' (id %s%s%s, port %u) with check %s (%s%s%s)",
+            c->cfg->service.name, c->cfg->service.id, c->address[0] ? ", address " : "",
+            c->address, c->cfg->inbound.enabled ? addr_port(&c->cfg->inbound.listen) : 0u,
+            c->check_id, check_name(c->cfg->consul.check),
+            c->check_target[0] ? " " : "", c->check_target);
+    if (c->cfg->consul.check == SC_CHECK_TTL) {
+        c->ttl_failures = 0;
+        ttl_send(c);
+    }
+    c->svc_hash[0] = 0;
+    c->svc_failures = 0;
+    svc_start(c);
+}
+
+static void reg_start(sc_consul *c)
+{
+    if (c->reg == REG_DEREGISTERING || c->reg == REG_DEREGISTERED)
+        return;
+    ev_timer_stop(c->loop, &c->reg_timer);
+    ev_timer_stop(c->loop, &c->ttl_timer);
+    ev_timer_stop(c->loop, &c->svc_timer);
+    creq_cancel(&c->reg_req);
+    creq_cancel(&c->ttl_req);
+    creq_cancel(&c->svc_req);
+    c->reg = REG_REGISTERING;
+    c->reg_req = creq_start(c, "PUT", "/v1/agent/service/register", c->reg_body, WRITE_TIMEOUT_MS,
+                            reg_done, NULL);
+    if (!c->reg_req) {
+        set_reg_error(c, "cannot start a request (out of memory?)");
+        reg_retry(c);
+    }
+}
+
+static void reg_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    reg_start(SC_CONTAINER_OF(t, sc_consul, reg_timer));
+}
+
+/* The agent lost our registration: register again (at once). */
+static void reg_lost(sc_consul *c, const char *why)
+{
+    SC_WARN("consul: the agent lost the registration of '%s' (%s); registering again",
+            c->cfg->service.id, why);
+    set_reg_error(c, why);
+    reg_start(c);
+}
+
+/* ---- TTL check ---- */
+
+static uint64_t ttl_period_ms(const sc_consul *c)
+{
+    uint64_t p = c->cfg->consul.check_ttl_ms / 2;
+    return p < 250 ? 250 : p;
+}
+
+static void ttl_done(creq *r)
+{
+    sc_consul *c = r->c;
+    c->ttl_req = NULL;
+    char err[300];
+    creq_error(r, err, sizeof(err));
+    if (!err[0]) {
+        c->ttl_failures = 0;
+        c->ttl_sent = true;
+        if (c->ttl_resend) {
+            ttl_send(c);
+            return;
+        }
+        timer_again(c, &c->ttl_timer, ttl_period_ms(c));
+        return;
+    }
+    c->ttl_failures_total++;
+    if (r->result == CURLE_OK &&
+        (r->status == 404 || (r->status == 500 && body_has(r, "does not have associated TTL")))) {
+        reg_lost(c, err);
+        return;
+    }
+    if (c->ttl_failures++ == 0)
+        SC_WARN("consul: updating TTL check %s failed: %s%s; retrying", c->check_id, err,
+                hint(r));
+    uint64_t ms = backoff(c, c->ttl_failures);
+    timer_again(c, &c->ttl_timer, SC_MIN(ms, ttl_period_ms(c)));
+}
+
+static void ttl_send(sc_consul *c)
+{
+    if (c->reg != REG_REGISTERED || c->cfg->consul.check != SC_CHECK_TTL)
+        return;
+    if (c->ttl_req) {
+        c->ttl_resend = true;
+        return;
+    }
+    c->ttl_resend = false;
+    ev_timer_stop(c->loop, &c->ttl_timer);
+    char why[240];
+    bool ok = sc_health_ready(c->sc, why, sizeof(why));
+    if (ok) {
+        if (c->sc->app_health)
+            snprintf(c->ttl_note, sizeof(c->ttl_note), "ready: %s",
+                     sc_app_health_reason(c->sc->app_health));
+        else
+            snprintf(c->ttl_note, sizeof(c->ttl_note), "ready");
+    } else {
+        snprintf(c->ttl_note, sizeof(c->ttl_note), "not ready: %s", why);
+    }
+    if (ok != c->ttl_passing || !c->ttl_sent)
+        SC_INFO("consul: TTL check %s -> %s (%s)", c->check_id, ok ? "passing" : "critical",
+                c->ttl_note);
+    c->ttl_passing = ok;
+    char id[3 * 300 + 1], note[3 * 256 + 1], path[2200];
+    sc_consul_escape(c->check_id, id, sizeof(id));
+    sc_consul_escape(c->ttl_note, note, sizeof(note));
+    snprintf(path, sizeof(path), "/v1/agent/check/%s/%s?note=%s", ok ? "pass" : "fail", id, note);
+    c->ttl_updates_total++;
+    c->ttl_req = creq_start(c, "PUT", path, NULL, WRITE_TIMEOUT_MS, ttl_done, NULL);
+    if (!c->ttl_req)
+        timer_again(c, &c->ttl_timer, 1000);
+}
+
+static void ttl_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    ttl_send(SC_CONTAINER_OF(t, sc_consul, ttl_timer));
+}
+
+static void on_app_health(void *arg, bool up)
+{
+    (void)up;
+    ttl_send(arg);
+}
+
+/* ---- re-registration check: blocking GET /v1/agent/service/<id> ---- */
+
+static void svc_done(creq *r)
+{
+    sc_consul *c = r->c;
+    c->svc_req = NULL;
+    if (c->reg != REG_REGISTERED)
+        return;
+    char err[300];
+    creq_error(r, err, sizeof(err));
+    if (!err[0]) {
+        c->svc_failures = 0;
+        snprintf(c->svc_hash, sizeof(c->svc_hash), "%s", r->hash);
+        uint64_t wait = sc_consul_bucket_take(&c->svc_bucket, sc_now_ms());
+        timer_again(c, &c->svc_timer, wait);
+        return;
+    }
+    if (r->result == CURLE_OK && r->status == 404) {
+        reg_lost(c, err);
+        return;
+    }
+    c->svc_failures++;
+    SC_DEBUG("consul: checking the registration of %s failed: %s", c->cfg->service.id, err);
+    timer_again(c, &c->svc_timer, backoff(c, c->svc_failures));
+}
+
+static void svc_start(sc_consul *c)
+{
+    if (c->reg != REG_REGISTERED || c->svc_req)
+        return;
+    char id[3 * 128 + 1], path[1200], w[32];
+    sc_consul_escape(c->cfg->service.id, id, sizeof(id));
+    sc_duration_format(c->cfg->consul.wait_ms, w, sizeof(w));
+    uint64_t timeout = WRITE_TIMEOUT_MS;
+    if (c->svc_hash[0]) {
+        char h[3 * 96 + 1];
+        sc_consul_escape(c->svc_hash, h, sizeof(h));
+        snprintf(path, sizeof(path), "/v1/agent/service/%s?hash=%s&wait=%s", id, h, w);
+        timeout = sc_consul_read_timeout_ms(c->cfg->consul.wait_ms);
+    } else {
+        snprintf(path, sizeof(path), "/v1/agent/service/%s", id);
+    }
+    c->svc_req = creq_start(c, "GET", path, NULL, timeout, svc_done, NULL);
+    if (!c->svc_req)
+        timer_again(c, &c->svc_timer, 1000);
+}
+
+static void svc_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    svc_start(SC_CONTAINER_OF(t, sc_consul, svc_timer));
+}
+
+/* ---- deregistration ---- */
+
+static void dereg_finish(sc_consul *c)
+{
+    ev_timer_stop(c->loop, &c->dereg_timer);
+    void (*done)(void *) = c->dereg_done;
+    c->dereg_done = NULL;
+    if (done)
+        done(c->dereg_arg);
+}
+
+static void dereg_done(creq *r)
+{
+    sc_consul *c = r->c;
+    c->dereg_req = NULL;
+    char err[300];
+    creq_error(r, err, sizeof(err));
+    c->reg = REG_DEREGISTERED;
+    if (!err[0])
+        SC_INFO("consul: deregistered service '%s' (id %s)", c->cfg->service.name,
+                c->cfg->service.id);
+    else if (r->result == CURLE_OK && r->status == 404)
+        SC_INFO("consul: service id %s was not registered (404); nothing to deregister",
+                c->cfg->service.id);
+    else {
+        set_reg_error(c, err);
+        SC_WARN("consul: deregistering service id %s failed: %s%s; draining anyway (the agent's "
+                "check will fail once the sidecar is gone)", c->cfg->service.id, err, hint(r));
+    }
+    dereg_finish(c);
+}
+
+static void dereg_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_consul *c = SC_CONTAINER_OF(t, sc_consul, dereg_timer);
+    SC_WARN("consul: the agent did not confirm the deregistration of %s within %dms; draining "
+            "anyway", c->cfg->service.id, SC_CONSUL_DEREGISTER_TIMEOUT_MS);
+    creq_cancel(&c->dereg_req);
+    c->reg = REG_DEREGISTERED;
+    dereg_finish(c);
+}
+
+int sc_consul_deregister(sc_consul *c, void (*done)(void *arg), void *arg)
+{
+    if (!c || c->reg == REG_OFF || c->reg == REG_DEREGISTERING || c->reg == REG_DEREGISTERED)
+        return -EALREADY;
+    ev_timer_stop(c->loop, &c->reg_timer);
+    ev_timer_stop(c->loop, &c->ttl_timer);
+    ev_timer_stop(c->loop, &c->svc_timer);
+    creq_cancel(&c->reg_req);
+    creq_cancel(&c->ttl_req);
+    creq_cancel(&c->svc_req);
+    c->reg = REG_DEREGISTERING;
+    char id[3 * 128 + 1], path[600];
+    sc_consul_escape(c->cfg->service.id, id, sizeof(id));
+    snprintf(path, sizeof(path), "/v1/agent/service/deregister/%s", id);
+    SC_INFO("consul: deregistering service '%s' (id %s) before draining", c->cfg->service.name,
+            c->cfg->service.id);
+    c->dereg_req = creq_start(c, "PUT", path, NULL, SC_CONSUL_DEREGISTER_TIMEOUT_MS, dereg_done,
+                              NULL);
+    if (!c->dereg_req) {
+        c->reg = REG_DEREGISTERED;
+        return -EALREADY;
+    }
+    c->dereg_done = done;
+    c->dereg_arg = arg;
+    timer_again(c, &c->dereg_timer, SC_CONSUL_DEREGISTER_TIMEOUT_MS + 250);
+    return 0;
+}
+
+/* ---- cache file ---- */
+
+static void cache_write(sc_consul *c)
+{
+    const char *path = c->cfg->consul.cache_file;
+    if (!path || !c->cache_dirty)
+        return;
+    c->cache_dirty = false;
+    sc_consul_cache_entry *ents = calloc(c->n_watches ? c->n_watches : 1, sizeof(*ents));
+    if (!ents)
+        return;
+    size_t n = 0;
+    for (size_t i = 0; i < c->n_watches; i++) {
+        watch *w = &c->watches[i];
+        if (!w->have_data)
+            continue;
+        ents[n++] = (sc_consul_cache_entry){
+            .upstream = w->route->name, .service = w->service, .tag = w->tag, .dc = w->dc,
+            .endpoints = sc_endpoints_current(&w->route->endpoints),
+            .saved_unix = w->from_cache ? w->saved_unix : w->last_success_unix};
+    }
+    char *doc = sc_consul_cache_dump(ents, n);
+    free(ents);
+    if (!doc)
+        return;
+    size_t pl = strlen(path) + 8;
+    char *tmp = malloc(pl);
+    if (!tmp) {
+        free(doc);
+        return;
+    }
+    snprintf(tmp, pl, "%s.tmp", path);
+    FILE *f = fopen(tmp, "w");
+    bool ok = f && fputs(doc, f) >= 0;
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (ok && rename(tmp, path) == 0)
+        SC_DEBUG("consul: saved the last known instances to %s", path);
+    else {
+        SC_WARN("consul: cannot write the cache file %s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+    free(tmp);
+    free(doc);
+}
+
+static void cache_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    cache_write(SC_CONTAINER_OF(t, sc_consul, cache_timer));
+}
+
+static void cache_touch(sc_consul *c)
+{
+    if (!c->cfg->consul.cache_file)
+        return;
+    c->cache_dirty = true;
+    if (!ev_is_active(&c->cache_timer)) {
+        ev_timer_set(&c->cache_timer, CACHE_WRITE_DELAY_S, 0);
+        ev_timer_start(c->loop, &c->cache_timer);
+    }
+}
+
+static void cache_load(sc_consul *c)
+{
+    const char *path = c->cfg->consul.cache_file;
+    if (!path)
+        return;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (errno != ENOENT)
+            SC_WARN("consul: cannot read the cache file %s: %s", path, strerror(errno));
+        return;
+    }
+    char *buf = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 > cap) {
+            if (cap >= BODY_LIMIT)
+                break;
+            cap = cap ? cap * 2 : 65536;
+            char *nb = realloc(buf, cap + 1);
+            if (!nb)
+                break;
+            buf = nb;
+        }
+        size_t got = fread(buf + len, 1, cap - len, f);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    fclose(f);
+    if (!buf)
+        return;
+    buf[len] = 0;
+    c->cache_doc = buf;
+    c->cache_len = len;
+}
+
+/* ---- watches ---- */
+
+static void watch_start(watch *w);
+
+static void publish(watch *w, sc_endpoints *snap)
+{
+    sc_endpoints_publish(&w->route->endpoints, snap);
+}
+
+static void watch_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    watch_start(SC_CONTAINER_OF(t, watch, timer));
+}
+
+static void watch_fail(watch *w, const creq *r, const char *err)
+{
+    sc_consul *c = w->c;
+    w->errors_total++;
+    w->failures++;
+    bool same = strcmp(err, w->last_error) == 0;
+    snprintf(w->last_error, sizeof(w->last_error), "%s", err);
+    w->last_error_unix = (int64_t)time(NULL);
+    const sc_endpoints *cur = sc_endpoints_current(&w->route->endpoints);
+    const char *what = "keeping";
+    if (w->have_data) {
+        if (cur && !cur->stale) {
+            sc_endpoints *s = sc_consul_endpoints_copy(cur, true);
+            if (s)
+                publish(w, s);
+        }
+    } else if (c->cache_doc) {
+        sc_endpoints *s = NULL;
+        int64_t saved = 0;
+        if (sc_consul_cache_find(c->cache_doc, c->cache_len, w->route->name, w->service, w->tag,
+                                 w->dc, &s, &saved) == 0) {
+            char t[32];
+            iso_time(saved, t, sizeof(t));
+            SC_WARN("upstream %s: Consul is unreachable; using %zu instance(s) from the cache file "
+                    "%s (saved %s)", w->route->name, s->n, c->cfg->consul.cache_file, t);
+            publish(w, s);
+            w->have_data = w->from_cache = true;
+            w->saved_unix = saved;
+            what = "using";
+        }
+    }
+    cur = sc_endpoints_current(&w->route->endpoints);
+    uint64_t ms = backoff(c, w->failures);
+    if (w->failures == 1 || !same)
+        SC_WARN("upstream %s: watching Consul service '%s' failed: %s%s; %s %zu last known "
+                "instance(s) (stale), retrying in %llums", w->route->name, w->service, err,
+                r ? hint(r) : "", what, cur ? cur->n : 0, (unsigned long long)ms);
+    else
+        SC_DEBUG("upstream %s: watch failed again (%u in a row): %s", w->route->name, w->failures,
+                 err);
+    timer_again(c, &w->timer, ms);
+}
+
+static void log_change(const watch *w, const sc_endpoints *old, const sc_endpoints *nw)
+{
+    size_t added = 0, removed = 0;
+    for (size_t i = 0; i < nw->n; i++) {
+        bool found = false;
+        for (size_t k = 0; old && k < old->n && !found; k++)
+            found = strcmp(nw->inst[i].addr.text, old->inst[k].addr.text) == 0;
+        added += !found;
+    }
+    for (size_t k = 0; old && k < old->n; k++) {
+        bool found = false;
+        for (size_t i = 0; i < nw->n && !found; i++)
+            found = strcmp(nw->inst[i].addr.text, old->inst[k].addr.text) == 0;
+        removed += !found;
+    }
+    SC_INFO("upstream %s: Consul service '%s' has %zu healthy instance(s) (+%zu -%zu, index %llu)",
+            w->route->name, w->service, nw->n, added, removed,
+            (unsigned long long)w->last_index);
+}
+
+static void watch_done(creq *r)
+{
+    watch *w = r->owner;
+    sc_consul *c = w->c;
+    w->req = NULL;
+    char err[300];
+    creq_error(r, err, sizeof(err));
+    if (!err[0] && !r->has_index)
+        snprintf(err, sizeof(err), "the answer has %s X-Consul-Index header",
+                 r->bad_index ? "an invalid" : "no");
+    sc_endpoints *snap = NULL;
+    sc_consul_parse_stats st;
+    if (!err[0]) {
+        char perr[200];
+        int rc = sc_consul_parse_health(r->body, r->len, NULL, &snap, &st, perr, sizeof(perr));
+        if (rc < 0)
+            snprintf(err, sizeof(err), "%s", rc == -ENOMEM ? "out of memory" : perr);
+    }
+    if (err[0]) {
+        watch_fail(w, r, err);
+        return;
+    }
+    w->answers_total++;
+    if (w->failures)
+        SC_INFO("upstream %s: the Consul watch works again after %u failure(s)", w->route->name,
+                w->failures);
+    w->failures = 0;
+    w->last_index = r->index;
+    w->index = sc_consul_index_next(w->sent_index, r->index);
+    if (w->index == 0)
+        SC_INFO("upstream %s: the Consul index went backwards (%llu after %llu): fetching again",
+                w->route->name, (unsigned long long)r->index, (unsigned long long)w->sent_index);
+    w->last_success_unix = (int64_t)time(NULL);
+    if (st.skipped && (st.skipped != w->skipped || strcmp(st.first_skip, w->skip_reason) != 0))
+        SC_WARN("upstream %s: %zu of %zu Consul entries unusable; first: %s", w->route->name,
+                st.skipped, st.entries, st.first_skip);
+    w->skipped = st.skipped;
+    snprintf(w->skip_reason, sizeof(w->skip_reason), "%s", st.first_skip);
+    const sc_endpoints *cur = sc_endpoints_current(&w->route->endpoints);
+    bool changed = !w->have_data || w->from_cache || !cur || !sc_consul_endpoints_same(cur, snap);
+    if (changed || (cur && cur->stale)) {
+        if (changed) {
+            log_change(w, w->have_data ? cur : NULL, snap);
+            w->changes_total++;
+            w->last_change_unix = w->last_success_unix;
+        }
+        publish(w, snap);
+    } else {
+        free(snap);
+    }
+    w->have_data = true;
+    w->from_cache = false;
+    cache_touch(c);
+    uint64_t wait = sc_consul_bucket_take(&w->bucket, sc_now_ms());
+    if (wait)
+        timer_again(c, &w->timer, wait);
+    else
+        watch_start(w);
+}
+
+static void watch_start(watch *w)
+{
+    sc_consul *c = w->c;
+    if (w->req)
+        return;
+    char path[2600];
+    w->sent_index = w->index;
+    int n = sc_consul_health_path(path, sizeof(path), w->service, w->tag, w->dc, w->index,
+                                  c->cfg->consul.wait_ms);
+    if (n < 0) {
+        watch_fail(w, NULL, "the query is too long");
+        return;
+    }
+    uint64_t timeout = w->index ? sc_consul_read_timeout_ms(c->cfg->consul.wait_ms)
+                                : WRITE_TIMEOUT_MS;
+    w->req = creq_start(c, "GET", path, NULL, timeout, watch_done, w);
+    if (!w->req)
+        watch_fail(w, NULL, "cannot start a request (out of memory?)");
+}
+
+/* ---- start, stop ---- */
+
+/* The address to register: service.address, else the inbound listener's
+ * when it is a specific non-loopback IP, else the host's first non-loopback
+ * address (IPv4 first); "" lets the agent use the node's address. */
+static void pick_address(const sc_config *cfg, char *buf, size_t cap)
+{
+    buf[0] = 0;
+    if (cfg->service.address) {
+        snprintf(buf, cap, "%s", cfg->service.address);
+        return;
+    }
+    if (cfg->inbound.enabled) {
+        const struct sockaddr_storage *ss = &cfg->inbound.listen.ss;
+        if (ss->ss_family == AF_INET) {
+            const struct in_addr *a = &((const struct sockaddr_in *)ss)->sin_addr;
+            uint32_t h = ntohl(a->s_addr);
+            if (h != INADDR_ANY && (h >> 24) != 127 && inet_ntop(AF_INET, a, buf, (socklen_t)cap))
+                return;
+        } else if (ss->ss_family == AF_INET6) {
+            const struct in6_addr *a = &((const struct sockaddr_in6 *)ss)->sin6_addr;
+            if (!IN6_IS_ADDR_UNSPECIFIED(a) && !IN6_IS_ADDR_LOOPBACK(a) &&
+                inet_ntop(AF_INET6, a, buf, (socklen_t)cap))
+                return;
+        }
+        buf[0] = 0;
+    }
+    struct ifaddrs *ifs = NULL;
+    if (getifaddrs(&ifs) < 0)
+        return;
+    for (int pass = 0; pass < 2 && !buf[0]; pass++) {
+        for (struct ifaddrs *i = ifs; i && !buf[0]; i = i->ifa_next) {
+            if (!i->ifa_addr || !(i->ifa_flags & IFF_UP) || (i->ifa_flags & IFF_LOOPBACK))
+                continue;
+            if (pass == 0 && i->ifa_addr->sa_family == AF_INET) {
+                inet_ntop(AF_INET, &((struct sockaddr_in *)i->ifa_addr)->sin_addr, buf,
+                          (socklen_t)cap);
+            } else if (pass == 1 && i->ifa_addr->sa_family == AF_INET6) {
+                const struct in6_addr *a = &((struct sockaddr_in6 *)i->ifa_addr)->sin6_addr;
+                if (!IN6_IS_ADDR_LINKLOCAL(a) && !IN6_IS_ADDR_LOOPBACK(a))
+                    inet_ntop(AF_INET6, a, buf, (socklen_t)cap);
+            }
+        }
+    }
+    freeifaddrs(ifs);
+}
+
+/* host:port the agent can reach a local listener at (wildcards -> loopback). */
+static void local_target(const sc_addr *a, char *buf, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN] = "127.0.0.1";
+    unsigned port = addr_port(a);
+    if (a->ss.ss_family == AF_INET6) {
+        const struct in6_addr *ia = &((const struct sockaddr_in6 *)&a->ss)->sin6_addr;
+        if (IN6_IS_ADDR_UNSPECIFIED(ia))
+            snprintf(host, sizeof(host), "::1");
+        else
+            inet_ntop(AF_INET6, ia, host, sizeof(host));
+        snprintf(buf, cap, "[%s]:%u", host, port);
+        return;
+    }
+    const struct in_addr *ia = &((const struct sockaddr_in *)&a->ss)->sin_addr;
+    if (ia->s_addr != htonl(INADDR_ANY))
+        inet_ntop(AF_INET, ia, host, sizeof(host));
+    snprintf(buf, cap, "%s:%u", host, port);
+}
+
+static void make_base(sc_consul *c)
+{
+    const char *a = c->cfg->consul.address ? c->cfg->consul.address : "127.0.0.1:8500";
+    bool ssl = c->cfg->consul.ssl;
+    if (strncmp(a, "unix://", 7) == 0) {
+        c->unix_path = a + 7;
+        snprintf(c->base, sizeof(c->base), "http://localhost");
+        return;
+    }
+    if (strncmp(a, "http://", 7) == 0)
+        a += 7;
+    else if (strncmp(a, "https://", 8) == 0) {
+        a += 8;
+        ssl = true;
+    }
+    size_t n = strlen(a);
+    while (n && a[n - 1] == '/')
+        n--;
+    snprintf(c->base, sizeof(c->base), "%s://%.*s", ssl ? "https" : "http", (int)n, a);
+}
+
+static int init_curl_once(void)
+{
+    static int done = 0;
+    static CURLcode rc = CURLE_OK;
+    if (!done) {
+        rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+        done = 1;
+    }
+    return rc == CURLE_OK ? 0 : -EIO;
+}
+
+int sc_consul_start(sidecar *sc, sc_consul **out)
+{
+    *out = NULL;
+    const sc_config *cfg = sc->cfg;
+    if (!cfg->consul.enabled)
+        return -ENOENT;
+    if (init_curl_once() < 0)
+        return -EIO;
+    sc_consul *c = calloc(1, sizeof(*c));
+    if (!c)
+        return -ENOMEM;
+    c->sc = sc;
+    c->cfg = cfg;
+    c->loop = sc->loop;
+    if (getrandom(&c->rnd, sizeof(c->rnd), GRND_NONBLOCK) != sizeof(c->rnd))
+        c->rnd = sc_now_ns() ^ ((uint64_t)getpid() << 32);
+    c->rnd |= 1;
+    c->multi = curl_multi_init();
+    if (!c->multi) {
+        free(c);
+        return -EIO;
+    }
+    make_base(c);
+    ev_init(&c->curl_timer, curl_timer_ev);
+    ev_init(&c->reg_timer, reg_timer_cb);
+    ev_init(&c->ttl_timer, ttl_timer_cb);
+    ev_init(&c->svc_timer, svc_timer_cb);
+    ev_init(&c->dereg_timer, dereg_timer_cb);
+    ev_init(&c->cache_timer, cache_timer_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+    curl_multi_setopt(c->multi, CURLMOPT_TIMERDATA, c);
+    sc_consul_bucket_init(&c->svc_bucket, BUCKET_BURST, BUCKET_PER_S, sc_now_ms());
+
+    /* watches */
+    c->by_route = calloc(sc->n_routes ? sc->n_routes : 1, sizeof(*c->by_route));
+    size_t nw = 0;
+    for (size_t r = 0; r < sc->n_routes; r++)
+        if (sc->routes[r].policy && sc->routes[r].policy->discovery == SC_DISCOVERY_CONSUL)
+            nw++;
+    c->watches = calloc(nw ? nw : 1, sizeof(*c->watches));
+    if (!c->by_route || !c->watches) {
+        curl_multi_cleanup(c->multi);
+        free(c->by_route);
+        free(c->watches);
+        free(c);
+        return -ENOMEM;
+    }
+    /* one connection per blocking query, plus a few for writes */
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)(nw + 8));
+    cache_load(c);
+    for (size_t r = 0; r < sc->n_routes; r++) {
+        const sc_policy *p = sc->routes[r].policy;
+        if (!p || p->discovery != SC_DISCOVERY_CONSUL)
+            continue;
+        watch *w = &c->watches[c->n_watches++];
+        w->c = c;
+        w->route_index = r;
+        w->route = &sc->routes[r];
+        w->service = p->consul.service ? p->consul.service : p->name;
+        w->tag = p->consul.tag;
+        w->dc = p->consul.dc ? p->consul.dc : cfg->consul.datacenter;
+        sc_consul_bucket_init(&w->bucket, BUCKET_BURST, BUCKET_PER_S, sc_now_ms());
+        ev_init(&w->timer, watch_timer_cb);
+        c->by_route[r] = w;
+    }
+
+    /* registration */
+    if (cfg->consul.register_service) {
+        pick_address(cfg, c->address, sizeof(c->address));
+        sc_consul_check_id(cfg->service.id, c->check_id, sizeof(c->check_id));
+        if (cfg->consul.check == SC_CHECK_HTTP) {
+            char t[160];
+            local_target(&cfg->admin.listen, t, sizeof(t));
+            snprintf(c->check_target, sizeof(c->check_target), "http://%s/ready", t);
+        } else if (cfg->consul.check == SC_CHECK_GRPC) {
+            local_target(&cfg->health.grpc_listen, c->check_target, sizeof(c->check_target));
+        }
+        uint64_t interval = cfg->consul.check_interval_ms;
+        sc_consul_reg reg = {
+            .id = cfg->service.id,
+            .name = cfg->service.name,
+            .address = c->address,
+            .port = cfg->inbound.enabled ? addr_port(&cfg->inbound.listen) : 0,
+            .tags = cfg->service.tags,
+            .n_tags = cfg->service.n_tags,
+            .meta = cfg->service.meta,
+            .n_meta = cfg->service.n_meta,
+            .version = SC_VERSION,
+            .check = cfg->consul.check,
+            .check_target = c->check_target,
+            .interval_ms = interval,
+            .timeout_ms = interval < 5000 ? interval : 5000,
+            .ttl_ms = cfg->consul.check_ttl_ms,
+            .deregister_after_ms = cfg->consul.deregister_after_ms,
+        };
+        c->reg_body = sc_consul_registration_body(&reg);
+        if (!c->reg_body) {
+            sc_consul_stop(c);
+            return -ENOMEM;
+        }
+        if (cfg->consul.check == SC_CHECK_TTL)
+            sc_app_health_subscribe(sc->app_health, on_app_health, c);
+    }
+    SC_INFO("consul: agent %s%s%s%s; %s; watching %zu service(s)%s%s", c->base,
+            c->unix_path ? " via " : "", c->unix_path ? c->unix_path : "",
+            cfg->consul.token ? " (ACL token set)" : "",
+            cfg->consul.register_service ? "registering the local service" : "not registering",
+            c->n_watches, cfg->consul.cache_file ? ", cache file " : "",
+            cfg->consul.cache_file ? cfg->consul.cache_file : "");
+    *out = c;
+    if (cfg->consul.register_service)
+        reg_start(c);
+    for (size_t i = 0; i < c->n_watches; i++)
+        watch_start(&c->watches[i]);
+    return 0;
+}
+
+void sc_consul_stop(sc_consul *c)
+{
+    if (!c)
+        return;
+    ev_timer_stop(c->loop, &c->curl_timer);
+    ev_timer_stop(c->loop, &c->reg_timer);
+    ev_timer_stop(c->loop, &c->ttl_timer);
+    ev_timer_stop(c->loop, &c->svc_timer);
+    ev_timer_stop(c->loop, &c->dereg_timer);
+    ev_timer_stop(c->loop, &c->cache_timer);
+    for (size_t i = 0; i < c->n_watches; i++)
+        ev_timer_stop(c->loop, &c->watches[i].timer);
+    while (c->reqs) {
+        creq *r = c->reqs;
+        curl_multi_remove_handle(c->multi, r->easy);
+        creq_free(r);
+    }
+    cache_write(c);
+    /* sockets still in the connection cache are closed here; sock_cb frees their watchers */
+    curl_multi_cleanup(c->multi);
+    while (c->socks)
+        csock_free(c, c->socks);
+    free(c->reg_body);
+    free(c->watches);
+    free(c->by_route);
+    free(c->cache_doc);
+    free(c);
+}
+
+/* ---- admin ---- */
+
+static json_t *jtime(int64_t t)
+{
+    if (!t)
+        return json_null();
+    char b[32];
+    iso_time(t, b, sizeof(b));
+    return json_string(b);
+}
+
+static json_t *jstr(const char *s)
+{
+    return s && *s ? json_string(s) : json_null();
+}
+
+json_t *sc_consul_json(const sc_consul *c)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "address", json_string(c->base));
+    if (c->unix_path)
+        json_object_set_new(o, "unix_socket", json_string(c->unix_path));
+    json_object_set_new(o, "token", json_boolean(c->cfg->consul.token != NULL));
+    json_t *r = json_object();
+    json_object_set_new(r, "state", json_string(reg_state_names[c->reg]));
+    if (c->reg != REG_OFF) {
+        json_object_set_new(r, "service", json_string(c->cfg->service.name));
+        json_object_set_new(r, "id", json_string(c->cfg->service.id));
+        json_object_set_new(r, "address", jstr(c->address));
+        json_object_set_new(r, "check", json_string(check_name(c->cfg->consul.check)));
+        json_object_set_new(r, "check_id", json_string(c->check_id));
+        json_object_set_new(r, "check_target", jstr(c->check_target));
+        json_object_set_new(r, "registered_at", jtime(c->registered_unix));
+        json_object_set_new(r, "registrations_total", json_integer((json_int_t)c->registrations_total));
+        json_object_set_new(r, "failures_in_a_row", json_integer(c->reg_failures));
+        json_object_set_new(r, "last_error", jstr(c->reg_error));
+        json_object_set_new(r, "last_error_at", jtime(c->reg_error_unix));
+        if (c->cfg->consul.check == SC_CHECK_TTL) {
+            json_object_set_new(r, "ttl_status", c->ttl_sent ? json_string(c->ttl_passing ? "passing" : "critical") : json_null());
+            json_object_set_new(r, "ttl_note", jstr(c->ttl_note));
+        }
+    }
+    json_object_set_new(o, "registration", r);
+    json_object_set_new(o, "requests_total", json_integer((json_int_t)c->requests_total));
+    json_object_set_new(o, "request_errors_total", json_integer((json_int_t)c->request_errors_total));
+    return o;
+}
+
+json_t *sc_consul_route_json(const sc_consul *c, size_t route_index)
+{
+    if (!c || route_index >= c->sc->n_routes || !c->by_route[route_index])
+        return NULL;
+    const watch *w = c->by_route[route_index];
+    const sc_endpoints *cur = sc_endpoints_current(&w->route->endpoints);
+    json_t *o = json_object();
+    json_object_set_new(o, "service", json_string(w->service));
+    json_object_set_new(o, "tag", jstr(w->tag));
+    json_object_set_new(o, "dc", jstr(w->dc));
+    json_object_set_new(o, "stale", json_boolean(!cur || cur->stale));
+    json_object_set_new(o, "from_cache", json_boolean(w->from_cache));
+    json_object_set_new(o, "last_index", json_integer((json_int_t)w->last_index));
+    json_object_set_new(o, "last_error", jstr(w->last_error));
+    json_object_set_new(o, "last_error_at", jtime(w->last_error_unix));
+    json_object_set_new(o, "last_update", jtime(w->last_change_unix));
+    json_object_set_new(o, "last_success", jtime(w->last_success_unix));
+    json_object_set_new(o, "failures_in_a_row", json_integer(w->failures));
+    json_object_set_new(o, "errors_total", json_integer((json_int_t)w->errors_total));
+    json_object_set_new(o, "changes_total", json_integer((json_int_t)w->changes_total));
+    json_object_set_new(o, "skipped_entries", json_integer((json_int_t)w->skipped));
+    json_object_set_new(o, "skip_reason", jstr(w->skip_reason));
+    return o;
+}
+
+void sc_consul_render_stats(const sc_consul *c, FILE *f)
+{
+    if (!c)
+        return;
+    fprintf(f, "# HELP sidecar_consul_registered 1 when the local service is registered with the agent.\n"
+               "# TYPE sidecar_consul_registered gauge\nsidecar_consul_registered %d\n",
+            c->reg == REG_REGISTERED);
+    fprintf(f, "# HELP sidecar_consul_registration_state Registration state (1 for the current one).\n"
+               "# TYPE sidecar_consul_registration_state gauge\n");
+    for (size_t i = 0; i < SC_ARRAY_LEN(reg_state_names); i++)
+        fprintf(f, "sidecar_consul_registration_state{state=\"%s\"} %d\n", reg_state_names[i],
+                (size_t)c->reg == i);
+    fprintf(f, "# HELP sidecar_consul_registrations_total Successful registrations.\n"
+               "# TYPE sidecar_consul_registrations_total counter\n"
+               "sidecar_consul_registrations_total %llu\n",
+            (unsigned long long)c->registrations_total);
+    fprintf(f, "# HELP sidecar_consul_registration_errors_total Failed registration attempts.\n"
+               "# TYPE sidecar_consul_registration_errors_total counter\n"
+               "sidecar_consul_registration_errors_total %llu\n",
+            (unsigned long long)c->reg_failures_total);
+    fprintf(f, "# HELP sidecar_consul_ttl_updates_total TTL check updates sent.\n"
+               "# TYPE sidecar_consul_ttl_updates_total counter\n"
+               "sidecar_consul_ttl_updates_total %llu\n",
+            (unsigned long long)c->ttl_updates_total);
+    fprintf(f, "# HELP sidecar_consul_ttl_errors_total TTL check updates that failed.\n"
+               "# TYPE sidecar_consul_ttl_errors_total counter\n"
+               "sidecar_consul_ttl_errors_total %llu\n",
+            (unsigned long long)c->ttl_failures_total);
+    fprintf(f, "# HELP sidecar_consul_requests_total Requests sent to the agent.\n"
+               "# TYPE sidecar_consul_requests_total counter\nsidecar_consul_requests_total %llu\n",
+            (unsigned long long)c->requests_total);
+    fprintf(f, "# HELP sidecar_consul_request_errors_total Requests to the agent that failed.\n"
+               "# TYPE sidecar_consul_request_errors_total counter\n"
+               "sidecar_consul_request_errors_total %llu\n",
+            (unsigned long long)c->request_errors_total);
+    if (!c->n_watches)
+        return;
+    static const char *const heads[][3] = {
+        {"sidecar_consul_watch_errors_total", "counter", "Failed watch queries."},
+        {"sidecar_consul_watch_changes_total", "counter", "Instance set changes published."},
+        {"sidecar_consul_watch_stale", "gauge", "1 when the instances are last known data (Consul unreachable or failing)."},
+        {"sidecar_consul_watch_last_index", "gauge", "Last X-Consul-Index seen."},
+        {"sidecar_consul_watch_last_success_timestamp_seconds", "gauge", "Unix time of the last good answer."},
+    };
+    for (size_t m = 0; m < SC_ARRAY_LEN(heads); m++) {
+        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", heads[m][0], heads[m][2], heads[m][0],
+                heads[m][1]);
+        for (size_t i = 0; i < c->n_watches; i++) {
+            const watch *w = &c->watches[i];
+            const sc_endpoints *cur = sc_endpoints_current(&w->route->endpoints);
+            unsigned long long v = m == 0   ? w->errors_total
+                                   : m == 1 ? w->changes_total
+                                   : m == 2 ? (unsigned long long)(!cur || cur->stale)
+                                   : m == 3 ? w->last_index
+                                            : (unsigned long long)w->last_success_unix;
+            fprintf(f, "%s{upstream=\"%s\",service=\"%s\"} %llu\n", heads[m][0], w->route->name,
+                    w->service, v);
+        }
+    }
+}

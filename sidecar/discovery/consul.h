@@ -1,0 +1,71 @@
+/*
+ * consul.h: the Consul agent client on the control thread: registration of
+ * the local service (with an HTTP, TTL or gRPC check), watches of every
+ * upstream whose policy says `discovery: consul`, and deregistration at
+ * drain. Everything is non-blocking: libcurl's multi interface driven by the
+ * control loop (ev_io per socket, one ev_timer), every request with a
+ * timeout. The pure parts (parsing, index rules, pacing, bodies) live in
+ * consul_json.h.
+ *
+ * Watches: one blocking query loop per upstream on
+ * /v1/health/service/<service>?passing[&tag][&dc]&index&wait, paced by a
+ * token bucket; an answer is compared with the instances in use and
+ * published (sc_endpoints_publish) only when it differs. On errors the last
+ * known instances stay in use, marked stale, and the loop backs off
+ * (consul_json.h); the error is kept for the admin endpoint and metrics.
+ * With consul.cache_file the last known instances are saved, and used when
+ * the first query of a watch fails (a restart during a Consul outage).
+ *
+ * Registration: PUT /v1/agent/service/register at start, retried with
+ * backoff. A TTL check is kept passing (every ttl/2, and at once when the
+ * readiness changes) or failed with a note saying why. The agent losing the
+ * registration (404 / "does not have associated TTL" on a TTL update, 404 on
+ * the agent-local blocking GET /v1/agent/service/<id> the client keeps open)
+ * leads to a new registration.
+ *
+ * Ownership: the client belongs to the sidecar; start and stop on the
+ * control thread. The JSON and stats functions are for the admin endpoint
+ * (control thread).
+ */
+#ifndef SC_CONSUL_H
+#define SC_CONSUL_H
+
+#include "sidecar.h"
+
+#include <stdio.h>
+
+typedef struct sc_consul sc_consul;
+struct json_t;
+
+/* Bound on the deregistration at drain: the drain goes on after this even
+ * when the agent did not answer. */
+#define SC_CONSUL_DEREGISTER_TIMEOUT_MS 2000
+
+/* Starts the client when cfg->consul.enabled (registration when
+ * register_service, and the watches). Returns 0 and *out, -ENOENT when
+ * Consul is not configured (*out NULL), -ENOMEM, -EIO when libcurl fails. */
+int sc_consul_start(sidecar *sc, sc_consul **out);
+
+/* Stops every request and timer, saves the cache file, frees. NULL is fine. */
+void sc_consul_stop(sc_consul *c);
+
+/*
+ * Begins deregistration (drain): stops the TTL updates and the
+ * re-registration, sends PUT /v1/agent/service/deregister/<id> (404 counts
+ * as done) and calls done(arg) on the control thread when it ended or after
+ * SC_CONSUL_DEREGISTER_TIMEOUT_MS, whichever is first. Returns 0 when done
+ * will be called, -EALREADY when there is nothing to deregister (done is
+ * not called; the caller goes on at once).
+ */
+int sc_consul_deregister(sc_consul *c, void (*done)(void *arg), void *arg);
+
+/* Admin /clusters: the state of the client (address, registration) and of
+ * the watch of one route (NULL when the route is not watched). New
+ * references, caller decrefs. */
+struct json_t *sc_consul_json(const sc_consul *c);
+struct json_t *sc_consul_route_json(const sc_consul *c, size_t route_index);
+
+/* Admin /stats: sidecar_consul_* metrics in Prometheus text. */
+void sc_consul_render_stats(const sc_consul *c, FILE *f);
+
+#endif

@@ -1,0 +1,417 @@
+#!/usr/bin/python3
+"""Helpers for tests/bench/run.sh: process-tree accounting, load-tool output
+parsing, functional checks and the Markdown report. Standard library only,
+except `check-grpc` which needs python3-grpcio.
+
+Subcommands (all print to stdout, errors to stderr, exit 0 unless noted):
+  tree PID                       PID and all its descendants, one per line
+  cpu PID                        utime+stime of the tree, in clock ticks
+  rss PID                        VmRSS of the tree, in KiB
+  sample PID OUT INTERVAL MAXSEC max tree VmRSS (KiB) seen, rewritten to OUT
+                                 on every new maximum; stops on SIGTERM/SIGINT,
+                                 when the tree is gone, or after MAXSEC
+  h2load OUT [LOG]               parse h2load output (+ per-request log) -> TSV
+  wrk OUT                        parse `wrk --latency` output -> TSV
+  check-grpc HOST:PORT PATH      one unary call; exit 1 with a reason on failure
+  check-http URL                 one GET; exit 1 with a reason on failure
+  report RESULTS_TSV META_FILE   Markdown table + ratio lines
+The parse subcommands print: rps <TAB> ok_requests <TAB> p50_us <TAB> p99_us <TAB> errors
+"""
+import math
+import os
+import re
+import signal
+import sys
+import time
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- processes
+
+def _ppid_map():
+    children = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        # comm may hold spaces and parentheses: fields start after the last ')'.
+        rest = data[data.rindex(b")") + 2:].split()
+        children.setdefault(int(rest[1]), []).append(int(name))
+    return children
+
+
+def tree(pid):
+    children = _ppid_map()
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if not os.path.exists(f"/proc/{p}"):
+            continue
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _stat_fields(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    return data[data.rindex(b")") + 2:].split()
+
+
+def cpu_ticks(pid):
+    """utime+stime of every process in the tree. A process's /proc/PID/stat
+    already sums all of its threads (live and exited)."""
+    total = 0
+    for p in tree(pid):
+        try:
+            f = _stat_fields(p)
+        except (OSError, ValueError):
+            continue
+        # After the comm: state(3) ppid(4) ... utime(14) stime(15) -> index 11, 12.
+        total += int(f[11]) + int(f[12])
+    return total
+
+
+def rss_kib(pid, pids=None):
+    total = 0
+    for p in pids if pids is not None else tree(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
+
+
+def sample(pid, out, interval, maxsec):
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+    best = -1
+    deadline = time.monotonic() + maxsec
+    pids, refreshed = None, 0.0
+    while not stop and time.monotonic() < deadline:
+        now = time.monotonic()
+        if pids is None or now - refreshed > 1.0:   # re-walk the tree once a second
+            pids, refreshed = tree(pid), now
+            if not pids:
+                break
+        v = rss_kib(pid, pids)
+        if v > best:
+            best = v
+            with open(out + ".tmp", "w") as f:
+                f.write(f"{best}\n")
+            os.replace(out + ".tmp", out)
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- parsing
+
+def _pct(sorted_vals, q):
+    if not sorted_vals:
+        return ""
+    # Nearest rank: the smallest value with at least q of the samples at or below it.
+    i = min(len(sorted_vals) - 1, max(0, math.ceil(q * len(sorted_vals)) - 1))
+    return f"{sorted_vals[i]:.0f}"
+
+
+def parse_h2load(out_path, log_path=None):
+    text = open(out_path, errors="replace").read()
+    m = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", text)
+    rps = m.group(1) if m else ""
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", text)
+    ok, errors = ("", "")
+    if m:
+        ok = m.group(4)
+        errors = str(int(m.group(5)) + int(m.group(6)) + int(m.group(7)))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m and ok:
+        # h2load counts any completed response as "succeeded"; only 2xx count here.
+        bad = int(m.group(2)) + int(m.group(3)) + int(m.group(4))
+        ok = str(int(m.group(1)))
+        errors = str(int(errors or 0) + bad)
+    p50 = p99 = ""
+    if log_path and os.path.exists(log_path):
+        vals = []
+        with open(log_path) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3 and parts[1].startswith("2"):
+                    vals.append(float(parts[2]))
+        vals.sort()
+        p50, p99 = _pct(vals, 0.50), _pct(vals, 0.99)
+    print("\t".join([rps, ok, p50, p99, errors]))
+
+
+_UNIT_US = {"us": 1.0, "ms": 1000.0, "s": 1e6, "m": 60e6, "h": 3600e6}
+
+
+def _wrk_time(s):
+    m = re.match(r"([\d.]+)(us|ms|s|m|h)$", s)
+    return f"{float(m.group(1)) * _UNIT_US[m.group(2)]:.0f}" if m else ""
+
+
+def parse_wrk(out_path):
+    text = open(out_path, errors="replace").read()
+    m = re.search(r"Requests/sec:\s+([\d.]+)", text)
+    rps = m.group(1) if m else ""
+    m = re.search(r"(\d+) requests in", text)
+    total = int(m.group(1)) if m else None
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    non2xx = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    sockerr = sum(int(x) for x in m.groups()) if m else 0
+    m50 = re.search(r"^\s+50%\s+(\S+)", text, re.M)
+    m99 = re.search(r"^\s+99%\s+(\S+)", text, re.M)
+    ok = "" if total is None else str(total - non2xx)
+    print("\t".join([rps, ok, _wrk_time(m50.group(1)) if m50 else "",
+                     _wrk_time(m99.group(1)) if m99 else "", str(non2xx + sockerr)]))
+
+
+# ---------------------------------------------------------------- checks
+
+def check_grpc(target, path):
+    try:
+        import grpc
+    except ImportError:
+        print("python3-grpcio missing", file=sys.stderr)
+        return 1
+    ch = grpc.insecure_channel(target)
+    try:
+        call = ch.unary_unary(path)
+        resp, c = call.with_call(b"\x0a\x0ehello-sidecar!", timeout=3)
+        if c.code() != grpc.StatusCode.OK or not resp:
+            print(f"status {c.code()}, {len(resp or b'')} bytes", file=sys.stderr)
+            return 1
+    except grpc.RpcError as e:
+        print(f"{e.code()}: {e.details()}", file=sys.stderr)
+        return 1
+    finally:
+        ch.close()
+    return 0
+
+
+def check_http(url):
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            body = r.read()
+            if r.status != 200 or not body:
+                print(f"HTTP {r.status}, {len(body)} bytes", file=sys.stderr)
+                return 1
+    except Exception as e:  # noqa: BLE001 - any failure is the reason we report
+        print(str(e), file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- report
+
+COLS = ["load", "proxy", "rps", "cpu_us", "p50", "p99", "rss_idle", "rss_load",
+        "core0", "errors", "note", "other0"]
+
+
+def _f(v, fmt):
+    try:
+        return fmt.format(float(v))
+    except (TypeError, ValueError):
+        return v if v else "—"
+
+
+def _mib(kib):
+    try:
+        return f"{float(kib) / 1024:.1f} MiB"
+    except (TypeError, ValueError):
+        return "—"
+
+
+def _us(v):
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "—"
+    return f"{x / 1000:.2f} ms" if x >= 10000 else f"{x:.0f} µs"
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def report(results_path, meta_path):
+    rows = []
+    with open(results_path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            parts += [""] * (len(COLS) - len(parts))
+            rows.append(dict(zip(COLS, parts)))
+    meta = open(meta_path).read().rstrip("\n") if os.path.exists(meta_path) else ""
+    out = []
+    if meta:
+        out.append(meta)
+        out.append("")
+    out.append("| load | proxy | req/s | CPU µs/req | p50 | p99 | RSS idle | RSS load "
+               "| proxy core % | errors |")
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    notes = {}   # reason -> [(proxy, load)]
+    for r in rows:
+        if r["note"]:
+            notes.setdefault((r["proxy"], r["note"]), []).append(r["load"])
+            out.append(f"| {r['load']} | {r['proxy']} | n/a | | | | | | | |")
+            continue
+        out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            r["load"], r["proxy"], _f(r["rps"], "{:,.0f}"), _f(r["cpu_us"], "{:.2f}"),
+            _us(r["p50"]), _us(r["p99"]), _mib(r["rss_idle"]), _mib(r["rss_load"]),
+            _f(r["core0"], "{:.0f}%"), r["errors"] or "0"))
+    out.append("")
+    all_loads = list(dict.fromkeys(r["load"] for r in rows))
+    for (proxy, note), loads in notes.items():
+        which = "" if len(loads) == len(all_loads) else " for " + ", ".join(loads)
+        out.append(f"- {proxy}: n/a{which} ({note})")
+    if notes:
+        out.append("")
+
+    by = {(r["load"], r["proxy"]): r for r in rows if not r["note"]}
+    proxies = list(dict.fromkeys(r["proxy"] for r in rows))
+    peers = [p for p in proxies if p not in ("sidecar", "direct")]
+
+    def target_rate(load):
+        m = re.search(r"@(\d+) rps", load)
+        return float(m.group(1)) if m else None
+
+    def stalled(load, r):
+        """A run so far below what the load asks that its figures mean nothing."""
+        rps = _num(r["rps"]) or 0.0
+        rate = target_rate(load)
+        if rate:
+            return rps < 0.9 * rate
+        d = by.get((load, "direct"))
+        return bool(d and _num(d["rps"]) and rps < 0.1 * _num(d["rps"]))
+
+    def ratio(a, b):
+        a, b = _num(a), _num(b)
+        return f"{a / b:.2f}x" if a and b else "—"
+
+    # Ratios: sidecar / peer; below 1.00 means the sidecar uses less.
+    lines = []
+    for load in all_loads:
+        s = by.get((load, "sidecar"))
+        if not s:
+            continue
+        if stalled(load, s):
+            lines.append(f"- {load}: sidecar stalled or starved ({_num(s['rps']) or 0:,.0f} req/s): no ratio")
+            continue
+        fixed_rate = target_rate(load) is not None
+        for p in peers:
+            q = by.get((load, p))
+            if not q or stalled(load, q):
+                continue
+            extra = (f", p99 {ratio(s['p99'], q['p99'])}" if fixed_rate
+                     else f", req/s {ratio(s['rps'], q['rps'])}")
+            lines.append(f"- {load}: sidecar vs {p}: CPU/req {ratio(s['cpu_us'], q['cpu_us'])}, "
+                         f"RSS load {ratio(s['rss_load'], q['rss_load'])}, "
+                         f"RSS idle {ratio(s['rss_idle'], q['rss_idle'])}{extra}")
+    if lines:
+        out.append("Ratios, sidecar / peer (CPU/req, RSS, p99: < 1.00x means the sidecar "
+                   "uses less; req/s: > 1.00x means the sidecar is faster):")
+        out.append("")
+        out.extend(lines)
+    else:
+        out.append("Ratios: none (no sidecar rows measured).")
+
+    # Sanity: at saturation the proxy, not core 1 (load tool + backend), must
+    # be the limit, or req/s and CPU/req compare different regimes.
+    warn = []
+    for load in all_loads:
+        d = by.get((load, "direct"))
+        near, unsat, stall = [], [], []
+        for p in proxies:
+            q = by.get((load, p))
+            if not q or p == "direct":
+                continue
+            if stalled(load, q):
+                stall.append(f"{p} ({_num(q['rps']) or 0:,.0f} req/s)")
+                continue
+            if target_rate(load):
+                continue
+            if d and _num(q["rps"]) and _num(d["rps"]) and _num(q["rps"]) >= 0.9 * _num(d["rps"]):
+                near.append(f"{p} ({_num(q['rps']) / _num(d['rps']):.0%})")
+            c = _num(q["core0"])
+            if c is not None and c < 85:
+                unsat.append(f"{p} ({c:.0f}%)")
+        if stall:
+            warn.append(f"- {load}: far below the load (fixed rate missed, or < 10% of direct "
+                        f"req/s), stalled or starved, figures meaningless: {', '.join(stall)}")
+        if near:
+            warn.append(f"- {load}: within 90% of direct req/s, the load core may be the limit: "
+                        f"{', '.join(near)}")
+        if unsat:
+            warn.append(f"- {load}: proxy core not saturated, CPU/req measured with less batching "
+                        f"than a saturated peer's: {', '.join(unsat)}")
+        if any(_num(by[k]["errors"]) for k in by if k[0] == load):
+            warn.append(f"- {load}: some runs had errors (see the errors column)")
+    noisy = {}
+    for r in rows:
+        o = _num(r.get("other0"))
+        if o is not None and o > 5:
+            noisy[r["proxy"]] = max(noisy.get(r["proxy"], 0.0), o)
+    if noisy:
+        warn.append("- the machine was not quiet: other processes used up to "
+                    + ", ".join(f"{o:.0f}% ({p})" for p, o in noisy.items())
+                    + " of the proxy core during the runs: repeat on an idle machine before quoting")
+    out.append("")
+    measured = any(k[1] != "direct" for k in by)
+    if warn:
+        out.append("Sanity warnings:")
+        out.append("")
+        out.extend(warn)
+    elif measured:
+        out.append("Sanity: no proxy came within 90% of direct req/s or left its core "
+                   "unsaturated at saturation; no stalls, no errors, a quiet machine.")
+    print("\n".join(out))
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__, file=sys.stderr)
+        return 2
+    cmd, args = argv[1], argv[2:]
+    if cmd == "tree":
+        print("\n".join(str(p) for p in tree(int(args[0]))))
+    elif cmd == "cpu":
+        print(cpu_ticks(int(args[0])))
+    elif cmd == "rss":
+        print(rss_kib(int(args[0])))
+    elif cmd == "sample":
+        sample(int(args[0]), args[1], float(args[2]), float(args[3]))
+    elif cmd == "h2load":
+        parse_h2load(args[0], args[1] if len(args) > 1 else None)
+    elif cmd == "wrk":
+        parse_wrk(args[0])
+    elif cmd == "check-grpc":
+        return check_grpc(args[0], args[1])
+    elif cmd == "check-http":
+        return check_http(args[0])
+    elif cmd == "report":
+        report(args[0], args[1])
+    else:
+        print(f"unknown subcommand {cmd}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,575 @@
+#!/usr/bin/env bash
+# tests/bench/run.sh: CPU per request, throughput, latency and memory of the
+# sidecar against HAProxy, nghttpx and nginx (and no proxy at all), on this
+# machine, in one run. See tests/bench/README.md for the method.
+#
+#   tests/bench/run.sh [--quick] [--duration N] [--only LIST] [--loads LIST]
+#                      [--sidecar PATH] [--out FILE] [--no-direct] [--keep-work]
+#
+# Layout: every proxy runs with one worker pinned to core 0; backends, load
+# generators and the samplers run on core 1. Everything listens on 127.0.0.1.
+# Every process this script starts is killed on exit; every load is bounded
+# in time (the tool's own duration plus a `timeout` around it).
+#
+# Extension points (look for "EXTENSION"): a new proxy is a start_<name>
+# function plus its name in ALL_PROXIES; a new load is a case in load_cmd()
+# plus its name in ALL_LOADS. The mTLS handshake load (openssl s_time) is
+# sketched there and in the config templates but not implemented.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+PY=/usr/bin/python3
+LIB="$HERE/benchlib.py"
+
+ALL_PROXIES="sidecar,haproxy,nghttpx,nginx"
+ALL_LOADS="grpc,http1,grpc-lat,http1-lat"   # EXTENSION: tls-handshake (see load_cmd)
+
+# ------------------------------------------------------------------ options
+QUICK=0
+DURATION=""
+ONLY=$ALL_PROXIES
+LOADS=$ALL_LOADS
+DIRECT=1
+KEEP_WORK=0
+OUT=""
+SIDECAR_BIN=${SIDECAR_BIN:-$ROOT/build/sidecar}
+PORT_BASE=${BENCH_PORT_BASE:-27100}
+# The HTTP/1 backend: "c" (http1_backend.c, cheapest on the shared load core)
+# or "nginx" (conf/nginx-backend.conf.in).
+HTTP_BACKEND=${BENCH_HTTP_BACKEND:-c}
+LAT_CONNS=8            # fixed-rate loads: LAT_CONNS x LAT_RPS requests per second
+LAT_RPS=250
+
+usage() {
+    cat <<EOF
+usage: $0 [options]
+  --quick          short runs (2 s per load, 1 s warm-up): a smoke test
+  --duration N     seconds per measured load (default 10, --quick: 2)
+  --only LIST      proxies, comma-separated, from: $ALL_PROXIES (default: all)
+                   (the no-proxy baseline "direct" always runs unless --no-direct)
+  --loads LIST     loads, comma-separated, from: $ALL_LOADS (default: all)
+  --sidecar PATH   sidecar binary (default: \$SIDECAR_BIN or build/sidecar)
+  --out FILE       results file (default: tests/bench/results-<date>.md)
+  --no-direct      skip the no-proxy baseline
+  --keep-work      keep the work directory (configs, logs, raw tool output)
+Environment: BENCH_PORT_BASE (default 27100; ports BASE+1..BASE+49 are used),
+  BENCH_HTTP_BACKEND=c|nginx (HTTP/1 backend, default c: tests/bench/http1_backend.c).
+EOF
+}
+
+while (($#)); do
+    case $1 in
+        --quick) QUICK=1 ;;
+        --duration) DURATION=${2:?--duration needs a value}; shift ;;
+        --duration=*) DURATION=${1#*=} ;;
+        --only) ONLY=${2:?--only needs a list}; shift ;;
+        --only=*) ONLY=${1#*=} ;;
+        --loads) LOADS=${2:?--loads needs a list}; shift ;;
+        --loads=*) LOADS=${1#*=} ;;
+        --sidecar) SIDECAR_BIN=${2:?}; shift ;;
+        --sidecar=*) SIDECAR_BIN=${1#*=} ;;
+        --out) OUT=${2:?}; shift ;;
+        --out=*) OUT=${1#*=} ;;
+        --no-direct) DIRECT=0 ;;
+        --keep-work) KEEP_WORK=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+
+if ((QUICK)); then WARM=1; : "${DURATION:=2}"; else WARM=2; : "${DURATION:=10}"; fi
+[[ $DURATION =~ ^[0-9]+$ ]] && ((DURATION >= 1 && DURATION <= 600)) \
+    || { echo "--duration must be 1..600 seconds" >&2; exit 2; }
+# Hard bound for any one load-tool run: its own duration plus slack.
+LOAD_TIMEOUT=$((DURATION + 30))
+
+in_list() { [[ ",$2," == *",$1,"* ]]; }
+for p in ${ONLY//,/ }; do
+    in_list "$p" "$ALL_PROXIES,direct" || { echo "unknown proxy in --only: $p" >&2; exit 2; }
+done
+for l in ${LOADS//,/ }; do
+    in_list "$l" "$ALL_LOADS" || { echo "unknown load in --loads: $l" >&2; exit 2; }
+done
+in_list direct "$ONLY" && DIRECT=1
+PROXIES=()
+((DIRECT)) && PROXIES+=(direct)
+for p in ${ALL_PROXIES//,/ }; do in_list "$p" "$ONLY" && PROXIES+=("$p"); done
+
+STAMP=$(date +%Y%m%d-%H%M%S)
+[[ -n $OUT ]] || OUT="$HERE/results-$STAMP.md"
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ------------------------------------------------------------------ cores
+NCPU=$(nproc)
+if ((NCPU >= 2)); then
+    PROXY_CORE=0; LOAD_CORE=1
+else
+    PROXY_CORE=0; LOAD_CORE=0
+    log "warning: only $NCPU core: proxy and load share core 0, numbers are not comparable"
+fi
+# Command prefixes (arrays, not functions: a background function would put a
+# bash subshell between $! and the process, and into its process tree).
+ON_PROXY_CORE=(taskset -c "$PROXY_CORE")
+ON_LOAD_CORE=(taskset -c "$LOAD_CORE")
+
+# core_ticks CORE: "busy total" clock ticks of one core from /proc/stat
+# (busy = user nice system irq softirq steal; total adds idle and iowait).
+core_ticks() {
+    awk -v c="cpu$1" '$1 == c { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat
+}
+
+# ------------------------------------------------------------------ tools
+# Installs what is missing, Debian packages only, and only when missing.
+ensure_tools() {
+    local pkgs=()
+    need() { command -v "$1" >/dev/null 2>&1 || pkgs+=("$2"); }
+    need h2load nghttp2-client
+    need wrk wrk
+    need taskset util-linux
+    need timeout coreutils
+    need cc gcc
+    [[ -x $PY ]] || pkgs+=(python3)
+    [[ -f /usr/include/nghttp2/nghttp2.h ]] || pkgs+=(libnghttp2-dev)
+    [[ -f /usr/include/ev.h ]] || pkgs+=(libev-dev)
+    [[ $HTTP_BACKEND == nginx ]] || in_list nginx "$ONLY" && need nginx nginx-light
+    in_list haproxy "$ONLY" && need haproxy haproxy
+    in_list nghttpx "$ONLY" && need nghttpx nghttp2-proxy
+    if ((${#pkgs[@]})); then
+        ((EUID == 0)) || die "missing packages: ${pkgs[*]} (install them or run as root)"
+        log "installing: ${pkgs[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -q "${pkgs[@]}" >&2 \
+            || { apt-get update -q >&2 && apt-get install -y -q "${pkgs[@]}" >&2; } \
+            || die "apt-get install ${pkgs[*]} failed"
+    fi
+    # python3-grpcio is only for the functional gRPC check; without it the
+    # check is skipped, not the benchmark.
+    if ! $PY -c 'import grpc' 2>/dev/null && ((EUID == 0)); then
+        apt-get install -y -q python3-grpcio >&2 || log "warning: python3-grpcio unavailable"
+    fi
+}
+
+# ------------------------------------------------------------------ processes
+WORK=$(mktemp -d /tmp/sidecar-bench.XXXXXX)
+chmod 755 "$WORK"   # nginx workers may run as nobody
+PIDS=()             # every background process this script started
+
+# stop_tree PID: TERM the process, then KILL it and every descendant left.
+stop_tree() {
+    local pid=$1 all i p
+    kill -0 "$pid" 2>/dev/null || return 0
+    all=$($PY "$LIB" tree "$pid" 2>/dev/null)
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 30; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    for p in $all; do kill -KILL "$p" 2>/dev/null; done
+    wait "$pid" 2>/dev/null
+    local keep=()
+    for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    set +u
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do stop_tree "${PIDS[i]}"; done
+    if ((KEEP_WORK)); then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_bg NAME CMD...: runs CMD in the background, output to $WORK/NAME.log;
+# sets LAST_PID.
+start_bg() {
+    local name=$1; shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# why FILE...: the most telling lines of a process's log, on one line.
+why() {
+    local lines
+    lines=$(cat "$@" 2>/dev/null | grep -E 'ALERT|ERROR|FATAL|emerg|crit|error|fatal' | head -n 2)
+    [[ -n $lines ]] || lines=$(cat "$@" 2>/dev/null | tail -n 2)
+    echo "$lines" | tr '\n' ' ' | sed 's/ *$//' | cut -c1-240
+}
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_port PORT PID SECONDS: until PORT accepts, PID dies, or time is up.
+wait_port() {
+    local port=$1 pid=$2 i
+    for ((i = 0; i < $3 * 20; i++)); do
+        port_open "$port" && return 0
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+# http_status PORT PATH: status code of one HTTP/1.1 GET (bash only, 2 s max).
+http_status() {
+    timeout 2 bash -c '
+        exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+        printf "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n" "$2" >&3
+        read -r _ code _ <&3 && echo "$code"' _ "$1" "$2" 2>/dev/null
+}
+
+# render TEMPLATE OUT: @VAR@ -> value for the ports and paths below.
+render() {
+    sed -e "s|@WORK@|$WORK|g" \
+        -e "s|@PORT_GRPC@|$PORT_GRPC|g" -e "s|@PORT_HTTP@|$PORT_HTTP|g" \
+        -e "s|@PORT_ADMIN@|${PORT_ADMIN:-0}|g" -e "s|@PORT_TLS@|${PORT_TLS:-0}|g" \
+        -e "s|@BACKEND_GRPC@|$BACKEND_GRPC|g" -e "s|@BACKEND_HTTP@|$BACKEND_HTTP|g" \
+        "$1" >"$2"
+}
+
+# ------------------------------------------------------------------ ports
+BACKEND_GRPC=$((PORT_BASE + 1))
+BACKEND_HTTP=$((PORT_BASE + 2))
+declare -A PORTS_GRPC=([direct]=$BACKEND_GRPC [sidecar]=$((PORT_BASE + 10))
+    [haproxy]=$((PORT_BASE + 20)) [nghttpx]=$((PORT_BASE + 30)) [nginx]=$((PORT_BASE + 40)))
+declare -A PORTS_HTTP=([direct]=$BACKEND_HTTP [sidecar]=$((PORT_BASE + 11))
+    [haproxy]=$((PORT_BASE + 21)) [nghttpx]=$((PORT_BASE + 31)) [nginx]=$((PORT_BASE + 41)))
+SIDECAR_ADMIN=$((PORT_BASE + 19))
+# EXTENSION (mTLS): PORTS_TLS=([sidecar]=BASE+12 [haproxy]=BASE+22 ...), PORT_TLS in render().
+
+check_ports_free() {
+    local p
+    for p in $BACKEND_GRPC $BACKEND_HTTP $SIDECAR_ADMIN "${PORTS_GRPC[@]}" "${PORTS_HTTP[@]}"; do
+        port_open "$p" && die "port $p is in use (set BENCH_PORT_BASE)"
+    done
+    return 0
+}
+
+# ------------------------------------------------------------------ backends
+start_backends() {
+    log "building the backends"
+    local b
+    declare -A libs=([grpc_backend]="-lnghttp2 -lev" [http1_backend]="")
+    for b in grpc_backend http1_backend; do
+        # shellcheck disable=SC2086 # the library list splits on purpose
+        cc -O2 -Wall -Wextra -o "$WORK/$b" "$HERE/$b.c" ${libs[$b]} 2>"$WORK/$b.build.log" \
+            || die "$b build failed: $(cat "$WORK/$b.build.log")"
+    done
+
+    start_bg grpc_backend "${ON_LOAD_CORE[@]}" "$WORK/grpc_backend" "$BACKEND_GRPC" 16
+    wait_port "$BACKEND_GRPC" "$LAST_PID" 5 || die "grpc_backend did not start: $(cat "$WORK/grpc_backend.log")"
+
+    if [[ $HTTP_BACKEND == nginx ]]; then
+        PORT_GRPC=0 PORT_HTTP=0
+        mkdir -p "$WORK/nginx-backend-tmp"
+        render "$HERE/conf/nginx-backend.conf.in" "$WORK/nginx-backend.conf"
+        start_bg nginx_backend "${ON_LOAD_CORE[@]}" nginx -p "$WORK" -c "$WORK/nginx-backend.conf"
+    else
+        start_bg http1_backend "${ON_LOAD_CORE[@]}" "$WORK/http1_backend" "$BACKEND_HTTP" 64
+    fi
+    wait_port "$BACKEND_HTTP" "$LAST_PID" 5 || die "HTTP/1 backend did not start: $(tail -n 3 "$WORK"/*backend.log)"
+
+    # gRPC request body: one length-prefixed message (flag 0, 4-byte length)
+    # holding protobuf field 1 = "hello-sidecar!" (16 bytes).
+    printf '\x00\x00\x00\x00\x10\x0a\x0ehello-sidecar!' >"$WORK/grpc-request.bin"
+}
+
+# ------------------------------------------------------------------ proxies
+# start_<proxy>: starts the proxy pinned to PROXY_CORE with PORT_GRPC and
+# PORT_HTTP set; sets PROXY_PID, and NO_GRPC / NO_HTTP to a reason when a
+# protocol is not supported. Returns non-zero with REASON set on failure.
+
+start_sidecar() {
+    [[ -e $SIDECAR_BIN ]] || { REASON="$SIDECAR_BIN not built"; return 1; }
+    [[ -x $SIDECAR_BIN ]] || { REASON="$SIDECAR_BIN not executable"; return 1; }
+    PORT_ADMIN=$SIDECAR_ADMIN
+    render "$HERE/conf/sidecar.yaml.in" "$WORK/sidecar.yaml"
+    start_bg sidecar "${ON_PROXY_CORE[@]}" "$SIDECAR_BIN" --config "$WORK/sidecar.yaml"
+    PROXY_PID=$LAST_PID
+    local i code=""
+    for ((i = 0; i < 200; i++)); do          # 10 s
+        if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+            wait "$PROXY_PID"; local st=$?
+            REASON="exited with status $st: $(why "$WORK/sidecar.log")"
+            # --check may say more about a config problem; bounded in case it does not exist yet.
+            local chk
+            chk=$(timeout -k 1 5 "$SIDECAR_BIN" --config "$WORK/sidecar.yaml" --check 2>&1 | head -n 5 | tr '\n' ' ' | cut -c1-300)
+            [[ -n $chk ]] && REASON+="; --check: $chk"
+            return 1
+        fi
+        code=$(http_status "$PORT_ADMIN" /ready)
+        [[ $code == 200 ]] && return 0
+        sleep 0.05
+    done
+    REASON="admin /ready on 127.0.0.1:$PORT_ADMIN did not answer 200 within 10 s (last: ${code:-no answer})"
+    return 1
+}
+
+start_haproxy() {
+    render "$HERE/conf/haproxy.cfg.in" "$WORK/haproxy.cfg"
+    local out
+    out=$(haproxy -c -f "$WORK/haproxy.cfg" 2>&1) || { REASON="config check: $(echo "$out" | tail -n 3 | tr '\n' ' ')"; return 1; }
+    start_bg haproxy "${ON_PROXY_CORE[@]}" haproxy -db -f "$WORK/haproxy.cfg"
+    PROXY_PID=$LAST_PID
+    wait_port "$PORT_GRPC" "$PROXY_PID" 5 && wait_port "$PORT_HTTP" "$PROXY_PID" 5 \
+        || { REASON="did not listen: $(why "$WORK/haproxy.log")"; return 1; }
+}
+
+start_nghttpx() {
+    render "$HERE/conf/nghttpx.conf.in" "$WORK/nghttpx.conf"
+    start_bg nghttpx "${ON_PROXY_CORE[@]}" nghttpx --conf="$WORK/nghttpx.conf"
+    PROXY_PID=$LAST_PID
+    wait_port "$PORT_GRPC" "$PROXY_PID" 5 && wait_port "$PORT_HTTP" "$PROXY_PID" 5 \
+        || { REASON="did not listen: $(why "$WORK/nghttpx.errorlog" "$WORK/nghttpx.log")"; return 1; }
+}
+
+nginx_has_grpc() {
+    mkdir -p "$WORK/nginx-probe"
+    cat >"$WORK/nginx-probe/nginx.conf" <<EOF
+pid $WORK/nginx-probe/nginx.pid;
+error_log $WORK/nginx-probe/error.log;
+events {}
+http { server { listen 127.0.0.1:1 http2; location / { grpc_pass grpc://127.0.0.1:1; } } }
+EOF
+    nginx -t -p "$WORK/nginx-probe" -c "$WORK/nginx-probe/nginx.conf" >/dev/null 2>&1
+}
+
+start_nginx() {
+    mkdir -p "$WORK/nginx-proxy-tmp"
+    render "$HERE/conf/nginx-proxy.conf.in" "$WORK/nginx-proxy.conf"
+    if ! nginx_has_grpc; then
+        NO_GRPC="this nginx has no grpc module"
+        sed -i '/^# BEGIN grpc/,/^# END grpc/d' "$WORK/nginx-proxy.conf"
+    fi
+    local out
+    out=$(nginx -t -p "$WORK" -c "$WORK/nginx-proxy.conf" 2>&1) \
+        || { REASON="config check: $(echo "$out" | tail -n 3 | tr '\n' ' ')"; return 1; }
+    start_bg nginx "${ON_PROXY_CORE[@]}" nginx -p "$WORK" -c "$WORK/nginx-proxy.conf"
+    PROXY_PID=$LAST_PID
+    wait_port "$PORT_HTTP" "$PROXY_PID" 5 || { REASON="did not listen: $(why "$WORK/nginx.log" "$WORK/nginx-proxy.error.log")"; return 1; }
+    [[ -n ${NO_GRPC:-} ]] || wait_port "$PORT_GRPC" "$PROXY_PID" 5 || { REASON="gRPC port did not listen"; return 1; }
+}
+
+# ------------------------------------------------------------------ loads
+# load_cmd LOAD SECONDS LOGFILE: sets CMD (the load tool's argv), PROTO
+# (grpc|http1) and PARSER (h2load|wrk) for one run against PORT_GRPC/PORT_HTTP.
+load_cmd() {
+    local load=$1 secs=$2 logf=$3
+    local grpc_url="http://127.0.0.1:$PORT_GRPC/bench.Bench/Echo"
+    local grpc_args=(-d "$WORK/grpc-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+    case $load in
+        grpc)       # gRPC unary over h2c at saturation: 8 connections x 16 streams
+            PROTO=grpc PARSER=h2load
+            CMD=(h2load -c 8 -m 16 -D "$secs" "${grpc_args[@]}" --log-file="$logf" "$grpc_url") ;;
+        http1)      # HTTP/1.1 keep-alive at saturation: 16 connections
+            PROTO=http1 PARSER=wrk
+            CMD=(wrk -t1 -c16 -d"${secs}s" --latency "http://127.0.0.1:$PORT_HTTP/") ;;
+        grpc-lat)   # gRPC unary at a fixed rate well below saturation
+            PROTO=grpc PARSER=h2load
+            CMD=(h2load -c "$LAT_CONNS" -m 16 --rps "$LAT_RPS" -D "$secs" "${grpc_args[@]}"
+                 --log-file="$logf" "$grpc_url") ;;
+        http1-lat)  # HTTP/1.1 keep-alive at a fixed rate (no pipelining)
+            PROTO=http1 PARSER=h2load
+            CMD=(h2load --h1 -c "$LAT_CONNS" -m 1 --rps "$LAT_RPS" -D "$secs"
+                 --log-file="$logf" "http://127.0.0.1:$PORT_HTTP/") ;;
+        # EXTENSION (mTLS handshake, not implemented): PROTO=tls PARSER=s_time
+        #   CMD=(openssl s_time -connect 127.0.0.1:$PORT_TLS -new -time "$secs"
+        #        -cert client.pem -key client.key -CAfile ca.pem)
+        # with a start_<proxy> branch that opens a TLS listener on PORT_TLS,
+        # certificates generated under $WORK, and a "s_time" parser in
+        # benchlib.py ("N connections in T real seconds" -> handshakes/s);
+        # CPU/handshake is then the same tree-CPU delta divided by connections.
+        *) die "unknown load $load" ;;
+    esac
+}
+
+load_label() {
+    case $1 in
+        grpc) echo "grpc unary h2c (h2load c8 m16)" ;;
+        http1) echo "http1 keep-alive (wrk c16)" ;;
+        grpc-lat) echo "grpc unary @$((LAT_CONNS * LAT_RPS)) rps" ;;
+        http1-lat) echo "http1 @$((LAT_CONNS * LAT_RPS)) rps (h2load --h1)" ;;
+        *) echo "$1" ;;
+    esac
+}
+
+RESULTS="$WORK/results.tsv"
+: >"$RESULTS"
+# row LOAD PROXY RPS CPU_US P50 P99 RSS_IDLE RSS_LOAD CORE0 ERRORS NOTE OTHER0
+row() { local IFS=$'\t'; echo "$*" >>"$RESULTS"; }
+na_row() { row "$(load_label "$1")" "$2" "" "" "" "" "" "" "" "" "$3"; }
+
+# run_load LOAD PROXY PID RSS_IDLE: warm-up, then the measured run.
+run_load() {
+    local load=$1 proxy=$2 pid=$3 rss_idle=$4
+    local raw="$WORK/$proxy.$load"
+    load_cmd "$load" "$WARM" "$raw.warm.reqlog"
+    log "$proxy / $load: warm-up ${WARM}s"
+    "${ON_LOAD_CORE[@]}" timeout -k 5 "$LOAD_TIMEOUT" "${CMD[@]}" >"$raw.warm.out" 2>&1
+    rm -f "$raw.warm.reqlog"
+
+    load_cmd "$load" "$DURATION" "$raw.reqlog"
+    local c0="" c1="" t0 t1 sampler="" i
+    if [[ -n $pid ]]; then
+        rm -f "$raw.rss"
+        start_bg "$proxy.$load.sampler" "${ON_LOAD_CORE[@]}" "$PY" "$LIB" sample "$pid" "$raw.rss" 0.1 "$LOAD_TIMEOUT"
+        sampler=$LAST_PID
+        # Let the sampler start (its first reading is the idle-before-load value)
+        # so that its own start-up does not land inside the measured run.
+        for ((i = 0; i < 40; i++)); do [[ -s $raw.rss ]] && break; sleep 0.05; done
+        c0=$($PY "$LIB" cpu "$pid")
+    fi
+    local k0 k1
+    k0=$(core_ticks "$PROXY_CORE")
+    log "$proxy / $load: measuring ${DURATION}s: ${CMD[*]}"
+    t0=$(date +%s.%N)
+    "${ON_LOAD_CORE[@]}" timeout -k 5 "$LOAD_TIMEOUT" "${CMD[@]}" >"$raw.out" 2>&1
+    local rc=$?
+    t1=$(date +%s.%N)
+    k1=$(core_ticks "$PROXY_CORE")
+    local rss_load="" cpu_us="" core0="" note="" other0=""
+    if [[ -n $pid ]]; then
+        c1=$($PY "$LIB" cpu "$pid")
+        stop_tree "$sampler"
+        rss_load=$(cat "$raw.rss" 2>/dev/null)
+        kill -0 "$pid" 2>/dev/null || note="proxy exited during the load"
+    fi
+    ((rc == 124 || rc == 137)) && note="load tool timed out"
+    local rps ok p50 p99 errors
+    IFS=$'\t' read -r rps ok p50 p99 errors < <(
+        if [[ $PARSER == wrk ]]; then $PY "$LIB" wrk "$raw.out"; else $PY "$LIB" h2load "$raw.out" "$raw.reqlog"; fi)
+    rm -f "$raw.reqlog"
+    if [[ -z $ok || $ok == 0 ]]; then
+        note=${note:-"no successful requests (see $proxy.$load.out)"}
+    elif [[ -n $pid ]]; then
+        local hz; hz=$(getconf CLK_TCK)
+        cpu_us=$(awk -v a="$c0" -v b="$c1" -v n="$ok" -v hz="$hz" 'BEGIN{printf "%.3f", (b-a)*1e6/hz/n}')
+        core0=$(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v t0="$t0" -v t1="$t1" 'BEGIN{printf "%.1f", (b-a)/hz/(t1-t0)*100}')
+    fi
+    # CPU that others (not the proxy) used on the proxy's core during the run:
+    # other sessions, kernel threads, hypervisor steal. Reported when large.
+    other0=$(awk -v k0="$k0" -v k1="$k1" -v a="${c0:-0}" -v b="${c1:-0}" 'BEGIN{
+        split(k0, x, " "); split(k1, y, " "); tot = y[2] - x[2];
+        if (tot > 0) printf "%.1f", ((y[1] - x[1]) - (b - a)) / tot * 100 }')
+    log "$proxy / $load: ${rps:-?} req/s, ${ok:-?} ok, ${errors:-?} errors, CPU ${cpu_us:-—} µs/req, p50 ${p50:-?}µs p99 ${p99:-?}µs${note:+ ($note)}"
+    if [[ -n $note && -z $rps ]]; then
+        na_row "$load" "$proxy" "$note"
+    else
+        row "$(load_label "$load")" "$proxy" "$rps" "$cpu_us" "$p50" "$p99" "$rss_idle" "$rss_load" "$core0" "$errors" "" "$other0"
+        [[ -n $note ]] && log "warning: $proxy / $load: $note"
+    fi
+}
+
+# functional check of one protocol through the proxy; prints a reason on failure.
+check_proto() {
+    case $1 in
+        grpc)
+            if $PY -c 'import grpc' 2>/dev/null; then
+                timeout 10 "$PY" "$LIB" check-grpc "127.0.0.1:$PORT_GRPC" /bench.Bench/Echo 2>&1
+            else
+                return 0   # no grpcio: the h2load run will show failures instead
+            fi ;;
+        http1) timeout 10 "$PY" "$LIB" check-http "http://127.0.0.1:$PORT_HTTP/" 2>&1 ;;
+    esac
+}
+
+bench_proxy() {
+    local proxy=$1
+    PORT_GRPC=${PORTS_GRPC[$proxy]} PORT_HTTP=${PORTS_HTTP[$proxy]}
+    PROXY_PID="" REASON="" NO_GRPC="" NO_HTTP=""
+    local rss_idle=""
+    if [[ $proxy != direct ]]; then
+        log "starting $proxy"
+        if ! "start_$proxy"; then
+            echo "$proxy: n/a ($REASON)"
+            log "$proxy: n/a ($REASON)"
+            [[ -n $PROXY_PID ]] && stop_tree "$PROXY_PID"
+            local l
+            for l in ${LOADS//,/ }; do na_row "$l" "$proxy" "$REASON"; done
+            return 0
+        fi
+        sleep 0.5   # let it settle before the idle reading
+        rss_idle=$($PY "$LIB" rss "$PROXY_PID")
+        log "$proxy: pid $PROXY_PID, idle RSS ${rss_idle} KiB (process tree)"
+    fi
+    declare -A bad=()
+    [[ -n $NO_GRPC ]] && bad[grpc]=$NO_GRPC
+    [[ -n $NO_HTTP ]] && bad[http1]=$NO_HTTP
+    local proto msg
+    for proto in grpc http1; do
+        [[ -n ${bad[$proto]:-} ]] && continue
+        if ! msg=$(check_proto "$proto"); then
+            bad[$proto]="functional $proto check failed: $(echo "$msg" | tail -n 2 | tr '\n' ' ' | cut -c1-200)"
+            log "$proxy: ${bad[$proto]}"
+            [[ $proxy == sidecar ]] && echo "sidecar: n/a for $proto (${bad[$proto]})"
+        fi
+    done
+    local load
+    for load in ${LOADS//,/ }; do
+        load_cmd "$load" 1 /dev/null
+        if [[ -n ${bad[$PROTO]:-} ]]; then
+            na_row "$load" "$proxy" "${bad[$PROTO]}"
+            continue
+        fi
+        if [[ -n $PROXY_PID ]] && ! kill -0 "$PROXY_PID" 2>/dev/null; then
+            na_row "$load" "$proxy" "proxy no longer running"
+            continue
+        fi
+        run_load "$load" "$proxy" "$PROXY_PID" "$rss_idle"
+    done
+    [[ -n $PROXY_PID ]] && stop_tree "$PROXY_PID"
+    return 0
+}
+
+# ------------------------------------------------------------------ main
+ensure_tools
+check_ports_free
+start_backends
+
+# Is the machine quiet? Other work on either core skews every figure.
+read -r a0 t0 < <(core_ticks "$PROXY_CORE"); read -r a1 u0 < <(core_ticks "$LOAD_CORE")
+sleep 1
+read -r b0 t1 < <(core_ticks "$PROXY_CORE"); read -r b1 u1 < <(core_ticks "$LOAD_CORE")
+BUSY0=$(( (b0 - a0) * 100 / (t1 - t0 > 0 ? t1 - t0 : 1) )); BUSY1=$(( (b1 - a1) * 100 / (u1 - u0 > 0 ? u1 - u0 : 1) ))
+QUIET="core $PROXY_CORE ${BUSY0}% busy, core $LOAD_CORE ${BUSY1}% busy in the second before the run; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+if ((BUSY0 > 5 || BUSY1 > 5)); then
+    log "warning: the machine is not idle ($QUIET): figures will be noisy"
+    QUIET="NOT IDLE: $QUIET"
+fi
+
+META="$WORK/meta.md"
+{
+    echo "# Sidecar benchmark, $(date '+%Y-%m-%d %H:%M:%S %Z')"
+    echo
+    echo "- machine: $(uname -srm), $NCPU cores ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo))"
+    echo "- before the run: $QUIET"
+    echo "- layout: proxy (1 worker/thread) on core $PROXY_CORE; backends, load generators and samplers on core $LOAD_CORE"
+    echo "- mode: $( ((QUICK)) && echo quick || echo full), ${DURATION}s per measured load after ${WARM}s warm-up; fixed-rate loads: $LAT_CONNS connections x $LAT_RPS rps"
+    echo "- backends (core $LOAD_CORE): gRPC tests/bench/grpc_backend.c (h2c; 200, one 21-byte framed message, trailers grpc-status: 0); HTTP/1.1 $( [[ $HTTP_BACKEND == nginx ]] && echo "nginx (return 200, 66-byte body)" || echo "tests/bench/http1_backend.c (64-byte body)")"
+    echo "- versions: $(haproxy -v 2>/dev/null | head -n1 | awk '{print "haproxy", $3}'), $(nghttpx --version 2>/dev/null | head -n1), $(nginx -v 2>&1 | sed 's|nginx version: ||'), $(h2load --version 2>/dev/null | head -n1), $(wrk -v 2>&1 | head -n1 | awk '{print "wrk", $2}')"
+    if [[ -x $SIDECAR_BIN ]]; then
+        echo "- sidecar: $SIDECAR_BIN ($(stat -c '%s bytes, built %y' "$SIDECAR_BIN" | cut -d. -f1))"
+    else
+        echo "- sidecar: $SIDECAR_BIN (absent)"
+    fi
+    echo "- CPU µs/req: utime+stime of the proxy's process tree (/proc/PID/stat, $(getconf CLK_TCK) ticks/s) over the measured run / 2xx responses; proxy core %: the same CPU time / wall time"
+    echo "- p50/p99: per-request times from h2load --log-file (nearest rank), or wrk --latency; RSS: VmRSS summed over the process tree, idle = after start, load = max sampled every 100 ms"
+} >"$META"
+
+for proxy in "${PROXIES[@]}"; do
+    bench_proxy "$proxy"
+done
+
+mkdir -p "$(dirname "$OUT")"
+$PY "$LIB" report "$RESULTS" "$META" >"$OUT"
+echo
+cat "$OUT"
+echo
+log "results written to $OUT"
