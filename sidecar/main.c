@@ -64,13 +64,7 @@ int main(int argc, char **argv)
         rv = sc_config_load_string(sc_config_example_yaml, strlen(sc_config_example_yaml), "<built-in example>", ".",
                                    &cfg, &diags);
     }
-    for (size_t i = 0; i < diags.n; i++) {
-        const sc_diag *d = &diags.v[i];
-        if (d->line)
-            fprintf(stderr, "%s:%u: %s%s%s\n", d->file, d->line, d->field ? d->field : "", d->field ? ": " : "", d->msg);
-        else
-            fprintf(stderr, "%s: %s%s%s\n", d->file, d->field ? d->field : "", d->field ? ": " : "", d->msg);
-    }
+    sc_diags_print(&diags, stderr);
     size_t nproblems = diags.n;
     sc_diags_free(&diags);
     if (rv < 0 || !cfg) {

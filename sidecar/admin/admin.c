@@ -255,7 +255,7 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
         respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
     } else if (path_is(h, "/config")) {
         json_t *j = sc_config_to_json(sc->cfg);
-        body = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+        body = j ? json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) : NULL;
         json_decref(j);
         respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
     } else if (path_is(h, "/log")) {
