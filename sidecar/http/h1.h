@@ -84,9 +84,16 @@ typedef struct sc_h1_limits {
  * validated as they arrive, so an invalid prefix fails before its line is
  * complete, and a limit is reported as soon as the bytes prove it exceeded.
  * Up to 8 leading empty lines before a request line are skipped (and
- * counted in the returned length); more is a syntax error. Content-Length and chunk sizes above INT64_MAX are
- * refused. A CONNECT response is not special-cased: the caller tunnels
- * after a 2xx to CONNECT.
+ * counted in the returned length); more is a syntax error.
+ * Decisions beyond the summary at the top: Content-Length and chunk sizes
+ * above INT64_MAX are refused; Transfer-Encoding in an HTTP/1.0 message is
+ * refused (RFC 9112 6.1: faulty framing); the request-target must be VCHAR
+ * only and match its form (origin, absolute, authority for CONNECT only,
+ * "*" for OPTIONS only); Host must be uri-host [":" port] characters (may be
+ * empty); status codes outside 100..599 are refused; "HTTP/1.1 200\r\n"
+ * (no SP before an empty reason) is accepted. Expect and Upgrade are
+ * ignored in HTTP/1.0. A CONNECT response is not special-cased: the caller
+ * tunnels after a 2xx to CONNECT.
  */
 int sc_h1_parse_head(const char *buf, size_t len, bool is_request, bool request_method_head,
                      const sc_h1_limits *limits, sc_h1_head *out, const char **why);
@@ -147,10 +154,10 @@ typedef enum {
  * message), SC_H1_BODY_NEED_MORE when all input was consumed without payload,
  * or SC_H1_ERR_SYNTAX / SC_H1_ERR_TOO_LARGE. UNTIL_CLOSE never returns DONE:
  * the caller ends it at EOF. For NONE it returns DONE at once. Errors are
- * sticky (later calls return the same error), set b->why and *consumed = 0. Chunk
- * extensions are skipped; one chunk-size line may carry at most 4096 bytes
- * after the size (TOO_LARGE). max_trailer_bytes counts the bytes of trailer
- * fields (not the final CRLF); 0 refuses any trailer field.
+ * sticky (later calls return the same error), set b->why and *consumed = 0.
+ * Chunk extensions are skipped; one chunk-size line may carry at most 4096
+ * bytes after the size (TOO_LARGE). max_trailer_bytes counts the bytes of
+ * trailer fields (not the final CRLF); 0 refuses any trailer field.
  */
 int sc_h1_body_decode(sc_h1_body *b, const char *in, size_t len, size_t *consumed,
                       const char **data, size_t *data_len);

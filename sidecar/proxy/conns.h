@@ -15,6 +15,7 @@ typedef struct sc_down_conn {
     sc_stream *cur;                 /* the request being served */
     bool close_after;               /* close once the current response is out */
     bool awaiting_head;             /* header-read timer is armed */
+    uint32_t head_scanned;          /* bytes of the pending head already seen by the parser */
     /* HTTP/2 */
     nghttp2_session *h2;
     uint32_t n_streams;
@@ -28,6 +29,7 @@ typedef struct sc_up_conn {
     /* HTTP/1 */
     sc_stream *cur;
     bool head_parsed;
+    uint32_t head_scanned;          /* bytes of the pending head already seen by the parser */
     /* HTTP/2 */
     nghttp2_session *h2;
     uint32_t n_streams;

@@ -212,6 +212,13 @@ static void process(sc_conn *c)
         sc_h1_head h;
         const char *why = NULL;
         sc_h1_limits lim = {c->w->sc->cfg->limits.max_request_line, c->w->sc->cfg->limits.max_header_bytes};
+        /* Re-parse only when new bytes can change the verdict: a slow sender
+         * would otherwise cost O(head^2). */
+        if (d->head_scanned && len < in_cap(c) && !sc_h1_head_worth_parsing(sc_buf_head(&c->in), d->head_scanned, len, &lim)) {
+            d->head_scanned = (uint32_t)len;
+            return;
+        }
+        d->head_scanned = (uint32_t)len;
         int n = sc_h1_parse_head(sc_buf_head(&c->in), len, true, false, &lim, &h, &why);
         if (n == 0) {
             if (len >= in_cap(c))
@@ -236,6 +243,7 @@ static void process(sc_conn *c)
             return;
         }
         /* The head stays in c->in while its fields are copied into the stream. */
+        d->head_scanned = 0;
         int rv = begin_request(c, &h);
         sc_buf_consume(&c->in, (size_t)n);
         if (rv < 0) {

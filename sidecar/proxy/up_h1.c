@@ -64,6 +64,7 @@ static void bind_stream(sc_up_conn *u, sc_stream *s)
 {
     u->cur = s;
     u->head_parsed = false;
+    u->head_scanned = 0;
     s->up = &u->super;
     s->up_keepalive = true;
     sc_conn_mark_dirty(&u->super);
@@ -234,10 +235,16 @@ static int parse_head(sc_up_conn *u, sc_stream *s)
     for (;;) {
         sc_h1_head h;
         const char *why = NULL;
-        int n = sc_h1_parse_head(sc_buf_head(&c->in), sc_buf_len(&c->in), false, (s->flags & SC_ST_F_HEAD_REQ) != 0,
-                                 NULL, &h, &why);
+        size_t len = sc_buf_len(&c->in);
+        if (u->head_scanned && sc_buf_space(&c->in) && !sc_h1_head_worth_parsing(sc_buf_head(&c->in), u->head_scanned, len, NULL)) {
+            u->head_scanned = (uint32_t)len;
+            return 0;
+        }
+        u->head_scanned = (uint32_t)len;
+        int n = sc_h1_parse_head(sc_buf_head(&c->in), len, false, (s->flags & SC_ST_F_HEAD_REQ) != 0, NULL, &h, &why);
         if (n == 0)
             return sc_buf_space(&c->in) == 0 ? -EMSGSIZE : 0;
+        u->head_scanned = 0;
         if (n < 0) {
             SC_WARN("upstream %s: invalid response from %s: %s", c->route->name, c->peer_text, why ? why : "syntax");
             return -EPROTO;

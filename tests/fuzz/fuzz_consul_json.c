@@ -1,0 +1,67 @@
+/*
+ * fuzz_consul_json.c: arbitrary bytes as a /v1/health/service answer, as an
+ * X-Consul-Index value, as a cache file and as a grpc.health.v1 request.
+ * The parsers must refuse or skip bad input, never crash, leak or hang, and
+ * what they accept must be well formed (sorted, ports set, weights >= 1).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "discovery/consul_json.h"
+#include "discovery/grpc_health.h"
+
+static void check_snapshot(const sc_endpoints *e)
+{
+    for (size_t i = 0; i < e->n; i++) {
+        if (e->inst[i].weight < 1 || e->inst[i].weight > 65535 || e->inst[i].addr.len == 0)
+            abort();
+        if (i && strcmp(e->inst[i - 1].addr.text, e->inst[i].addr.text) > 0)
+            abort();
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    sc_addr_set_dns_enabled(false);
+    const char *s = (const char *)data;
+
+    for (int warn = 0; warn < 2; warn++) {
+        sc_consul_parse_opts o = {.include_warning = warn};
+        sc_endpoints *e = NULL;
+        sc_consul_parse_stats st;
+        char err[128];
+        if (sc_consul_parse_health(s, size, &o, &e, &st, err, sizeof(err)) == 0) {
+            check_snapshot(e);
+            if (!sc_consul_endpoints_same(e, e))
+                abort();
+            sc_endpoints *c = sc_consul_endpoints_copy(e, true);
+            if (!c || !sc_consul_endpoints_same(e, c))
+                abort();
+            sc_consul_cache_entry ent = {.upstream = "u", .service = "s", .endpoints = e};
+            char *doc = sc_consul_cache_dump(&ent, 1);
+            sc_endpoints *back = NULL;
+            if (!doc || sc_consul_cache_find(doc, strlen(doc), "u", "s", NULL, NULL, &back, NULL) != 0 ||
+                !sc_consul_endpoints_same(e, back))
+                abort();
+            free(back);
+            free(doc);
+            free(c);
+            free(e);
+        }
+    }
+
+    uint64_t v;
+    if (sc_consul_index_parse(s, size, &v) == 0)
+        (void)sc_consul_index_next(v / 2, v);
+
+    sc_endpoints *e = NULL;
+    if (sc_consul_cache_find(s, size, "u", "s", NULL, NULL, &e, NULL) == 0) {
+        check_snapshot(e);
+        free(e);
+    }
+
+    char svc[64];
+    (void)sc_grpc_health_decode_request(data, size, svc, sizeof(svc));
+    return 0;
+}
