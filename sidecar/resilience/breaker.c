@@ -92,7 +92,10 @@ static void store_max(_Atomic uint64_t *a, uint64_t v)
 
 /* Seqlock writer that never waits long: a transition is rare and a writer
  * holds the lock for a few stores; after a bounded spin it gives up. Only a
- * newer transition replaces the record. */
+ * newer transition replaces the record. The data words are stored with
+ * release and loaded with acquire (instead of relaxed plus fences): a reader
+ * that saw any word of a write then also sees that write's odd lock value,
+ * and ThreadSanitizer understands it. */
 static void publish_last(sc_breaker *b, const sc_breaker_transition *t)
 {
     uint64_t words[SC_ARRAY_LEN(b->last_reason)];
@@ -102,17 +105,16 @@ static void publish_last(sc_breaker *b, const sc_breaker_transition *t)
         uint64_t s = atomic_load_explicit(&b->last_lock, memory_order_relaxed);
         if (s & 1)
             continue;
-        if (!atomic_compare_exchange_weak_explicit(&b->last_lock, &s, s + 1, memory_order_acquire,
+        if (!atomic_compare_exchange_weak_explicit(&b->last_lock, &s, s + 1, memory_order_acq_rel,
                                                    memory_order_relaxed))
             continue;
-        atomic_thread_fence(memory_order_release);
         if (atomic_load_explicit(&b->last_seq, memory_order_relaxed) < t->seq) {
-            atomic_store_explicit(&b->last_seq, t->seq, memory_order_relaxed);
-            atomic_store_explicit(&b->last_at_ms, t->at_ms, memory_order_relaxed);
-            atomic_store_explicit(&b->last_fromto, (uint64_t)t->from << 8 | (uint64_t)t->to,
-                                  memory_order_relaxed);
+            const memory_order rel = memory_order_release;
+            atomic_store_explicit(&b->last_seq, t->seq, rel);
+            atomic_store_explicit(&b->last_at_ms, t->at_ms, rel);
+            atomic_store_explicit(&b->last_fromto, (uint64_t)t->from << 8 | (uint64_t)t->to, rel);
             for (size_t i = 0; i < SC_ARRAY_LEN(words); i++)
-                atomic_store_explicit(&b->last_reason[i], words[i], memory_order_relaxed);
+                atomic_store_explicit(&b->last_reason[i], words[i], rel);
         }
         atomic_store_explicit(&b->last_lock, s + 2, memory_order_release);
         return;
@@ -122,17 +124,17 @@ static void publish_last(sc_breaker *b, const sc_breaker_transition *t)
 static bool read_last(const sc_breaker *b, sc_breaker_transition *t)
 {
     uint64_t words[SC_ARRAY_LEN(b->last_reason)];
+    const memory_order acq = memory_order_acquire;
     for (int tries = 0; tries < 1000; tries++) {
-        uint64_t s1 = atomic_load_explicit(&b->last_lock, memory_order_acquire);
+        uint64_t s1 = atomic_load_explicit(&b->last_lock, acq);
         if (s1 & 1)
             continue;
-        uint64_t seq = atomic_load_explicit(&b->last_seq, memory_order_relaxed);
-        uint64_t at = atomic_load_explicit(&b->last_at_ms, memory_order_relaxed);
-        uint64_t ft = atomic_load_explicit(&b->last_fromto, memory_order_relaxed);
+        uint64_t seq = atomic_load_explicit(&b->last_seq, acq);
+        uint64_t at = atomic_load_explicit(&b->last_at_ms, acq);
+        uint64_t ft = atomic_load_explicit(&b->last_fromto, acq);
         for (size_t i = 0; i < SC_ARRAY_LEN(words); i++)
-            words[i] = atomic_load_explicit(&b->last_reason[i], memory_order_relaxed);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(&b->last_lock, memory_order_relaxed) != s1)
+            words[i] = atomic_load_explicit(&b->last_reason[i], acq);
+        if (atomic_load_explicit(&b->last_lock, acq) != s1)
             continue;
         t->seq = seq;
         t->at_ms = at;
@@ -408,6 +410,11 @@ void sc_breaker_force(sc_breaker *b, int mode, uint64_t now_ms)
 void sc_breaker_snapshot(const sc_breaker *b, uint64_t now_ms, sc_breaker_view *out)
 {
     memset(out, 0, sizeof(*out));
+    /* the record first: it is published after its transition, so
+     * last.seq <= transitions always holds in the view */
+    if (!read_last(b, &out->last))
+        memset(&out->last, 0, sizeof(out->last));
+    out->last_transition_ms = out->last.seq ? out->last.at_ms : 0;
     uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
     out->state = W_STATE(w);
     out->forced = W_FORCED(w);
@@ -434,9 +441,6 @@ void sc_breaker_snapshot(const sc_breaker *b, uint64_t now_ms, sc_breaker_view *
     out->to_open = atomic_load_explicit(&b->to_open, memory_order_relaxed);
     out->to_half_open = atomic_load_explicit(&b->to_half_open, memory_order_relaxed);
     out->to_closed = atomic_load_explicit(&b->to_closed, memory_order_relaxed);
-    if (!read_last(b, &out->last))
-        memset(&out->last, 0, sizeof(out->last));
-    out->last_transition_ms = out->last.seq ? out->last.at_ms : 0;
 }
 
 bool sc_breaker_counts_as_failure(const sc_breaker_policy *p, int http_status, int grpc_status,

@@ -115,10 +115,14 @@ typedef struct sc_breaker_view {
     uint64_t ms_until_half_open;  /* OPEN and not forced: time left; else 0 */
     uint32_t probes_issued;       /* HALF_OPEN: probes admitted / succeeded so far */
     uint32_t probes_succeeded;
-    uint64_t transitions;         /* total; equals last.seq when last is available */
-    uint64_t to_open, to_half_open, to_closed;
+    uint64_t transitions;         /* total since init (operator actions included) */
+    uint64_t to_open, to_half_open, to_closed; /* changes of state only: an operator
+                                   * action that keeps the state (release of a
+                                   * forced-closed breaker) is not among them */
     uint64_t last_transition_ms;  /* 0 when last.seq == 0 */
-    sc_breaker_transition last;   /* seq 0: no transition yet (or unavailable, see above) */
+    sc_breaker_transition last;   /* seq 0: no transition yet (or unavailable, see above);
+                                   * last.seq <= transitions, equal unless one happened
+                                   * during the snapshot or a record write was skipped */
 } sc_breaker_view;
 
 /* Not thread safe: before the breaker is shared. Starts CLOSED, window empty. */

@@ -6,7 +6,8 @@
  * Rules:
  * - A success resets the instance's consecutive-failure count; a gateway
  *   error or connect failure increments it. While an instance is ejected
- *   its outcomes (from requests already in flight) are ignored.
+ *   its outcomes (from requests already in flight) are ignored, also after
+ *   its time has passed until a check (sc_outlier_check) returns it.
  * - When the count reaches consecutive_failures the instance is ejected for
  *   eject_for_ms * m, capped at max_eject_ms, where m is its ejection
  *   multiplier after this ejection: 1 the first time, one more each time it

@@ -672,6 +672,84 @@ static void test_half_open_limit_under_threads(void **st)
     }
 }
 
+typedef struct {
+    sc_breaker *b;
+    pthread_barrier_t *bar;
+    int idx;
+    uint64_t *seqs;          /* seqs[seq] = 1 when reported */
+    int reports;
+    int bad;
+} force_arg;
+
+static void *force_worker(void *a)
+{
+    force_arg *w = a;
+    pthread_barrier_wait(w->bar);
+    for (int i = 0; i < 3000; i++) {
+        int mode = (i + w->idx) % 3;
+        sc_breaker_transition tr;
+        sc_breaker_force_ex(w->b, mode, (uint64_t)i, &tr);
+        if (tr.seq) {
+            w->reports++;
+            if (tr.seq >= 100000 || __atomic_exchange_n(&w->seqs[tr.seq], 1, __ATOMIC_RELAXED))
+                w->bad++;
+        }
+    }
+    return NULL;
+}
+
+static void *snap_worker(void *a)
+{
+    force_arg *w = a;
+    pthread_barrier_wait(w->bar);
+    for (int i = 0; i < 3000; i++) {
+        sc_breaker_view v;
+        sc_breaker_snapshot(w->b, 0, &v);
+        if (!v.last.seq)
+            continue;
+        const char *want = v.last.to == SC_BREAKER_OPEN        ? "forced open by operator"
+                           : v.last.reason[0] == 'r'           ? "released by operator"
+                                                               : "forced closed by operator";
+        if (strcmp(v.last.reason, want) != 0 || v.last.seq > v.transitions)
+            w->bad++;
+    }
+    return NULL;
+}
+
+static void test_force_and_snapshot_under_threads(void **st)
+{
+    (void)st;
+    sc_breaker_policy p = pol();
+    sc_breaker b;
+    sc_breaker_init(&b, &p, 0);
+    static uint64_t seqs[100000];
+    memset(seqs, 0, sizeof(seqs));
+    enum { W = 4, R = 2 };
+    pthread_barrier_t bar;
+    pthread_barrier_init(&bar, NULL, W + R);
+    pthread_t th[W + R];
+    force_arg args[W + R];
+    for (int i = 0; i < W + R; i++) {
+        args[i] = (force_arg){.b = &b, .bar = &bar, .idx = i, .seqs = seqs};
+        pthread_create(&th[i], NULL, i < W ? force_worker : snap_worker, &args[i]);
+    }
+    int reports = 0, bad = 0;
+    for (int i = 0; i < W + R; i++) {
+        pthread_join(th[i], NULL);
+        reports += args[i].reports;
+        bad += args[i].bad;
+    }
+    pthread_barrier_destroy(&bar);
+    assert_int_equal(bad, 0);
+    sc_breaker_view v;
+    sc_breaker_snapshot(&b, 0, &v);
+    /* every transition reported to exactly one caller, numbers 1..n each once */
+    assert_int_equal(v.transitions, (uint64_t)reports);
+    for (int i = 1; i <= reports; i++)
+        assert_int_equal(seqs[i], 1);
+    assert_true(v.last.seq <= v.transitions);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -692,6 +770,7 @@ int main(void)
         cmocka_unit_test(test_counts_as_failure_defaults),
         cmocka_unit_test(test_transition_reported_once_under_threads),
         cmocka_unit_test(test_half_open_limit_under_threads),
+        cmocka_unit_test(test_force_and_snapshot_under_threads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
