@@ -45,7 +45,8 @@ sidecar *sc_sidecar_new(sc_config *cfg)
         rt->timeouts = &cfg->inbound.timeouts;
         rt->inbound = true;
         sc_static_instance app = {.addr = cfg->inbound.app, .weight = 1};
-        sc_endpoints_publish(&rt->endpoints, static_snapshot(&app, 1));
+        sc_route_init_resilience(rt, NULL, cfg->inbound.max_concurrent);
+        sc_route_publish(rt, static_snapshot(&app, 1));
     }
     for (size_t i = 0; i < cfg->n_policies; i++) {
         const sc_policy *p = &cfg->policies[i];
@@ -55,12 +56,13 @@ sidecar *sc_sidecar_new(sc_config *cfg)
         rt->protocol = p->protocol;
         rt->timeouts = &p->timeouts;
         rt->policy = p;
+        sc_route_init_resilience(rt, p, 0);
         if (p->discovery == SC_DISCOVERY_STATIC) {
-            sc_endpoints_publish(&rt->endpoints, static_snapshot(p->instances, p->n_instances));
+            sc_route_publish(rt, static_snapshot(p->instances, p->n_instances));
         } else {
             sc_endpoints *e = sc_endpoints_new(0);
             e->stale = true;
-            sc_endpoints_publish(&rt->endpoints, e);
+            sc_route_publish(rt, e);
         }
     }
     return sc;
@@ -188,10 +190,9 @@ int sc_sidecar_run(sidecar *sc)
         SC_INFO("upstream %s: %s -> %zu %s instance(s) (%s)", p->name, p->listen.text,
                 p->discovery == SC_DISCOVERY_STATIC ? p->n_instances : 0,
                 p->discovery == SC_DISCOVERY_STATIC ? "static" : "consul", sc_proto_name(p->protocol));
-        if (p->retries.enabled || p->bulkhead.enabled || p->breaker.enabled || p->outlier.enabled ||
-            p->lb != SC_LB_ROUND_ROBIN || p->tls.mode != SC_TLS_OFF)
-            SC_WARN("upstream %s: retries, bulkhead, circuit_breaker, outlier, load_balancer other than "
-                    "round_robin and tls are parsed but not enforced by this build", p->name);
+        if (p->tls.mode != SC_TLS_OFF)
+            SC_WARN("upstream %s: tls.mode %s is parsed but TLS origination is not in this build yet", p->name,
+                    p->tls.mode == SC_TLS_MUTUAL ? "mutual" : "simple");
     }
 
     /* consul + health (issue 4): registration and watches once serving */
@@ -226,8 +227,10 @@ void sc_sidecar_free(sidecar *sc)
         sc_worker_free(&sc->workers[i]);
     free(sc->workers);
     sc_endpoints_reclaim();
-    for (size_t r = 0; r < sc->n_routes; r++)
+    for (size_t r = 0; r < sc->n_routes; r++) {
         sc_endpoints_ref_clear(&sc->routes[r].endpoints);
+        sc_route_free_states(&sc->routes[r]);
+    }
     free(sc->routes);
     sc_config_free(sc->cfg);
     free(sc);

@@ -111,6 +111,10 @@ char *sc_admin_render_stats(const sidecar *sc)
         {"sidecar_upstream_connections_total", "counter", "Connections opened to the upstream's instances.", RS_OFF(upstream_conns_total)},
         {"sidecar_upstream_request_bytes_total", "counter", "Request body bytes sent by callers.", RS_OFF(bytes_in)},
         {"sidecar_upstream_response_bytes_total", "counter", "Response body bytes returned to callers.", RS_OFF(bytes_out)},
+        {"sidecar_upstream_retries_total", "counter", "Retries scheduled.", RS_OFF(retries)},
+        {"sidecar_upstream_retry_budget_exhausted_total", "counter", "Retries refused by the retry budget.", RS_OFF(retry_budget_exhausted)},
+        {"sidecar_upstream_breaker_rejections_total", "counter", "Calls refused by an open circuit breaker.", RS_OFF(breaker_rejections)},
+        {"sidecar_upstream_bulkhead_rejections_total", "counter", "Calls refused by the bulkhead (full or queue timeout).", RS_OFF(bulkhead_rejections)},
     };
     for (size_t m = 0; m < SC_ARRAY_LEN(per_route); m++) {
         metric_head(f, per_route[m].name, per_route[m].type, per_route[m].help);
@@ -171,14 +175,73 @@ char *sc_admin_render_stats(const sidecar *sc)
     }
     sc_consul_render_stats(sc->consul, f);         /* consul + health (issue 4) */
     sc_app_health_render_stats(sc->app_health, f);
+    uint64_t now = sc_now_ms();
+    metric_head(f, "sidecar_upstream_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.");
+    for (size_t r = 0; r < sc->n_routes; r++)
+        fprintf(f, "sidecar_upstream_breaker_state{upstream=\"%s\"} %d\n", sc->routes[r].name,
+                (int)sc_breaker_state_now(&sc->routes[r].breaker));
+    metric_head(f, "sidecar_upstream_breaker_transitions_total", "counter", "Circuit breaker state changes by destination.");
+    for (size_t r = 0; r < sc->n_routes; r++) {
+        sc_breaker_view v;
+        sc_breaker_snapshot(&sc->routes[r].breaker, now, &v);
+        fprintf(f, "sidecar_upstream_breaker_transitions_total{upstream=\"%s\",to=\"open\"} %llu\n", sc->routes[r].name, (unsigned long long)v.to_open);
+        fprintf(f, "sidecar_upstream_breaker_transitions_total{upstream=\"%s\",to=\"half-open\"} %llu\n", sc->routes[r].name, (unsigned long long)v.to_half_open);
+        fprintf(f, "sidecar_upstream_breaker_transitions_total{upstream=\"%s\",to=\"closed\"} %llu\n", sc->routes[r].name, (unsigned long long)v.to_closed);
+    }
+    metric_head(f, "sidecar_upstream_bulkhead_active", "gauge", "Requests holding a bulkhead slot.");
+    metric_head(f, "sidecar_upstream_bulkhead_pending", "gauge", "Requests waiting in the bulkhead queue.");
+    for (size_t r = 0; r < sc->n_routes; r++) {
+        sc_bulkhead_view v;
+        sc_bulkhead_snapshot(&sc->routes[r].bulkhead, &v);
+        fprintf(f, "sidecar_upstream_bulkhead_active{upstream=\"%s\"} %u\n", sc->routes[r].name, v.active);
+        fprintf(f, "sidecar_upstream_bulkhead_pending{upstream=\"%s\"} %u\n", sc->routes[r].name, v.pending);
+    }
+    metric_head(f, "sidecar_upstream_ejections_total", "counter", "Instances ejected by outlier detection.");
+    metric_head(f, "sidecar_upstream_instances_ejected", "gauge", "Instances ejected now.");
+    for (size_t r = 0; r < sc->n_routes; r++) {
+        sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
+        sc_outlier_view v;
+        sc_outlier_snapshot(&sc->routes[r].outlier, e ? e->n : 0, &v);
+        fprintf(f, "sidecar_upstream_ejections_total{upstream=\"%s\"} %llu\n", sc->routes[r].name, (unsigned long long)v.ejections_total);
+        fprintf(f, "sidecar_upstream_instances_ejected{upstream=\"%s\"} %u\n", sc->routes[r].name, v.ejected_now);
+    }
     metric_head(f, "sidecar_uptime_seconds", "gauge", "Seconds since start.");
     fprintf(f, "sidecar_uptime_seconds %llu\n", (unsigned long long)((sc_now_ms() - sc->started_ms) / 1000));
     fclose(f);
     return b.p;
 }
 
+static json_t *breaker_json(const sc_breaker *b, uint64_t now)
+{
+    sc_breaker_view v;
+    sc_breaker_snapshot(b, now, &v);
+    static const char *const forced[] = {"none", "open", "closed"};
+    json_t *j = json_object();
+    json_object_set_new(j, "state", json_string(sc_breaker_state_name(v.state)));
+    json_object_set_new(j, "forced", json_string(v.forced >= 0 && v.forced <= 2 ? forced[v.forced] : "?"));
+    json_object_set_new(j, "calls", json_integer((json_int_t)v.calls));
+    json_object_set_new(j, "failures", json_integer((json_int_t)v.failures));
+    json_object_set_new(j, "slow", json_integer((json_int_t)v.slow));
+    json_object_set_new(j, "failure_rate", json_real(v.failure_rate));
+    json_object_set_new(j, "slow_rate", json_real(v.slow_rate));
+    json_object_set_new(j, "consecutive_failures", json_integer(v.consecutive_failures));
+    json_object_set_new(j, "ms_until_half_open", json_integer((json_int_t)v.ms_until_half_open));
+    json_object_set_new(j, "transitions", json_pack("{s:I,s:I,s:I,s:I}", "total", (json_int_t)v.transitions, "to_open",
+                                                   (json_int_t)v.to_open, "to_half_open", (json_int_t)v.to_half_open,
+                                                   "to_closed", (json_int_t)v.to_closed));
+    if (v.last.seq)
+        json_object_set_new(j, "last_transition",
+                            json_pack("{s:s,s:s,s:s,s:I}", "from", sc_breaker_state_name(v.last.from), "to",
+                                      sc_breaker_state_name(v.last.to), "reason", v.last.reason, "ms_ago",
+                                      (json_int_t)(now - v.last.at_ms)));
+    else
+        json_object_set_new(j, "last_transition", json_null());
+    return j;
+}
+
 char *sc_admin_render_clusters(const sidecar *sc)
 {
+    uint64_t now = sc_now_ms();
     json_t *root = json_object();
     json_t *ups = json_array();
     for (size_t r = 0; r < sc->n_routes; r++) {
@@ -197,7 +260,15 @@ char *sc_admin_render_clusters(const sidecar *sc)
             json_object_set_new(in, "address", json_string(e->inst[i].addr.text));
             json_object_set_new(in, "id", json_string(e->inst[i].id));
             json_object_set_new(in, "weight", json_integer(e->inst[i].weight));
-            json_object_set_new(in, "health", json_string("healthy"));
+            sc_outlier_instance_view ov = {0};
+            if (e->inst[i].state)
+                sc_outlier_instance_snapshot(&e->inst[i].state->ol, now, &ov);
+            json_object_set_new(in, "health", json_string(ov.ejected ? "ejected" : "healthy"));
+            json_object_set_new(in, "ejected", json_boolean(ov.ejected));
+            json_object_set_new(in, "ejected_ms_left", json_integer((json_int_t)ov.ms_left));
+            json_object_set_new(in, "ejections", json_integer((json_int_t)ov.total_ejections));
+            json_object_set_new(in, "consecutive_failures", json_integer(ov.consecutive));
+            json_object_set_new(in, "active_requests", json_integer(ov.active_requests));
             json_array_append_new(insts, in);
         }
         json_object_set_new(u, "instances", insts);
@@ -208,6 +279,23 @@ char *sc_admin_render_clusters(const sidecar *sc)
         json_object_set_new(u, "requests_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(requests))));
         json_object_set_new(u, "connect_failures_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(connect_failures))));
         json_object_set_new(u, "timeouts_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(timeouts))));
+        json_object_set_new(u, "retries_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(retries))));
+        json_object_set_new(u, "circuit_breaker", breaker_json(&rt->breaker, now));
+        sc_bulkhead_view bv;
+        sc_bulkhead_snapshot(&rt->bulkhead, &bv);
+        json_object_set_new(u, "bulkhead", json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "active", (json_int_t)bv.active,
+                                                     "pending", (json_int_t)bv.pending, "connections", (json_int_t)bv.connections,
+                                                     "max_concurrent", (json_int_t)bv.max_concurrent, "max_pending", (json_int_t)bv.max_pending,
+                                                     "max_connections", (json_int_t)bv.max_connections, "admitted", (json_int_t)bv.admitted,
+                                                     "queued", (json_int_t)bv.queued, "rejected", (json_int_t)bv.rejected,
+                                                     "queue_timeouts", (json_int_t)bv.queue_timeouts));
+        sc_retry_budget_view rv;
+        sc_retry_budget_snapshot(&rt->budget, now, &rv);
+        json_object_set_new(u, "retry_budget", json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I}", "requests", (json_int_t)rv.requests,
+                                                         "retries", (json_int_t)rv.retries, "allowance", (json_int_t)rv.allowance,
+                                                         "remaining", (json_int_t)rv.remaining, "granted", (json_int_t)rv.granted,
+                                                         "refused", (json_int_t)rv.refused, "ratio", rv.ratio,
+                                                         "min_per_second", (json_int_t)rv.min_per_second));
         json_t *cj = sc_consul_route_json(sc->consul, r); /* consul (issue 4) */
         if (cj)
             json_object_set_new(u, "consul", cj);
@@ -233,6 +321,64 @@ static bool path_is(const sc_h1_head *h, const char *p)
 static bool method_is(const sc_h1_head *h, const char *m)
 {
     return h->method.len == strlen(m) && memcmp(h->method.p, m, h->method.len) == 0;
+}
+
+/* Value of query parameter `key` into out (no decoding: names and actions are plain). */
+static bool query_param(const sc_h1_head *h, const char *key, char *out, size_t cap)
+{
+    const char *q = memchr(h->target.p, '?', h->target.len);
+    const char *end = h->target.p + h->target.len;
+    size_t kl = strlen(key);
+    while (q && q < end) {
+        q++;
+        const char *amp = memchr(q, '&', (size_t)(end - q));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - q) > kl && memcmp(q, key, kl) == 0 && q[kl] == '=') {
+            size_t n = (size_t)(stop - q) - kl - 1;
+            if (n >= cap)
+                return false;
+            memcpy(out, q + kl + 1, n);
+            out[n] = 0;
+            return true;
+        }
+        q = amp;
+    }
+    return false;
+}
+
+static void handle_breaker(admin_conn *ac, const sc_h1_head *h)
+{
+    sidecar *sc = ac->admin->sc;
+    char name[128], action[16];
+    if (!method_is(h, "POST")) {
+        respond(ac, 405, "text/plain", "use POST /breaker?upstream=NAME&action=open|close|release\n");
+        return;
+    }
+    if (!query_param(h, "upstream", name, sizeof(name)) || !query_param(h, "action", action, sizeof(action))) {
+        respond(ac, 400, "text/plain", "need upstream=NAME and action=open|close|release\n");
+        return;
+    }
+    int mode = !strcmp(action, "open") ? SC_BREAKER_FORCE_OPEN
+               : !strcmp(action, "close") ? SC_BREAKER_FORCE_CLOSED
+               : !strcmp(action, "release") ? SC_BREAKER_RELEASE : -1;
+    if (mode < 0) {
+        respond(ac, 400, "text/plain", "action must be open, close or release\n");
+        return;
+    }
+    for (size_t r = 0; r < sc->n_routes; r++) {
+        if (strcmp(sc->routes[r].name, name) != 0)
+            continue;
+        sc_breaker_transition tr = {0};
+        sc_breaker_force_ex(&sc->routes[r].breaker, mode, sc_now_ms(), &tr);
+        SC_WARN("admin: circuit breaker of upstream %s: %s by operator%s%s -> %s", name, action,
+                tr.seq ? "; " : "", tr.seq ? sc_breaker_state_name(tr.from) : "",
+                sc_breaker_state_name(sc_breaker_state_now(&sc->routes[r].breaker)));
+        char body[128];
+        snprintf(body, sizeof(body), "%s\n", sc_breaker_state_name(sc_breaker_state_now(&sc->routes[r].breaker)));
+        respond(ac, 200, "text/plain", body);
+        return;
+    }
+    respond(ac, 404, "text/plain", "no such upstream\n");
 }
 
 static void handle(admin_conn *ac, const sc_h1_head *h)
@@ -292,10 +438,12 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
             sc_sidecar_drain(sc);
             respond(ac, 200, "text/plain", "draining\n");
         }
+    } else if (path_is(h, "/breaker")) {
+        handle_breaker(ac, h);
     } else if (path_is(h, "/")) {
         respond(ac, 200, "text/plain",
                 "sidecar admin\n  GET /ready\n  GET /stats\n  GET /clusters\n  GET /config\n"
-                "  GET /log, POST /log?level=LEVEL\n  POST /drain\n");
+                "  GET /log, POST /log?level=LEVEL\n  POST /drain\n  POST /breaker?upstream=NAME&action=open|close|release\n");
     } else {
         respond(ac, 404, "text/plain", "not found; GET / lists the endpoints\n");
     }

@@ -244,6 +244,9 @@ int sc_policy_load_string(const char *yaml, size_t len, const char *name,
                           sc_policy *out, sc_diags *diags);
 /* Frees everything inside *p and zeroes it; safe on a zeroed policy. */
 void sc_policy_clear(sc_policy *p);
+/* Fills *p with the value every field has when its section is absent (no
+ * strings are allocated; sections stay disabled). Handy for tests. */
+void sc_config_policy_defaults(sc_policy *p);
 
 void sc_config_free(sc_config *cfg);
 

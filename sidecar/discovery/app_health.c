@@ -199,7 +199,10 @@ static void interval_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    start_probe(SC_CONTAINER_OF(t, sc_app_health, interval));
+    sc_app_health *h = SC_CONTAINER_OF(t, sc_app_health, interval);
+    if (h->fd >= 0)
+        return; /* the last probe is still running; its timeout ends it */
+    start_probe(h);
 }
 
 int sc_app_health_start(struct ev_loop *loop, const sc_config *cfg, sc_app_health **out)

@@ -928,6 +928,9 @@ static void watch_fail(watch *w, const creq *r, const char *err)
     sc_consul *c = w->c;
     w->errors_total++;
     w->failures++;
+    /* the next answer must come at once (no index: no blocking) so that the
+     * stale flag clears as soon as the agent is back */
+    w->index = 0;
     bool same = strcmp(err, w->last_error) == 0;
     snprintf(w->last_error, sizeof(w->last_error), "%s", err);
     w->last_error_unix = (int64_t)time(NULL);

@@ -13,6 +13,8 @@
  * published (sc_endpoints_publish) only when it differs. On errors the last
  * known instances stay in use, marked stale, and the loop backs off
  * (consul_json.h); the error is kept for the admin endpoint and metrics.
+ * The first query after an error carries no index (it answers at once), so
+ * the stale mark goes as soon as the agent answers again.
  * With consul.cache_file the last known instances are saved, and used when
  * the first query of a watch fails (a restart during a Consul outage).
  *

@@ -16,10 +16,16 @@
 
 #include <stdatomic.h>
 
+struct sc_instance_state;
+
 typedef struct sc_instance {
     sc_addr addr;
     uint32_t weight;                /* >= 1 */
     char id[64];                    /* Consul service ID or the address text */
+    /* Health shared by all workers and kept across snapshots (outlier
+     * detection, active requests); set by sc_route_publish(), owned by the
+     * route, NULL when published without it. */
+    struct sc_instance_state *state;
 } sc_instance;
 
 typedef struct sc_endpoints {

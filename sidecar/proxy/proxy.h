@@ -31,6 +31,10 @@
 #include "lb/lb.h"
 #include "proxy/buf.h"
 #include "proxy/stats.h"
+#include "resilience/breaker.h"
+#include "resilience/bulkhead.h"
+#include "resilience/outlier.h"
+#include "resilience/retry.h"
 
 #include <ev.h>
 #include <nghttp2/nghttp2.h>
@@ -84,6 +88,15 @@ char *sc_arena_dup(sc_arena *a, const char *s, size_t n); /* NUL terminated copy
 void sc_arena_reset(sc_arena *a);
 
 /* ---- routes: where a listener's traffic goes ---- */
+
+/* Per instance (by address), for the life of the route: shared by workers. */
+typedef struct sc_instance_state {
+    struct sc_instance_state *next;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    sc_outlier_instance ol;
+} sc_instance_state;
+
 struct sc_route {
     const char *name;               /* upstream name, or "inbound" */
     unsigned index;                 /* into worker->rstate and stats */
@@ -92,13 +105,30 @@ struct sc_route {
     const sc_policy *policy;        /* NULL for inbound */
     bool inbound;
     sc_endpoints_ref endpoints;     /* published snapshot (discovery/endpoints.h) */
+    /* Resilience state shared by all workers (resilience/). */
+    sc_breaker breaker;
+    sc_bulkhead bulkhead;
+    sc_retry_budget budget;
+    sc_outlier outlier;
+    sc_instance_state *states;      /* control thread adds, nobody frees before the route */
 };
+
+/* Control thread: attaches per-instance state to `snap` and publishes it;
+ * instances that left are taken out of the outlier cap. */
+void sc_route_publish(sc_route *r, sc_endpoints *snap);
+/* Start-up: resilience state from the policy (NULL policy: inbound). */
+void sc_route_init_resilience(sc_route *r, const sc_policy *p, uint32_t inbound_max_concurrent);
+void sc_route_free_states(sc_route *r);
 
 /* Per worker, per route: connection pool and balancing state. */
 typedef struct sc_route_state {
     sc_link h2_conns;               /* upstream HTTP/2 connections */
     sc_link h1_idle;                /* idle upstream HTTP/1 connections */
     sc_lb_ctx lb;                   /* cursor and random state of this worker */
+    sc_link waiters;                /* streams queued by the bulkhead */
+    uint8_t *skip;                  /* scratch for the load balancer */
+    uint32_t *load;
+    size_t scratch_n;
     uint32_t n_conns;               /* open upstream connections */
 } sc_route_state;
 
@@ -185,7 +215,11 @@ typedef enum {
     SC_FAIL_PROTOCOL,               /* 502 / INTERNAL: upstream sent garbage */
     SC_FAIL_TIMEOUT,                /* 504 / DEADLINE_EXCEEDED */
     SC_FAIL_DRAINING,               /* 503 / UNAVAILABLE */
-    SC_FAIL_OVERLOAD,               /* 503 / RESOURCE_EXHAUSTED */
+    SC_FAIL_OVERLOAD,               /* 503 / RESOURCE_EXHAUSTED: bulkhead full */
+    SC_FAIL_QUEUE_TIMEOUT,          /* 503 / RESOURCE_EXHAUSTED: waited too long in the bulkhead queue */
+    SC_FAIL_CIRCUIT_OPEN,           /* 503 / UNAVAILABLE, or the policy's fallback */
+    SC_FAIL_TRY_TIMEOUT,            /* 504 / DEADLINE_EXCEEDED: timeouts.per_try (retriable) */
+    SC_FAIL_REFUSED_STREAM,         /* 503 / UNAVAILABLE: the upstream refused the stream */
 } sc_fail;
 
 const char *sc_fail_reason(sc_fail f);
@@ -235,6 +269,16 @@ struct sc_stream {
     uint64_t req_sent;              /* request body bytes handed to the upstream */
     sc_buf replay;                  /* copy of the request body sent so far, for retries */
     bool replayable;                /* every byte sent is in `replay` (within retries.buffer_limit) */
+    /* resilience */
+    uint32_t attempt;               /* 1-based attempt in flight (or waiting for) */
+    ev_timer try_timer;             /* per_try timeout of the current attempt */
+    ev_timer retry_timer;           /* backoff before the next attempt / bulkhead queue wait */
+    sc_link qlink;                  /* route_state->waiters while queued by the bulkhead */
+    sc_instance_state *inst;        /* instance of the current attempt (may be NULL) */
+    uint64_t probe_id;              /* circuit breaker probe id (0: ordinary call) */
+    bool breaker_pending;           /* allow() granted, record()/abandon() still owed */
+    bool bulkhead_held;             /* holds an active slot of the route's bulkhead */
+    bool head_checked;              /* this attempt's response head was judged for retry */
     bool down_chunked;              /* HTTP/1 downstream response framing */
     bool up_chunked;                /* HTTP/1 upstream request framing */
     bool down_keepalive;
@@ -256,6 +300,7 @@ struct sc_worker {
     ev_prepare flush;               /* flush dirty connections before polling */
     ev_check check;                 /* epoch tracking after polling */
     ev_timer drain_timer;
+    ev_timer promote;               /* while bulkhead waiters exist: take slots freed elsewhere */
     sc_link dirty;
     sc_link down_conns;
     sc_link streams;
@@ -316,6 +361,8 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why);
 void sc_stream_upstream_done(sc_stream *s);
 /* Downstream side is gone (RST, close) or finished sending the response. */
 void sc_stream_downstream_done(sc_stream *s, bool aborted);
+/* Bulkhead waiters of this worker take slots freed on other workers. */
+void sc_route_promote_waiters(sc_worker *w, sc_route *r);
 /* Header helpers (arena copies; names lower-cased). */
 int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);
 const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);

@@ -49,6 +49,10 @@ typedef struct sc_route_stats {
     sc_counter upstream_conns_total;
     sc_counter bytes_in;            /* request body bytes from callers */
     sc_counter bytes_out;           /* response body bytes to callers */
+    sc_counter retries;
+    sc_counter retry_budget_exhausted;
+    sc_counter breaker_rejections;
+    sc_counter bulkhead_rejections;
     sc_counter lat_buckets[SC_LAT_BUCKETS + 1];
     sc_counter lat_sum_us;
 } sc_route_stats;

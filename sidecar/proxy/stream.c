@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- arena ---- */
 
@@ -125,7 +126,11 @@ const char *sc_fail_reason(sc_fail f)
     case SC_FAIL_PROTOCOL: return "upstream-protocol-error";
     case SC_FAIL_TIMEOUT: return "upstream-timeout";
     case SC_FAIL_DRAINING: return "draining";
-    case SC_FAIL_OVERLOAD: return "overloaded";
+    case SC_FAIL_OVERLOAD: return "bulkhead-full";
+    case SC_FAIL_QUEUE_TIMEOUT: return "bulkhead-queue-timeout";
+    case SC_FAIL_CIRCUIT_OPEN: return "circuit-open";
+    case SC_FAIL_TRY_TIMEOUT: return "upstream-per-try-timeout";
+    case SC_FAIL_REFUSED_STREAM: return "upstream-refused-stream";
     }
     return "unknown";
 }
@@ -138,9 +143,13 @@ static const char *fail_detail(sc_fail f)
     case SC_FAIL_CONNECT_TIMEOUT: return "connection to the instance timed out (timeouts.connect)";
     case SC_FAIL_RESET: return "the instance reset or closed the connection before the response ended";
     case SC_FAIL_PROTOCOL: return "the instance sent an invalid response";
-    case SC_FAIL_TIMEOUT: return "request timed out (deadline from timeouts.request, per_try or grpc-timeout)";
+    case SC_FAIL_TIMEOUT: return "request timed out (deadline from timeouts.request or grpc-timeout)";
+    case SC_FAIL_TRY_TIMEOUT: return "the attempt timed out (timeouts.per_try) and no retry was possible";
     case SC_FAIL_DRAINING: return "the sidecar is shutting down";
-    case SC_FAIL_OVERLOAD: return "too many concurrent requests";
+    case SC_FAIL_OVERLOAD: return "bulkhead full: max_concurrent requests in flight and the queue is full";
+    case SC_FAIL_QUEUE_TIMEOUT: return "waited in the bulkhead queue longer than bulkhead.queue_timeout";
+    case SC_FAIL_CIRCUIT_OPEN: return "circuit breaker open: calls fail fast until it half-opens";
+    case SC_FAIL_REFUSED_STREAM: return "the instance refused the stream";
     default: return "failed";
     }
 }
@@ -150,7 +159,8 @@ static int fail_http_status(sc_fail f)
     switch (f) {
     case SC_FAIL_RESET:
     case SC_FAIL_PROTOCOL: return 502;
-    case SC_FAIL_TIMEOUT: return 504;
+    case SC_FAIL_TIMEOUT:
+    case SC_FAIL_TRY_TIMEOUT: return 504;
     default: return 503;
     }
 }
@@ -158,14 +168,33 @@ static int fail_http_status(sc_fail f)
 static int fail_grpc_status(sc_fail f)
 {
     switch (f) {
-    case SC_FAIL_TIMEOUT: return SC_GRPC_DEADLINE_EXCEEDED;
-    case SC_FAIL_OVERLOAD: return SC_GRPC_RESOURCE_EXHAUSTED;
+    case SC_FAIL_TIMEOUT:
+    case SC_FAIL_TRY_TIMEOUT: return SC_GRPC_DEADLINE_EXCEEDED;
+    case SC_FAIL_OVERLOAD:
+    case SC_FAIL_QUEUE_TIMEOUT: return SC_GRPC_RESOURCE_EXHAUSTED;
     case SC_FAIL_PROTOCOL: return SC_GRPC_INTERNAL;
     default: return SC_GRPC_UNAVAILABLE;
     }
 }
 
+/* What a local failure is called in retry / breaker / outlier conditions. */
+static uint32_t fail_cond(sc_fail f)
+{
+    switch (f) {
+    case SC_FAIL_CONNECT:
+    case SC_FAIL_CONNECT_TIMEOUT: return SC_COND_CONNECT_FAILURE;
+    case SC_FAIL_RESET:
+    case SC_FAIL_PROTOCOL: return SC_COND_RESET;
+    case SC_FAIL_REFUSED_STREAM: return SC_COND_REFUSED_STREAM;
+    case SC_FAIL_TIMEOUT:
+    case SC_FAIL_TRY_TIMEOUT: return SC_COND_TIMEOUT;
+    default: return 0;
+    }
+}
+
 static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void try_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void retry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
 
 sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t down_sid)
 {
@@ -186,18 +215,93 @@ sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t d
     s->grpc_status = -1;
     s->start_ns = sc_now_ns();
     ev_init(&s->timer, stream_timeout_cb);
+    ev_init(&s->try_timer, try_timeout_cb);
+    ev_init(&s->retry_timer, retry_timer_cb);
     sc_list_push(&w->streams, &s->wlink);
     SC_STAT_INC(w->stats->streams);
     return s;
 }
+
+static void log_breaker(const sc_route *r, const sc_breaker_transition *tr)
+{
+    if (!tr->seq)
+        return;
+    SC_WARN("upstream %s: circuit breaker %s -> %s: %s", r->name, sc_breaker_state_name(tr->from),
+            sc_breaker_state_name(tr->to), tr->reason);
+}
+
+/* The request's final outcome for the breaker, once per admission. */
+static void breaker_settle(sc_stream *s, bool abandon)
+{
+    if (!s->breaker_pending)
+        return;
+    s->breaker_pending = false;
+    sc_route *r = s->route;
+    if (abandon) {
+        sc_breaker_abandon(&r->breaker, s->probe_id);
+        return;
+    }
+    int http = s->resp.status;
+    int grpc = s->grpc_status;
+    if (s->req.is_grpc && grpc < 0 && http && http != 200)
+        grpc = sc_grpc_status_from_http(http);
+    uint32_t cond = s->fail ? fail_cond(s->fail) : 0;
+    if (s->fail && !cond)
+        http = 0; /* a local refusal says nothing about the upstream */
+    bool failure = sc_breaker_counts_as_failure(&r->policy->breaker, http, grpc, cond);
+    uint64_t dur_ms = (sc_now_ns() - s->start_ns) / 1000000u;
+    bool slow = sc_breaker_is_slow(&r->breaker, dur_ms);
+    sc_breaker_transition tr = {0};
+    sc_breaker_record_ex(&r->breaker, sc_now_ms(), failure, slow, s->probe_id, &tr);
+    log_breaker(r, &tr);
+}
+
+/* Outcome of one attempt for the instance it went to (outlier detection). */
+static void attempt_settle(sc_stream *s, bool gateway_or_connect_failure)
+{
+    sc_instance_state *st = s->inst;
+    if (!st)
+        return;
+    s->inst = NULL;
+    atomic_fetch_sub_explicit(&st->ol.active_requests, 1, memory_order_relaxed);
+    if (!s->route->policy || !s->route->policy->outlier.enabled)
+        return;
+    sc_endpoints *e = sc_endpoints_current(&s->route->endpoints);
+    if (sc_outlier_record(&s->route->outlier, &st->ol, e ? e->n : 1, gateway_or_connect_failure, sc_now_ms()) == 1) {
+        sc_outlier_instance_view v;
+        sc_outlier_instance_snapshot(&st->ol, sc_now_ms(), &v);
+        SC_WARN("upstream %s: instance ejected for %llums after %s (ejection #%llu)", s->route->name,
+                (unsigned long long)v.ms_left, "consecutive gateway errors or connect failures",
+                (unsigned long long)v.total_ejections);
+    }
+}
+
+static bool is_gateway_failure(const sc_stream *s)
+{
+    if (s->fail)
+        return fail_cond(s->fail) & (SC_COND_CONNECT_FAILURE | SC_COND_RESET | SC_COND_REFUSED_STREAM);
+    int st = s->resp.status;
+    if (st == 502 || st == 503 || st == 504)
+        return true;
+    return s->req.is_grpc && s->grpc_status == SC_GRPC_UNAVAILABLE;
+}
+
+static void bulkhead_release(sc_stream *s);
 
 static void stream_free(sc_stream *s)
 {
     sc_worker *w = s->w;
     sc_route_stats *rs = &w->stats->routes[s->route->index];
     ev_timer_stop(w->loop, &s->timer);
+    ev_timer_stop(w->loop, &s->try_timer);
+    ev_timer_stop(w->loop, &s->retry_timer);
     sc_list_remove(&s->wlink);
     sc_list_remove(&s->up_link);
+    sc_list_remove(&s->qlink);
+    if (s->inst)
+        attempt_settle(s, is_gateway_failure(s));
+    breaker_settle(s, true); /* still owed only when nothing was learnt */
+    bulkhead_release(s);
     if (s->flags & SC_ST_F_UP_STARTED || s->fail) {
         SC_STAT_DEC(rs->active_requests);
         int st = s->resp.status;
@@ -256,10 +360,9 @@ static void up_event(sc_stream *s)
         sc_up_h1_stream_event(s);
 }
 
-static void up_cancel(sc_stream *s)
+/* Detaches the current attempt from its connection, if any. */
+static void up_detach(sc_stream *s)
 {
-    if (s->flags & SC_ST_F_UP_DONE)
-        return;
     sc_list_remove(&s->up_link);
     if (s->up) {
         if (s->up->ops->kind == SC_CONN_UP_H2)
@@ -268,6 +371,16 @@ static void up_cancel(sc_stream *s)
             sc_up_h1_cancel(s);
     }
     s->up = NULL;
+    ev_timer_stop(s->w->loop, &s->try_timer);
+}
+
+static void up_cancel(sc_stream *s)
+{
+    if (s->flags & SC_ST_F_UP_DONE)
+        return;
+    up_detach(s);
+    ev_timer_stop(s->w->loop, &s->retry_timer);
+    sc_list_remove(&s->qlink);
     s->flags |= SC_ST_F_UP_DONE;
 }
 
@@ -278,6 +391,8 @@ static void local_reply(sc_stream *s, sc_fail why)
     SC_STAT_INC(rs->local_replies);
     char msg[384];
     snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
+    const sc_breaker_policy *bp = s->route->policy ? &s->route->policy->breaker : NULL;
+    bool fallback = why == SC_FAIL_CIRCUIT_OPEN && bp && bp->has_fallback;
     sc_msg *m = &s->resp;
     m->n_hdrs = 0;
     m->head_done = true;
@@ -286,10 +401,11 @@ static void local_reply(sc_stream *s, sc_fail why)
     s->respp.eof = true;
     if (s->req.is_grpc) {
         char code[8], enc[1024];
-        int g = fail_grpc_status(why);
+        int g = fallback ? (int)bp->fallback_grpc_status : fail_grpc_status(why);
         s->grpc_status = g;
         snprintf(code, sizeof(code), "%d", g);
-        size_t elen = sc_grpc_message_encode(msg, enc, sizeof(enc));
+        size_t elen = sc_grpc_message_encode(fallback && bp->fallback_grpc_message ? bp->fallback_grpc_message : msg,
+                                             enc, sizeof(enc));
         m->status = 200;
         m->content_length = -1;
         sc_msg_add(s, m, "content-type", 12, "application/grpc", 16);
@@ -298,18 +414,167 @@ static void local_reply(sc_stream *s, sc_fail why)
         sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
         return;
     }
-    m->status = fail_http_status(why);
+    const char *body = msg;
     size_t n = strlen(msg);
-    msg[n++] = '\n';
+    m->status = fail_http_status(why);
+    if (fallback) {
+        m->status = (int)bp->fallback_http_status;
+        body = bp->fallback_http_body ? bp->fallback_http_body : "";
+        n = strlen(body);
+    } else {
+        msg[n++] = '\n';
+    }
     m->content_length = (int64_t)n;
     sc_msg_add(s, m, "content-type", 12, "text/plain; charset=utf-8", 25);
     sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
-    if (!(s->flags & SC_ST_F_HEAD_REQ) && sc_buf_reserve(s->w, &s->respp.buf, s->w->sc->cfg->limits.stream_buffer) == 0 &&
+    if (!(s->flags & SC_ST_F_HEAD_REQ) && n &&
+        sc_buf_reserve(s->w, &s->respp.buf, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)n)) == 0 &&
         sc_buf_space(&s->respp.buf) >= n) {
-        memcpy(sc_buf_tail(&s->respp.buf), msg, n);
+        memcpy(sc_buf_tail(&s->respp.buf), body, n);
         s->respp.buf.end += (uint32_t)n;
         s->respp.total += n;
     }
+}
+
+/* ---- retries ---- */
+
+static void begin_attempt(sc_stream *s);
+
+/* Puts the body sent so far back in front of what is still waiting. */
+static int rewind_request(sc_stream *s)
+{
+    size_t rl = s->replay.end, ql = sc_buf_len(&s->reqp.buf);
+    if (rl) {
+        uint32_t cap = SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)(rl + ql));
+        char *nb = malloc(cap);
+        if (!nb)
+            return -ENOMEM;
+        memcpy(nb, s->replay.data, rl);
+        if (ql)
+            memcpy(nb + rl, sc_buf_head(&s->reqp.buf), ql);
+        sc_buf_release(s->w, &s->reqp.buf);
+        /* cap differs from the block size unless equal: sc_buf_release frees or pools it correctly */
+        s->reqp.buf.data = nb;
+        s->reqp.buf.cap = cap;
+        s->reqp.buf.start = 0;
+        s->reqp.buf.end = (uint32_t)(rl + ql);
+        s->replay.end = 0;
+    }
+    s->req_sent = 0;
+    return 0;
+}
+
+/* Forgets the failed attempt's response. */
+static void reset_response(sc_stream *s)
+{
+    s->resp.status = 0;
+    s->resp.n_hdrs = s->resp.cap_hdrs = 0;
+    s->resp.hdrs = NULL;
+    s->resp.head_done = false;
+    s->resp.content_length = -1;
+    sc_buf_release(s->w, &s->respp.buf);
+    s->respp.total = 0;
+    s->respp.eof = false;
+    s->respp.n_trailers = s->respp.cap_trailers = 0;
+    s->respp.trailers = NULL;
+    s->grpc_status = -1;
+    s->fail = SC_FAIL_NONE;
+    s->flags &= ~(SC_ST_F_FAILED | SC_ST_F_REQ_SENT | SC_ST_F_DEFERRED_UP);
+    s->up_head_sent = false;
+    s->up_chunked = false;
+    s->head_checked = false;
+}
+
+/* The upstream's pushback, if it sent one: -1 = do not retry, 0 = none, else ms. */
+static int64_t pushback_ms(const sc_stream *s)
+{
+    const nghttp2_nv *nv = sc_msg_find(&s->resp, "grpc-retry-pushback-ms");
+    int64_t ms = 0;
+    if (!nv) {
+        for (size_t i = 0; i < s->respp.n_trailers && !nv; i++)
+            if (s->respp.trailers[i].namelen == 22 && memcmp(s->respp.trailers[i].name, "grpc-retry-pushback-ms", 22) == 0)
+                nv = &s->respp.trailers[i];
+    }
+    if (nv) {
+        if (sc_retry_parse_pushback_ms((const char *)nv->value, nv->valuelen, &ms) < 0 || ms < 0)
+            return -1;
+        return ms ? ms : 1;
+    }
+    if ((nv = sc_msg_find(&s->resp, "retry-after")) &&
+        sc_retry_parse_retry_after((const char *)nv->value, nv->valuelen, time(NULL), &ms) == 0)
+        return ms > 0 ? ms : 1;
+    return 0;
+}
+
+/*
+ * The attempt ended badly before any byte reached the caller: schedule the
+ * next attempt when the policy, the body, the deadline and the budget allow.
+ * Returns true when a retry was scheduled (the stream waits in backoff).
+ */
+static bool try_retry(sc_stream *s, uint32_t cond, int http, int grpc)
+{
+    const sc_policy *p = s->route->policy;
+    if (!p || !p->retries.enabled || (s->flags & (SC_ST_F_DOWN_HEAD_SENT | SC_ST_F_DOWN_DONE)))
+        return false;
+    if (s->req.is_grpc && grpc < 0 && http && http != 200)
+        grpc = sc_grpc_status_from_http(http);
+    if (!sc_retry_should(&p->retries, s->attempt, http, grpc, cond))
+        return false;
+    if (!s->replayable && s->req_sent > 0)
+        return false; /* the body that went out was not kept (beyond retries.buffer_limit) */
+    int64_t push = pushback_ms(s);
+    if (push < 0)
+        return false; /* the upstream asked not to be retried */
+    sc_worker *w = s->w;
+    uint64_t delay = push ? (uint64_t)push
+                          : sc_retry_backoff_ms(&p->retries, s->attempt, sc_lb_rand(&sc_rstate(w, s->route)->lb));
+    if (s->deadline_ns) {
+        /* No attempt that could not get a useful share of the time left. */
+        uint64_t left_ms = sc_stream_remaining_ns(s) / 1000000u;
+        uint64_t need = p->timeouts.per_try_ms ? SC_MAX(p->timeouts.per_try_ms / 10, 5) : 5;
+        if (left_ms <= delay || left_ms - delay < need)
+            return false;
+    }
+    sc_route_stats *rs = &w->stats->routes[s->route->index];
+    if (!sc_retry_budget_try_acquire(&s->route->budget, sc_now_ms())) {
+        SC_STAT_INC(rs->retry_budget_exhausted);
+        return false;
+    }
+    SC_STAT_INC(rs->retries);
+    attempt_settle(s, is_gateway_failure(s));
+    up_detach(s);
+    /* Remember where this attempt went so the next one prefers another instance. */
+    SC_DEBUG("upstream %s: attempt %u failed (http %d, grpc %d, %s); retrying in %llums", s->route->name, s->attempt,
+             http, grpc, s->fail ? sc_fail_reason(s->fail) : "response", (unsigned long long)delay);
+    reset_response(s);
+    if (rewind_request(s) < 0)
+        return false;
+    ev_timer_set(&s->retry_timer, (double)delay / 1000.0, 0);
+    ev_timer_start(w->loop, &s->retry_timer);
+    return true;
+}
+
+static void retry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_stream *s = SC_CONTAINER_OF(t, sc_stream, retry_timer);
+    if (sc_link_linked(&s->qlink)) {
+        /* Waiting in the bulkhead queue, not in backoff: the queue wait is over. */
+        sc_list_remove(&s->qlink);
+        sc_bulkhead_queue_timeout(&s->route->bulkhead);
+        sc_stream_upstream_failed(s, SC_FAIL_QUEUE_TIMEOUT);
+        return;
+    }
+    begin_attempt(s);
+}
+
+static void try_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_stream *s = SC_CONTAINER_OF(t, sc_stream, try_timer);
+    sc_stream_upstream_failed(s, SC_FAIL_TRY_TIMEOUT);
 }
 
 void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
@@ -322,17 +587,27 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
     switch (why) {
     case SC_FAIL_CONNECT: SC_STAT_INC(rs->connect_failures); break;
     case SC_FAIL_CONNECT_TIMEOUT: SC_STAT_INC(rs->connect_timeouts); break;
-    case SC_FAIL_TIMEOUT: SC_STAT_INC(rs->timeouts); break;
+    case SC_FAIL_TIMEOUT:
+    case SC_FAIL_TRY_TIMEOUT: SC_STAT_INC(rs->timeouts); break;
     case SC_FAIL_RESET:
+    case SC_FAIL_REFUSED_STREAM:
     case SC_FAIL_PROTOCOL: SC_STAT_INC(rs->resets); break;
     case SC_FAIL_NO_INSTANCE: SC_STAT_INC(rs->no_instance); break;
+    case SC_FAIL_OVERLOAD:
+    case SC_FAIL_QUEUE_TIMEOUT: SC_STAT_INC(rs->bulkhead_rejections); break;
+    case SC_FAIL_CIRCUIT_OPEN: SC_STAT_INC(rs->breaker_rejections); break;
     default: break;
     }
-    if (why != SC_FAIL_NO_INSTANCE)
+    if (why != SC_FAIL_TIMEOUT && fail_cond(why) && try_retry(s, fail_cond(why), 0, -1))
+        return;
+    if (why != SC_FAIL_NO_INSTANCE && why != SC_FAIL_CIRCUIT_OPEN && why != SC_FAIL_OVERLOAD)
         SC_DEBUG("upstream %s: request %.*s failed: %s", s->route->name, (int)s->req.path_len,
                  s->req.path ? s->req.path : "", sc_fail_reason(why));
+    if (s->inst)
+        attempt_settle(s, is_gateway_failure(s));
     up_cancel(s);
     ev_timer_stop(s->w->loop, &s->timer);
+    breaker_settle(s, false);
     if (s->flags & SC_ST_F_DOWN_DONE) {
         maybe_free(s);
         return;
@@ -363,6 +638,10 @@ void sc_stream_upstream_done(sc_stream *s)
     s->flags |= SC_ST_F_UP_DONE;
     s->up = NULL;
     ev_timer_stop(s->w->loop, &s->timer);
+    ev_timer_stop(s->w->loop, &s->try_timer);
+    if (s->inst)
+        attempt_settle(s, is_gateway_failure(s));
+    breaker_settle(s, false);
     maybe_free(s);
 }
 
@@ -375,6 +654,13 @@ void sc_stream_downstream_done(sc_stream *s, bool aborted)
     if (aborted || !(s->flags & SC_ST_F_UP_DONE)) {
         if (!(s->flags & SC_ST_F_UP_DONE) && !(s->flags & SC_ST_F_FAILED))
             SC_DEBUG("upstream %s: caller went away; cancelling the upstream request", s->route->name);
+        if (!(s->flags & SC_ST_F_UP_DONE)) {
+            if (sc_link_linked(&s->qlink))
+                sc_bulkhead_abandon(&s->route->bulkhead);
+            if (s->inst)
+                attempt_settle(s, false);
+            breaker_settle(s, true);
+        }
         up_cancel(s);
     }
     maybe_free(s);
@@ -385,11 +671,37 @@ static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     sc_stream *s = SC_CONTAINER_OF(t, sc_stream, timer);
+    if (sc_link_linked(&s->qlink)) {
+        sc_list_remove(&s->qlink);
+        sc_bulkhead_abandon(&s->route->bulkhead);
+    }
     sc_stream_upstream_failed(s, SC_FAIL_TIMEOUT);
 }
 
 void sc_stream_req_progress(sc_stream *s) { up_event(s); }
-void sc_stream_resp_progress(sc_stream *s) { down_event(s); }
+
+/* Response head of this attempt: forwarded, or (retriable failure) swallowed and retried. */
+void sc_stream_resp_progress(sc_stream *s)
+{
+    if (s->resp.head_done && !s->head_checked && !(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
+        s->head_checked = true;
+        int http = s->resp.status;
+        int grpc = -1;
+        if (s->req.is_grpc) {
+            const nghttp2_nv *gs = sc_msg_find(&s->resp, "grpc-status");
+            if (gs) { /* trailers-only: the whole outcome is in the head */
+                grpc = 0;
+                for (size_t i = 0; i < gs->valuelen && i < 3; i++)
+                    grpc = grpc * 10 + (gs->value[i] - '0');
+                s->grpc_status = grpc;
+            }
+        }
+        bool bad = http >= 500 || (grpc > 0) || (http >= 400 && http < 500);
+        if (bad && try_retry(s, 0, http, grpc))
+            return;
+    }
+    down_event(s);
+}
 
 void sc_stream_resp_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
 {
@@ -429,11 +741,14 @@ void sc_stream_req_consume(sc_stream *s, size_t n)
 {
     if (s->replayable) {
         const sc_retry_policy *rp = &s->route->policy->retries;
-        if (s->replay.end + n > rp->buffer_limit || sc_buf_reserve(s->w, &s->replay, (uint32_t)rp->buffer_limit) < 0) {
+        if (s->replay.end + n > rp->buffer_limit ||
+            (!s->replay.data && !(s->replay.data = malloc(rp->buffer_limit ? rp->buffer_limit : 1)))) {
             s->replayable = false; /* too big to keep: this request will not be retried */
             free(s->replay.data);
             s->replay.data = NULL;
+            s->replay.end = 0;
         } else {
+            s->replay.cap = (uint32_t)rp->buffer_limit;
             memcpy(s->replay.data + s->replay.end, sc_buf_head(&s->reqp.buf), n);
             s->replay.end += (uint32_t)n;
         }
@@ -443,36 +758,132 @@ void sc_stream_req_consume(sc_stream *s, size_t n)
     sc_stream_req_drained(s, n);
 }
 
-/* Chooses from the current snapshot; the address is copied because the
- * snapshot may be retired once this loop iteration ends. */
+/* ---- instance choice and attempts ---- */
+
+/* Chooses from the current snapshot, skipping ejected instances and, for a
+ * retry, the instance that just failed when there is another. The address is
+ * copied: the snapshot may be retired once this loop iteration ends. */
 static bool pick_instance(sc_stream *s)
 {
     sc_endpoints *e = sc_endpoints_current(&s->route->endpoints);
     if (!e || e->n == 0)
         return false;
     sc_route_state *rs = sc_rstate(s->w, s->route);
-    sc_lb_kind kind = s->route->policy ? s->route->policy->lb : SC_LB_ROUND_ROBIN;
-    int k = sc_lb_pick(kind, e->inst, e->n, NULL, NULL, &rs->lb);
+    const sc_policy *p = s->route->policy;
+    sc_lb_kind kind = p ? p->lb : SC_LB_ROUND_ROBIN;
+    bool outlier = p && p->outlier.enabled;
+    bool avoid_prev = s->attempt > 1 && e->n > 1;
+    uint8_t *skip = NULL;
+    uint32_t *load = NULL;
+    if (outlier || avoid_prev || kind == SC_LB_LEAST_REQUEST) {
+        if (rs->scratch_n < e->n) {
+            uint8_t *ns = realloc(rs->skip, e->n);
+            uint32_t *nl = realloc(rs->load, e->n * sizeof(uint32_t));
+            if (ns)
+                rs->skip = ns;
+            if (nl)
+                rs->load = nl;
+            if (!ns || !nl)
+                return false;
+            rs->scratch_n = e->n;
+        }
+        skip = rs->skip;
+        load = rs->load;
+        uint64_t now = sc_now_ms();
+        for (size_t i = 0; i < e->n; i++) {
+            sc_instance_state *st = e->inst[i].state;
+            skip[i] = 0;
+            load[i] = st ? atomic_load_explicit(&st->ol.active_requests, memory_order_relaxed) : 0;
+            if (outlier && st) {
+                bool returned = false;
+                skip[i] = sc_outlier_check(&s->route->outlier, &st->ol, now, &returned);
+                if (returned)
+                    SC_INFO("upstream %s: instance %s returned to service after its ejection", s->route->name,
+                            e->inst[i].addr.text);
+            }
+            if (avoid_prev && e->inst[i].addr.len == s->up_addr_len &&
+                memcmp(&e->inst[i].addr.ss, &s->up_addr, s->up_addr_len) == 0)
+                skip[i] = 1;
+        }
+    }
+    int k = sc_lb_pick(kind, e->inst, e->n, kind == SC_LB_LEAST_REQUEST ? load : NULL, skip, &rs->lb);
     if (k < 0)
         return false;
     const sc_instance *in = &e->inst[k];
     memcpy(&s->up_addr, &in->addr.ss, in->addr.len);
     s->up_addr_len = in->addr.len;
+    s->inst = in->state;
+    if (s->inst)
+        atomic_fetch_add_explicit(&s->inst->ol.active_requests, 1, memory_order_relaxed);
     return true;
+}
+
+static void begin_attempt(sc_stream *s)
+{
+    s->attempt++;
+    if (!pick_instance(s)) {
+        sc_stream_upstream_failed(s, SC_FAIL_NO_INSTANCE);
+        return;
+    }
+    uint64_t per_try = s->route->timeouts->per_try_ms;
+    if (per_try && (!s->deadline_ns || per_try * 1000000u < sc_stream_remaining_ns(s))) {
+        ev_timer_set(&s->try_timer, (double)per_try / 1000.0, 0);
+        ev_timer_start(s->w->loop, &s->try_timer);
+    }
+    if (s->route->protocol == SC_PROTO_HTTP1)
+        sc_up_h1_attach(s);
+    else
+        sc_up_h2_attach(s);
+}
+
+/* Admitted by the bulkhead: go. */
+static void admitted(sc_stream *s)
+{
+    s->bulkhead_held = true;
+    begin_attempt(s);
+}
+
+static void bulkhead_release(sc_stream *s)
+{
+    if (!s->bulkhead_held)
+        return;
+    s->bulkhead_held = false;
+    sc_route *r = s->route;
+    if (!sc_bulkhead_leave(&r->bulkhead))
+        return;
+    /* Someone waits: this worker's own queue first (others poll, see worker.c). */
+    sc_route_state *rs = sc_rstate(s->w, r);
+    while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
+        sc_stream *q = SC_CONTAINER_OF(rs->waiters.next, sc_stream, qlink);
+        sc_list_remove(&q->qlink);
+        ev_timer_stop(s->w->loop, &q->retry_timer);
+        admitted(q);
+    }
+}
+
+void sc_route_promote_waiters(sc_worker *w, sc_route *r)
+{
+    sc_route_state *rs = sc_rstate(w, r);
+    while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
+        sc_stream *q = SC_CONTAINER_OF(rs->waiters.next, sc_stream, qlink);
+        sc_list_remove(&q->qlink);
+        ev_timer_stop(w->loop, &q->retry_timer);
+        admitted(q);
+    }
 }
 
 void sc_stream_start(sc_stream *s)
 {
     sc_worker *w = s->w;
-    sc_route_stats *rs = &w->stats->routes[s->route->index];
+    sc_route *r = s->route;
+    sc_route_stats *rs = &w->stats->routes[r->index];
+    const sc_policy *p = r->policy;
     SC_STAT_INC(rs->requests);
     SC_STAT_INC(rs->active_requests);
     s->flags |= SC_ST_F_UP_STARTED;
 
     /* Deadline: the smaller of the policy's and the caller's grpc-timeout. */
-    uint64_t limit_ns = s->route->timeouts->request_ms * 1000000u;
-    if (s->route->timeouts->per_try_ms && (!limit_ns || s->route->timeouts->per_try_ms * 1000000u < limit_ns))
-        limit_ns = s->route->timeouts->per_try_ms * 1000000u;
+    uint64_t limit_ns = r->timeouts->request_ms * 1000000u;
     for (size_t i = 0; i < s->req.n_hdrs; i++) {
         nghttp2_nv *nv = &s->req.hdrs[i];
         if (nv->namelen == 12 && memcmp(nv->name, "grpc-timeout", 12) == 0) {
@@ -489,19 +900,40 @@ void sc_stream_start(sc_stream *s)
         ev_timer_set(&s->timer, (double)limit_ns / 1e9, 0);
         ev_timer_start(w->loop, &s->timer);
     }
-    if (w->sc->cfg->inbound.max_concurrent && s->route->inbound &&
-        SC_STAT_GET(rs->active_requests) > w->sc->cfg->inbound.max_concurrent) {
+    uint64_t now = sc_now_ms();
+    if (p) {
+        sc_breaker_transition tr = {0};
+        if (!sc_breaker_allow_ex(&r->breaker, now, &s->probe_id, &tr)) {
+            log_breaker(r, &tr);
+            sc_stream_upstream_failed(s, SC_FAIL_CIRCUIT_OPEN);
+            return;
+        }
+        log_breaker(r, &tr);
+        s->breaker_pending = true;
+        if (p->retries.enabled) {
+            sc_retry_budget_on_request(&r->budget, now);
+            s->replayable = p->retries.max_attempts > 1;
+        }
+    }
+    switch (sc_bulkhead_try_enter(&r->bulkhead)) {
+    case SC_BULKHEAD_ADMITTED:
+        admitted(s);
+        return;
+    case SC_BULKHEAD_QUEUE: {
+        sc_route_state *st = sc_rstate(w, r);
+        sc_list_push(&st->waiters, &s->qlink);
+        if (!ev_is_active(&w->promote))
+            ev_timer_again(w->loop, &w->promote);
+        uint64_t qt = p ? p->bulkhead.queue_timeout_ms : 0;
+        ev_timer_set(&s->retry_timer, qt ? (double)qt / 1000.0 : 3600.0, 0);
+        ev_timer_start(w->loop, &s->retry_timer);
+        return;
+    }
+    case SC_BULKHEAD_REJECT:
+    default:
         sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
         return;
     }
-    if (!pick_instance(s)) {
-        sc_stream_upstream_failed(s, SC_FAIL_NO_INSTANCE);
-        return;
-    }
-    if (s->route->protocol == SC_PROTO_HTTP1)
-        sc_up_h1_attach(s);
-    else
-        sc_up_h2_attach(s);
 }
 
 /* ---- upstream connections shared by up_h1.c and up_h2.c ---- */
@@ -526,13 +958,19 @@ sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr 
                            const sc_conn_ops *ops, int *err)
 {
     int fd;
+    if (!sc_bulkhead_conn_acquire(&route->bulkhead)) {
+        *err = -EUSERS; /* bulkhead.max_connections reached */
+        return NULL;
+    }
     int rv = sc_socket_connect(sa, len, &fd);
     if (rv < 0) {
+        sc_bulkhead_conn_release(&route->bulkhead);
         *err = rv;
         return NULL;
     }
     sc_up_conn *u = calloc(1, sizeof(*u));
     if (!u) {
+        sc_bulkhead_conn_release(&route->bulkhead);
         close(fd);
         *err = -ENOMEM;
         return NULL;

@@ -86,6 +86,10 @@ void sc_up_h1_attach(sc_stream *s)
     int err = 0;
     sc_up_conn *u = sc_up_conn_new(w, s->route, (struct sockaddr *)&s->up_addr, s->up_addr_len, &sc_up_h1_ops, &err);
     if (!u) {
+        if (err == -EUSERS) { /* bulkhead.max_connections */
+            sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
+            return;
+        }
         SC_WARN("upstream %s: cannot connect: %s", s->route->name, strerror(-err));
         sc_stream_upstream_failed(s, SC_FAIL_CONNECT);
         return;
@@ -96,7 +100,8 @@ void sc_up_h1_attach(sc_stream *s)
 static bool skip_req_header(const nghttp2_nv *nv)
 {
     static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                                      "upgrade", "te", "trailer", "host", "content-length"};
+                                      "upgrade", "te", "trailer", "host", "content-length",
+                                      "grpc-previous-rpc-attempts", "x-sidecar-attempt"};
     for (size_t i = 0; i < SC_ARRAY_LEN(hop); i++)
         if (nv->namelen == strlen(hop[i]) && memcmp(nv->name, hop[i], nv->namelen) == 0)
             return true;
@@ -130,6 +135,12 @@ static int write_request_head(sc_conn *c, sc_stream *s)
         char t[16];
         sc_grpc_timeout_format(sc_stream_remaining_ns(s), t, sizeof(t));
         int n = snprintf(line, sizeof(line), "grpc-timeout: %s\r\n", t);
+        if (put(c, line, (size_t)n) < 0)
+            goto full;
+    }
+    if (s->attempt > 1) {
+        int n = m->is_grpc ? snprintf(line, sizeof(line), "grpc-previous-rpc-attempts: %u\r\n", s->attempt - 1)
+                           : snprintf(line, sizeof(line), "x-sidecar-attempt: %u\r\n", s->attempt);
         if (put(c, line, (size_t)n) < 0)
             goto full;
     }
@@ -409,6 +420,7 @@ static void on_close(sc_conn *c, int err)
     sc_route_stats *rs = &c->w->stats->routes[c->route->index];
     SC_STAT_DEC(rs->upstream_conns);
     sc_rstate(c->w, c->route)->n_conns--;
+    sc_bulkhead_conn_release(&c->route->bulkhead);
     sc_stream *s = u->cur;
     if (!s)
         return;

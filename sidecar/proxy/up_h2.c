@@ -60,7 +60,8 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
 static bool skip_req_header(const nghttp2_nv *nv)
 {
     static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                                      "upgrade", "trailer", "host", "content-length"};
+                                      "upgrade", "trailer", "host", "content-length",
+                                      "grpc-previous-rpc-attempts", "x-sidecar-attempt"};
     for (size_t i = 0; i < SC_ARRAY_LEN(hop); i++)
         if (eq(nv->name, nv->namelen, hop[i]))
             return true;
@@ -72,8 +73,8 @@ static bool skip_req_header(const nghttp2_nv *nv)
 static int submit(sc_up_conn *u, sc_stream *s)
 {
     const sc_msg *m = &s->req;
-    size_t n = m->n_hdrs + 7;
-    nghttp2_nv stack[72];
+    size_t n = m->n_hdrs + 8;
+    nghttp2_nv stack[80];
     nghttp2_nv *nva = n <= SC_ARRAY_LEN(stack) ? stack : sc_arena_alloc(&s->arena, n * sizeof(*nva));
     if (!nva)
         return -ENOMEM;
@@ -86,7 +87,17 @@ static int submit(sc_up_conn *u, sc_stream *s)
     for (size_t i = 0; i < m->n_hdrs; i++)
         if (!skip_req_header(&m->hdrs[i]))
             nva[k++] = m->hdrs[i];
-    char tbuf[16], clbuf[24];
+    char tbuf[16], clbuf[24], abuf[12];
+    if (s->attempt > 1) {
+        /* Tell the upstream which attempt this is. */
+        if (m->is_grpc) {
+            int al = snprintf(abuf, sizeof(abuf), "%u", s->attempt - 1);
+            nva[k++] = NV("grpc-previous-rpc-attempts", abuf, (size_t)al);
+        } else {
+            int al = snprintf(abuf, sizeof(abuf), "%u", s->attempt);
+            nva[k++] = NV("x-sidecar-attempt", abuf, (size_t)al);
+        }
+    }
     if (m->is_grpc && s->deadline_ns) {
         size_t tl = sc_grpc_timeout_format(sc_stream_remaining_ns(s), tbuf, sizeof(tbuf));
         nva[k++] = NV("grpc-timeout", tbuf, tl);
@@ -133,6 +144,10 @@ void sc_up_h2_attach(sc_stream *s)
         int err = 0;
         u = new_conn(s, &err);
         if (!u) {
+            if (err == -EUSERS) { /* bulkhead.max_connections */
+                sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
+                return;
+            }
             SC_WARN("upstream %s: cannot connect: %s", s->route->name, strerror(-err));
             sc_stream_upstream_failed(s, SC_FAIL_CONNECT);
             return;
@@ -346,6 +361,7 @@ static void on_close(sc_conn *c, int err)
     sc_route_stats *rs = &c->w->stats->routes[c->route->index];
     SC_STAT_DEC(rs->upstream_conns);
     sc_rstate(c->w, c->route)->n_conns--;
+    sc_bulkhead_conn_release(&c->route->bulkhead);
     sc_fail why = SC_FAIL_RESET;
     if (c->flags & SC_CONN_F_CONNECTING) {
         why = err == -ETIMEDOUT ? SC_FAIL_CONNECT_TIMEOUT : SC_FAIL_CONNECT;

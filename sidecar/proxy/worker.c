@@ -464,6 +464,21 @@ static void drain_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     ev_break(loop, EVBREAK_ALL);
 }
 
+/* Bulkhead slots are process-wide, queues are per worker: a slot freed on
+ * another worker is picked up here within a few milliseconds. */
+static void promote_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    sc_worker *w = SC_CONTAINER_OF(t, sc_worker, promote);
+    bool waiting = false;
+    for (size_t i = 0; i < w->sc->n_routes; i++) {
+        sc_route_promote_waiters(w, &w->sc->routes[i]);
+        waiting |= !sc_list_empty(&w->rstate[i].waiters);
+    }
+    if (!waiting)
+        ev_timer_stop(loop, t);
+}
+
 static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)revents;
@@ -501,6 +516,7 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
     for (size_t i = 0; i < sc->n_routes; i++) {
         sc_list_init(&w->rstate[i].h2_conns);
         sc_list_init(&w->rstate[i].h1_idle);
+        sc_list_init(&w->rstate[i].waiters);
         sc_lb_ctx_init(&w->rstate[i].lb, sc_now_ns() ^ ((uint64_t)(id + 1) << 32) ^ i);
     }
     w->stats = sc_xcalloc(1, sizeof(sc_worker_stats) + sc->n_routes * sizeof(sc_route_stats));
@@ -530,6 +546,8 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
         w->listeners[i].data = w;
     }
     ev_async_init(&w->wakeup, wakeup_cb);
+    ev_init(&w->promote, promote_cb);
+    w->promote.repeat = 0.005;
     ev_prepare_init(&w->flush, flush_cb);
     ev_check_init(&w->check, check_cb);
     ev_set_priority(&w->check, EV_MAXPRI);
@@ -601,6 +619,10 @@ void sc_worker_free(sc_worker *w)
     }
     if (w->loop)
         ev_loop_destroy(w->loop);
+    for (size_t i = 0; w->rstate && i < w->sc->n_routes; i++) {
+        free(w->rstate[i].skip);
+        free(w->rstate[i].load);
+    }
     free(w->rstate);
     free(w->stats);
     free(w->listeners);

@@ -154,9 +154,10 @@ typedef enum { SC_TLS_WANT_NONE = 0, SC_TLS_WANT_READ, SC_TLS_WANT_WRITE } sc_tl
  * sc_tls_read: bytes read (> 0); 0 at a clean end (close_notify);
  *   -EAGAIN; -ECONNRESET also when the peer closed without close_notify
  *   (treat like a TCP reset: a read-until-close body is truncated); -EPROTO.
- *   Records of up to 16 KiB are decrypted whole: after a read that filled
- *   the buffer, read again (or check sc_tls_pending) before waiting for the
- *   socket, because buffered plaintext does not make the socket readable.
+ *   The SSL reads ahead (whole socket buffers) and decrypts records of up
+ *   to 16 KiB whole, so bytes can wait inside it while the socket is not
+ *   readable: read until -EAGAIN, and when a paused reader resumes, read (or
+ *   check sc_tls_pending) before waiting for the socket again.
  * sc_tls_write: bytes written (> 0, may be fewer than len); -EAGAIN: call
  *   again with the same bytes first (more may follow; the buffer may move);
  *   -EPIPE/-ECONNRESET; -EPROTO.
@@ -275,8 +276,10 @@ void sc_tls_watch_free(sc_tls_watch *w);    /* drops its reference to the curren
 sc_tls_ctx *sc_tls_watch_get(sc_tls_watch *w);
 
 /*
- * Control thread: when a file changed since the last attempt (or force, for
- * SIGHUP), builds a new context. Returns:
+ * Control thread (one thread only; sc_tls_watch_get may run concurrently on
+ * workers): when a file changed since the last attempt (or force, for
+ * SIGHUP), builds a new context. Cheap when nothing changed (three stat(2)),
+ * so it can be polled every second or driven by inotify. Returns:
  *   1  a new context is current (new handshakes use it; connections on the
  *      old one continue until they close),
  *   0  nothing to do (no change, or the same bytes as the current material:
