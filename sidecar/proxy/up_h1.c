@@ -54,7 +54,9 @@ int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p)
             p->eof = true;
             return moved + 1;
         }
-        if (rv == SC_H1_BODY_NEED_MORE)
+        /* NEED_MORE means "the input given is used up"; input beyond the part
+         * handed over (bounded by the room) is still waiting in `in`. */
+        if (rv == SC_H1_BODY_NEED_MORE && (sc_buf_len(in) == 0 || consumed == 0))
             break;
     }
     return moved;

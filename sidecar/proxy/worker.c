@@ -395,8 +395,10 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
                 c->ops->on_readable(c);
             continue;
         }
+        /* HTTP/1 bytes that arrived while the reader was paused are parsed now:
+         * the socket will not signal them again. */
         if (sc_buf_len(&c->in) && !(c->flags & (SC_CONN_F_READ_PAUSED | SC_CONN_F_CLOSING)) &&
-            c->ops->kind == SC_CONN_DOWN_H1)
+            (c->ops->kind == SC_CONN_DOWN_H1 || c->ops->kind == SC_CONN_UP_H1))
             c->ops->on_readable(c);
         if (!(c->flags & SC_CONN_F_CLOSED))
             conn_flush(c);

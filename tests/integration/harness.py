@@ -332,11 +332,13 @@ def curl(*args, timeout=60, input=None):
     return run(["curl", "-sS", "--noproxy", "*"] + [str(a) for a in args], timeout=timeout, input=input)
 
 
-def curl_download(url, *args, max_time=120):
-    """Streams `curl URL` through sha256 without storing it.
+def curl_download(url, *args, max_time=120, stall_s=15):
+    """Streams `curl URL` through sha256 without storing it; curl gives up
+    after max_time, or when nothing arrived for stall_s seconds (exit 28).
     Returns (returncode, length, sha256 hex, stderr text)."""
     import hashlib
-    p = spawn(["curl", "-sS", "--noproxy", "*", "--max-time", str(max_time)] + [str(a) for a in args]
+    p = spawn(["curl", "-sS", "--noproxy", "*", "--max-time", str(max_time),
+               "--speed-limit", "1", "--speed-time", str(stall_s)] + [str(a) for a in args]
               + ["-o", "-", url], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     h = hashlib.sha256()
     n = 0
@@ -359,13 +361,70 @@ def curl_download(url, *args, max_time=120):
     return p.returncode, n, h.hexdigest(), err
 
 
-def send_pattern(sock, n, block=1 << 20):
-    """Sends n bytes of the peers' deterministic pattern on `sock`."""
+def send_pattern(sock, n, block=1 << 20, progress=None):
+    """Sends n bytes of the peers' deterministic pattern on `sock`;
+    progress[0], when given, counts the bytes sent so far."""
     for m in pattern_blocks(n, block):
         sock.sendall(m)
+        if progress is not None:
+            progress[0] += len(m)
 
 
 RSS_LIMIT_KIB = int(os.environ.get("SC_RSS_LIMIT_MIB", "64")) * 1024
+
+
+class ScriptedUpstream:
+    """A raw HTTP/1.1 upstream that answers every request head with the
+    exact bytes of `response` in ONE write (then keeps the connection open
+    for keep-alive). For byte-exact framing cases the Python peer cannot
+    produce, e.g. a whole chunked body arriving in a single burst."""
+
+    def __init__(self, response):
+        self.response = response
+        self.requests = 0
+        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind((LOOPBACK, 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self._stop = False
+        self._conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._stop:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self._conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+        try:
+            while not self._stop:
+                while b"\r\n\r\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        return
+                    buf += d
+                _, _, buf = buf.partition(b"\r\n\r\n")   # requests here carry no body
+                self.requests += 1
+                c.sendall(self.response)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self._stop = True
+        self.lsock.close()
+        for c in self._conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 # --------------------------------------------------------------------------
@@ -990,7 +1049,25 @@ class SidecarTestCase(unittest.TestCase):
     def all_sidecars(self):
         return list(getattr(type(self), "_class_sidecars", [])) + list(self.__dict__.get("_test_sidecars", []))
 
+    def _failed_so_far(self):
+        outcome = getattr(self, "_outcome", None)
+        if outcome is None:
+            return False
+        if hasattr(outcome, "errors"):                  # Python <= 3.10
+            return any(exc for _, exc in outcome.errors)
+        res = getattr(outcome, "result", None)          # Python >= 3.11
+        if res is None:
+            return False
+        for test, _ in list(getattr(res, "failures", [])) + list(getattr(res, "errors", [])):
+            if test is self or getattr(test, "test_case", None) is self:
+                return True
+        return False
+
     def tearDown(self):
+        if self._failed_so_far():
+            for sc in self.all_sidecars():
+                sys.stderr.write("\n--- %s: log tail of sidecar %s (%s)\n%s\n---\n"
+                                 % (self.id(), sc.name, sc.log_path, sc.log_tail(30)))
         problems = []
         for sc in self.all_sidecars():
             rep = sc.sanitizer_report()

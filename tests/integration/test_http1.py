@@ -394,10 +394,18 @@ class Http1ProxyTest(SidecarTestCase):
         for label, port, peer in self.routes():
             with self.subTest(label):
                 t = time.monotonic()
-                with harness.RssSampler(self.sc.pid) as s, RawConn(port, timeout=180) as c:
+                sent = [0]
+                # a 15 s socket timeout: a stalled transfer fails fast and says where
+                with harness.RssSampler(self.sc.pid) as s, RawConn(port, timeout=15) as c:
                     c.send(b"POST /sha256 HTTP/1.1\r\nHost: example.test\r\nContent-Length: %d\r\n\r\n" % BIG)
-                    harness.send_pattern(c.sock, BIG)
-                    r = c.read_response(timeout=60)
+                    try:
+                        harness.send_pattern(c.sock, BIG, progress=sent)
+                        r = c.read_response(timeout=60)
+                    except OSError as e:
+                        rec = peer.last("/sha256") or {}
+                        self.fail("%s upload stalled (%r): client sent %d MiB, the peer received %d MiB, "
+                                  "%.1fs in" % (label, e, sent[0] >> 20, rec.get("received", 0) >> 20,
+                                                time.monotonic() - t))
                 elapsed = time.monotonic() - t
                 self.assertEqual(r.status, 200, r)
                 doc = json.loads(r.body)
@@ -427,6 +435,45 @@ class Ipv6Test(SidecarTestCase):
             r = c.read_response()
         self.assertEqual(r.status, 200)
         self.assertEqual(json.loads(r.body)["peer"], "web6")
+
+
+class BurstUpstreamTest(SidecarTestCase):
+    """A response whose whole body arrives in one burst, larger than
+    limits.stream_buffer (64 KiB): everything must reach the caller and the
+    response must end (deterministic regression test)."""
+
+    @classmethod
+    def setUpClass(cls):
+        def chunked(n, size):
+            data = pattern_bytes(n)
+            out = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            for i in range(0, n, size):
+                out += b"%x\r\n%s\r\n" % (len(data[i:i + size]), data[i:i + size])
+            return out + b"0\r\n\r\n"
+        cls.cases = {
+            "chunked-70000-in-1000s": (chunked(70000, 1000), 70000),
+            "chunked-200000-in-65535s": (chunked(200000, 65535), 200000),
+            "length-200000": (b"HTTP/1.1 200 OK\r\nContent-Length: 200000\r\n\r\n" + pattern_bytes(200000),
+                              200000),
+        }
+        ups = []
+        cls.ports = {}
+        for name, (resp, _) in cls.cases.items():
+            u = harness.ScriptedUpstream(resp)
+            cls.addClassCleanup(u.close)
+            cls.ports[name] = free_port()
+            ups.append(harness.upstream(name, "http1", cls.ports[name], [u.port], timeouts={"request": "30s"}))
+        cls.sc = cls.class_sidecar(harness.base_config(free_port(), upstreams=ups,
+                                                       limits={"stream_buffer": 65536}))
+
+    def test_burst_bodies_complete(self):
+        for name, (_, n) in self.cases.items():
+            for proto in ("--http1.1", "--http2-prior-knowledge"):
+                with self.subTest(case=name, client=proto):
+                    rc, got, sha, err = curl_download("http://127.0.0.1:%d/x" % self.ports[name], proto,
+                                                      max_time=6, stall_s=4)
+                    self.assertEqual(rc, 0, "%s (%d of %d bytes arrived)" % (err.strip(), got, n))
+                    self.assertEqual((got, sha), (n, pattern_sha256(n)))
 
 
 if __name__ == "__main__":

@@ -114,6 +114,12 @@ class Http1PeerTest(SidecarTestCase):
             c.read_until_close(time.monotonic() + 3)
         self.assertEqual(self.peer.count("requests_started"), 1)
 
+    def test_truncate_route(self):
+        with RawConn(self.port) as c:
+            c.send(b"GET /truncate?len=1000&send=400 HTTP/1.1\r\nHost: a\r\n\r\n")
+            with self.assertRaises(EOFError):
+                c.read_response()
+
     def test_h2c_front(self):
         front = self.h2c_front(self.port)
         r = run(["curl", "-sS", "--http2-prior-knowledge", "-d", "xyz",
@@ -183,6 +189,12 @@ class GrpcPeerTest(SidecarTestCase):
         self.assertIsNotNone(rec["time_remaining"])
         self.assertLessEqual(rec["time_remaining"], 0.3 + 0.02)
         self.assertTrue(self.srv.wait_for(lambda: self.srv.last("Unary")["cancelled"], 2))
+
+    def test_control_stats(self):
+        ch = self.channel(self.srv.port)
+        self.echo.unary(b"x", timeout=5)
+        doc = json.loads(ch.unary_unary("/test.Control/Stats")(b"", timeout=5))
+        self.assertGreaterEqual(doc["counts"]["Unary"], 1)
 
     def test_16mib(self):
         big = payload(16 << 20, 1)

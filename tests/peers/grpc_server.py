@@ -144,6 +144,17 @@ class _Call:
                 return True
             time.sleep(min(left, 0.01))
 
+    def settle_after_requests(self, grace=0.1):
+        """The request stream ended. grpcio ends the iterator the same way for
+        a half-close and for a cancellation whose status it has not processed
+        yet, so give a cancellation `grace` seconds to show."""
+        end = time.monotonic() + grace
+        while time.monotonic() < end:
+            if not self.ctx.is_active():
+                return False
+            time.sleep(0.005)
+        return True
+
     def got(self, msg):
         with self.srv._lock:
             self.rec["messages_in"] += 1
@@ -155,7 +166,12 @@ class _Call:
             self.rec["bytes_out"] += len(msg)
 
     def done(self):
+        # A cancelled call also ends a request iterator quietly (like a
+        # half-close), so "inactive when the handler finishes" counts too.
+        active = self.ctx.is_active()
         with self.srv._lock:
+            if not active:
+                self.rec["cancelled"] = True
             self.rec["handler_done"] = True
             self.rec["t_end"] = time.monotonic()
 
@@ -273,6 +289,7 @@ class EchoServer:
             total += len(msg)
             if c.read_delay and not c.sleep(c.read_delay):
                 break
+        c.settle_after_requests()
         if c.delay and not c.sleep(c.delay):
             c.done()
             return b""
@@ -297,6 +314,7 @@ class EchoServer:
             c.sent(resp)
             yield resp
             n += 1
+        c.settle_after_requests()
         if c.finish_status(n > 0):
             return
         c.done()

@@ -1,0 +1,580 @@
+"""The sidecar as a Consul client, against the agent emulator
+(tests/consul/consul_emulator.py, in-process or as a process of its own):
+
+- registration: the exact body and check (HTTP against /ready, TTL, gRPC),
+  Content-Type, the check following the local app (critical when it dies,
+  passing when it returns), re-registration after an agent restart,
+  deregistration first on SIGTERM
+- resolution: two instances share the traffic; one turning critical stops
+  getting new requests within a second, with no failed request; the agent
+  killed -> traffic goes on to the last known instances (stale on the admin
+  endpoint), the agent back -> the watch resumes and follows changes; the
+  index going backwards; the cache file after a restart during an outage
+- a wrong ACL token: a clear error in the log and on the admin endpoint
+- grpc.health.v1 Check and Watch, raw bytes over python3-grpcio
+- the agent reached over a unix socket
+
+Every wait is bounded.
+"""
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+import harness
+from harness import SidecarTestCase, addr, free_port, wait_until
+from http1_server import Http1Peer
+
+sys.path.insert(0, os.path.join(harness.ROOT, "tests", "consul"))
+from consul_emulator import ConsulEmulator, ControlClient  # noqa: E402
+
+EMULATOR = os.path.join(harness.ROOT, "tests", "consul", "consul_emulator.py")
+PY = "/usr/bin/python3"
+
+
+def consul_upstream(name, listen_port, service=None, tag=None, lb="round_robin"):
+    d = {"service": service or name}
+    if tag:
+        d["tag"] = tag
+    return {"upstream": name, "protocol": "http1", "listen": addr(listen_port),
+            "discovery": {"consul": d},
+            "timeouts": {"connect": "250ms", "request": "5s", "per_try": 0, "idle": "60s"},
+            "load_balancer": lb}
+
+
+def config(admin_port, consul, app_port=None, in_port=None, upstreams=(), health=None,
+           service=None):
+    cfg = harness.base_config(admin_port, upstreams=upstreams, workers=2, drain="3s",
+                              inbound={"listen_port": in_port, "app_port": app_port}
+                              if app_port else None)
+    cfg["service"] = service or {"name": "web", "id": "web-1", "address": "127.0.0.1",
+                                 "tags": ["v1", "canary"], "meta": {"team": "checkout"}}
+    cfg["consul"] = consul
+    cfg["health"] = dict({"interval": "200ms", "timeout": "200ms"}, **(health or {}))
+    return cfg
+
+
+def checks_of(emu, check_id):
+    """The agent's view of a check: (status, output) or None."""
+    for n in emu.snapshot()["Nodes"]:
+        for c in n["Checks"]:
+            if c["CheckID"] == check_id:
+                return c["Status"], c.get("AgentOutput") or c.get("Output") or ""
+    return None
+
+
+def check_status(emu, check_id):
+    c = checks_of(emu, check_id)
+    return c[0] if c else None
+
+
+def local_services(emu):
+    for n in emu.snapshot()["Nodes"]:
+        if n["Local"]:
+            return {s["ID"]: s for s in n["Services"]}
+    return {}
+
+
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def header(rec, name):
+    for k, v in rec["Headers"]:
+        if k.lower() == name.lower():
+            return v
+    return None
+
+
+class Traffic:
+    """Sends GET /echo to a port in a loop on one keep-alive connection (a
+    new one after any failure); records (start time, status or error, peer)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.results = []
+        self.stop_ev = threading.Event()
+        self.th = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        conn = None
+        while not self.stop_ev.is_set():
+            t = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/echo")
+                r = conn.getresponse()
+                r.read()
+                self.results.append((t, r.status, r.getheader("x-peer")))
+            except (OSError, http.client.HTTPException) as e:
+                self.results.append((t, "error: %r" % e, None))
+                conn = None
+            time.sleep(0.005)
+        if conn:
+            conn.close()
+
+    def __enter__(self):
+        self.th.start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop_ev.set()
+        self.th.join(10)
+
+
+def get_many(port, n):
+    """n requests on one connection: list of (status, peer)."""
+    out = []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        for _ in range(n):
+            conn.request("GET", "/echo")
+            r = conn.getresponse()
+            r.read()
+            out.append((r.status, r.getheader("x-peer")))
+    finally:
+        conn.close()
+    return out
+
+
+class ConsulTestCase(SidecarTestCase):
+    def emulator(self, **kw):
+        kw.setdefault("check_stagger", False)
+        emu = ConsulEmulator(**kw)
+        emu.start()
+        self.addCleanup(emu.stop)
+        return emu
+
+    def peer(self, name, port=0):
+        p = Http1Peer(name, port=port)
+        p.start()
+        self.addCleanup(p.stop)
+        return p
+
+    def wait_register(self, emu, since=0, timeout=10):
+        r = emu.wait_for_request(path_prefix="/v1/agent/service/register", method="PUT",
+                                 predicate=lambda r: r["Status"] == 200, since=since,
+                                 timeout=timeout)
+        self.assertIsNotNone(r, "no successful registration within %ss" % timeout)
+        return r
+
+    def instances(self, sc, upstream):
+        for u in sc.clusters()["upstreams"]:
+            if u["name"] == upstream:
+                return u
+        raise AssertionError("no upstream %s" % upstream)
+
+
+class RegistrationTest(ConsulTestCase):
+    def test_http_check_body_and_app_health(self):
+        """The registration body is exactly as specified; the agent's HTTP
+        check of /ready goes critical when the app dies and passing when it
+        is back; /ready says why."""
+        emu = self.emulator()
+        app = self.peer("app")
+        admin, in_port = free_port(), free_port()
+        sc = self.sidecar(config(admin, {"address": emu.address, "check": "http",
+                                         "check_interval": "1s", "deregister_after": "1m"},
+                                 app_port=app.port, in_port=in_port))
+        rec = self.wait_register(emu)
+        self.assertEqual(header(rec, "Content-Type"), "application/json")
+        self.assertIsNone(header(rec, "X-Consul-Token"))
+        body = json.loads(rec["Body"])
+        self.assertEqual(body, {
+            "ID": "web-1", "Name": "web", "Tags": ["v1", "canary"], "Address": "127.0.0.1",
+            "Port": in_port,
+            "Meta": {"team": "checkout", "sidecar-version": body["Meta"]["sidecar-version"]},
+            "Check": {"CheckID": "service:web-1", "Name": body["Check"]["Name"],
+                      "HTTP": "http://127.0.0.1:%d/ready" % admin, "Method": "GET",
+                      "Interval": "1s", "Timeout": "1s", "DeregisterCriticalServiceAfter": "1m"}})
+        self.assertRegex(body["Meta"]["sidecar-version"], r"^\d+\.\d+\.\d+")
+        self.assertEqual(rec["Query"], "")
+        self.assertEqual(local_services(emu)["web-1"]["Port"], in_port)
+
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 10),
+                        checks_of(emu, "service:web-1"))
+        # the app dies: /ready 503 with the reason, the check goes critical
+        app_port = app.port
+        app.stop()
+        self.assertTrue(wait_until(lambda: sc.admin("/ready")[0] == 503, 5))
+        status, _, text = sc.admin("/ready")
+        self.assertIn(b"app down", text)
+        self.assertIn(b"127.0.0.1:%d" % app_port, text)
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "critical", 10),
+                        checks_of(emu, "service:web-1"))
+        self.assertIn("503", checks_of(emu, "service:web-1")[1])
+        # it comes back
+        self.peer("app2", port=app_port)
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 10),
+                        checks_of(emu, "service:web-1"))
+        self.assertEqual(sc.admin("/ready")[0], 200)
+        st = sc.stats()
+        self.assertEqual(st.value("sidecar_consul_registered"), 1)
+        self.assertEqual(st.value("sidecar_app_healthy"), 1)
+
+    def test_ttl_check(self):
+        """TTL: passing while the app is up (kept alive past the TTL), failed
+        with a note saying why when it is down, passing again after."""
+        emu = self.emulator()
+        app = self.peer("app")
+        admin, in_port = free_port(), free_port()
+        sc = self.sidecar(config(admin, {"address": emu.address, "check": "ttl",
+                                         "check_ttl": "2s"},
+                                 app_port=app.port, in_port=in_port))
+        rec = self.wait_register(emu)
+        check = json.loads(rec["Body"])["Check"]
+        self.assertEqual(check, {"CheckID": "service:web-1", "Name": check["Name"], "TTL": "2s"})
+        r = emu.wait_for_request(path_prefix="/v1/agent/check/pass/service:web-1", method="PUT",
+                                 timeout=5)
+        self.assertIsNotNone(r)
+        self.assertIn("ready", r["Args"]["note"][0])
+        self.assertIsNone(header(r, "Content-Type"))
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 5))
+        time.sleep(3.0)  # longer than the TTL: kept passing
+        self.assertEqual(check_status(emu, "service:web-1"), "passing")
+        seq = max(x["Seq"] for x in emu.requests())
+        app_port = app.port
+        app.stop()
+        r = emu.wait_for_request(path_prefix="/v1/agent/check/fail/service:web-1", method="PUT",
+                                 timeout=5, since=seq)
+        self.assertIsNotNone(r, "no TTL fail update after the app died")
+        note = r["Args"]["note"][0]
+        self.assertIn("app down", note)
+        self.assertIn("127.0.0.1:%d" % app_port, note)
+        self.assertIn("refused", note)
+        status, output = checks_of(emu, "service:web-1")
+        self.assertEqual(status, "critical")
+        self.assertIn("app down", output)
+        self.peer("app2", port=app_port)
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 5))
+        self.assertEqual(sc.clusters()["consul"]["registration"]["ttl_status"], "passing")
+
+    def test_agent_restart_registers_again(self):
+        """The agent loses every registration (restart without a data dir):
+        the sidecar notices and registers again, for both check kinds."""
+        for check in ("http", "ttl"):
+            with self.subTest(check=check):
+                emu = self.emulator()
+                app = self.peer("app-" + check)
+                sc = self.sidecar(config(free_port(), {"address": emu.address, "check": check,
+                                                       "check_ttl": "3s", "check_interval": "1s"},
+                                         app_port=app.port, in_port=free_port()))
+                first = self.wait_register(emu)
+                self.assertIn("web-1", local_services(emu))
+                emu.restart_agent()
+                self.assertNotIn("web-1", local_services(emu))
+                self.wait_register(emu, since=first["Seq"], timeout=15)
+                self.assertTrue(wait_until(lambda: "web-1" in local_services(emu), 5))
+                self.assertTrue(wait_until(
+                    lambda: check_status(emu, "service:web-1") == "passing", 10))
+                self.assertTrue(wait_until(
+                    lambda: sc.stats().value("sidecar_consul_registrations_total") >= 2, 5))
+                self.assertIn("registering again", sc.log_text())
+
+    def test_sigterm_deregisters_first(self):
+        emu = self.emulator()
+        app = self.peer("app")
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "check": "http"},
+                                 app_port=app.port, in_port=free_port()))
+        self.wait_register(emu)
+        self.assertIn("web-1", local_services(emu))
+        t0 = time.time()
+        self.assertEqual(sc.stop(timeout=15), 0)
+        exited = time.time()
+        recs = emu.requests(path_prefix="/v1/agent/service/deregister/web-1", method="PUT")
+        self.assertEqual(len(recs), 1, recs)
+        self.assertEqual(recs[0]["Status"], 200)
+        self.assertTrue(t0 <= recs[0]["Time"] <= exited)
+        self.assertNotIn("web-1", local_services(emu))
+        log = sc.log_text()
+        self.assertLess(log.index("deregistered service 'web'"), log.index("draining: no new"))
+
+    def test_sigterm_agent_down_is_bounded(self):
+        """An agent that does not answer cannot hold the drain for long."""
+        emu = self.emulator()
+        app = self.peer("app")
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "check": "http"},
+                                 app_port=app.port, in_port=free_port()))
+        self.wait_register(emu)
+        emu.add_fault(Path="/v1/agent/service/deregister", Hang=True)
+        t0 = time.monotonic()
+        self.assertEqual(sc.stop(timeout=15), 0)
+        self.assertLess(time.monotonic() - t0, 6.0)
+        self.assertIn("draining anyway", sc.log_text())
+
+    def test_wrong_acl_token(self):
+        emu = self.emulator(acl_token="the-right-token")
+        app = self.peer("app")
+        pay = self.peer("pay")
+        emu.register_instance("pay", id="pay-1", port=pay.port, address="127.0.0.1")
+        out = free_port()
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "token": "a-wrong-token"},
+                                 app_port=app.port, in_port=free_port(),
+                                 upstreams=[consul_upstream("pay", out)]))
+        r = emu.wait_for_request(path_prefix="/v1/agent/service/register", timeout=5)
+        self.assertEqual(header(r, "X-Consul-Token"), "a-wrong-token")
+        self.assertEqual(r["Status"], 403)
+        self.assertTrue(wait_until(lambda: "ACL not found" in sc.log_text(), 5))
+        log = sc.log_text()
+        self.assertIn("registering service 'web' (id web-1) failed: HTTP 403: ACL not found", log)
+        self.assertIn("check consul.token", log)
+        self.assertIn("watching Consul service 'pay' failed: HTTP 403: ACL not found", log)
+        cl = sc.clusters()
+        self.assertEqual(cl["consul"]["registration"]["state"], "failed")
+        self.assertEqual(cl["consul"]["registration"]["last_error"], "HTTP 403: ACL not found")
+        up = self.instances(sc, "pay")
+        self.assertEqual(up["consul"]["last_error"], "HTTP 403: ACL not found")
+        self.assertTrue(up["stale"])
+        self.assertEqual(up["instances"], [])
+        st = sc.stats()
+        self.assertEqual(st.value("sidecar_consul_registered"), 0)
+        self.assertGreaterEqual(st.value("sidecar_consul_watch_errors_total", upstream="pay",
+                                         service="pay"), 1)
+        self.assertEqual(st.value("sidecar_consul_watch_stale", upstream="pay", service="pay"), 1)
+        # the outbound answers cleanly, and the sidecar stays up and keeps retrying
+        resp = harness.http_get(out, "/echo")
+        self.assertEqual(resp.status, 503)
+        time.sleep(1.5)
+        self.assertTrue(sc.alive())
+        self.assertGreaterEqual(len(emu.requests(path_prefix="/v1/agent/service/register")), 2)
+
+    def test_unix_socket(self):
+        d = tempfile.mkdtemp(prefix="sc-consul-unix-")
+        path = os.path.join(d, "consul.sock")
+        emu = self.emulator(unix_path=path)
+        app = self.peer("app")
+        self.sidecar(config(free_port(), {"address": "unix://" + path, "check": "ttl"},
+                            app_port=app.port, in_port=free_port()))
+        rec = self.wait_register(emu)
+        self.assertEqual(rec["Transport"], "unix")
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 5))
+
+
+class ResolutionTest(ConsulTestCase):
+    def setUp(self):
+        self.a = self.peer("pay-a")
+        self.b = self.peer("pay-b")
+
+    def test_two_instances_and_one_turns_critical(self):
+        emu = self.emulator()
+        emu.register_instance("pay", id="pay-a", port=self.a.port, address="127.0.0.1")
+        emu.register_instance("pay", id="pay-b", port=self.b.port, address="127.0.0.1",
+                              weights={"Passing": 1, "Warning": 1})
+        out = free_port()
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "register_service": False},
+                                 upstreams=[consul_upstream("pay", out)]))
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 2, 5))
+        up = self.instances(sc, "pay")
+        self.assertEqual(sorted(i["id"] for i in up["instances"]), ["pay-a", "pay-b"])
+        self.assertFalse(up["stale"])
+        self.assertGreater(up["consul"]["last_index"], 0)
+        peers = [p for s, p in get_many(out, 40) if s == 200]
+        self.assertEqual(len(peers), 40)
+        self.assertGreater(peers.count("pay-a"), 5)
+        self.assertGreater(peers.count("pay-b"), 5)
+        # the query the watch sends
+        q = emu.requests(path_prefix="/v1/health/service/pay")
+        self.assertIn("passing", q[0]["Args"])
+        self.assertNotIn("index", q[0]["Args"])
+        blocking = [r for r in q if "index" in r["Args"]]
+        self.assertTrue(blocking)
+        self.assertEqual(blocking[0]["Args"]["wait"], ["5m"])
+        self.assertGreaterEqual(int(blocking[0]["Args"]["index"][0]), 1)
+
+        with Traffic(out) as t:
+            time.sleep(0.5)
+            t_change = time.monotonic()
+            emu.set_check_status("service:pay-b", "critical", output="test: critical")
+            time.sleep(2.0)
+        failed = [r for r in t.results if r[1] != 200]
+        self.assertEqual(failed, [], "failed requests during the change")
+        late_b = [r for r in t.results if r[0] > t_change + 1.0 and r[2] == "pay-b"]
+        self.assertEqual(late_b, [], "pay-b got new requests more than 1s after it went critical")
+        before_b = [r for r in t.results if r[0] < t_change and r[2] == "pay-b"]
+        self.assertTrue(before_b)
+        self.assertGreater(len([r for r in t.results if r[0] > t_change + 1.0]), 5)
+        self.assertEqual([i["id"] for i in self.instances(sc, "pay")["instances"]], ["pay-a"])
+        # and back
+        emu.set_check_status("service:pay-b", "passing")
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 2, 5))
+        self.assertIn("has 2 healthy instance(s) (+1 -0", sc.log_text())
+
+    def test_tag_and_weights(self):
+        emu = self.emulator()
+        emu.register_instance("pay", id="pay-a", port=self.a.port, address="127.0.0.1",
+                              tags=["v2"], weights={"Passing": 3, "Warning": 1})
+        emu.register_instance("pay", id="pay-b", port=self.b.port, address="127.0.0.1",
+                              tags=["v1"])
+        out = free_port()
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "register_service": False},
+                                 upstreams=[consul_upstream("pay", out, tag="v2")]))
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 1, 5))
+        inst = self.instances(sc, "pay")["instances"][0]
+        self.assertEqual((inst["id"], inst["weight"]), ("pay-a", 3))
+        q = emu.requests(path_prefix="/v1/health/service/pay")
+        self.assertEqual(q[0]["Args"]["tag"], ["v2"])
+        self.assertEqual({p for _, p in get_many(out, 10)}, {"pay-a"})
+
+    def test_index_backwards(self):
+        emu = self.emulator()
+        emu.register_instance("pay", id="pay-a", port=self.a.port, address="127.0.0.1")
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "register_service": False},
+                                 upstreams=[consul_upstream("pay", free_port())]))
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 1, 5))
+        self.assertTrue(emu.wait_for_request(path_prefix="/v1/health/service/pay",
+                                             predicate=lambda r: "index" in r["Args"], timeout=5))
+        seq = max(r["Seq"] for r in emu.requests())
+        emu.index_backwards(by=5)
+        # the answer carries a lower index: the next query has no index (a
+        # fresh fetch), then blocking goes on from the new index
+        r = emu.wait_for_request(path_prefix="/v1/health/service/pay", since=seq,
+                                 predicate=lambda r: "index" not in r["Args"], timeout=5)
+        self.assertIsNotNone(r, emu.requests(since=seq))
+        r2 = emu.wait_for_request(path_prefix="/v1/health/service/pay", since=r["Seq"],
+                                  predicate=lambda r: "index" in r["Args"], timeout=5)
+        self.assertIsNotNone(r2)
+        self.assertGreaterEqual(int(r2["Args"]["index"][0]), 1)
+        emu.register_instance("pay", id="pay-b", port=self.b.port, address="127.0.0.1")
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 2, 5))
+
+    def test_agent_killed_then_back(self):
+        """The agent process is killed: traffic goes on to the last known
+        instances, stale on the admin endpoint and in metrics; the agent is
+        started again: the watch resumes and follows changes."""
+        port = free_port()
+        state = os.path.join(tempfile.mkdtemp(prefix="sc-consul-state-"), "state.json")
+
+        def start_agent():
+            p = self.spawn([PY, EMULATOR, "--http", "127.0.0.1:%d" % port, "--state-file", state],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.assertTrue(harness.wait_port(port, timeout=10), "emulator did not start")
+            return p
+
+        agent = start_agent()
+        ctl = ControlClient("http://127.0.0.1:%d" % port)
+        ctl.register_instance("pay", id="pay-a", port=self.a.port, address="127.0.0.1")
+        ctl.register_instance("pay", id="pay-b", port=self.b.port, address="127.0.0.1")
+        out = free_port()
+        sc = self.sidecar(config(free_port(), {"address": "http://127.0.0.1:%d" % port,
+                                               "register_service": False},
+                                 upstreams=[consul_upstream("pay", out)]))
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 2, 5))
+        self.assertTrue(wait_until(lambda: "pay-b" in read_text(state), 5))
+
+        agent.send_signal(signal.SIGKILL)
+        agent.wait(5)
+        self.assertTrue(wait_until(lambda: self.instances(sc, "pay")["stale"], 5))
+        up = self.instances(sc, "pay")
+        self.assertEqual(len(up["instances"]), 2)
+        self.assertTrue(up["consul"]["stale"])
+        self.assertTrue(up["consul"]["last_error"])
+        st = sc.stats()
+        self.assertEqual(st.value("sidecar_upstream_discovery_stale", upstream="pay"), 1)
+        self.assertEqual(st.value("sidecar_consul_watch_stale", upstream="pay", service="pay"), 1)
+        res = get_many(out, 20)
+        self.assertEqual([s for s, _ in res], [200] * 20)
+        self.assertEqual({p for _, p in res}, {"pay-a", "pay-b"})
+        self.assertIn("keeping 2 last known instance(s) (stale)", sc.log_text())
+
+        start_agent()
+        self.assertTrue(wait_until(lambda: not self.instances(sc, "pay")["stale"], 20),
+                        self.instances(sc, "pay"))
+        self.assertIn("works again", sc.log_text())
+        ctl.deregister_instance("pay-b")
+        self.assertTrue(wait_until(
+            lambda: [i["id"] for i in self.instances(sc, "pay")["instances"]] == ["pay-a"], 5))
+        self.assertEqual({p for _, p in get_many(out, 10)}, {"pay-a"})
+        self.assertEqual(sc.stats().value("sidecar_upstream_discovery_stale", upstream="pay"), 0)
+
+    def test_cache_file_when_agent_unreachable_at_start(self):
+        emu = self.emulator()
+        emu.register_instance("pay", id="pay-a", port=self.a.port, address="127.0.0.1")
+        cache = os.path.join(tempfile.mkdtemp(prefix="sc-consul-cache-"), "instances.json")
+        out = free_port()
+        cfg = config(free_port(), {"address": emu.address, "register_service": False,
+                                   "cache_file": cache},
+                     upstreams=[consul_upstream("pay", out)])
+        sc = self.sidecar(cfg, name="first")
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 1, 5))
+        self.assertEqual(sc.stop(), 0)
+        doc = json.loads(read_text(cache))
+        self.assertEqual(doc["upstreams"][0]["instances"][0]["id"], "pay-a")
+
+        emu.stop_listening()
+        sc2 = self.sidecar(cfg, name="second")
+        self.assertTrue(wait_until(lambda: len(self.instances(sc2, "pay")["instances"]) == 1, 5))
+        up = self.instances(sc2, "pay")
+        self.assertTrue(up["stale"])
+        self.assertTrue(up["consul"]["from_cache"])
+        self.assertEqual({p for s, p in get_many(out, 5) if s == 200}, {"pay-a"})
+        self.assertIn("from the cache file", sc2.log_text())
+        emu.start_listening()
+        self.assertTrue(wait_until(lambda: not self.instances(sc2, "pay")["stale"], 20))
+        self.assertFalse(self.instances(sc2, "pay")["consul"]["from_cache"])
+
+
+class GrpcHealthTest(ConsulTestCase):
+    def setUp(self):
+        try:
+            import grpc  # noqa: F401
+        except ImportError:
+            raise unittest.SkipTest("python3-grpcio is not installed")
+
+    def test_check_and_watch(self):
+        import grpc
+        emu = self.emulator()
+        app = self.peer("app")
+        gport = free_port()
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "check": "grpc",
+                                               "check_interval": "1s"},
+                                 app_port=app.port, in_port=free_port(),
+                                 health={"grpc_listen": addr(gport)}))
+        rec = self.wait_register(emu)
+        check = json.loads(rec["Body"])["Check"]
+        self.assertEqual(check, {"CheckID": "service:web-1", "Name": check["Name"],
+                                 "GRPC": "127.0.0.1:%d" % gport, "GRPCUseTLS": False,
+                                 "Interval": "1s", "Timeout": "1s"})
+        ch = self.channel(gport)
+        chk = ch.unary_unary("/grpc.health.v1.Health/Check")
+        self.assertEqual(chk(b"", timeout=5), b"\x08\x01")
+        self.assertEqual(chk(b"\x0a\x03web", timeout=5), b"\x08\x01")
+        with self.assertRaises(grpc.RpcError) as cm:
+            chk(b"\x0a\x05other", timeout=5)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.NOT_FOUND)
+        with self.assertRaises(grpc.RpcError) as cm:
+            ch.unary_unary("/grpc.health.v1.Health/List")(b"", timeout=5)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+        # the agent's gRPC check passes
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 10),
+                        checks_of(emu, "service:web-1"))
+
+        watch = ch.unary_stream("/grpc.health.v1.Health/Watch")(b"", timeout=30)
+        it = iter(watch)
+        self.assertEqual(next(it), b"\x08\x01")
+        app_port = app.port
+        app.stop()
+        self.assertEqual(next(it), b"\x08\x02")   # NOT_SERVING, pushed
+        self.assertEqual(chk(b"", timeout=5), b"\x08\x02")
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "critical", 10))
+        self.peer("app2", port=app_port)
+        self.assertEqual(next(it), b"\x08\x01")
+        watch.cancel()
+        unknown = iter(ch.unary_stream("/grpc.health.v1.Health/Watch")(b"\x0a\x01x", timeout=5))
+        self.assertEqual(next(unknown), b"\x08\x03")  # SERVICE_UNKNOWN, stream stays open
+        self.assertEqual(sc.stop(), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
