@@ -143,6 +143,8 @@ int sc_sidecar_run(sidecar *sc)
     rv = sc_grpc_health_start(sc, &sc->grpc_health, err, sizeof(err));
     if (rv < 0 && rv != -ENOENT) {
         SC_ERROR("health.grpc_listen: %s", err);
+        sc_app_health_stop(sc->app_health);
+        sc->app_health = NULL;
         return rv;
     }
     /* end consul + health */

@@ -959,7 +959,11 @@ static void watch_fail(watch *w, const creq *r, const char *err)
     }
     cur = sc_endpoints_current(&w->route->endpoints);
     uint64_t ms = backoff(c, w->failures);
-    if (w->failures == 1 || !same)
+    if ((w->failures == 1 || !same) && !w->have_data)
+        SC_WARN("upstream %s: watching Consul service '%s' failed: %s%s; no instances known yet "
+                "(requests get 'no healthy instance'), retrying in %llums", w->route->name,
+                w->service, err, r ? hint(r) : "", (unsigned long long)ms);
+    else if (w->failures == 1 || !same)
         SC_WARN("upstream %s: watching Consul service '%s' failed: %s%s; %s %zu last known "
                 "instance(s) (stale), retrying in %llums", w->route->name, w->service, err,
                 r ? hint(r) : "", what, cur ? cur->n : 0, (unsigned long long)ms);

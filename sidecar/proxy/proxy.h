@@ -334,6 +334,8 @@ ssize_t sc_conn_recv(sc_conn *c, void *buf, size_t len);
 ssize_t sc_conn_send(sc_conn *c, const void *buf, size_t len);
 /* Appends bytes to c->out (bounded by the block; returns -ENOBUFS when full). */
 int sc_conn_write(sc_conn *c, const void *p, size_t n);
+/* "1.2.3.4:80" / "[::1]:80". */
+void sc_sockaddr_text(const struct sockaddr *sa, char *out, size_t cap);
 /* Connected sockets: non-blocking, TCP_NODELAY. */
 int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out);
 

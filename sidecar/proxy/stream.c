@@ -270,9 +270,11 @@ static void attempt_settle(sc_stream *s, bool gateway_or_connect_failure)
     if (sc_outlier_record(&s->route->outlier, &st->ol, e ? e->n : 1, gateway_or_connect_failure, sc_now_ms()) == 1) {
         sc_outlier_instance_view v;
         sc_outlier_instance_snapshot(&st->ol, sc_now_ms(), &v);
-        SC_WARN("upstream %s: instance ejected for %llums after %s (ejection #%llu)", s->route->name,
-                (unsigned long long)v.ms_left, "consecutive gateway errors or connect failures",
-                (unsigned long long)v.total_ejections);
+        char addr[64];
+        sc_sockaddr_text((const struct sockaddr *)&st->ss, addr, sizeof(addr));
+        SC_WARN("upstream %s: instance %s ejected for %llums after %u consecutive gateway errors or connect "
+                "failures (ejection #%llu)", s->route->name, addr, (unsigned long long)v.ms_left,
+                s->route->policy->outlier.consecutive_failures, (unsigned long long)v.total_ejections);
     }
 }
 
@@ -938,6 +940,22 @@ void sc_stream_start(sc_stream *s)
 
 /* ---- upstream connections shared by up_h1.c and up_h2.c ---- */
 
+void sc_sockaddr_text(const struct sockaddr *sa, char *out, size_t cap)
+{
+    char host[64] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        snprintf(out, cap, "%s:%u", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        snprintf(out, cap, "[%s]:%u", host, ntohs(in6->sin6_port));
+    } else {
+        snprintf(out, cap, "?");
+    }
+}
+
 static void up_conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
@@ -979,18 +997,7 @@ sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr 
     sc_list_init(&u->pending);
     memcpy(&u->super.peer, sa, len);
     u->super.peer_len = len;
-    sc_addr tmp;
-    (void)tmp;
-    char host[64] = "?";
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const void *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-        snprintf(u->super.peer_text, sizeof(u->super.peer_text), "%s:%u", host, ntohs(in->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const void *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-        snprintf(u->super.peer_text, sizeof(u->super.peer_text), "[%s]:%u", host, ntohs(in6->sin6_port));
-    }
+    sc_sockaddr_text(sa, u->super.peer_text, sizeof(u->super.peer_text));
     u->super.flags |= SC_CONN_F_CONNECTING;
     ev_io_set(&u->super.io, fd, EV_READ | EV_WRITE);
     ev_io_start(w->loop, &u->super.io);

@@ -299,7 +299,7 @@ def report(results_path, meta_path):
         if rate:
             return rps < 0.9 * rate
         d = by.get((load, "direct"))
-        return bool(d and _num(d["rps"]) and rps < 0.1 * _num(d["rps"]))
+        return bool(d and _num(d["rps"]) and rps < 0.02 * _num(d["rps"]))
 
     def ratio(a, b):
         a, b = _num(a), _num(b)
@@ -353,7 +353,7 @@ def report(results_path, meta_path):
             if c is not None and c < 85:
                 unsat.append(f"{p} ({c:.0f}%)")
         if stall:
-            warn.append(f"- {load}: far below the load (fixed rate missed, or < 10% of direct "
+            warn.append(f"- {load}: far below the load (fixed rate missed, or < 2% of direct "
                         f"req/s), stalled or starved, figures meaningless: {', '.join(stall)}")
         if near:
             warn.append(f"- {load}: within 90% of direct req/s, the load core may be the limit: "

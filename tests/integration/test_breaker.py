@@ -9,12 +9,13 @@ instance, so "the upstream saw no call while open" is counted exactly.
               probes of 5 concurrent calls, their success closes it
   brk-reopen  a failed half-open probe re-opens it (and restarts open_for)
   brk-client  client errors (INVALID_ARGUMENT, NOT_FOUND) never open it
+  brk-slow    slow_call {duration 100ms, rate 50%}: slow successes open it
+  brk-consec  consecutive_failures 3 (min_calls 1000): 3 failures in a row open it
   brk-force   POST /breaker?upstream=..&action=open|close|release
   brk-h       HTTP/1.1: 503 + x-sidecar-reason: circuit-open
   brk-fb-g/h  the configured fallback answers while open
 """
 
-import re
 import threading
 import time
 import unittest
@@ -23,13 +24,14 @@ import harness
 from harness import SidecarTestCase, free_port
 from grpc_client import Echo
 from fault_server import FaultGrpcServer, FaultHttpServer, FaultLedger
-from fault_client import (admin_post, breaker_state, breaker_view, http_call, unary, upstream_view)
+from fault_client import admin_post, breaker_state, breaker_view, http_call, unary
 
 OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE = 0, 3, 5, 8, 14
 FAST_FAIL_S = 0.2          # a call refused by an open breaker answers within this
 UPSTREAM_MESSAGE = "fault injected"
 
-GRPC = ("brk-min", "brk-probe", "brk-reopen", "brk-client", "brk-force", "brk-fb-g")
+GRPC = ("brk-min", "brk-probe", "brk-reopen", "brk-client", "brk-force", "brk-fb-g", "brk-slow",
+        "brk-consec")
 HTTP = ("brk-h", "brk-fb-h")
 
 
@@ -68,6 +70,8 @@ class BreakerTest(SidecarTestCase):
             "brk-force": breaker(5, "30s", 2),
             "brk-fb-g": breaker(5, "30s", fallback={"grpc": {"status": "resource-exhausted",
                                                              "message": "brk-fb-g is resting"}}),
+            "brk-slow": breaker(5, "30s", slow_call={"duration": "100ms", "rate": "50%"}),
+            "brk-consec": breaker(1000, "30s", consecutive_failures=3),
             "brk-h": breaker(5, "30s"),
             "brk-fb-h": breaker(5, "30s", fallback={"http": {"status": 200, "body": "fallback body\n"}}),
         }
@@ -160,7 +164,7 @@ class BreakerTest(SidecarTestCase):
         seen = inst.count()
         self.assertFastFailGrpc(self.call(name), name)
         v = breaker_view(self.sc, name)
-        self.assertBetween(v["ms_until_half_open"], 1, 800, v)
+        self.assertBetween(v["ms_until_half_open"], 1, 800, "open_for 800ms: %s" % v)
         time.sleep(max(0.0, t_open + 0.95 - time.monotonic()))
         # 5 concurrent calls that each take 300 ms at the upstream: exactly
         # half_open_calls (2) are probes, the other 3 are refused at once
@@ -226,6 +230,31 @@ class BreakerTest(SidecarTestCase):
         v = breaker_view(self.sc, name)
         self.assertEqual(v["state"], "closed", v)
         self.assertEqual(v["failures"], 0, "client errors counted as failures: %s" % v)
+
+    def test_slow_calls_open(self):
+        name = "brk-slow"
+        inst = self.inst[name]
+        for i in range(4):
+            self.assertEqual(self.call(name, [("x-fault-delay-ms", "150")]).code, OK)
+        self.assertEqual(breaker_state(self.sc, name), "closed", "opened before min_calls (5)")
+        self.assertEqual(self.call(name, [("x-fault-delay-ms", "150")]).code, OK)
+        self.wait_state(name, "open", 1.0)
+        seen = inst.count()
+        self.assertFastFailGrpc(self.call(name), name)
+        self.assertEqual(inst.count(), seen)
+
+    def test_consecutive_failures_open(self):
+        name = "brk-consec"
+        inst = self.inst[name]
+        self.assertEqual(self.call(name).code, OK)
+        inst.set(mode="fail")
+        for _ in range(2):
+            self.assertEqual(self.call(name).details, UPSTREAM_MESSAGE)
+        self.assertEqual(breaker_state(self.sc, name), "closed", "opened after 2 failures in a row")
+        self.assertEqual(self.call(name).details, UPSTREAM_MESSAGE)
+        self.wait_state(name, "open", 1.0)
+        self.assertFastFailGrpc(self.call(name), name)
+        self.assertEqual(inst.count(), 4)
 
     # -- operator -------------------------------------------------------------------------
     def test_forced_open_close_release(self):

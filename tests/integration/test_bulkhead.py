@@ -7,17 +7,17 @@ refusal beyond the limits, the pending queue and its timeout.
   bh-bh  HTTP/1.1, healthy
   bh-q   gRPC, max_concurrent 2, max_pending 2, queue_timeout 300ms
   bh-qh  HTTP/1.1, max_concurrent 1, max_pending 1, queue_timeout 300ms
+  bh-conn HTTP/1.1, max_connections 2: never more than 2 connections open
+  inbound inbound.max_concurrent 2 in front of a hanging local app
 
 Calls are counted at the fault instances; hanging calls are cancelled and
 the hangs released at the end of each test.
 """
 
-import socket
 import threading
 import time
 import unittest
 
-import grpc
 
 import harness
 from harness import RawConn, SidecarTestCase, free_port
@@ -31,7 +31,7 @@ B_P99_LIMIT_S = 0.1          # healthy upstream's p99 while its neighbour hangs
 HANG = [("x-fault-hang", "1"), ("x-fault-hang-ms", "20000")]
 
 GRPC = ("bh-a", "bh-b", "bh-q")
-HTTP = ("bh-ah", "bh-bh", "bh-qh")
+HTTP = ("bh-ah", "bh-bh", "bh-qh", "bh-conn")
 
 
 class BulkheadTest(SidecarTestCase):
@@ -57,15 +57,24 @@ class BulkheadTest(SidecarTestCase):
             "bh-ah": {"max_concurrent": 3, "max_pending": 0},
             "bh-bh": {"max_concurrent": 1000},
             "bh-qh": {"max_concurrent": 1, "max_pending": 1, "queue_timeout": "300ms"},
+            "bh-conn": {"max_concurrent": 100, "max_connections": 2},
         }
         ups = [harness.upstream(n, "grpc" if n in GRPC else "http1", cls.ports[n], [cls.inst[n].port],
                                 timeouts={"request": "30s"}, bulkhead=bh[n])
                for n in GRPC + HTTP]
-        cls.sc = cls.class_sidecar(harness.base_config(free_port(), upstreams=ups, drain="2s"))
+        cls.app = FaultHttpServer("app", ledger=cls.ledger)
+        cls.app.start()
+        cls.addClassCleanup(cls.app.stop)
+        cls.inbound_port = free_port()
+        cfg = harness.base_config(free_port(), upstreams=ups, drain="2s",
+                                  inbound={"listen_port": cls.inbound_port, "app_port": cls.app.port,
+                                           "app_protocol": "http1", "timeouts": {"request": "30s"}})
+        cfg["inbound"]["max_concurrent"] = 2
+        cls.sc = cls.class_sidecar(cfg)
         cls.echo = {n: Echo(cls.class_channel(cls.ports[n])) for n in GRPC}
 
     def setUp(self):
-        for s in self.inst.values():
+        for s in list(self.inst.values()) + [self.app]:
             s.reset(ledger_too=False)
         self.ledger.reset()
 
@@ -78,26 +87,40 @@ class BulkheadTest(SidecarTestCase):
             for f in futs:
                 f.cancel()
             self.inst[name].release()
+            # leave nothing in flight for the next test
+            self.inst[name].wait_for(lambda: self.inst[name].inflight == 0, 3.0)
         self.addCleanup(done)
         return futs
 
-    def hang_http(self, name, n):
+    def hang_http(self, name, n, port=None, inst=None):
+        inst = inst or self.inst[name]
         conns = []
         for _ in range(n):
-            c = RawConn(self.ports[name], timeout=25)
+            c = RawConn(port or self.ports[name], timeout=25)
             c.send(b"GET /hang HTTP/1.1\r\nHost: x\r\nx-fault-hang: 1\r\nx-fault-hang-ms: 20000\r\n\r\n")
             conns.append(c)
 
         def done():
             for c in conns:
                 c.close()
-            self.inst[name].release()
+            inst.release()
+            inst.wait_for(lambda: inst.inflight == 0, 3.0)
         self.addCleanup(done)
         return conns
 
-    def wait_inflight(self, name, n):
+    def wait_inflight(self, name, n, futs=()):
         got = self.inst[name].wait_inflight(n, 5.0)
-        self.assertEqual(got, n, "%s: expected %d calls hanging at the instance, saw %d" % (name, n, got))
+        if got != n:
+            done = []
+            for f in futs:
+                if f.done():
+                    try:
+                        f.result(0)
+                        done.append("OK")
+                    except Exception as e:     # grpc.RpcError / FutureCancelledError
+                        done.append(repr(e)[:200])
+            self.fail("%s: expected %d calls hanging at the instance, saw %d; finished calls: %s; "
+                      "bulkhead %s" % (name, n, got, done, self.bulkhead(name)))
 
     def bulkhead(self, name):
         b = upstream_view(self.sc, name).get("bulkhead")
@@ -117,23 +140,29 @@ class BulkheadTest(SidecarTestCase):
         a, b = self.inst["bh-a"], self.inst["bh-b"]
         # baseline latency of B
         base = [unary(self.echo["bh-b"], timeout=5).elapsed for _ in range(50)]
-        self.hang_grpc("bh-a", 4)
-        self.wait_inflight("bh-a", 4)
+        futs = self.hang_grpc("bh-a", 4)
+        self.wait_inflight("bh-a", 4, futs)
         rej0 = self.metric("sidecar_upstream_bulkhead_rejections_total", "bh-a")
         results_b, results_a = [], []
         lock = threading.Lock()
 
         def load_b(t):
+            fails = 0
             for _ in range(50):
-                o = unary(self.echo["bh-b"], timeout=5)
+                o = unary(self.echo["bh-b"], timeout=2)
                 with lock:
                     results_b.append(o)
+                fails += o.code != OK
+                if fails >= 3:          # broken: stop early, the assertions say why
+                    return
 
         def excess_a():
             for _ in range(20):
-                o = unary(self.echo["bh-a"], HANG, timeout=5)
+                o = unary(self.echo["bh-a"], HANG, timeout=1)
                 with lock:
                     results_a.append(o)
+                if o.code != RESOURCE_EXHAUSTED:
+                    return
 
         threads = [threading.Thread(target=load_b, args=(t,), daemon=True) for t in range(4)]
         threads.append(threading.Thread(target=excess_a, daemon=True))
@@ -142,15 +171,15 @@ class BulkheadTest(SidecarTestCase):
         for th in threads:
             th.join(30)
         # A: every excess call refused at once, none reached the instance
-        self.assertEqual(len(results_a), 20)
         for o in results_a:
             self.assertRefusedGrpc(o, "bh-a")
             self.assertLess(o.elapsed, FAST_REFUSAL_S, "refusal was not immediate: %r" % o)
+        self.assertEqual(len(results_a), 20)
         self.assertEqual(a.count(), 4, "the hung upstream saw more than max_concurrent calls")
         # B: 100% success, latency kept
-        self.assertEqual(len(results_b), 200)
         codes = [o.code for o in results_b]
-        self.assertEqual(codes.count(OK), 200, "B failed while A hung: %s" % [o for o in results_b if o.code][:3])
+        self.assertEqual(codes.count(OK), len(codes), "B failed while A hung: %s" % [o for o in results_b if o.code][:3])
+        self.assertEqual(len(results_b), 200)
         p99 = percentile([o.elapsed for o in results_b], 99)
         print("\nbh-b p99 %.1f ms while bh-a hangs (alone: p99 %.1f ms)" % (p99 * 1e3, percentile(base, 99) * 1e3))
         self.assertLess(p99, B_P99_LIMIT_S, "B's p99 latency while A hangs")
@@ -164,7 +193,7 @@ class BulkheadTest(SidecarTestCase):
 
     def test_grpc_capacity_comes_back(self):
         futs = self.hang_grpc("bh-a", 4)
-        self.wait_inflight("bh-a", 4)
+        self.wait_inflight("bh-a", 4, futs)
         self.assertRefusedGrpc(unary(self.echo["bh-a"], timeout=5), "bh-a")
         for f in futs:
             f.cancel()
@@ -185,21 +214,25 @@ class BulkheadTest(SidecarTestCase):
 
         def load_b(t):
             import http.client
-            c = http.client.HTTPConnection("127.0.0.1", self.ports["bh-bh"], timeout=10)
+            c = http.client.HTTPConnection("127.0.0.1", self.ports["bh-bh"], timeout=2)
             try:
                 for _ in range(50):
                     o = http_call(self.ports["bh-bh"], "/b", conn=c)
                     with lock:
                         results_b.append(o)
+                    if o.code != 200:   # broken: stop early, the assertions say why
+                        return
             finally:
                 c.close()
 
         def excess_a():
             for _ in range(10):
                 o = http_call(self.ports["bh-ah"], "/a", [("x-fault-hang", "1"), ("x-fault-hang-ms", "20000")],
-                              timeout=10)
+                              timeout=1)
                 with lock:
                     results_a.append(o)
+                if o.code != 503:
+                    return
 
         threads = [threading.Thread(target=load_b, args=(t,), daemon=True) for t in range(4)]
         threads.append(threading.Thread(target=excess_a, daemon=True))
@@ -207,25 +240,26 @@ class BulkheadTest(SidecarTestCase):
             th.start()
         for th in threads:
             th.join(30)
-        self.assertEqual(len(results_a), 10)
         for o in results_a:
             self.assertEqual(o.code, 503, o)
             self.assertEqual(o.header("x-sidecar-reason"), "bulkhead-full", o)
             self.assertIsNone(o.header("x-peer"), o)
             self.assertLess(o.elapsed, FAST_REFUSAL_S, o)
+        self.assertEqual(len(results_a), 10)
         self.assertEqual(a.count(), 3)
-        self.assertEqual(len(results_b), 200)
-        self.assertEqual([o.code for o in results_b].count(200), 200,
+        self.assertEqual([o.code for o in results_b].count(200), len(results_b),
                          [o for o in results_b if o.code != 200][:3])
+        self.assertEqual(len(results_b), 200)
         p99 = percentile([o.elapsed for o in results_b], 99)
         self.assertLess(p99, B_P99_LIMIT_S, "B's p99 latency while A hangs: %.3fs" % p99)
+        self.assertEqual(b.count(), 200)
         self.assertEqual(self.metric("sidecar_upstream_bulkhead_rejections_total", "bh-ah") - rej0, 10)
 
     # -- queue ----------------------------------------------------------------------------------
     def test_grpc_queue_timeout_and_full_queue(self):
         name = "bh-q"
-        self.hang_grpc(name, 2)
-        self.wait_inflight(name, 2)
+        futs = self.hang_grpc(name, 2)
+        self.wait_inflight(name, 2, futs)
         qt0 = self.bulkhead(name).get("queue_timeouts", 0)
         queued = [None, None]
 
@@ -238,7 +272,7 @@ class BulkheadTest(SidecarTestCase):
         self.assertTrue(harness.wait_until(lambda: self.bulkhead(name).get("pending") == 2, 1.0),
                         "2 calls should wait in the queue: %s" % self.bulkhead(name))
         # queue full: the next one is refused at once
-        o = unary(self.echo[name], HANG, timeout=5)
+        o = unary(self.echo[name], HANG, timeout=2)
         self.assertRefusedGrpc(o, name, "queue full")
         self.assertLess(o.elapsed, FAST_REFUSAL_S, o)
         for th in threads:
@@ -254,11 +288,11 @@ class BulkheadTest(SidecarTestCase):
     def test_grpc_queued_call_promoted(self):
         name = "bh-q"
         # two calls hold the slots for 200 ms; a third waits in the queue and then runs
-        self.hang_grpc(name, 2, md=[("x-fault-delay-ms", "200")])
-        self.wait_inflight(name, 2)
+        futs = self.hang_grpc(name, 2, md=[("x-fault-delay-ms", "200")])
+        self.wait_inflight(name, 2, futs)
         o = unary(self.echo[name], timeout=5)
         self.assertEqual(o.code, OK, "a queued call should run once a slot frees: %r" % o)
-        self.assertBetween(o.elapsed, 0.1, 0.5, o)
+        self.assertBetween(o.elapsed, 0.1, 0.5, "slots free after 200ms: %r" % o)
         self.assertEqual(self.inst[name].count(), 3)
 
     def test_http_queue_timeout(self):
@@ -280,8 +314,52 @@ class BulkheadTest(SidecarTestCase):
         th.join(5)
         o = res[0]
         self.assertEqual((o.code, o.header("x-sidecar-reason")), (503, "bulkhead-queue-timeout"), o)
-        self.assertBetween(o.elapsed, 0.25, 1.0, o)
+        self.assertBetween(o.elapsed, 0.25, 1.0, "queue_timeout is 300ms: %r" % o)
         self.assertEqual(self.inst[name].count(), 1)
+
+    def test_http_connection_cap(self):
+        """6 concurrent slow requests with max_connections 2 (HTTP/1.1: one
+        request per connection): the instance never has more than 2
+        connections open; each request is served (200 from the instance) or
+        refused by the sidecar (503 without x-peer), none hangs."""
+        name = "bh-conn"
+        inst = self.inst[name]
+        results = [None] * 6
+
+        def one(i):
+            results[i] = http_call(self.ports[name], "/c", [("x-fault-delay-ms", "300")], timeout=5)
+
+        threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(6)]
+        for th in threads:
+            th.start()
+        time.sleep(0.15)
+        conns_mid = self.bulkhead(name).get("connections")
+        for th in threads:
+            th.join(10)
+        self.assertLessEqual(inst.max_open_connections, 2,
+                             "the instance saw %d connections at once" % inst.max_open_connections)
+        self.assertLessEqual(conns_mid, 2, "/clusters bulkhead.connections")
+        served = [o for o in results if o and o.code == 200]
+        print("\nmax_connections 2: %s" % sorted((o.code, round(o.elapsed, 2)) for o in results if o))
+        self.assertGreaterEqual(len(served), 2, results)
+        for o in results:
+            self.assertIsNotNone(o)
+            if o.code != 200:
+                self.assertEqual(o.code, 503, o)
+                self.assertIsNone(o.header("x-peer"), o)
+                self.assertTrue(o.header("x-sidecar-reason"), o)
+
+    def test_inbound_bulkhead(self):
+        self.hang_http("inbound", 2, port=self.inbound_port, inst=self.app)
+        got = self.app.wait_inflight(2, 5.0)
+        self.assertEqual(got, 2, "2 inbound requests should hang at the app")
+        for _ in range(5):
+            o = http_call(self.inbound_port, "/in", [("x-fault-hang", "1")], timeout=2)
+            self.assertEqual(o.code, 503, o)
+            self.assertIsNone(o.header("x-peer"), o)
+            self.assertTrue(o.header("x-sidecar-reason"), o)
+            self.assertLess(o.elapsed, FAST_REFUSAL_S, o)
+        self.assertEqual(self.app.count(), 2, "the app saw more than inbound.max_concurrent requests")
 
     def test_clusters_bulkhead_shape(self):
         bh = self.bulkhead("bh-b")

@@ -26,6 +26,8 @@ import threading
 import time
 import unittest
 
+import grpc
+
 import harness
 from harness import SidecarTestCase, free_port
 from grpc_client import Echo
@@ -276,7 +278,7 @@ class RetriesTest(SidecarTestCase):
         try:
             for m in self.echo["retry-grpc"].server_stream(b"m", metadata=md, timeout=5):
                 got.append(m)
-        except Exception as e:               # grpc.RpcError
+        except grpc.RpcError as e:
             code = e.code().value[0]
         self.assertEqual(got, [b"m"], "the message sent before the failure reaches the caller once")
         self.assertEqual(code, UNAVAILABLE)

@@ -35,7 +35,8 @@ def unique_key(prefix="k"):
 
 class Outcome:
     def __init__(self, code, details=None, elapsed=0.0, response=None, trailers=None,
-                 headers=None, body=None):
+                 headers=None, body=None, kind="grpc"):
+        self.kind = kind
         self.code = code
         self.details = details
         self.elapsed = elapsed
@@ -48,9 +49,9 @@ class Outcome:
         return self.headers.get(name.lower(), default)
 
     def __repr__(self):
-        if self.headers:
-            return "<HTTP %s %.3fs headers=%r body=%r>" % (self.code, self.elapsed, self.headers,
-                                                            (self.body or b"")[:200])
+        if self.kind == "http":
+            return "<HTTP %s %.3fs %s headers=%r body=%r>" % (self.code, self.elapsed, self.details or "",
+                                                               self.headers, (self.body or b"")[:200])
         return "<gRPC %s %r %.3fs trailers=%r>" % (self.code, self.details, self.elapsed, self.trailers)
 
 
@@ -84,9 +85,9 @@ def http_call(port, path="/", headers=(), method="GET", body=None, timeout=10.0,
         r = conn.getresponse()
         data = r.read()
         return Outcome(r.status, r.reason, time.monotonic() - t,
-                       headers={k.lower(): v for k, v in r.getheaders()}, body=data)
+                       headers={k.lower(): v for k, v in r.getheaders()}, body=data, kind="http")
     except (OSError, http.client.HTTPException, socket.timeout) as e:
-        return Outcome(-1, "%s: %s" % (type(e).__name__, e), time.monotonic() - t, body=b"")
+        return Outcome(-1, "%s: %s" % (type(e).__name__, e), time.monotonic() - t, body=b"", kind="http")
     finally:
         if own:
             conn.close()

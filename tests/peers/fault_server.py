@@ -47,6 +47,9 @@ body_length, body_sha256} and the header x-peer: <instance>. A failing one
 answers the status with x-peer too (and x-fault-instance trailer for gRPC),
 so a test can tell the upstream's own error from one the sidecar made.
 
+Connections (HTTP): n_connections accepted, max_open_connections at once,
+open_connections().
+
 Records (srv.calls(), ledger.calls()): instance, key, attempt (ledger
 number), method, path, headers (dict, lower-case; gRPC metadata as given),
 attempt_header (grpc-previous-rpc-attempts / x-sidecar-attempt, None when
@@ -207,10 +210,13 @@ class _FaultBase:
         self._release.clear()
 
     def _reset_counters(self):
+        """Zeroes the call count; `inflight` is a live gauge (calls of an
+        earlier test may still be finishing), so it is kept, and
+        max_inflight restarts from it."""
         with self._lock:
             self.n_calls = 0
-            self.inflight = 0
-            self.max_inflight = 0
+            self.inflight = getattr(self, "inflight", 0)
+            self.max_inflight = self.inflight
 
     def reset(self, ledger_too=True):
         """Back to mode ok, counters zero; the shared ledger too by default."""
@@ -665,14 +671,16 @@ class FaultHttpServer(_FaultBase):
     default_status = 503
 
     def __init__(self, name="fault-http", host="127.0.0.1", port=0, ledger=None, seed=1):
-        super().__init__(name, host, port, ledger, seed)
         self._conns = set()
+        super().__init__(name, host, port, ledger, seed)
         self._server = None
         self._thread = None
 
     def _conn_opened(self, sock):
         with self._lock:
             self._conns.add(sock)
+            self.n_connections += 1
+            self.max_open_connections = max(self.max_open_connections, len(self._conns))
 
     def _conn_closed(self, sock):
         with self._lock:
@@ -681,6 +689,12 @@ class FaultHttpServer(_FaultBase):
     def open_connections(self):
         with self._lock:
             return len(self._conns)
+
+    def _reset_counters(self):
+        super()._reset_counters()
+        with self._lock:
+            self.n_connections = 0                   # accepted since the reset
+            self.max_open_connections = len(getattr(self, "_conns", ()))
 
     def start(self):
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET

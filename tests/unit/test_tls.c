@@ -16,6 +16,8 @@
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -448,6 +450,8 @@ static void test_session_resumption(void **st)
     assert_int_equal(sc_tls_session_cache_count(cache), 1);
     resume_round(c, s, cache, false, true);
     resume_round(c, s, cache, false, true);   /* each resumption brings a new ticket */
+    sc_tls_ctx_flush_sessions(s, time(NULL));   /* nothing expired: still resumable */
+    resume_round(c, s, cache, false, true);
 
     /* TLS 1.2: the session stays and is reused again and again. */
     sc_tls_session_cache *c12 = sc_tls_session_cache_new(16);
@@ -466,8 +470,6 @@ static void test_session_resumption(void **st)
     resume_round(c2, s2, cache, false, true);
 
     /* Another key does not see these sessions. */
-    SSL_SESSION *none = NULL;
-    (void)none;
     sc_tls_client_opts o = {.cache = cache, .session_key = "other/10.0.0.1:1"};
     conn x;
     conn_open(&x, c2, s2, &o);
@@ -607,6 +609,105 @@ static void test_reload(void **st)
     sh("echo junk > '%s'", key);
     assert_null(sc_tls_watch_new(&o, err, sizeof(err)));
     assert_non_null(strstr(err, "tls.key"));
+}
+
+/* Workers take the current context per connection while the control thread
+ * rotates certificate and CA (ca -> ca2 -> ca ...): no handshake fails. */
+typedef struct load_arg {
+    sc_tls_watch *w;
+    sc_tls_ctx *client;
+    sc_tls_session_cache *cache;
+    atomic_bool *stop;
+    int done, failed;
+} load_arg;
+
+static void *load_worker(void *p)
+{
+    load_arg *a = p;
+    while (!atomic_load(a->stop) || a->done < 20) {
+        sc_tls_ctx *s = sc_tls_watch_get(a->w);
+        sc_tls_client_opts o = {.server_identity = ID("api"), .cache = a->cache,
+                                .session_key = "api/1"};
+        char err[256];
+        int fds[2];
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, fds) < 0)
+            break;
+        SSL *c = sc_tls_ssl_client(a->client, fds[0], &o, err, sizeof(err));
+        SSL *sv = sc_tls_ssl_server(s, fds[1], err, sizeof(err));
+        sc_tls_ctx_unref(s);    /* the SSL holds the context from here on */
+        sc_tls_want w;
+        int rc = -EAGAIN, rs = -EAGAIN;
+        for (int i = 0; i < 100 && (rc == -EAGAIN || rs == -EAGAIN); i++) {
+            if (rc == -EAGAIN)
+                rc = sc_tls_handshake(c, &w);
+            if (rs == -EAGAIN)
+                rs = sc_tls_handshake(sv, &w);
+        }
+        char buf[8];
+        ssize_t n = -EAGAIN;
+        if (rc == 0 && rs == 0 && sc_tls_write(sv, "ok", 2, &w) == 2)
+            for (int i = 0; i < 20 && n == -EAGAIN; i++)
+                n = sc_tls_read(c, buf, sizeof(buf), &w);
+        if (n != 2) {
+            a->failed++;
+            fprintf(stderr, "load: %d/%d %s | %s\n", rc, rs, sc_tls_conn_error(c),
+                    sc_tls_conn_error(sv));
+        }
+        sc_tls_ssl_free(c);
+        sc_tls_ssl_free(sv);
+        close(fds[0]);
+        close(fds[1]);
+        a->done++;
+    }
+    return NULL;
+}
+
+static void test_reload_under_load(void **st)
+{
+    (void)st;
+    const char *cert = P("load/cert.pem"), *key = P("load/key.pem"), *ca = P("load/ca.pem");
+    sh("mkdir -p '%s/load'", dir);
+    copy_file(P("a/api.pem"), cert);
+    copy_file(P("a/api.key"), key);
+    copy_file(P("bundle.pem"), ca);
+    char err[512];
+    sc_tls_ctx_opts o = {.role = SC_TLS_ROLE_SERVER, .cert_file = cert, .key_file = key,
+                         .ca_file = ca, .require_client_cert = true};
+    sc_tls_watch *w = sc_tls_watch_new(&o, err, sizeof(err));
+    assert_non_null(w);
+    sc_tls_ctx *client = client_ctx("b", "web", "bundle.pem");
+    sc_tls_session_cache *cache = sc_tls_session_cache_new(4);
+    atomic_bool stop = false;
+    load_arg args[2];
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) {
+        args[i] = (load_arg){.w = w, .client = client, .cache = cache, .stop = &stop};
+        assert_int_equal(pthread_create(&th[i], NULL, load_worker, &args[i]), 0);
+    }
+    int reloads = 0;
+    for (int i = 0; i < 6; i++) {
+        usleep(20000);
+        const char *d = (i % 2 == 0) ? "b" : "a";
+        char c[64], k[64];
+        snprintf(c, sizeof(c), "%s/api.pem", d);
+        snprintf(k, sizeof(k), "%s/api.key", d);
+        copy_file(P(k), key);   /* key first: one refused attempt is possible in between */
+        copy_file(P(c), cert);
+        int rc = sc_tls_watch_check(w, true, err, sizeof(err));
+        if (rc != 1)
+            fail_msg("reload %d: %d %s", i, rc, err);
+        reloads++;
+    }
+    atomic_store(&stop, true);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failed, 0);
+        assert_true(args[i].done >= 20);
+    }
+    assert_int_equal(reloads, 6);
+    sc_tls_session_cache_free(cache);
+    sc_tls_ctx_unref(client);
+    sc_tls_watch_free(w);
 }
 
 /* ---- contexts: errors and sources ---- */
@@ -972,6 +1073,7 @@ int main(void)
         cmocka_unit_test(test_bundle_two_roots),
         cmocka_unit_test(test_session_resumption),
         cmocka_unit_test(test_reload),
+        cmocka_unit_test(test_reload_under_load),
         cmocka_unit_test(test_ctx_errors),
         cmocka_unit_test(test_pem_in_memory),
         cmocka_unit_test(test_io_edges),
