@@ -22,7 +22,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 PY=/usr/bin/python3
 LIB="$HERE/benchlib.py"
 
-ALL_PROXIES="sidecar,haproxy,nghttpx,nginx"
+ALL_PROXIES="sidecar,sidecar_policies,haproxy,nghttpx,nginx"
 ALL_LOADS="grpc,http1,grpc-lat,http1-lat"   # EXTENSION: tls-handshake (see load_cmd)
 
 # ------------------------------------------------------------------ options
@@ -243,16 +243,17 @@ render() {
 # ------------------------------------------------------------------ ports
 BACKEND_GRPC=$((PORT_BASE + 1))
 BACKEND_HTTP=$((PORT_BASE + 2))
-declare -A PORTS_GRPC=([direct]=$BACKEND_GRPC [sidecar]=$((PORT_BASE + 10))
+declare -A PORTS_GRPC=([direct]=$BACKEND_GRPC [sidecar]=$((PORT_BASE + 10)) [sidecar_policies]=$((PORT_BASE + 12))
     [haproxy]=$((PORT_BASE + 20)) [nghttpx]=$((PORT_BASE + 30)) [nginx]=$((PORT_BASE + 40)))
-declare -A PORTS_HTTP=([direct]=$BACKEND_HTTP [sidecar]=$((PORT_BASE + 11))
+declare -A PORTS_HTTP=([direct]=$BACKEND_HTTP [sidecar]=$((PORT_BASE + 11)) [sidecar_policies]=$((PORT_BASE + 13))
     [haproxy]=$((PORT_BASE + 21)) [nghttpx]=$((PORT_BASE + 31)) [nginx]=$((PORT_BASE + 41)))
 SIDECAR_ADMIN=$((PORT_BASE + 19))
+SIDECAR_POLICIES_ADMIN=$((PORT_BASE + 18))
 # EXTENSION (mTLS): PORTS_TLS=([sidecar]=BASE+12 [haproxy]=BASE+22 ...), PORT_TLS in render().
 
 check_ports_free() {
     local p
-    for p in $BACKEND_GRPC $BACKEND_HTTP $SIDECAR_ADMIN "${PORTS_GRPC[@]}" "${PORTS_HTTP[@]}"; do
+    for p in $BACKEND_GRPC $BACKEND_HTTP $SIDECAR_ADMIN $SIDECAR_POLICIES_ADMIN "${PORTS_GRPC[@]}" "${PORTS_HTTP[@]}"; do
         port_open "$p" && die "port $p is in use (set BENCH_PORT_BASE)"
     done
     return 0
@@ -292,11 +293,17 @@ start_backends() {
 # PORT_HTTP set; sets PROXY_PID, and NO_GRPC / NO_HTTP to a reason when a
 # protocol is not supported. Returns non-zero with REASON set on failure.
 
-start_sidecar() {
+start_sidecar() { start_sidecar_with sidecar "$SIDECAR_ADMIN"; }
+# The same binary with every resilience policy enabled (issue: CPU per request
+# within 10% of the run without policies).
+start_sidecar_policies() { start_sidecar_with sidecar-policies "$SIDECAR_POLICIES_ADMIN"; }
+
+start_sidecar_with() {
+    local conf=$1
     [[ -e $SIDECAR_BIN ]] || { REASON="$SIDECAR_BIN not built"; return 1; }
     [[ -x $SIDECAR_BIN ]] || { REASON="$SIDECAR_BIN not executable"; return 1; }
-    PORT_ADMIN=$SIDECAR_ADMIN
-    render "$HERE/conf/sidecar.yaml.in" "$WORK/sidecar.yaml"
+    PORT_ADMIN=$2
+    render "$HERE/conf/$conf.yaml.in" "$WORK/sidecar.yaml"
     start_bg sidecar "${ON_PROXY_CORE[@]}" "$SIDECAR_BIN" --config "$WORK/sidecar.yaml"
     PROXY_PID=$LAST_PID
     local i code=""
