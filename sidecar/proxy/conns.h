@@ -20,6 +20,10 @@ typedef struct sc_down_conn {
     nghttp2_session *h2;
     uint32_t n_streams;
     bool goaway_sent;
+    /* TLS: the caller's verified identity (URI SAN) and the allow-list verdict */
+    bool tls;
+    bool denied;
+    char *identity;                 /* NULL: no verified identity */
 } sc_down_conn;
 
 /* A connection to one upstream instance. */

@@ -37,6 +37,7 @@
 #include "resilience/retry.h"
 
 #include <ev.h>
+#include <openssl/ssl.h>
 #include <nghttp2/nghttp2.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -150,6 +151,8 @@ typedef struct sc_conn_ops {
     void (*on_close)(sc_conn *c, int err);
     /* Called after a flush emptied the output buffer. */
     void (*on_drained)(sc_conn *c);
+    /* TLS handshake completed (may be NULL). */
+    void (*on_handshake)(sc_conn *c);
 } sc_conn_ops;
 
 enum {
@@ -160,6 +163,8 @@ enum {
     SC_CONN_F_READ_PAUSED = 1u << 4,
     SC_CONN_F_WANT_WRITE = 1u << 5, /* EAGAIN on write: waiting for EPOLLOUT */
     SC_CONN_F_EOF = 1u << 6,        /* peer closed its side */
+    SC_CONN_F_TLS_HS = 1u << 7,     /* TLS handshake in progress */
+    SC_CONN_F_TLS_HS_WRITE = 1u << 8, /* the handshake waits for writability */
 };
 
 struct sc_conn {
@@ -177,6 +182,7 @@ struct sc_conn {
     struct sockaddr_storage peer;
     socklen_t peer_len;
     char peer_text[64];
+    SSL *ssl;                       /* TLS, NULL for cleartext */
     const uint8_t *pend;            /* HTTP/2: serialized bytes not yet in `out` */
     size_t pend_len;
 };
@@ -220,6 +226,7 @@ typedef enum {
     SC_FAIL_CIRCUIT_OPEN,           /* 503 / UNAVAILABLE, or the policy's fallback */
     SC_FAIL_TRY_TIMEOUT,            /* 504 / DEADLINE_EXCEEDED: timeouts.per_try (retriable) */
     SC_FAIL_REFUSED_STREAM,         /* 503 / UNAVAILABLE: the upstream refused the stream */
+    SC_FAIL_FORBIDDEN,              /* 403 / PERMISSION_DENIED: caller identity not allowed */
 } sc_fail;
 
 const char *sc_fail_reason(sc_fail f);
@@ -309,6 +316,7 @@ struct sc_worker {
     uint32_t n_down_conns;
     bool draining;
     bool stopping;
+    struct sc_tls_session_cache *tls_sessions; /* outbound TLS resumption */
     /* free lists */
     void *free_streams;
     void *free_blocks;
@@ -336,6 +344,9 @@ ssize_t sc_conn_send(sc_conn *c, const void *buf, size_t len);
 int sc_conn_write(sc_conn *c, const void *p, size_t n);
 /* "1.2.3.4:80" / "[::1]:80". */
 void sc_sockaddr_text(const struct sockaddr *sa, char *out, size_t cap);
+/* Puts TLS under a connection: at once for an accepted one, after the TCP
+ * connect for an outgoing one (SC_CONN_F_CONNECTING). Takes the SSL. */
+void sc_conn_start_tls(sc_conn *c, SSL *ssl);
 /* Connected sockets: non-blocking, TCP_NODELAY. */
 int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out);
 

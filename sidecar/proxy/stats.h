@@ -62,6 +62,11 @@ typedef struct sc_worker_stats {
     sc_counter down_conns_total;
     sc_counter streams;             /* gauge */
     sc_counter bad_requests[SC_BAD_REQ_KINDS];
+    sc_counter tls_handshakes;       /* completed, inbound and outbound */
+    sc_counter tls_resumed;          /* of which resumed sessions */
+    sc_counter tls_refused;          /* peer refused: no/untrusted/expired certificate, wrong identity */
+    sc_counter tls_failed;           /* other handshake failures */
+    sc_counter authz_denied;         /* inbound requests refused by tls.allow */
     size_t n_routes;
     sc_route_stats routes[];
 } sc_worker_stats;

@@ -131,6 +131,7 @@ const char *sc_fail_reason(sc_fail f)
     case SC_FAIL_CIRCUIT_OPEN: return "circuit-open";
     case SC_FAIL_TRY_TIMEOUT: return "upstream-per-try-timeout";
     case SC_FAIL_REFUSED_STREAM: return "upstream-refused-stream";
+    case SC_FAIL_FORBIDDEN: return "caller-not-allowed";
     }
     return "unknown";
 }
@@ -150,6 +151,7 @@ static const char *fail_detail(sc_fail f)
     case SC_FAIL_QUEUE_TIMEOUT: return "waited in the bulkhead queue longer than bulkhead.queue_timeout";
     case SC_FAIL_CIRCUIT_OPEN: return "circuit breaker open: calls fail fast until it half-opens";
     case SC_FAIL_REFUSED_STREAM: return "the instance refused the stream";
+    case SC_FAIL_FORBIDDEN: return "the caller's identity is not in tls.allow";
     default: return "failed";
     }
 }
@@ -161,6 +163,7 @@ static int fail_http_status(sc_fail f)
     case SC_FAIL_PROTOCOL: return 502;
     case SC_FAIL_TIMEOUT:
     case SC_FAIL_TRY_TIMEOUT: return 504;
+    case SC_FAIL_FORBIDDEN: return 403;
     default: return 503;
     }
 }
@@ -173,6 +176,7 @@ static int fail_grpc_status(sc_fail f)
     case SC_FAIL_OVERLOAD:
     case SC_FAIL_QUEUE_TIMEOUT: return SC_GRPC_RESOURCE_EXHAUSTED;
     case SC_FAIL_PROTOCOL: return SC_GRPC_INTERNAL;
+    case SC_FAIL_FORBIDDEN: return SC_GRPC_PERMISSION_DENIED;
     default: return SC_GRPC_UNAVAILABLE;
     }
 }
@@ -901,6 +905,11 @@ void sc_stream_start(sc_stream *s)
         s->deadline_ns = s->start_ns + limit_ns;
         ev_timer_set(&s->timer, (double)limit_ns / 1e9, 0);
         ev_timer_start(w->loop, &s->timer);
+    }
+    if (r->inbound && s->down && SC_DOWN(s->down)->denied) {
+        SC_STAT_INC(w->stats->authz_denied);
+        sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
+        return;
     }
     uint64_t now = sc_now_ms();
     if (p) {

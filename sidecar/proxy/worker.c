@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
+#include "tls/tls.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -138,12 +139,34 @@ int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out)
 
 ssize_t sc_conn_recv(sc_conn *c, void *buf, size_t len)
 {
-    return recv(c->fd, buf, len, 0);
+    if (!c->ssl)
+        return recv(c->fd, buf, len, 0);
+    sc_tls_want want = SC_TLS_WANT_NONE;
+    ssize_t n = sc_tls_read(c->ssl, buf, len, &want);
+    if (n >= 0)
+        return n;
+    errno = (int)-n;
+    return -1;
 }
 
 ssize_t sc_conn_send(sc_conn *c, const void *buf, size_t len)
 {
-    return send(c->fd, buf, len, MSG_NOSIGNAL);
+    if (!c->ssl)
+        return send(c->fd, buf, len, MSG_NOSIGNAL);
+    sc_tls_want want = SC_TLS_WANT_NONE;
+    ssize_t n = sc_tls_write(c->ssl, buf, len, &want);
+    if (n >= 0)
+        return n;
+    errno = (int)-n;
+    return -1;
+}
+
+static void conn_update_events(sc_conn *c);
+
+/* Bytes already decrypted inside OpenSSL: epoll will not report them. */
+static bool tls_pending(const sc_conn *c)
+{
+    return c->ssl && !(c->flags & SC_CONN_F_TLS_HS) && sc_tls_pending(c->ssl);
 }
 
 static void conn_update_events(sc_conn *c)
@@ -153,7 +176,9 @@ static void conn_update_events(sc_conn *c)
     int ev = 0;
     if (!(c->flags & (SC_CONN_F_READ_PAUSED | SC_CONN_F_EOF)))
         ev |= EV_READ;
-    if (c->flags & (SC_CONN_F_WANT_WRITE | SC_CONN_F_CONNECTING))
+    if (c->flags & SC_CONN_F_TLS_HS)
+        ev = (c->flags & SC_CONN_F_TLS_HS_WRITE) ? EV_WRITE : EV_READ;
+    else if (c->flags & (SC_CONN_F_WANT_WRITE | SC_CONN_F_CONNECTING))
         ev |= EV_WRITE;
     if (ev == (c->io.events & (EV_READ | EV_WRITE)) && ev_is_active(&c->io))
         return;
@@ -177,8 +202,8 @@ void sc_conn_resume_read(sc_conn *c)
         return;
     c->flags &= ~SC_CONN_F_READ_PAUSED;
     conn_update_events(c);
-    /* Bytes may already wait in c->in (pipelined HTTP/1): let the codec look. */
-    if (sc_buf_len(&c->in) && !(c->flags & SC_CONN_F_CLOSED))
+    /* Bytes may already wait in c->in (pipelined HTTP/1) or inside TLS: let the codec look. */
+    if ((sc_buf_len(&c->in) || tls_pending(c)) && !(c->flags & SC_CONN_F_CLOSED))
         sc_conn_mark_dirty(c);
 }
 
@@ -286,10 +311,60 @@ static int conn_flush(sc_conn *c)
     return 0;
 }
 
+/* One step of the TLS handshake; on completion the protocol takes over. */
+static void tls_step(sc_conn *c)
+{
+    sc_tls_want want = SC_TLS_WANT_NONE;
+    int rv = sc_tls_handshake(c->ssl, &want);
+    if (rv == -EAGAIN) {
+        if (want == SC_TLS_WANT_WRITE)
+            c->flags |= SC_CONN_F_TLS_HS_WRITE;
+        else
+            c->flags &= ~SC_CONN_F_TLS_HS_WRITE;
+        conn_update_events(c);
+        return;
+    }
+    sc_worker_stats *ws = c->w->stats;
+    if (rv < 0) {
+        if (rv == -EACCES)
+            SC_STAT_INC(ws->tls_refused);
+        else
+            SC_STAT_INC(ws->tls_failed);
+        SC_WARN("%s %s: TLS handshake with %s failed: %s", c->ops->kind == SC_CONN_DOWN_H1 ? "listener" : "upstream",
+                c->route->name, c->peer_text, sc_tls_conn_error(c->ssl));
+        sc_conn_close(c, rv == -EACCES ? -EACCES : -EPROTO);
+        return;
+    }
+    SC_STAT_INC(ws->tls_handshakes);
+    if (sc_tls_session_reused(c->ssl))
+        SC_STAT_INC(ws->tls_resumed);
+    c->flags &= ~(SC_CONN_F_TLS_HS | SC_CONN_F_TLS_HS_WRITE | SC_CONN_F_CONNECTING);
+    if (c->ops->kind == SC_CONN_UP_H1 || c->ops->kind == SC_CONN_UP_H2)
+        ev_timer_stop(c->w->loop, &c->timer); /* the connect timeout covered the handshake */
+    conn_update_events(c);
+    if (c->ops->on_handshake)
+        c->ops->on_handshake(c);
+    if (!(c->flags & SC_CONN_F_CLOSED))
+        sc_conn_mark_dirty(c);
+}
+
+void sc_conn_start_tls(sc_conn *c, SSL *ssl)
+{
+    c->ssl = ssl;
+    if (!(c->flags & SC_CONN_F_CONNECTING)) {
+        c->flags |= SC_CONN_F_TLS_HS; /* accepted: the caller speaks first */
+        conn_update_events(c);
+    }
+}
+
 static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop;
     sc_conn *c = SC_CONTAINER_OF(io, sc_conn, io);
+    if (c->flags & SC_CONN_F_TLS_HS) {
+        tls_step(c);
+        return;
+    }
     if (revents & EV_WRITE) {
         if (c->flags & SC_CONN_F_CONNECTING) {
             int err = 0;
@@ -297,6 +372,12 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
             getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
             if (err) {
                 sc_conn_close(c, -err);
+                return;
+            }
+            if (c->ssl) {
+                /* TCP is up: the handshake runs under the same connect timer. */
+                c->flags |= SC_CONN_F_TLS_HS;
+                tls_step(c);
                 return;
             }
             c->flags &= ~SC_CONN_F_CONNECTING;
@@ -339,6 +420,14 @@ void sc_conn_close(sc_conn *c, int err)
     }
     c->ops->on_close(c, err);
     sc_list_remove(&c->link);
+    if (c->ssl) {
+        if (!(c->flags & SC_CONN_F_TLS_HS) && err >= 0) {
+            sc_tls_want want;
+            sc_tls_shutdown(c->ssl, &want); /* one non-blocking close_notify */
+        }
+        sc_tls_ssl_free(c->ssl);
+        c->ssl = NULL;
+    }
     close(c->fd);
     c->fd = -1;
     sc_buf_release(c->w, &c->out);
@@ -397,8 +486,9 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
         }
         /* HTTP/1 bytes that arrived while the reader was paused are parsed now:
          * the socket will not signal them again. */
-        if (sc_buf_len(&c->in) && !(c->flags & (SC_CONN_F_READ_PAUSED | SC_CONN_F_CLOSING)) &&
-            (c->ops->kind == SC_CONN_DOWN_H1 || c->ops->kind == SC_CONN_UP_H1))
+        if (!(c->flags & (SC_CONN_F_READ_PAUSED | SC_CONN_F_CLOSING | SC_CONN_F_TLS_HS)) &&
+            ((sc_buf_len(&c->in) && (c->ops->kind == SC_CONN_DOWN_H1 || c->ops->kind == SC_CONN_UP_H1)) ||
+             tls_pending(c)))
             c->ops->on_readable(c);
         if (!(c->flags & SC_CONN_F_CLOSED))
             conn_flush(c);
