@@ -6,6 +6,7 @@
 
 #include "admin/admin.h"
 #include "core/log.h"
+#include "tls/tls_runtime.h"
 #include "discovery/app_health.h" /* consul + health (issue 4) */
 #include "discovery/consul.h"
 #include "discovery/grpc_health.h"
@@ -148,6 +149,11 @@ int sc_sidecar_run(sidecar *sc)
         return rv;
     }
     /* end consul + health */
+    rv = sc_tls_runtime_start(sc, err, sizeof(err));
+    if (rv < 0) {
+        SC_ERROR("tls: %s", err);
+        return rv;
+    }
     sc->workers = sc_xcalloc(sc->n_workers, sizeof(sc_worker));
     for (unsigned i = 0; i < sc->n_workers; i++) {
         rv = sc_worker_init(&sc->workers[i], sc, i);
@@ -177,6 +183,7 @@ int sc_sidecar_run(sidecar *sc)
     sigterm.data = sigint.data = sc;
     ev_signal_start(sc->loop, &sigterm);
     ev_signal_start(sc->loop, &sigint);
+    sc_tls_runtime_watch(sc);
     ev_timer tick;
     ev_timer_init(&tick, tick_cb, 0.1, 0.1);
     tick.data = sc;
@@ -193,8 +200,9 @@ int sc_sidecar_run(sidecar *sc)
                 p->discovery == SC_DISCOVERY_STATIC ? p->n_instances : 0,
                 p->discovery == SC_DISCOVERY_STATIC ? "static" : "consul", sc_proto_name(p->protocol));
         if (p->tls.mode != SC_TLS_OFF)
-            SC_WARN("upstream %s: tls.mode %s is parsed but TLS origination is not in this build yet", p->name,
-                    p->tls.mode == SC_TLS_MUTUAL ? "mutual" : "simple");
+            SC_INFO("upstream %s: TLS (%s) to its instances%s%s", p->name,
+                    p->tls.mode == SC_TLS_MUTUAL ? "mutual" : "simple",
+                    p->tls.server_identity ? ", expecting " : "", p->tls.server_identity ? p->tls.server_identity : "");
     }
 
     /* consul + health (issue 4): registration and watches once serving */
@@ -217,6 +225,7 @@ int sc_sidecar_run(sidecar *sc)
     /* end consul + health */
     sc_admin_stop(sc->admin);
     sc->admin = NULL;
+    sc_tls_runtime_stop(sc);
     SC_INFO("drained; exiting");
     return 0;
 }

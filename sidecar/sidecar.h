@@ -31,6 +31,9 @@ typedef struct sidecar {
     struct sc_app_health *app_health;
     struct sc_grpc_health *grpc_health;
     /* end consul + health */
+    struct sc_tls_watch *tls_server;      /* inbound listener material, NULL = cleartext */
+    struct sc_tls_watch *tls_client;      /* outbound origination material (mode: mutual) */
+    struct sc_tls_watch *tls_client_anon; /* outbound, no client certificate (mode: simple) */
 } sidecar;
 
 sidecar *sc_sidecar_new(sc_config *cfg);

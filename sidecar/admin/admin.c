@@ -5,6 +5,7 @@
 #include "discovery/consul.h"
 #include "http/grpc.h"
 #include "http/h1.h"
+#include "tls/tls_runtime.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -158,6 +159,20 @@ char *sc_admin_render_stats(const sidecar *sc)
     fprintf(f, "sidecar_downstream_connections_total %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(down_conns_total)));
     metric_head(f, "sidecar_streams_active", "gauge", "Requests in flight on all listeners.");
     fprintf(f, "sidecar_streams_active %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(streams)));
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } tls_m[] = {
+        {"sidecar_tls_handshakes_total", "TLS handshakes completed (inbound and outbound).", WS_OFF(tls_handshakes)},
+        {"sidecar_tls_resumed_total", "Of those, resumed sessions.", WS_OFF(tls_resumed)},
+        {"sidecar_tls_handshake_refused_total", "Handshakes refused: no, untrusted or expired certificate, wrong identity.", WS_OFF(tls_refused)},
+        {"sidecar_tls_handshake_failures_total", "Other TLS handshake failures.", WS_OFF(tls_failed)},
+        {"sidecar_inbound_authz_denied_total", "Inbound requests refused because the caller is not in tls.allow.", WS_OFF(authz_denied)},
+    };
+    for (size_t m = 0; m < SC_ARRAY_LEN(tls_m); m++) {
+        metric_head(f, tls_m[m].name, "counter", tls_m[m].help);
+        fprintf(f, "%s %llu\n", tls_m[m].name, (unsigned long long)sum_worker(sc, tls_m[m].off));
+    }
     metric_head(f, "sidecar_downstream_bad_requests_total", "counter", "Requests refused as malformed, by reason.");
     for (int k = 0; k < SC_BAD_REQ_KINDS; k++)
         fprintf(f, "sidecar_downstream_bad_requests_total{reason=\"%s\"} %llu\n", sc_bad_req_names[k],
@@ -438,12 +453,15 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
             sc_sidecar_drain(sc);
             respond(ac, 200, "text/plain", "draining\n");
         }
+    } else if (path_is(h, "/certs")) {
+        body = sc_tls_runtime_render(sc);
+        respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
     } else if (path_is(h, "/breaker")) {
         handle_breaker(ac, h);
     } else if (path_is(h, "/")) {
         respond(ac, 200, "text/plain",
                 "sidecar admin\n  GET /ready\n  GET /stats\n  GET /clusters\n  GET /config\n"
-                "  GET /log, POST /log?level=LEVEL\n  POST /drain\n  POST /breaker?upstream=NAME&action=open|close|release\n");
+                "  GET /certs\n  GET /log, POST /log?level=LEVEL\n  POST /drain\n  POST /breaker?upstream=NAME&action=open|close|release\n");
     } else {
         respond(ac, 404, "text/plain", "not found; GET / lists the endpoints\n");
     }

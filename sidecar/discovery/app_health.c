@@ -4,6 +4,7 @@
 #include "discovery/app_health.h"
 
 #include "core/log.h"
+#include "tls/tls_runtime.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -297,6 +298,8 @@ bool sc_health_ready(const sidecar *sc, char *why, size_t cap)
         r = "starting";
     else if (!sc_app_health_is_up(sc->app_health))
         app_down = true;
+    else if (!sc_tls_runtime_cert_ok(sc, why, cap))
+        return false; /* expired or not yet valid certificate: why says so */
     if (!r && !app_down)
         return true;
     if (why && cap) {

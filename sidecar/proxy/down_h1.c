@@ -10,6 +10,7 @@
 #include "http/grpc.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
+#include "tls/tls.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +99,8 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
     const sc_h1_header *ch = sc_h1_find(h, "connection");
     if (ch)
         conn_hdr = ch->value;
+    const char *idh = c->w->sc->cfg->tls.identity_header;
+    size_t idh_len = strlen(idh);
     m->method = sc_arena_dup(&s->arena, h->method.p, h->method.len);
     m->method_len = h->method.len;
     m->scheme = "http";
@@ -123,13 +126,15 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
     for (size_t i = 0; i < h->n_headers; i++) {
         const sc_h1_header *hd = &h->headers[i];
         if (is_hop(hd, conn_hdr) || name_is(&hd->name, "host", 4) || name_is(&hd->name, "content-length", 14) ||
-            name_is(&hd->name, "expect", 6))
-            continue;
+            name_is(&hd->name, "expect", 6) || name_is(&hd->name, idh, idh_len))
+            continue; /* the identity header is only ever set by the sidecar */
         if (name_is(&hd->name, "content-type", 12) && sc_grpc_is_content_type(hd->value.p, hd->value.len))
             m->is_grpc = true;
         if (sc_msg_add(s, m, hd->name.p, hd->name.len, hd->value.p, hd->value.len) < 0)
             return -ENOMEM;
     }
+    if (d->identity && c->route->inbound && sc_msg_add(s, m, idh, idh_len, d->identity, strlen(d->identity)) < 0)
+        return -ENOMEM;
     if (h->te_trailers) {
         s->down_te_trailers = true;
         sc_msg_add(s, m, "te", 2, "trailers", 8);
@@ -458,6 +463,8 @@ static void on_close(sc_conn *c, int err)
 {
     sc_down_conn *d = SC_DOWN(c);
     (void)err;
+    free(d->identity);
+    d->identity = NULL;
     if (d->cur) {
         sc_stream *s = d->cur;
         d->cur = NULL;
@@ -467,12 +474,32 @@ static void on_close(sc_conn *c, int err)
     SC_STAT_DEC(c->w->stats->down_conns);
 }
 
+/* The caller's certificate was verified: who is it, may it call, which protocol. */
+static void on_handshake(sc_conn *c)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    const sc_config *cfg = c->w->sc->cfg;
+    char id[SC_TLS_ID_MAX];
+    if (sc_tls_peer_identity(c->ssl, id, sizeof(id)) > 0)
+        d->identity = strdup(id);
+    if (cfg->tls.n_allow) {
+        d->denied = !sc_tls_allowed((const char *const *)cfg->tls.allow, cfg->tls.n_allow, d->identity);
+        if (d->denied)
+            SC_INFO("inbound listener: caller %s is not in tls.allow; its requests get 403 / PERMISSION_DENIED",
+                    d->identity ? d->identity : "(certificate without a SPIFFE identity)");
+    }
+    const char *alpn = sc_tls_alpn_selected(c->ssl);
+    if (alpn && strcmp(alpn, "h2") == 0 && sc_down_h2_upgrade(c) < 0)
+        sc_conn_close(c, -EPROTO);
+}
+
 const sc_conn_ops sc_down_h1_ops = {
     .kind = SC_CONN_DOWN_H1,
     .on_readable = on_readable,
     .produce = produce,
     .on_close = on_close,
     .on_drained = NULL,
+    .on_handshake = on_handshake,
 };
 
 void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr *sa, socklen_t len)
@@ -486,8 +513,25 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
     sc_conn_init(c, w, fd, &sc_down_h1_ops, route);
     memcpy(&c->peer, sa, len);
     c->peer_len = len;
-    snprintf(c->peer_text, sizeof(c->peer_text), "fd %d", fd);
+    sc_sockaddr_text(sa, c->peer_text, sizeof(c->peer_text));
     ev_init(&c->timer, timer_cb);
+    if (route->inbound && w->sc->tls_server) {
+        char err[256];
+        sc_tls_ctx *ctx = sc_tls_watch_get(w->sc->tls_server);
+        SSL *ssl = ctx ? sc_tls_ssl_server(ctx, fd, err, sizeof(err)) : NULL;
+        if (ctx)
+            sc_tls_ctx_unref(ctx);
+        if (!ssl) {
+            SC_WARN("inbound listener: cannot start TLS for a new connection: %s", ctx ? err : "no context");
+            close(fd);
+            free(d);
+            return;
+        }
+        d->tls = true;
+        c->ssl = ssl;
+        c->flags |= SC_CONN_F_TLS_HS;
+        c->io.events = EV_READ;
+    }
     sc_list_push(&w->down_conns, &c->link);
     w->n_down_conns++;
     SC_STAT_INC(w->stats->down_conns);

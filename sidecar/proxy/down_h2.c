@@ -122,12 +122,13 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         m->is_grpc = true;
     if (eq(name, namelen, "te"))
         s->down_te_trailers = true;
+    if (eq(name, namelen, s->w->sc->cfg->tls.identity_header))
+        return 0; /* only ever set by the sidecar, from a verified certificate */
     return sc_msg_add(s, m, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
-    (void)user_data;
     sc_stream *s;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
@@ -137,6 +138,11 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
             s->reqp.eof = true;
         if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+            sc_down_conn *d = user_data;
+            if (d->identity && s->route->inbound) {
+                const char *idh = s->w->sc->cfg->tls.identity_header;
+                sc_msg_add(s, &s->req, idh, strlen(idh), d->identity, strlen(d->identity));
+            }
             s->req.head_done = true;
             if (!s->req.authority) {
                 s->req.authority = "";
@@ -371,6 +377,8 @@ static void on_close(sc_conn *c, int err)
 {
     (void)err;
     sc_down_conn *d = SC_DOWN(c);
+    free(d->identity);
+    d->identity = NULL;
     if (d->h2) {
         /* Each live stream is told its caller is gone. */
         sc_link *l = c->w->streams.next;

@@ -9,6 +9,7 @@
 #include "http/grpc.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
+#include "tls/tls.h"
 
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -1007,6 +1008,32 @@ sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr 
     memcpy(&u->super.peer, sa, len);
     u->super.peer_len = len;
     sc_sockaddr_text(sa, u->super.peer_text, sizeof(u->super.peer_text));
+    const sc_policy *p = route->policy;
+    if (p && p->tls.mode != SC_TLS_OFF) {
+        sc_tls_watch *tw = p->tls.mode == SC_TLS_MUTUAL ? w->sc->tls_client : w->sc->tls_client_anon;
+        sc_tls_ctx *ctx = tw ? sc_tls_watch_get(tw) : NULL;
+        char key[160], terr[256] = "no TLS context";
+        snprintf(key, sizeof(key), "%s/%s", route->name, u->super.peer_text);
+        sc_tls_client_opts o = {
+            .sni = p->tls.sni,
+            .server_identity = p->tls.server_identity,
+            .alpn = p->protocol == SC_PROTO_HTTP1 ? SC_TLS_ALPN_HTTP1 : SC_TLS_ALPN_H2,
+            .cache = w->tls_sessions,
+            .session_key = key,
+        };
+        SSL *ssl = ctx ? sc_tls_ssl_client(ctx, fd, &o, terr, sizeof(terr)) : NULL;
+        if (ctx)
+            sc_tls_ctx_unref(ctx);
+        if (!ssl) {
+            SC_WARN("upstream %s: cannot start TLS to %s: %s", route->name, u->super.peer_text, terr);
+            sc_bulkhead_conn_release(&route->bulkhead);
+            close(fd);
+            free(u);
+            *err = -EPROTO;
+            return NULL;
+        }
+        u->super.ssl = ssl; /* the handshake starts once TCP is connected */
+    }
     u->super.flags |= SC_CONN_F_CONNECTING;
     ev_io_set(&u->super.io, fd, EV_READ | EV_WRITE);
     ev_io_start(w->loop, &u->super.io);

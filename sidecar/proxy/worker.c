@@ -637,6 +637,7 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
         ev_io_init(&w->listeners[i], accept_cb, fd, EV_READ);
         w->listeners[i].data = w;
     }
+    w->tls_sessions = sc_tls_session_cache_new(1024);
     ev_async_init(&w->wakeup, wakeup_cb);
     ev_init(&w->promote, promote_cb);
     w->promote.repeat = 0.005;
@@ -709,6 +710,7 @@ void sc_worker_free(sc_worker *w)
         w->free_streams = *(void **)s;
         free(s);
     }
+    sc_tls_session_cache_free(w->tls_sessions);
     if (w->loop)
         ev_loop_destroy(w->loop);
     for (size_t i = 0; w->rstate && i < w->sc->n_routes; i++) {
