@@ -5,6 +5,7 @@
  * prerequisites).
  */
 #include "config/config_internal.h"
+#include "tls/tls.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -445,14 +446,13 @@ static void parse_tls(loader *L, const sc_ynode *m)
     if (sc_config_rd_str_list(c, f[3], "tls.allow", &cfg->tls.allow, &cfg->tls.n_allow)) {
         for (size_t i = 0; i < cfg->tls.n_allow; i++) {
             const char *a = cfg->tls.allow[i];
-            const char *star = strchr(a, '*');
-            if (star && star[1] != 0) {
+            const char *why = NULL;
+            /* The same rule the listener applies, so --check and run time agree. */
+            if (sc_tls_pattern_valid(a, &why) < 0) {
                 char fp[64];
                 sc_config_path_idx(fp, sizeof(fp), "tls.allow", i);
-                sc_config_err(c, f[3]->items[i], fp,
-                              "'%.64s': '*' is allowed only at the end, e.g. "
-                              "spiffe://example.org/*",
-                              a);
+                sc_config_err(c, f[3]->items[i], fp, "'%.64s': %s (e.g. spiffe://example.org/ns/default/dc/dc1/svc/*)",
+                              a, why ? why : "not a valid identity pattern");
             }
         }
         if (cfg->tls.n_allow && !f[2])
