@@ -16,7 +16,7 @@
 #include "discovery/consul_json.h"
 
 #include <arpa/inet.h>
-#include <curl/curl.h>
+#include "discovery/curl_api.h"
 #include <ifaddrs.h>
 #include <jansson.h>
 #include <net/if.h>
@@ -1166,6 +1166,12 @@ static int init_curl_once(void)
     static int done = 0;
     static CURLcode rc = CURLE_OK;
     if (!done) {
+        char err[256];
+        /* libcurl is loaded only now: a sidecar without Consul never maps it. */
+        if (sc_curl_api_load(err, sizeof(err)) < 0) {
+            SC_ERROR("consul: %s (install libcurl4)", err);
+            return -ENOENT;
+        }
         rc = curl_global_init(CURL_GLOBAL_DEFAULT);
         done = 1;
     }

@@ -9,16 +9,11 @@
  * batch has ended and no batch is in flight.
  */
 #include "discovery/grpc_health.h"
+#include "discovery/grpc_api.h"
 
 #include "core/log.h"
 #include "discovery/app_health.h"
 
-#include <grpc/byte_buffer.h>
-#include <grpc/byte_buffer_reader.h>
-#include <grpc/grpc.h>
-#include <grpc/grpc_security.h>
-#include <grpc/slice.h>
-#include <grpc/support/time.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -411,6 +406,9 @@ int sc_grpc_health_start(sidecar *sc, sc_grpc_health **out, char *err, size_t er
     *out = NULL;
     const sc_config *cfg = sc->cfg;
     if (!cfg->health.grpc_enabled)
+        return -ENOENT;
+    /* gRPC core is loaded only now: a sidecar without a gRPC health port never maps it. */
+    if (sc_grpc_api_load(err, errlen) < 0)
         return -ENOENT;
     sc_grpc_health *g = calloc(1, sizeof(*g));
     if (!g)
