@@ -329,28 +329,11 @@ void sc_down_h2_informational(sc_stream *s, int status, const nghttp2_nv *nv, si
 
 static void on_readable(sc_conn *c)
 {
-    sc_down_conn *d = SC_DOWN(c);
-    uint8_t buf[16384];
-    for (int i = 0; i < 8; i++) {
-        ssize_t n = sc_conn_recv(c, buf, sizeof(buf));
-        if (n > 0) {
-            ssize_t rv = nghttp2_session_mem_recv(d->h2, buf, (size_t)n);
-            if (rv < 0) {
-                SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_H2_PROTOCOL]);
-                SC_DEBUG("%s listener: HTTP/2 protocol error from caller: %s", c->route->name,
-                         nghttp2_strerror((int)rv));
-                sc_conn_close(c, -EPROTO);
-                return;
-            }
-            sc_conn_mark_dirty(c);
-            if ((size_t)n < sizeof(buf))
-                break;
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            break;
-        sc_conn_close(c, n < 0 ? -errno : 0);
-        return;
+    int rv = sc_h2_feed(c, SC_DOWN(c)->h2, 0);
+    if (rv < 0) {
+        SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_H2_PROTOCOL]);
+        SC_DEBUG("%s listener: HTTP/2 protocol error from %s: %s", c->route->name, c->peer_text, nghttp2_strerror(rv));
+        sc_conn_close(c, -EPROTO);
     }
 }
 

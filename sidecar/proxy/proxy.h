@@ -190,6 +190,10 @@ struct sc_conn {
 /* HTTP/2 output shared by both sides: moves nghttp2_session_mem_send()
  * output into c->out while it has room. Returns 0 or a negative error. */
 int sc_h2_produce(sc_conn *c, nghttp2_session *session);
+/* HTTP/2 input shared by both sides: reads what the socket has (bounded) into
+ * the session. Returns 0, 1 when the connection was closed (EOF or error:
+ * closed with eof_err / -errno), or an nghttp2 error (the caller closes). */
+int sc_h2_feed(sc_conn *c, nghttp2_session *session, int eof_err);
 
 /* ---- pipes and streams ---- */
 typedef struct sc_pipe {

@@ -325,27 +325,10 @@ void sc_up_h2_cancel(sc_stream *s)
 
 static void on_readable(sc_conn *c)
 {
-    sc_up_conn *u = SC_UP(c);
-    uint8_t buf[16384];
-    for (int i = 0; i < 8; i++) {
-        ssize_t n = sc_conn_recv(c, buf, sizeof(buf));
-        if (n > 0) {
-            ssize_t rv = nghttp2_session_mem_recv(u->h2, buf, (size_t)n);
-            if (rv < 0) {
-                SC_WARN("upstream %s: HTTP/2 protocol error from %s: %s", c->route->name, c->peer_text,
-                        nghttp2_strerror((int)rv));
-                sc_conn_close(c, -EPROTO);
-                return;
-            }
-            sc_conn_mark_dirty(c);
-            if ((size_t)n < sizeof(buf))
-                break;
-            continue;
-        }
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            break;
-        sc_conn_close(c, n < 0 ? -errno : -ECONNRESET);
-        return;
+    int rv = sc_h2_feed(c, SC_UP(c)->h2, -ECONNRESET);
+    if (rv < 0) {
+        SC_WARN("upstream %s: HTTP/2 protocol error from %s: %s", c->route->name, c->peer_text, nghttp2_strerror(rv));
+        sc_conn_close(c, -EPROTO);
     }
 }
 

@@ -254,6 +254,28 @@ int sc_h2_produce(sc_conn *c, nghttp2_session *session)
     }
 }
 
+int sc_h2_feed(sc_conn *c, nghttp2_session *session, int eof_err)
+{
+    uint8_t buf[16384];
+    for (int i = 0; i < 8; i++) {
+        ssize_t n = sc_conn_recv(c, buf, sizeof(buf));
+        if (n > 0) {
+            ssize_t rv = nghttp2_session_mem_recv(session, buf, (size_t)n);
+            if (rv < 0)
+                return (int)rv;
+            sc_conn_mark_dirty(c);
+            if ((size_t)n < sizeof(buf))
+                return 0;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return 0;
+        sc_conn_close(c, n < 0 ? -errno : eof_err);
+        return 1;
+    }
+    return 0;
+}
+
 /* Writes what c->out holds, asking the protocol for more while the socket
  * takes it. Returns 0, or -1 when the connection was closed. */
 static int conn_flush(sc_conn *c)
