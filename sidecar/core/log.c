@@ -57,3 +57,24 @@ void sc_log(sc_log_level level, const char *fmt, ...)
     ssize_t w = write(STDERR_FILENO, line, len);
     (void)w;
 }
+
+void sc_log_limited(sc_ratelimit *rl, sc_log_level level, const char *fmt, ...)
+{
+    if ((int)level < atomic_load_explicit(&g_level, memory_order_relaxed))
+        return;
+    unsigned long long now = sc_now_ms(), last = atomic_load(&rl->last_ms);
+    if ((last && now - last < 1000) || !atomic_compare_exchange_strong(&rl->last_ms, &last, now ? now : 1)) {
+        atomic_fetch_add(&rl->suppressed, 1);
+        return;
+    }
+    char msg[1800];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    unsigned long long n = atomic_exchange(&rl->suppressed, 0);
+    if (n)
+        sc_log(level, "%s (and %llu more like it in the last second)", msg, n);
+    else
+        sc_log(level, "%s", msg);
+}

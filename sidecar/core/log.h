@@ -21,6 +21,16 @@ void sc_log_set_thread_name(const char *name);
 
 void sc_log(sc_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* At most one line per second per limiter (any thread); the next line that
+ * passes says how many were suppressed. Use for events a failing peer can
+ * produce per request. */
+typedef struct sc_ratelimit {
+    _Atomic unsigned long long last_ms;
+    _Atomic unsigned long long suppressed;
+} sc_ratelimit;
+void sc_log_limited(sc_ratelimit *rl, sc_log_level level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#define SC_WARN_LIMITED(rl, ...) sc_log_limited((rl), SC_LOG_WARN, __VA_ARGS__)
+
 #define SC_DEBUG(...) do { if (sc_log_get_level() <= SC_LOG_DEBUG) sc_log(SC_LOG_DEBUG, __VA_ARGS__); } while (0)
 #define SC_INFO(...) sc_log(SC_LOG_INFO, __VA_ARGS__)
 #define SC_WARN(...) sc_log(SC_LOG_WARN, __VA_ARGS__)

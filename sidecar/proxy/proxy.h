@@ -112,6 +112,7 @@ struct sc_route {
     sc_retry_budget budget;
     sc_outlier outlier;
     sc_instance_state *states;      /* control thread adds, nobody frees before the route */
+    sc_ratelimit log_limit;         /* per-request warnings about this upstream */
 };
 
 /* Control thread: attaches per-instance state to `snap` and publishes it;

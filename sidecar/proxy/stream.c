@@ -972,7 +972,7 @@ static void up_conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     sc_conn *c = SC_CONTAINER_OF(t, sc_conn, timer);
     if (c->flags & SC_CONN_F_CONNECTING) {
-        SC_WARN("upstream %s: connect to %s timed out after %llums", c->route->name, c->peer_text,
+        SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: connect to %s timed out after %llums", c->route->name, c->peer_text,
                 (unsigned long long)c->route->timeouts->connect_ms);
         sc_up_conn_fail_pending(SC_UP(c), SC_FAIL_CONNECT_TIMEOUT);
         sc_conn_close(c, -ETIMEDOUT);

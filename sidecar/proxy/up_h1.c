@@ -92,7 +92,7 @@ void sc_up_h1_attach(sc_stream *s)
             sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
             return;
         }
-        SC_WARN("upstream %s: cannot connect: %s", s->route->name, strerror(-err));
+        SC_WARN_LIMITED(&s->route->log_limit, "upstream %s: cannot connect: %s", s->route->name, strerror(-err));
         sc_stream_upstream_failed(s, SC_FAIL_CONNECT);
         return;
     }
@@ -259,7 +259,7 @@ static int parse_head(sc_up_conn *u, sc_stream *s)
             return sc_buf_space(&c->in) == 0 ? -EMSGSIZE : 0;
         u->head_scanned = 0;
         if (n < 0) {
-            SC_WARN("upstream %s: invalid response from %s: %s", c->route->name, c->peer_text, why ? why : "syntax");
+            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: invalid response from %s: %s", c->route->name, c->peer_text, why ? why : "syntax");
             return -EPROTO;
         }
         sc_h1_str conn_hdr = {0};
@@ -383,7 +383,7 @@ static void on_readable(sc_conn *c)
         }
         int rv = sc_h1_pump_body(s, &c->in, &s->h1_up_body, &s->respp);
         if (rv < 0) {
-            SC_WARN("upstream %s: malformed response body from %s", c->route->name, c->peer_text);
+            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: malformed response body from %s", c->route->name, c->peer_text);
             u->cur = NULL;
             s->up = NULL;
             sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL);
@@ -432,7 +432,7 @@ static void on_close(sc_conn *c, int err)
     if (c->flags & SC_CONN_F_CONNECTING) {
         why = err == -ETIMEDOUT ? SC_FAIL_CONNECT_TIMEOUT : SC_FAIL_CONNECT;
         if (why == SC_FAIL_CONNECT)
-            SC_WARN("upstream %s: connect to %s failed: %s", c->route->name, c->peer_text, strerror(-err));
+            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: connect to %s failed: %s", c->route->name, c->peer_text, strerror(-err));
     }
     sc_stream_upstream_failed(s, why);
 }

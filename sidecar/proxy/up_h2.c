@@ -148,7 +148,7 @@ void sc_up_h2_attach(sc_stream *s)
                 sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
                 return;
             }
-            SC_WARN("upstream %s: cannot connect: %s", s->route->name, strerror(-err));
+            SC_WARN_LIMITED(&s->route->log_limit, "upstream %s: cannot connect: %s", s->route->name, strerror(-err));
             sc_stream_upstream_failed(s, SC_FAIL_CONNECT);
             return;
         }
@@ -327,7 +327,7 @@ static void on_readable(sc_conn *c)
 {
     int rv = sc_h2_feed(c, SC_UP(c)->h2, -ECONNRESET);
     if (rv < 0) {
-        SC_WARN("upstream %s: HTTP/2 protocol error from %s: %s", c->route->name, c->peer_text, nghttp2_strerror(rv));
+        SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: HTTP/2 protocol error from %s: %s", c->route->name, c->peer_text, nghttp2_strerror(rv));
         sc_conn_close(c, -EPROTO);
     }
 }
@@ -349,9 +349,9 @@ static void on_close(sc_conn *c, int err)
     if (c->flags & SC_CONN_F_CONNECTING) {
         why = err == -ETIMEDOUT ? SC_FAIL_CONNECT_TIMEOUT : SC_FAIL_CONNECT;
         if (why == SC_FAIL_CONNECT)
-            SC_WARN("upstream %s: connect to %s failed: %s", c->route->name, c->peer_text, strerror(-err));
+            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: connect to %s failed: %s", c->route->name, c->peer_text, strerror(-err));
     } else if (err && err != -ECANCELED && u->n_streams) {
-        SC_WARN("upstream %s: connection to %s lost with %u streams in flight: %s", c->route->name, c->peer_text,
+        SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: connection to %s lost with %u streams in flight: %s", c->route->name, c->peer_text,
                 u->n_streams, strerror(-err));
     }
     while (!sc_list_empty(&u->pending)) {
