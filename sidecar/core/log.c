@@ -74,7 +74,7 @@ void sc_log_limited(sc_ratelimit *rl, sc_log_level level, const char *fmt, ...)
     va_end(ap);
     unsigned long long n = atomic_exchange(&rl->suppressed, 0);
     if (n)
-        sc_log(level, "%s (and %llu more like it in the last second)", msg, n);
+        sc_log(level, "%s (%llu more like it suppressed since the last such line)", msg, n);
     else
         sc_log(level, "%s", msg);
 }
