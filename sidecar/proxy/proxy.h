@@ -310,6 +310,7 @@ struct sc_worker {
     ev_io *listeners;               /* one per route */
     ev_async wakeup;                /* drain / stop requests from the control thread */
     ev_prepare flush;               /* flush dirty connections before polling */
+    ev_idle more;                   /* active while dirty work is left: no sleeping poll */
     ev_check check;                 /* epoch tracking after polling */
     ev_timer drain_timer;
     ev_timer promote;               /* while bulkhead waiters exist: take slots freed elsewhere */

@@ -494,8 +494,11 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
     (void)loop;
     (void)revents;
     sc_worker *w = SC_CONTAINER_OF(p, sc_worker, flush);
-    /* Connections made dirty during a flush are handled in the same pass. */
-    for (int guard = 0; guard < 1000 && !sc_list_empty(&w->dirty); guard++) {
+    /* Connections made dirty during a flush are handled in the same pass, up
+     * to a bound so that two connections feeding each other cannot starve
+     * the rest of the loop; what is left keeps the loop from sleeping (idle
+     * watcher below), since nothing else would wake it for this work. */
+    for (int guard = 0; guard < 256 && !sc_list_empty(&w->dirty); guard++) {
         sc_link *l = w->dirty.next;
         sc_list_remove(l);
         sc_conn *c = SC_CONTAINER_OF(l, sc_conn, dirty_link);
@@ -516,9 +519,23 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
             conn_flush(c);
     }
     bury(&t_priv->graveyard);
+    if (!sc_list_empty(&w->dirty)) {
+        if (!ev_is_active(&w->more))
+            ev_idle_start(w->loop, &w->more);
+    } else if (ev_is_active(&w->more)) {
+        ev_idle_stop(w->loop, &w->more);
+    }
     if (w->draining && w->n_down_conns == 0)
         ev_break(w->loop, EVBREAK_ALL);
     sc_epoch_leave(&w->epoch);
+}
+
+/* Exists to make the next poll return at once while dirty work is left. */
+static void more_cb(struct ev_loop *loop, ev_idle *i, int revents)
+{
+    (void)loop;
+    (void)i;
+    (void)revents;
 }
 
 static void check_cb(struct ev_loop *loop, ev_check *c, int revents)
@@ -664,6 +681,7 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
     ev_init(&w->promote, promote_cb);
     w->promote.repeat = 0.005;
     ev_prepare_init(&w->flush, flush_cb);
+    ev_idle_init(&w->more, more_cb);
     ev_check_init(&w->check, check_cb);
     ev_set_priority(&w->check, EV_MAXPRI);
     return 0;

@@ -12,10 +12,20 @@ Subcommands (all print to stdout, errors to stderr, exit 0 unless noted):
                                  when the tree is gone, or after MAXSEC
   h2load OUT [LOG]               parse h2load output (+ per-request log) -> TSV
   wrk OUT                        parse `wrk --latency` output -> TSV
+  s_time OUT WALL MODE           parse `openssl s_time` output (MODE new|reuse,
+                                 WALL = measured seconds) -> TSV, see below
+  conn-get PORT SECONDS          plaintext twin of `s_time -reuse -www /`: one
+                                 connection per `GET / HTTP/1.0`, one at a time,
+                                 for SECONDS; prints an s_time-like summary
   check-grpc HOST:PORT PATH      one unary call; exit 1 with a reason on failure
   check-http URL                 one GET; exit 1 with a reason on failure
+  check-https URL CA CERT KEY    one GET over mTLS (client certificate CERT/KEY,
+                                 server verified against CA); exit 1 on failure
   report RESULTS_TSV META_FILE   Markdown table + ratio lines
 The parse subcommands print: rps <TAB> ok_requests <TAB> p50_us <TAB> p99_us <TAB> errors
+(for s_time: handshakes/s, connections, -, -, and as errors the connections
+whose handshake was not of the kind asked for: resumed ones in a -new run,
+full ones in a -reuse run; MODE plain parses conn-get, errors = non-200).
 """
 import math
 import os
@@ -177,6 +187,65 @@ def parse_wrk(out_path):
                      _wrk_time(m99.group(1)) if m99 else "", str(non2xx + sockerr)]))
 
 
+def parse_s_time(out_path, wall, mode):
+    """openssl s_time prints one character per connection ('r' resumed,
+    '*' or a version letter for a full handshake) and then
+    "N connections in T real seconds, B bytes read per connection". T is
+    whole seconds, so the rate uses the measured wall time instead."""
+    text = open(out_path, errors="replace").read()
+    m = re.findall(r"^(\d+) connections in \d+ real seconds", text, re.M)
+    # "-" for "none": run.sh reads these fields with IFS=tab, which would
+    # merge empty ones.
+    if not m:
+        print("\t".join(["-", "-", "-", "-", "-"]))
+        return
+    n = int(m[-1])
+    # The progress characters sit on the lines between "starting" (or the
+    # "Collecting ..." line) and the summary; count only those lines.
+    marks = "".join(line for line in text.splitlines()
+                    if line and re.fullmatch(r"[r*t3]+", line))
+    resumed = marks.count("r")
+    full = len(marks) - resumed
+    if mode == "plain":
+        mm = re.search(r"(\d+) not 200", text)
+        wrong = int(mm.group(1)) if mm else 0
+    else:
+        wrong = full if mode == "reuse" else resumed
+    try:
+        rps = f"{n / float(wall):.1f}"
+    except (ValueError, ZeroDivisionError):
+        rps = "-"
+    print("\t".join([rps, str(n), "-", "-", str(wrong)]))
+
+
+def conn_get(port, secs):
+    """What s_time -reuse -www / does per connection, without TLS: connect,
+    send `GET / HTTP/1.0` (no Host, as s_time), read until the server closes,
+    close; sequentially, like s_time."""
+    import socket
+    req = b"GET / HTTP/1.0\r\n\r\n"
+    n = bad = 0
+    t0 = time.monotonic()
+    end = t0 + secs
+    while time.monotonic() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as c:
+                c.sendall(req)
+                head = b""
+                while True:
+                    d = c.recv(65536)
+                    if not d:
+                        break
+                    if len(head) < 16:
+                        head += d[:16]
+        except OSError:
+            head = b""
+        n += 1
+        if not re.match(rb"HTTP/1\.[01] 200 ", head):
+            bad += 1
+    print(f"{n} connections in {time.monotonic() - t0:.0f} real seconds, {bad} not 200")
+
+
 # ---------------------------------------------------------------- checks
 
 def check_grpc(target, path):
@@ -214,10 +283,36 @@ def check_http(url):
     return 0
 
 
+def check_https(url, ca, cert, key):
+    import ssl
+    import urllib.request
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+        ctx.load_cert_chain(cert, key)
+        ctx.set_alpn_protocols(["http/1.1"])
+        with urllib.request.urlopen(url, timeout=3, context=ctx) as r:
+            body = r.read()
+            if r.status != 200 or not body:
+                print(f"HTTP {r.status}, {len(body)} bytes", file=sys.stderr)
+                return 1
+    except Exception as e:  # noqa: BLE001 - any failure is the reason we report
+        print(str(e), file=sys.stderr)
+        return 1
+    return 0
+
+
 # ---------------------------------------------------------------- report
 
 COLS = ["load", "proxy", "rps", "cpu_us", "p50", "p99", "rss_idle", "rss_load",
-        "core0", "errors", "note", "other0"]
+        "core0", "errors", "note", "other0", "key"]
+
+# Loads (the run.sh names in the "key" column) whose unit is a connection,
+# not a request: req/s is handshakes/s and CPU µs/req is µs per connection.
+HANDSHAKE_LOADS = ("tls-full", "tls-resumed")
+# tls-persistent is compared with its plaintext twin, measured right after it
+# in the same proxy process at the same rate with the same tool.
+TLS_PAIRS = (("tls-persistent", "tls-plain"), ("tls-persistent-max", "tls-plain-max"))
+HANDSHAKE_LOADS += ("tls-resumed-plain",)
 
 
 def _f(v, fmt):
@@ -284,6 +379,7 @@ def report(results_path, meta_path):
     if notes:
         out.append("")
 
+    key_of = {r["load"]: r["key"] for r in rows}
     by = {(r["load"], r["proxy"]): r for r in rows if not r["note"]}
     proxies = list(dict.fromkeys(r["proxy"] for r in rows))
     peers = [p for p in proxies if p not in ("sidecar", "direct")]
@@ -332,6 +428,63 @@ def report(results_path, meta_path):
     else:
         out.append("Ratios: none (no sidecar rows measured).")
 
+    # TLS: what a handshake and what TLS on a kept-alive connection cost.
+    hs = [l for l in all_loads if key_of.get(l) in HANDSHAKE_LOADS]
+    pairs = []
+    for tkey, pkey in TLS_PAIRS:
+        tl = next((l for l in all_loads if key_of.get(l) == tkey), None)
+        pl = next((l for l in all_loads if key_of.get(l) == pkey), None)
+        if tl and pl:
+            pairs.append((tl, pl))
+    if hs or pairs:
+        out.append("")
+        out.append("TLS (sidecar / peer ratios are above; handshake rows count connections: "
+                   "req/s = handshakes/s, CPU µs/req = proxy CPU µs per connection, errors = "
+                   "connections whose handshake was not of the kind asked for):")
+        out.append("")
+        tproxies = [p for p in proxies if p != "direct"
+                    and any((l, p) in by for l in hs + [x for pr in pairs for x in pr])]
+        for load in hs:
+            vals = [f"{p} {_num(by[(load, p)]['cpu_us']) / 1000:.3f} ms"
+                    for p in tproxies if (load, p) in by and _num(by[(load, p)]["cpu_us"])]
+            if vals:
+                out.append(f"- {load}: proxy CPU per connection: " + ", ".join(vals))
+        full = next((l for l in hs if key_of.get(l) == "tls-full"), None)
+        res = next((l for l in hs if key_of.get(l) == "tls-resumed"), None)
+        twin = next((l for l in hs if key_of.get(l) == "tls-resumed-plain"), None)
+        if res and twin:
+            # The resumed run carries one GET per connection; its plaintext
+            # twin is the same connection + GET without TLS.
+            vals, est = [], {}
+            for p in tproxies:
+                r, t = by.get((res, p)), by.get((twin, p))
+                if r and t and _num(r["cpu_us"]) and _num(t["cpu_us"]):
+                    est[p] = _num(r["cpu_us"]) - _num(t["cpu_us"])
+                    vals.append(f"{p} {est[p] / 1000:.3f} ms")
+            if vals:
+                out.append("- resumed handshake alone, estimated as (resumed handshake + GET) - "
+                           "(plaintext connection + GET): " + ", ".join(vals))
+            s = est.get("sidecar")
+            for p in peers:
+                if s and est.get(p):
+                    out.append(f"  - sidecar vs {p}: {s / est[p]:.2f}x")
+        if full and res:
+            vals = [f"{p} {ratio(by[(res, p)]['cpu_us'], by[(full, p)]['cpu_us'])}"
+                    for p in tproxies if (res, p) in by and (full, p) in by]
+            if vals:
+                out.append("- (resumed handshake + GET) / full handshake, CPU per connection: "
+                           + ", ".join(vals))
+        for tl, pl in pairs:
+            vals = []
+            for p in tproxies:
+                t, q = by.get((tl, p)), by.get((pl, p))
+                if t and q and not stalled(tl, t) and not stalled(pl, q):
+                    vals.append(f"{p} {ratio(t['cpu_us'], q['cpu_us'])} "
+                                f"({_f(t['cpu_us'], '{:.1f}')} / {_f(q['cpu_us'], '{:.1f}')} µs)")
+            if vals:
+                out.append(f"- TLS / plaintext CPU per request on kept-alive connections at the "
+                           f"same rate, \"{tl}\" / \"{pl}\": " + ", ".join(vals))
+
     # Sanity: at saturation the proxy, not core 1 (load tool + backend), must
     # be the limit, or req/s and CPU/req compare different regimes.
     warn = []
@@ -345,7 +498,11 @@ def report(results_path, meta_path):
             if stalled(load, q):
                 stall.append(f"{p} ({_num(q['rps']) or 0:,.0f} req/s)")
                 continue
-            if target_rate(load):
+            if target_rate(load) or key_of.get(load) in HANDSHAKE_LOADS + ("tls-plain-max",):
+                # Fixed rate: nothing to saturate. Handshakes: the client pays
+                # about as much per handshake as the server, so core 1 is the
+                # limit; CPU per handshake hardly depends on batching.
+                # tls-plain-max is paced at its TLS twin's rate on purpose.
                 continue
             if d and _num(q["rps"]) and _num(d["rps"]) and _num(q["rps"]) >= 0.9 * _num(d["rps"]):
                 near.append(f"{p} ({_num(q['rps']) / _num(d['rps']):.0%})")
@@ -403,8 +560,14 @@ def main(argv):
         parse_wrk(args[0])
     elif cmd == "check-grpc":
         return check_grpc(args[0], args[1])
+    elif cmd == "s_time":
+        parse_s_time(args[0], args[1], args[2])
+    elif cmd == "conn-get":
+        conn_get(int(args[0]), float(args[1]))
     elif cmd == "check-http":
         return check_http(args[0])
+    elif cmd == "check-https":
+        return check_https(args[0], args[1], args[2], args[3])
     elif cmd == "report":
         report(args[0], args[1])
     else:

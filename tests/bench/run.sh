@@ -13,8 +13,12 @@
 #
 # Extension points (look for "EXTENSION"): a new proxy is a start_<name>
 # function plus its name in ALL_PROXIES; a new load is a case in load_cmd()
-# plus its name in ALL_LOADS. The mTLS handshake load (openssl s_time) is
-# sketched there and in the config templates but not implemented.
+# plus its name in ALL_LOADS.
+#
+# TLS loads (tls-full, tls-resumed, tls-persistent) run against an mTLS
+# listener of the sidecar, HAProxy and nghttpx only, with certificates made at
+# run time by certs/make-certs.sh (CA, server "bench", client "client", ECDSA
+# P-256). See "TLS loads" in tests/bench/README.md.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -23,7 +27,9 @@ PY=/usr/bin/python3
 LIB="$HERE/benchlib.py"
 
 ALL_PROXIES="sidecar,sidecar_policies,haproxy,nghttpx,nginx"
-ALL_LOADS="grpc,http1,grpc-lat,http1-lat"   # EXTENSION: tls-handshake (see load_cmd)
+ALL_LOADS="grpc,http1,grpc-lat,http1-lat,tls-full,tls-resumed,tls-persistent"
+# Proxies with an mTLS listener (the others skip the tls-* loads).
+TLS_PROXIES="sidecar,haproxy,nghttpx"
 
 # ------------------------------------------------------------------ options
 QUICK=0
@@ -50,6 +56,11 @@ usage: $0 [options]
   --only LIST      proxies, comma-separated, from: $ALL_PROXIES (default: all)
                    (the no-proxy baseline "direct" always runs unless --no-direct)
   --loads LIST     loads, comma-separated, from: $ALL_LOADS (default: all)
+                   tls-full: mTLS full handshakes (openssl s_time -new); tls-resumed:
+                   resumed ones (s_time -reuse -www /); tls-persistent: requests on
+                   kept-alive mTLS connections against a plaintext twin, at a fixed
+                   rate and at the highest rate the load core reaches. TLS loads
+                   run on $TLS_PROXIES only.
   --sidecar PATH   sidecar binary (default: \$SIDECAR_BIN or build/sidecar)
   --out FILE       results file (default: tests/bench/results-<date>.md)
   --no-direct      skip the no-proxy baseline
@@ -99,6 +110,8 @@ for l in ${LOADS//,/ }; do
     in_list "$l" "$ALL_LOADS" || { echo "unknown load in --loads: $l" >&2; exit 2; }
 done
 in_list direct "$ONLY" && DIRECT=1
+TLS_WANTED=0
+for l in ${LOADS//,/ }; do [[ $l == tls-* ]] && TLS_WANTED=1; done
 PROXIES=()
 ((DIRECT)) && PROXIES+=(direct)
 for p in ${ALL_PROXIES//,/ }; do in_list "$p" "$ONLY" && PROXIES+=("$p"); done
@@ -144,6 +157,10 @@ ensure_tools() {
     [[ $HTTP_BACKEND == nginx ]] || in_list nginx "$ONLY" && need nginx nginx-light
     in_list haproxy "$ONLY" && need haproxy haproxy
     in_list nghttpx "$ONLY" && need nghttpx nghttp2-proxy
+    if ((TLS_WANTED)); then
+        need openssl openssl
+        [[ -f /usr/include/openssl/ssl.h ]] || pkgs+=(libssl-dev)   # client_cert_shim.c
+    fi
     if ((${#pkgs[@]})); then
         ((EUID == 0)) || die "missing packages: ${pkgs[*]} (install them or run as root)"
         log "installing: ${pkgs[*]}"
@@ -231,13 +248,20 @@ http_status() {
         read -r _ code _ <&3 && echo "$code"' _ "$1" "$2" 2>/dev/null
 }
 
-# render TEMPLATE OUT: @VAR@ -> value for the ports and paths below.
+# render TEMPLATE OUT: @VAR@ -> value for the ports and paths below. The
+# "# BEGIN tls" .. "# END tls" block (an mTLS listener) is kept only when a TLS
+# load will run against this proxy (PORT_TLS set) and the certificates exist.
 render() {
+    local keep_tls=0
+    [[ -n ${PORT_TLS:-} && -z $TLS_REASON ]] && keep_tls=1
     sed -e "s|@WORK@|$WORK|g" \
         -e "s|@PORT_GRPC@|$PORT_GRPC|g" -e "s|@PORT_HTTP@|$PORT_HTTP|g" \
         -e "s|@PORT_ADMIN@|${PORT_ADMIN:-0}|g" -e "s|@PORT_TLS@|${PORT_TLS:-0}|g" \
         -e "s|@BACKEND_GRPC@|$BACKEND_GRPC|g" -e "s|@BACKEND_HTTP@|$BACKEND_HTTP|g" \
+        -e "s|@TLS_CERT@|$TLS_DIR/bench.pem|g" -e "s|@TLS_KEY@|$TLS_DIR/bench.key|g" \
+        -e "s|@TLS_CERT_KEY@|$TLS_DIR/bench-with-key.pem|g" -e "s|@TLS_CA@|$TLS_DIR/ca-bundle.pem|g" \
         "$1" >"$2"
+    ((keep_tls)) || sed -i '/^# BEGIN tls/,/^# END tls/d' "$2"
 }
 
 # ------------------------------------------------------------------ ports
@@ -247,13 +271,14 @@ declare -A PORTS_GRPC=([direct]=$BACKEND_GRPC [sidecar]=$((PORT_BASE + 10)) [sid
     [haproxy]=$((PORT_BASE + 20)) [nghttpx]=$((PORT_BASE + 30)) [nginx]=$((PORT_BASE + 40)))
 declare -A PORTS_HTTP=([direct]=$BACKEND_HTTP [sidecar]=$((PORT_BASE + 11)) [sidecar_policies]=$((PORT_BASE + 13))
     [haproxy]=$((PORT_BASE + 21)) [nghttpx]=$((PORT_BASE + 31)) [nginx]=$((PORT_BASE + 41)))
+# mTLS listeners (TLS_PROXIES): sidecar inbound, HAProxy and nghttpx frontends.
+declare -A PORTS_TLS=([sidecar]=$((PORT_BASE + 14)) [haproxy]=$((PORT_BASE + 22)) [nghttpx]=$((PORT_BASE + 32)))
 SIDECAR_ADMIN=$((PORT_BASE + 19))
 SIDECAR_POLICIES_ADMIN=$((PORT_BASE + 18))
-# EXTENSION (mTLS): PORTS_TLS=([sidecar]=BASE+12 [haproxy]=BASE+22 ...), PORT_TLS in render().
 
 check_ports_free() {
     local p
-    for p in $BACKEND_GRPC $BACKEND_HTTP $SIDECAR_ADMIN $SIDECAR_POLICIES_ADMIN "${PORTS_GRPC[@]}" "${PORTS_HTTP[@]}"; do
+    for p in $BACKEND_GRPC $BACKEND_HTTP $SIDECAR_ADMIN $SIDECAR_POLICIES_ADMIN "${PORTS_GRPC[@]}" "${PORTS_HTTP[@]}" "${PORTS_TLS[@]}"; do
         port_open "$p" && die "port $p is in use (set BENCH_PORT_BASE)"
     done
     return 0
@@ -288,6 +313,44 @@ start_backends() {
     printf '\x00\x00\x00\x00\x10\x0a\x0ehello-sidecar!' >"$WORK/grpc-request.bin"
 }
 
+# ------------------------------------------------------------------ TLS
+# Certificates for the tls-* loads, made fresh in the work directory: a CA,
+# the server certificate "bench" (every proxy's TLS listener) and the client
+# certificate "client" (every load tool), ECDSA P-256, by certs/make-certs.sh.
+# TLS_REASON is non-empty when there are none (then every tls-* load is n/a).
+# SHIM is the LD_PRELOAD library that gives h2load the client certificate
+# (client_cert_shim.c); SHIM_REASON says why it is missing.
+TLS_DIR="$WORK/certs"
+TLS_REASON="no TLS load selected"
+SHIM="$WORK/client_cert_shim.so"
+SHIM_REASON="no TLS load selected"
+setup_tls() {
+    ((TLS_WANTED)) || return 0
+    log "making certificates in $TLS_DIR (certs/make-certs.sh: CA, bench, client)"
+    if ! "$ROOT/certs/make-certs.sh" --out "$TLS_DIR" bench client >"$WORK/make-certs.log" 2>&1; then
+        TLS_REASON="certs/make-certs.sh failed: $(tail -n 2 "$WORK/make-certs.log" | tr '\n' ' ' | cut -c1-200)"
+        log "warning: $TLS_REASON"
+        return 0
+    fi
+    # HAProxy's `crt` takes the certificate and its key in one file.
+    cat "$TLS_DIR/bench.pem" "$TLS_DIR/bench.key" >"$TLS_DIR/bench-with-key.pem"
+    chmod 600 "$TLS_DIR/bench-with-key.pem"
+    TLS_REASON=""
+    if cc -O2 -Wall -Wextra -shared -fPIC -o "$SHIM" "$HERE/client_cert_shim.c" -ldl -lssl -lcrypto \
+        2>"$WORK/client_cert_shim.build.log"; then
+        SHIM_REASON=""
+    else
+        SHIM_REASON="client_cert_shim.c build failed: $(head -n 2 "$WORK/client_cert_shim.build.log" | tr '\n' ' ' | cut -c1-200)"
+        log "warning: $SHIM_REASON"
+    fi
+}
+
+# check_tls: one mTLS GET through the proxy's TLS listener must answer 200.
+check_tls() {
+    timeout 10 "$PY" "$LIB" check-https "https://127.0.0.1:$PORT_TLS/" \
+        "$TLS_DIR/ca-bundle.pem" "$TLS_DIR/client.pem" "$TLS_DIR/client.key" 2>&1
+}
+
 # ------------------------------------------------------------------ proxies
 # start_<proxy>: starts the proxy pinned to PROXY_CORE with PORT_GRPC and
 # PORT_HTTP set; sets PROXY_PID, and NO_GRPC / NO_HTTP to a reason when a
@@ -318,11 +381,22 @@ start_sidecar_with() {
             return 1
         fi
         code=$(http_status "$PORT_ADMIN" /ready)
-        [[ $code == 200 ]] && return 0
+        if [[ $code == 200 ]]; then
+            [[ -z ${PORT_TLS:-} || -n $TLS_REASON ]] && return 0
+            wait_port "$PORT_TLS" "$PROXY_PID" 5 && return 0
+            REASON="ready, but the inbound mTLS listener 127.0.0.1:$PORT_TLS did not accept: $(why "$WORK/sidecar.log")"
+            return 1
+        fi
         sleep 0.05
     done
     REASON="admin /ready on 127.0.0.1:$PORT_ADMIN did not answer 200 within 10 s (last: ${code:-no answer})"
     return 1
+}
+
+# wait_tls_port: when this proxy got an mTLS listener, until it accepts.
+wait_tls_port() {
+    [[ -z ${PORT_TLS:-} || -n $TLS_REASON ]] && return 0
+    wait_port "$PORT_TLS" "$PROXY_PID" 5
 }
 
 start_haproxy() {
@@ -333,6 +407,7 @@ start_haproxy() {
     PROXY_PID=$LAST_PID
     wait_port "$PORT_GRPC" "$PROXY_PID" 5 && wait_port "$PORT_HTTP" "$PROXY_PID" 5 \
         || { REASON="did not listen: $(why "$WORK/haproxy.log")"; return 1; }
+    wait_tls_port || { REASON="mTLS frontend did not listen: $(why "$WORK/haproxy.log")"; return 1; }
 }
 
 start_nghttpx() {
@@ -341,6 +416,7 @@ start_nghttpx() {
     PROXY_PID=$LAST_PID
     wait_port "$PORT_GRPC" "$PROXY_PID" 5 && wait_port "$PORT_HTTP" "$PROXY_PID" 5 \
         || { REASON="did not listen: $(why "$WORK/nghttpx.errorlog" "$WORK/nghttpx.log")"; return 1; }
+    wait_tls_port || { REASON="mTLS frontend did not listen: $(why "$WORK/nghttpx.errorlog" "$WORK/nghttpx.log")"; return 1; }
 }
 
 nginx_has_grpc() {
@@ -372,11 +448,28 @@ start_nginx() {
 
 # ------------------------------------------------------------------ loads
 # load_cmd LOAD SECONDS LOGFILE: sets CMD (the load tool's argv), PROTO
-# (grpc|http1) and PARSER (h2load|wrk) for one run against PORT_GRPC/PORT_HTTP.
+# (grpc|http1|tls) and PARSER (h2load|wrk|s_time) for one run against
+# PORT_GRPC/PORT_HTTP/PORT_TLS.
+#
+# tls-resumed is two runs: itself and tls-resumed-plain, the same connection
+# + HTTP/1.0 GET without TLS (benchlib.py conn-get), so that the GET can be
+# taken out of the figure. tls-persistent is four runs: itself
+# (mTLS, fixed rate), tls-plain (its plaintext twin: same tool, rate and
+# connections against the proxy's plaintext HTTP/1 listener), tls-persistent-max
+# (mTLS, closed loop, as fast as the load core goes) and tls-plain-max (its
+# plaintext twin paced at the rate tls-persistent-max reached, TLS_MAX_RPS),
+# so that TLS and plaintext CPU per request compare at equal request rates.
+TLS_MAX_CONNS=16
+TLS_MAX_RPS=""
 load_cmd() {
     local load=$1 secs=$2 logf=$3
     local grpc_url="http://127.0.0.1:$PORT_GRPC/bench.Bench/Echo"
     local grpc_args=(-d "$WORK/grpc-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+    local s_time=(openssl s_time -connect "127.0.0.1:${PORT_TLS:-0}" -cert "$TLS_DIR/client.pem"
+                  -key "$TLS_DIR/client.key" -CAfile "$TLS_DIR/ca-bundle.pem" -time "$secs")
+    # h2load has no client-certificate option: the shim loads it (client_cert_shim.c).
+    local with_cert=(env "LD_PRELOAD=$SHIM" "BENCH_CLIENT_CERT=$TLS_DIR/client.pem"
+                     "BENCH_CLIENT_KEY=$TLS_DIR/client.key")
     case $load in
         grpc)       # gRPC unary over h2c at saturation: 8 connections x 16 streams
             PROTO=grpc PARSER=h2load
@@ -392,13 +485,36 @@ load_cmd() {
             PROTO=http1 PARSER=h2load
             CMD=(h2load --h1 -c "$LAT_CONNS" -m 1 --rps "$LAT_RPS" -D "$secs"
                  --log-file="$logf" "http://127.0.0.1:$PORT_HTTP/") ;;
-        # EXTENSION (mTLS handshake, not implemented): PROTO=tls PARSER=s_time
-        #   CMD=(openssl s_time -connect 127.0.0.1:$PORT_TLS -new -time "$secs"
-        #        -cert client.pem -key client.key -CAfile ca.pem)
-        # with a start_<proxy> branch that opens a TLS listener on PORT_TLS,
-        # certificates generated under $WORK, and a "s_time" parser in
-        # benchlib.py ("N connections in T real seconds" -> handshakes/s);
-        # CPU/handshake is then the same tree-CPU delta divided by connections.
+        tls-full)   # full mTLS handshakes, one per connection, no request
+            PROTO=tls PARSER=s_time S_TIME_MODE=new
+            CMD=("${s_time[@]}" -new) ;;
+        tls-resumed)  # resumed mTLS handshakes (TLS 1.3 PSK + ECDHE) plus one GET each:
+            # s_time -reuse only gets a TLS 1.3 ticket by reading after the
+            # handshake, which it does only with -www (without it every
+            # connection is a full handshake; the parser counts and reports that).
+            PROTO=tls PARSER=s_time S_TIME_MODE=reuse
+            CMD=("${s_time[@]}" -reuse -www /) ;;
+        tls-resumed-plain)  # its plaintext twin: connection + the same GET, one at a time
+            PROTO=http1 PARSER=s_time S_TIME_MODE=plain
+            CMD=("$PY" "$LIB" conn-get "$PORT_HTTP" "$secs") ;;
+        tls-persistent)  # HTTP/1.1 requests on kept-alive mTLS connections, fixed rate
+            PROTO=tls PARSER=h2load
+            CMD=("${with_cert[@]}" h2load --h1 -c "$LAT_CONNS" -m 1 --rps "$LAT_RPS" -D "$secs"
+                 --log-file="$logf" "https://127.0.0.1:${PORT_TLS:-0}/") ;;
+        tls-plain)  # its plaintext twin (= http1-lat, measured next to it)
+            PROTO=http1 PARSER=h2load
+            CMD=(h2load --h1 -c "$LAT_CONNS" -m 1 --rps "$LAT_RPS" -D "$secs"
+                 --log-file="$logf" "http://127.0.0.1:$PORT_HTTP/") ;;
+        tls-persistent-max)  # mTLS, closed loop: as fast as the load core can drive it
+            PROTO=tls PARSER=h2load
+            CMD=("${with_cert[@]}" h2load --h1 -c "$TLS_MAX_CONNS" -m 1 -D "$secs"
+                 --log-file="$logf" "https://127.0.0.1:${PORT_TLS:-0}/") ;;
+        tls-plain-max)  # plaintext twin, paced at the rate tls-persistent-max reached
+            PROTO=http1 PARSER=h2load
+            local per_conn
+            per_conn=$(awk -v r="${TLS_MAX_RPS:-0}" -v c="$TLS_MAX_CONNS" 'BEGIN{printf "%.1f", r / c}')
+            CMD=(h2load --h1 -c "$TLS_MAX_CONNS" -m 1 --rps "$per_conn" -D "$secs"
+                 --log-file="$logf" "http://127.0.0.1:$PORT_HTTP/") ;;
         *) die "unknown load $load" ;;
     esac
 }
@@ -409,15 +525,25 @@ load_label() {
         http1) echo "http1 keep-alive (wrk c16)" ;;
         grpc-lat) echo "grpc unary @$((LAT_CONNS * LAT_RPS)) rps" ;;
         http1-lat) echo "http1 @$((LAT_CONNS * LAT_RPS)) rps (h2load --h1)" ;;
+        tls-full) echo "mTLS full handshake (s_time -new)" ;;
+        tls-resumed) echo "mTLS resumed handshake + 1 GET (s_time -reuse -www /)" ;;
+        tls-resumed-plain) echo "plaintext twin: connection + 1 GET (HTTP/1.0)" ;;
+        tls-persistent) echo "mTLS keep-alive http1 @$((LAT_CONNS * LAT_RPS)) rps (h2load --h1 c$LAT_CONNS)" ;;
+        tls-plain) echo "plaintext twin @$((LAT_CONNS * LAT_RPS)) rps (h2load --h1 c$LAT_CONNS)" ;;
+        tls-persistent-max) echo "mTLS keep-alive http1, max rate (h2load --h1 c$TLS_MAX_CONNS)" ;;
+        tls-plain-max) echo "plaintext twin at the mTLS max rate (h2load --h1 c$TLS_MAX_CONNS)" ;;
         *) echo "$1" ;;
     esac
 }
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
-# row LOAD PROXY RPS CPU_US P50 P99 RSS_IDLE RSS_LOAD CORE0 ERRORS NOTE OTHER0
+# row LOAD PROXY RPS CPU_US P50 P99 RSS_IDLE RSS_LOAD CORE0 ERRORS NOTE OTHER0 KEY
+# (KEY: the load's name in load_cmd, for the report's TLS section)
 row() { local IFS=$'\t'; echo "$*" >>"$RESULTS"; }
-na_row() { row "$(load_label "$1")" "$2" "" "" "" "" "" "" "" "" "$3"; }
+na_row() { row "$(load_label "$1")" "$2" "" "" "" "" "" "" "" "" "$3" "" "$1"; }
+TLS_NEGOTIATED="$WORK/tls-negotiated.txt"
+: >"$TLS_NEGOTIATED"
 
 # run_load LOAD PROXY PID RSS_IDLE: warm-up, then the measured run.
 run_load() {
@@ -457,7 +583,18 @@ run_load() {
     ((rc == 124 || rc == 137)) && note="load tool timed out"
     local rps ok p50 p99 errors
     IFS=$'\t' read -r rps ok p50 p99 errors < <(
-        if [[ $PARSER == wrk ]]; then $PY "$LIB" wrk "$raw.out"; else $PY "$LIB" h2load "$raw.out" "$raw.reqlog"; fi)
+        case $PARSER in
+            wrk) $PY "$LIB" wrk "$raw.out" ;;
+            s_time) $PY "$LIB" s_time "$raw.out" "$(awk -v a="$t0" -v b="$t1" 'BEGIN{print b - a}')" "$S_TIME_MODE" ;;
+            *) $PY "$LIB" h2load "$raw.out" "$raw.reqlog" ;;
+        esac)
+    local v
+    for v in rps ok p50 p99 errors; do [[ ${!v} == - ]] && printf -v "$v" ''; done
+    if [[ $load == tls-persistent* ]] && grep -q '^TLS Protocol' "$raw.out"; then
+        # What was negotiated (the server picks the cipher), once per proxy.
+        grep -q "^- $proxy:" "$TLS_NEGOTIATED" || echo "- $proxy: $(grep -E '^(TLS Protocol|Cipher|Server Temp Key|Application protocol):' "$raw.out" \
+            | sed 's/^[^:]*: *//' | tr '\n' ',' | sed 's/,$//; s/,/, /g')" >>"$TLS_NEGOTIATED"
+    fi
     rm -f "$raw.reqlog"
     if [[ -z $ok || $ok == 0 ]]; then
         note=${note:-"no successful requests (see $proxy.$load.out)"}
@@ -471,12 +608,15 @@ run_load() {
     other0=$(awk -v k0="$k0" -v k1="$k1" -v a="${c0:-0}" -v b="${c1:-0}" 'BEGIN{
         split(k0, x, " "); split(k1, y, " "); tot = y[2] - x[2];
         if (tot > 0) printf "%.1f", ((y[1] - x[1]) - (b - a)) / tot * 100 }')
-    log "$proxy / $load: ${rps:-?} req/s, ${ok:-?} ok, ${errors:-?} errors, CPU ${cpu_us:-—} µs/req, p50 ${p50:-?}µs p99 ${p99:-?}µs${note:+ ($note)}"
+    local unit=req
+    [[ $PARSER == s_time ]] && unit=handshake
+    log "$proxy / $load: ${rps:-?} ${unit}s/s, ${ok:-?} ok, ${errors:-?} errors, CPU ${cpu_us:-—} µs/$unit, p50 ${p50:-?}µs p99 ${p99:-?}µs${note:+ ($note)}"
     if [[ -n $note && -z $rps ]]; then
         na_row "$load" "$proxy" "$note"
     else
-        row "$(load_label "$load")" "$proxy" "$rps" "$cpu_us" "$p50" "$p99" "$rss_idle" "$rss_load" "$core0" "$errors" "" "$other0"
+        row "$(load_label "$load")" "$proxy" "$rps" "$cpu_us" "$p50" "$p99" "$rss_idle" "$rss_load" "$core0" "$errors" "" "$other0" "$load"
         [[ -n $note ]] && log "warning: $proxy / $load: $note"
+        [[ $load == tls-persistent-max && -n $ok && $ok != 0 ]] && TLS_MAX_RPS=$rps
     fi
 }
 
@@ -493,11 +633,30 @@ check_proto() {
     esac
 }
 
+# proxy_runs PROXY: the runs (load_cmd names) of the selected loads for PROXY,
+# in order: tls-persistent expands to its four runs; TLS loads are left out
+# for proxies without an mTLS listener.
+proxy_runs() {
+    local l out=()
+    for l in ${LOADS//,/ }; do
+        if [[ $l == tls-* ]]; then
+            in_list "$1" "$TLS_PROXIES" || continue
+            [[ $l == tls-resumed ]] && { out+=(tls-resumed tls-resumed-plain); continue; }
+            [[ $l == tls-persistent ]] && { out+=(tls-persistent tls-plain tls-persistent-max tls-plain-max); continue; }
+        fi
+        out+=("$l")
+    done
+    echo "${out[@]}"
+}
+
 bench_proxy() {
     local proxy=$1
     PORT_GRPC=${PORTS_GRPC[$proxy]} PORT_HTTP=${PORTS_HTTP[$proxy]}
-    PROXY_PID="" REASON="" NO_GRPC="" NO_HTTP=""
-    local rss_idle=""
+    PORT_TLS=""
+    ((TLS_WANTED)) && in_list "$proxy" "$TLS_PROXIES" && PORT_TLS=${PORTS_TLS[$proxy]}
+    PROXY_PID="" REASON="" NO_GRPC="" NO_HTTP="" TLS_MAX_RPS=""
+    local rss_idle="" runs
+    runs=$(proxy_runs "$proxy")
     if [[ $proxy != direct ]]; then
         log "starting $proxy"
         if ! "start_$proxy"; then
@@ -505,7 +664,7 @@ bench_proxy() {
             log "$proxy: n/a ($REASON)"
             [[ -n $PROXY_PID ]] && stop_tree "$PROXY_PID"
             local l
-            for l in ${LOADS//,/ }; do na_row "$l" "$proxy" "$REASON"; done
+            for l in $runs; do na_row "$l" "$proxy" "$REASON"; done
             return 0
         fi
         sleep 0.5   # let it settle before the idle reading
@@ -524,13 +683,30 @@ bench_proxy() {
             [[ $proxy == sidecar ]] && echo "sidecar: n/a for $proto (${bad[$proto]})"
         fi
     done
+    if [[ -n $PORT_TLS ]]; then
+        if [[ -n $TLS_REASON ]]; then
+            bad[tls]=$TLS_REASON
+        elif ! msg=$(check_tls); then
+            bad[tls]="functional mTLS check failed: $(echo "$msg" | tail -n 2 | tr '\n' ' ' | cut -c1-200)"
+            log "$proxy: ${bad[tls]}"
+            [[ $proxy == sidecar ]] && echo "sidecar: n/a for tls (${bad[tls]})"
+        fi
+    fi
     local load
-    for load in ${LOADS//,/ }; do
+    for load in $runs; do
         load_cmd "$load" 1 /dev/null
         if [[ -n ${bad[$PROTO]:-} ]]; then
             na_row "$load" "$proxy" "${bad[$PROTO]}"
             continue
         fi
+        case $load in
+            tls-plain*|tls-resumed-plain)   # a twin means nothing without its TLS run
+                if [[ -n ${bad[tls]:-} ]]; then na_row "$load" "$proxy" "${bad[tls]}"; continue; fi ;;&
+            tls-persistent*|tls-plain*)
+                if [[ -n $SHIM_REASON ]]; then na_row "$load" "$proxy" "$SHIM_REASON"; continue; fi ;;&
+            tls-plain-max)
+                if [[ -z $TLS_MAX_RPS ]]; then na_row "$load" "$proxy" "tls-persistent-max measured nothing to pace at"; continue; fi ;;
+        esac
         if [[ -n $PROXY_PID ]] && ! kill -0 "$PROXY_PID" 2>/dev/null; then
             na_row "$load" "$proxy" "proxy no longer running"
             continue
@@ -545,6 +721,7 @@ bench_proxy() {
 ensure_tools
 check_ports_free
 start_backends
+setup_tls
 
 # Is the machine quiet? Other work on either core skews every figure.
 measure_quiet() {
@@ -587,6 +764,10 @@ META="$WORK/meta.md"
     fi
     echo "- CPU µs/req: utime+stime of the proxy's process tree (/proc/PID/stat, $(getconf CLK_TCK) ticks/s) over the measured run / 2xx responses; proxy core %: the same CPU time / wall time"
     echo "- p50/p99: per-request times from h2load --log-file (nearest rank), or wrk --latency; RSS: VmRSS summed over the process tree, idle = after start, load = max sampled every 100 ms"
+    if ((TLS_WANTED)); then
+        echo "- TLS loads (on $TLS_PROXIES): certificates from certs/make-certs.sh made for this run (CA, server \"bench\", client \"client\", ECDSA P-256); every listener requires and verifies the client certificate, ALPN h2/http1.1, session resumption at each proxy's default; $(openssl version 2>/dev/null)${TLS_REASON:+; n/a: $TLS_REASON}"
+        echo "- TLS handshakes: openssl s_time (-new; -reuse -www /, which adds one proxied GET per connection), CPU per handshake = proxy tree CPU / connections made; kept-alive mTLS: h2load --h1 with the client certificate loaded by tests/bench/client_cert_shim.c (LD_PRELOAD), each run followed by a plaintext twin at the same rate against the proxy's plaintext HTTP/1 listener (for the sidecar: its outbound listener, the TLS one being its inbound listener)"
+    fi
 } >"$META"
 
 for proxy in "${PROXIES[@]}"; do
@@ -595,6 +776,10 @@ done
 
 mkdir -p "$(dirname "$OUT")"
 $PY "$LIB" report "$RESULTS" "$META" >"$OUT"
+if [[ -s $TLS_NEGOTIATED ]]; then
+    { echo; echo "TLS negotiated on the kept-alive runs (h2load: protocol, cipher, key exchange, ALPN):"; echo
+      cat "$TLS_NEGOTIATED"; } >>"$OUT"
+fi
 echo
 cat "$OUT"
 echo

@@ -393,9 +393,9 @@ class Http1ProxyTest(SidecarTestCase):
                 self._check_rss(s, "%s download of %d bytes in %.1fs" % (label, BIG, elapsed))
 
     def test_big_upload(self):
-        # The sender runs in its own process: in this one it would compete for
-        # the GIL with the in-process upstream peer, which then stops reading
-        # for seconds at a time (seen as "stalls" that were the peer's).
+        # The sender runs in its own process so that its pace does not depend
+        # on the in-process peers. This test caught a lost wake-up in the
+        # worker loop (dirty work left when a bounded flush pass ended).
         sender = os.path.join(harness.HERE, "upload_sender.py")
         for label, port, peer in self.routes():
             with self.subTest(label):
