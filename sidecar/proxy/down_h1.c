@@ -283,7 +283,7 @@ static void on_readable(sc_conn *c)
             process(c);
             if (c->ops != &sc_down_h1_ops)
                 return; /* switched to HTTP/2 */
-            if ((size_t)n < space)
+            if ((size_t)n < space && !sc_conn_pending(c))
                 break;
             continue;
         }
@@ -301,6 +301,8 @@ static void on_readable(sc_conn *c)
         process(c);
     if (sc_buf_len(&c->in) == 0 && !(c->flags & SC_CONN_F_CLOSED))
         sc_buf_release(c->w, &c->in);
+    if (!(c->flags & SC_CONN_F_CLOSED) && sc_conn_pending(c))
+        sc_conn_mark_dirty(c); /* decrypted bytes left after the bounded loop */
 }
 
 static bool is_response_hop(const nghttp2_nv *nv)

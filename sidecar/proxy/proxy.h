@@ -346,6 +346,9 @@ void sc_conn_close_after_flush(sc_conn *c);
  * (TLS) sits under all codecs. Same contract as recv(2)/send(2) with errno. */
 ssize_t sc_conn_recv(sc_conn *c, void *buf, size_t len);
 ssize_t sc_conn_send(sc_conn *c, const void *buf, size_t len);
+/* True when bytes were read from the socket but not yet handed out (TLS
+ * read-ahead): a short read then does not mean the socket is drained. */
+bool sc_conn_pending(const sc_conn *c);
 /* Appends bytes to c->out (bounded by the block; returns -ENOBUFS when full). */
 int sc_conn_write(sc_conn *c, const void *p, size_t n);
 /* "1.2.3.4:80" / "[::1]:80". */

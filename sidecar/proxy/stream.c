@@ -397,7 +397,12 @@ static void local_reply(sc_stream *s, sc_fail why)
     sc_route_stats *rs = &s->w->stats->routes[s->route->index];
     SC_STAT_INC(rs->local_replies);
     char msg[384];
-    snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
+    if (why == SC_FAIL_FORBIDDEN && s->down && SC_DOWN(s->down)->identity)
+        snprintf(msg, sizeof(msg), "inbound: caller %.300s is not in tls.allow", SC_DOWN(s->down)->identity);
+    else if (why == SC_FAIL_FORBIDDEN)
+        snprintf(msg, sizeof(msg), "inbound: the caller's certificate has no SPIFFE identity; tls.allow needs one");
+    else
+        snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
     const sc_breaker_policy *bp = s->route->policy ? &s->route->policy->breaker : NULL;
     bool fallback = why == SC_FAIL_CIRCUIT_OPEN && bp && bp->has_fallback;
     sc_msg *m = &s->resp;

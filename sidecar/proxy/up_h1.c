@@ -411,9 +411,11 @@ static void on_readable(sc_conn *c)
             sc_conn_pause_read(c); /* the caller reads slower than the upstream writes */
             return;
         }
-        if (n == -2 || (n > 0 && (size_t)n < space))
+        if (n == -2 || (n > 0 && (size_t)n < space && !sc_conn_pending(c)))
             break;
     }
+    if (!(c->flags & SC_CONN_F_CLOSED) && sc_conn_pending(c))
+        sc_conn_mark_dirty(c); /* decrypted bytes left after the bounded loop */
 }
 
 static void on_close(sc_conn *c, int err)

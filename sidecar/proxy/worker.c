@@ -169,6 +169,11 @@ static bool tls_pending(const sc_conn *c)
     return c->ssl && !(c->flags & SC_CONN_F_TLS_HS) && sc_tls_pending(c->ssl);
 }
 
+bool sc_conn_pending(const sc_conn *c)
+{
+    return tls_pending(c);
+}
+
 static void conn_update_events(sc_conn *c)
 {
     if (c->flags & SC_CONN_F_CLOSED)

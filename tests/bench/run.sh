@@ -608,9 +608,9 @@ run_load() {
     other0=$(awk -v k0="$k0" -v k1="$k1" -v a="${c0:-0}" -v b="${c1:-0}" 'BEGIN{
         split(k0, x, " "); split(k1, y, " "); tot = y[2] - x[2];
         if (tot > 0) printf "%.1f", ((y[1] - x[1]) - (b - a)) / tot * 100 }')
-    local unit=req
-    [[ $PARSER == s_time ]] && unit=handshake
-    log "$proxy / $load: ${rps:-?} ${unit}s/s, ${ok:-?} ok, ${errors:-?} errors, CPU ${cpu_us:-—} µs/$unit, p50 ${p50:-?}µs p99 ${p99:-?}µs${note:+ ($note)}"
+    local unit=req lat=", p50 ${p50:-?}µs p99 ${p99:-?}µs"
+    [[ $PARSER == s_time ]] && unit=conn lat=""
+    log "$proxy / $load: ${rps:-?} ${unit}s/s, ${ok:-?} ok, ${errors:-?} errors, CPU ${cpu_us:-—} µs/$unit$lat${note:+ ($note)}"
     if [[ -n $note && -z $rps ]]; then
         na_row "$load" "$proxy" "$note"
     else
@@ -766,7 +766,7 @@ META="$WORK/meta.md"
     echo "- p50/p99: per-request times from h2load --log-file (nearest rank), or wrk --latency; RSS: VmRSS summed over the process tree, idle = after start, load = max sampled every 100 ms"
     if ((TLS_WANTED)); then
         echo "- TLS loads (on $TLS_PROXIES): certificates from certs/make-certs.sh made for this run (CA, server \"bench\", client \"client\", ECDSA P-256); every listener requires and verifies the client certificate, ALPN h2/http1.1, session resumption at each proxy's default; $(openssl version 2>/dev/null)${TLS_REASON:+; n/a: $TLS_REASON}"
-        echo "- TLS handshakes: openssl s_time (-new; -reuse -www /, which adds one proxied GET per connection), CPU per handshake = proxy tree CPU / connections made; kept-alive mTLS: h2load --h1 with the client certificate loaded by tests/bench/client_cert_shim.c (LD_PRELOAD), each run followed by a plaintext twin at the same rate against the proxy's plaintext HTTP/1 listener (for the sidecar: its outbound listener, the TLS one being its inbound listener)"
+        echo "- TLS handshakes: openssl s_time -new, and -reuse -www / (TLS 1.3 resumption needs the read that -www makes, so each connection also carries one proxied GET; a plaintext twin, connection + the same GET, lets the report subtract it); CPU per handshake = proxy tree CPU / connections made. Kept-alive mTLS: h2load --h1 with the client certificate loaded by tests/bench/client_cert_shim.c (LD_PRELOAD), each run followed by a plaintext twin at the same rate on the proxy's plaintext HTTP/1 listener (for the sidecar its outbound listener; the mTLS one is its inbound listener)"
     fi
 } >"$META"
 
