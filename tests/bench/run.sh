@@ -115,6 +115,11 @@ for l in ${LOADS//,/ }; do [[ $l == tls-* ]] && TLS_WANTED=1; done
 PROXIES=()
 ((DIRECT)) && PROXIES+=(direct)
 for p in ${ALL_PROXIES//,/ }; do in_list "$p" "$ONLY" && PROXIES+=("$p"); done
+if ((TLS_WANTED)); then
+    tls_any=0
+    for p in "${PROXIES[@]}"; do in_list "$p" "$TLS_PROXIES" && tls_any=1; done
+    ((tls_any)) || echo "warning: TLS loads run only on $TLS_PROXIES, none of which is in --only" >&2
+fi
 
 STAMP=$(date +%Y%m%d-%H%M%S)
 [[ -n $OUT ]] || OUT="$HERE/results-$STAMP.md"
