@@ -36,6 +36,10 @@ static void arm_idle(sc_conn *c)
 static void detach(sc_down_conn *d, sc_stream *s, bool aborted)
 {
     nghttp2_session_set_stream_user_data(d->h2, s->down_sid, NULL);
+    if (s->down_unconsumed) {
+        nghttp2_session_consume_connection(d->h2, s->down_unconsumed);
+        s->down_unconsumed = 0;
+    }
     d->n_streams--;
     sc_stream_downstream_done(s, aborted);
     arm_idle(&d->super);
@@ -189,6 +193,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
     memcpy(sc_buf_tail(&s->reqp.buf), data, len);
     s->reqp.buf.end += (uint32_t)len;
     s->reqp.total += len;
+    s->down_unconsumed += (uint32_t)len;
     sc_stream_req_progress(s);
     return 0;
 }

@@ -279,6 +279,10 @@ struct sc_stream {
     char *h1_trailer_buf;           /* chunked request trailers (HTTP/1 caller) */
     char *h1_up_trailer_buf;        /* chunked response trailers (HTTP/1 upstream) */
     uint64_t req_sent;              /* request body bytes handed to the upstream */
+    /* HTTP/2 DATA received but not yet acknowledged with WINDOW_UPDATE; given
+     * back to the connection when the stream closes, or the connection-level
+     * window would shrink with every stream closed before it was drained. */
+    uint32_t up_unconsumed, down_unconsumed;
     sc_buf replay;                  /* copy of the request body sent so far, for retries */
     bool replayable;                /* every byte sent is in `replay` (within retries.buffer_limit) */
     /* resilience */

@@ -730,6 +730,8 @@ void sc_stream_resp_drained(sc_stream *s, size_t n)
     if (!s->up || (s->flags & SC_ST_F_UP_DONE))
         return;
     if (s->up->ops->kind == SC_CONN_UP_H2) {
+        n = SC_MIN(n, s->up_unconsumed);
+        s->up_unconsumed -= (uint32_t)n;
         nghttp2_session_consume(SC_UP(s->up)->h2, s->up_sid, n);
         sc_conn_mark_dirty(s->up);
     } else {
@@ -742,6 +744,8 @@ void sc_stream_req_drained(sc_stream *s, size_t n)
     if (!s->down || (s->flags & SC_ST_F_DOWN_DONE))
         return;
     if (s->down->ops->kind == SC_CONN_DOWN_H2) {
+        n = SC_MIN(n, s->down_unconsumed);
+        s->down_unconsumed -= (uint32_t)n;
         nghttp2_session_consume(SC_DOWN(s->down)->h2, s->down_sid, n);
         sc_conn_mark_dirty(s->down);
     } else {

@@ -258,6 +258,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
     memcpy(sc_buf_tail(&s->respp.buf), data, len);
     s->respp.buf.end += (uint32_t)len;
     s->respp.total += len;
+    s->up_unconsumed += (uint32_t)len;
     sc_stream_resp_progress(s);
     return 0;
 }
@@ -280,6 +281,10 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
     if (!s)
         return 0;
     nghttp2_session_set_stream_user_data(session, sid, NULL);
+    if (s->up_unconsumed) {
+        nghttp2_session_consume_connection(session, s->up_unconsumed);
+        s->up_unconsumed = 0;
+    }
     sc_list_remove(&s->up_link);
     u->n_streams--;
     s->up = NULL;
@@ -315,6 +320,10 @@ void sc_up_h2_cancel(sc_stream *s)
 {
     sc_up_conn *u = SC_UP(s->up);
     nghttp2_session_set_stream_user_data(u->h2, s->up_sid, NULL);
+    if (s->up_unconsumed) {
+        nghttp2_session_consume_connection(u->h2, s->up_unconsumed);
+        s->up_unconsumed = 0;
+    }
     nghttp2_submit_rst_stream(u->h2, NGHTTP2_FLAG_NONE, s->up_sid, NGHTTP2_CANCEL);
     sc_list_remove(&s->up_link);
     u->n_streams--;

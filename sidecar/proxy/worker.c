@@ -285,7 +285,8 @@ int sc_h2_feed(sc_conn *c, nghttp2_session *session, int eof_err)
  * takes it. Returns 0, or -1 when the connection was closed. */
 static int conn_flush(sc_conn *c)
 {
-    for (int rounds = 0; rounds < 64; rounds++) {
+    int rounds;
+    for (rounds = 0; rounds < 64; rounds++) {
         if (c->flags & SC_CONN_F_CLOSED)
             return -1;
         if (!(c->flags & SC_CONN_F_CONNECTING) && c->ops->produce) {
@@ -319,7 +320,13 @@ static int conn_flush(sc_conn *c)
             return 0;
         }
     }
-    if (sc_buf_len(&c->out) == 0) {
+    if (rounds == 64 && !(c->flags & SC_CONN_F_WANT_WRITE)) {
+        /* Out of rounds while the socket still takes bytes: the codec may have
+         * more (nghttp2 output in c->pend) even if `out` is empty now. */
+        sc_conn_mark_dirty(c);
+        return 0;
+    }
+    if (sc_buf_len(&c->out) == 0 && !c->pend_len) {
         if (c->flags & SC_CONN_F_WANT_WRITE) {
             c->flags &= ~SC_CONN_F_WANT_WRITE;
             conn_update_events(c);
@@ -332,7 +339,7 @@ static int conn_flush(sc_conn *c)
         if (c->ops->on_drained)
             c->ops->on_drained(c);
     } else if (!(c->flags & SC_CONN_F_WANT_WRITE)) {
-        /* Ran out of rounds with data left: come back next iteration. */
+        /* Output left that the socket did not refuse: come back next iteration. */
         sc_conn_mark_dirty(c);
     }
     return 0;
