@@ -429,13 +429,35 @@ static void parse_health(loader *L, const sc_ynode *m)
 
 static void parse_tls(loader *L, const sc_ynode *m)
 {
-    static const char *const keys[] = {"cert", "key", "ca", "allow", "identity_header"};
+    static const char *const keys[] = {"cert", "key", "ca", "allow", "identity_header", "source"};
+    static const char *const source_names[] = {"files", "consul"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
     L->tls_line = m ? m->line : 0;
     if (!FIELDS(c, m, "tls", keys, f))
         return;
+    int source = SC_TLS_SOURCE_FILES;
+    if (sc_config_rd_enum(c, f[5], "tls.source", source_names, SC_ARRAY_LEN(source_names), &source))
+        cfg->tls.source = (sc_tls_source)source;
+    if (cfg->tls.source == SC_TLS_SOURCE_CONSUL) {
+        static const char *const file_keys[] = {"tls.cert", "tls.key", "tls.ca"};
+        for (int i = 0; i < 3; i++)
+            if (f[i])
+                sc_config_err(c, f[i], file_keys[i],
+                              "not allowed with tls.source: consul (Consul Connect hands out the "
+                              "certificate, its key and the roots); remove it or use tls.source: files");
+        if (!cfg->consul.enabled)
+            sc_config_err(c, f[5], "tls.source",
+                          "consul needs a consul: section (consul: {} for the defaults) to fetch "
+                          "the Connect certificate from the agent");
+        if (!cfg->service.name)
+            sc_config_err(c, f[5], "tls.source",
+                          "consul needs service.name: the Connect certificate is issued for it");
+        if (f[0] || f[1] || f[2])
+            return;
+    }
+    bool connect = cfg->tls.source == SC_TLS_SOURCE_CONSUL;
     sc_config_rd_path(c, f[0], "tls.cert", &cfg->tls.cert_file);
     sc_config_rd_path(c, f[1], "tls.key", &cfg->tls.key_file);
     sc_config_rd_path(c, f[2], "tls.ca", &cfg->tls.ca_file);
@@ -455,11 +477,11 @@ static void parse_tls(loader *L, const sc_ynode *m)
                               a, why ? why : "not a valid identity pattern");
             }
         }
-        if (cfg->tls.n_allow && !f[2])
+        if (cfg->tls.n_allow && !f[2] && !connect)
             sc_config_err(c, f[3], "tls.allow",
                           "checking caller identities needs tls.ca to verify client "
                           "certificates");
-        if (cfg->tls.n_allow && !f[0])
+        if (cfg->tls.n_allow && !f[0] && !connect)
             sc_config_err(c, f[3], "tls.allow",
                           "checking caller identities needs tls.cert and tls.key (inbound "
                           "TLS)");
@@ -836,11 +858,12 @@ static void cross_checks(loader *L)
                          cfg->file);
             c->n_errors++;
         }
-        if (p->tls.mode == SC_TLS_MUTUAL && (!cfg->tls.cert_file || !cfg->tls.key_file)) {
+        if (p->tls.mode == SC_TLS_MUTUAL && cfg->tls.source == SC_TLS_SOURCE_FILES &&
+            (!cfg->tls.cert_file || !cfg->tls.key_file)) {
             sc_config_path(fp, sizeof(fp), m->prefix, "tls.mode");
             sc_diags_add(c->d, p->file, m->w.tls_line, fp,
                          "mutual TLS needs this sidecar's certificate: set tls.cert and tls.key "
-                         "in %s",
+                         "(or tls.source: consul) in %s",
                          cfg->file);
             c->n_errors++;
         }

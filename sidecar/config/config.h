@@ -102,6 +102,8 @@ typedef struct sc_outlier_policy {
 } sc_outlier_policy;
 
 typedef enum { SC_TLS_OFF = 0, SC_TLS_SIMPLE, SC_TLS_MUTUAL } sc_tls_mode;
+/* Where this sidecar's certificate, key and roots come from (tls.source). */
+typedef enum { SC_TLS_SOURCE_FILES = 0, SC_TLS_SOURCE_CONSUL } sc_tls_source;
 
 typedef struct sc_static_instance {
     sc_addr addr;
@@ -197,7 +199,8 @@ typedef struct sc_config {
         sc_addr grpc_listen;        /* grpc.health.v1 Health service */
     } health;
     struct {
-        char *cert_file, *key_file, *ca_file; /* NULL = no TLS */
+        sc_tls_source source;                /* default files; consul: Connect leaf + roots */
+        char *cert_file, *key_file, *ca_file; /* NULL = no TLS (source files) */
         char **allow; size_t n_allow;        /* inbound caller identities, "*"-suffix patterns */
         char *identity_header;               /* default "x-sidecar-caller" */
     } tls;

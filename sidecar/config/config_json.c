@@ -223,6 +223,7 @@ json_t *sc_config_to_json(const sc_config *cfg)
     json_object_set_new(o, "health", hs);
 
     json_t *tls = json_object();
+    json_object_set_new(tls, "source", json_string(cfg->tls.source == SC_TLS_SOURCE_CONSUL ? "consul" : "files"));
     json_object_set_new(tls, "cert", jstr(cfg->tls.cert_file));
     json_object_set_new(tls, "key", jstr(cfg->tls.key_file));
     json_object_set_new(tls, "ca", jstr(cfg->tls.ca_file));

@@ -14,6 +14,8 @@
 #include "core/log.h"
 #include "discovery/app_health.h"
 #include "discovery/consul_json.h"
+#include "tls/tls.h"
+#include "tls/tls_runtime.h"
 
 #include <arpa/inet.h>
 #include "discovery/curl_api.h"
@@ -95,6 +97,21 @@ typedef struct watch {
     char skip_reason[192];
 } watch;
 
+/* tls.source: consul: one blocking query loop each on the roots and the leaf */
+typedef struct cwatch {
+    sc_consul *c;
+    const char *what;           /* "roots", "leaf" */
+    creq *req;
+    ev_timer timer;
+    sc_consul_bucket bucket;
+    uint64_t index, sent_index, last_index;
+    unsigned failures;
+    char last_error[320];
+    uint64_t answers_total, errors_total;
+} cwatch;
+
+#define LEAF_GRACE_S 2.0        /* a replacement leaf waits this long, so peers learn a new root first */
+
 struct sc_consul {
     sidecar *sc;
     const sc_config *cfg;
@@ -133,6 +150,16 @@ struct sc_consul {
     watch *watches;
     size_t n_watches;
     watch **by_route;           /* [sc->n_routes], NULL = not watched */
+
+    /* Connect (tls.source: consul) */
+    bool connect;
+    cwatch roots_w, leaf_w;
+    char *ca_pem;               /* roots in use (or waiting for the first leaf) */
+    size_t n_roots;
+    char *cert_pem, *key_pem;   /* leaf in use */
+    char *new_cert, *new_key;   /* leaf received, applied after LEAF_GRACE_S */
+    char leaf_serial[128], new_serial[128];
+    ev_timer leaf_timer;
 
     /* cache file */
     char *cache_doc;
@@ -1073,6 +1100,238 @@ static void watch_start(watch *w)
         watch_fail(w, NULL, "cannot start a request (out of memory?)");
 }
 
+/* ---- Connect certificates (tls.source: consul) ---- */
+
+static void cwatch_start(cwatch *w);
+
+static void connect_note(sc_consul *c, const char *err)
+{
+    sc_tls_runtime_connect_note(c->leaf_serial, c->n_roots, c->leaf_w.last_index, c->roots_w.last_index, err);
+}
+
+static void cwatch_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    cwatch_start(SC_CONTAINER_OF(t, cwatch, timer));
+}
+
+static void cwatch_fail(cwatch *w, const creq *r, const char *err)
+{
+    sc_consul *c = w->c;
+    w->errors_total++;
+    w->failures++;
+    w->index = 0;
+    bool same = strcmp(err, w->last_error) == 0;
+    snprintf(w->last_error, sizeof(w->last_error), "%s", err);
+    uint64_t ms = backoff(c, w->failures);
+    if (w->failures == 1 || !same)
+        SC_WARN("tls: fetching the Connect %s from Consul failed: %s%s; %s, retrying in %llums", w->what, err,
+                r ? hint(r) : "", c->cert_pem ? "the current certificate material stays in use"
+                                              : "no certificate yet (inbound TLS refused, not ready)",
+                (unsigned long long)ms);
+    else
+        SC_DEBUG("tls: Connect %s fetch failed again (%u in a row): %s", w->what, w->failures, err);
+    connect_note(c, err);
+    timer_again(c, &w->timer, ms);
+}
+
+/* Makes cert + key + roots current. false when refused (logged). */
+static bool connect_apply(sc_consul *c, const char *cert, const char *key, const char *ca, const char *what)
+{
+    char err[600];
+    int rv = sc_tls_runtime_connect_set(c->sc, cert, key, ca, err, sizeof(err));
+    if (rv < 0) {
+        SC_ERROR("tls: the new Connect %s from Consul is refused, the old material stays in use: %s", what, err);
+        connect_note(c, err);
+        return false;
+    }
+    connect_note(c, NULL);
+    return true;
+}
+
+static void take_new_leaf(sc_consul *c)
+{
+    if (!c->new_cert || !c->ca_pem)
+        return;
+    if (connect_apply(c, c->new_cert, c->new_key, c->ca_pem, "leaf certificate")) {
+        free(c->cert_pem);
+        free(c->key_pem);
+        c->cert_pem = c->new_cert;
+        c->key_pem = c->new_key;
+        snprintf(c->leaf_serial, sizeof(c->leaf_serial), "%s", c->new_serial);
+        connect_note(c, NULL);
+    } else {
+        free(c->new_cert);
+        free(c->new_key);
+    }
+    c->new_cert = c->new_key = NULL;
+}
+
+static void leaf_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)loop;
+    (void)revents;
+    take_new_leaf(SC_CONTAINER_OF(t, sc_consul, leaf_timer));
+}
+
+/* An answer of either query; false when it cannot be used. */
+static bool cwatch_answer(cwatch *w, creq *r, char *err, size_t errlen)
+{
+    sc_consul *c = w->c;
+    if (w == &c->roots_w) {
+        char *ca = NULL, active[128];
+        size_t n = 0;
+        if (sc_consul_parse_roots(r->body, r->len, &ca, &n, active, sizeof(active), err, errlen) < 0)
+            return false;
+        if (c->ca_pem && strcmp(ca, c->ca_pem) == 0) {
+            free(ca);
+            return true;
+        }
+        SC_INFO("tls: Consul Connect roots: %zu root(s), active %s (index %llu)", n, active[0] ? active : "?",
+                (unsigned long long)r->index);
+        if (c->cert_pem && !connect_apply(c, c->cert_pem, c->key_pem, ca, "roots")) {
+            free(ca);
+            return true;    /* refused and logged; not a transport error */
+        }
+        free(c->ca_pem);
+        c->ca_pem = ca;
+        c->n_roots = n;
+        connect_note(c, NULL);
+        if (c->new_cert && !c->cert_pem)
+            take_new_leaf(c);       /* the first leaf came before the roots */
+        return true;
+    }
+    char *cert = NULL, *key = NULL, serial[128], uri[512];
+    if (sc_consul_parse_leaf(r->body, r->len, &cert, &key, serial, sizeof(serial), uri, sizeof(uri), err,
+                             errlen) < 0)
+        return false;
+    if (c->cert_pem && strcmp(cert, c->cert_pem) == 0 && strcmp(key, c->key_pem) == 0) {
+        /* the agent's latest answer is the leaf in use: forget one still waiting */
+        if (c->new_cert) {
+            ev_timer_stop(c->loop, &c->leaf_timer);
+            free(c->new_cert);
+            free(c->new_key);
+            c->new_cert = c->new_key = NULL;
+        }
+        free(cert);
+        free(key);
+        return true;
+    }
+    if (c->new_cert && strcmp(cert, c->new_cert) == 0 && strcmp(key, c->new_key) == 0) {
+        free(cert);
+        free(key);
+        return true;
+    }
+    /* checked now (PEM, key matches, dates), so a bad answer is refused at once and
+     * the leaf waiting for LEAF_GRACE_S is a good one */
+    char verr[512];
+    sc_tls_ctx_opts vo = {.role = SC_TLS_ROLE_SERVER, .cert_pem = cert, .key_pem = key};
+    sc_tls_ctx *vc = sc_tls_ctx_new(&vo, verr, sizeof(verr));
+    const sc_tls_cert_info *ci = vc ? sc_tls_ctx_cert(vc) : NULL;
+    sc_tls_cert_state vst = ci ? sc_tls_cert_check(ci, (int64_t)time(NULL), 0) : SC_TLS_CERT_VALID;
+    if (vc && vst != SC_TLS_CERT_VALID)
+        snprintf(verr, sizeof(verr), "the certificate (serial %s) is %s (valid %s to %s)", ci->serial,
+                 sc_tls_cert_state_name(vst), ci->not_before_iso, ci->not_after_iso);
+    bool valid = vc && vst == SC_TLS_CERT_VALID;
+    sc_tls_ctx_unref(vc);
+    if (!valid) {
+        SC_ERROR("tls: the new Connect leaf certificate from Consul (serial %s, index %llu) is refused, the "
+                 "old material stays in use: %s", serial[0] ? serial : "?", (unsigned long long)r->index, verr);
+        connect_note(c, verr);
+        free(cert);
+        free(key);
+        return true;    /* refused and logged; the query loop goes on */
+    }
+    free(c->new_cert);
+    free(c->new_key);
+    c->new_cert = cert;
+    c->new_key = key;
+    snprintf(c->new_serial, sizeof(c->new_serial), "%s", serial);
+    ev_timer_stop(c->loop, &c->leaf_timer);
+    if (!c->cert_pem) {
+        SC_INFO("tls: Consul Connect leaf certificate for %s (serial %s, index %llu)", uri, serial,
+                (unsigned long long)r->index);
+        take_new_leaf(c);       /* waits for the roots when they are not there yet */
+    } else {
+        SC_INFO("tls: new Consul Connect leaf certificate for %s (serial %s, index %llu); in use in %.0fs "
+                "(peers learn a new root first)", uri, serial, (unsigned long long)r->index, LEAF_GRACE_S);
+        ev_timer_set(&c->leaf_timer, LEAF_GRACE_S, 0);
+        ev_timer_start(c->loop, &c->leaf_timer);
+    }
+    return true;
+}
+
+static void cwatch_done(creq *r)
+{
+    cwatch *w = r->owner;
+    sc_consul *c = w->c;
+    w->req = NULL;
+    char err[400];
+    creq_error(r, err, sizeof(err));
+    if (!err[0] && !r->has_index)
+        snprintf(err, sizeof(err), "the answer has %s X-Consul-Index header", r->bad_index ? "an invalid" : "no");
+    if (!err[0])
+        cwatch_answer(w, r, err, sizeof(err));
+    if (err[0]) {
+        cwatch_fail(w, r, err);
+        return;
+    }
+    w->answers_total++;
+    if (w->failures)
+        SC_INFO("tls: fetching the Connect %s works again after %u failure(s)", w->what, w->failures);
+    w->failures = 0;
+    w->last_error[0] = 0;
+    w->last_index = r->index;
+    w->index = sc_consul_index_next(w->sent_index, r->index);
+    uint64_t wait = sc_consul_bucket_take(&w->bucket, sc_now_ms());
+    if (wait)
+        timer_again(c, &w->timer, wait);
+    else
+        cwatch_start(w);
+}
+
+static void cwatch_start(cwatch *w)
+{
+    sc_consul *c = w->c;
+    if (w->req)
+        return;
+    char path[700], ix[128] = "", wt[32];
+    w->sent_index = w->index;
+    if (w->index) {
+        sc_duration_format(c->cfg->consul.wait_ms, wt, sizeof(wt));
+        snprintf(ix, sizeof(ix), "?index=%llu&wait=%s", (unsigned long long)w->index, wt);
+    }
+    if (w == &c->roots_w) {
+        snprintf(path, sizeof(path), "/v1/agent/connect/ca/roots%s", ix);
+    } else {
+        char es[400];
+        if (sc_consul_escape(c->cfg->service.name, es, sizeof(es)) < 0) {
+            cwatch_fail(w, NULL, "the service name is too long");
+            return;
+        }
+        snprintf(path, sizeof(path), "/v1/agent/connect/ca/leaf/%s%s", es, ix);
+    }
+    uint64_t timeout = w->index ? sc_consul_read_timeout_ms(c->cfg->consul.wait_ms) : WRITE_TIMEOUT_MS;
+    w->req = creq_start(c, "GET", path, NULL, timeout, cwatch_done, w);
+    if (!w->req)
+        cwatch_fail(w, NULL, "cannot start a request (out of memory?)");
+}
+
+static void connect_init(sc_consul *c)
+{
+    cwatch *ws[] = {&c->roots_w, &c->leaf_w};
+    const char *names[] = {"roots", "leaf certificate"};
+    for (int i = 0; i < 2; i++) {
+        ws[i]->c = c;
+        ws[i]->what = names[i];
+        sc_consul_bucket_init(&ws[i]->bucket, BUCKET_BURST, BUCKET_PER_S, sc_now_ms());
+        ev_init(&ws[i]->timer, cwatch_timer_cb);
+    }
+    ev_init(&c->leaf_timer, leaf_timer_cb);
+    c->connect = c->cfg->tls.source == SC_TLS_SOURCE_CONSUL && c->cfg->service.name;
+}
+
 /* ---- start, stop ---- */
 
 /* The address to register: service.address, else the inbound listener's
@@ -1207,6 +1466,7 @@ int sc_consul_start(sidecar *sc, sc_consul **out)
     ev_init(&c->svc_timer, svc_timer_cb);
     ev_init(&c->dereg_timer, dereg_timer_cb);
     ev_init(&c->cache_timer, cache_timer_cb);
+    connect_init(c);
     curl_multi_setopt(c->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
     curl_multi_setopt(c->multi, CURLMOPT_SOCKETDATA, c);
     curl_multi_setopt(c->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
@@ -1228,7 +1488,7 @@ int sc_consul_start(sidecar *sc, sc_consul **out)
         return -ENOMEM;
     }
     /* one connection per blocking query, plus a few for writes */
-    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)(nw + 8));
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, (long)(nw + 10));
     cache_load(c);
     for (size_t r = 0; r < sc->n_routes; r++) {
         const sc_policy *p = sc->routes[r].policy;
@@ -1294,6 +1554,10 @@ int sc_consul_start(sidecar *sc, sc_consul **out)
         reg_start(c);
     for (size_t i = 0; i < c->n_watches; i++)
         watch_start(&c->watches[i]);
+    if (c->connect) {
+        cwatch_start(&c->roots_w);
+        cwatch_start(&c->leaf_w);
+    }
     return 0;
 }
 
@@ -1309,6 +1573,9 @@ void sc_consul_stop(sc_consul *c)
     ev_timer_stop(c->loop, &c->cache_timer);
     for (size_t i = 0; i < c->n_watches; i++)
         ev_timer_stop(c->loop, &c->watches[i].timer);
+    ev_timer_stop(c->loop, &c->roots_w.timer);
+    ev_timer_stop(c->loop, &c->leaf_w.timer);
+    ev_timer_stop(c->loop, &c->leaf_timer);
     while (c->reqs) {
         creq *r = c->reqs;
         curl_multi_remove_handle(c->multi, r->easy);
@@ -1320,6 +1587,11 @@ void sc_consul_stop(sc_consul *c)
     while (c->socks)
         csock_free(c, c->socks);
     free(c->reg_body);
+    free(c->ca_pem);
+    free(c->cert_pem);
+    free(c->key_pem);
+    free(c->new_cert);
+    free(c->new_key);
     free(c->watches);
     free(c->by_route);
     free(c->cache_doc);

@@ -662,3 +662,120 @@ int sc_consul_cache_find(const char *doc, size_t len, const char *upstream, cons
     json_decref(root);
     return rc;
 }
+
+/* ---- Connect ---- */
+
+static int pem_append(char **buf, size_t *len, const char *pem)
+{
+    size_t n = strlen(pem);
+    char *nb = realloc(*buf, *len + n + 2);
+    if (!nb)
+        return -ENOMEM;
+    memcpy(nb + *len, pem, n);
+    *len += n;
+    if (n && pem[n - 1] != '\n')
+        nb[(*len)++] = '\n';
+    nb[*len] = 0;
+    *buf = nb;
+    return 0;
+}
+
+int sc_consul_parse_roots(const char *body, size_t len, char **ca_pem, size_t *n_roots,
+                          char *active_id, size_t id_cap, char *err, size_t errlen)
+{
+    *ca_pem = NULL;
+    *n_roots = 0;
+    if (id_cap)
+        active_id[0] = 0;
+    json_error_t je;
+    json_t *doc = json_loadb(body ? body : "", len, 0, &je);
+    if (!doc) {
+        snprintf(err, errlen, "the roots answer is not JSON: %s", je.text);
+        return -EPROTO;
+    }
+    json_t *roots = ci_get(doc, "Roots");
+    if (!json_is_array(roots)) {
+        json_decref(doc);
+        snprintf(err, errlen, "the roots answer has no Roots array");
+        return -EPROTO;
+    }
+    const char *act = str_member(doc, "ActiveRootID");
+    if (act && id_cap)
+        snprintf(active_id, id_cap, "%s", act);
+    char *buf = NULL;
+    size_t bl = 0, n = 0;
+    int rc = 0;
+    size_t i;
+    json_t *r;
+    json_array_foreach(roots, i, r) {
+        const char *pem = str_member(r, "RootCert");
+        if (!pem || !strstr(pem, "-----BEGIN CERTIFICATE-----"))
+            continue;
+        if ((rc = pem_append(&buf, &bl, pem)) < 0)
+            break;
+        json_t *im = ci_get(r, "IntermediateCerts");
+        size_t k;
+        json_t *v;
+        if (json_is_array(im))
+            json_array_foreach(im, k, v) {
+                if (rc == 0 && json_is_string(v))
+                    rc = pem_append(&buf, &bl, json_string_value(v));
+            }
+        if (rc < 0)
+            break;
+        n++;
+    }
+    json_decref(doc);
+    if (rc < 0) {
+        free(buf);
+        snprintf(err, errlen, "out of memory");
+        return rc;
+    }
+    if (!n) {
+        free(buf);
+        snprintf(err, errlen, "the roots answer lists no root certificate");
+        return -EPROTO;
+    }
+    *ca_pem = buf;
+    *n_roots = n;
+    return 0;
+}
+
+int sc_consul_parse_leaf(const char *body, size_t len, char **cert_pem, char **key_pem,
+                         char *serial, size_t serial_cap, char *uri, size_t uri_cap, char *err,
+                         size_t errlen)
+{
+    *cert_pem = *key_pem = NULL;
+    if (serial_cap)
+        serial[0] = 0;
+    if (uri_cap)
+        uri[0] = 0;
+    json_error_t je;
+    json_t *doc = json_loadb(body ? body : "", len, 0, &je);
+    if (!doc) {
+        snprintf(err, errlen, "the leaf answer is not JSON: %s", je.text);
+        return -EPROTO;
+    }
+    const char *c = str_member(doc, "CertPEM"), *k = str_member(doc, "PrivateKeyPEM");
+    if (!c || !*c || !k || !*k) {
+        json_decref(doc);
+        snprintf(err, errlen, "the leaf answer has no %s", (!c || !*c) ? "CertPEM" : "PrivateKeyPEM");
+        return -EPROTO;
+    }
+    const char *sn = str_member(doc, "SerialNumber"), *u = str_member(doc, "ServiceURI");
+    if (sn && serial_cap)
+        snprintf(serial, serial_cap, "%s", sn);
+    if (u && uri_cap)
+        snprintf(uri, uri_cap, "%s", u);
+    *cert_pem = strdup(c);
+    *key_pem = strdup(k);
+    json_decref(doc);
+    if (!*cert_pem || !*key_pem) {
+        free(*cert_pem);
+        free(*key_pem);
+        *cert_pem = *key_pem = NULL;
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    return 0;
+}

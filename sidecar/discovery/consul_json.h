@@ -149,6 +149,27 @@ void sc_consul_check_id(const char *service_id, char *buf, size_t cap);
  * Durations are Go duration strings ("10s", "1m30s"). */
 char *sc_consul_registration_body(const sc_consul_reg *r);
 
+/* ---- Connect (tls.source: consul) ---- */
+
+/*
+ * /v1/agent/connect/ca/roots: every root of Roots[] (not only the active
+ * one, so a CA rotation keeps working), RootCert then its IntermediateCerts,
+ * concatenated into *ca_pem (caller frees). *n_roots: roots found; the
+ * active root's ID goes to active_id (may be ""). -EPROTO with err when the
+ * body is not a roots answer or lists no root with a certificate, -ENOMEM.
+ */
+int sc_consul_parse_roots(const char *body, size_t len, char **ca_pem, size_t *n_roots,
+                          char *active_id, size_t id_cap, char *err, size_t errlen);
+
+/*
+ * /v1/agent/connect/ca/leaf/<service>: CertPEM and PrivateKeyPEM (caller
+ * frees both), SerialNumber and ServiceURI (may be ""). -EPROTO with err
+ * when either PEM is missing, -ENOMEM.
+ */
+int sc_consul_parse_leaf(const char *body, size_t len, char **cert_pem, char **key_pem,
+                         char *serial, size_t serial_cap, char *uri, size_t uri_cap, char *err,
+                         size_t errlen);
+
 /* ---- cache file ---- */
 
 /* One upstream's last known instances, keyed by what was asked. */

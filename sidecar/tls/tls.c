@@ -1488,6 +1488,7 @@ struct sc_tls_watch {
     sc_tls_ctx_opts opts;               /* paths point into the strings below */
     char *cert, *key, *ca;
     file_id seen[3];                    /* at the last attempt */
+    bool memory;                        /* material set with sc_tls_watch_set_pem, no files */
 };
 
 static char *dup_or_null(const char *s)
@@ -1555,8 +1556,75 @@ sc_tls_ctx *sc_tls_watch_get(sc_tls_watch *w)
     return c;
 }
 
+sc_tls_watch *sc_tls_watch_new_memory(sc_tls_role role, bool require_client_cert)
+{
+    sc_tls_watch *w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    if (pthread_mutex_init(&w->mu, NULL) != 0) {
+        free(w);
+        return NULL;
+    }
+    w->opts.role = role;
+    w->opts.require_client_cert = require_client_cert;
+    w->memory = true;
+    return w;
+}
+
+int sc_tls_watch_set_pem(sc_tls_watch *w, const char *cert_pem, const char *key_pem,
+                         const char *ca_pem, char *err, size_t errlen)
+{
+    if (!w->memory) {
+        set_err(err, errlen, "tls: this material comes from files, not from memory");
+        return -EINVAL;
+    }
+    sc_tls_ctx_opts o = w->opts;
+    o.cert_pem = cert_pem;
+    o.key_pem = key_pem;
+    o.ca_pem = ca_pem;
+    blob cert, key, ca;
+    int rc = load_blobs(&o, &cert, &key, &ca, err, errlen);
+    if (rc < 0)
+        return rc;
+    unsigned char digest[32];
+    digest_blobs((const blob *[]){&cert, &key, &ca}, 3, digest);
+    /* Only the control thread replaces cur, so reading it here is safe. */
+    if (w->cur && memcmp(digest, w->cur->digest, sizeof(digest)) == 0) {
+        blob_free(&cert);
+        blob_free(&key);
+        blob_free(&ca);
+        return 0;
+    }
+    sc_tls_ctx *nc = build_ctx(&o, &cert, &key, &ca, err, errlen);
+    blob_free(&cert);
+    blob_free(&key);
+    blob_free(&ca);
+    if (!nc)
+        return -EINVAL;
+    memcpy(nc->digest, digest, sizeof(digest));
+    if (nc->has_cert) {
+        int64_t t = (int64_t)time(NULL);
+        sc_tls_cert_state st = sc_tls_cert_check(&nc->cert, t, 0);
+        if (st == SC_TLS_CERT_EXPIRED || st == SC_TLS_CERT_NOT_YET_VALID) {
+            set_err(err, errlen, "the new certificate (serial %s) is %s (valid %s to %s); "
+                    "keeping the current one", nc->cert.serial, sc_tls_cert_state_name(st),
+                    nc->cert.not_before_iso, nc->cert.not_after_iso);
+            sc_tls_ctx_unref(nc);
+            return -EINVAL;
+        }
+    }
+    pthread_mutex_lock(&w->mu);
+    sc_tls_ctx *old = w->cur;
+    w->cur = nc;
+    pthread_mutex_unlock(&w->mu);
+    sc_tls_ctx_unref(old);
+    return 1;
+}
+
 int sc_tls_watch_check(sc_tls_watch *w, bool force, char *err, size_t errlen)
 {
+    if (w->memory)
+        return 0;   /* in-memory material changes only through sc_tls_watch_set_pem */
     file_id now_ids[3];
     watch_stat(w, now_ids);
     bool changed = force;

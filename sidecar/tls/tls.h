@@ -271,8 +271,29 @@ typedef struct sc_tls_watch sc_tls_watch;
 sc_tls_watch *sc_tls_watch_new(const sc_tls_ctx_opts *o, char *err, size_t errlen);
 void sc_tls_watch_free(sc_tls_watch *w);    /* drops its reference to the current ctx */
 
+/*
+ * In-memory material (Consul Connect): a watch with no context yet
+ * (sc_tls_watch_get returns NULL until the first sc_tls_watch_set_pem
+ * succeeds). NULL on -ENOMEM. sc_tls_watch_check does nothing on it.
+ */
+sc_tls_watch *sc_tls_watch_new_memory(sc_tls_role role, bool require_client_cert);
+
+/*
+ * Control thread: validates PEM text (same checks as sc_tls_ctx_new, plus:
+ * a certificate already expired or not yet valid is refused) and makes it
+ * the current context, like a file reload: new handshakes use it, open
+ * connections keep theirs; workers keep calling sc_tls_watch_get. Only on a
+ * watch made with sc_tls_watch_new_memory (else -EINVAL). cert_pem/key_pem
+ * NULL for a client context without a certificate. Returns 1 swapped, 0
+ * the same bytes as the current material, <0 refused (err says why; the old
+ * context stays).
+ */
+int sc_tls_watch_set_pem(sc_tls_watch *w, const char *cert_pem, const char *key_pem,
+                         const char *ca_pem, char *err, size_t errlen);
+
 /* The current context with a new reference for the caller (thread-safe; take
- * it once per new connection, not per request). */
+ * it once per new connection, not per request). NULL only for a memory watch
+ * that has no material yet. */
 sc_tls_ctx *sc_tls_watch_get(sc_tls_watch *w);
 
 /*

@@ -15,6 +15,31 @@ static ev_timer g_reload;
 static ev_signal g_sighup;
 static _Atomic int g_cert_state = SC_TLS_CERT_VALID;
 static int64_t g_last_warn;
+/* tls.source: consul */
+static _Atomic bool g_connect_waiting;   /* no Connect leaf in use yet */
+static struct {
+    char leaf_serial[128];
+    size_t n_roots;
+    uint64_t leaf_index, roots_index;
+    char last_error[320];
+    int64_t updated_unix;
+    uint64_t updates;
+} g_connect;
+
+static bool g_connect_source;            /* tls.source: consul */
+
+/* Files: "expiring" 14 days ahead. Connect leaves live for days (72h by
+ * default) and Consul renews them at 60-90% of their life: "expiring" once
+ * less than a fifth of the life is left (Consul did not renew it). */
+static sc_tls_cert_state cert_state(const sc_tls_cert_info *ci, int64_t now)
+{
+    if (!g_connect_source)
+        return sc_tls_cert_check(ci, now, WARN_DAYS);
+    sc_tls_cert_state st = sc_tls_cert_check(ci, now, 0);
+    if (st == SC_TLS_CERT_VALID && !ci->is_ca && (ci->not_after - now) * 5 < ci->not_after - ci->not_before)
+        st = SC_TLS_CERT_EXPIRING;
+    return st;
+}
 
 static sc_tls_watch *make_watch(sc_tls_role role, const char *cert, const char *key, const char *ca, bool require,
                                 char *err, size_t errlen)
@@ -32,14 +57,14 @@ static void check_expiry(sidecar *sc)
     const sc_tls_cert_info *ci = ctx ? sc_tls_ctx_cert(ctx) : NULL;
     if (ci) {
         int64_t now = time(NULL);
-        sc_tls_cert_state st = sc_tls_cert_check(ci, now, WARN_DAYS);
+        sc_tls_cert_state st = cert_state(ci, now);
         int old = atomic_exchange(&g_cert_state, (int)st);
         if (st != SC_TLS_CERT_VALID && (old != (int)st || now - g_last_warn >= 3600)) {
             g_last_warn = now;
             SC_WARN("tls: our certificate %s (%s, serial %s) is %s: not after %s, %lld day(s) left%s", ci->identity,
                     ci->subject, ci->serial, sc_tls_cert_state_name(st), ci->not_after_iso,
                     (long long)sc_tls_cert_days_until_expiry(ci, now),
-                    st == SC_TLS_CERT_EXPIRING ? "; renew it" : "; readiness fails until it is replaced");
+                    st == SC_TLS_CERT_EXPIRING ? (g_connect_source ? "; Consul has not renewed it yet" : "; renew it") : "; readiness fails until it is replaced");
         }
     }
     if (ctx)
@@ -91,6 +116,27 @@ int sc_tls_runtime_start(sidecar *sc, char *err, size_t errlen)
     for (size_t i = 0; i < cfg->n_policies; i++) {
         need_mutual |= cfg->policies[i].tls.mode == SC_TLS_MUTUAL;
         need_simple |= cfg->policies[i].tls.mode == SC_TLS_SIMPLE;
+    }
+    if (cfg->tls.source == SC_TLS_SOURCE_CONSUL) {
+        /* contexts come later from Consul Connect (sc_tls_runtime_connect_set); until then
+         * inbound TLS accepts fail and readiness says why: the listener never serves cleartext */
+        if (cfg->inbound.enabled)
+            sc->tls_server = sc_tls_watch_new_memory(SC_TLS_ROLE_SERVER, true);
+        if (need_mutual)
+            sc->tls_client = sc_tls_watch_new_memory(SC_TLS_ROLE_CLIENT, false);
+        if (need_simple)
+            sc->tls_client_anon = sc_tls_watch_new_memory(SC_TLS_ROLE_CLIENT, false);
+        if ((cfg->inbound.enabled && !sc->tls_server) || (need_mutual && !sc->tls_client) ||
+            (need_simple && !sc->tls_client_anon)) {
+            snprintf(err, errlen, "out of memory");
+            return -ENOMEM;
+        }
+        atomic_store(&g_connect_waiting, true);
+        g_connect_source = true;
+        memset(&g_connect, 0, sizeof(g_connect));
+        SC_INFO("tls: certificates from Consul Connect (service %s); inbound TLS and readiness wait for the "
+                "first leaf certificate", cfg->service.name);
+        return 0;
     }
     if (cfg->tls.cert_file && cfg->inbound.enabled) {
         sc->tls_server = make_watch(SC_TLS_ROLE_SERVER, cfg->tls.cert_file, cfg->tls.key_file, cfg->tls.ca_file,
@@ -147,9 +193,61 @@ void sc_tls_runtime_stop(sidecar *sc)
     sc->tls_server = sc->tls_client = sc->tls_client_anon = NULL;
 }
 
+int sc_tls_runtime_connect_set(sidecar *sc, const char *cert_pem, const char *key_pem,
+                               const char *ca_pem, char *err, size_t errlen)
+{
+    /* the server first: it needs everything, so what it refuses is refused for all */
+    sc_tls_watch *ws[] = {sc->tls_server, sc->tls_client, sc->tls_client_anon};
+    bool with_cert[] = {true, true, false};
+    static const char *const names[] = {"inbound", "outbound (mutual)", "outbound (simple)"};
+    int changed = 0;
+    for (size_t i = 0; i < SC_ARRAY_LEN(ws); i++) {
+        if (!ws[i])
+            continue;
+        char e[512];
+        int rv = sc_tls_watch_set_pem(ws[i], with_cert[i] ? cert_pem : NULL, with_cert[i] ? key_pem : NULL, ca_pem,
+                                      e, sizeof(e));
+        if (rv < 0) {
+            snprintf(err, errlen, "%s: %s", names[i], e);
+            return rv;
+        }
+        changed |= rv == 1;
+    }
+    if (changed) {
+        bool first = atomic_exchange(&g_connect_waiting, false);
+        sc_tls_watch *w = sc->tls_server ? sc->tls_server : sc->tls_client;
+        sc_tls_ctx *ctx = w ? sc_tls_watch_get(w) : NULL;
+        const sc_tls_cert_info *ci = ctx ? sc_tls_ctx_cert(ctx) : NULL;
+        if (ci)
+            SC_INFO("tls: %s Consul Connect material in use: identity %s (serial %s, valid until %s); %zu trusted "
+                    "root(s); new handshakes use it, open connections keep theirs",
+                    first ? "first" : "new", ci->identity, ci->serial, ci->not_after_iso, sc_tls_ctx_n_roots(ctx));
+        sc_tls_ctx_unref(ctx);
+        g_connect.updates++;
+        g_connect.updated_unix = (int64_t)time(NULL);
+        check_expiry(sc);
+    }
+    return changed;
+}
+
+void sc_tls_runtime_connect_note(const char *leaf_serial, size_t n_roots, uint64_t leaf_index,
+                                 uint64_t roots_index, const char *last_error)
+{
+    if (leaf_serial)
+        snprintf(g_connect.leaf_serial, sizeof(g_connect.leaf_serial), "%s", leaf_serial);
+    g_connect.n_roots = n_roots;
+    g_connect.leaf_index = leaf_index;
+    g_connect.roots_index = roots_index;
+    snprintf(g_connect.last_error, sizeof(g_connect.last_error), "%s", last_error ? last_error : "");
+}
+
 bool sc_tls_runtime_cert_ok(const sidecar *sc, char *why, size_t whylen)
 {
     (void)sc;
+    if (atomic_load(&g_connect_waiting)) {   /* only ever set with tls.source: consul */
+        snprintf(why, whylen, "waiting for the Connect certificate");
+        return false;
+    }
     int st = atomic_load(&g_cert_state);
     if (st == SC_TLS_CERT_EXPIRED || st == SC_TLS_CERT_NOT_YET_VALID) {
         snprintf(why, whylen, "our TLS certificate is %s", sc_tls_cert_state_name((sc_tls_cert_state)st));
@@ -163,13 +261,28 @@ static json_t *cert_json(const sc_tls_cert_info *ci, int64_t now)
     return json_pack("{s:s,s:s,s:s,s:s,s:s,s:s,s:I,s:s}", "subject", ci->subject, "issuer", ci->issuer, "identity",
                      ci->identity, "serial", ci->serial, "not_before", ci->not_before_iso, "not_after", ci->not_after_iso,
                      "days_left", (json_int_t)sc_tls_cert_days_until_expiry(ci, now), "state",
-                     sc_tls_cert_state_name(sc_tls_cert_check(ci, now, WARN_DAYS)));
+                     sc_tls_cert_state_name(cert_state(ci, now)));
 }
 
 char *sc_tls_runtime_render(const sidecar *sc)
 {
     json_t *root = json_object();
     int64_t now = time(NULL);
+    bool connect = g_connect_source;
+    json_object_set_new(root, "source", json_string(connect ? "consul" : "files"));
+    if (connect) {
+        json_t *cj = json_object();
+        json_object_set_new(cj, "state", json_string(atomic_load(&g_connect_waiting) ? "waiting for the Connect certificate"
+                                                                                     : "ready"));
+        json_object_set_new(cj, "service", json_string(sc->cfg && sc->cfg->service.name ? sc->cfg->service.name : ""));
+        json_object_set_new(cj, "leaf_serial", json_string(g_connect.leaf_serial));
+        json_object_set_new(cj, "leaf_index", json_integer((json_int_t)g_connect.leaf_index));
+        json_object_set_new(cj, "roots", json_integer((json_int_t)g_connect.n_roots));
+        json_object_set_new(cj, "roots_index", json_integer((json_int_t)g_connect.roots_index));
+        json_object_set_new(cj, "updates", json_integer((json_int_t)g_connect.updates));
+        json_object_set_new(cj, "last_error", g_connect.last_error[0] ? json_string(g_connect.last_error) : json_null());
+        json_object_set_new(root, "connect", cj);
+    }
     struct {
         const char *name;
         sc_tls_watch *w;
@@ -180,6 +293,10 @@ char *sc_tls_runtime_render(const sidecar *sc)
             continue;
         }
         sc_tls_ctx *ctx = sc_tls_watch_get(ws[i].w);
+        if (!ctx) {
+            json_object_set_new(root, ws[i].name, json_pack("{s:n,s:[],s:n}", "certificate", "roots", "generation"));
+            continue;
+        }
         json_t *o = json_object();
         const sc_tls_cert_info *ci = sc_tls_ctx_cert(ctx);
         json_object_set_new(o, "certificate", ci ? cert_json(ci, now) : json_null());

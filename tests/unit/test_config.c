@@ -838,6 +838,12 @@ static void test_bad_configs(void **state)
         {CFG_HEAD "health: {grpc_listen: 127.0.0.1:19000}\n", 2, "health.grpc_listen",
          "already used by the admin listener"},
         {CFG_HEAD "tls: {cert: c.pem}\n", 2, "tls.key", "needs tls.key"},
+        {CFG_HEAD "tls: {source: vault}\n", 2, "tls.source", "files or consul"},
+        {CFG_HEAD "tls: {source: consul}\n", 2, "tls.source", "needs a consul: section"},
+        {CFG_HEAD "consul: {}\ntls: {source: consul, cert: c.pem, key: k.pem}\n", 3, "tls.cert",
+         "not allowed with tls.source: consul"},
+        {CFG_HEAD "consul: {}\ntls: {source: consul, ca: ca.pem}\n", 3, "tls.ca",
+         "not allowed with tls.source: consul"},
         {CFG_HEAD "tls: {cert: c.pem, key: k.pem, allow: [spiffe://a/*]}\n", 2, "tls.allow",
          "needs tls.ca"},
         {CFG_HEAD "tls: {cert: c, key: k, ca: a, allow: ['spiffe://*/x']}\n", 2, "tls.allow[0]",
@@ -880,6 +886,40 @@ static void test_bad_configs(void **state)
         expect_diag(&d, "cfg.yaml", cases[i].line, cases[i].field, cases[i].msg);
         sc_diags_free(&d);
     }
+}
+
+static void test_tls_source(void **state)
+{
+    (void)state;
+    clear_consul_env();
+    sc_config *cfg;
+    sc_diags d = {0};
+    const char *y = "service: {name: tiny}\n";
+    assert_int_equal(sc_config_load_string(y, strlen(y), "t.yaml", NULL, &cfg, &d), 0);
+    assert_int_equal(cfg->tls.source, SC_TLS_SOURCE_FILES);
+    sc_config_free(cfg);
+    /* consul: no files; mutual TLS and tls.allow work without tls.cert / tls.ca */
+    y = "service: {name: web}\n"
+        "inbound: {listen: 127.0.0.1:9001, app: 127.0.0.1:8080}\n"
+        "consul: {}\n"
+        "tls: {source: consul, allow: ['spiffe://x.consul/ns/default/dc/dc1/svc/*']}\n"
+        "upstreams:\n" UP("m", "127.0.0.1:9002") "    tls: {mode: mutual}\n";
+    int rc = sc_config_load_string(y, strlen(y), "t.yaml", NULL, &cfg, &d);
+    for (size_t i = 0; i < d.n; i++)
+        fprintf(stderr, "%s:%u: %s: %s\n", d.v[i].file, d.v[i].line, d.v[i].field,
+                d.v[i].msg);
+    assert_int_equal(rc, 0);
+    assert_int_equal(cfg->tls.source, SC_TLS_SOURCE_CONSUL);
+    assert_null(cfg->tls.cert_file);
+    assert_null(cfg->tls.ca_file);
+    assert_int_equal(cfg->tls.n_allow, 1);
+    sc_config_free(cfg);
+    sc_diags_free(&d);
+    /* explicit files is the default */
+    y = "service: {name: web}\ntls: {source: files, cert: c.pem, key: k.pem}\n";
+    assert_int_equal(sc_config_load_string(y, strlen(y), "t.yaml", "/tmp", &cfg, &d), 0);
+    assert_int_equal(cfg->tls.source, SC_TLS_SOURCE_FILES);
+    sc_config_free(cfg);
 }
 
 static void test_bad_config_files(void **state)
@@ -1167,6 +1207,7 @@ int main(void)
         cmocka_unit_test_setup(test_policy_nul_inside_document, setup),
         cmocka_unit_test_setup(test_bad_policy_files, setup),
         cmocka_unit_test_setup(test_bad_configs, setup),
+        cmocka_unit_test_setup(test_tls_source, setup),
         cmocka_unit_test_setup(test_bad_config_files, setup),
         cmocka_unit_test_setup(test_all_problems_collected, setup),
         cmocka_unit_test_setup(test_unreadable, setup),

@@ -790,6 +790,103 @@ static void test_pem_in_memory(void **st)
     free(ca);
 }
 
+/* In-memory material (Consul Connect): empty until set, swaps like a reload,
+ * refuses bad answers and keeps the old context, rotates to another CA. */
+static void test_watch_set_pem(void **st)
+{
+    (void)st;
+    char *cert = slurp(P("a/api.pem")), *key = slurp(P("a/api.key")),
+         *wkey = slurp(P("a/web.key")), *bundle = slurp(P("bundle.pem")),
+         *ca_a = slurp(P("a/ca/ca.pem")), *cert_b = slurp(P("b/api.pem")),
+         *key_b = slurp(P("b/api.key")), *old = slurp(P("a/old.pem")),
+         *old_key = slurp(P("a/old.key"));
+    char err[512];
+    sc_tls_watch *w = sc_tls_watch_new_memory(SC_TLS_ROLE_SERVER, true);
+    assert_non_null(w);
+    assert_null(sc_tls_watch_get(w));                       /* nothing yet: accepts fail */
+    assert_int_equal(sc_tls_watch_check(w, true, err, sizeof(err)), 0);   /* no files */
+
+    /* the first material */
+    assert_int_equal(sc_tls_watch_set_pem(w, cert, key, ca_a, err, sizeof(err)), 1);
+    sc_tls_ctx *s1 = sc_tls_watch_get(w);
+    assert_non_null(s1);
+    assert_string_equal(sc_tls_ctx_cert(s1)->identity, ID("api"));
+    assert_int_equal(sc_tls_ctx_n_roots(s1), 1);
+    /* the same bytes: nothing to do */
+    assert_int_equal(sc_tls_watch_set_pem(w, cert, key, ca_a, err, sizeof(err)), 0);
+
+    /* an open connection on the first context */
+    sc_tls_ctx *c1 = client_ctx("a", "web", "bundle.pem");
+    sc_tls_client_opts o = {.server_identity = ID("api")};
+    conn x;
+    conn_open(&x, c1, s1, &o);
+    conn_handshake(&x);
+    assert_int_equal(x.crc, 0);
+    assert_int_equal(x.src, 0);
+
+    /* refused: key of another certificate, garbage, expired leaf; the old stays */
+    err[0] = 0;
+    assert_true(sc_tls_watch_set_pem(w, cert, wkey, ca_a, err, sizeof(err)) < 0);
+    assert_true(err[0] != 0);
+    assert_true(sc_tls_watch_set_pem(w, "not pem", key, ca_a, err, sizeof(err)) < 0);
+    assert_true(sc_tls_watch_set_pem(w, cert, key, "-----BEGIN CERTIFICATE-----\nxx\n", err,
+                                     sizeof(err)) < 0);
+    assert_true(sc_tls_watch_set_pem(w, old, old_key, ca_a, err, sizeof(err)) < 0);
+    assert_non_null(strstr(err, "expired"));
+    sc_tls_ctx *cur = sc_tls_watch_get(w);
+    assert_ptr_equal(cur, s1);
+    sc_tls_ctx_unref(cur);
+
+    /* rotation: new roots (both CAs) then a leaf of the new CA */
+    assert_int_equal(sc_tls_watch_set_pem(w, cert, key, bundle, err, sizeof(err)), 1);
+    assert_int_equal(sc_tls_watch_set_pem(w, cert_b, key_b, bundle, err, sizeof(err)), 1);
+    sc_tls_ctx *s2 = sc_tls_watch_get(w);
+    assert_ptr_not_equal(s2, s1);
+    assert_int_equal(sc_tls_ctx_n_roots(s2), 2);
+    assert_true(sc_tls_ctx_generation(s2) > sc_tls_ctx_generation(s1));
+    /* new handshakes use it (clients of either CA pass) ... */
+    sc_tls_ctx *clients[] = {client_ctx("a", "web", "bundle.pem"), client_ctx("b", "web", "bundle.pem")};
+    for (int i = 0; i < 2; i++) {
+        conn y;
+        conn_open(&y, clients[i], s2, &o);
+        conn_handshake(&y);
+        assert_int_equal(y.crc, 0);
+        assert_int_equal(y.src, 0);
+        send_recv(y.c, y.s, "new");
+        conn_close(&y);
+        sc_tls_ctx_unref(clients[i]);
+    }
+    /* ... and the connection on the old context goes on */
+    send_recv(x.c, x.s, "old");
+    send_recv(x.s, x.c, "still");
+    conn_close(&x);
+
+    /* a client watch without a certificate (mode simple): roots only */
+    sc_tls_watch *wc = sc_tls_watch_new_memory(SC_TLS_ROLE_CLIENT, false);
+    assert_non_null(wc);
+    assert_int_equal(sc_tls_watch_set_pem(wc, NULL, NULL, bundle, err, sizeof(err)), 1);
+    sc_tls_ctx *cc = sc_tls_watch_get(wc);
+    assert_null(sc_tls_ctx_cert(cc));
+    sc_tls_ctx_unref(cc);
+    sc_tls_watch_free(wc);
+
+    /* a file watch does not take PEM text */
+    sc_tls_ctx_opts fo = {.role = SC_TLS_ROLE_SERVER, .cert_file = P("a/api.pem"),
+                          .key_file = P("a/api.key"), .ca_file = P("a/ca/ca.pem")};
+    sc_tls_watch *fw = sc_tls_watch_new(&fo, err, sizeof(err));
+    assert_non_null(fw);
+    assert_int_equal(sc_tls_watch_set_pem(fw, cert, key, ca_a, err, sizeof(err)), -EINVAL);
+    sc_tls_watch_free(fw);
+
+    sc_tls_ctx_unref(s2);
+    sc_tls_ctx_unref(s1);
+    sc_tls_ctx_unref(c1);
+    sc_tls_watch_free(w);
+    char *fr[] = {cert, key, wkey, bundle, ca_a, cert_b, key_b, old, old_key};
+    for (size_t i = 0; i < SC_ARRAY_LEN(fr); i++)
+        free(fr[i]);
+}
+
 /* ---- I/O details ---- */
 
 static void test_io_edges(void **st)
@@ -1076,6 +1173,7 @@ int main(void)
         cmocka_unit_test(test_reload_under_load),
         cmocka_unit_test(test_ctx_errors),
         cmocka_unit_test(test_pem_in_memory),
+        cmocka_unit_test(test_watch_set_pem),
         cmocka_unit_test(test_io_edges),
         cmocka_unit_test(test_handshake_peer_gone),
         cmocka_unit_test(test_patterns),

@@ -1,0 +1,282 @@
+"""Consul Connect as the certificate source (tls.source: consul; docs/tls.md,
+issue 5), through the real binary against the agent emulator
+(tests/consul/consul_emulator.py, in-process), which implements
+/v1/agent/connect/ca/roots and /v1/agent/connect/ca/leaf/<service> as
+blocking queries and a control call that rotates its CA.
+
+- ConnectTrafficTest: a callee `api` (inbound mTLS, caller identities
+  checked against tls.allow) and a caller `web` (upstream with tls.mode
+  mutual and server_identity = api's SPIFFE ID as the emulator issues it:
+  spiffe://<cluster-id>.consul/ns/default/dc/dc1/svc/api), both with
+  tls.source consul: traffic passes, the app sees web's identity, /certs
+  shows the source and the Connect leaf. The emulator rotates its CA: both
+  sides pick up the new roots (old + new) and new leaves while a bounded
+  client loop (a persistent upstream connection and one that reconnects for
+  every request) sees zero failures; a garbage leaf answer is refused with a
+  log line and the old material stays.
+- ConnectStartupTest: while the emulator holds the leaf answer back,
+  /ready is 503 "waiting for the Connect certificate" and the inbound
+  listener serves neither TLS nor cleartext; once the leaf arrives the
+  sidecar is ready and serves mTLS.
+
+Every wait and loop is bounded.
+"""
+
+import http.client
+import json
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+import unittest
+
+import harness
+from harness import SidecarTestCase, addr, free_port, upstream, wait_until
+
+sys.path.insert(0, os.path.join(harness.ROOT, "tests", "consul"))
+from consul_emulator import ConsulEmulator  # noqa: E402
+
+HDR = "x-sidecar-caller"
+
+
+def ident(emu, svc):
+    return "spiffe://%s.consul/ns/default/dc/%s/svc/%s" % (emu.cluster_id, emu.datacenter, svc)
+
+
+def consul_section(emu, wait="2s"):
+    return {"address": emu.address, "register_service": False, "wait": wait}
+
+
+def api_config(emu, admin_port, in_port, app_port, allow=None):
+    cfg = harness.base_config(admin_port, inbound={"listen_port": in_port, "app_port": app_port},
+                              workers=2, name="api")
+    cfg["consul"] = consul_section(emu)
+    cfg["tls"] = {"source": "consul"}
+    if allow:
+        cfg["tls"]["allow"] = list(allow)
+    return cfg
+
+
+def web_config(emu, admin_port, upstreams):
+    cfg = harness.base_config(admin_port, upstreams=upstreams, workers=1, name="web")
+    cfg["consul"] = consul_section(emu)
+    cfg["tls"] = {"source": "consul"}
+    return cfg
+
+
+def get(port, path="/echo", conn=None):
+    own = conn is None
+    if own:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        if own:
+            conn.close()
+
+
+class Loop:
+    """GET /echo in a loop through one port on one keep-alive connection
+    (a new one after any failure; with fresh, a new one for every request:
+    the upstream's idle timeout of 5ms also closes idle client
+    connections); records failures."""
+
+    def __init__(self, port, fresh=False):
+        self.port = port
+        self.fresh = fresh
+        self.ok = 0
+        self.failures = []
+        self.stop_ev = threading.Event()
+        self.th = threading.Thread(target=self.run, daemon=True)
+
+    def run(self):
+        conn = None
+        deadline = time.monotonic() + 120
+        while not self.stop_ev.is_set() and time.monotonic() < deadline:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/echo")
+                r = conn.getresponse()
+                body = r.read()
+                if self.fresh:
+                    conn.close()
+                    conn = None
+                if r.status == 200:
+                    self.ok += 1
+                else:
+                    self.failures.append((r.status, body[:200]))
+            except (OSError, http.client.HTTPException) as e:
+                self.failures.append(("error", repr(e)))
+                conn = None
+            time.sleep(0.01)
+        if conn:
+            conn.close()
+
+    def __enter__(self):
+        self.th.start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop_ev.set()
+        self.th.join(10)
+
+
+class ConnectTestCase(SidecarTestCase):
+    def emulator(self, **kw):
+        kw.setdefault("check_stagger", False)
+        emu = ConsulEmulator(**kw)
+        emu.start()
+        self.addCleanup(emu.stop)
+        return emu
+
+
+class ConnectTrafficTest(ConnectTestCase):
+
+    def certs(self, sc):
+        return sc.admin_json("/certs")
+
+    def test_traffic_rotation_and_refusal(self):
+        emu = self.emulator()
+        app = self.http1_peer("app")
+        api_id, web_id = ident(emu, "api"), ident(emu, "web")
+        api_port = free_port()
+        api = self.sidecar(api_config(emu, free_port(), api_port, app.port, allow=[web_id]),
+                           name="api")
+        mutual = {"mode": "mutual", "server_identity": api_id}
+        keep_port, new_port = free_port(), free_port()
+        web = self.sidecar(web_config(emu, free_port(), [
+            upstream("api", "http1", keep_port, [api_port], tls=mutual),
+            upstream("api-new", "http1", new_port, [api_port], tls=mutual,
+                     timeouts={"idle": "5ms"}),
+        ]), name="web")
+
+        # /certs: the source, the Connect leaf and the emulator's root
+        ca = self.certs(api)
+        self.assertEqual(ca["source"], "consul")
+        self.assertEqual(ca["connect"]["state"], "ready")
+        self.assertEqual(ca["inbound"]["certificate"]["identity"], api_id)
+        self.assertEqual(len(ca["inbound"]["roots"]), 1)
+        # a 72h Connect leaf is not "expiring" (the 14-day file rule does not apply)
+        self.assertEqual(ca["inbound"]["certificate"]["state"], "valid")
+        cw = self.certs(web)
+        self.assertEqual(cw["source"], "consul")
+        self.assertEqual(cw["outbound_mutual"]["certificate"]["identity"], web_id)
+        self.assertIn("first Consul Connect material in use", api.log_text())
+
+        # traffic passes; the app sees the caller's Connect identity
+        for port in (keep_port, new_port):
+            status, body = get(port)
+            self.assertEqual(status, 200, body)
+            hdrs = [v for k, v in json.loads(body)["headers"] if k.lower() == HDR]
+            self.assertEqual(hdrs, [web_id])
+
+        api_serial = ca["inbound"]["certificate"]["serial"]
+        web_serial = cw["outbound_mutual"]["certificate"]["serial"]
+        api_issuer = ca["inbound"]["certificate"]["issuer"]
+
+        # CA rotation under load: zero failures
+        hs_before = api.stats().value("sidecar_tls_handshakes_total")
+        with Loop(keep_port) as keep, Loop(new_port, fresh=True) as fresh:
+            time.sleep(1.0)
+            emu.rotate_ca()
+
+            def rotated(sc, role, old_serial):
+                c = self.certs(sc)
+                return (len(c[role]["roots"]) == 2 and
+                        c[role]["certificate"]["serial"] != old_serial)
+            self.assertTrue(wait_until(lambda: rotated(api, "inbound", api_serial), 20),
+                            json.dumps(self.certs(api), indent=1) + api.log_tail())
+            self.assertTrue(wait_until(lambda: rotated(web, "outbound_mutual", web_serial), 20),
+                            json.dumps(self.certs(web), indent=1) + web.log_tail())
+            time.sleep(1.5)   # new handshakes on the new material
+            n_before = fresh.ok
+            self.assertTrue(wait_until(lambda: fresh.ok > n_before + 20, 10))
+        self.assertEqual(keep.failures, [], "failures on the persistent connection")
+        self.assertEqual(fresh.failures, [], "failures with a new connection per request")
+        self.assertGreater(keep.ok, 50)
+        self.assertGreater(fresh.ok, 50)
+        st = api.stats()
+        # the reconnecting loop made new TLS connections all along; none was refused
+        self.assertGreater(st.value("sidecar_tls_handshakes_total") - hs_before, 50)
+        self.assertEqual(st.value("sidecar_tls_handshake_refused_total"), 0)
+        self.assertEqual(st.value("sidecar_tls_handshake_failures_total"), 0)
+        ca2 = self.certs(api)
+        self.assertNotEqual(ca2["inbound"]["certificate"]["issuer"], api_issuer)
+        self.assertEqual(ca2["inbound"]["certificate"]["identity"], api_id)
+        self.assertIn("Consul Connect roots: 2 root(s)", api.log_text())
+        self.assertIn("new Consul Connect material in use", web.log_text())
+
+        # a garbage leaf answer is refused, the old material stays, traffic goes on
+        gen = ca2["inbound"]["generation"]
+        emu.add_fault(Path="/v1/agent/connect/ca/leaf/api", Count=1, Status=200,
+                      Body=json.dumps({"SerialNumber": "ff", "CertPEM": "-----BEGIN CERTIFICATE-----\nAAAA\n"
+                                       "-----END CERTIFICATE-----\n", "PrivateKeyPEM": "garbage"}),
+                      ContentType="application/json",
+                      Headers={"X-Consul-Index": "1"})
+        self.assertTrue(wait_until(lambda: "is refused, the old material stays in use" in api.log_text(), 15),
+                        api.log_tail())
+        self.assertEqual(self.certs(api)["inbound"]["generation"], gen)
+        self.assertIsNotNone(self.certs(api)["connect"]["last_error"])
+        for port in (keep_port, new_port):
+            self.assertEqual(get(port)[0], 200)
+
+
+class ConnectStartupTest(ConnectTestCase):
+
+    def test_not_ready_before_the_first_leaf(self):
+        emu = self.emulator()
+        app = self.http1_peer("app")
+        emu.delay(4.0, path="/v1/agent/connect/ca/leaf/", count=1)
+        admin, in_port = free_port(), free_port()
+        api = self.sidecar(api_config(emu, admin, in_port, app.port), name="api", wait_ready=False)
+
+        def ready_status():
+            try:
+                return api.admin("/ready", timeout=0.5)
+            except OSError:
+                return None
+        self.assertTrue(wait_until(lambda: b"waiting for the Connect certificate" in
+                                   (ready_status() or (0, None, b""))[2], 5))
+        status, _, text = api.admin("/ready")
+        self.assertEqual(status, 503)
+        self.assertIn(b"waiting for the Connect certificate", text)
+        c = api.admin_json("/certs")
+        self.assertEqual(c["source"], "consul")
+        self.assertEqual(c["connect"]["state"], "waiting for the Connect certificate")
+        self.assertIsNone(c["inbound"]["certificate"])
+
+        # no cleartext: a plain HTTP request gets no answer
+        with socket.create_connection(("127.0.0.1", in_port), timeout=3) as s:
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n")
+            try:
+                data = s.recv(4096)
+            except (ConnectionResetError, socket.timeout):
+                data = b""
+            self.assertFalse(data.startswith(b"HTTP/"), data)
+        # and a TLS handshake fails cleanly
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with self.assertRaises((ssl.SSLError, OSError)):
+            with socket.create_connection(("127.0.0.1", in_port), timeout=3) as s:
+                with ctx.wrap_socket(s) as t:
+                    t.recv(1)
+        self.assertTrue(api.alive())
+
+        # the leaf arrives: ready, and a Connect caller gets through
+        api.wait_ready(timeout=15)
+        self.assertEqual(api.admin_json("/certs")["connect"]["state"], "ready")
+        port = free_port()
+        self.sidecar(web_config(emu, free_port(), [
+            upstream("api", "http1", port, [in_port],
+                     tls={"mode": "mutual", "server_identity": ident(emu, "api")})]), name="web")
+        self.assertEqual(get(port)[0], 200)
+
+
+if __name__ == "__main__":
+    unittest.main()
