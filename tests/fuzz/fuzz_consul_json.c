@@ -1,6 +1,7 @@
 /*
  * fuzz_consul_json.c: arbitrary bytes as a /v1/health/service answer, as an
- * X-Consul-Index value, as a cache file and as a grpc.health.v1 request.
+ * X-Consul-Index value, as a cache file, as a grpc.health.v1 request and as
+ * Connect CA roots and leaf answers.
  * The parsers must refuse or skip bad input, never crash, leak or hang, and
  * what they accept must be well formed (sorted, ports set, weights >= 1).
  */
@@ -63,5 +64,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     char svc[64];
     (void)sc_grpc_health_decode_request(data, size, svc, sizeof(svc));
+
+    /* Connect answers (tls.source: consul). */
+    char *ca = NULL, *cert = NULL, *key = NULL, id[64], serial[64], uri[256], err2[128];
+    size_t n_roots = 0;
+    if (sc_consul_parse_roots(s, size, &ca, &n_roots, id, sizeof(id), err2, sizeof(err2)) == 0 &&
+        (!ca || n_roots == 0 || strlen(id) >= sizeof(id)))
+        abort();
+    free(ca);
+    if (sc_consul_parse_leaf(s, size, &cert, &key, serial, sizeof(serial), uri, sizeof(uri), err2, sizeof(err2)) == 0 &&
+        (!cert || !key))
+        abort();
+    free(cert);
+    free(key);
     return 0;
 }

@@ -573,6 +573,66 @@ static void test_cache_roundtrip(void **st)
     free(got);
 }
 
+/* ---- Connect answers ---- */
+
+static void test_connect_roots(void **st)
+{
+    (void)st;
+    const char *body =
+        "{\"ActiveRootID\":\"r2\",\"TrustDomain\":\"11111111-2222.consul\",\"Roots\":["
+        "{\"ID\":\"r1\",\"Name\":\"old\",\"RootCert\":\"-----BEGIN CERTIFICATE-----\\nAAA\\n-----END CERTIFICATE-----\\n\","
+        "\"IntermediateCerts\":null,\"Active\":false},"
+        "{\"ID\":\"r2\",\"Name\":\"new\",\"RootCert\":\"-----BEGIN CERTIFICATE-----\\nBBB\\n-----END CERTIFICATE-----\","
+        "\"IntermediateCerts\":[\"-----BEGIN CERTIFICATE-----\\nCCC\\n-----END CERTIFICATE-----\\n\"],\"Active\":true}]}";
+    char *ca = NULL, id[64], err[128];
+    size_t n = 0;
+    assert_int_equal(sc_consul_parse_roots(body, strlen(body), &ca, &n, id, sizeof(id), err, sizeof(err)), 0);
+    assert_int_equal(n, 2);        /* every root is trusted, not only the active one */
+    assert_string_equal(id, "r2");
+    assert_non_null(strstr(ca, "AAA"));
+    assert_non_null(strstr(ca, "BBB"));
+    assert_non_null(strstr(ca, "CCC")); /* intermediates ride along */
+    free(ca);
+
+    static const char *const bad[] = {"", "[]", "{}", "{\"Roots\":[]}", "{\"Roots\":[{\"ID\":\"x\"}]}",
+                                      "{\"Roots\":null}", "not json"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ca = NULL;
+        assert_int_equal(sc_consul_parse_roots(bad[i], strlen(bad[i]), &ca, &n, id, sizeof(id), err, sizeof(err)),
+                         -EPROTO);
+        assert_null(ca);
+        assert_true(err[0] != 0);
+    }
+}
+
+static void test_connect_leaf(void **st)
+{
+    (void)st;
+    const char *body = "{\"SerialNumber\":\"4f:2a\",\"CertPEM\":\"-----BEGIN CERTIFICATE-----\\nL\\n-----END CERTIFICATE-----\\n\","
+                       "\"PrivateKeyPEM\":\"-----BEGIN EC PRIVATE KEY-----\\nK\\n-----END EC PRIVATE KEY-----\\n\","
+                       "\"Service\":\"api\",\"ServiceURI\":\"spiffe://1111.consul/ns/default/dc/dc1/svc/api\","
+                       "\"ValidAfter\":\"2026-11-25T00:00:00Z\",\"ValidBefore\":\"2026-11-28T00:00:00Z\"}";
+    char *cert = NULL, *key = NULL, serial[64], uri[256], err[128];
+    assert_int_equal(sc_consul_parse_leaf(body, strlen(body), &cert, &key, serial, sizeof(serial), uri, sizeof(uri),
+                                          err, sizeof(err)), 0);
+    assert_non_null(strstr(cert, "BEGIN CERTIFICATE"));
+    assert_non_null(strstr(key, "PRIVATE KEY"));
+    assert_string_equal(serial, "4f:2a");
+    assert_string_equal(uri, "spiffe://1111.consul/ns/default/dc/dc1/svc/api");
+    free(cert);
+    free(key);
+
+    static const char *const bad[] = {"{}", "{\"CertPEM\":\"x\"}", "{\"PrivateKeyPEM\":\"x\"}",
+                                      "{\"CertPEM\":1,\"PrivateKeyPEM\":\"x\"}", "[]", ""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        cert = key = NULL;
+        assert_int_equal(sc_consul_parse_leaf(bad[i], strlen(bad[i]), &cert, &key, serial, sizeof(serial), uri,
+                                              sizeof(uri), err, sizeof(err)), -EPROTO);
+        assert_null(cert);
+        assert_null(key);
+    }
+}
+
 int main(void)
 {
     sc_addr_set_dns_enabled(false);
@@ -595,6 +655,8 @@ int main(void)
         cmocka_unit_test(test_registration_http),
         cmocka_unit_test(test_registration_ttl_grpc_none),
         cmocka_unit_test(test_cache_roundtrip),
+        cmocka_unit_test(test_connect_roots),
+        cmocka_unit_test(test_connect_leaf),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
