@@ -758,8 +758,9 @@ int sc_consul_parse_leaf(const char *body, size_t len, char **cert_pem, char **k
     }
     const char *c = str_member(doc, "CertPEM"), *k = str_member(doc, "PrivateKeyPEM");
     if (!c || !*c || !k || !*k) {
-        json_decref(doc);
+        /* c and k point into doc: decide the message before releasing it */
         snprintf(err, errlen, "the leaf answer has no %s", (!c || !*c) ? "CertPEM" : "PrivateKeyPEM");
+        json_decref(doc);
         return -EPROTO;
     }
     const char *sn = str_member(doc, "SerialNumber"), *u = str_member(doc, "ServiceURI");
