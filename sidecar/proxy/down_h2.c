@@ -177,22 +177,18 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
                          void *user_data)
 {
     (void)flags;
-    sc_down_conn *d = user_data;
+    (void)user_data;
     sc_stream *s = get_stream(session, sid);
     if (!s || (s->flags & SC_ST_F_UP_DONE)) {
         /* Nobody will read it: give the window back at once. */
         nghttp2_session_consume(session, sid, len);
         return 0;
     }
-    sc_worker *w = d->super.w;
-    if (sc_buf_reserve(w, &s->reqp.buf, w->sc->cfg->limits.stream_buffer) < 0 || sc_buf_space(&s->reqp.buf) < len) {
+    if (sc_pipe_put(s, &s->reqp, data, len) < 0) {
         /* More than the window we granted: the peer broke flow control. */
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR);
         return 0;
     }
-    memcpy(sc_buf_tail(&s->reqp.buf), data, len);
-    s->reqp.buf.end += (uint32_t)len;
-    s->reqp.total += len;
     s->down_unconsumed += (uint32_t)len;
     sc_stream_req_progress(s);
     return 0;

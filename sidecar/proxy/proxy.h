@@ -392,6 +392,9 @@ void sc_route_promote_waiters(sc_worker *w, sc_route *r);
 /* Header helpers (arena copies; names lower-cased). */
 int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);
 const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
+/* Appends body bytes to a pipe; -ENOBUFS when they do not fit (for HTTP/2
+ * that means the peer sent more than the window it was granted). */
+int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len);
 int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen);
 
 /* ---- protocol entry points ---- */

@@ -753,6 +753,17 @@ void sc_stream_req_drained(sc_stream *s, size_t n)
     }
 }
 
+int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len)
+{
+    sc_worker *w = s->w;
+    if (sc_buf_reserve(w, &p->buf, w->sc->cfg->limits.stream_buffer) < 0 || sc_buf_space(&p->buf) < len)
+        return -ENOBUFS;
+    memcpy(sc_buf_tail(&p->buf), data, len);
+    p->buf.end += (uint32_t)len;
+    p->total += len;
+    return 0;
+}
+
 void sc_stream_req_consume(sc_stream *s, size_t n)
 {
     if (s->replayable) {

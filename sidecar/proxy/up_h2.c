@@ -244,20 +244,16 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
                          void *user_data)
 {
     (void)flags;
-    sc_up_conn *u = user_data;
     sc_stream *s = get_stream(session, sid);
     if (!s) {
         nghttp2_session_consume(session, sid, len);
         return 0;
     }
-    sc_worker *w = u->super.w;
-    if (sc_buf_reserve(w, &s->respp.buf, w->sc->cfg->limits.stream_buffer) < 0 || sc_buf_space(&s->respp.buf) < len) {
+    (void)user_data;
+    if (sc_pipe_put(s, &s->respp, data, len) < 0) {
         nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR);
         return 0;
     }
-    memcpy(sc_buf_tail(&s->respp.buf), data, len);
-    s->respp.buf.end += (uint32_t)len;
-    s->respp.total += len;
     s->up_unconsumed += (uint32_t)len;
     sc_stream_resp_progress(s);
     return 0;
