@@ -1032,11 +1032,17 @@ sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr 
     if (p && p->tls.mode != SC_TLS_OFF) {
         sc_tls_watch *tw = p->tls.mode == SC_TLS_MUTUAL ? w->sc->tls_client : w->sc->tls_client_anon;
         sc_tls_ctx *ctx = tw ? sc_tls_watch_get(tw) : NULL;
-        char key[160], terr[256] = "no TLS context";
+        char key[160], terr[256] = "no TLS context", expect[SC_TLS_ID_MAX];
         snprintf(key, sizeof(key), "%s/%s", route->name, u->super.peer_text);
+        const char *server_identity = p->tls.server_identity;
+        const sc_tls_cert_info *ours = ctx ? sc_tls_ctx_cert(ctx) : NULL;
+        if (!server_identity && p->discovery == SC_DISCOVERY_CONSUL && ours &&
+            sc_tls_identity_for_service(ours->identity, p->consul.dc, p->consul.service ? p->consul.service : p->name,
+                                        expect, sizeof(expect)) > 0)
+            server_identity = expect; /* the identity Consul's service has in our mesh */
         sc_tls_client_opts o = {
             .sni = p->tls.sni,
-            .server_identity = p->tls.server_identity,
+            .server_identity = server_identity,
             .alpn = p->protocol == SC_PROTO_HTTP1 ? SC_TLS_ALPN_HTTP1 : SC_TLS_ALPN_H2,
             .cache = w->tls_sessions,
             .session_key = key,

@@ -1672,3 +1672,31 @@ int sc_tls_watch_check(sc_tls_watch *w, bool force, char *err, size_t errlen)
     sc_tls_ctx_unref(old);
     return 1;
 }
+
+int sc_tls_identity_for_service(const char *ours, const char *dc, const char *service, char *out, size_t cap)
+{
+    /* spiffe://TD/ns/NS/dc/DC/svc/SVC */
+    static const char pre[] = "spiffe://";
+    if (!ours || !service || !*service || strncmp(ours, pre, sizeof(pre) - 1) != 0)
+        return -EINVAL;
+    const char *td = ours + sizeof(pre) - 1;
+    const char *ns = strstr(td, "/ns/");
+    if (!ns || ns == td)
+        return -EINVAL;
+    const char *ourdc = strstr(ns + 4, "/dc/");
+    if (!ourdc || ourdc == ns + 4)
+        return -EINVAL;
+    const char *svc = strstr(ourdc + 4, "/svc/");
+    if (!svc || svc == ourdc + 4 || !svc[5])
+        return -EINVAL;
+    int n;
+    if (dc && *dc)
+        n = snprintf(out, cap, "spiffe://%.*s/ns/%.*s/dc/%s/svc/%s", (int)(ns - td), td, (int)(ourdc - ns - 4), ns + 4,
+                     dc, service);
+    else
+        n = snprintf(out, cap, "spiffe://%.*s/ns/%.*s/dc/%.*s/svc/%s", (int)(ns - td), td, (int)(ourdc - ns - 4),
+                     ns + 4, (int)(svc - ourdc - 4), ourdc + 4, service);
+    if (n < 0 || (size_t)n >= cap)
+        return -ENOSPC;
+    return n;
+}

@@ -217,6 +217,14 @@ int sc_tls_cert_identity(X509 *cert, char *out, size_t len);
  */
 /* 0 when valid, else -EINVAL and *why (when not NULL) says why (static text). */
 int sc_tls_pattern_valid(const char *pattern, const char **why);
+
+/*
+ * The identity a service has in our mesh, Consul Connect style: our own
+ * identity's trust domain and namespace, `dc` (NULL: ours) and `service`:
+ * spiffe://<td>/ns/<ns>/dc/<dc>/svc/<service>. Returns the length, or -EINVAL
+ * when our identity is not in that form, -ENOSPC when out is too small.
+ */
+int sc_tls_identity_for_service(const char *ours, const char *dc, const char *service, char *out, size_t cap);
 /* Whether identity may call. n == 0 (no list configured): true, whatever the
  * identity. identity NULL or "" (no verified identity) is never allowed by a
  * non-empty list, not even by "*".

@@ -226,6 +226,45 @@ class ConnectTrafficTest(ConnectTestCase):
             self.assertEqual(get(port)[0], 200)
 
 
+class ConnectDerivedIdentityTest(ConnectTestCase):
+    def test_identity_from_the_consul_service_name(self):
+        # A Consul-discovered upstream without server_identity expects the
+        # identity that Consul service has in our mesh (our trust domain,
+        # the service's name): the right service passes, an instance whose
+        # certificate is another service's is refused.
+        emu = self.emulator()
+        app = self.http1_peer("app")
+        api_port = free_port()
+        self.sidecar(api_config(emu, free_port(), api_port, app.port), name="api")
+        emu.register_instance("api", port=api_port, address="127.0.0.1", node_address="127.0.0.1")
+        # "billing" resolves to the same sidecar, whose certificate says svc/api
+        emu.register_instance("billing", port=api_port, address="127.0.0.1", node_address="127.0.0.1")
+        ok_port, bad_port = free_port(), free_port()
+        web = self.sidecar(web_config(emu, free_port(), [
+            dict(upstream("api", "http1", ok_port, [api_port], tls={"mode": "mutual"}),
+                 discovery={"consul": {"service": "api"}}),
+            dict(upstream("billing", "http1", bad_port, [api_port], tls={"mode": "mutual"}),
+                 discovery={"consul": {"service": "billing"}}),
+        ]), name="web")
+        deadline = time.monotonic() + 10
+        status = None
+        while time.monotonic() < deadline:
+            status, body = get(ok_port)
+            if status == 200:
+                break
+            time.sleep(0.2)  # until the watch has the instance
+        self.assertEqual(status, 200, body)
+        while time.monotonic() < deadline:
+            cl = {u["name"]: u for u in web.admin_json("/clusters")["upstreams"]}
+            if cl["billing"]["instances"]:
+                break
+            time.sleep(0.2)
+        status, body = get(bad_port)
+        self.assertEqual(status, 503, body)
+        self.assertIn(b"connection to the instance failed", body)
+        self.assertIn(ident(emu, "billing"), web.log_text())
+
+
 class ConnectStartupTest(ConnectTestCase):
 
     def test_not_ready_before_the_first_leaf(self):

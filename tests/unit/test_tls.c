@@ -975,6 +975,26 @@ static void test_handshake_peer_gone(void **st)
 
 /* ---- identities and allow lists ---- */
 
+static void test_identity_for_service(void **st)
+{
+    (void)st;
+    char out[256];
+    const char *ours = "spiffe://example.org/ns/default/dc/dc1/svc/web";
+    assert_true(sc_tls_identity_for_service(ours, NULL, "api", out, sizeof(out)) > 0);
+    assert_string_equal(out, "spiffe://example.org/ns/default/dc/dc1/svc/api");
+    assert_true(sc_tls_identity_for_service(ours, "dc2", "payments", out, sizeof(out)) > 0);
+    assert_string_equal(out, "spiffe://example.org/ns/default/dc/dc2/svc/payments");
+    assert_true(sc_tls_identity_for_service("spiffe://1234-abcd.consul/ns/team/dc/eu/svc/x", "", "y", out, sizeof(out)) > 0);
+    assert_string_equal(out, "spiffe://1234-abcd.consul/ns/team/dc/eu/svc/y");
+    static const char *const bad[] = {NULL, "", "https://example.org/ns/default/dc/dc1/svc/web",
+                                      "spiffe:///ns/default/dc/dc1/svc/web", "spiffe://example.org/svc/web",
+                                      "spiffe://example.org/ns//dc/dc1/svc/web", "spiffe://example.org/ns/default/dc/dc1/svc/"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(sc_tls_identity_for_service(bad[i], NULL, "api", out, sizeof(out)), -EINVAL);
+    assert_int_equal(sc_tls_identity_for_service(ours, NULL, "", out, sizeof(out)), -EINVAL);
+    assert_int_equal(sc_tls_identity_for_service(ours, NULL, "api", out, 20), -ENOSPC);
+}
+
 static void test_patterns(void **st)
 {
     (void)st;
@@ -1177,6 +1197,7 @@ int main(void)
         cmocka_unit_test(test_io_edges),
         cmocka_unit_test(test_handshake_peer_gone),
         cmocka_unit_test(test_patterns),
+        cmocka_unit_test(test_identity_for_service),
         cmocka_unit_test(test_allow_list),
         cmocka_unit_test(test_cert_identity_edge_cases),
         cmocka_unit_test(test_cert_info),
