@@ -940,7 +940,9 @@ static void watch_start(watch *w);
 
 static void publish(watch *w, sc_endpoints *snap)
 {
-    sc_endpoints_publish(&w->route->endpoints, snap);
+    /* Through the route: instances get their shared state (outlier ejection,
+     * in-flight counts for least_request) and leavers give back their slot. */
+    sc_route_publish(w->route, snap);
 }
 
 static void watch_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)

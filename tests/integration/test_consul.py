@@ -532,6 +532,27 @@ class ResolutionTest(ConsulTestCase):
         self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 2, 5))
         self.assertIn("has 2 healthy instance(s) (+1 -0", sc.log_text())
 
+    def test_outlier_ejection_on_consul_instances(self):
+        # Consul-discovered instances share the per-instance state that outlier
+        # detection needs: a dead instance is ejected and traffic goes on.
+        emu = self.emulator()
+        dead = free_port()  # registered, nothing listening
+        emu.register_instance("pay", id="pay-a", port=self.a.port, address="127.0.0.1")
+        emu.register_instance("pay", id="pay-dead", port=dead, address="127.0.0.1")
+        out = free_port()
+        up = consul_upstream("pay", out)
+        up["outlier"] = {"consecutive_failures": 2, "eject_for": "30s", "max_ejected": "50%"}
+        up["retries"] = {"max_attempts": 2, "on": ["connect-failure"]}
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "register_service": False},
+                                 upstreams=[up]))
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 2, 5))
+        results = get_many(out, 40)
+        self.assertEqual([s for s, _ in results if s != 200], [])
+        inst = {i["id"]: i for i in self.instances(sc, "pay")["instances"]}
+        self.assertTrue(inst["pay-dead"]["ejected"], inst)
+        self.assertFalse(inst["pay-a"]["ejected"], inst)
+        self.assertIn("ejected", sc.log_text())
+
     def test_tag_and_weights(self):
         emu = self.emulator()
         emu.register_instance("pay", id="pay-a", port=self.a.port, address="127.0.0.1",
