@@ -4,6 +4,7 @@
  * caller's double release shows up as a wrong count, never as a wrap to 4e9.
  */
 #include "resilience/bulkhead.h"
+#include "resilience/bounded.h"
 
 #include <string.h>
 
@@ -38,30 +39,6 @@ void sc_bulkhead_init(sc_bulkhead *b, const sc_bulkhead_policy *p)
     }
 }
 
-/* Increments *a unless it has reached max; true when it did. */
-static bool take(_Atomic uint32_t *a, uint32_t max)
-{
-    uint32_t cur = atomic_load_explicit(a, memory_order_relaxed);
-    while (cur < max) {
-        if (atomic_compare_exchange_weak_explicit(a, &cur, cur + 1, memory_order_acq_rel,
-                                                  memory_order_relaxed))
-            return true;
-    }
-    return false;
-}
-
-/* Decrements *a unless it is 0; returns the new value. */
-static uint32_t give(_Atomic uint32_t *a)
-{
-    uint32_t cur = atomic_load_explicit(a, memory_order_relaxed);
-    while (cur > 0) {
-        if (atomic_compare_exchange_weak_explicit(a, &cur, cur - 1, memory_order_acq_rel,
-                                                  memory_order_relaxed))
-            return cur - 1;
-    }
-    return 0;
-}
-
 static void count(_Atomic uint64_t *c)
 {
     atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
@@ -69,11 +46,11 @@ static void count(_Atomic uint64_t *c)
 
 sc_bulkhead_result sc_bulkhead_try_enter(sc_bulkhead *b)
 {
-    if (take(&b->active, b->max_concurrent)) {
+    if (sc_bounded_take(&b->active, b->max_concurrent)) {
         count(&b->admitted);
         return SC_BULKHEAD_ADMITTED;
     }
-    if (take(&b->pending, b->max_pending)) {
+    if (sc_bounded_take(&b->pending, b->max_pending)) {
         count(&b->queued);
         return SC_BULKHEAD_QUEUE;
     }
@@ -83,35 +60,35 @@ sc_bulkhead_result sc_bulkhead_try_enter(sc_bulkhead *b)
 
 bool sc_bulkhead_leave(sc_bulkhead *b)
 {
-    give(&b->active);
+    sc_bounded_give(&b->active);
     return atomic_load_explicit(&b->pending, memory_order_acquire) > 0;
 }
 
 bool sc_bulkhead_try_promote(sc_bulkhead *b)
 {
     /* active first: pending is then briefly one too high, which only refuses */
-    if (!take(&b->active, b->max_concurrent))
+    if (!sc_bounded_take(&b->active, b->max_concurrent))
         return false;
-    give(&b->pending);
+    sc_bounded_give(&b->pending);
     count(&b->promoted);
     return true;
 }
 
 void sc_bulkhead_abandon(sc_bulkhead *b)
 {
-    give(&b->pending);
+    sc_bounded_give(&b->pending);
     count(&b->abandoned);
 }
 
 void sc_bulkhead_queue_timeout(sc_bulkhead *b)
 {
-    give(&b->pending);
+    sc_bounded_give(&b->pending);
     count(&b->queue_timeouts);
 }
 
 bool sc_bulkhead_conn_acquire(sc_bulkhead *b)
 {
-    if (take(&b->connections, b->max_connections ? b->max_connections : UINT32_MAX))
+    if (sc_bounded_take(&b->connections, b->max_connections ? b->max_connections : UINT32_MAX))
         return true;
     count(&b->conn_rejected);
     return false;
@@ -119,7 +96,7 @@ bool sc_bulkhead_conn_acquire(sc_bulkhead *b)
 
 void sc_bulkhead_conn_release(sc_bulkhead *b)
 {
-    give(&b->connections);
+    sc_bounded_give(&b->connections);
 }
 
 void sc_bulkhead_snapshot(const sc_bulkhead *b, sc_bulkhead_view *out)

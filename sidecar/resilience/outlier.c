@@ -4,6 +4,7 @@
  * one caller makes each change and the cap count follows them one for one.
  */
 #include "resilience/outlier.h"
+#include "resilience/bounded.h"
 
 #include <math.h>
 #include <string.h>
@@ -41,26 +42,6 @@ uint32_t sc_outlier_max_ejected(const sc_outlier *o, size_t n_instances)
     return (uint32_t)(n * o->max_ejected_ppm / 1000000u);
 }
 
-static bool take(_Atomic uint32_t *a, uint32_t max)
-{
-    uint32_t cur = atomic_load_explicit(a, memory_order_relaxed);
-    while (cur < max) {
-        if (atomic_compare_exchange_weak_explicit(a, &cur, cur + 1, memory_order_acq_rel,
-                                                  memory_order_relaxed))
-            return true;
-    }
-    return false;
-}
-
-static void give(_Atomic uint32_t *a)
-{
-    uint32_t cur = atomic_load_explicit(a, memory_order_relaxed);
-    while (cur > 0 && !atomic_compare_exchange_weak_explicit(a, &cur, cur - 1,
-                                                             memory_order_acq_rel,
-                                                             memory_order_relaxed))
-        ;
-}
-
 /* The multiplier for a new ejection at now_ms (see Decay in outlier.h). */
 static uint32_t next_multiplier(const sc_outlier *o, sc_outlier_instance *in, uint64_t now_ms)
 {
@@ -94,7 +75,7 @@ int sc_outlier_record(sc_outlier *o, sc_outlier_instance *in, size_t n_instances
     uint32_t c = atomic_fetch_add_explicit(&in->consecutive, 1, memory_order_relaxed) + 1;
     if (c < o->consecutive_failures)
         return 0;
-    if (!take(&o->ejected_now, sc_outlier_max_ejected(o, n_instances))) {
+    if (!sc_bounded_take(&o->ejected_now, sc_outlier_max_ejected(o, n_instances))) {
         atomic_fetch_add_explicit(&o->ejections_capped, 1, memory_order_relaxed);
         return 0;
     }
@@ -108,7 +89,7 @@ int sc_outlier_record(sc_outlier *o, sc_outlier_instance *in, size_t n_instances
     uint64_t expect = 0;
     if (!atomic_compare_exchange_strong_explicit(&in->ejected_until_ms, &expect, until,
                                                  memory_order_acq_rel, memory_order_acquire)) {
-        give(&o->ejected_now); /* another thread ejected it first */
+        sc_bounded_give(&o->ejected_now); /* another thread ejected it first */
         return 0;
     }
     atomic_store_explicit(&in->ejections, mult, memory_order_relaxed);
@@ -133,7 +114,7 @@ bool sc_outlier_check(sc_outlier *o, sc_outlier_instance *in, uint64_t now_ms, b
     if (atomic_compare_exchange_strong_explicit(&in->ejected_until_ms, &until, 0,
                                                 memory_order_acq_rel, memory_order_acquire)) {
         atomic_store_explicit(&in->consecutive, 0, memory_order_relaxed);
-        give(&o->ejected_now);
+        sc_bounded_give(&o->ejected_now);
         atomic_fetch_add_explicit(&o->returns_total, 1, memory_order_relaxed);
         if (returned)
             *returned = true;
@@ -152,7 +133,7 @@ bool sc_outlier_remove(sc_outlier *o, sc_outlier_instance *in)
     while (until != 0) {
         if (atomic_compare_exchange_weak_explicit(&in->ejected_until_ms, &until, 0,
                                                   memory_order_acq_rel, memory_order_acquire)) {
-            give(&o->ejected_now);
+            sc_bounded_give(&o->ejected_now);
             return true;
         }
     }
