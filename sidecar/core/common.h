@@ -20,6 +20,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #define SC_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define SC_MIN(a, b) ((a) < (b) ? (a) : (b))
@@ -41,5 +42,43 @@ char *sc_xstrndup(const char *s, size_t n);
 /* Monotonic clock in milliseconds / nanoseconds (CLOCK_MONOTONIC). */
 uint64_t sc_now_ms(void);
 uint64_t sc_now_ns(void);
+
+/*
+ * A string literal with its length, for tables of names matched on the
+ * per-request path (hop-by-hop header lists): the length is compared first,
+ * so most names are rejected without touching their bytes and without a
+ * strlen() per entry per header. Build entries with SC_LIT("name").
+ */
+typedef struct {
+    const char *p;
+    size_t len;
+} sc_lit;
+#define SC_LIT(s) {(s), sizeof(s) - 1}
+
+/* True when name[0..len) equals one of the n entries exactly (case-sensitive:
+ * HTTP/2 and the HTTP/1 codec hand over lower-case names). */
+static inline bool sc_lit_in(const void *name, size_t len, const sc_lit *tab, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (tab[i].len == len && memcmp(tab[i].p, name, len) == 0)
+            return true;
+    return false;
+}
+
+/* Writes v in decimal at out (at least 20 bytes), no terminator; returns
+ * the number of digits. snprintf("%llu") costs ~1000 instructions of
+ * format parsing; this is what the per-request header lines need. */
+static inline size_t sc_fmt_u64(char *out, uint64_t v)
+{
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}
 
 #endif

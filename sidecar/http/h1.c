@@ -68,15 +68,15 @@ static inline bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 static inline char lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c; }
 
+/* a[0..alen) equals the NUL-terminated b, ignoring ASCII case. Walks b
+ * instead of measuring it first: most comparisons fail at the first byte. */
 static bool ieq(const char *a, size_t alen, const char *b)
 {
-    size_t blen = strlen(b);
-    if (alen != blen)
-        return false;
-    for (size_t i = 0; i < alen; i++)
-        if (lower(a[i]) != lower(b[i]))
+    size_t i = 0;
+    for (; i < alen; i++)
+        if (!b[i] || lower(a[i]) != lower(b[i]))
             return false;
-    return true;
+    return b[i] == '\0';
 }
 
 static bool str_ieq(sc_h1_str s, const char *lit) { return ieq(s.p, s.len, lit); }
@@ -649,11 +649,12 @@ const sc_h1_header *sc_h1_find(const sc_h1_head *h, const char *name)
 
 bool sc_h1_is_hop_by_hop(const char *name, size_t len, sc_h1_str connection)
 {
-    static const char *const fixed[] = {
-        "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+    static const sc_lit fixed[] = {
+        SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"), SC_LIT("te"),
+        SC_LIT("trailer"),    SC_LIT("transfer-encoding"), SC_LIT("upgrade"),
     };
     for (size_t i = 0; i < SC_ARRAY_LEN(fixed); i++)
-        if (ieq(name, len, fixed[i]))
+        if (fixed[i].len == len && ieq(name, len, fixed[i].p))
             return true;
     if (!connection.p)
         return false;

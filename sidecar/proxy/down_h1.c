@@ -307,12 +307,10 @@ static void on_readable(sc_conn *c)
 
 static bool is_response_hop(const nghttp2_nv *nv)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                                      "upgrade", "te", "trailer", "content-length"};
-    for (size_t i = 0; i < SC_ARRAY_LEN(hop); i++)
-        if (nv->namelen == strlen(hop[i]) && memcmp(nv->name, hop[i], nv->namelen) == 0)
-            return true;
-    return false;
+    static const sc_lit hop[] = {SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"),
+                                 SC_LIT("transfer-encoding"), SC_LIT("upgrade"), SC_LIT("te"),
+                                 SC_LIT("trailer"), SC_LIT("content-length")};
+    return sc_lit_in(nv->name, nv->namelen, hop, SC_ARRAY_LEN(hop));
 }
 
 static int write_headers(sc_conn *c, const nghttp2_nv *nv, size_t n)
@@ -353,13 +351,27 @@ static int write_head(sc_conn *c, sc_stream *s)
     char line[128];
     int st = s->resp.status;
     bool no_body = (s->flags & SC_ST_F_HEAD_REQ) || st == 204 || st == 304 || st < 200;
-    int n = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", st, sc_h1_reason(st));
+    /* "HTTP/1.1 ddd reason\r\n": status is 100..599 (the codecs check it). */
+    const char *reason = sc_h1_reason(st);
+    size_t rlen = strlen(reason), n = 0;
+    memcpy(line, "HTTP/1.1 ", 9);
+    n = 9 + sc_fmt_u64(line + 9, (uint64_t)st);
+    line[n++] = ' ';
+    if (rlen > sizeof(line) - n - 2)
+        rlen = sizeof(line) - n - 2;
+    memcpy(line + n, reason, rlen);
+    n += rlen;
+    line[n++] = '\r';
+    line[n++] = '\n';
     size_t before = c->out.end;
-    if (sc_conn_write(c, line, (size_t)n) < 0 || write_headers(c, s->resp.hdrs, s->resp.n_hdrs) < 0)
+    if (sc_conn_write(c, line, n) < 0 || write_headers(c, s->resp.hdrs, s->resp.n_hdrs) < 0)
         goto full;
     if (s->resp.content_length >= 0 && st != 204 && st >= 200) {
-        n = snprintf(line, sizeof(line), "content-length: %lld\r\n", (long long)s->resp.content_length);
-        if (sc_conn_write(c, line, (size_t)n) < 0)
+        memcpy(line, "content-length: ", 16);
+        n = 16 + sc_fmt_u64(line + 16, (uint64_t)s->resp.content_length);
+        line[n++] = '\r';
+        line[n++] = '\n';
+        if (sc_conn_write(c, line, n) < 0)
             goto full;
     } else if (!no_body) {
         /* Unknown length: chunked keeps the connection reusable. */

@@ -101,13 +101,11 @@ void sc_up_h1_attach(sc_stream *s)
 
 static bool skip_req_header(const nghttp2_nv *nv)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                                      "upgrade", "te", "trailer", "host", "content-length",
-                                      "grpc-previous-rpc-attempts", "x-sidecar-attempt"};
-    for (size_t i = 0; i < SC_ARRAY_LEN(hop); i++)
-        if (nv->namelen == strlen(hop[i]) && memcmp(nv->name, hop[i], nv->namelen) == 0)
-            return true;
-    return false;
+    static const sc_lit hop[] = {SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"),
+                                 SC_LIT("transfer-encoding"), SC_LIT("upgrade"), SC_LIT("te"),
+                                 SC_LIT("trailer"), SC_LIT("host"), SC_LIT("content-length"),
+                                 SC_LIT("grpc-previous-rpc-attempts"), SC_LIT("x-sidecar-attempt")};
+    return sc_lit_in(nv->name, nv->namelen, hop, SC_ARRAY_LEN(hop));
 }
 
 static int put(sc_conn *c, const void *p, size_t n) { return sc_conn_write(c, p, n); }
@@ -147,8 +145,11 @@ static int write_request_head(sc_conn *c, sc_stream *s)
             goto full;
     }
     if (m->content_length >= 0) {
-        int n = snprintf(line, sizeof(line), "content-length: %lld\r\n", (long long)m->content_length);
-        if (put(c, line, (size_t)n) < 0)
+        memcpy(line, "content-length: ", 16);
+        size_t n = 16 + sc_fmt_u64(line + 16, (uint64_t)m->content_length);
+        line[n++] = '\r';
+        line[n++] = '\n';
+        if (put(c, line, n) < 0)
             goto full;
     } else if (!(s->reqp.eof && sc_buf_len(&s->reqp.buf) == 0 && s->reqp.n_trailers == 0)) {
         s->up_chunked = true;

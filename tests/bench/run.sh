@@ -329,6 +329,10 @@ TLS_DIR="$WORK/certs"
 TLS_REASON="no TLS load selected"
 SHIM="$WORK/client_cert_shim.so"
 SHIM_REASON="no TLS load selected"
+# PACED is tests/bench/paced_client.c (evenly paced arrivals, TLS or not);
+# PACED_REASON says why it is missing.
+PACED="$WORK/paced_client"
+PACED_REASON="no TLS load selected"
 setup_tls() {
     ((TLS_WANTED)) || return 0
     log "making certificates in $TLS_DIR (certs/make-certs.sh: CA, bench, client)"
@@ -347,6 +351,12 @@ setup_tls() {
     else
         SHIM_REASON="client_cert_shim.c build failed: $(head -n 2 "$WORK/client_cert_shim.build.log" | tr '\n' ' ' | cut -c1-200)"
         log "warning: $SHIM_REASON"
+    fi
+    if cc -O2 -Wall -Wextra -o "$PACED" "$HERE/paced_client.c" -lssl -lcrypto 2>"$WORK/paced_client.build.log"; then
+        PACED_REASON=""
+    else
+        PACED_REASON="paced_client.c build failed: $(head -n 2 "$WORK/paced_client.build.log" | tr '\n' ' ' | cut -c1-200)"
+        log "warning: $PACED_REASON"
     fi
 }
 
@@ -458,9 +468,14 @@ start_nginx() {
 #
 # tls-resumed is two runs: itself and tls-resumed-plain, the same connection
 # + HTTP/1.0 GET without TLS (benchlib.py conn-get), so that the GET can be
-# taken out of the figure. tls-persistent is four runs: itself
+# taken out of the figure. tls-persistent is six runs: itself
 # (mTLS, fixed rate), tls-plain (its plaintext twin: same tool, rate and
-# connections against the proxy's plaintext HTTP/1 listener), tls-persistent-max
+# connections against the proxy's plaintext HTTP/1 listener), tls-paced and
+# tls-paced-plain (the same rate and connections from paced_client.c, whose
+# one schedule gives TLS and plaintext the same arrival pattern: h2load's
+# per-connection timers fire together for plaintext connections, which come
+# up microseconds apart, and apart for mTLS ones, so its twin pair also
+# differs in how many requests the proxy reads per wake-up), tls-persistent-max
 # (mTLS, closed loop, as fast as the load core goes) and tls-plain-max (its
 # plaintext twin paced at the rate tls-persistent-max reached, TLS_MAX_RPS),
 # so that TLS and plaintext CPU per request compare at equal request rates.
@@ -510,6 +525,14 @@ load_cmd() {
             PROTO=http1 PARSER=h2load
             CMD=(h2load --h1 -c "$LAT_CONNS" -m 1 --rps "$LAT_RPS" -D "$secs"
                  --log-file="$logf" "http://127.0.0.1:$PORT_HTTP/") ;;
+        tls-paced)  # mTLS keep-alive, one request every 1/rate s over all connections
+            PROTO=tls PARSER=h2load
+            CMD=("$PACED" -t "$TLS_DIR/client.pem" "$TLS_DIR/client.key" "$TLS_DIR/ca-bundle.pem"
+                 -c "$LAT_CONNS" -r "$((LAT_CONNS * LAT_RPS))" -D "$secs" -l "$logf" 127.0.0.1 "${PORT_TLS:-0}" /) ;;
+        tls-paced-plain)  # its plaintext twin: the same schedule
+            PROTO=http1 PARSER=h2load
+            CMD=("$PACED" -c "$LAT_CONNS" -r "$((LAT_CONNS * LAT_RPS))" -D "$secs" -l "$logf"
+                 127.0.0.1 "$PORT_HTTP" /) ;;
         tls-persistent-max)  # mTLS, closed loop: as fast as the load core can drive it
             PROTO=tls PARSER=h2load
             CMD=("${with_cert[@]}" h2load --h1 -c "$TLS_MAX_CONNS" -m 1 -D "$secs"
@@ -535,6 +558,8 @@ load_label() {
         tls-resumed-plain) echo "plaintext twin: connection + 1 GET (HTTP/1.0)" ;;
         tls-persistent) echo "mTLS keep-alive http1 @$((LAT_CONNS * LAT_RPS)) rps (h2load --h1 c$LAT_CONNS)" ;;
         tls-plain) echo "plaintext twin @$((LAT_CONNS * LAT_RPS)) rps (h2load --h1 c$LAT_CONNS)" ;;
+        tls-paced) echo "mTLS keep-alive http1 @$((LAT_CONNS * LAT_RPS)) rps, evenly paced (paced_client c$LAT_CONNS)" ;;
+        tls-paced-plain) echo "plaintext twin @$((LAT_CONNS * LAT_RPS)) rps, evenly paced (paced_client c$LAT_CONNS)" ;;
         tls-persistent-max) echo "mTLS keep-alive http1, max rate (h2load --h1 c$TLS_MAX_CONNS)" ;;
         tls-plain-max) echo "plaintext twin at the mTLS max rate (h2load --h1 c$TLS_MAX_CONNS)" ;;
         *) echo "$1" ;;
@@ -560,7 +585,7 @@ run_load() {
     rm -f "$raw.warm.reqlog"
 
     load_cmd "$load" "$DURATION" "$raw.reqlog"
-    local c0="" c1="" t0 t1 sampler="" i
+    local c0="" c1="" w0="" w1="" t0 t1 sampler="" i
     if [[ -n $pid ]]; then
         rm -f "$raw.rss"
         start_bg "$proxy.$load.sampler" "${ON_LOAD_CORE[@]}" "$PY" "$LIB" sample "$pid" "$raw.rss" 0.1 "$LOAD_TIMEOUT"
@@ -569,6 +594,7 @@ run_load() {
         # so that its own start-up does not land inside the measured run.
         for ((i = 0; i < 40; i++)); do [[ -s $raw.rss ]] && break; sleep 0.05; done
         c0=$($PY "$LIB" cpu "$pid")
+        w0=$($PY "$LIB" wakeups "$pid")
     fi
     local k0 k1
     k0=$(core_ticks "$PROXY_CORE")
@@ -578,9 +604,10 @@ run_load() {
     local rc=$?
     t1=$(date +%s.%N)
     k1=$(core_ticks "$PROXY_CORE")
-    local rss_load="" cpu_us="" core0="" note="" other0=""
+    local rss_load="" cpu_us="" core0="" note="" other0="" wake=""
     if [[ -n $pid ]]; then
         c1=$($PY "$LIB" cpu "$pid")
+        w1=$($PY "$LIB" wakeups "$pid")
         stop_tree "$sampler"
         rss_load=$(cat "$raw.rss" 2>/dev/null)
         kill -0 "$pid" 2>/dev/null || note="proxy exited during the load"
@@ -606,6 +633,7 @@ run_load() {
     elif [[ -n $pid ]]; then
         local hz; hz=$(getconf CLK_TCK)
         cpu_us=$(awk -v a="$c0" -v b="$c1" -v n="$ok" -v hz="$hz" 'BEGIN{printf "%.3f", (b-a)*1e6/hz/n}')
+        wake=$(awk -v a="$w0" -v b="$w1" -v n="$ok" 'BEGIN{printf "%.3f", (b-a)/n}')
         core0=$(awk -v a="$c0" -v b="$c1" -v hz="$hz" -v t0="$t0" -v t1="$t1" 'BEGIN{printf "%.1f", (b-a)/hz/(t1-t0)*100}')
     fi
     # CPU that others (not the proxy) used on the proxy's core during the run:
@@ -619,7 +647,7 @@ run_load() {
     if [[ -n $note && -z $rps ]]; then
         na_row "$load" "$proxy" "$note"
     else
-        row "$(load_label "$load")" "$proxy" "$rps" "$cpu_us" "$p50" "$p99" "$rss_idle" "$rss_load" "$core0" "$errors" "" "$other0" "$load"
+        row "$(load_label "$load")" "$proxy" "$rps" "$cpu_us" "$p50" "$p99" "$rss_idle" "$rss_load" "$core0" "$errors" "" "$other0" "$load" "$wake"
         [[ -n $note ]] && log "warning: $proxy / $load: $note"
         [[ $load == tls-persistent-max && -n $ok && $ok != 0 ]] && TLS_MAX_RPS=$rps
     fi
@@ -647,7 +675,7 @@ proxy_runs() {
         if [[ $l == tls-* ]]; then
             in_list "$1" "$TLS_PROXIES" || continue
             [[ $l == tls-resumed ]] && { out+=(tls-resumed tls-resumed-plain); continue; }
-            [[ $l == tls-persistent ]] && { out+=(tls-persistent tls-plain tls-persistent-max tls-plain-max); continue; }
+            [[ $l == tls-persistent ]] && { out+=(tls-persistent tls-plain tls-paced tls-paced-plain tls-persistent-max tls-plain-max); continue; }
         fi
         out+=("$l")
     done
@@ -707,6 +735,10 @@ bench_proxy() {
         case $load in
             tls-plain*|tls-resumed-plain)   # a twin means nothing without its TLS run
                 if [[ -n ${bad[tls]:-} ]]; then na_row "$load" "$proxy" "${bad[tls]}"; continue; fi ;;&
+            tls-paced*)
+                if [[ -n $PACED_REASON ]]; then na_row "$load" "$proxy" "$PACED_REASON"; continue; fi ;;&
+            tls-paced-plain)
+                if [[ -n ${bad[tls]:-} ]]; then na_row "$load" "$proxy" "${bad[tls]}"; continue; fi ;;
             tls-persistent*|tls-plain*)
                 if [[ -n $SHIM_REASON ]]; then na_row "$load" "$proxy" "$SHIM_REASON"; continue; fi ;;&
             tls-plain-max)
