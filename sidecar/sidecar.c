@@ -5,6 +5,7 @@
 #include "sidecar.h"
 
 #include "admin/admin.h"
+#include "authz/authz.h"
 #include "core/log.h"
 #include "tls/tls_runtime.h"
 #include "discovery/app_health.h" /* consul + health (issue 4) */
@@ -160,6 +161,12 @@ int sc_sidecar_run(sidecar *sc)
         if (rv < 0)
             return rv;
     }
+    /* tls.authorize: consul: the shared answer cache and each worker's wake-up, before they run */
+    rv = sc_authz_start(sc, &sc->authz);
+    if (rv < 0 && rv != -ENOENT) {
+        SC_ERROR("tls.authorize: cannot start: %s", strerror(-rv));
+        return rv;
+    }
     /* Workers inherit a mask without the shutdown signals: only this thread takes them. */
     sigset_t set, old;
     sigemptyset(&set);
@@ -218,6 +225,8 @@ int sc_sidecar_run(sidecar *sc)
     /* consul + health (issue 4) */
     sc_consul_stop(sc->consul);
     sc->consul = NULL;
+    sc_authz_free(sc->authz); /* after the workers and the Consul client: nothing refers to it now */
+    sc->authz = NULL;
     sc_grpc_health_stop(sc->grpc_health);
     sc->grpc_health = NULL;
     sc_app_health_stop(sc->app_health);
@@ -234,6 +243,8 @@ void sc_sidecar_free(sidecar *sc)
 {
     if (!sc)
         return;
+    sc_authz_free(sc->authz); /* still set only when the run ended early */
+    sc->authz = NULL;
     for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
         sc_worker_free(&sc->workers[i]);
     free(sc->workers);

@@ -34,6 +34,7 @@ typedef struct sidecar {
     struct sc_tls_watch *tls_server;      /* inbound listener material, NULL = cleartext */
     struct sc_tls_watch *tls_client;      /* outbound origination material (mode: mutual) */
     struct sc_tls_watch *tls_client_anon; /* outbound, no client certificate (mode: simple) */
+    struct sc_authz *authz;               /* tls.authorize: consul, NULL otherwise */
 } sidecar;
 
 sidecar *sc_sidecar_new(sc_config *cfg);

@@ -1,6 +1,7 @@
 #include "admin/admin.h"
 
 #include "core/log.h"
+#include "authz/authz.h"
 #include "discovery/app_health.h" /* consul + health (issue 4) */
 #include "discovery/consul.h"
 #include "http/grpc.h"
@@ -189,6 +190,7 @@ char *sc_admin_render_stats(const sidecar *sc)
         fprintf(f, "sidecar_upstream_discovery_stale{upstream=\"%s\"} %d\n", sc->routes[r].name, e && e->stale);
     }
     sc_consul_render_stats(sc->consul, f);         /* consul + health (issue 4) */
+    sc_authz_render_stats(sc->authz, f);           /* tls.authorize: consul */
     sc_app_health_render_stats(sc->app_health, f);
     uint64_t now = sc_now_ms();
     metric_head(f, "sidecar_upstream_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.");
@@ -319,6 +321,8 @@ char *sc_admin_render_clusters(const sidecar *sc)
     json_object_set_new(root, "upstreams", ups);
     if (sc->consul) /* consul (issue 4) */
         json_object_set_new(root, "consul", sc_consul_json(sc->consul));
+    if (sc->authz) /* tls.authorize: consul */
+        json_object_set_new(root, "authorize", sc_authz_json(sc->authz));
     char *out = json_dumps(root, JSON_INDENT(2));
     json_decref(root);
     return out;

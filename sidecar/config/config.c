@@ -164,6 +164,8 @@ static void config_defaults(sc_config *cfg)
     cfg->health.interval_ms = 2000;
     cfg->health.timeout_ms = 1000;
     cfg->tls.identity_header = sc_xstrdup("x-sidecar-caller");
+    cfg->tls.authorize = SC_AUTHORIZE_NONE;
+    cfg->tls.authorize_cache_ms = 30000;
 }
 
 /* ---- sections ---- */
@@ -427,9 +429,50 @@ static void parse_health(loader *L, const sc_ynode *m)
     }
 }
 
+/* tls.authorize and tls.authorize_cache; runs after the rest of tls: (the
+ * certificate fields decide whether the inbound listener has mutual TLS). */
+static void parse_authorize(loader *L, const sc_ynode *mode, const sc_ynode *ttl)
+{
+    static const char *const names[] = {"none", "consul"};
+    sc_cx *c = &L->c;
+    sc_config *cfg = L->cfg;
+    int m = SC_AUTHORIZE_NONE;
+    if (!sc_config_rd_enum(c, mode, "tls.authorize", names, SC_ARRAY_LEN(names), &m))
+        return;
+    cfg->tls.authorize = (sc_authorize_mode)m;
+    if (ttl && sc_config_rd_dur(c, ttl, "tls.authorize_cache", SC_AUTHORIZE_CACHE_MIN_MS,
+                                &cfg->tls.authorize_cache_ms)) {
+        if (cfg->tls.authorize_cache_ms > SC_AUTHORIZE_CACHE_MAX_MS)
+            sc_config_err(c, ttl, "tls.authorize_cache",
+                          "%s is too long; expected 1s to 1h (an intention change takes effect "
+                          "within this time)",
+                          ttl->str ? ttl->str : "?");
+        else if (cfg->tls.authorize != SC_AUTHORIZE_CONSUL)
+            sc_config_err(c, ttl, "tls.authorize_cache",
+                          "only with tls.authorize: consul (it is how long Consul's answers "
+                          "are kept)");
+    }
+    if (cfg->tls.authorize != SC_AUTHORIZE_CONSUL)
+        return;
+    if (!cfg->consul.enabled)
+        sc_config_err(c, mode, "tls.authorize",
+                      "consul needs a consul: section (consul: {} for the defaults) to ask the "
+                      "agent's /v1/agent/connect/authorize");
+    if (!cfg->inbound.enabled)
+        sc_config_err(c, mode, "tls.authorize",
+                      "consul authorizes inbound callers: it needs an inbound: section");
+    bool mtls = cfg->tls.source == SC_TLS_SOURCE_CONSUL ||
+                (cfg->tls.cert_file && cfg->tls.key_file && cfg->tls.ca_file);
+    if (!mtls)
+        sc_config_err(c, mode, "tls.authorize",
+                      "consul needs inbound mutual TLS to know who calls: set tls.source: "
+                      "consul, or tls.cert, tls.key and tls.ca");
+}
+
 static void parse_tls(loader *L, const sc_ynode *m)
 {
-    static const char *const keys[] = {"cert", "key", "ca", "allow", "identity_header", "source"};
+    static const char *const keys[] = {"cert", "key", "ca", "allow", "identity_header", "source",
+                                       "authorize", "authorize_cache"};
     static const char *const source_names[] = {"files", "consul"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
@@ -454,8 +497,10 @@ static void parse_tls(loader *L, const sc_ynode *m)
         if (!cfg->service.name)
             sc_config_err(c, f[5], "tls.source",
                           "consul needs service.name: the Connect certificate is issued for it");
-        if (f[0] || f[1] || f[2])
+        if (f[0] || f[1] || f[2]) {
+            parse_authorize(L, f[6], f[7]);
             return;
+        }
     }
     bool connect = cfg->tls.source == SC_TLS_SOURCE_CONSUL;
     sc_config_rd_path(c, f[0], "tls.cert", &cfg->tls.cert_file);
@@ -494,6 +539,7 @@ static void parse_tls(loader *L, const sc_ynode *m)
                           "'-'",
                           h);
     }
+    parse_authorize(L, f[6], f[7]);
 }
 
 static void load_inline_upstreams(loader *L, const sc_ynode *v)

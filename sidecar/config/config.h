@@ -104,6 +104,11 @@ typedef struct sc_outlier_policy {
 typedef enum { SC_TLS_OFF = 0, SC_TLS_SIMPLE, SC_TLS_MUTUAL } sc_tls_mode;
 /* Where this sidecar's certificate, key and roots come from (tls.source). */
 typedef enum { SC_TLS_SOURCE_FILES = 0, SC_TLS_SOURCE_CONSUL } sc_tls_source;
+/* Who decides, after tls.allow, whether an inbound caller may call (tls.authorize). */
+typedef enum { SC_AUTHORIZE_NONE = 0, SC_AUTHORIZE_CONSUL } sc_authorize_mode;
+/* Bounds of tls.authorize_cache. */
+#define SC_AUTHORIZE_CACHE_MIN_MS 1000u
+#define SC_AUTHORIZE_CACHE_MAX_MS 3600000u
 
 typedef struct sc_static_instance {
     sc_addr addr;
@@ -203,6 +208,8 @@ typedef struct sc_config {
         char *cert_file, *key_file, *ca_file; /* NULL = no TLS (source files) */
         char **allow; size_t n_allow;        /* inbound caller identities, "*"-suffix patterns */
         char *identity_header;               /* default "x-sidecar-caller" */
+        sc_authorize_mode authorize;         /* default none; consul: POST /v1/agent/connect/authorize */
+        uint64_t authorize_cache_ms;         /* answers kept per caller identity, default 30000 */
     } tls;
     sc_policy *policies;            /* from policies_dir and inline `upstreams:` */
     size_t n_policies;

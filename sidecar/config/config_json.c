@@ -229,6 +229,8 @@ json_t *sc_config_to_json(const sc_config *cfg)
     json_object_set_new(tls, "ca", jstr(cfg->tls.ca_file));
     json_object_set_new(tls, "allow", jstrv(cfg->tls.allow, cfg->tls.n_allow));
     json_object_set_new(tls, "identity_header", jstr(cfg->tls.identity_header));
+    json_object_set_new(tls, "authorize", json_string(cfg->tls.authorize == SC_AUTHORIZE_CONSUL ? "consul" : "none"));
+    json_object_set_new(tls, "authorize_cache", jdur(cfg->tls.authorize_cache_ms));
     json_object_set_new(o, "tls", tls);
 
     json_t *ups = json_array();

@@ -56,6 +56,8 @@ struct creq {
     CURLcode result;
     long status;
     char curl_err[CURL_ERROR_SIZE];
+    sc_consul_authorize_cb user_done; /* sc_consul_authorize: the caller's callback */
+    void *user_arg;
 };
 
 typedef struct csock {
@@ -107,10 +109,12 @@ typedef struct cwatch {
     uint64_t index, sent_index, last_index;
     unsigned failures;
     char last_error[320];
+    char note[800];             /* "<what>: <last_error><hint>", for /certs and /ready while failing */
     uint64_t answers_total, errors_total;
 } cwatch;
 
 #define LEAF_GRACE_S 2.0        /* a replacement leaf waits this long, so peers learn a new root first */
+#define LEAF_ROOTS_WAIT_S 10.0  /* a leaf the roots do not vouch for waits this long for roots, then: an error */
 
 struct sc_consul {
     sidecar *sc;
@@ -159,7 +163,10 @@ struct sc_consul {
     char *cert_pem, *key_pem;   /* leaf in use */
     char *new_cert, *new_key;   /* leaf received, applied after LEAF_GRACE_S */
     char leaf_serial[128], new_serial[128];
-    ev_timer leaf_timer;
+    bool new_unverified;        /* new_cert does not verify against ca_pem: waiting for roots that vouch for it */
+    int64_t leaf_not_after, new_not_after;  /* unix seconds; 0 = none */
+    ev_timer leaf_timer;        /* the grace period, or the wait for roots (new_unverified) */
+    uint64_t leaf_updates_total, roots_updates_total;   /* put in use */
 
     /* cache file */
     char *cache_doc;
@@ -302,7 +309,7 @@ static void creq_cancel(creq **pp)
 }
 
 /*
- * Starts a request. method "GET" or "PUT"; a PUT sends `body` (JSON) or
+ * Starts a request. method "GET", "PUT" or "POST"; a PUT or POST sends `body` (JSON) or
  * nothing. Returns NULL when libcurl cannot even start it (then nothing is
  * called; the caller treats it like a failed request).
  */
@@ -367,8 +374,8 @@ static creq *creq_start(sc_consul *c, const char *method, const char *path, cons
             free(th);
         }
     }
-    if (strcmp(method, "PUT") == 0) {
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
+    if (strcmp(method, "PUT") == 0 || strcmp(method, "POST") == 0) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)(body ? strlen(body) : 0));
         curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body ? body : "");
         h = curl_slist_append(h, body ? "Content-Type: application/json" : "Content-Type:");
@@ -1106,8 +1113,14 @@ static void watch_start(watch *w)
 
 static void cwatch_start(cwatch *w);
 
+/* Hands the state to tls_runtime (/certs, /ready). err NULL means no error, except
+ * that a query still failing keeps its error shown. */
 static void connect_note(sc_consul *c, const char *err)
 {
+    const cwatch *ws[] = {&c->leaf_w, &c->roots_w};
+    for (size_t i = 0; !err && i < SC_ARRAY_LEN(ws); i++)
+        if (ws[i]->failures)
+            err = ws[i]->note;
     sc_tls_runtime_connect_note(c->leaf_serial, c->n_roots, c->leaf_w.last_index, c->roots_w.last_index, err);
 }
 
@@ -1116,6 +1129,20 @@ static void cwatch_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     cwatch_start(SC_CONTAINER_OF(t, cwatch, timer));
+}
+
+/* Advice for a refused Connect query, "" when none: the leaf needs service:write on our
+ * service (roots need no permission). buf holds the text when it is built here. */
+static const char *connect_hint(const cwatch *w, const creq *r, char *buf, size_t cap)
+{
+    if (!r)
+        return "";
+    if (w == &w->c->leaf_w && r->result == CURLE_OK && r->status == 403 && !body_has(r, "ACL not found")) {
+        snprintf(buf, cap, " (the ACL token lacks service:write on '%s', which Consul requires to hand out "
+                 "the service's Connect leaf certificate)", w->c->cfg->service.name);
+        return buf;
+    }
+    return hint(r);
 }
 
 static void cwatch_fail(cwatch *w, const creq *r, const char *err)
@@ -1127,14 +1154,17 @@ static void cwatch_fail(cwatch *w, const creq *r, const char *err)
     bool same = strcmp(err, w->last_error) == 0;
     snprintf(w->last_error, sizeof(w->last_error), "%s", err);
     uint64_t ms = backoff(c, w->failures);
+    char hb[320];
+    const char *h = connect_hint(w, r, hb, sizeof(hb));
     if (w->failures == 1 || !same)
-        SC_WARN("tls: fetching the Connect %s from Consul failed: %s%s; %s, retrying in %llums", w->what, err,
-                r ? hint(r) : "", c->cert_pem ? "the current certificate material stays in use"
-                                              : "no certificate yet (inbound TLS refused, not ready)",
+        SC_WARN("tls: fetching the Connect %s from Consul failed: %s%s; %s, retrying in %llums", w->what, err, h,
+                c->cert_pem ? "the current certificate material stays in use"
+                            : "no certificate yet (inbound TLS refused, not ready)",
                 (unsigned long long)ms);
     else
         SC_DEBUG("tls: Connect %s fetch failed again (%u in a row): %s", w->what, w->failures, err);
-    connect_note(c, err);
+    snprintf(w->note, sizeof(w->note), "%s: %s%s", w->what, err, h);
+    connect_note(c, w->note);
     timer_again(c, &w->timer, ms);
 }
 
@@ -1152,22 +1182,121 @@ static bool connect_apply(sc_consul *c, const char *cert, const char *key, const
     return true;
 }
 
+/* Forgets the leaf waiting to be used. */
+static void drop_new_leaf(sc_consul *c)
+{
+    ev_timer_stop(c->loop, &c->leaf_timer);
+    free(c->new_cert);
+    free(c->new_key);
+    c->new_cert = c->new_key = NULL;
+    c->new_unverified = false;
+}
+
+/* Asks for the roots now (a query that does not block) rather than when the blocking one returns. */
+static void roots_refetch(sc_consul *c)
+{
+    cwatch *w = &c->roots_w;
+    if (w->failures)
+        return;     /* retrying with backoff, and that query does not block */
+    creq_cancel(&w->req);
+    ev_timer_stop(c->loop, &w->timer);
+    w->index = 0;
+    cwatch_start(w);
+}
+
+static void take_new_leaf(sc_consul *c);
+
+/*
+ * When to use the leaf waiting in new_cert. Only once the roots in use vouch
+ * for it (leaf + its intermediates verify against them): after a CA rotation
+ * the new leaf can come before the roots that list the new CA, and peers
+ * holding the same roots would refuse it. Such a leaf waits for new roots
+ * (asked for at once, unless they just came) and is logged as an error after
+ * LEAF_ROOTS_WAIT_S; it stays parked, so roots that vouch for it later still
+ * bring it in. A leaf that verifies: the first at once, a replacement after
+ * LEAF_GRACE_S (peers learn a new root first).
+ */
+static void leaf_schedule(sc_consul *c, bool roots_just_came)
+{
+    if (!c->new_cert || !c->ca_pem)
+        return;     /* no roots yet: their first answer brings the leaf in */
+    char verr[400];
+    if (sc_tls_chain_verify_pem(c->new_cert, c->ca_pem, 0, verr, sizeof(verr)) < 0) {
+        char note[800];
+        snprintf(note, sizeof(note), "the new Connect leaf certificate (serial %s) does not verify against the %zu "
+                 "trusted root(s): %s", c->new_serial, c->n_roots, verr);
+        connect_note(c, note);
+        if (c->new_unverified) {
+            SC_DEBUG("tls: the waiting Connect leaf certificate (serial %s) still does not verify: %s", c->new_serial,
+                     verr);
+            return;
+        }
+        c->new_unverified = true;
+        /* INFO: during a CA rotation the leaf often comes a moment before the roots */
+        SC_INFO("tls: %s; not using it before roots that vouch for it arrive (%s; waiting up to %.0fs); %s", note,
+                roots_just_came      ? "these roots just came"
+                : c->roots_w.failures ? "the roots query is failing and retries with backoff"
+                                      : "asking Consul for the roots now",
+                LEAF_ROOTS_WAIT_S,
+                c->cert_pem ? "the current certificate stays in use" : "no certificate yet (not ready)");
+        timer_again(c, &c->leaf_timer, (uint64_t)(LEAF_ROOTS_WAIT_S * 1000));
+        if (!roots_just_came)
+            roots_refetch(c);
+        return;
+    }
+    bool waited = c->new_unverified;
+    c->new_unverified = false;
+    ev_timer_stop(c->loop, &c->leaf_timer);
+    if (!c->cert_pem) {
+        if (waited)
+            SC_INFO("tls: the Connect leaf certificate (serial %s) verifies against the new roots", c->new_serial);
+        take_new_leaf(c);
+        return;
+    }
+    SC_INFO("tls: the new Connect leaf certificate (serial %s) verifies against the %zu trusted root(s)%s; in use in "
+            "%.0fs (peers learn a new root first)", c->new_serial, c->n_roots, waited ? " (new roots)" : "",
+            LEAF_GRACE_S);
+    timer_again(c, &c->leaf_timer, (uint64_t)(LEAF_GRACE_S * 1000));
+}
+
 static void take_new_leaf(sc_consul *c)
 {
     if (!c->new_cert || !c->ca_pem)
         return;
+    char verr[400];
+    if (sc_tls_chain_verify_pem(c->new_cert, c->ca_pem, 0, verr, sizeof(verr)) < 0) {
+        if (!c->new_unverified) {   /* the roots changed under the grace period */
+            leaf_schedule(c, false);
+            return;
+        }
+        /* LEAF_ROOTS_WAIT_S is over: an error, but the leaf stays parked for roots that may still come */
+        char note[800];
+        snprintf(note, sizeof(note), "the new Connect leaf certificate (serial %s) does not verify against the %zu "
+                 "trusted root(s) after waiting %.0fs for new roots: %s", c->new_serial, c->n_roots,
+                 LEAF_ROOTS_WAIT_S, verr);
+        c->leaf_w.errors_total++;
+        SC_ERROR("tls: %s; it is not used (%s) until roots that vouch for it arrive", note,
+                 c->cert_pem ? "the old material stays in use" : "no certificate yet: not ready");
+        connect_note(c, note);
+        return;
+    }
     if (connect_apply(c, c->new_cert, c->new_key, c->ca_pem, "leaf certificate")) {
         free(c->cert_pem);
         free(c->key_pem);
         c->cert_pem = c->new_cert;
         c->key_pem = c->new_key;
         snprintf(c->leaf_serial, sizeof(c->leaf_serial), "%s", c->new_serial);
+        c->leaf_not_after = c->new_not_after;
+        c->leaf_updates_total++;
         connect_note(c, NULL);
     } else {
+        c->leaf_w.errors_total++;
         free(c->new_cert);
         free(c->new_key);
     }
     c->new_cert = c->new_key = NULL;
+    c->new_unverified = false;
+    ev_timer_stop(c->loop, &c->leaf_timer);
 }
 
 static void leaf_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -1193,15 +1322,21 @@ static bool cwatch_answer(cwatch *w, creq *r, char *err, size_t errlen)
         SC_INFO("tls: Consul Connect roots: %zu root(s), active %s (index %llu)", n, active[0] ? active : "?",
                 (unsigned long long)r->index);
         if (c->cert_pem && !connect_apply(c, c->cert_pem, c->key_pem, ca, "roots")) {
+            w->errors_total++;
             free(ca);
             return true;    /* refused and logged; not a transport error */
         }
+        char verr[400];
+        if (c->cert_pem && sc_tls_chain_verify_pem(c->cert_pem, ca, 0, verr, sizeof(verr)) < 0)
+            SC_WARN("tls: the new Connect roots do not vouch for our leaf certificate in use (serial %s): %s; peers "
+                    "that trust only these roots refuse it until Consul hands out a new leaf", c->leaf_serial, verr);
         free(c->ca_pem);
         c->ca_pem = ca;
         c->n_roots = n;
+        c->roots_updates_total++;
         connect_note(c, NULL);
-        if (c->new_cert && !c->cert_pem)
-            take_new_leaf(c);       /* the first leaf came before the roots */
+        if (c->new_cert && (!c->cert_pem || c->new_unverified))
+            leaf_schedule(c, true);     /* a leaf that came before these roots */
         return true;
     }
     char *cert = NULL, *key = NULL, serial[128], uri[512];
@@ -1210,12 +1345,8 @@ static bool cwatch_answer(cwatch *w, creq *r, char *err, size_t errlen)
         return false;
     if (c->cert_pem && strcmp(cert, c->cert_pem) == 0 && strcmp(key, c->key_pem) == 0) {
         /* the agent's latest answer is the leaf in use: forget one still waiting */
-        if (c->new_cert) {
-            ev_timer_stop(c->loop, &c->leaf_timer);
-            free(c->new_cert);
-            free(c->new_key);
-            c->new_cert = c->new_key = NULL;
-        }
+        if (c->new_cert)
+            drop_new_leaf(c);
         free(cert);
         free(key);
         return true;
@@ -1236,31 +1367,25 @@ static bool cwatch_answer(cwatch *w, creq *r, char *err, size_t errlen)
         snprintf(verr, sizeof(verr), "the certificate (serial %s) is %s (valid %s to %s)", ci->serial,
                  sc_tls_cert_state_name(vst), ci->not_before_iso, ci->not_after_iso);
     bool valid = vc && vst == SC_TLS_CERT_VALID;
+    int64_t not_after = ci ? ci->not_after : 0;
     sc_tls_ctx_unref(vc);
     if (!valid) {
         SC_ERROR("tls: the new Connect leaf certificate from Consul (serial %s, index %llu) is refused, the "
                  "old material stays in use: %s", serial[0] ? serial : "?", (unsigned long long)r->index, verr);
+        w->errors_total++;
         connect_note(c, verr);
         free(cert);
         free(key);
         return true;    /* refused and logged; the query loop goes on */
     }
-    free(c->new_cert);
-    free(c->new_key);
+    drop_new_leaf(c);
     c->new_cert = cert;
     c->new_key = key;
+    c->new_not_after = not_after;
     snprintf(c->new_serial, sizeof(c->new_serial), "%s", serial);
-    ev_timer_stop(c->loop, &c->leaf_timer);
-    if (!c->cert_pem) {
-        SC_INFO("tls: Consul Connect leaf certificate for %s (serial %s, index %llu)", uri, serial,
-                (unsigned long long)r->index);
-        take_new_leaf(c);       /* waits for the roots when they are not there yet */
-    } else {
-        SC_INFO("tls: new Consul Connect leaf certificate for %s (serial %s, index %llu); in use in %.0fs "
-                "(peers learn a new root first)", uri, serial, (unsigned long long)r->index, LEAF_GRACE_S);
-        ev_timer_set(&c->leaf_timer, LEAF_GRACE_S, 0);
-        ev_timer_start(c->loop, &c->leaf_timer);
-    }
+    SC_INFO("tls: %sConsul Connect leaf certificate for %s (serial %s, index %llu)", c->cert_pem ? "new " : "", uri,
+            serial, (unsigned long long)r->index);
+    leaf_schedule(c, false);    /* the first at once, a replacement after LEAF_GRACE_S; both once the roots vouch */
     return true;
 }
 
@@ -1273,16 +1398,23 @@ static void cwatch_done(creq *r)
     creq_error(r, err, sizeof(err));
     if (!err[0] && !r->has_index)
         snprintf(err, sizeof(err), "the answer has %s X-Consul-Index header", r->bad_index ? "an invalid" : "no");
-    if (!err[0])
+    /* while the answer is handled this query is not failing (what it notes replaces its error);
+     * an unusable answer continues the backoff where it was */
+    unsigned failures = w->failures;
+    if (!err[0]) {
+        w->failures = 0;
+        if (failures)
+            connect_note(c, NULL);
         cwatch_answer(w, r, err, sizeof(err));
+    }
     if (err[0]) {
+        w->failures = failures;
         cwatch_fail(w, r, err);
         return;
     }
     w->answers_total++;
-    if (w->failures)
-        SC_INFO("tls: fetching the Connect %s works again after %u failure(s)", w->what, w->failures);
-    w->failures = 0;
+    if (failures)
+        SC_INFO("tls: fetching the Connect %s works again after %u failure(s)", w->what, failures);
     w->last_error[0] = 0;
     w->last_index = r->index;
     w->index = sc_consul_index_next(w->sent_index, r->index);
@@ -1332,6 +1464,36 @@ static void connect_init(sc_consul *c)
     }
     ev_init(&c->leaf_timer, leaf_timer_cb);
     c->connect = c->cfg->tls.source == SC_TLS_SOURCE_CONSUL && c->cfg->service.name;
+}
+
+/* /stats: the Connect certificate source. Plain fields, read where they are
+ * written: the admin endpoint runs on the control loop, like this client. */
+static void connect_render_stats(const sc_consul *c, FILE *f)
+{
+    if (!c->connect)
+        return;
+    fprintf(f, "# HELP sidecar_connect_ready 1 once a Connect leaf certificate is in use.\n"
+               "# TYPE sidecar_connect_ready gauge\nsidecar_connect_ready %d\n", c->cert_pem != NULL);
+    fprintf(f, "# HELP sidecar_connect_leaf_updates_total Connect leaf certificates put in use.\n"
+               "# TYPE sidecar_connect_leaf_updates_total counter\nsidecar_connect_leaf_updates_total %llu\n",
+            (unsigned long long)c->leaf_updates_total);
+    fprintf(f, "# HELP sidecar_connect_roots_updates_total Connect root sets put in use.\n"
+               "# TYPE sidecar_connect_roots_updates_total counter\nsidecar_connect_roots_updates_total %llu\n",
+            (unsigned long long)c->roots_updates_total);
+    fprintf(f, "# HELP sidecar_connect_errors_total Connect queries that failed and answers refused.\n"
+               "# TYPE sidecar_connect_errors_total counter\n"
+               "sidecar_connect_errors_total{what=\"leaf\"} %llu\nsidecar_connect_errors_total{what=\"roots\"} %llu\n",
+            (unsigned long long)c->leaf_w.errors_total, (unsigned long long)c->roots_w.errors_total);
+    fprintf(f, "# HELP sidecar_connect_roots Trusted Connect roots.\n"
+               "# TYPE sidecar_connect_roots gauge\nsidecar_connect_roots %zu\n", c->n_roots);
+    fprintf(f, "# HELP sidecar_connect_leaf_pending 1 while a new leaf certificate waits (grace period, or roots "
+               "that vouch for it).\n# TYPE sidecar_connect_leaf_pending gauge\nsidecar_connect_leaf_pending %d\n",
+            c->new_cert != NULL);
+    if (c->cert_pem)
+        fprintf(f, "# HELP sidecar_connect_leaf_expiry_seconds Seconds until the Connect leaf certificate in use "
+                   "expires (negative once expired).\n# TYPE sidecar_connect_leaf_expiry_seconds gauge\n"
+                   "sidecar_connect_leaf_expiry_seconds %lld\n",
+                (long long)(c->leaf_not_after - (int64_t)time(NULL)));
 }
 
 /* ---- start, stop ---- */
@@ -1708,6 +1870,7 @@ void sc_consul_render_stats(const sc_consul *c, FILE *f)
                "# TYPE sidecar_consul_request_errors_total counter\n"
                "sidecar_consul_request_errors_total %llu\n",
             (unsigned long long)c->request_errors_total);
+    connect_render_stats(c, f);
     if (!c->n_watches)
         return;
     static const char *const heads[][3] = {
@@ -1732,4 +1895,31 @@ void sc_consul_render_stats(const sc_consul *c, FILE *f)
                     w->service, v);
         }
     }
+}
+
+/* ---- Connect authorization (tls.authorize: consul; authz/authz.c decides what to do) ---- */
+
+static void authorize_done(creq *r)
+{
+    char err[400];
+    creq_error(r, err, sizeof(err));
+    if (err[0]) {
+        size_t n = strlen(err);
+        snprintf(err + n, sizeof(err) - n, "%s", hint(r));
+    }
+    long status = r->result == CURLE_OK && !r->too_big ? r->status : 0;
+    r->user_done(r->user_arg, status, r->body ? r->body : "", r->len, err);
+}
+
+int sc_consul_authorize(sc_consul *c, const char *body, uint64_t timeout_ms,
+                        sc_consul_authorize_cb done, void *arg)
+{
+    if (!c || !body || !done)
+        return -EINVAL;
+    creq *r = creq_start(c, "POST", "/v1/agent/connect/authorize", body, timeout_ms, authorize_done, NULL);
+    if (!r)
+        return -EIO;
+    r->user_done = done;
+    r->user_arg = arg;
+    return 0;
 }

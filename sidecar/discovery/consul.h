@@ -61,13 +61,30 @@ void sc_consul_stop(sc_consul *c);
  */
 int sc_consul_deregister(sc_consul *c, void (*done)(void *arg), void *arg);
 
+/*
+ * Connect authorization (tls.authorize: consul): POST
+ * /v1/agent/connect/authorize with `body` (JSON, copied) and the client's ACL
+ * token. done(arg, status, answer, len, err) runs once on the control thread
+ * when the request ended: status is the HTTP status (0 when there was no
+ * answer: refused, timed out after timeout_ms, ...), err "" for a 2xx answer
+ * and otherwise a line for the log ("HTTP 403: ACL not found (the ACL token
+ * ...)"). done is not called when the client stops first (sc_consul_stop).
+ * Returns 0, -EINVAL, or -EIO when the request could not even start (done
+ * is then not called).
+ */
+typedef void (*sc_consul_authorize_cb)(void *arg, long status, const char *answer, size_t len,
+                                       const char *err);
+int sc_consul_authorize(sc_consul *c, const char *body, uint64_t timeout_ms,
+                        sc_consul_authorize_cb done, void *arg);
+
 /* Admin /clusters: the state of the client (address, registration) and of
  * the watch of one route (NULL when the route is not watched). New
  * references, caller decrefs. */
 struct json_t *sc_consul_json(const sc_consul *c);
 struct json_t *sc_consul_route_json(const sc_consul *c, size_t route_index);
 
-/* Admin /stats: sidecar_consul_* metrics in Prometheus text. */
+/* Admin /stats: sidecar_consul_* metrics in Prometheus text, and the
+ * sidecar_connect_* ones with tls.source: consul (docs/tls.md). */
 void sc_consul_render_stats(const sc_consul *c, FILE *f);
 
 #endif

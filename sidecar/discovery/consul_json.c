@@ -780,3 +780,68 @@ int sc_consul_parse_leaf(const char *body, size_t len, char **cert_pem, char **k
     }
     return 0;
 }
+
+/* ---- Connect authorization ---- */
+
+char *sc_consul_authorize_body(const char *target, const char *client_uri,
+                               const char *client_serial)
+{
+    if (!target || !client_uri)
+        return NULL;
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    int bad = json_object_set_new(o, "Target", json_string(target));
+    bad |= json_object_set_new(o, "ClientCertURI", json_string(client_uri));
+    if (client_serial && *client_serial)
+        bad |= json_object_set_new(o, "ClientCertSerial", json_string(client_serial));
+    char *s = bad ? NULL : json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+int sc_consul_parse_authorize(const char *body, size_t len, bool *authorized, char *reason,
+                              size_t reason_cap, char *err, size_t errlen)
+{
+    if (reason_cap)
+        reason[0] = 0;
+    json_error_t je;
+    json_t *doc = json_loadb(body ? body : "", len, 0, &je);
+    if (!doc) {
+        snprintf(err, errlen, "the authorize answer is not JSON: %s", je.text);
+        return -EPROTO;
+    }
+    int rc = -EPROTO;
+    json_t *a = ci_get(doc, "Authorized");
+    const char *r = json_is_object(doc) ? str_member(doc, "Reason") : NULL;
+    if (!json_is_object(doc))
+        snprintf(err, errlen, "the authorize answer is not a JSON object");
+    else if (!a || !json_is_boolean(a))
+        snprintf(err, errlen, "the authorize answer has no boolean Authorized");
+    else if (!r)
+        snprintf(err, errlen, "the authorize answer's Reason is not a string");
+    else {
+        *authorized = json_is_true(a);
+        size_t n = 0;
+        for (; r[n] && n + 1 < reason_cap; n++) {
+            unsigned char ch = (unsigned char)r[n];
+            reason[n] = (ch < 0x20 || ch == 0x7f) ? ' ' : (char)ch;
+        }
+        /* never end inside a UTF-8 sequence when cut */
+        if (r[n] && n) {
+            size_t k = n;
+            while (k && ((unsigned char)reason[k - 1] & 0xc0) == 0x80)
+                k--;
+            if (k && ((unsigned char)reason[k - 1] & 0x80))
+                k--;
+            else
+                k = n;
+            n = k;
+        }
+        if (reason_cap)
+            reason[n] = 0;
+        rc = 0;
+    }
+    json_decref(doc);
+    return rc;
+}

@@ -170,6 +170,32 @@ int sc_consul_parse_leaf(const char *body, size_t len, char **cert_pem, char **k
                          char *serial, size_t serial_cap, char *uri, size_t uri_cap, char *err,
                          size_t errlen);
 
+/* ---- Connect authorization (tls.authorize: consul) ---- */
+
+/* Longest Reason kept from an authorize answer (longer ones are cut). */
+#define SC_CONSUL_REASON_MAX 256
+
+/*
+ * The body of POST /v1/agent/connect/authorize as compact JSON (caller
+ * frees): {"Target":..., "ClientCertURI":..., "ClientCertSerial":...}; the
+ * serial is left out when NULL or "". NULL on -ENOMEM or when target or
+ * client_uri is NULL.
+ */
+char *sc_consul_authorize_body(const char *target, const char *client_uri,
+                               const char *client_serial);
+
+/*
+ * A 200 answer of /v1/agent/connect/authorize: {"Authorized": bool,
+ * "Reason": "..."} (keys matched without regard to case, other keys
+ * ignored). *authorized and reason (NUL terminated, control characters
+ * replaced by blanks, cut to reason_cap - 1) are set on success. Returns 0,
+ * or -EPROTO with err when the body is not a JSON object, Authorized is
+ * missing or not a boolean, or Reason is neither a string nor null. A
+ * denial is an answer, not an error.
+ */
+int sc_consul_parse_authorize(const char *body, size_t len, bool *authorized, char *reason,
+                              size_t reason_cap, char *err, size_t errlen);
+
 /* ---- cache file ---- */
 
 /* One upstream's last known instances, keyed by what was asked. */

@@ -24,6 +24,12 @@ typedef struct sc_down_conn {
     bool tls;
     bool denied;
     char *identity;                 /* NULL: no verified identity */
+    /* tls.authorize: consul: the last decision for this caller, reused
+     * without a lock until authz_until_ms (stream.c) */
+    uint64_t authz_until_ms;        /* 0: none */
+    const char *authz_reason;       /* Consul's reason (interned by authz, lives as long as it) */
+    bool authz_allowed;
+    bool authz_stale;
 } sc_down_conn;
 
 /* A connection to one upstream instance. */

@@ -232,6 +232,7 @@ typedef enum {
     SC_FAIL_TRY_TIMEOUT,            /* 504 / DEADLINE_EXCEEDED: timeouts.per_try (retriable) */
     SC_FAIL_REFUSED_STREAM,         /* 503 / UNAVAILABLE: the upstream refused the stream */
     SC_FAIL_FORBIDDEN,              /* 403 / PERMISSION_DENIED: caller identity not allowed */
+    SC_FAIL_AUTHZ_UNAVAILABLE,      /* 503 / UNAVAILABLE: Consul could not say whether the caller may call */
 } sc_fail;
 
 const char *sc_fail_reason(sc_fail f);
@@ -301,8 +302,15 @@ struct sc_stream {
     bool up_keepalive;
     bool down_te_trailers;
     bool up_head_sent;
+    /* tls.authorize: consul (stream.c, authz/authz.h) */
+    bool authz_consul_denied;       /* SC_FAIL_FORBIDDEN came from Consul, not tls.allow */
+    bool authz_stale;               /* the answer waited for was an earlier one (Consul failing) */
+    uint8_t authz_verdict;          /* sc_authz_verdict of the answer waited for */
+    uint64_t authz_seq;             /* the lookup waited for */
+    const char *authz_note;         /* Consul's reason (interned) or why it could not answer (arena) */
+    sc_link alink;                  /* worker->authz_waiters while waiting for Consul's answer */
     sc_link wlink;                  /* worker->streams (drain, stats) */
-    char inline_arena[2048];
+    _Alignas(8) char inline_arena[2048]; /* sc_arena hands out 8-byte aligned blocks from here */
 };
 
 /* ---- worker ---- */
@@ -327,6 +335,9 @@ struct sc_worker {
     bool draining;
     bool stopping;
     struct sc_tls_session_cache *tls_sessions; /* outbound TLS resumption */
+    /* tls.authorize: consul; set up by sc_stream_authz_init before the thread runs */
+    ev_async authz_wake;            /* the control thread: a lookup this worker waits for ended */
+    sc_link authz_waiters;          /* streams waiting for Consul's answer (sc_stream.alink) */
     /* free lists */
     void *free_streams;
     void *free_blocks;
@@ -387,6 +398,9 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why);
 void sc_stream_upstream_done(sc_stream *s);
 /* Downstream side is gone (RST, close) or finished sending the response. */
 void sc_stream_downstream_done(sc_stream *s, bool aborted);
+/* tls.authorize: consul: starts w->authz_wake on the worker's loop (before
+ * the worker thread runs). */
+void sc_stream_authz_init(sc_worker *w);
 /* Bulkhead waiters of this worker take slots freed on other workers. */
 void sc_route_promote_waiters(sc_worker *w, sc_route *r);
 /* Header helpers (arena copies; names lower-cased). */

@@ -67,6 +67,12 @@ typedef struct sc_worker_stats {
     sc_counter tls_refused;          /* peer refused: no/untrusted/expired certificate, wrong identity */
     sc_counter tls_failed;           /* other handshake failures */
     sc_counter authz_denied;         /* inbound requests refused by tls.allow */
+    /* tls.authorize: consul */
+    sc_counter authz_consul_denied;  /* refused because Consul denied the caller */
+    sc_counter authz_unavailable;    /* refused because Consul could not answer (and no earlier answer) */
+    sc_counter authz_stale;          /* decided with an earlier answer while Consul could not answer */
+    sc_counter authz_cache_hits;     /* decided without waiting for Consul */
+    sc_counter authz_cache_misses;   /* waited for a lookup */
     size_t n_routes;
     sc_route_stats routes[];
 } sc_worker_stats;

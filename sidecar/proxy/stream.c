@@ -5,6 +5,7 @@
  * bounded pipes, local error replies in the caller's protocol, and the end
  * (stats, free once both sides are done).
  */
+#include "authz/authz.h"
 #include "core/log.h"
 #include "http/grpc.h"
 #include "proxy/conns.h"
@@ -133,6 +134,7 @@ const char *sc_fail_reason(sc_fail f)
     case SC_FAIL_TRY_TIMEOUT: return "upstream-per-try-timeout";
     case SC_FAIL_REFUSED_STREAM: return "upstream-refused-stream";
     case SC_FAIL_FORBIDDEN: return "caller-not-allowed";
+    case SC_FAIL_AUTHZ_UNAVAILABLE: return "authz-unavailable";
     }
     return "unknown";
 }
@@ -153,6 +155,7 @@ static const char *fail_detail(sc_fail f)
     case SC_FAIL_CIRCUIT_OPEN: return "circuit breaker open: calls fail fast until it half-opens";
     case SC_FAIL_REFUSED_STREAM: return "the instance refused the stream";
     case SC_FAIL_FORBIDDEN: return "the caller's identity is not in tls.allow";
+    case SC_FAIL_AUTHZ_UNAVAILABLE: return "Consul could not say whether the caller may call";
     default: return "failed";
     }
 }
@@ -305,6 +308,7 @@ static void stream_free(sc_stream *s)
     sc_list_remove(&s->wlink);
     sc_list_remove(&s->up_link);
     sc_list_remove(&s->qlink);
+    sc_list_remove(&s->alink);
     if (s->inst)
         attempt_settle(s, is_gateway_failure(s));
     breaker_settle(s, true); /* still owed only when nothing was learnt */
@@ -388,6 +392,7 @@ static void up_cancel(sc_stream *s)
     up_detach(s);
     ev_timer_stop(s->w->loop, &s->retry_timer);
     sc_list_remove(&s->qlink);
+    sc_list_remove(&s->alink);
     s->flags |= SC_ST_F_UP_DONE;
 }
 
@@ -396,8 +401,15 @@ static void local_reply(sc_stream *s, sc_fail why)
 {
     sc_route_stats *rs = &s->w->stats->routes[s->route->index];
     SC_STAT_INC(rs->local_replies);
-    char msg[384];
-    if (why == SC_FAIL_FORBIDDEN && s->down && SC_DOWN(s->down)->identity)
+    char msg[768];
+    const char *caller = s->down && SC_DOWN(s->down)->identity ? SC_DOWN(s->down)->identity : NULL;
+    if (why == SC_FAIL_FORBIDDEN && s->authz_consul_denied)
+        snprintf(msg, sizeof(msg), "inbound: Consul denied caller %.300s: %.300s",
+                 caller ? caller : "(no SPIFFE identity)", s->authz_note ? s->authz_note : "(no reason given)");
+    else if (why == SC_FAIL_AUTHZ_UNAVAILABLE)
+        snprintf(msg, sizeof(msg), "inbound: cannot check with Consul whether caller %.300s may call: %.300s",
+                 caller ? caller : "(no SPIFFE identity)", s->authz_note ? s->authz_note : "no answer");
+    else if (why == SC_FAIL_FORBIDDEN && s->down && SC_DOWN(s->down)->identity)
         snprintf(msg, sizeof(msg), "inbound: caller %.300s is not in tls.allow", SC_DOWN(s->down)->identity);
     else if (why == SC_FAIL_FORBIDDEN)
         snprintf(msg, sizeof(msg), "inbound: the caller's certificate has no SPIFFE identity; tls.allow needs one");
@@ -412,7 +424,7 @@ static void local_reply(sc_stream *s, sc_fail why)
     s->respp.n_trailers = s->respp.cap_trailers = 0;
     s->respp.eof = true;
     if (s->req.is_grpc) {
-        char code[8], enc[1024];
+        char code[8], enc[2048];
         int g = fallback ? (int)bp->fallback_grpc_status : fail_grpc_status(why);
         s->grpc_status = g;
         snprintf(code, sizeof(code), "%d", g);
@@ -571,6 +583,14 @@ static void retry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     sc_stream *s = SC_CONTAINER_OF(t, sc_stream, retry_timer);
+    if (sc_link_linked(&s->alink)) {
+        /* Waiting for Consul's answer (tls.authorize), and it did not come in time. */
+        sc_list_remove(&s->alink);
+        SC_STAT_INC(s->w->stats->authz_unavailable);
+        s->authz_note = "Consul did not answer in time";
+        sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
+        return;
+    }
     if (sc_link_linked(&s->qlink)) {
         /* Waiting in the bulkhead queue, not in backoff: the queue wait is over. */
         sc_list_remove(&s->qlink);
@@ -899,39 +919,12 @@ void sc_route_promote_waiters(sc_worker *w, sc_route *r)
     }
 }
 
-void sc_stream_start(sc_stream *s)
+/* Past the caller checks: circuit breaker (outbound), bulkhead, first attempt. */
+static void admit(sc_stream *s)
 {
     sc_worker *w = s->w;
     sc_route *r = s->route;
-    sc_route_stats *rs = &w->stats->routes[r->index];
     const sc_policy *p = r->policy;
-    SC_STAT_INC(rs->requests);
-    SC_STAT_INC(rs->active_requests);
-    s->flags |= SC_ST_F_UP_STARTED;
-
-    /* Deadline: the smaller of the policy's and the caller's grpc-timeout. */
-    uint64_t limit_ns = r->timeouts->request_ms * 1000000u;
-    for (size_t i = 0; i < s->req.n_hdrs; i++) {
-        nghttp2_nv *nv = &s->req.hdrs[i];
-        if (nv->namelen == 12 && memcmp(nv->name, "grpc-timeout", 12) == 0) {
-            uint64_t ns;
-            if (sc_grpc_timeout_parse((const char *)nv->value, nv->valuelen, &ns) == 0 && (!limit_ns || ns < limit_ns))
-                limit_ns = ns;
-            /* Dropped here; the upstream side sends what remains when it sends. */
-            s->req.hdrs[i] = s->req.hdrs[--s->req.n_hdrs];
-            break;
-        }
-    }
-    if (limit_ns) {
-        s->deadline_ns = s->start_ns + limit_ns;
-        ev_timer_set(&s->timer, (double)limit_ns / 1e9, 0);
-        ev_timer_start(w->loop, &s->timer);
-    }
-    if (r->inbound && s->down && SC_DOWN(s->down)->denied) {
-        SC_STAT_INC(w->stats->authz_denied);
-        sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
-        return;
-    }
     uint64_t now = sc_now_ms();
     if (p) {
         sc_breaker_transition tr = {0};
@@ -966,6 +959,185 @@ void sc_stream_start(sc_stream *s)
         sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
         return;
     }
+}
+
+/* ---- tls.authorize: consul (authz/authz.h) ----
+ *
+ * The decision for a connection's caller is remembered on the connection
+ * (sc_down_conn.authz_*) until it expires: while it holds, a request costs
+ * two compares and a counter, no lock. After that the shared cache is asked
+ * (one mutex); when Consul must be asked, the request waits on
+ * worker->authz_waiters (bounded by its deadline and SC_AUTHZ_WAIT_MS on
+ * retry_timer) until the control thread wakes this worker. A request that
+ * ends while waiting (caller reset, deadline) leaves the list in up_cancel /
+ * stream_free, so nothing points at it afterwards. */
+
+static void authz_remember(sc_down_conn *d, const sc_authz_decision *dec)
+{
+    d->authz_until_ms = dec->until_ms;
+    d->authz_allowed = dec->verdict == SC_AUTHZ_ALLOW;
+    d->authz_reason = dec->reason;
+    d->authz_stale = dec->stale;
+}
+
+/* An answer (fresh or stale) for this request: true = go on. */
+static bool authz_apply(sc_stream *s, bool allowed, const char *reason, bool stale)
+{
+    sc_worker_stats *st = s->w->stats;
+    if (stale)
+        SC_STAT_INC(st->authz_stale);
+    if (allowed)
+        return true;
+    SC_STAT_INC(st->authz_consul_denied);
+    s->authz_consul_denied = true;
+    s->authz_note = reason && *reason ? reason : "(no reason given)";
+    SC_WARN_LIMITED(sc_authz_log_limit(s->w->sc->authz), "inbound: Consul denied caller %s: %s%s",
+                    SC_DOWN(s->down)->identity ? SC_DOWN(s->down)->identity : "(no SPIFFE identity)", s->authz_note,
+                    stale ? " (its last answer; Consul cannot answer now)" : "");
+    sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
+    return false;
+}
+
+static void authz_unavailable(sc_stream *s, const char *why)
+{
+    SC_STAT_INC(s->w->stats->authz_unavailable);
+    s->authz_note = sc_arena_dup(&s->arena, why, strlen(why));
+    sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
+}
+
+/* true: the caller may call, go on now; false: refused, or waiting for Consul. */
+static bool authz_admit(sc_stream *s)
+{
+    sc_down_conn *d = SC_DOWN(s->down);
+    uint64_t now = s->start_ns / 1000000u;
+    if (SC_LIKELY(now < d->authz_until_ms)) {
+        SC_STAT_INC(s->w->stats->authz_cache_hits);
+        if (SC_LIKELY(d->authz_allowed && !d->authz_stale))
+            return true;
+        return authz_apply(s, d->authz_allowed, d->authz_reason, d->authz_stale);
+    }
+    if (!d->identity) {
+        SC_STAT_INC(s->w->stats->authz_consul_denied);
+        s->authz_consul_denied = true;
+        s->authz_note = "the caller's certificate has no SPIFFE identity (URI SAN) to ask Consul about";
+        sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
+        return false;
+    }
+    char serial[SC_AUTHZ_SERIAL_MAX];
+    if (!s->down->ssl || sc_tls_peer_serial(s->down->ssl, serial, sizeof(serial)) < 0)
+        serial[0] = 0;
+    sc_authz_decision dec;
+    sc_authz_check(s->w->sc->authz, s->w->id, d->identity, serial, sc_now_ms(), &dec);
+    switch (dec.verdict) {
+    case SC_AUTHZ_ALLOW:
+    case SC_AUTHZ_DENY:
+        SC_STAT_INC(s->w->stats->authz_cache_hits);
+        authz_remember(d, &dec);
+        return authz_apply(s, dec.verdict == SC_AUTHZ_ALLOW, dec.reason, dec.stale);
+    case SC_AUTHZ_WAIT:
+        SC_STAT_INC(s->w->stats->authz_cache_misses);
+        s->authz_seq = dec.seq;
+        sc_list_push(&s->w->authz_waiters, &s->alink);
+        ev_timer_set(&s->retry_timer, (double)SC_AUTHZ_WAIT_MS / 1000.0, 0);
+        ev_timer_start(s->w->loop, &s->retry_timer);
+        return false;
+    case SC_AUTHZ_UNAVAILABLE:
+    default:
+        authz_unavailable(s, dec.error);
+        return false;
+    }
+}
+
+/* The control thread: a lookup this worker waits for ended. Decisions are
+ * taken for every waiting request first and acted on afterwards, so that a
+ * request ending while another is handled (it leaves `ready` in
+ * stream_free) is never touched. */
+static void authz_wake_cb(struct ev_loop *loop, ev_async *a, int revents)
+{
+    (void)revents;
+    sc_worker *w = SC_CONTAINER_OF(a, sc_worker, authz_wake);
+    sc_authz *az = w->sc->authz;
+    if (!az)
+        return;
+    uint64_t now = sc_now_ms();
+    sc_link ready;
+    sc_list_init(&ready);
+    sc_link *l = w->authz_waiters.next;
+    while (l != &w->authz_waiters) {
+        sc_stream *s = SC_CONTAINER_OF(l, sc_stream, alink);
+        l = l->next;
+        sc_down_conn *d = SC_DOWN(s->down);
+        sc_authz_decision dec;
+        sc_authz_result(az, w->id, d->identity, s->authz_seq, now, &dec);
+        if (dec.verdict == SC_AUTHZ_WAIT)
+            continue;
+        sc_list_remove(&s->alink);
+        ev_timer_stop(loop, &s->retry_timer);
+        s->authz_verdict = (uint8_t)dec.verdict;
+        s->authz_stale = dec.stale;
+        if (dec.verdict == SC_AUTHZ_UNAVAILABLE) {
+            s->authz_note = sc_arena_dup(&s->arena, dec.error, strlen(dec.error));
+        } else {
+            authz_remember(d, &dec);
+            s->authz_note = dec.reason;
+        }
+        sc_list_push(&ready, &s->alink);
+    }
+    while (!sc_list_empty(&ready)) {
+        sc_stream *s = SC_CONTAINER_OF(ready.next, sc_stream, alink);
+        sc_list_remove(&s->alink);
+        if (s->authz_verdict == SC_AUTHZ_UNAVAILABLE) {
+            SC_STAT_INC(w->stats->authz_unavailable);
+            sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
+        } else if (authz_apply(s, s->authz_verdict == SC_AUTHZ_ALLOW, s->authz_note, s->authz_stale)) {
+            admit(s);
+        }
+    }
+}
+
+void sc_stream_authz_init(sc_worker *w)
+{
+    sc_list_init(&w->authz_waiters);
+    ev_async_init(&w->authz_wake, authz_wake_cb);
+    ev_async_start(w->loop, &w->authz_wake);
+}
+
+void sc_stream_start(sc_stream *s)
+{
+    sc_worker *w = s->w;
+    sc_route *r = s->route;
+    sc_route_stats *rs = &w->stats->routes[r->index];
+    SC_STAT_INC(rs->requests);
+    SC_STAT_INC(rs->active_requests);
+    s->flags |= SC_ST_F_UP_STARTED;
+
+    /* Deadline: the smaller of the policy's and the caller's grpc-timeout. */
+    uint64_t limit_ns = r->timeouts->request_ms * 1000000u;
+    for (size_t i = 0; i < s->req.n_hdrs; i++) {
+        nghttp2_nv *nv = &s->req.hdrs[i];
+        if (nv->namelen == 12 && memcmp(nv->name, "grpc-timeout", 12) == 0) {
+            uint64_t ns;
+            if (sc_grpc_timeout_parse((const char *)nv->value, nv->valuelen, &ns) == 0 && (!limit_ns || ns < limit_ns))
+                limit_ns = ns;
+            /* Dropped here; the upstream side sends what remains when it sends. */
+            s->req.hdrs[i] = s->req.hdrs[--s->req.n_hdrs];
+            break;
+        }
+    }
+    if (limit_ns) {
+        s->deadline_ns = s->start_ns + limit_ns;
+        ev_timer_set(&s->timer, (double)limit_ns / 1e9, 0);
+        ev_timer_start(w->loop, &s->timer);
+    }
+    if (r->inbound && s->down && SC_DOWN(s->down)->denied) {
+        SC_STAT_INC(w->stats->authz_denied);
+        sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
+        return;
+    }
+    /* tls.allow passed (or is not configured): with tls.authorize: consul, Consul decides. */
+    if (r->inbound && s->down && w->sc->authz && !authz_admit(s))
+        return;
+    admit(s);
 }
 
 /* ---- upstream connections shared by up_h1.c and up_h2.c ---- */

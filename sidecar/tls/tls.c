@@ -255,6 +255,39 @@ int sc_tls_peer_identity(const SSL *ssl, char *out, size_t len)
     return sc_tls_cert_identity(cert, out, len);
 }
 
+int sc_tls_serial_colon_hex(const unsigned char *be, size_t n, char *out, size_t cap)
+{
+    static const char digits[] = "0123456789abcdef";
+    while (n && be[0] == 0) {
+        be++;
+        n--;
+    }
+    size_t need = n ? n * 3 : 1;
+    if (cap < need)
+        return -ENOSPC;
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            out[k++] = ':';
+        out[k++] = digits[be[i] >> 4];
+        out[k++] = digits[be[i] & 15];
+    }
+    out[k] = 0;
+    return (int)k;
+}
+
+int sc_tls_peer_serial(const SSL *ssl, char *out, size_t cap)
+{
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (!cert)
+        return -ENOENT;
+    const ASN1_INTEGER *sn = X509_get0_serialNumber(cert);
+    if (!sn)
+        return -ENOENT;
+    /* the content octets are the magnitude, big-endian (the sign is in the type) */
+    return sc_tls_serial_colon_hex(ASN1_STRING_get0_data(sn), (size_t)ASN1_STRING_length(sn), out, cap);
+}
+
 int sc_tls_pattern_valid(const char *p, const char **why)
 {
     const char *w = NULL;
@@ -1009,6 +1042,72 @@ int sc_tls_cert_info_file(const char *path, sc_tls_cert_info *out, char *err, si
     return 0;
 }
 
+int sc_tls_chain_verify_pem(const char *cert_pem, const char *ca_pem, int64_t now, char *err,
+                            size_t errlen)
+{
+    if (!cert_pem || !ca_pem) {
+        set_err(err, errlen, "tls: %s", cert_pem ? "no roots to verify against" : "no certificate");
+        return -EINVAL;
+    }
+    blob cb, ab;
+    int rc = get_blob(cert_pem, NULL, "certificate", &cb, err, errlen);
+    if (rc < 0)
+        return rc;
+    rc = get_blob(ca_pem, NULL, "roots", &ab, err, errlen);
+    if (rc < 0)
+        return rc;
+    STACK_OF(X509) *chain = parse_certs(&cb, err, errlen);
+    STACK_OF(X509) *roots = chain ? parse_certs(&ab, err, errlen) : NULL;
+    X509_STORE *store = NULL;
+    X509_STORE_CTX *xs = NULL;
+    if (!chain || !roots) {
+        rc = -EINVAL;
+        goto out;
+    }
+    store = X509_STORE_new();
+    xs = X509_STORE_CTX_new();
+    rc = -ENOMEM;
+    if (!store || !xs) {
+        set_err(err, errlen, "tls: out of memory");
+        goto out;
+    }
+    for (int i = 0; i < sk_X509_num(roots); i++)
+        if (!X509_STORE_add_cert(store, sk_X509_value(roots, i))) {
+            set_ossl_err(err, errlen, "roots (memory): cannot add certificate %d", i + 1);
+            goto out;
+        }
+    /* the whole chain as untrusted: OpenSSL skips the leaf when it looks for issuers */
+    if (!X509_STORE_CTX_init(xs, store, sk_X509_value(chain, 0), chain)) {
+        set_ossl_err(err, errlen, "tls: cannot set up the verification");
+        goto out;
+    }
+    X509_VERIFY_PARAM *vp = X509_STORE_CTX_get0_param(xs);
+    X509_VERIFY_PARAM_set_depth(vp, 8);     /* as SSL_CTX_set_verify_depth in build_ctx */
+    X509_VERIFY_PARAM_set_time(vp, (time_t)(now ? now : (int64_t)time(NULL)));
+    if (X509_verify_cert(xs) == 1) {
+        rc = 0;
+        goto out;
+    }
+    int depth = X509_STORE_CTX_get_error_depth(xs);
+    X509 *bad = X509_STORE_CTX_get_current_cert(xs);
+    char subj[160] = "";
+    if (bad)
+        name_oneline(X509_get_subject_name(bad), subj, sizeof(subj));
+    set_err(err, errlen, "%s (depth %d, %s)",
+            X509_verify_cert_error_string(X509_STORE_CTX_get_error(xs)), depth,
+            subj[0] ? subj : "no subject");
+    rc = -EPERM;
+out:
+    X509_STORE_CTX_free(xs);
+    X509_STORE_free(store);
+    sk_X509_pop_free(chain, X509_free);
+    sk_X509_pop_free(roots, X509_free);
+    blob_free(&cb);
+    blob_free(&ab);
+    ERR_clear_error();
+    return rc;
+}
+
 /* ---- client session cache ---- */
 
 typedef struct sess_entry {
@@ -1356,6 +1455,17 @@ static int io_fail(SSL *ssl, int r, int e0, const char *stage, sc_tls_want *want
     return rc;
 }
 
+/* Empties this thread's OpenSSL error queue before an I/O call, as
+ * SSL_get_error() needs. Peeking first: ERR_clear_error() walks all 16
+ * slots (~800 instructions, twice per proxied request), ERR_peek_error()
+ * is a quarter of that, and the queue is almost always empty already
+ * because io_fail() clears it after every failure. */
+static inline void err_reset(void)
+{
+    if (ERR_peek_error())
+        ERR_clear_error();
+}
+
 int sc_tls_handshake(SSL *ssl, sc_tls_want *want)
 {
     *want = SC_TLS_WANT_NONE;
@@ -1455,17 +1565,6 @@ void sc_tls_ssl_free(SSL *ssl)
 
 bool sc_tls_pending(const SSL *ssl)
 {
-/* Empties this thread's OpenSSL error queue before an I/O call, as
- * SSL_get_error() needs. Peeking first: ERR_clear_error() walks all 16
- * slots (~800 instructions, twice per proxied request), ERR_peek_error()
- * is a quarter of that, and the queue is almost always empty already
- * because io_fail() clears it after every failure. */
-static inline void err_reset(void)
-{
-    if (ERR_peek_error())
-        ERR_clear_error();
-}
-
     return SSL_has_pending(ssl) != 0;
 }
 

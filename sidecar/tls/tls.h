@@ -204,6 +204,15 @@ int sc_tls_peer_identity(const SSL *ssl, char *out, size_t len);
 /* The URI SAN of any certificate, same results (no verification check). */
 int sc_tls_cert_identity(X509 *cert, char *out, size_t len);
 
+/* A certificate serial (big-endian magnitude) the way Consul writes one
+ * (connect.HexString of SerialNumber.Bytes()): lower-case hex byte pairs
+ * joined by ':', leading zero bytes dropped, "" for zero. Returns the
+ * length, or -ENOSPC (cap needs 3 bytes per octet). */
+int sc_tls_serial_colon_hex(const unsigned char *be, size_t n, char *out, size_t cap);
+/* The peer certificate's serial in that form ("0a:1b:..."); -ENOENT without
+ * a peer certificate. No allocation. */
+int sc_tls_peer_serial(const SSL *ssl, char *out, size_t cap);
+
 /*
  * Allow-list patterns: an exact identity, or a prefix ending in '*' that
  * matches any identity starting with the prefix and at least one more
@@ -249,6 +258,23 @@ int sc_tls_cert_info_get(X509 *cert, sc_tls_cert_info *out);
 int sc_tls_cert_info_file(const char *path, sc_tls_cert_info *out, char *err, size_t errlen);
 /* The peer's certificate on a connection; -ENOENT when there is none. */
 int sc_tls_peer_cert_info(const SSL *ssl, sc_tls_cert_info *out);
+
+/*
+ * Whether a chain verifies against a set of roots the way a peer's handshake
+ * checks it (same store as a context built from ca_pem: every certificate of
+ * ca_pem is a trust anchor, the chain must end in one of them, at most 8
+ * deep, every certificate valid at `now`). cert_pem: the leaf first, then
+ * any intermediates (untrusted, as sent in a handshake). now: unix seconds,
+ * 0 for the current time. Nothing is kept; any thread. Returns:
+ *   0        it verifies,
+ *  -EINVAL   cert_pem or ca_pem is missing or not valid PEM (err),
+ *  -EPERM    it does not verify (err: "unable to get local issuer
+ *            certificate (depth 0, CN = api)"),
+ *  -ENOMEM.
+ * Extended key usage is not checked (peers check it per role).
+ */
+int sc_tls_chain_verify_pem(const char *cert_pem, const char *ca_pem, int64_t now, char *err,
+                            size_t errlen);
 /* The context's own certificate (NULL for a client context without one) and
  * the roots of its CA bundle, computed when the context was built. Valid
  * while the caller holds a reference to ctx. */

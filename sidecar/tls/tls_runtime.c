@@ -4,6 +4,7 @@
 #include "tls/tls.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
@@ -21,10 +22,13 @@ static struct {
     char leaf_serial[128];
     size_t n_roots;
     uint64_t leaf_index, roots_index;
-    char last_error[320];
+    char last_error[512];       /* written on the control thread under g_connect_mu */
     int64_t updated_unix;
     uint64_t updates;
 } g_connect;
+/* last_error is also read by sc_tls_runtime_cert_ok (the /ready reason), which
+ * any thread may call; the rest is control-thread only */
+static pthread_mutex_t g_connect_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static bool g_connect_source;            /* tls.source: consul */
 
@@ -238,14 +242,22 @@ void sc_tls_runtime_connect_note(const char *leaf_serial, size_t n_roots, uint64
     g_connect.n_roots = n_roots;
     g_connect.leaf_index = leaf_index;
     g_connect.roots_index = roots_index;
+    pthread_mutex_lock(&g_connect_mu);
     snprintf(g_connect.last_error, sizeof(g_connect.last_error), "%s", last_error ? last_error : "");
+    pthread_mutex_unlock(&g_connect_mu);
 }
 
 bool sc_tls_runtime_cert_ok(const sidecar *sc, char *why, size_t whylen)
 {
     (void)sc;
     if (atomic_load(&g_connect_waiting)) {   /* only ever set with tls.source: consul */
-        snprintf(why, whylen, "waiting for the Connect certificate");
+        if (why && whylen) {
+            /* with what went wrong last (a refused ACL token, say), so /ready says why */
+            pthread_mutex_lock(&g_connect_mu);
+            snprintf(why, whylen, "waiting for the Connect certificate%s%s%s",
+                     g_connect.last_error[0] ? " (" : "", g_connect.last_error, g_connect.last_error[0] ? ")" : "");
+            pthread_mutex_unlock(&g_connect_mu);
+        }
         return false;
     }
     int st = atomic_load(&g_cert_state);

@@ -28,7 +28,9 @@ bool sc_tls_runtime_cert_ok(const sidecar *sc, char *why, size_t whylen);
  */
 int sc_tls_runtime_connect_set(sidecar *sc, const char *cert_pem, const char *key_pem,
                                const char *ca_pem, char *err, size_t errlen);
-/* What the Connect client saw last, for GET /certs (control thread). */
+/* What the Connect client saw last, for GET /certs (control thread). While no
+ * leaf is in use, last_error (NULL or "" = none) is also the reason /ready
+ * gives: "waiting for the Connect certificate (<last_error>)". */
 void sc_tls_runtime_connect_note(const char *leaf_serial, size_t n_roots, uint64_t leaf_index,
                                  uint64_t roots_index, const char *last_error);
 /* JSON for GET /certs (caller frees). */

@@ -1,7 +1,7 @@
 /*
  * fuzz_consul_json.c: arbitrary bytes as a /v1/health/service answer, as an
- * X-Consul-Index value, as a cache file, as a grpc.health.v1 request and as
- * Connect CA roots and leaf answers.
+ * X-Consul-Index value, as a cache file, as a grpc.health.v1 request, as
+ * Connect CA roots and leaf answers and as a Connect authorize answer.
  * The parsers must refuse or skip bad input, never crash, leak or hang, and
  * what they accept must be well formed (sorted, ports set, weights >= 1).
  */
@@ -77,5 +77,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     free(cert);
     free(key);
+
+    /* Connect authorize answers (tls.authorize: consul): a reason is cut to
+     * its buffer and holds no control character. */
+    bool authorized = false;
+    char reason[SC_CONSUL_REASON_MAX];
+    if (sc_consul_parse_authorize(s, size, &authorized, reason, sizeof(reason), err2, sizeof(err2)) == 0) {
+        size_t n = strnlen(reason, sizeof(reason));
+        if (n == sizeof(reason))
+            abort();
+        for (size_t i = 0; i < n; i++)
+            if ((unsigned char)reason[i] < 0x20 || reason[i] == 0x7f)
+                abort();
+    }
     return 0;
 }

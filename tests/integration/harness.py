@@ -1038,6 +1038,18 @@ class SidecarTestCase(unittest.TestCase):
     def channel(self, port, **kw):
         return _grpc_channel(self, port, **kw)
 
+    def emulator(self, **kw):
+        """A started Consul agent emulator (tests/consul/consul_emulator.py)
+        for this test; checks run without start-up stagger unless asked."""
+        if os.path.join(ROOT, "tests", "consul") not in sys.path:
+            sys.path.insert(0, os.path.join(ROOT, "tests", "consul"))
+        from consul_emulator import ConsulEmulator
+        kw.setdefault("check_stagger", False)
+        emu = ConsulEmulator(**kw)
+        emu.start()
+        self.addCleanup(emu.stop)
+        return emu
+
     def h2c_front(self, backend_port):
         return _start_h2c_front(self, backend_port)
 

@@ -34,7 +34,7 @@ from harness import SidecarTestCase, addr, free_port, wait_until
 from http1_server import Http1Peer
 
 sys.path.insert(0, os.path.join(harness.ROOT, "tests", "consul"))
-from consul_emulator import ConsulEmulator, ControlClient  # noqa: E402
+from consul_emulator import ControlClient  # noqa: E402
 
 EMULATOR = os.path.join(harness.ROOT, "tests", "consul", "consul_emulator.py")
 PY = "/usr/bin/python3"
@@ -151,13 +151,6 @@ def get_many(port, n):
 
 
 class ConsulTestCase(SidecarTestCase):
-    def emulator(self, **kw):
-        kw.setdefault("check_stagger", False)
-        emu = ConsulEmulator(**kw)
-        emu.start()
-        self.addCleanup(emu.stop)
-        return emu
-
     def peer(self, name, port=0):
         p = Http1Peer(name, port=port)
         p.start()

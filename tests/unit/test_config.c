@@ -850,6 +850,33 @@ static void test_bad_configs(void **state)
          "only at the end"},
         {CFG_HEAD "tls: {identity_header: X-Caller}\n", 2, "tls.identity_header",
          "lower-case"},
+        /* tls.authorize / tls.authorize_cache */
+#define AZ_IN "inbound: {listen: 127.0.0.1:9001, app: 127.0.0.1:8080}\n"
+#define AZ_TLS "cert: c.pem, key: k.pem, ca: ca.pem, "
+        {CFG_HEAD AZ_IN "consul: {}\ntls: {" AZ_TLS "authorize: opa}\n", 4, "tls.authorize",
+         "expected none or consul"},
+        {CFG_HEAD AZ_IN "consul: {}\ntls: {" AZ_TLS "authorize: [consul]}\n", 4, "tls.authorize",
+         "got a list"},
+        {CFG_HEAD AZ_IN "tls: {" AZ_TLS "authorize: consul}\n", 3, "tls.authorize",
+         "needs a consul: section"},
+        {CFG_HEAD "consul: {}\ntls: {" AZ_TLS "authorize: consul}\n", 3, "tls.authorize",
+         "needs an inbound: section"},
+        {CFG_HEAD AZ_IN "consul: {}\ntls: {authorize: consul}\n", 4, "tls.authorize",
+         "needs inbound mutual TLS"},
+        {CFG_HEAD AZ_IN "consul: {}\ntls: {cert: c.pem, key: k.pem, authorize: consul}\n", 4,
+         "tls.authorize", "set tls.source: consul, or tls.cert, tls.key and tls.ca"},
+        {CFG_HEAD AZ_IN "consul: {}\ntls: {" AZ_TLS "authorize: consul, authorize_cache: 500ms}\n", 4,
+         "tls.authorize_cache", "too short; expected at least 1s"},
+        {CFG_HEAD AZ_IN "consul: {}\ntls: {" AZ_TLS "authorize: consul, authorize_cache: 2h}\n", 4,
+         "tls.authorize_cache", "too long; expected 1s to 1h"},
+        {CFG_HEAD AZ_IN "consul: {}\ntls: {" AZ_TLS "authorize: consul, authorize_cache: 30}\n", 4,
+         "tls.authorize_cache", "a number needs a unit"},
+        {CFG_HEAD AZ_IN "consul: {}\ntls: {" AZ_TLS "authorize_cache: 10s}\n", 4,
+         "tls.authorize_cache", "only with tls.authorize: consul"},
+        {CFG_HEAD AZ_IN "consul: {}\ntls: {" AZ_TLS "authorize: none, authorize_cache: 10s}\n", 4,
+         "tls.authorize_cache", "only with tls.authorize: consul"},
+        {CFG_HEAD AZ_IN "consul: {}\ntls:\n  source: consul\n  authorize: consul\n  authorise: consul\n", 7,
+         "tls.authorise", "did you mean 'authorize'"},
         {CFG_HEAD "inbound: {listen: 127.0.0.1:19000, app: 127.0.0.1:8080}\n", 2,
          "inbound.listen", "already used by the admin listener (its default)"},
         {CFG_HEAD "inbound: {listen: '0.0.0.0:9001', app: 127.0.0.1:8080}\nupstreams:\n"
@@ -920,6 +947,60 @@ static void test_tls_source(void **state)
     assert_int_equal(sc_config_load_string(y, strlen(y), "t.yaml", "/tmp", &cfg, &d), 0);
     assert_int_equal(cfg->tls.source, SC_TLS_SOURCE_FILES);
     sc_config_free(cfg);
+}
+
+static const char *jget(json_t *o, const char *path);
+
+static void test_tls_authorize(void **state)
+{
+    (void)state;
+    clear_consul_env();
+    sc_config *cfg;
+    sc_diags d = {0};
+    /* default: none, 30s */
+    const char *y = "service: {name: tiny}\n";
+    assert_int_equal(sc_config_load_string(y, strlen(y), "t.yaml", NULL, &cfg, &d), 0);
+    assert_int_equal(cfg->tls.authorize, SC_AUTHORIZE_NONE);
+    assert_int_equal(cfg->tls.authorize_cache_ms, 30000);
+    json_t *j = sc_config_to_json(cfg);
+    assert_string_equal(jget(j, "tls.authorize"), "none");
+    assert_string_equal(jget(j, "tls.authorize_cache"), "30s");
+    json_decref(j);
+    sc_config_free(cfg);
+    /* consul with Connect certificates, and with file certificates */
+    static const char *const good[] = {
+        "service: {name: api}\n"
+        "inbound: {listen: 127.0.0.1:9001, app: 127.0.0.1:8080}\n"
+        "consul: {}\n"
+        "tls: {source: consul, authorize: consul, authorize_cache: 1s}\n",
+        "service: {name: api}\n"
+        "inbound: {listen: 127.0.0.1:9001, app: 127.0.0.1:8080}\n"
+        "consul: {register_service: false}\n"
+        "tls: {cert: c.pem, key: k.pem, ca: ca.pem, allow: ['spiffe://example.org/*'],\n"
+        "      authorize: consul, authorize_cache: 1h}\n",
+        "service: {name: api}\n"
+        "inbound: {listen: 127.0.0.1:9001, app: 127.0.0.1:8080}\n"
+        "consul: {}\n"
+        "tls: {source: consul, authorize: none}\n",
+    };
+    static const uint64_t ttl[] = {1000, 3600000, 30000};
+    static const int mode[] = {SC_AUTHORIZE_CONSUL, SC_AUTHORIZE_CONSUL, SC_AUTHORIZE_NONE};
+    for (size_t i = 0; i < SC_ARRAY_LEN(good); i++) {
+        int rc = sc_config_load_string(good[i], strlen(good[i]), "t.yaml", "/tmp", &cfg, &d);
+        if (rc != 0)
+            sc_diags_print(&d, stderr);
+        assert_int_equal(rc, 0);
+        assert_int_equal(cfg->tls.authorize, mode[i]);
+        assert_int_equal(cfg->tls.authorize_cache_ms, ttl[i]);
+        j = sc_config_to_json(cfg);
+        assert_string_equal(jget(j, "tls.authorize"), mode[i] == SC_AUTHORIZE_CONSUL ? "consul" : "none");
+        uint64_t back;
+        assert_int_equal(sc_duration_parse(jget(j, "tls.authorize_cache"), &back), 0);
+        assert_int_equal(back, ttl[i]);
+        json_decref(j);
+        sc_config_free(cfg);
+    }
+    sc_diags_free(&d);
 }
 
 static void test_bad_config_files(void **state)
@@ -1208,6 +1289,7 @@ int main(void)
         cmocka_unit_test_setup(test_bad_policy_files, setup),
         cmocka_unit_test_setup(test_bad_configs, setup),
         cmocka_unit_test_setup(test_tls_source, setup),
+        cmocka_unit_test_setup(test_tls_authorize, setup),
         cmocka_unit_test_setup(test_bad_config_files, setup),
         cmocka_unit_test_setup(test_all_problems_collected, setup),
         cmocka_unit_test_setup(test_unreadable, setup),

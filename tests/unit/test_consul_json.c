@@ -1,5 +1,6 @@
 /* Unit tests for discovery/consul_json.c: health answers, index rules,
- * pacing, the registration body and the cache file. */
+ * pacing, the registration body, the cache file, Connect answers and the
+ * authorize request and answer. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -633,6 +634,82 @@ static void test_connect_leaf(void **st)
     }
 }
 
+static void test_authorize_body(void **st)
+{
+    (void)st;
+    char *b = sc_consul_authorize_body("api", "spiffe://example.org/ns/default/dc/dc1/svc/web", "0a:1b:ff");
+    assert_non_null(b);
+    assert_string_equal(b, "{\"Target\":\"api\",\"ClientCertURI\":\"spiffe://example.org/ns/default/dc/dc1/svc/web\","
+                           "\"ClientCertSerial\":\"0a:1b:ff\"}");
+    free(b);
+    /* no serial: left out; JSON escaping of odd names */
+    b = sc_consul_authorize_body("a\"b", "spiffe://x/ns/default/dc/dc1/svc/w", "");
+    assert_string_equal(b, "{\"Target\":\"a\\\"b\",\"ClientCertURI\":\"spiffe://x/ns/default/dc/dc1/svc/w\"}");
+    free(b);
+    b = sc_consul_authorize_body("api", "spiffe://x/ns/default/dc/dc1/svc/w", NULL);
+    assert_null(strstr(b, "ClientCertSerial"));
+    free(b);
+    assert_null(sc_consul_authorize_body(NULL, "x", ""));
+    assert_null(sc_consul_authorize_body("api", NULL, ""));
+}
+
+static void test_authorize_answer(void **st)
+{
+    (void)st;
+    bool ok = false;
+    char reason[SC_CONSUL_REASON_MAX], err[160];
+    const char *a = "{\"Authorized\":true,\"Reason\":\"Matched L4 intention: web => api (ID: 1, Precedence: 9, "
+                    "Action: ALLOW)\"}";
+    assert_int_equal(sc_consul_parse_authorize(a, strlen(a), &ok, reason, sizeof(reason), err, sizeof(err)), 0);
+    assert_true(ok);
+    assert_string_equal(reason, "Matched L4 intention: web => api (ID: 1, Precedence: 9, Action: ALLOW)");
+    /* a denial is an answer; keys without regard to case; Reason missing or null */
+    a = "{\"authorized\":false,\"reason\":\"Default behavior configured by ACLs\",\"Extra\":[1]}";
+    assert_int_equal(sc_consul_parse_authorize(a, strlen(a), &ok, reason, sizeof(reason), err, sizeof(err)), 0);
+    assert_false(ok);
+    assert_string_equal(reason, "Default behavior configured by ACLs");
+    ok = true;
+    a = "{\"Authorized\":false}";
+    assert_int_equal(sc_consul_parse_authorize(a, strlen(a), &ok, reason, sizeof(reason), err, sizeof(err)), 0);
+    assert_false(ok);
+    assert_string_equal(reason, "");
+    a = "{\"Authorized\":true,\"Reason\":null}";
+    assert_int_equal(sc_consul_parse_authorize(a, strlen(a), &ok, reason, sizeof(reason), err, sizeof(err)), 0);
+    assert_true(ok);
+    /* control characters never reach a log line or a header */
+    a = "{\"Authorized\":false,\"Reason\":\"a\\nb\\u0000c\\td\"}";
+    assert_int_equal(sc_consul_parse_authorize(a, strlen(a), &ok, reason, sizeof(reason), err, sizeof(err)), -EPROTO);
+    a = "{\"Authorized\":false,\"Reason\":\"a\\nb\\td\"}";
+    assert_int_equal(sc_consul_parse_authorize(a, strlen(a), &ok, reason, sizeof(reason), err, sizeof(err)), 0);
+    assert_string_equal(reason, "a b d");
+    /* cut to the buffer, never inside a UTF-8 sequence */
+    char small[6];
+    a = "{\"Authorized\":false,\"Reason\":\"abcd\u00e9f\"}";
+    assert_int_equal(sc_consul_parse_authorize(a, strlen(a), &ok, small, sizeof(small), err, sizeof(err)), 0);
+    assert_string_equal(small, "abcd");
+    a = "{\"Authorized\":false,\"Reason\":\"abc\u00e9f\"}";
+    assert_int_equal(sc_consul_parse_authorize(a, strlen(a), &ok, small, sizeof(small), err, sizeof(err)), 0);
+    assert_string_equal(small, "abc");
+
+    static const struct { const char *body, *msg; } bad[] = {
+        {"", "not JSON"},
+        {"ACL not found", "not JSON"},
+        {"[true]", "not a JSON object"},
+        {"{}", "no boolean Authorized"},
+        {"{\"Authorized\":\"true\"}", "no boolean Authorized"},
+        {"{\"Authorized\":1}", "no boolean Authorized"},
+        {"{\"Authorized\":true,\"Reason\":5}", "Reason is not a string"},
+        {"{\"Authorized\":true", "not JSON"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = 0;
+        assert_int_equal(sc_consul_parse_authorize(bad[i].body, strlen(bad[i].body), &ok, reason, sizeof(reason), err,
+                                                   sizeof(err)), -EPROTO);
+        if (!strstr(err, bad[i].msg))
+            fail_msg("case %zu: '%s' lacks '%s'", i, err, bad[i].msg);
+    }
+}
+
 int main(void)
 {
     sc_addr_set_dns_enabled(false);
@@ -657,6 +734,8 @@ int main(void)
         cmocka_unit_test(test_cache_roundtrip),
         cmocka_unit_test(test_connect_roots),
         cmocka_unit_test(test_connect_leaf),
+        cmocka_unit_test(test_authorize_body),
+        cmocka_unit_test(test_authorize_answer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

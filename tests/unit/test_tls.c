@@ -221,6 +221,19 @@ static void test_allowed_caller(void **st)
     assert_int_equal(sc_tls_peer_cert_info(x.s, &pi), 0);
     assert_string_equal(pi.identity, ID("web"));
     assert_string_equal(pi.subject, "CN = web");
+    /* the caller's serial as Consul writes it (tls.authorize: consul) */
+    char sn[SC_TLS_ID_MAX], want[SC_TLS_ID_MAX];
+    size_t k = 0;
+    for (size_t i = 0; pi.serial[i]; i += 2) {
+        if (k)
+            want[k++] = ':';
+        want[k++] = pi.serial[i];
+        want[k++] = pi.serial[i + 1];
+    }
+    want[k] = 0;
+    assert_int_equal(sc_tls_peer_serial(x.s, sn, sizeof(sn)), (int)strlen(want));
+    assert_string_equal(sn, want);
+    assert_int_equal(sc_tls_peer_serial(x.s, sn, 4), -ENOSPC);
 
     send_recv(x.c, x.s, "GET / HTTP/1.1\r\n\r\n");
     send_recv(x.s, x.c, "HTTP/1.1 200 OK\r\n\r\n");
@@ -887,6 +900,93 @@ static void test_watch_set_pem(void **st)
         free(fr[i]);
 }
 
+/* sc_tls_chain_verify_pem: a Connect leaf is used only once the roots in use
+ * vouch for it. Same answers as a handshake against a context with those roots. */
+static void test_chain_verify(void **st)
+{
+    (void)st;
+    char *api = slurp(P("a/api.pem")), *api_b = slurp(P("b/api.pem")), *ca_a = slurp(P("a/ca/ca.pem")),
+         *ca_b = slurp(P("b/ca/ca2.pem")), *bundle = slurp(P("bundle.pem")),
+         *old = slurp(P("a/old.pem"));
+    char err[512];
+    int64_t now = (int64_t)time(NULL);
+
+    assert_int_equal(sc_tls_chain_verify_pem(api, ca_a, 0, err, sizeof(err)), 0);
+    assert_int_equal(sc_tls_chain_verify_pem(api, bundle, now, err, sizeof(err)), 0);
+    assert_int_equal(sc_tls_chain_verify_pem(api_b, bundle, 0, err, sizeof(err)), 0);
+    assert_int_equal(sc_tls_chain_verify_pem(api_b, ca_b, 0, err, sizeof(err)), 0);
+    /* a leaf of another CA (a rotation whose roots did not arrive yet) */
+    err[0] = 0;
+    assert_int_equal(sc_tls_chain_verify_pem(api_b, ca_a, 0, err, sizeof(err)), -EPERM);
+    assert_non_null(strstr(err, "unable to get local issuer certificate"));
+    assert_non_null(strstr(err, "depth 0, CN = api"));
+    assert_int_equal(sc_tls_chain_verify_pem(api, ca_b, 0, err, sizeof(err)), -EPERM);
+    /* dates: expired, and at times outside the leaf's validity */
+    assert_int_equal(sc_tls_chain_verify_pem(old, ca_a, 0, err, sizeof(err)), -EPERM);
+    assert_non_null(strstr(err, "expired"));
+    assert_int_equal(sc_tls_chain_verify_pem(api, ca_a, now + 400 * 86400, err, sizeof(err)), -EPERM);
+    assert_non_null(strstr(err, "expired"));
+    assert_int_equal(sc_tls_chain_verify_pem(api, ca_a, now - 86400, err, sizeof(err)), -EPERM);
+    assert_non_null(strstr(err, "not yet valid"));
+    /* unusable input */
+    assert_int_equal(sc_tls_chain_verify_pem("garbage", ca_a, 0, err, sizeof(err)), -EINVAL);
+    assert_non_null(strstr(err, "no PEM certificate"));
+    assert_int_equal(sc_tls_chain_verify_pem(api, "-----BEGIN CERTIFICATE-----\nxx\n", 0, err, sizeof(err)),
+                     -EINVAL);
+    assert_int_equal(sc_tls_chain_verify_pem(api, NULL, 0, err, sizeof(err)), -EINVAL);
+    assert_int_equal(sc_tls_chain_verify_pem(NULL, ca_a, 0, err, sizeof(err)), -EINVAL);
+    assert_int_equal(sc_tls_chain_verify_pem(api, ca_a, 0, NULL, 0), 0);   /* err is optional */
+
+    /* an intermediate CA under ca: leaf + intermediate (a Connect CertPEM with its chain) */
+    sh("set -e; cd '%s'; mkdir -p i; cd i; exec 2>/dev/null >/dev/null;"
+       "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out int.key;"
+       "openssl req -new -key int.key -subj /CN=int -out int.csr;"
+       "printf 'basicConstraints=critical,CA:TRUE\\nkeyUsage=critical,keyCertSign,cRLSign\\n' > int.ext;"
+       "openssl x509 -req -in int.csr -CA ../a/ca/ca.pem -CAkey ../a/ca/ca.key -set_serial 7 -days 30 "
+       "  -extfile int.ext -out int.pem;"
+       "openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out leaf.key;"
+       "openssl req -new -key leaf.key -subj /CN=leaf -out leaf.csr;"
+       "printf 'basicConstraints=critical,CA:FALSE\\nsubjectAltName=URI:" ID("leaf") "\\n' > leaf.ext;"
+       "openssl x509 -req -in leaf.csr -CA int.pem -CAkey int.key -set_serial 8 -days 30 "
+       "  -extfile leaf.ext -out leaf.pem;"
+       "cat leaf.pem int.pem > chain.pem; cat ../a/ca/ca.pem int.pem > ca-int.pem",
+       dir);
+    char *leaf = slurp(P("i/leaf.pem")), *chain = slurp(P("i/chain.pem")), *ca_int = slurp(P("i/ca-int.pem")),
+         *int_only = slurp(P("i/int.pem"));
+    assert_int_equal(sc_tls_chain_verify_pem(chain, ca_a, 0, err, sizeof(err)), 0);
+    assert_int_equal(sc_tls_chain_verify_pem(leaf, ca_a, 0, err, sizeof(err)), -EPERM);  /* chain missing */
+    /* intermediates listed with the roots (Consul's IntermediateCerts) are trusted like them */
+    assert_int_equal(sc_tls_chain_verify_pem(leaf, ca_int, 0, err, sizeof(err)), 0);
+    /* but an intermediate alone is not a root: the chain must end in a self-signed one, as in a handshake */
+    assert_int_equal(sc_tls_chain_verify_pem(chain, int_only, 0, err, sizeof(err)), -EPERM);
+    assert_int_equal(sc_tls_chain_verify_pem(chain, ca_b, 0, err, sizeof(err)), -EPERM);
+
+    /* the same verdicts as a handshake against contexts with those roots */
+    char *leaf_key = slurp(P("i/leaf.key"));
+    sc_tls_ctx_opts so = {.role = SC_TLS_ROLE_SERVER, .cert_pem = chain, .key_pem = leaf_key};
+    sc_tls_ctx *s = sc_tls_ctx_new(&so, err, sizeof(err));
+    assert_non_null(s);
+    const char *cas[] = {ca_a, int_only, ca_b};
+    for (size_t k = 0; k < SC_ARRAY_LEN(cas); k++) {
+        sc_tls_ctx_opts co = {.role = SC_TLS_ROLE_CLIENT, .ca_pem = cas[k]};
+        sc_tls_ctx *c = sc_tls_ctx_new(&co, err, sizeof(err));
+        assert_non_null(c);
+        conn x;
+        conn_open(&x, c, s, NULL);
+        conn_handshake(&x);
+        bool verifies = sc_tls_chain_verify_pem(chain, cas[k], 0, NULL, 0) == 0;
+        assert_int_equal(x.crc == 0, verifies);
+        conn_close(&x);
+        sc_tls_ctx_unref(c);
+    }
+    sc_tls_ctx_unref(s);
+    assert_int_equal(ERR_peek_error(), 0);
+
+    char *fr[] = {api, api_b, ca_a, ca_b, bundle, old, leaf, chain, ca_int, int_only, leaf_key};
+    for (size_t i = 0; i < SC_ARRAY_LEN(fr); i++)
+        free(fr[i]);
+}
+
 /* ---- I/O details ---- */
 
 static void test_io_edges(void **st)
@@ -1177,10 +1277,31 @@ static void test_last_error(void **st)
     assert_int_equal(ERR_peek_error(), 0);
 }
 
+static void test_serial_colon_hex(void **st)
+{
+    (void)st;
+    char out[64];
+    static const unsigned char a[] = {0x0a, 0x1b, 0xff, 0x00};
+    assert_int_equal(sc_tls_serial_colon_hex(a, sizeof(a), out, sizeof(out)), 11);
+    assert_string_equal(out, "0a:1b:ff:00");
+    /* leading zero octets (DER positive sign) are not part of the number */
+    static const unsigned char b[] = {0x00, 0x00, 0x80, 0x01};
+    assert_int_equal(sc_tls_serial_colon_hex(b, sizeof(b), out, sizeof(out)), 5);
+    assert_string_equal(out, "80:01");
+    static const unsigned char z[] = {0x00};
+    assert_int_equal(sc_tls_serial_colon_hex(z, 1, out, sizeof(out)), 0);
+    assert_string_equal(out, "");
+    assert_int_equal(sc_tls_serial_colon_hex(NULL, 0, out, sizeof(out)), 0);
+    assert_int_equal(sc_tls_serial_colon_hex(a, 3, out, 8), -ENOSPC);
+    assert_int_equal(sc_tls_serial_colon_hex(a, 3, out, 9), 8);
+    assert_string_equal(out, "0a:1b:ff");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_allowed_caller),
+        cmocka_unit_test(test_serial_colon_hex),
         cmocka_unit_test(test_no_client_cert_refused),
         cmocka_unit_test(test_other_ca_refused),
         cmocka_unit_test(test_expired_refused),
@@ -1194,6 +1315,7 @@ int main(void)
         cmocka_unit_test(test_ctx_errors),
         cmocka_unit_test(test_pem_in_memory),
         cmocka_unit_test(test_watch_set_pem),
+        cmocka_unit_test(test_chain_verify),
         cmocka_unit_test(test_io_edges),
         cmocka_unit_test(test_handshake_peer_gone),
         cmocka_unit_test(test_patterns),
