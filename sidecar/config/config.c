@@ -8,6 +8,7 @@
 #include "tls/tls.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -111,8 +112,9 @@ typedef struct loader {
     unsigned admin_line, inbound_listen_line, inbound_app_line, policies_line, tls_line;
     unsigned consul_line, token_line, token_file_line, ssl_line, address_line;
     unsigned health_line, check_line, grpc_listen_line;
+    unsigned server_name_line;
     bool set_address, set_token, set_token_file, set_ssl, set_ssl_verify, set_ca, set_cert,
-        set_key;
+        set_key, set_ca_path, set_server_name, set_ns, set_partition;
 } loader;
 
 static sc_policy *add_policy(loader *L, pmeta **m)
@@ -335,12 +337,54 @@ static void parse_limits(loader *L, const sc_ynode *m)
                       cfg->limits.max_request_line, cfg->limits.max_header_bytes);
 }
 
+/* A TLS server name goes into SNI, which carries DNS names only. */
+static void check_server_name(sc_cx *c, unsigned line, const char *v, const char *var)
+{
+    struct in_addr a4;
+    if (!v || (sc_config_is_host(v) && !strchr(v, ':') && inet_pton(AF_INET, v, &a4) != 1 &&
+               strlen(v) < 254))
+        return;
+    sc_config_err_line(c, line, "consul.tls_server_name", "'%.64s'%s%s%s is not a DNS name", v,
+                       var ? " (from $" : "", var ? var : "", var ? ")" : "");
+}
+
+/* Consul Enterprise namespace and partition names are DNS labels (at most
+ * 64 characters for a namespace, 32 for a partition in current releases;
+ * 64 is the bound checked here, the agent has the last word). */
+static void check_ent_name(sc_cx *c, unsigned line, const char *field, const char *v,
+                           const char *var)
+{
+    size_t n = v ? strlen(v) : 0;
+    bool ok = n > 0 && n <= 64 && isalnum((unsigned char)v[0]) && isalnum((unsigned char)v[n - 1]);
+    for (size_t i = 0; ok && i < n; i++)
+        ok = isalnum((unsigned char)v[i]) || v[i] == '-';
+    if (!ok)
+        sc_config_err_line(c, line, field,
+                           "'%.64s'%s%s%s is not a valid name: 1..64 letters, digits and '-', "
+                           "starting and ending with a letter or digit",
+                           v ? v : "", var ? " (from $" : "", var ? var : "", var ? ")" : "");
+}
+
+/* consul.check_http: what the agent's HTTP check polls. */
+static bool is_http_url(const char *u)
+{
+    size_t n = strlen(u);
+    const char *rest = strncmp(u, "http://", 7) == 0 ? u + 7 : strncmp(u, "https://", 8) == 0 ? u + 8 : NULL;
+    if (!rest || n > 512 || !*rest || *rest == '/' || *rest == ':' || *rest == '?' || *rest == '#')
+        return false;
+    for (const unsigned char *p = (const unsigned char *)u; *p; p++)
+        if (*p <= ' ' || *p == 0x7f)
+            return false;
+    return true;
+}
+
 static void parse_consul(loader *L, const sc_ynode *m)
 {
     static const char *const keys[] = {
         "address", "token", "token_file", "ssl", "ssl_verify", "ca_file", "cert_file",
         "key_file", "datacenter", "register_service", "check", "check_interval", "check_ttl",
-        "deregister_after", "wait", "cache_file"};
+        "deregister_after", "wait", "cache_file", "ca_path", "tls_server_name", "namespace",
+        "partition", "check_http"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -391,6 +435,28 @@ static void parse_consul(loader *L, const sc_ynode *m)
         cfg->consul.wait_ms > 600000)
         sc_config_err(c, f[14], "consul.wait", "Consul caps blocking queries at 10m");
     sc_config_rd_path(c, f[15], "consul.cache_file", &cfg->consul.cache_file);
+    L->set_ca_path = f[16] != NULL;
+    L->set_server_name = f[17] != NULL;
+    L->server_name_line = f[17] ? f[17]->line : 0;
+    L->set_ns = f[18] != NULL;
+    L->set_partition = f[19] != NULL;
+    sc_config_rd_path(c, f[16], "consul.ca_path", &cfg->consul.ca_path);
+    if (sc_config_rd_str(c, f[17], "consul.tls_server_name", false, &cfg->consul.tls_server_name) &&
+        f[17])
+        check_server_name(c, f[17]->line, cfg->consul.tls_server_name, NULL);
+    if (sc_config_rd_str(c, f[18], "consul.namespace", false, &cfg->consul.ns) && f[18])
+        check_ent_name(c, f[18]->line, "consul.namespace", cfg->consul.ns, NULL);
+    if (sc_config_rd_str(c, f[19], "consul.partition", false, &cfg->consul.partition) && f[19])
+        check_ent_name(c, f[19]->line, "consul.partition", cfg->consul.partition, NULL);
+    if (sc_config_rd_str(c, f[20], "consul.check_http", false, &cfg->consul.check_http) && f[20]) {
+        if (!is_http_url(cfg->consul.check_http))
+            sc_config_err(c, f[20], "consul.check_http",
+                          "'%.64s' is not an http:// or https:// URL with a host (at most 512 "
+                          "characters, no spaces)",
+                          cfg->consul.check_http);
+        else if (cfg->consul.check != SC_CHECK_HTTP)
+            sc_config_err(c, f[20], "consul.check_http", "only with check: http (the agent polls this URL)");
+    }
 }
 
 static void parse_health(loader *L, const sc_ynode *m)
@@ -812,8 +878,33 @@ static void apply_consul_env(loader *L)
     env_path(&cfg->consul.ca_file, L->set_ca, "CONSUL_CACERT");
     env_path(&cfg->consul.cert_file, L->set_cert, "CONSUL_CLIENT_CERT");
     env_path(&cfg->consul.key_file, L->set_key, "CONSUL_CLIENT_KEY");
+    env_path(&cfg->consul.ca_path, L->set_ca_path, "CONSUL_CAPATH");
+    if (!L->set_server_name && env("CONSUL_TLS_SERVER_NAME")) {
+        env_path(&cfg->consul.tls_server_name, false, "CONSUL_TLS_SERVER_NAME");
+        check_server_name(&L->c, 0, cfg->consul.tls_server_name, "CONSUL_TLS_SERVER_NAME");
+    }
+    if (!L->set_ns && env("CONSUL_NAMESPACE")) {
+        env_path(&cfg->consul.ns, false, "CONSUL_NAMESPACE");
+        check_ent_name(&L->c, 0, "consul.namespace", cfg->consul.ns, "CONSUL_NAMESPACE");
+    }
+    if (!L->set_partition && env("CONSUL_PARTITION")) {
+        env_path(&cfg->consul.partition, false, "CONSUL_PARTITION");
+        check_ent_name(&L->c, 0, "consul.partition", cfg->consul.partition, "CONSUL_PARTITION");
+    }
     if (cfg->consul.address)
         check_consul_address(L, addr_from_env);
+    /* The server name only means something for TLS. From the file it is a
+     * mistake to set it for a plain agent; from the environment (shared by
+     * every Consul client on the host) it is ignored then, as the Consul CLI
+     * does. */
+    if (cfg->consul.tls_server_name && cfg->consul.address &&
+        (!cfg->consul.ssl || strncmp(cfg->consul.address, "unix://", 7) == 0)) {
+        if (L->set_server_name)
+            sc_config_err_line(&L->c, L->server_name_line, "consul.tls_server_name",
+                               "only for an https agent (https:// address or ssl: true)");
+        free(cfg->consul.tls_server_name);
+        cfg->consul.tls_server_name = NULL;
+    }
     if (!L->set_token && !L->set_token_file) {
         const char *tf = env("CONSUL_HTTP_TOKEN_FILE");
         const char *t = env("CONSUL_HTTP_TOKEN");
@@ -1138,6 +1229,11 @@ void sc_config_free(sc_config *cfg)
     free(cfg->consul.key_file);
     free(cfg->consul.datacenter);
     free(cfg->consul.cache_file);
+    free(cfg->consul.ca_path);
+    free(cfg->consul.tls_server_name);
+    free(cfg->consul.ns);
+    free(cfg->consul.partition);
+    free(cfg->consul.check_http);
     free(cfg->health.app_path);
     free(cfg->tls.cert_file);
     free(cfg->tls.key_file);

@@ -185,9 +185,13 @@ typedef struct sc_config {
         bool ssl;                   /* $CONSUL_HTTP_SSL */
         bool ssl_verify;            /* default true */
         char *ca_file, *cert_file, *key_file;
+        char *ca_path;              /* $CONSUL_CAPATH: a hashed directory of CA certificates */
+        char *tls_server_name;      /* $CONSUL_TLS_SERVER_NAME: SNI and verification name of an https agent */
+        char *ns, *partition;       /* $CONSUL_NAMESPACE, $CONSUL_PARTITION (Enterprise); NULL = not sent */
         char *datacenter;           /* NULL = agent's */
         bool register_service;      /* default true */
         enum { SC_CHECK_HTTP = 0, SC_CHECK_TTL, SC_CHECK_GRPC, SC_CHECK_NONE } check;
+        char *check_http;           /* check: http: the URL the agent polls; NULL = http://<admin>/ready */
         uint64_t check_interval_ms; /* default 10000 */
         uint64_t check_ttl_ms;      /* default 15000 */
         uint64_t deregister_after_ms; /* DeregisterCriticalServiceAfter, 0 = never; min 60000 */

@@ -202,9 +202,14 @@ json_t *sc_config_to_json(const sc_config *cfg)
     json_object_set_new(cs, "ca_file", jstr(cfg->consul.ca_file));
     json_object_set_new(cs, "cert_file", jstr(cfg->consul.cert_file));
     json_object_set_new(cs, "key_file", jstr(cfg->consul.key_file));
+    json_object_set_new(cs, "ca_path", jstr(cfg->consul.ca_path));
+    json_object_set_new(cs, "tls_server_name", jstr(cfg->consul.tls_server_name));
+    json_object_set_new(cs, "namespace", jstr(cfg->consul.ns));
+    json_object_set_new(cs, "partition", jstr(cfg->consul.partition));
     json_object_set_new(cs, "datacenter", jstr(cfg->consul.datacenter));
     json_object_set_new(cs, "register_service", json_boolean(cfg->consul.register_service));
     json_object_set_new(cs, "check", json_string(sc_config_check_name(cfg->consul.check)));
+    json_object_set_new(cs, "check_http", jstr(cfg->consul.check_http));
     json_object_set_new(cs, "check_interval", jdur(cfg->consul.check_interval_ms));
     json_object_set_new(cs, "check_ttl", jdur(cfg->consul.check_ttl_ms));
     json_object_set_new(cs, "deregister_after", jdur(cfg->consul.deregister_after_ms));

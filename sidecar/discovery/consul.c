@@ -19,6 +19,8 @@
 
 #include <arpa/inet.h>
 #include "discovery/curl_api.h"
+#include <errno.h>
+#include <signal.h>
 #include <ifaddrs.h>
 #include <jansson.h>
 #include <net/if.h>
@@ -124,8 +126,13 @@ struct sc_consul {
     ev_timer curl_timer;
     creq *reqs;                 /* in flight */
     csock *socks;               /* sockets libcurl asked us to watch */
-    char base[600];             /* scheme://host:port, no trailing slash */
+    sc_consul_target target;    /* where requests go (consul_json.h) */
+    const char *base;           /* target.display: scheme://host:port, no trailing slash */
     const char *unix_path;
+    struct curl_slist *connect_to; /* CURLOPT_CONNECT_TO with consul.tls_server_name, else NULL */
+    char *token;                /* ACL token in use (NULL = none); token_file is read again on SIGHUP */
+    ev_signal sighup;
+    uint64_t token_reloads_total;   /* SIGHUP brought a new token */
     uint64_t rnd;
     uint64_t requests_total, request_errors_total;
 
@@ -134,7 +141,7 @@ struct sc_consul {
     char *reg_body;
     char check_id[300];
     char address[INET6_ADDRSTRLEN];
-    char check_target[200];
+    char check_target[600];     /* HTTP check URL (consul.check_http, else the admin /ready) or gRPC host:port */
     creq *reg_req, *ttl_req, *svc_req, *dereg_req;
     ev_timer reg_timer, ttl_timer, svc_timer, dereg_timer;
     unsigned reg_failures, ttl_failures, svc_failures;
@@ -310,20 +317,32 @@ static void creq_cancel(creq **pp)
 
 /*
  * Starts a request. method "GET", "PUT" or "POST"; a PUT or POST sends `body` (JSON) or
- * nothing. Returns NULL when libcurl cannot even start it (then nothing is
+ * nothing. `scoped`: the request carries consul.namespace / consul.partition
+ * (?ns=, &partition=; Consul Enterprise) when they are set, never otherwise
+ * (the Community Edition answers 400 to any non-empty ns). Scoped are the
+ * requests whose agent handler reads the Enterprise meta because what they
+ * name lives in a namespace: the registration and deregistration of our
+ * service, the TTL check updates and the agent-local GET of our service (the
+ * service and its check live in our namespace: without ns they would not be
+ * found), the health watches (the services we call are looked up in our
+ * namespace, as the Consul CLI and Go client do with CONSUL_NAMESPACE), the
+ * Connect leaf (issued for our service in our namespace) and authorize (the
+ * target is our service). Not scoped: the Connect roots (one CA per cluster).
+ * Returns NULL when libcurl cannot even start it (then nothing is
  * called; the caller treats it like a failed request).
  */
-static creq *creq_start(sc_consul *c, const char *method, const char *path, const char *body,
-                        uint64_t timeout_ms, creq_cb done, void *owner)
+static creq *creq_start(sc_consul *c, const char *method, const char *path, bool scoped,
+                        const char *body, uint64_t timeout_ms, creq_cb done, void *owner)
 {
     creq *r = calloc(1, sizeof(*r));
     if (!r)
         return NULL;
+    const sc_config *cfg = c->cfg;
     r->c = c;
     r->done = done;
     r->owner = owner;
     r->easy = curl_easy_init();
-    size_t ul = strlen(c->base) + strlen(path) + 1;
+    size_t ul = strlen(c->target.url_base) + strlen(path) + 2 * (3 * 256 + 16) + 1;
     char *url = malloc(ul);
     if (!r->easy || !url) {
         free(url);
@@ -332,9 +351,10 @@ static creq *creq_start(sc_consul *c, const char *method, const char *path, cons
         free(r);
         return NULL;
     }
-    snprintf(url, ul, "%s%s", c->base, path);
+    snprintf(url, ul, "%s%s", c->target.url_base, path);
+    if (scoped)
+        sc_consul_path_ent(url, ul, cfg->consul.ns, cfg->consul.partition); /* sized to fit */
     CURL *e = r->easy;
-    const sc_config *cfg = c->cfg;
     curl_easy_setopt(e, CURLOPT_URL, url);
     free(url); /* libcurl keeps its own copy */
     curl_easy_setopt(e, CURLOPT_PRIVATE, r);
@@ -354,8 +374,12 @@ static creq *creq_start(sc_consul *c, const char *method, const char *path, cons
     curl_easy_setopt(e, CURLOPT_TCP_KEEPINTVL, 10L);
     if (c->unix_path)
         curl_easy_setopt(e, CURLOPT_UNIX_SOCKET_PATH, c->unix_path);
+    if (c->connect_to)
+        curl_easy_setopt(e, CURLOPT_CONNECT_TO, c->connect_to);
     if (cfg->consul.ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, cfg->consul.ca_file);
+    if (cfg->consul.ca_path)
+        curl_easy_setopt(e, CURLOPT_CAPATH, cfg->consul.ca_path);
     if (cfg->consul.cert_file)
         curl_easy_setopt(e, CURLOPT_SSLCERT, cfg->consul.cert_file);
     if (cfg->consul.key_file)
@@ -365,11 +389,11 @@ static creq *creq_start(sc_consul *c, const char *method, const char *path, cons
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
     }
     struct curl_slist *h = NULL;
-    if (cfg->consul.token) {
-        size_t tl = strlen(cfg->consul.token) + 32;
+    if (c->token) {
+        size_t tl = strlen(c->token) + 32;
         char *th = malloc(tl);
         if (th) {
-            snprintf(th, tl, "X-Consul-Token: %s", cfg->consul.token);
+            snprintf(th, tl, "X-Consul-Token: %s", c->token);
             h = curl_slist_append(h, th);
             free(th);
         }
@@ -606,7 +630,7 @@ static void reg_start(sc_consul *c)
     creq_cancel(&c->ttl_req);
     creq_cancel(&c->svc_req);
     c->reg = REG_REGISTERING;
-    c->reg_req = creq_start(c, "PUT", "/v1/agent/service/register", c->reg_body, WRITE_TIMEOUT_MS,
+    c->reg_req = creq_start(c, "PUT", "/v1/agent/service/register", true, c->reg_body, WRITE_TIMEOUT_MS,
                             reg_done, NULL);
     if (!c->reg_req) {
         set_reg_error(c, "cannot start a request (out of memory?)");
@@ -697,7 +721,7 @@ static void ttl_send(sc_consul *c)
     sc_consul_escape(c->ttl_note, note, sizeof(note));
     snprintf(path, sizeof(path), "/v1/agent/check/%s/%s?note=%s", ok ? "pass" : "fail", id, note);
     c->ttl_updates_total++;
-    c->ttl_req = creq_start(c, "PUT", path, NULL, WRITE_TIMEOUT_MS, ttl_done, NULL);
+    c->ttl_req = creq_start(c, "PUT", path, true, NULL, WRITE_TIMEOUT_MS, ttl_done, NULL);
     if (!c->ttl_req)
         timer_again(c, &c->ttl_timer, 1000);
 }
@@ -757,7 +781,7 @@ static void svc_start(sc_consul *c)
     } else {
         snprintf(path, sizeof(path), "/v1/agent/service/%s", id);
     }
-    c->svc_req = creq_start(c, "GET", path, NULL, timeout, svc_done, NULL);
+    c->svc_req = creq_start(c, "GET", path, true, NULL, timeout, svc_done, NULL);
     if (!c->svc_req)
         timer_again(c, &c->svc_timer, 1000);
 }
@@ -829,7 +853,7 @@ int sc_consul_deregister(sc_consul *c, void (*done)(void *arg), void *arg)
     snprintf(path, sizeof(path), "/v1/agent/service/deregister/%s", id);
     SC_INFO("consul: deregistering service '%s' (id %s) before draining", c->cfg->service.name,
             c->cfg->service.id);
-    c->dereg_req = creq_start(c, "PUT", path, NULL, SC_CONSUL_DEREGISTER_TIMEOUT_MS, dereg_done,
+    c->dereg_req = creq_start(c, "PUT", path, true, NULL, SC_CONSUL_DEREGISTER_TIMEOUT_MS, dereg_done,
                               NULL);
     if (!c->dereg_req) {
         c->reg = REG_DEREGISTERED;
@@ -1104,7 +1128,7 @@ static void watch_start(watch *w)
     }
     uint64_t timeout = w->index ? sc_consul_read_timeout_ms(c->cfg->consul.wait_ms)
                                 : WRITE_TIMEOUT_MS;
-    w->req = creq_start(c, "GET", path, NULL, timeout, watch_done, w);
+    w->req = creq_start(c, "GET", path, true, NULL, timeout, watch_done, w);
     if (!w->req)
         watch_fail(w, NULL, "cannot start a request (out of memory?)");
 }
@@ -1447,7 +1471,7 @@ static void cwatch_start(cwatch *w)
         snprintf(path, sizeof(path), "/v1/agent/connect/ca/leaf/%s%s", es, ix);
     }
     uint64_t timeout = w->index ? sc_consul_read_timeout_ms(c->cfg->consul.wait_ms) : WRITE_TIMEOUT_MS;
-    w->req = creq_start(c, "GET", path, NULL, timeout, cwatch_done, w);
+    w->req = creq_start(c, "GET", path, w == &c->leaf_w, NULL, timeout, cwatch_done, w);
     if (!w->req)
         cwatch_fail(w, NULL, "cannot start a request (out of memory?)");
 }
@@ -1563,25 +1587,122 @@ static void local_target(const sc_addr *a, char *buf, size_t cap)
     snprintf(buf, cap, "%s:%u", host, port);
 }
 
-static void make_base(sc_consul *c)
+static int make_target(sc_consul *c)
 {
-    const char *a = c->cfg->consul.address ? c->cfg->consul.address : "127.0.0.1:8500";
-    bool ssl = c->cfg->consul.ssl;
-    if (strncmp(a, "unix://", 7) == 0) {
-        c->unix_path = a + 7;
-        snprintf(c->base, sizeof(c->base), "http://localhost");
+    const sc_config *cfg = c->cfg;
+    int rc = sc_consul_target_make(cfg->consul.address, cfg->consul.ssl, cfg->consul.tls_server_name,
+                                   &c->target);
+    if (rc < 0) {
+        SC_ERROR("consul: cannot use the agent address '%s'%s%s: %s",
+                 cfg->consul.address ? cfg->consul.address : "",
+                 cfg->consul.tls_server_name ? " with TLS server name " : "",
+                 cfg->consul.tls_server_name ? cfg->consul.tls_server_name : "", strerror(-rc));
+        return rc;
+    }
+    c->base = c->target.display;
+    c->unix_path = c->target.unix_path;
+    if (c->target.connect_to[0]) {
+        c->connect_to = curl_slist_append(NULL, c->target.connect_to);
+        if (!c->connect_to)
+            return -ENOMEM;
+    }
+    return 0;
+}
+
+/* ---- ACL token: consul.token, or consul.token_file read again on SIGHUP ---- */
+
+#define TOKEN_FILE_MAX 65536
+
+/* Reads and trims the token file: 0 and *out (caller frees), or -errno with
+ * *why set (a static description). */
+static int read_token(const char *path, char **out, const char **why)
+{
+    *out = NULL;
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        int e = errno;
+        *why = strerror(e);
+        return -e;
+    }
+    char *buf = malloc(TOKEN_FILE_MAX + 1);
+    size_t n = buf ? fread(buf, 1, TOKEN_FILE_MAX + 1, f) : 0;
+    bool rd_err = buf && ferror(f);
+    fclose(f);
+    if (!buf) {
+        *why = "out of memory";
+        return -ENOMEM;
+    }
+    if (rd_err || n > TOKEN_FILE_MAX) {
+        free(buf);
+        *why = rd_err ? "read error" : "larger than 64 KiB";
+        return rd_err ? -EIO : -EFBIG;
+    }
+    const char *t;
+    size_t tl;
+    int rc = sc_consul_token_trim(buf, n, &t, &tl);
+    if (rc == 0) {
+        *out = strndup(t, tl);
+        if (!*out)
+            rc = -ENOMEM;
+    }
+    free(buf);
+    if (rc == -ENODATA)
+        *why = "the file is empty";
+    else if (rc == -EINVAL)
+        *why = "the file holds more than one line";
+    else if (rc == -ENOMEM)
+        *why = "out of memory";
+    return rc;
+}
+
+/* Failing loops wait for their backoff; after a token change they go at once. */
+static void retry_now(sc_consul *c)
+{
+    if (c->reg == REG_FAILED && !c->reg_req) {
+        ev_timer_stop(c->loop, &c->reg_timer);
+        reg_start(c);
+    }
+    if (c->reg == REG_REGISTERED && c->ttl_failures && !c->ttl_req)
+        timer_again(c, &c->ttl_timer, 0);
+    for (size_t i = 0; i < c->n_watches; i++) {
+        watch *w = &c->watches[i];
+        if (w->failures && !w->req)
+            timer_again(c, &w->timer, 0);
+    }
+    cwatch *cw[] = {&c->roots_w, &c->leaf_w};
+    for (size_t i = 0; c->connect && i < SC_ARRAY_LEN(cw); i++)
+        if (cw[i]->failures && !cw[i]->req)
+            timer_again(c, &cw[i]->timer, 0);
+}
+
+/* SIGHUP (besides the TLS reload in tls_runtime.c): read consul.token_file
+ * again. A new token is used by every request started from now on (requests
+ * in flight keep the old one); an unreadable or empty file keeps the token
+ * in use. */
+static void sighup_cb(struct ev_loop *loop, ev_signal *s, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_consul *c = s->data;
+    const char *path = c->cfg->consul.token_file;
+    if (!path)
+        return;
+    char *tok;
+    const char *why = "";
+    if (read_token(path, &tok, &why) < 0) {
+        SC_WARN("consul: SIGHUP: cannot use the token file %s (%s); keeping the ACL token in use", path, why);
         return;
     }
-    if (strncmp(a, "http://", 7) == 0)
-        a += 7;
-    else if (strncmp(a, "https://", 8) == 0) {
-        a += 8;
-        ssl = true;
+    if (c->token && strcmp(tok, c->token) == 0) {
+        SC_INFO("consul: SIGHUP: the ACL token in %s is unchanged", path);
+        free(tok);
+        return;
     }
-    size_t n = strlen(a);
-    while (n && a[n - 1] == '/')
-        n--;
-    snprintf(c->base, sizeof(c->base), "%s://%.*s", ssl ? "https" : "http", (int)n, a);
+    free(c->token);
+    c->token = tok;
+    c->token_reloads_total++;
+    SC_INFO("consul: SIGHUP: new ACL token from %s; every request from now on uses it", path);
+    retry_now(c);
 }
 
 static int init_curl_once(void)
@@ -1623,7 +1744,25 @@ int sc_consul_start(sidecar *sc, sc_consul **out)
         free(c);
         return -EIO;
     }
-    make_base(c);
+    if (cfg->consul.token) {
+        c->token = strdup(cfg->consul.token);
+        if (!c->token) {
+            curl_multi_cleanup(c->multi);
+            free(c);
+            return -ENOMEM;
+        }
+    }
+    int trc = make_target(c);
+    if (trc < 0) {
+        curl_slist_free_all(c->connect_to);
+        free(c->token);
+        curl_multi_cleanup(c->multi);
+        free(c);
+        return trc == -ENOMEM ? -ENOMEM : -EINVAL;
+    }
+    ev_signal_init(&c->sighup, sighup_cb, SIGHUP);
+    c->sighup.data = c;
+    ev_signal_start(c->loop, &c->sighup);
     ev_init(&c->curl_timer, curl_timer_ev);
     ev_init(&c->reg_timer, reg_timer_cb);
     ev_init(&c->ttl_timer, ttl_timer_cb);
@@ -1645,6 +1784,9 @@ int sc_consul_start(sidecar *sc, sc_consul **out)
             nw++;
     c->watches = calloc(nw ? nw : 1, sizeof(*c->watches));
     if (!c->by_route || !c->watches) {
+        ev_signal_stop(c->loop, &c->sighup);
+        curl_slist_free_all(c->connect_to);
+        free(c->token);
         curl_multi_cleanup(c->multi);
         free(c->by_route);
         free(c->watches);
@@ -1677,7 +1819,10 @@ int sc_consul_start(sidecar *sc, sc_consul **out)
         if (cfg->consul.check == SC_CHECK_HTTP) {
             char t[160];
             local_target(&cfg->admin.listen, t, sizeof(t));
-            snprintf(c->check_target, sizeof(c->check_target), "http://%s/ready", t);
+            if (cfg->consul.check_http)
+                snprintf(c->check_target, sizeof(c->check_target), "%s", cfg->consul.check_http);
+            else
+                snprintf(c->check_target, sizeof(c->check_target), "http://%s/ready", t);
         } else if (cfg->consul.check == SC_CHECK_GRPC) {
             local_target(&cfg->health.grpc_listen, c->check_target, sizeof(c->check_target));
         }
@@ -1709,7 +1854,7 @@ int sc_consul_start(sidecar *sc, sc_consul **out)
     }
     SC_INFO("consul: agent %s%s%s%s; %s; watching %zu service(s)%s%s", c->base,
             c->unix_path ? " via " : "", c->unix_path ? c->unix_path : "",
-            cfg->consul.token ? " (ACL token set)" : "",
+            c->token ? " (ACL token set)" : "",
             cfg->consul.register_service ? "registering the local service" : "not registering",
             c->n_watches, cfg->consul.cache_file ? ", cache file " : "",
             cfg->consul.cache_file ? cfg->consul.cache_file : "");
@@ -1729,6 +1874,7 @@ void sc_consul_stop(sc_consul *c)
 {
     if (!c)
         return;
+    ev_signal_stop(c->loop, &c->sighup);
     ev_timer_stop(c->loop, &c->curl_timer);
     ev_timer_stop(c->loop, &c->reg_timer);
     ev_timer_stop(c->loop, &c->ttl_timer);
@@ -1750,6 +1896,8 @@ void sc_consul_stop(sc_consul *c)
     curl_multi_cleanup(c->multi);
     while (c->socks)
         csock_free(c, c->socks);
+    curl_slist_free_all(c->connect_to);
+    free(c->token);
     free(c->reg_body);
     free(c->ca_pem);
     free(c->cert_pem);
@@ -1784,7 +1932,14 @@ json_t *sc_consul_json(const sc_consul *c)
     json_object_set_new(o, "address", json_string(c->base));
     if (c->unix_path)
         json_object_set_new(o, "unix_socket", json_string(c->unix_path));
-    json_object_set_new(o, "token", json_boolean(c->cfg->consul.token != NULL));
+    json_object_set_new(o, "token", json_boolean(c->token != NULL));
+    json_object_set_new(o, "token_reloads", json_integer((json_int_t)c->token_reloads_total));
+    if (c->connect_to)
+        json_object_set_new(o, "tls_server_name", json_string(c->cfg->consul.tls_server_name));
+    if (c->cfg->consul.ns)
+        json_object_set_new(o, "namespace", json_string(c->cfg->consul.ns));
+    if (c->cfg->consul.partition)
+        json_object_set_new(o, "partition", json_string(c->cfg->consul.partition));
     json_t *r = json_object();
     json_object_set_new(r, "state", json_string(reg_state_names[c->reg]));
     if (c->reg != REG_OFF) {
@@ -1916,7 +2071,7 @@ int sc_consul_authorize(sc_consul *c, const char *body, uint64_t timeout_ms,
 {
     if (!c || !body || !done)
         return -EINVAL;
-    creq *r = creq_start(c, "POST", "/v1/agent/connect/authorize", body, timeout_ms, authorize_done, NULL);
+    creq *r = creq_start(c, "POST", "/v1/agent/connect/authorize", true, body, timeout_ms, authorize_done, NULL);
     if (!r)
         return -EIO;
     r->user_done = done;

@@ -25,6 +25,16 @@
  * the agent-local blocking GET /v1/agent/service/<id> the client keeps open)
  * leads to a new registration.
  *
+ * ACL token: consul.token, or consul.token_file read again on SIGHUP (an
+ * ev_signal of this client on the control loop, beside the TLS reload's): a
+ * changed token goes into every request started afterwards and failing
+ * loops retry at once; an unreadable or empty file keeps the old token.
+ *
+ * Agent address: consul.tls_server_name puts that name in the request URLs
+ * (SNI and certificate verification) and maps it to consul.address with
+ * CURLOPT_CONNECT_TO; consul.namespace / partition go on the requests Consul
+ * scopes (see creq_start in consul.c).
+ *
  * Ownership: the client belongs to the sidecar; start and stop on the
  * control thread. The JSON and stats functions are for the admin endpoint
  * (control thread).
@@ -45,7 +55,9 @@ struct json_t;
 
 /* Starts the client when cfg->consul.enabled (registration when
  * register_service, and the watches). Returns 0 and *out, -ENOENT when
- * Consul is not configured (*out NULL), -ENOMEM, -EIO when libcurl fails. */
+ * Consul is not configured (*out NULL), -ENOMEM, -EIO when libcurl fails,
+ * -EINVAL when the agent address cannot be used (logged; the configuration
+ * loader refuses such values first). */
 int sc_consul_start(sidecar *sc, sc_consul **out);
 
 /* Stops every request and timer, saves the cache file, frees. NULL is fine. */

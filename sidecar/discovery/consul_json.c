@@ -432,6 +432,105 @@ int sc_consul_health_path(char *buf, size_t cap, const char *service, const char
     return n;
 }
 
+int sc_consul_path_ent(char *buf, size_t cap, const char *ns, const char *partition)
+{
+    size_t n = strnlen(buf, cap);
+    if (n >= cap)
+        return -ENOSPC;
+    char ens[3 * 256 + 1], ep[3 * 256 + 1];
+    bool has_ns = ns && *ns, has_p = partition && *partition;
+    if ((has_ns && sc_consul_escape(ns, ens, sizeof(ens)) < 0) ||
+        (has_p && sc_consul_escape(partition, ep, sizeof(ep)) < 0))
+        return -ENOSPC;
+    bool q = memchr(buf, '?', n) != NULL;
+    int m = snprintf(buf + n, cap - n, "%s%s%s%s%s%s", has_ns ? (q ? "&" : "?") : "",
+                     has_ns ? "ns=" : "", has_ns ? ens : "",
+                     has_p ? ((q || has_ns) ? "&" : "?") : "", has_p ? "partition=" : "",
+                     has_p ? ep : "");
+    if (m < 0 || (size_t)m >= cap - n) {
+        buf[n] = 0;
+        return -ENOSPC;
+    }
+    return (int)(n + (size_t)m);
+}
+
+int sc_consul_target_make(const char *address, bool ssl, const char *server_name, sc_consul_target *t)
+{
+    memset(t, 0, sizeof(*t));
+    const char *a = address && *address ? address : "127.0.0.1:8500";
+    if (strncmp(a, "unix://", 7) == 0) {
+        if (!a[7])
+            return -EINVAL;
+        t->unix_path = a + 7;
+        /* libcurl needs a URL; the host in it is only the Host header */
+        snprintf(t->display, sizeof(t->display), "http://localhost");
+        snprintf(t->url_base, sizeof(t->url_base), "http://localhost");
+        return 0;
+    }
+    if (strncmp(a, "http://", 7) == 0) {
+        a += 7;
+    } else if (strncmp(a, "https://", 8) == 0) {
+        a += 8;
+        ssl = true;
+    }
+    size_t n = strlen(a);
+    while (n && a[n - 1] == '/')
+        n--;
+    if (n == 0)
+        return -EINVAL;
+    int k = snprintf(t->display, sizeof(t->display), "%s://%.*s", ssl ? "https" : "http", (int)n, a);
+    if (k < 0 || (size_t)k >= sizeof(t->display))
+        return -ENOSPC;
+    memcpy(t->url_base, t->display, (size_t)k + 1);
+    if (!ssl || !server_name || !*server_name)
+        return 0;
+    if (strchr(server_name, ':'))
+        return -EINVAL; /* SNI carries DNS names only */
+    /* authority: host[:port], host maybe [v6] (kept in brackets for CONNECT_TO) */
+    const char *port = NULL;
+    size_t hl = n;
+    if (a[0] == '[') {
+        const char *close = memchr(a, ']', n);
+        if (!close)
+            return -EINVAL;
+        hl = (size_t)(close - a) + 1;
+        if (hl < n && a[hl] == ':')
+            port = a + hl + 1;
+    } else {
+        const char *colon = memchr(a, ':', n);
+        if (colon) {
+            hl = (size_t)(colon - a);
+            port = colon + 1;
+        }
+    }
+    size_t pl = port ? n - (size_t)(port - a) : 0;
+    k = snprintf(t->url_base, sizeof(t->url_base), "https://%s%s%.*s", server_name, pl ? ":" : "",
+                 (int)pl, pl ? port : "");
+    if (k < 0 || (size_t)k >= sizeof(t->url_base))
+        return -ENOSPC;
+    /* an empty first port matches any port of the URL; an empty last one keeps it */
+    k = snprintf(t->connect_to, sizeof(t->connect_to), "%s::%.*s:", server_name, (int)hl, a);
+    if (k < 0 || (size_t)k >= sizeof(t->connect_to))
+        return -ENOSPC;
+    return 0;
+}
+
+int sc_consul_token_trim(const char *buf, size_t len, const char **tok, size_t *tlen)
+{
+    size_t a = 0, b = len;
+    while (a < b && (buf[a] == ' ' || buf[a] == '\t' || buf[a] == '\r' || buf[a] == '\n'))
+        a++;
+    while (b > a && (buf[b - 1] == ' ' || buf[b - 1] == '\t' || buf[b - 1] == '\r' || buf[b - 1] == '\n'))
+        b--;
+    *tok = buf + a;
+    *tlen = b - a;
+    if (b == a)
+        return -ENODATA;
+    if (memchr(buf + a, 0, b - a) || memchr(buf + a, '\n', b - a) || memchr(buf + a, '\r', b - a))
+        return -EINVAL;
+    return 0;
+}
+
 /* ---- pacing ---- */
 
 uint64_t sc_consul_backoff_ms(unsigned failures, uint64_t base_ms, uint64_t cap_ms, uint64_t rnd)

@@ -95,6 +95,48 @@ int sc_consul_escape(const char *s, char *out, size_t cap);
 int sc_consul_health_path(char *buf, size_t cap, const char *service, const char *tag,
                           const char *dc, uint64_t index, uint64_t wait_ms);
 
+/*
+ * Appends Consul Enterprise's scope to a request path that may already hold
+ * a query: `ns=<ns>` and `partition=<partition>` (escaped), each only when
+ * non-NULL and non-empty. The Community Edition answers 400 to any
+ * non-empty ns (even "default"), so nothing is added unless configured.
+ * Returns the new length, or -ENOSPC (buf then unchanged).
+ */
+int sc_consul_path_ent(char *buf, size_t cap, const char *ns, const char *partition);
+
+/*
+ * Where requests go, from consul.address (http://, https://, unix://, or
+ * host:port with `ssl` deciding the scheme) and consul.tls_server_name:
+ *   display     scheme://host[:port] as configured (logs, admin)
+ *   url_base    the scheme and authority put in request URLs: the display,
+ *               or with a TLS server name on an https agent
+ *               https://<server_name>[:port], so that libcurl sends that
+ *               name in SNI and verifies the certificate against it ...
+ *   connect_to  ... while CURLOPT_CONNECT_TO ("<name>::<host>:", IPv6
+ *               literals in brackets) still connects to the configured
+ *               address; "" when not used
+ *   unix_path   the socket of a unix:// address (points into `address`),
+ *               else NULL; the server name never applies to it (plain HTTP)
+ * The server name is ignored for plain http. Returns 0, -EINVAL (empty
+ * authority or a server name that is an IPv6 literal), -ENOSPC.
+ */
+typedef struct sc_consul_target {
+    char display[600];
+    char url_base[600];
+    char connect_to[600];
+    const char *unix_path;
+} sc_consul_target;
+
+int sc_consul_target_make(const char *address, bool ssl, const char *server_name, sc_consul_target *t);
+
+/*
+ * The ACL token in the bytes of a token file (consul.token_file,
+ * $CONSUL_HTTP_TOKEN_FILE): surrounding blanks and newlines trimmed. Sets
+ * *tok (pointing into buf) and *len. Returns 0, -ENODATA when nothing is
+ * left, -EINVAL when more than one line (or a NUL byte) remains.
+ */
+int sc_consul_token_trim(const char *buf, size_t len, const char **tok, size_t *tlen);
+
 /* ---- pacing ---- */
 
 /*

@@ -106,7 +106,7 @@ static void sighup_cb(struct ev_loop *loop, ev_signal *s, int revents)
     (void)revents;
     sidecar *sc = s->data;
     if (!sc->tls_server && !sc->tls_client && !sc->tls_client_anon) {
-        SC_INFO("SIGHUP: no TLS material configured, nothing to reload");
+        SC_INFO("tls: SIGHUP: no TLS material configured, no certificates to reload");
         return;
     }
     SC_INFO("tls: SIGHUP: reloading certificates");

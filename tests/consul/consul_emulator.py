@@ -646,6 +646,9 @@ class Service:
         self.modify_index = 0
         self.local = False
         self.definition = None  # the decoded registration (local services)
+        # Consul Enterprise scope (enterprise=True); the Community Edition has none
+        self.partition = "default"
+        self.namespace = "default"
 
     def fields(self):
         return (self.kind, self.id, self.name, tuple(self.tags or ()), self.tags is None, self.address,
@@ -1224,7 +1227,7 @@ class ConsulEmulator:
                  reaper_interval=30.0, min_deregister_after=60.0, min_check_interval=1.0,
                  check_update_interval=300.0, check_stagger=True, default_wait=300.0, max_wait=600.0,
                  leaf_ttl=72 * 3600.0, control_http=None, initial_index=None, verbose=False,
-                 log_limit=20000, extra_datacenters=()):
+                 log_limit=20000, extra_datacenters=(), enterprise=False):
         self.http_addr = http_addr
         self.unix_path = unix_path
         self.control_http = control_http
@@ -1242,6 +1245,18 @@ class ConsulEmulator:
         self.leaf_ttl = float(leaf_ttl)
         self.verbose = verbose
         self.log_limit = log_limit
+        # enterprise=False: the Community Edition (400 to any non-empty ns or
+        # partition). enterprise=True: ns / partition (query or X-Consul-
+        # Namespace / X-Consul-Partition header, "default" when absent) are
+        # accepted; services registered through the agent or register_instance
+        # belong to one namespace and partition, the health endpoint lists only
+        # those of the namespace asked, and the agent endpoints on a service or
+        # its checks (GET /v1/agent/service/<id>, deregister, TTL updates)
+        # answer 404 for one of another namespace. Not modelled: namespaces
+        # and partitions need not be created first, a service ID is unique per
+        # agent (not per namespace), namespace ACL rules, names are not
+        # validated.
+        self.enterprise = bool(enterprise)
 
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -1723,6 +1738,9 @@ class ConsulEmulator:
         d["EnableTagOverride"] = s.enable_tag_override
         d["Proxy"] = s.proxy if isinstance(s.proxy, dict) and s.proxy else {"Mode": "", "MeshGateway": {}, "Expose": {}}
         d["Connect"] = s.connect if isinstance(s.connect, dict) else {}
+        if self.enterprise:
+            d["Partition"] = s.partition
+            d["Namespace"] = s.namespace
         d["CreateIndex"] = s.create_index
         d["ModifyIndex"] = s.modify_index
         return d
@@ -1745,6 +1763,9 @@ class ConsulEmulator:
         d["EnableTagOverride"] = s.enable_tag_override
         if isinstance(s.connect, dict) and ci_get(s.connect, "Native"):
             d["Connect"] = {"Native": True}
+        if self.enterprise:
+            d["Partition"] = s.partition
+            d["Namespace"] = s.namespace
         d["Datacenter"] = self.datacenter
         return d
 
@@ -1827,8 +1848,14 @@ class ConsulEmulator:
             raise APIError(403, "Permission denied: token with AccessorID '%s' lacks permission '%s:%s' on %s"
                            % (tok.accessor, resource, need, go_quote(name)))
 
-    @staticmethod
-    def _parse_ent_meta(req):
+    def _parse_ent_meta(self, req):
+        """(partition, namespace) a request is scoped to: ("default", "default")
+        when it names none, ("", "") in the Community Edition (which refuses
+        any non-empty ns or partition)."""
+        if self.enterprise:
+            ns = req.q("ns") or req.header("X-Consul-Namespace") or "default"
+            part = req.q("partition") or req.header("X-Consul-Partition") or "default"
+            return part, ns
         if req.header("X-Consul-Namespace"):
             raise APIError(400, 'Invalid header: "X-Consul-Namespace" - Namespaces are a Consul Enterprise feature')
         if req.q("ns"):
@@ -1837,6 +1864,11 @@ class ConsulEmulator:
             raise APIError(400, 'Invalid header: "X-Consul-Partition" - Partitions are a Consul Enterprise feature')
         if req.q("partition"):
             raise APIError(400, 'Invalid query parameter: "partition" - Partitions are a Consul Enterprise feature')
+        return "", ""
+
+    def _in_scope(self, s, ent):
+        """Whether service s belongs to the (partition, namespace) a request named."""
+        return not self.enterprise or (s.partition, s.namespace) == tuple(ent)
 
     def _parse_wait(self, req):
         """parseWait: returns (min_index, wait_seconds or None)."""
@@ -1945,7 +1977,7 @@ class ConsulEmulator:
 
     def _h_agent_services(self, req, _):
         tok_s = self._parse_token(req)
-        self._parse_ent_meta(req)
+        ent = self._parse_ent_meta(req)
         tok = self._resolve(tok_s)
         # ?filter (bexpr) is accepted but NOT evaluated by the emulator.
         with self._lock:
@@ -1953,6 +1985,8 @@ class ConsulEmulator:
             total = 0
             for sid in sorted(self._local.services):
                 s = self._local.services[sid]
+                if not self._in_scope(s, ent):
+                    continue
                 total += 1
                 if self._allowed(tok, "service", s.name, "read"):
                     out[sid] = self._agent_service_json(s)
@@ -1967,7 +2001,7 @@ class ConsulEmulator:
     def _h_agent_service(self, req, sid):
         min_index, wait = self._parse_wait(req)
         tok_s = self._parse_token(req)
-        self._parse_ent_meta(req)
+        ent = self._parse_ent_meta(req)
         tok = self._resolve(tok_s)
         want_hash = req.q("hash")
         should_block = bool(want_hash)
@@ -1976,7 +2010,7 @@ class ConsulEmulator:
             epoch, gen = self._epoch, self._release_gen
             while True:
                 s = self._local.services.get(sid)
-                if s is None:
+                if s is None or not self._in_scope(s, ent):
                     raise APIError(404, "unknown service ID: %s" % sid)
                 self._require(tok, "service", s.name, "read")
                 body = self._agent_service_json(s)
@@ -2112,7 +2146,7 @@ class ConsulEmulator:
                 raise APIError(400, "Invalid Service Meta: Value is too long (limit: 512 characters)")
 
     def _h_register(self, req, _):
-        self._parse_ent_meta(req)
+        ent = self._parse_ent_meta(req)
         sd = self._decode_service_definition(req.body)
         name = sd.get("Name") or ""
         if name == "":
@@ -2146,15 +2180,17 @@ class ConsulEmulator:
         if vals and (vals[0] == "" or vals[0] == "true"):
             replace = True
         with self._lock:
-            self._register_local(sd, chk_types, replace)
+            self._register_local(sd, chk_types, replace, ent=ent)
         return Response(200)
 
-    def _register_local(self, sd, chk_types, replace_checks):
+    def _register_local(self, sd, chk_types, replace_checks, ent=None):
         """Agent.AddService + anti-entropy sync, done at once under the lock."""
         node = self._local
         name = sd["Name"]
         sid = sd.get("ID") or name
         svc = Service()
+        if self.enterprise and ent:
+            svc.partition, svc.namespace = ent
         svc.local = True
         svc.kind = sd.get("Kind") or ""
         svc.id = sid
@@ -2298,11 +2334,11 @@ class ConsulEmulator:
 
     def _h_deregister(self, req, sid):
         tok_s = self._parse_token(req)
-        self._parse_ent_meta(req)
+        ent = self._parse_ent_meta(req)
         tok = self._resolve(tok_s)
         with self._lock:
             existing = self._local.services.get(sid)
-            if existing is None:
+            if existing is None or not self._in_scope(existing, ent):
                 raise APIError(404, "Unknown service ID %s. Ensure that the service ID is passed, not the service name."
                                % go_quote(sid))
             self._require(tok, "service", existing.name, "write")
@@ -2333,11 +2369,12 @@ class ConsulEmulator:
 
     def _agent_check_update(self, req, cid, status, output):
         tok_s = self._parse_token(req)
-        self._parse_ent_meta(req)
+        ent = self._parse_ent_meta(req)
         tok = self._resolve(tok_s)
         with self._lock:
             c = self._local.checks.get(cid)
-            if c is None or not c.local:
+            owner = self._local.services.get(c.service_id) if c is not None and c.service_id else None
+            if c is None or not c.local or (owner is not None and not self._in_scope(owner, ent)):
                 raise APIError(404, "Unknown check ID %s. Ensure that the check ID is passed, not the check name."
                                % go_quote(cid))
             if c.service_id:
@@ -2359,7 +2396,7 @@ class ConsulEmulator:
     # ------------------------------------------------------------------ health
 
     def _h_health_service(self, req, name):
-        self._parse_ent_meta(req)
+        ent = self._parse_ent_meta(req)
         dc = req.q("dc") or self.datacenter
         tok_s = self._parse_token(req)
         # ?filter (bexpr) is accepted but NOT evaluated by the emulator.
@@ -2384,7 +2421,7 @@ class ConsulEmulator:
         filtered = [False]
 
         def compute():
-            entries, filt = self._health_entries(dc, name, tags, node_meta, tok)
+            entries, filt = self._health_entries(dc, name, tags, node_meta, tok, ent)
             filtered[0] = filt
             return self._service_index(dc, name), entries
 
@@ -2415,7 +2452,7 @@ class ConsulEmulator:
             entries = [e for e in entries if all(c["Status"] == PASSING for c in e["Checks"])]
         return self._json(req, entries, headers=hdrs)
 
-    def _health_entries(self, dc, name, tags, node_meta, tok):
+    def _health_entries(self, dc, name, tags, node_meta, tok, ent=None):
         lname = name.lower()
         want = [t.lower() for t in tags]
         out = []
@@ -2428,6 +2465,8 @@ class ConsulEmulator:
             for sid in sorted(node.services, key=str.lower):
                 s = node.services[sid]
                 if s.name.lower() != lname:
+                    continue
+                if ent is not None and not self._in_scope(s, ent):
                     continue
                 have = [t.lower() for t in (s.tags or [])]
                 if not all(t in have for t in want):
@@ -2945,15 +2984,18 @@ class ConsulEmulator:
             node=ci_get(body, "Node", default=None), node_address=ci_get(body, "Address", default=None),
             datacenter=ci_get(body, "Datacenter", default=None), node_meta=ci_get(body, "NodeMeta", default=None),
             node_status=ci_get(body, "NodeStatus", default=None), checks=checks,
-            kind=ci_get(svc, "Kind", default=""))
+            kind=ci_get(svc, "Kind", default=""), namespace=ci_get(svc, "Namespace", default=None),
+            partition=ci_get(svc, "Partition", default=None))
 
     # ------------------------------------------------------------------ Python control API
 
     def register_instance(self, service, id=None, port=0, address="", tags=None, meta=None, weights=None,
                           status=PASSING, output=None, node=None, node_address=None, datacenter=None,
-                          node_meta=None, node_status=None, checks=None, tagged_addresses=None, kind=""):
+                          node_meta=None, node_status=None, checks=None, tagged_addresses=None, kind="",
+                          namespace=None, partition=None):
         """Register an instance of a service on another node, as if another
-        agent had registered it. status is the status of its service check
+        agent had registered it. namespace / partition (enterprise=True):
+        where it lives, "default" when not given. status is the status of its service check
         ("service:<id>"); pass checks=[{"CheckID","Name","Status","Output"}] for
         several checks, or checks=[] for none. Returns {"Node", "ServiceID", "CheckIDs", "Index"}."""
         dc = datacenter or self.datacenter
@@ -2976,6 +3018,8 @@ class ConsulEmulator:
             svc.address = address or ""
             svc.meta = dict(meta) if meta is not None else None
             svc.port = int(port or 0)
+            svc.namespace = namespace or "default"
+            svc.partition = partition or "default"
             if weights:
                 svc.weights = {"Passing": int(ci_get(weights, "Passing", default=1)),
                                "Warning": int(ci_get(weights, "Warning", default=1))}
@@ -3586,6 +3630,8 @@ def main(argv=None):
     ap.add_argument("--leaf-ttl", type=_duration_arg, default=72 * 3600.0)
     ap.add_argument("--no-check-stagger", action="store_true", help="run interval checks at once, not after a random pause")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--enterprise", action="store_true",
+                    help="accept ns / partition and keep services per namespace (Consul Enterprise)")
     args = ap.parse_args(argv)
 
     emu = ConsulEmulator(http_addr=args.http, unix_path=args.unix, acl_token=args.acl_token,
@@ -3595,7 +3641,7 @@ def main(argv=None):
                          min_check_interval=args.min_check_interval,
                          check_update_interval=args.check_update_interval, check_stagger=not args.no_check_stagger,
                          default_wait=args.default_wait, max_wait=args.max_wait, leaf_ttl=args.leaf_ttl,
-                         control_http=args.control_http, verbose=args.verbose)
+                         control_http=args.control_http, verbose=args.verbose, enterprise=args.enterprise)
     done = threading.Event()
 
     def _sig(_signum, _frame):

@@ -1,7 +1,8 @@
 /*
  * fuzz_consul_json.c: arbitrary bytes as a /v1/health/service answer, as an
  * X-Consul-Index value, as a cache file, as a grpc.health.v1 request, as
- * Connect CA roots and leaf answers and as a Connect authorize answer.
+ * Connect CA roots and leaf answers and as a Connect authorize answer, as
+ * a token file, an agent address with a TLS server name, a namespace.
  * The parsers must refuse or skip bad input, never crash, leak or hang, and
  * what they accept must be well formed (sorted, ports set, weights >= 1).
  */
@@ -64,6 +65,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     char svc[64];
     (void)sc_grpc_health_decode_request(data, size, svc, sizeof(svc));
+
+    /* token files, and the address / TLS server name / namespace of the agent
+     * (config values: bounded, NUL terminated strings) */
+    const char *tok;
+    size_t tl;
+    if (sc_consul_token_trim(s, size, &tok, &tl) == 0 &&
+        (tl == 0 || tok < s || tok + tl > s + size || memchr(tok, '\n', tl)))
+        abort();
+    if (size < 300) {
+        char str[301];
+        memcpy(str, data, size);
+        str[size] = 0;
+        size_t half = strlen(str) / 2;
+        char a[301], b[301];
+        memcpy(a, str, half);
+        a[half] = 0;
+        snprintf(b, sizeof(b), "%s", str + half);
+        sc_consul_target t;
+        if (sc_consul_target_make(a, size & 1, b, &t) == 0 && strlen(t.url_base) >= sizeof(t.url_base))
+            abort();
+        char path[64] = "/v1/agent/service/register";
+        int n = sc_consul_path_ent(path, sizeof(path), a, b);
+        if ((n >= 0 && (size_t)n != strlen(path)) || strlen(path) >= sizeof(path))
+            abort();
+    }
 
     /* Connect answers (tls.source: consul). */
     char *ca = NULL, *cert = NULL, *key = NULL, id[64], serial[64], uri[256], err2[128];

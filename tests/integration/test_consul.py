@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import unittest
+from unittest import mock
 
 import harness
 from harness import SidecarTestCase, addr, free_port, wait_until
@@ -218,6 +219,24 @@ class RegistrationTest(ConsulTestCase):
         self.assertEqual(st.value("sidecar_consul_registered"), 1)
         self.assertEqual(st.value("sidecar_app_healthy"), 1)
 
+    def test_http_check_url_configured(self):
+        """consul.check_http replaces the admin /ready URL in the check; the
+        agent polls that URL."""
+        emu = self.emulator()
+        app = self.peer("app")
+        url = "http://127.0.0.1:%d/echo?from=consul" % app.port
+        self.sidecar(config(free_port(), {"address": emu.address, "check": "http", "check_interval": "1s",
+                                          "check_http": url},
+                            app_port=app.port, in_port=free_port()))
+        rec = self.wait_register(emu)
+        check = json.loads(rec["Body"])["Check"]
+        self.assertEqual((check["HTTP"], check["Method"], check["Interval"]), (url, "GET", "1s"))
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 10),
+                        checks_of(emu, "service:web-1"))
+        app.stop()
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "critical", 10),
+                        checks_of(emu, "service:web-1"))
+
     def test_ttl_check(self):
         """TTL: passing while the app is up (kept alive past the TTL), failed
         with a note saying why when it is down, passing again after."""
@@ -343,6 +362,65 @@ class RegistrationTest(ConsulTestCase):
         self.assertTrue(sc.alive())
         self.assertGreaterEqual(len(emu.requests(path_prefix="/v1/agent/service/register")), 2)
 
+    def test_token_file_read_again_on_sighup(self):
+        emu = self.emulator(acl_token="root-secret", acl_default_policy="deny")
+        emu.add_acl_token("weak-secret", rules="read-only")       # no service:write on web
+        emu.add_acl_token("good-secret", rules="service:web")
+        app = self.peer("app")
+        pay = self.peer("pay")
+        emu.register_instance("pay", id="pay-1", port=pay.port, address="127.0.0.1")
+        d = tempfile.mkdtemp(prefix="sc-consul-token-")
+        tf = os.path.join(d, "token")
+        with open(tf, "w") as f:
+            f.write("weak-secret\n")
+        out = free_port()
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "token_file": tf, "check": "ttl"},
+                                 app_port=app.port, in_port=free_port(),
+                                 upstreams=[consul_upstream("pay", out)]))
+        r = emu.wait_for_request(path_prefix="/v1/agent/service/register", timeout=5)
+        self.assertEqual((header(r, "X-Consul-Token"), r["Status"]), ("weak-secret", 403))
+        self.assertTrue(wait_until(lambda: "Permission denied" in sc.log_text(), 5))
+
+        # an empty, then a missing file: one clear line each, the old token stays
+        with open(tf, "w") as f:
+            f.write("  \n")
+        sc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "keeping the ACL token in use" in sc.log_text(), 5))
+        self.assertIn("consul: SIGHUP: cannot use the token file %s (the file is empty); "
+                      "keeping the ACL token in use" % tf, sc.log_text())
+        os.unlink(tf)
+        sc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: sc.log_text().count("keeping the ACL token in use") == 2, 5))
+        self.assertIn("No such file or directory", sc.log_text())
+        seq = emu.requests()[-1]["Seq"]
+        self.assertTrue(wait_until(lambda: emu.requests(path_prefix="/v1/agent/service/register", since=seq), 10))
+        self.assertEqual(header(emu.requests(path_prefix="/v1/agent/service/register", since=seq)[0],
+                                "X-Consul-Token"), "weak-secret")
+        self.assertEqual(sc.clusters()["consul"]["registration"]["state"], "failed")
+
+        # the operator fixes the file and sends SIGHUP: the next requests succeed at once
+        with open(tf, "w") as f:
+            f.write("good-secret\n")
+        seq = emu.requests()[-1]["Seq"]
+        t0 = time.monotonic()
+        sc.send_signal(signal.SIGHUP)
+        rec = self.wait_register(emu, since=seq, timeout=5)
+        self.assertLess(time.monotonic() - t0, 3.0)   # not after the backoff
+        self.assertEqual(header(rec, "X-Consul-Token"), "good-secret")
+        self.assertIn("new ACL token from %s" % tf, sc.log_text())
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 5))
+        self.assertTrue(wait_until(lambda: sc.clusters()["consul"]["registration"]["state"] == "registered", 5))
+        later = [r for r in emu.requests() if r["Seq"] > rec["Seq"]]
+        self.assertTrue(later)
+        for r in later:
+            self.assertEqual(header(r, "X-Consul-Token"), "good-secret", r["Path"])
+        self.assertEqual(sc.clusters()["consul"]["token_reloads"], 1)
+        self.assertEqual(len(self.instances(sc, "pay")["instances"]), 1)
+        # the same token again: nothing changes
+        sc.send_signal(signal.SIGHUP)
+        self.assertTrue(wait_until(lambda: "ACL token in %s is unchanged" % tf in sc.log_text(), 5))
+        self.assertEqual(sc.clusters()["consul"]["token_reloads"], 1)
+
     def test_unix_socket(self):
         d = tempfile.mkdtemp(prefix="sc-consul-unix-")
         path = os.path.join(d, "consul.sock")
@@ -355,15 +433,15 @@ class RegistrationTest(ConsulTestCase):
         self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 5))
 
 
-def make_certs(d):
-    """A CA, a server certificate for 127.0.0.1 and a client certificate."""
+def make_certs(d, server_san="IP:127.0.0.1"):
+    """A CA, a server certificate for 127.0.0.1 (or server_san) and a client certificate."""
     def run(*a):
         r = harness.run(["openssl"] + list(a), timeout=30, cwd=d)
         if r.returncode != 0:
             raise AssertionError("openssl %s: %s" % (a[0], r.stderr.decode()))
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "1", "-subj", "/CN=test-ca")
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth"),
+    for name, ext in (("server", "subjectAltName=%s\nextendedKeyUsage=serverAuth" % server_san),
                       ("client", "extendedKeyUsage=clientAuth")):
         with open(os.path.join(d, name + ".ext"), "w") as f:
             f.write(ext + "\n")
@@ -376,13 +454,15 @@ class TlsFront:
     """TLS in front of the emulator (which speaks plain HTTP): requires a
     client certificate from the CA, then pipes bytes both ways."""
 
-    def __init__(self, backend_port, d):
+    def __init__(self, backend_port, d, client_cert=True):
         import ssl
         self.backend = backend_port
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(os.path.join(d, "server.pem"), os.path.join(d, "server.key"))
         self.ctx.load_verify_locations(os.path.join(d, "ca.pem"))
-        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.verify_mode = ssl.CERT_REQUIRED if client_cert else ssl.CERT_NONE
+        self.server_names = []        # SNI of each handshake (None: none sent)
+        self.ctx.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
         self.lsock = socket.socket()
         self.lsock.bind(("127.0.0.1", 0))
         self.lsock.listen(64)
@@ -474,6 +554,167 @@ class TlsTest(ConsulTestCase):
         self.assertTrue(wait_until(lambda: "registering service 'web'" in sc.log_text(), 5))
         self.assertIn("certificate", sc.clusters()["consul"]["registration"]["last_error"])
         self.assertEqual(emu.requests(path_prefix="/v1/agent/service/register"), [])
+
+
+CONSUL_DNS_NAME = "consul.agent.test"   # in the agent's certificate; does not resolve
+
+
+class TlsServerNameTest(ConsulTestCase):
+    """The agent's certificate names a DNS name, not the address dialled:
+    CONSUL_TLS_SERVER_NAME (or consul.tls_server_name) is the name verified
+    and sent in SNI while the connection still goes to CONSUL_HTTP_ADDR."""
+
+    def setUp(self):
+        if not harness.have_tool("openssl"):
+            raise unittest.SkipTest("openssl is not installed")
+        self.d = tempfile.mkdtemp(prefix="sc-consul-sni-")
+        make_certs(self.d, server_san="DNS:" + CONSUL_DNS_NAME)
+        self.emu = self.emulator()
+        self.front = TlsFront(self.emu.port, self.d, client_cert=False)
+        self.addCleanup(self.front.close)
+        self.app = self.peer("app")
+
+    def start(self, consul, env=None):
+        with mock.patch.dict(os.environ, env or {}):
+            return self.sidecar(config(free_port(), dict({"check": "ttl"}, **consul),
+                                       app_port=self.app.port, in_port=free_port()))
+
+    def test_name_mismatch_without_server_name(self):
+        sc = self.start({"address": "https://127.0.0.1:%d" % self.front.port,
+                         "ca_file": os.path.join(self.d, "ca.pem")})
+        self.assertTrue(wait_until(lambda: "registering service 'web'" in sc.log_text(), 5))
+        err = sc.clusters()["consul"]["registration"]["last_error"]
+        self.assertRegex(err, "certificate|SSL|127.0.0.1")
+        self.assertEqual(emu_requests(self.emu, "/v1/agent/service/register"), [])
+
+    def test_server_name_from_environment(self):
+        sc = self.start({}, env={"CONSUL_HTTP_ADDR": "https://127.0.0.1:%d" % self.front.port,
+                                 "CONSUL_CACERT": os.path.join(self.d, "ca.pem"),
+                                 "CONSUL_TLS_SERVER_NAME": CONSUL_DNS_NAME})
+        rec = self.wait_register(self.emu)
+        self.assertIn(CONSUL_DNS_NAME, self.front.server_names)
+        self.assertEqual(header(rec, "Host").split(":")[0], CONSUL_DNS_NAME)
+        self.assertTrue(wait_until(lambda: check_status(self.emu, "service:web-1") == "passing", 5))
+        cl = sc.clusters()["consul"]
+        self.assertEqual(cl["address"], "https://127.0.0.1:%d" % self.front.port)
+        self.assertEqual(cl["tls_server_name"], CONSUL_DNS_NAME)
+
+    def test_server_name_in_file_and_ca_path(self):
+        # CONSUL_CAPATH / consul.ca_path: a directory of CA certificates by subject hash
+        capath = os.path.join(self.d, "cas")
+        os.mkdir(capath)
+        with open(os.path.join(self.d, "ca.pem")) as f, open(os.path.join(capath, "consul-ca.pem"), "w") as g:
+            g.write(f.read())
+        r = harness.run(["openssl", "rehash", capath], timeout=30)
+        if r.returncode != 0:
+            r = harness.run(["c_rehash", capath], timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(any(n.endswith(".0") for n in os.listdir(capath)), os.listdir(capath))
+        sc = self.start({"address": "https://127.0.0.1:%d" % self.front.port, "ca_path": capath,
+                         "tls_server_name": CONSUL_DNS_NAME})
+        self.wait_register(self.emu)
+        self.assertTrue(wait_until(lambda: check_status(self.emu, "service:web-1") == "passing", 5))
+        self.assertIn(CONSUL_DNS_NAME, self.front.server_names)
+        self.assertEqual(sc.config_json()["consul"]["ca_path"], capath)
+
+    def test_ca_path_from_environment(self):
+        capath = os.path.join(self.d, "cas-env")
+        os.mkdir(capath)
+        with open(os.path.join(self.d, "ca.pem")) as f, open(os.path.join(capath, "ca.pem"), "w") as g:
+            g.write(f.read())
+        r = harness.run(["openssl", "rehash", capath], timeout=30)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.start({"address": "https://127.0.0.1:%d" % self.front.port},
+                   env={"CONSUL_CAPATH": capath, "CONSUL_TLS_SERVER_NAME": CONSUL_DNS_NAME})
+        self.wait_register(self.emu)
+        # an empty directory holds no CA: refused
+        empty = os.path.join(self.d, "cas-empty")
+        os.mkdir(empty)
+        since = self.emu.requests()[-1]["Seq"] if self.emu.requests() else 0
+        sc2 = self.sidecar(config(free_port(), {
+            "address": "https://127.0.0.1:%d" % self.front.port, "check": "ttl", "ca_path": empty,
+            "tls_server_name": CONSUL_DNS_NAME}, app_port=self.app.port, in_port=free_port(),
+            service={"name": "web2", "id": "web2-1", "address": "127.0.0.1"}))
+        self.assertTrue(wait_until(lambda: "registering service 'web2'" in sc2.log_text(), 5))
+        self.assertNotEqual(sc2.clusters()["consul"]["registration"]["state"], "registered")
+        self.assertEqual([r for r in self.emu.requests(path_prefix="/v1/agent/service/register", since=since)
+                          if "web2" in r["Body"]], [])
+
+
+def emu_requests(emu, prefix):
+    return emu.requests(path_prefix=prefix)
+
+
+class NamespaceTest(ConsulTestCase):
+    """CONSUL_NAMESPACE / CONSUL_PARTITION (consul.namespace / partition):
+    sent as ?ns= / &partition= on the requests Consul scopes, only when set."""
+
+    def run_sidecar(self, emu, consul, env=None):
+        app = self.peer("app")
+        pay = self.peer("pay")
+        out = free_port()
+        with mock.patch.dict(os.environ, env or {}):
+            sc = self.sidecar(config(free_port(), dict({"address": emu.address, "check": "ttl"}, **consul),
+                                     app_port=app.port, in_port=free_port(),
+                                     upstreams=[consul_upstream("pay", out)]))
+        return sc, pay, out
+
+    def test_namespace_and_partition_sent_when_set(self):
+        emu = self.emulator(enterprise=True)
+        pay_default = self.peer("pay-default")
+        emu.register_instance("pay", id="pay-default", port=pay_default.port, address="127.0.0.1")
+        sc, pay, out = self.run_sidecar(emu, {"namespace": "team-a"}, env={"CONSUL_PARTITION": "part-1"})
+        emu.register_instance("pay", id="pay-a", port=pay.port, address="127.0.0.1", namespace="team-a",
+                              partition="part-1")
+        rec = self.wait_register(emu)
+        self.assertEqual(rec["Args"].get("ns"), ["team-a"])
+        self.assertEqual(rec["Args"].get("partition"), ["part-1"])
+        svc = local_services(emu)["web-1"]
+        self.assertEqual((svc.get("Namespace"), svc.get("Partition")), ("team-a", "part-1"))
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 5))
+        # the watch sees only the namespace's instance
+        self.assertTrue(wait_until(lambda: [i["id"] for i in self.instances(sc, "pay")["instances"]]
+                                   == ["pay-a"], 5), self.instances(sc, "pay"))
+        self.assertEqual({p for _, p in get_many(out, 4)}, {"pay"})
+        by_path = {}
+        for r in emu.requests():
+            by_path.setdefault(r["Path"].split("/")[3] if r["Path"].count("/") >= 3 else r["Path"], []).append(r)
+        scoped = [r for r in emu.requests() if r["Path"].startswith(("/v1/agent/service/register",
+                                                                    "/v1/agent/check/", "/v1/health/service/",
+                                                                    "/v1/agent/service/"))]
+        self.assertTrue(any(r["Path"].startswith("/v1/agent/check/") for r in scoped))
+        self.assertTrue(any(r["Path"].startswith("/v1/health/service/") for r in scoped))
+        for r in scoped:
+            self.assertEqual((r["Args"].get("ns"), r["Args"].get("partition")), (["team-a"], ["part-1"]),
+                             r["Method"] + " " + r["Path"] + "?" + r["Query"])
+            self.assertEqual(r["Status"] in (200, None), True, r)
+        # deregistration at drain carries them too
+        self.assertEqual(sc.stop(timeout=15), 0)
+        d = emu.requests(path_prefix="/v1/agent/service/deregister/")
+        self.assertEqual(len(d), 1)
+        self.assertEqual((d[0]["Args"].get("ns"), d[0]["Status"]), (["team-a"], 200))
+
+    def test_never_sent_when_unset(self):
+        emu = self.emulator()           # the Community Edition: 400 to any ns
+        sc, pay, out = self.run_sidecar(emu, {}, env={"CONSUL_NAMESPACE": "", "CONSUL_PARTITION": ""})
+        emu.register_instance("pay", id="pay-1", port=pay.port, address="127.0.0.1")
+        self.wait_register(emu)
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 1, 5))
+        self.assertTrue(wait_until(lambda: check_status(emu, "service:web-1") == "passing", 5))
+        reqs = emu.requests()
+        self.assertTrue(reqs)
+        for r in reqs:
+            self.assertNotIn("ns", r["Args"], r["Path"])
+            self.assertNotIn("partition", r["Args"], r["Path"])
+            self.assertNotEqual(r["Status"], 400, r["Path"])
+
+    def test_community_edition_refuses_a_namespace(self):
+        emu = self.emulator()
+        app = self.peer("app")
+        sc = self.sidecar(config(free_port(), {"address": emu.address, "check": "ttl", "namespace": "default"},
+                                 app_port=app.port, in_port=free_port()))
+        self.assertTrue(wait_until(lambda: "Namespaces are a Consul Enterprise feature" in sc.log_text(), 5))
+        self.assertEqual(sc.clusters()["consul"]["namespace"], "default")
 
 
 class ResolutionTest(ConsulTestCase):

@@ -438,6 +438,55 @@ class HealthTest(EmulatorTest):
         self.assertEqual(len(json.loads(gzip.decompress(r.body))), 4)
 
 
+class EnterpriseTest(EmulatorTest):
+    emu_kwargs = {"enterprise": True}
+
+    def ids(self, path):
+        r = self.req("GET", path)
+        self.assertEqual(r.status, 200, r.text)
+        return sorted(e["Service"]["ID"] for e in r.json())
+
+    def test_community_edition_refuses_ns_and_partition(self):
+        self.emu.enterprise = False
+        for q, msg in (("ns=team-a", 'Invalid query parameter: "ns" - Namespaces are a Consul Enterprise feature'),
+                       ("partition=p1",
+                        'Invalid query parameter: "partition" - Partitions are a Consul Enterprise feature')):
+            r = self.register({"Name": "web"}, "?" + q)
+            self.assertEqual((r.status, r.text), (400, msg))
+        self.assertEqual(self.req("PUT", "/v1/agent/check/pass/x?ns=default").status, 400)
+        self.assertEqual(self.req("PUT", "/v1/agent/service/deregister/x?ns=a").status, 400)
+        self.assertEqual(self.req("GET", "/v1/agent/service/x?ns=a").status, 400)
+
+    def test_services_per_namespace(self):
+        self.assertEqual(self.register({"Name": "web", "ID": "web-a", "Port": 1,
+                                        "Check": {"CheckID": "c-a", "TTL": "30s"}}, "?ns=team-a").status, 200)
+        self.assertEqual(self.register({"Name": "web", "ID": "web-d", "Port": 2}).status, 200)
+        self.emu.register_instance("web", id="web-b", port=3, namespace="team-b")
+        self.emu.register_instance("web", id="web-a2", port=4, namespace="team-a", partition="p1")
+        self.assertEqual(self.ids("/v1/health/service/web"), ["web-d"])
+        self.assertEqual(self.ids("/v1/health/service/web?ns=default&partition=default"), ["web-d"])
+        self.assertEqual(self.ids("/v1/health/service/web?ns=team-a"), ["web-a"])
+        self.assertEqual(self.ids("/v1/health/service/web?ns=team-a&partition=p1"), ["web-a2"])
+        r = self.req("GET", "/v1/health/service/web", headers={"X-Consul-Namespace": "team-b"})
+        self.assertEqual([e["Service"]["ID"] for e in r.json()], ["web-b"])
+        svc = r.json()[0]["Service"]
+        self.assertEqual((svc["Namespace"], svc["Partition"]), ("team-b", "default"))
+        # agent endpoints on a service of another namespace: unknown
+        self.assertEqual(self.req("GET", "/v1/agent/service/web-a").status, 404)
+        r = self.req("GET", "/v1/agent/service/web-a?ns=team-a")
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.json()["Namespace"], "team-a")
+        self.assertEqual(self.req("PUT", "/v1/agent/check/pass/c-a").status, 404)
+        self.assertEqual(self.req("PUT", "/v1/agent/check/pass/c-a?ns=team-a").status, 200)
+        self.assertEqual(sorted(self.req("GET", "/v1/agent/services?ns=team-a").json()), ["web-a"])
+        self.assertEqual(self.req("PUT", "/v1/agent/service/deregister/web-a").status, 404)
+        self.assertEqual(self.req("PUT", "/v1/agent/service/deregister/web-a?ns=team-a").status, 200)
+        self.assertEqual(self.ids("/v1/health/service/web?ns=team-a"), [])
+        # the request log keeps what was asked
+        rec = self.emu.requests(path_prefix="/v1/agent/service/deregister/web-a")[-1]
+        self.assertEqual(rec["Args"]["ns"], ["team-a"])
+
+
 class BlockingTest(EmulatorTest):
     def blocking_get(self, path, timeout=15.0):
         out = {}

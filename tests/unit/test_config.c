@@ -85,7 +85,8 @@ static void clear_consul_env(void)
 {
     static const char *const vars[] = {
         "CONSUL_HTTP_ADDR", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_HTTP_SSL",
-        "CONSUL_HTTP_SSL_VERIFY", "CONSUL_CACERT", "CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY"};
+        "CONSUL_HTTP_SSL_VERIFY", "CONSUL_CACERT", "CONSUL_CLIENT_CERT", "CONSUL_CLIENT_KEY",
+        "CONSUL_CAPATH", "CONSUL_TLS_SERVER_NAME", "CONSUL_NAMESPACE", "CONSUL_PARTITION"};
     for (size_t i = 0; i < SC_ARRAY_LEN(vars); i++)
         unsetenv(vars[i]);
 }
@@ -823,6 +824,23 @@ static void test_bad_configs(void **state)
         {CFG_HEAD "consul: {cert_file: /c.pem}\n", 2, "consul.key_file", "both"},
         {CFG_HEAD "consul: {token: ''}\n", 2, "consul.token", "must not be empty"},
         {CFG_HEAD "consul: {check: grpc}\n", 2, "consul.check", "set health.grpc_listen"},
+        {CFG_HEAD "consul: {namespace: ''}\n", 2, "consul.namespace", "must not be empty"},
+        {CFG_HEAD "consul: {namespace: 'a/b'}\n", 2, "consul.namespace", "not a valid name"},
+        {CFG_HEAD "consul: {partition: 'p_1'}\n", 2, "consul.partition", "not a valid name"},
+        {CFG_HEAD "consul: {address: 'https://c:8501', tls_server_name: '[::1]'}\n", 2,
+         "consul.tls_server_name", "not a DNS name"},
+        {CFG_HEAD "consul: {address: 'http://c:8500', tls_server_name: c.example.org}\n", 2,
+         "consul.tls_server_name", "only for an https agent"},
+        {CFG_HEAD "consul: {address: 'unix:///s', ssl: true, tls_server_name: c.example.org}\n", 2,
+         "consul.tls_server_name", "only for an https agent"},
+        {CFG_HEAD "consul: {ca_path: ''}\n", 2, "consul.ca_path", "empty"},
+        {CFG_HEAD "consul: {namespace: [a]}\n", 2, "consul.namespace", "expected"},
+        {CFG_HEAD "consul: {check_http: 'ftp://h/x'}\n", 2, "consul.check_http", "not an http://"},
+        {CFG_HEAD "consul: {check_http: 'http://'}\n", 2, "consul.check_http", "not an http://"},
+        {CFG_HEAD "consul: {check_http: 'http:///ready'}\n", 2, "consul.check_http", "not an http://"},
+        {CFG_HEAD "consul: {check_http: 'http://h/a b'}\n", 2, "consul.check_http", "no spaces"},
+        {CFG_HEAD "consul: {check: ttl, check_http: 'http://h/ready'}\n", 2, "consul.check_http",
+         "only with check: http"},
         {CFG_HEAD "health: {app_probe: ping}\n", 2, "health.app_probe", "tcp, http or none"},
         {CFG_HEAD "inbound: {listen: 127.0.0.1:9001, app: 127.0.0.1:8080}\n"
                   "health: {app_probe: http}\n", 3, "health.app_path", "needs app_path"},
@@ -1183,6 +1201,64 @@ static void test_consul_env(void **state)
     assert_string_equal(cfg->consul.token, "s3cr3t-token");
     sc_config_free(cfg);
     sc_diags_free(&d);
+
+    /* consul.check_http: unset by default (the admin /ready), any http(s) URL */
+    cfg = load_ok(CFG_HEAD "consul: {check_http: 'https://10.0.0.5:8443/healthz?deep=1'}\n");
+    assert_string_equal(cfg->consul.check_http, "https://10.0.0.5:8443/healthz?deep=1");
+    sc_config_free(cfg);
+
+    /* CONSUL_CAPATH, CONSUL_TLS_SERVER_NAME, CONSUL_NAMESPACE, CONSUL_PARTITION */
+    cfg = load_ok(CFG_HEAD "consul: {}\n");
+    assert_null(cfg->consul.ca_path);
+    assert_null(cfg->consul.tls_server_name);
+    assert_null(cfg->consul.ns);
+    assert_null(cfg->consul.partition);
+    assert_null(cfg->consul.check_http);
+    sc_config_free(cfg);
+    setenv("CONSUL_HTTP_ADDR", "https://10.0.0.1:8501", 1);
+    setenv("CONSUL_CAPATH", "/etc/consul/cas", 1);
+    setenv("CONSUL_TLS_SERVER_NAME", "consul.service.internal", 1);
+    setenv("CONSUL_NAMESPACE", "team-a", 1);
+    setenv("CONSUL_PARTITION", "part1", 1);
+    cfg = load_ok(CFG_HEAD "consul: {}\n");
+    assert_string_equal(cfg->consul.ca_path, "/etc/consul/cas");
+    assert_string_equal(cfg->consul.tls_server_name, "consul.service.internal");
+    assert_string_equal(cfg->consul.ns, "team-a");
+    assert_string_equal(cfg->consul.partition, "part1");
+    json_t *jj = sc_config_to_json(cfg);
+    assert_string_equal(jget(jj, "consul.namespace"), "team-a");
+    assert_string_equal(jget(jj, "consul.partition"), "part1");
+    assert_string_equal(jget(jj, "consul.ca_path"), "/etc/consul/cas");
+    assert_string_equal(jget(jj, "consul.tls_server_name"), "consul.service.internal");
+    json_decref(jj);
+    sc_config_free(cfg);
+    /* the file wins; a relative ca_path is relative to the config's directory */
+    y = CFG_HEAD "consul: {ca_path: cas, tls_server_name: c.example.org, namespace: ns-1, "
+                 "partition: p-2}\n";
+    assert_int_equal(sc_config_load_string(y, strlen(y), "env.yaml", DATA "/good", &cfg, &d), 0);
+    assert_string_equal(cfg->consul.ca_path, DATA "/good/cas");
+    assert_string_equal(cfg->consul.tls_server_name, "c.example.org");
+    assert_string_equal(cfg->consul.ns, "ns-1");
+    assert_string_equal(cfg->consul.partition, "p-2");
+    sc_config_free(cfg);
+    sc_diags_free(&d);
+    /* CONSUL_TLS_SERVER_NAME means nothing for a plain agent: dropped */
+    setenv("CONSUL_HTTP_ADDR", "127.0.0.1:8500", 1);
+    cfg = load_ok(CFG_HEAD "consul: {}\n");
+    assert_null(cfg->consul.tls_server_name);
+    sc_config_free(cfg);
+    /* bad values from the environment */
+    setenv("CONSUL_HTTP_ADDR", "https://10.0.0.1:8501", 1);
+    setenv("CONSUL_TLS_SERVER_NAME", "10.0.0.1", 1);
+    setenv("CONSUL_NAMESPACE", "team a", 1);
+    setenv("CONSUL_PARTITION", "-p", 1);
+    y = CFG_HEAD "consul: {}\n";
+    assert_int_equal(sc_config_load_string(y, strlen(y), "env.yaml", NULL, &cfg, &d), -EINVAL);
+    expect_diag(&d, "env.yaml", 0, "consul.tls_server_name", "$CONSUL_TLS_SERVER_NAME");
+    expect_diag(&d, "env.yaml", 0, "consul.namespace", "$CONSUL_NAMESPACE");
+    expect_diag(&d, "env.yaml", 0, "consul.partition", "$CONSUL_PARTITION");
+    sc_diags_free(&d);
+    clear_consul_env();
 }
 
 /* ---- JSON ---- */

@@ -353,6 +353,88 @@ static void test_escape_and_path(void **st)
     assert_int_equal(sc_consul_health_path(p, sizeof(p), "", NULL, NULL, 0, 1000), -ENOSPC);
 }
 
+static void test_ent_query(void **st)
+{
+    (void)st;
+    char p[128];
+    snprintf(p, sizeof(p), "/v1/agent/service/register");
+    assert_int_equal(sc_consul_path_ent(p, sizeof(p), NULL, NULL), 26);
+    assert_string_equal(p, "/v1/agent/service/register");
+    assert_int_equal(sc_consul_path_ent(p, sizeof(p), "", ""), 26); /* empty = not configured */
+    assert_string_equal(p, "/v1/agent/service/register");
+    assert_true(sc_consul_path_ent(p, sizeof(p), "team-a", NULL) > 0);
+    assert_string_equal(p, "/v1/agent/service/register?ns=team-a");
+    snprintf(p, sizeof(p), "/v1/health/service/pay?passing&index=3&wait=5m");
+    sc_consul_path_ent(p, sizeof(p), "team a", "p1");
+    assert_string_equal(p, "/v1/health/service/pay?passing&index=3&wait=5m&ns=team%20a&partition=p1");
+    snprintf(p, sizeof(p), "/v1/agent/connect/ca/leaf/web");
+    sc_consul_path_ent(p, sizeof(p), NULL, "p1");
+    assert_string_equal(p, "/v1/agent/connect/ca/leaf/web?partition=p1");
+    snprintf(p, 20, "/v1/agent/x");
+    assert_int_equal(sc_consul_path_ent(p, 20, "a-long-namespace", NULL), -ENOSPC);
+    assert_string_equal(p, "/v1/agent/x"); /* unchanged */
+}
+
+static void test_target(void **st)
+{
+    (void)st;
+    sc_consul_target t;
+    assert_int_equal(sc_consul_target_make(NULL, false, NULL, &t), 0);
+    assert_string_equal(t.display, "http://127.0.0.1:8500");
+    assert_string_equal(t.url_base, "http://127.0.0.1:8500");
+    assert_string_equal(t.connect_to, "");
+    assert_null(t.unix_path);
+    /* a server name with plain http does not apply */
+    assert_int_equal(sc_consul_target_make("10.0.0.1:8500", false, "consul.example", &t), 0);
+    assert_string_equal(t.url_base, "http://10.0.0.1:8500");
+    assert_string_equal(t.connect_to, "");
+    /* ssl: true with host:port */
+    assert_int_equal(sc_consul_target_make("10.0.0.1:8501/", true, "consul.example", &t), 0);
+    assert_string_equal(t.display, "https://10.0.0.1:8501");
+    assert_string_equal(t.url_base, "https://consul.example:8501");
+    assert_string_equal(t.connect_to, "consul.example::10.0.0.1:");
+    /* https://, IPv6 literal kept in brackets for CONNECT_TO */
+    assert_int_equal(sc_consul_target_make("https://[::1]:8501", false, "consul.example", &t), 0);
+    assert_string_equal(t.display, "https://[::1]:8501");
+    assert_string_equal(t.url_base, "https://consul.example:8501");
+    assert_string_equal(t.connect_to, "consul.example::[::1]:");
+    /* no port: the URL's default port stays */
+    assert_int_equal(sc_consul_target_make("https://agent.local", false, "consul.example", &t), 0);
+    assert_string_equal(t.url_base, "https://consul.example");
+    assert_string_equal(t.connect_to, "consul.example::agent.local:");
+    assert_int_equal(sc_consul_target_make("https://[fe80::1]", false, "c.example", &t), 0);
+    assert_string_equal(t.connect_to, "c.example::[fe80::1]:");
+    /* without a server name nothing changes */
+    assert_int_equal(sc_consul_target_make("https://10.0.0.1:8501", false, NULL, &t), 0);
+    assert_string_equal(t.url_base, "https://10.0.0.1:8501");
+    assert_string_equal(t.connect_to, "");
+    /* unix:// never takes it */
+    assert_int_equal(sc_consul_target_make("unix:///run/consul.sock", true, "consul.example", &t), 0);
+    assert_string_equal(t.unix_path, "/run/consul.sock");
+    assert_string_equal(t.url_base, "http://localhost");
+    assert_string_equal(t.connect_to, "");
+    /* refused */
+    assert_int_equal(sc_consul_target_make("https://10.0.0.1", false, "::1", &t), -EINVAL);
+    assert_int_equal(sc_consul_target_make("https://", false, NULL, &t), -EINVAL);
+    assert_int_equal(sc_consul_target_make("unix://", false, NULL, &t), -EINVAL);
+    assert_int_equal(sc_consul_target_make("https://[::1:8501", false, "c.example", &t), -EINVAL);
+}
+
+static void test_token_trim(void **st)
+{
+    (void)st;
+    const char *t;
+    size_t n;
+    const char good[] = "  \tabc-123\r\n\n";
+    assert_int_equal(sc_consul_token_trim(good, sizeof(good) - 1, &t, &n), 0);
+    assert_int_equal(n, 7);
+    assert_memory_equal(t, "abc-123", 7);
+    assert_int_equal(sc_consul_token_trim(" \n\t\r\n", 5, &t, &n), -ENODATA);
+    assert_int_equal(sc_consul_token_trim("", 0, &t, &n), -ENODATA);
+    assert_int_equal(sc_consul_token_trim("a\nb\n", 4, &t, &n), -EINVAL);
+    assert_int_equal(sc_consul_token_trim("a\0b", 3, &t, &n), -EINVAL);
+}
+
 /* ---- pacing ---- */
 
 static void test_backoff(void **st)
@@ -727,6 +809,9 @@ int main(void)
         cmocka_unit_test(test_index_parse),
         cmocka_unit_test(test_index_next),
         cmocka_unit_test(test_escape_and_path),
+        cmocka_unit_test(test_ent_query),
+        cmocka_unit_test(test_target),
+        cmocka_unit_test(test_token_trim),
         cmocka_unit_test(test_backoff),
         cmocka_unit_test(test_bucket),
         cmocka_unit_test(test_registration_http),
