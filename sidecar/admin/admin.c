@@ -1,6 +1,7 @@
 #include "admin/admin.h"
 
 #include "core/log.h"
+#include "core/prom.h"
 #include "authz/authz.h"
 #include "discovery/app_health.h" /* consul + health (issue 4) */
 #include "discovery/consul.h"
@@ -85,11 +86,6 @@ static uint64_t sum_worker(const sidecar *sc, size_t off)
 #define RS_OFF(field) offsetof(sc_route_stats, field)
 #define WS_OFF(field) offsetof(sc_worker_stats, field)
 
-static void metric_head(FILE *f, const char *name, const char *type, const char *help)
-{
-    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
 char *sc_admin_render_stats(const sidecar *sc)
 {
     strbuf b = {0};
@@ -119,17 +115,17 @@ char *sc_admin_render_stats(const sidecar *sc)
         {"sidecar_upstream_bulkhead_rejections_total", "counter", "Calls refused by the bulkhead (full or queue timeout).", RS_OFF(bulkhead_rejections)},
     };
     for (size_t m = 0; m < SC_ARRAY_LEN(per_route); m++) {
-        metric_head(f, per_route[m].name, per_route[m].type, per_route[m].help);
+        sc_prom_head(f, per_route[m].name, per_route[m].type, per_route[m].help);
         for (size_t r = 0; r < sc->n_routes; r++)
             fprintf(f, "%s{upstream=\"%s\"} %llu\n", per_route[m].name, sc->routes[r].name,
                     (unsigned long long)sum_route(sc, r, per_route[m].off));
     }
-    metric_head(f, "sidecar_upstream_responses_total", "counter", "Responses by HTTP status class (0xx: no response).");
+    sc_prom_head(f, "sidecar_upstream_responses_total", "counter", "Responses by HTTP status class (0xx: no response).");
     for (size_t r = 0; r < sc->n_routes; r++)
         for (int k = 0; k < 6; k++)
             fprintf(f, "sidecar_upstream_responses_total{upstream=\"%s\",class=\"%dxx\"} %llu\n", sc->routes[r].name, k,
                     (unsigned long long)sum_route(sc, r, RS_OFF(responses) + (size_t)k * sizeof(sc_counter)));
-    metric_head(f, "sidecar_upstream_grpc_responses_total", "counter", "gRPC calls by grpc-status.");
+    sc_prom_head(f, "sidecar_upstream_grpc_responses_total", "counter", "gRPC calls by grpc-status.");
     for (size_t r = 0; r < sc->n_routes; r++)
         for (int k = 0; k <= SC_GRPC_STATUS_MAX; k++) {
             uint64_t v = sum_route(sc, r, RS_OFF(grpc) + (size_t)k * sizeof(sc_counter));
@@ -137,7 +133,7 @@ char *sc_admin_render_stats(const sidecar *sc)
                 fprintf(f, "sidecar_upstream_grpc_responses_total{upstream=\"%s\",grpc_status=\"%s\"} %llu\n",
                         sc->routes[r].name, sc_grpc_status_name(k), (unsigned long long)v);
         }
-    metric_head(f, "sidecar_upstream_request_duration_seconds", "histogram", "Time from request head to the end of the exchange.");
+    sc_prom_head(f, "sidecar_upstream_request_duration_seconds", "histogram", "Time from request head to the end of the exchange.");
     for (size_t r = 0; r < sc->n_routes; r++) {
         uint64_t cum = 0;
         for (int k = 0; k <= SC_LAT_BUCKETS; k++) {
@@ -154,11 +150,11 @@ char *sc_admin_render_stats(const sidecar *sc)
         fprintf(f, "sidecar_upstream_request_duration_seconds_count{upstream=\"%s\"} %llu\n", sc->routes[r].name,
                 (unsigned long long)cum);
     }
-    metric_head(f, "sidecar_downstream_connections_active", "gauge", "Open connections from callers.");
+    sc_prom_head(f, "sidecar_downstream_connections_active", "gauge", "Open connections from callers.");
     fprintf(f, "sidecar_downstream_connections_active %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(down_conns)));
-    metric_head(f, "sidecar_downstream_connections_total", "counter", "Connections accepted from callers.");
+    sc_prom_head(f, "sidecar_downstream_connections_total", "counter", "Connections accepted from callers.");
     fprintf(f, "sidecar_downstream_connections_total %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(down_conns_total)));
-    metric_head(f, "sidecar_streams_active", "gauge", "Requests in flight on all listeners.");
+    sc_prom_head(f, "sidecar_streams_active", "gauge", "Requests in flight on all listeners.");
     fprintf(f, "sidecar_streams_active %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(streams)));
     static const struct {
         const char *name, *help;
@@ -171,20 +167,20 @@ char *sc_admin_render_stats(const sidecar *sc)
         {"sidecar_inbound_authz_denied_total", "Inbound requests refused because the caller is not in tls.allow.", WS_OFF(authz_denied)},
     };
     for (size_t m = 0; m < SC_ARRAY_LEN(tls_m); m++) {
-        metric_head(f, tls_m[m].name, "counter", tls_m[m].help);
+        sc_prom_head(f, tls_m[m].name, "counter", tls_m[m].help);
         fprintf(f, "%s %llu\n", tls_m[m].name, (unsigned long long)sum_worker(sc, tls_m[m].off));
     }
-    metric_head(f, "sidecar_downstream_bad_requests_total", "counter", "Requests refused as malformed, by reason.");
+    sc_prom_head(f, "sidecar_downstream_bad_requests_total", "counter", "Requests refused as malformed, by reason.");
     for (int k = 0; k < SC_BAD_REQ_KINDS; k++)
         fprintf(f, "sidecar_downstream_bad_requests_total{reason=\"%s\"} %llu\n", sc_bad_req_names[k],
                 (unsigned long long)sum_worker(sc, WS_OFF(bad_requests) + (size_t)k * sizeof(sc_counter)));
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
         if (r == 0)
-            metric_head(f, "sidecar_upstream_instances", "gauge", "Instances known for the upstream.");
+            sc_prom_head(f, "sidecar_upstream_instances", "gauge", "Instances known for the upstream.");
         fprintf(f, "sidecar_upstream_instances{upstream=\"%s\"} %zu\n", sc->routes[r].name, e ? e->n : 0);
     }
-    metric_head(f, "sidecar_upstream_discovery_stale", "gauge", "1 when the instance list is last-known data.");
+    sc_prom_head(f, "sidecar_upstream_discovery_stale", "gauge", "1 when the instance list is last-known data.");
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
         fprintf(f, "sidecar_upstream_discovery_stale{upstream=\"%s\"} %d\n", sc->routes[r].name, e && e->stale);
@@ -193,11 +189,11 @@ char *sc_admin_render_stats(const sidecar *sc)
     sc_authz_render_stats(sc->authz, f);           /* tls.authorize: consul */
     sc_app_health_render_stats(sc->app_health, f);
     uint64_t now = sc_now_ms();
-    metric_head(f, "sidecar_upstream_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.");
+    sc_prom_head(f, "sidecar_upstream_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.");
     for (size_t r = 0; r < sc->n_routes; r++)
         fprintf(f, "sidecar_upstream_breaker_state{upstream=\"%s\"} %d\n", sc->routes[r].name,
                 (int)sc_breaker_state_now(&sc->routes[r].breaker));
-    metric_head(f, "sidecar_upstream_breaker_transitions_total", "counter", "Circuit breaker state changes by destination.");
+    sc_prom_head(f, "sidecar_upstream_breaker_transitions_total", "counter", "Circuit breaker state changes by destination.");
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_breaker_view v;
         sc_breaker_snapshot(&sc->routes[r].breaker, now, &v);
@@ -205,16 +201,16 @@ char *sc_admin_render_stats(const sidecar *sc)
         fprintf(f, "sidecar_upstream_breaker_transitions_total{upstream=\"%s\",to=\"half-open\"} %llu\n", sc->routes[r].name, (unsigned long long)v.to_half_open);
         fprintf(f, "sidecar_upstream_breaker_transitions_total{upstream=\"%s\",to=\"closed\"} %llu\n", sc->routes[r].name, (unsigned long long)v.to_closed);
     }
-    metric_head(f, "sidecar_upstream_bulkhead_active", "gauge", "Requests holding a bulkhead slot.");
-    metric_head(f, "sidecar_upstream_bulkhead_pending", "gauge", "Requests waiting in the bulkhead queue.");
+    sc_prom_head(f, "sidecar_upstream_bulkhead_active", "gauge", "Requests holding a bulkhead slot.");
+    sc_prom_head(f, "sidecar_upstream_bulkhead_pending", "gauge", "Requests waiting in the bulkhead queue.");
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_bulkhead_view v;
         sc_bulkhead_snapshot(&sc->routes[r].bulkhead, &v);
         fprintf(f, "sidecar_upstream_bulkhead_active{upstream=\"%s\"} %u\n", sc->routes[r].name, v.active);
         fprintf(f, "sidecar_upstream_bulkhead_pending{upstream=\"%s\"} %u\n", sc->routes[r].name, v.pending);
     }
-    metric_head(f, "sidecar_upstream_ejections_total", "counter", "Instances ejected by outlier detection.");
-    metric_head(f, "sidecar_upstream_instances_ejected", "gauge", "Instances ejected now.");
+    sc_prom_head(f, "sidecar_upstream_ejections_total", "counter", "Instances ejected by outlier detection.");
+    sc_prom_head(f, "sidecar_upstream_instances_ejected", "gauge", "Instances ejected now.");
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
         sc_outlier_view v;
@@ -222,7 +218,7 @@ char *sc_admin_render_stats(const sidecar *sc)
         fprintf(f, "sidecar_upstream_ejections_total{upstream=\"%s\"} %llu\n", sc->routes[r].name, (unsigned long long)v.ejections_total);
         fprintf(f, "sidecar_upstream_instances_ejected{upstream=\"%s\"} %u\n", sc->routes[r].name, v.ejected_now);
     }
-    metric_head(f, "sidecar_uptime_seconds", "gauge", "Seconds since start.");
+    sc_prom_head(f, "sidecar_uptime_seconds", "gauge", "Seconds since start.");
     fprintf(f, "sidecar_uptime_seconds %llu\n", (unsigned long long)((sc_now_ms() - sc->started_ms) / 1000));
     fclose(f);
     return b.p;

@@ -5,6 +5,7 @@
  */
 #include "authz/authz.h"
 
+#include "core/prom.h"
 #include "discovery/consul.h"
 #include "discovery/consul_json.h"
 #include "tls/tls.h"
@@ -338,20 +339,13 @@ void sc_authz_render_stats(sc_authz *a, FILE *f)
          WS(authz_cache_misses)},
     };
     for (size_t m = 0; m < SC_ARRAY_LEN(wm); m++)
-        fprintf(f, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", wm[m].name, wm[m].help, wm[m].name, wm[m].name,
-                (unsigned long long)sum_workers(sc, wm[m].off));
-    fprintf(f, "# HELP sidecar_inbound_authz_consul_lookups_total Authorize requests to Consul.\n"
-               "# TYPE sidecar_inbound_authz_consul_lookups_total counter\n"
-               "sidecar_inbound_authz_consul_lookups_total %llu\n",
-            (unsigned long long)v.lookups_total);
-    fprintf(f, "# HELP sidecar_inbound_authz_consul_errors_total Authorize requests Consul did not answer usefully.\n"
-               "# TYPE sidecar_inbound_authz_consul_errors_total counter\n"
-               "sidecar_inbound_authz_consul_errors_total %llu\n",
-            (unsigned long long)v.errors_total);
-    fprintf(f, "# HELP sidecar_inbound_authz_cache_entries Caller identities in the authorize cache.\n"
-               "# TYPE sidecar_inbound_authz_cache_entries gauge\nsidecar_inbound_authz_cache_entries %zu\n",
-            v.entries);
-    fprintf(f, "# HELP sidecar_inbound_authz_cache_stale_entries Identities whose answer is in use stale.\n"
-               "# TYPE sidecar_inbound_authz_cache_stale_entries gauge\nsidecar_inbound_authz_cache_stale_entries %zu\n",
-            v.stale);
+        sc_prom_u64(f, wm[m].name, "counter", wm[m].help, sum_workers(sc, wm[m].off));
+    sc_prom_u64(f, "sidecar_inbound_authz_consul_lookups_total", "counter",
+                "Authorize requests to Consul.", v.lookups_total);
+    sc_prom_u64(f, "sidecar_inbound_authz_consul_errors_total", "counter",
+                "Authorize requests Consul did not answer usefully.", v.errors_total);
+    sc_prom_u64(f, "sidecar_inbound_authz_cache_entries", "gauge",
+                "Caller identities in the authorize cache.", v.entries);
+    sc_prom_u64(f, "sidecar_inbound_authz_cache_stale_entries", "gauge",
+                "Identities whose answer is in use stale.", v.stale);
 }

@@ -4,6 +4,7 @@
 #include "discovery/app_health.h"
 
 #include "core/log.h"
+#include "core/prom.h"
 #include "tls/tls_runtime.h"
 
 #include <fcntl.h>
@@ -276,16 +277,10 @@ void sc_app_health_render_stats(const sc_app_health *h, FILE *f)
 {
     if (!h)
         return;
-    fprintf(f, "# HELP sidecar_app_healthy 1 when the last probes of the local app succeeded.\n"
-               "# TYPE sidecar_app_healthy gauge\nsidecar_app_healthy %d\n",
-            sc_app_health_is_up(h));
-    fprintf(f, "# HELP sidecar_app_probes_total Probes of the local app.\n"
-               "# TYPE sidecar_app_probes_total counter\nsidecar_app_probes_total %llu\n",
-            (unsigned long long)h->probes);
-    fprintf(f, "# HELP sidecar_app_probe_failures_total Failed probes of the local app.\n"
-               "# TYPE sidecar_app_probe_failures_total counter\n"
-               "sidecar_app_probe_failures_total %llu\n",
-            (unsigned long long)h->failures);
+    sc_prom_i64(f, "sidecar_app_healthy", "gauge",
+                "1 when the last probes of the local app succeeded.", sc_app_health_is_up(h));
+    sc_prom_u64(f, "sidecar_app_probes_total", "counter", "Probes of the local app.", h->probes);
+    sc_prom_u64(f, "sidecar_app_probe_failures_total", "counter", "Failed probes of the local app.", h->failures);
 }
 
 bool sc_health_ready(const sidecar *sc, char *why, size_t cap)

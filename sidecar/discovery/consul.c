@@ -12,6 +12,7 @@
 #include "discovery/consul.h"
 
 #include "core/log.h"
+#include "core/prom.h"
 #include "discovery/app_health.h"
 #include "discovery/consul_json.h"
 #include "tls/tls.h"
@@ -1496,28 +1497,23 @@ static void connect_render_stats(const sc_consul *c, FILE *f)
 {
     if (!c->connect)
         return;
-    fprintf(f, "# HELP sidecar_connect_ready 1 once a Connect leaf certificate is in use.\n"
-               "# TYPE sidecar_connect_ready gauge\nsidecar_connect_ready %d\n", c->cert_pem != NULL);
-    fprintf(f, "# HELP sidecar_connect_leaf_updates_total Connect leaf certificates put in use.\n"
-               "# TYPE sidecar_connect_leaf_updates_total counter\nsidecar_connect_leaf_updates_total %llu\n",
-            (unsigned long long)c->leaf_updates_total);
-    fprintf(f, "# HELP sidecar_connect_roots_updates_total Connect root sets put in use.\n"
-               "# TYPE sidecar_connect_roots_updates_total counter\nsidecar_connect_roots_updates_total %llu\n",
-            (unsigned long long)c->roots_updates_total);
-    fprintf(f, "# HELP sidecar_connect_errors_total Connect queries that failed and answers refused.\n"
-               "# TYPE sidecar_connect_errors_total counter\n"
-               "sidecar_connect_errors_total{what=\"leaf\"} %llu\nsidecar_connect_errors_total{what=\"roots\"} %llu\n",
+    sc_prom_i64(f, "sidecar_connect_ready", "gauge",
+                "1 once a Connect leaf certificate is in use.", c->cert_pem != NULL);
+    sc_prom_u64(f, "sidecar_connect_leaf_updates_total", "counter",
+                "Connect leaf certificates put in use.", c->leaf_updates_total);
+    sc_prom_u64(f, "sidecar_connect_roots_updates_total", "counter",
+                "Connect root sets put in use.", c->roots_updates_total);
+    sc_prom_head(f, "sidecar_connect_errors_total", "counter", "Connect queries that failed and answers refused.");
+    fprintf(f, "sidecar_connect_errors_total{what=\"leaf\"} %llu\nsidecar_connect_errors_total{what=\"roots\"} %llu\n",
             (unsigned long long)c->leaf_w.errors_total, (unsigned long long)c->roots_w.errors_total);
-    fprintf(f, "# HELP sidecar_connect_roots Trusted Connect roots.\n"
-               "# TYPE sidecar_connect_roots gauge\nsidecar_connect_roots %zu\n", c->n_roots);
-    fprintf(f, "# HELP sidecar_connect_leaf_pending 1 while a new leaf certificate waits (grace period, or roots "
-               "that vouch for it).\n# TYPE sidecar_connect_leaf_pending gauge\nsidecar_connect_leaf_pending %d\n",
-            c->new_cert != NULL);
+    sc_prom_u64(f, "sidecar_connect_roots", "gauge", "Trusted Connect roots.", c->n_roots);
+    sc_prom_i64(f, "sidecar_connect_leaf_pending", "gauge",
+                "1 while a new leaf certificate waits (grace period, or roots that vouch for it).",
+                c->new_cert != NULL);
     if (c->cert_pem)
-        fprintf(f, "# HELP sidecar_connect_leaf_expiry_seconds Seconds until the Connect leaf certificate in use "
-                   "expires (negative once expired).\n# TYPE sidecar_connect_leaf_expiry_seconds gauge\n"
-                   "sidecar_connect_leaf_expiry_seconds %lld\n",
-                (long long)(c->leaf_not_after - (int64_t)time(NULL)));
+        sc_prom_i64(f, "sidecar_connect_leaf_expiry_seconds", "gauge",
+                    "Seconds until the Connect leaf certificate in use expires (negative once expired).",
+                    (long long)(c->leaf_not_after - (int64_t)time(NULL)));
 }
 
 /* ---- start, stop ---- */
@@ -1994,37 +1990,22 @@ void sc_consul_render_stats(const sc_consul *c, FILE *f)
 {
     if (!c)
         return;
-    fprintf(f, "# HELP sidecar_consul_registered 1 when the local service is registered with the agent.\n"
-               "# TYPE sidecar_consul_registered gauge\nsidecar_consul_registered %d\n",
-            c->reg == REG_REGISTERED);
-    fprintf(f, "# HELP sidecar_consul_registration_state Registration state (1 for the current one).\n"
-               "# TYPE sidecar_consul_registration_state gauge\n");
+    sc_prom_i64(f, "sidecar_consul_registered", "gauge",
+                "1 when the local service is registered with the agent.", c->reg == REG_REGISTERED);
+    sc_prom_head(f, "sidecar_consul_registration_state", "gauge", "Registration state (1 for the current one).");
     for (size_t i = 0; i < SC_ARRAY_LEN(reg_state_names); i++)
         fprintf(f, "sidecar_consul_registration_state{state=\"%s\"} %d\n", reg_state_names[i],
                 (size_t)c->reg == i);
-    fprintf(f, "# HELP sidecar_consul_registrations_total Successful registrations.\n"
-               "# TYPE sidecar_consul_registrations_total counter\n"
-               "sidecar_consul_registrations_total %llu\n",
-            (unsigned long long)c->registrations_total);
-    fprintf(f, "# HELP sidecar_consul_registration_errors_total Failed registration attempts.\n"
-               "# TYPE sidecar_consul_registration_errors_total counter\n"
-               "sidecar_consul_registration_errors_total %llu\n",
-            (unsigned long long)c->reg_failures_total);
-    fprintf(f, "# HELP sidecar_consul_ttl_updates_total TTL check updates sent.\n"
-               "# TYPE sidecar_consul_ttl_updates_total counter\n"
-               "sidecar_consul_ttl_updates_total %llu\n",
-            (unsigned long long)c->ttl_updates_total);
-    fprintf(f, "# HELP sidecar_consul_ttl_errors_total TTL check updates that failed.\n"
-               "# TYPE sidecar_consul_ttl_errors_total counter\n"
-               "sidecar_consul_ttl_errors_total %llu\n",
-            (unsigned long long)c->ttl_failures_total);
-    fprintf(f, "# HELP sidecar_consul_requests_total Requests sent to the agent.\n"
-               "# TYPE sidecar_consul_requests_total counter\nsidecar_consul_requests_total %llu\n",
-            (unsigned long long)c->requests_total);
-    fprintf(f, "# HELP sidecar_consul_request_errors_total Requests to the agent that failed.\n"
-               "# TYPE sidecar_consul_request_errors_total counter\n"
-               "sidecar_consul_request_errors_total %llu\n",
-            (unsigned long long)c->request_errors_total);
+    sc_prom_u64(f, "sidecar_consul_registrations_total", "counter",
+                "Successful registrations.", c->registrations_total);
+    sc_prom_u64(f, "sidecar_consul_registration_errors_total", "counter",
+                "Failed registration attempts.", c->reg_failures_total);
+    sc_prom_u64(f, "sidecar_consul_ttl_updates_total", "counter", "TTL check updates sent.", c->ttl_updates_total);
+    sc_prom_u64(f, "sidecar_consul_ttl_errors_total", "counter",
+                "TTL check updates that failed.", c->ttl_failures_total);
+    sc_prom_u64(f, "sidecar_consul_requests_total", "counter", "Requests sent to the agent.", c->requests_total);
+    sc_prom_u64(f, "sidecar_consul_request_errors_total", "counter",
+                "Requests to the agent that failed.", c->request_errors_total);
     connect_render_stats(c, f);
     if (!c->n_watches)
         return;
@@ -2036,8 +2017,7 @@ void sc_consul_render_stats(const sc_consul *c, FILE *f)
         {"sidecar_consul_watch_last_success_timestamp_seconds", "gauge", "Unix time of the last good answer."},
     };
     for (size_t m = 0; m < SC_ARRAY_LEN(heads); m++) {
-        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", heads[m][0], heads[m][2], heads[m][0],
-                heads[m][1]);
+        sc_prom_head(f, heads[m][0], heads[m][1], heads[m][2]);
         for (size_t i = 0; i < c->n_watches; i++) {
             const watch *w = &c->watches[i];
             const sc_endpoints *cur = sc_endpoints_current(&w->route->endpoints);
