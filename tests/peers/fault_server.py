@@ -80,6 +80,8 @@ import time
 import urllib.parse
 from concurrent import futures
 
+from peer_common import PeerLifecycle, ThreadedHttpPeer, serve_until_interrupted
+
 try:
     import grpc
 except ImportError:          # the HTTP peer works without grpcio
@@ -343,7 +345,7 @@ class _FaultBase:
 # gRPC
 # ------------------------------------------------------------------------------
 
-class FaultGrpcServer(_FaultBase):
+class FaultGrpcServer(PeerLifecycle, _FaultBase):
     """gRPC (h2c) fault peer. Any method is served: a path ending in
     /ServerStream is server-streaming, everything else unary; the request
     bytes are echoed. /fault.Control/{Set,Stats,Reset,Release} take and
@@ -472,22 +474,11 @@ class FaultGrpcServer(_FaultBase):
         self._server.start()
         return self.port
 
-    @property
-    def address(self):
-        return "%s:%d" % (self.host if ":" not in self.host else "[%s]" % self.host, self.port)
-
     def stop(self, grace=0):
         self._stop.set()
         if self._server:
             self._server.stop(grace).wait(5)
             self._server = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *a):
-        self.stop()
 
 
 def grpc_code(n):
@@ -654,17 +645,7 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
 
-class _HttpServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 256
-
-    def handle_error(self, request, client_address):
-        pass
-
-
-class FaultHttpServer(_FaultBase):
+class FaultHttpServer(ThreadedHttpPeer, _FaultBase):
     """HTTP/1.1 fault peer (keep-alive, Content-Length and chunked request
     bodies). Any path is served; /_fault/{set,stats,reset,release} control it."""
 
@@ -682,14 +663,6 @@ class FaultHttpServer(_FaultBase):
             self.n_connections += 1
             self.max_open_connections = max(self.max_open_connections, len(self._conns))
 
-    def _conn_closed(self, sock):
-        with self._lock:
-            self._conns.discard(sock)
-
-    def open_connections(self):
-        with self._lock:
-            return len(self._conns)
-
     def _reset_counters(self):
         super()._reset_counters()
         with self._lock:
@@ -697,44 +670,12 @@ class FaultHttpServer(_FaultBase):
             self.max_open_connections = len(getattr(self, "_conns", ()))
 
     def start(self):
-        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        cls = type("_FaultHttpServer%s" % fam.name, (_HttpServer,), {"address_family": fam})
         self._stop.clear()
-        self._server = cls((self.host, self.port), _HttpHandler)
-        self._server.peer = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        name="fault-http-%s" % self.name, daemon=True)
-        self._thread.start()
-        return self.port
-
-    @property
-    def address(self):
-        return "%s:%d" % (self.host if ":" not in self.host else "[%s]" % self.host, self.port)
+        return self._serve(_HttpHandler, "fault-http-%s" % self.name)
 
     def stop(self):
         self._stop.set()
-        if not self._server:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(5)
-        self._server = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *a):
-        self.stop()
+        super().stop()
 
 
 def main():
@@ -756,12 +697,7 @@ def main():
         h = FaultHttpServer(a.name, a.host, a.http_port, ledger=ledger)
         print("http", h.start(), flush=True)
         servers.append(h)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        for s in servers:
-            s.stop()
+    serve_until_interrupted(servers)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ from concurrent import futures
 
 import grpc
 
+from peer_common import PeerLifecycle, serve_until_interrupted
+
 MAX_MSG = 64 * 1024 * 1024
 METHODS = ("Unary", "ServerStream", "ClientStream", "BidiStream")
 CODES = {c.value[0]: c for c in grpc.StatusCode}
@@ -188,7 +190,7 @@ class _Call:
         return False
 
 
-class EchoServer:
+class EchoServer(PeerLifecycle):
     def __init__(self, host="127.0.0.1", port=0, max_workers=64, max_msg=MAX_MSG, name="grpc"):
         self.host = host
         self.port = port
@@ -356,21 +358,10 @@ class EchoServer:
         self._server.start()
         return self.port
 
-    @property
-    def address(self):
-        return "%s:%d" % (self.host if ":" not in self.host else "[%s]" % self.host, self.port)
-
     def stop(self, grace=0):
         if self._server:
             self._server.stop(grace).wait(5)
             self._server = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *a):
-        self.stop()
 
 
 def main():
@@ -380,11 +371,7 @@ def main():
     a = ap.parse_args()
     s = EchoServer(a.host, a.port)
     print(s.start(), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        s.stop()
+    serve_until_interrupted([s])
 
 
 if __name__ == "__main__":

@@ -52,11 +52,12 @@ import http.server
 import json
 import random
 import socket
-import socketserver
 import sys
 import threading
 import time
 import urllib.parse
+
+from peer_common import ThreadedHttpPeer, serve_until_interrupted
 
 BLOCK = 1 << 20
 _BASE_BLOCK = random.Random(20240607).randbytes(BLOCK)
@@ -407,17 +408,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._simple(404, "no route %s\n" % path)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request, client_address):
-        pass   # a client going away mid-request is normal in these tests
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 256
-
-
-class Http1Peer:
+class Http1Peer(ThreadedHttpPeer):
     """An in-process HTTP/1.1 server on 127.0.0.1 (or `host`)."""
 
     def __init__(self, name="http1", host="127.0.0.1", port=0):
@@ -449,10 +440,6 @@ class Http1Peer:
             self._conns.add(sock)
             self.counters["connections"] += 1
 
-    def _conn_closed(self, sock):
-        with self._lock:
-            self._conns.discard(sock)
-
     def _begin(self, rec):
         with self._lock:
             self.records.append(rec)
@@ -476,10 +463,6 @@ class Http1Peer:
         r = self.requests(path)
         return r[-1] if r else None
 
-    def open_connections(self):
-        with self._lock:
-            return len(self._conns)
-
     def wait_for(self, pred, timeout=5.0, interval=0.01):
         """Polls pred() until true or timeout; returns its last value."""
         deadline = time.monotonic() + timeout
@@ -491,42 +474,7 @@ class Http1Peer:
 
     # lifecycle ----------------------------------------------------------------
     def start(self):
-        fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        server_cls = type("_Server%s" % fam.name, (_Server,), {"address_family": fam})
-        self._server = server_cls((self.host, self.port), _Handler)
-        self._server.peer = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        name="http1-peer-%s" % self.name, daemon=True)
-        self._thread.start()
-        return self.port
-
-    @property
-    def address(self):
-        return "%s:%d" % (self.host if ":" not in self.host else "[%s]" % self.host, self.port)
-
-    def stop(self):
-        if not self._server:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(5)
-        self._server = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *a):
-        self.stop()
+        return self._serve(_Handler, "http1-peer-%s" % self.name)
 
 
 def main():
@@ -537,11 +485,7 @@ def main():
     a = ap.parse_args()
     p = Http1Peer(a.name, a.host, a.port)
     print(p.start(), flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        p.stop()
+    serve_until_interrupted([p])
 
 
 if __name__ == "__main__":
