@@ -13,6 +13,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -1666,6 +1667,55 @@ sc_tls_ctx *sc_tls_watch_get(sc_tls_watch *w)
     return c;
 }
 
+/*
+ * Loads the material `o` names, builds a context from it and makes it the
+ * watch's current one, unless it is byte for byte the current material
+ * (0) or unusable: unreadable, inconsistent, or a certificate that is
+ * expired or not yet valid (-errno and err; the current one stays).
+ * `what` names the certificate in the error ("tls.cert <path>", "the new
+ * certificate (serial ...)"). Control thread: only it replaces cur, so
+ * reading cur here needs no lock. Returns 1 when the new material is in use.
+ */
+static int install(sc_tls_watch *w, const sc_tls_ctx_opts *o, const char *what, char *err, size_t errlen)
+{
+    blob cert, key, ca;
+    int rc = load_blobs(o, &cert, &key, &ca, err, errlen);
+    if (rc < 0)
+        return rc;
+    unsigned char digest[32];
+    digest_blobs((const blob *[]){&cert, &key, &ca}, 3, digest);
+    if (w->cur && memcmp(digest, w->cur->digest, sizeof(digest)) == 0) {
+        blob_free(&cert);
+        blob_free(&key);
+        blob_free(&ca);
+        return 0;
+    }
+    sc_tls_ctx *nc = build_ctx(o, &cert, &key, &ca, err, errlen);
+    blob_free(&cert);
+    blob_free(&key);
+    blob_free(&ca);
+    if (!nc)
+        return -EINVAL;
+    memcpy(nc->digest, digest, sizeof(digest));
+    if (nc->has_cert) {
+        int64_t t = (int64_t)time(NULL);
+        sc_tls_cert_state st = sc_tls_cert_check(&nc->cert, t, 0);
+        if (st == SC_TLS_CERT_EXPIRED || st == SC_TLS_CERT_NOT_YET_VALID) {
+            set_err(err, errlen, "%s: the new certificate is %s (valid %s to %s); keeping the current one",
+                    what ? what : "tls", sc_tls_cert_state_name(st), nc->cert.not_before_iso,
+                    nc->cert.not_after_iso);
+            sc_tls_ctx_unref(nc);
+            return -EINVAL;
+        }
+    }
+    pthread_mutex_lock(&w->mu);
+    sc_tls_ctx *old = w->cur;
+    w->cur = nc;
+    pthread_mutex_unlock(&w->mu);
+    sc_tls_ctx_unref(old);
+    return 1;
+}
+
 sc_tls_watch *sc_tls_watch_new_memory(sc_tls_role role, bool require_client_cert)
 {
     sc_tls_watch *w = calloc(1, sizeof(*w));
@@ -1692,43 +1742,7 @@ int sc_tls_watch_set_pem(sc_tls_watch *w, const char *cert_pem, const char *key_
     o.cert_pem = cert_pem;
     o.key_pem = key_pem;
     o.ca_pem = ca_pem;
-    blob cert, key, ca;
-    int rc = load_blobs(&o, &cert, &key, &ca, err, errlen);
-    if (rc < 0)
-        return rc;
-    unsigned char digest[32];
-    digest_blobs((const blob *[]){&cert, &key, &ca}, 3, digest);
-    /* Only the control thread replaces cur, so reading it here is safe. */
-    if (w->cur && memcmp(digest, w->cur->digest, sizeof(digest)) == 0) {
-        blob_free(&cert);
-        blob_free(&key);
-        blob_free(&ca);
-        return 0;
-    }
-    sc_tls_ctx *nc = build_ctx(&o, &cert, &key, &ca, err, errlen);
-    blob_free(&cert);
-    blob_free(&key);
-    blob_free(&ca);
-    if (!nc)
-        return -EINVAL;
-    memcpy(nc->digest, digest, sizeof(digest));
-    if (nc->has_cert) {
-        int64_t t = (int64_t)time(NULL);
-        sc_tls_cert_state st = sc_tls_cert_check(&nc->cert, t, 0);
-        if (st == SC_TLS_CERT_EXPIRED || st == SC_TLS_CERT_NOT_YET_VALID) {
-            set_err(err, errlen, "the new certificate (serial %s) is %s (valid %s to %s); "
-                    "keeping the current one", nc->cert.serial, sc_tls_cert_state_name(st),
-                    nc->cert.not_before_iso, nc->cert.not_after_iso);
-            sc_tls_ctx_unref(nc);
-            return -EINVAL;
-        }
-    }
-    pthread_mutex_lock(&w->mu);
-    sc_tls_ctx *old = w->cur;
-    w->cur = nc;
-    pthread_mutex_unlock(&w->mu);
-    sc_tls_ctx_unref(old);
-    return 1;
+    return install(w, &o, "the Connect leaf certificate", err, errlen);
 }
 
 int sc_tls_watch_check(sc_tls_watch *w, bool force, char *err, size_t errlen)
@@ -1744,43 +1758,9 @@ int sc_tls_watch_check(sc_tls_watch *w, bool force, char *err, size_t errlen)
         return 0;
     memcpy(w->seen, now_ids, sizeof(now_ids));
 
-    blob cert, key, ca;
-    int rc = load_blobs(&w->opts, &cert, &key, &ca, err, errlen);
-    if (rc < 0)
-        return rc;
-    unsigned char digest[32];
-    digest_blobs((const blob *[]){&cert, &key, &ca}, 3, digest);
-    /* Only the control thread replaces cur, so reading it here is safe. */
-    if (memcmp(digest, w->cur->digest, sizeof(digest)) == 0) {
-        blob_free(&cert);
-        blob_free(&key);
-        blob_free(&ca);
-        return 0;
-    }
-    sc_tls_ctx *nc = build_ctx(&w->opts, &cert, &key, &ca, err, errlen);
-    blob_free(&cert);
-    blob_free(&key);
-    blob_free(&ca);
-    if (!nc)
-        return -EINVAL;
-    memcpy(nc->digest, digest, sizeof(digest));
-    if (nc->has_cert) {
-        int64_t t = (int64_t)time(NULL);
-        sc_tls_cert_state st = sc_tls_cert_check(&nc->cert, t, 0);
-        if (st == SC_TLS_CERT_EXPIRED || st == SC_TLS_CERT_NOT_YET_VALID) {
-            set_err(err, errlen, "tls.cert %s: the new certificate is %s (valid %s to %s); "
-                    "keeping the current one", w->cert, sc_tls_cert_state_name(st),
-                    nc->cert.not_before_iso, nc->cert.not_after_iso);
-            sc_tls_ctx_unref(nc);
-            return -EINVAL;
-        }
-    }
-    pthread_mutex_lock(&w->mu);
-    sc_tls_ctx *old = w->cur;
-    w->cur = nc;
-    pthread_mutex_unlock(&w->mu);
-    sc_tls_ctx_unref(old);
-    return 1;
+    char what[PATH_MAX + 16];
+    snprintf(what, sizeof(what), "tls.cert %s", w->cert ? w->cert : "");
+    return install(w, &w->opts, what, err, errlen);
 }
 
 int sc_tls_identity_for_service(const char *ours, const char *dc, const char *service, char *out, size_t cap)
