@@ -337,6 +337,41 @@ class AuthorizeTest(AuthorizeTestCase):
         self.assertGreaterEqual(self.stat(api, "cache_misses_total"), 2)
         self.assertEqual(self.stat(api, "consul_lookups_total"), 1)
 
+    def test_resumed_session_is_asked_about_with_the_same_serial(self):
+        """A caller that resumes its TLS session sends no certificate; the
+        identity and serial must come from the session, unchanged."""
+        emu = self.emulator()
+        emu.set_intentions([{"SourceName": "web", "DestinationName": "api", "Action": "allow"}])
+        api = self.api(emu, ttl="1s")
+        ctx = tls_context("web")
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+
+        def exchange(session=None):
+            raw = socket.create_connection(("127.0.0.1", api.port), timeout=10)
+            s = ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session)
+            try:
+                s.sendall(b"GET /echo HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                return data.split(b" ", 2)[1], s.session, s.session_reused
+            finally:
+                s.close()
+
+        status, sess, reused = exchange()
+        self.assertEqual((status, reused), (b"200", False))
+        time.sleep(1.3)                          # the cached answer expires
+        status, _, reused = exchange(sess)
+        self.assertEqual((status, reused), (b"200", True), "the second connection did not resume")
+        looks = self.lookups(emu)
+        self.assertEqual(len(looks), 2, looks)
+        want = {"Target": "api", "ClientCertURI": WEB_ID, "ClientCertSerial": consul_serial("web")}
+        for lk in looks:
+            self.assertEqual({k: lk.get(k) for k in want}, want)
+
     def test_agent_down_stale_answer_and_unavailable_new_caller(self):
         emu = self.emulator()
         emu.set_intentions([{"SourceName": "web", "DestinationName": "api", "Action": "allow"},
