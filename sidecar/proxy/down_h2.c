@@ -194,9 +194,25 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
     return 0;
 }
 
+#define H2_RESET_BURST 1000
+#define H2_RESET_RATE 33
+
 static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
-    (void)user_data;
+    sc_down_conn *d = user_data;
+    if (frame->hd.type == NGHTTP2_GOAWAY && !d->goaway_sent &&
+        (frame->goaway.error_code == NGHTTP2_INTERNAL_ERROR || frame->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM)) {
+        /* Not ours (drain sends NO_ERROR): nghttp2 ended the session itself,
+         * which it does when the caller resets streams faster than the
+         * stream reset rate limit ("rapid reset", CVE-2023-44487). */
+        d->goaway_sent = true;
+        sc_conn *c = &d->super;
+        SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_H2_FLOOD]);
+        SC_WARN_LIMITED(&c->route->log_limit,
+                        "%s listener: HTTP/2 caller %s reset streams faster than %d/s (burst %d): GOAWAY, "
+                        "no new streams on this connection", c->route->name, c->peer_text, H2_RESET_RATE,
+                        H2_RESET_BURST);
+    }
     if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
         sc_stream *s = get_stream(session, frame->hd.stream_id);
@@ -328,12 +344,27 @@ void sc_down_h2_informational(sc_stream *s, int status, const nghttp2_nv *nv, si
     sc_conn_mark_dirty(&d->super);
 }
 
+/* nghttp2 refused the caller's bytes (rv < 0): counted and logged; the caller closes. */
+static void recv_failed(sc_conn *c, int rv)
+{
+    if (rv == NGHTTP2_ERR_FLOODED) {
+        /* It sent PING/SETTINGS (or frames we must answer) faster than it
+         * read our answers: nghttp2 stops queueing answers past its limit. */
+        SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_H2_FLOOD]);
+        SC_WARN_LIMITED(&c->route->log_limit,
+                        "%s listener: HTTP/2 flood from %s: control frames that need an answer come faster "
+                        "than it reads the answers; connection closed", c->route->name, c->peer_text);
+    } else {
+        SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_H2_PROTOCOL]);
+        SC_DEBUG("%s listener: HTTP/2 protocol error from %s: %s", c->route->name, c->peer_text, nghttp2_strerror(rv));
+    }
+}
+
 static void on_readable(sc_conn *c)
 {
     int rv = sc_h2_feed(c, SC_DOWN(c)->h2, 0);
     if (rv < 0) {
-        SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_H2_PROTOCOL]);
-        SC_DEBUG("%s listener: HTTP/2 protocol error from %s: %s", c->route->name, c->peer_text, nghttp2_strerror(rv));
+        recv_failed(c, rv);
         sc_conn_close(c, -EPROTO);
     }
 }
@@ -418,6 +449,12 @@ static void init_callbacks(void)
     nghttp2_session_callbacks_set_on_stream_close_callback(g_callbacks, on_stream_close);
     nghttp2_option_new(&g_option);
     nghttp2_option_set_no_auto_window_update(g_option, 1);
+    /* Callers' floods (nghttp2's defaults, spelled out): at most 1000 queued
+     * answers to PING/SETTINGS (else NGHTTP2_ERR_FLOODED), and stream resets
+     * by the caller limited to a burst of H2_RESET_BURST refilled at
+     * H2_RESET_RATE per second (else GOAWAY; see on_frame_send). */
+    nghttp2_option_set_max_outbound_ack(g_option, 1000);
+    nghttp2_option_set_stream_reset_rate_limit(g_option, H2_RESET_BURST, H2_RESET_RATE);
 }
 
 int sc_down_h2_upgrade(sc_conn *c)
@@ -441,8 +478,10 @@ int sc_down_h2_upgrade(sc_conn *c)
     if (sc_buf_len(&c->in)) {
         ssize_t rv = nghttp2_session_mem_recv(d->h2, (const uint8_t *)sc_buf_head(&c->in), sc_buf_len(&c->in));
         sc_buf_release(c->w, &c->in);
-        if (rv < 0)
+        if (rv < 0) {
+            recv_failed(c, (int)rv);   /* the bytes read before the switch to HTTP/2 */
             return -EPROTO;
+        }
     }
     sc_conn_mark_dirty(c);
     return 0;

@@ -6,7 +6,7 @@ const uint64_t sc_lat_bounds_us[SC_LAT_BUCKETS] = {
 
 const char *const sc_bad_req_names[SC_BAD_REQ_KINDS] = {
     "syntax", "header_too_large", "request_line_too_long", "unsupported", "bad_body",
-    "header_timeout", "h2_protocol",
+    "header_timeout", "h2_protocol", "h2_flood",
 };
 
 void sc_stats_observe_latency(sc_route_stats *rs, uint64_t us)

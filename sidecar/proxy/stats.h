@@ -30,6 +30,7 @@ typedef enum {
     SC_BAD_REQ_BODY,
     SC_BAD_REQ_HEADER_TIMEOUT,
     SC_BAD_REQ_H2_PROTOCOL,
+    SC_BAD_REQ_H2_FLOOD,        /* control frames or stream resets faster than allowed (nghttp2's limits) */
     SC_BAD_REQ_KINDS
 } sc_bad_req_kind;
 extern const char *const sc_bad_req_names[SC_BAD_REQ_KINDS];
