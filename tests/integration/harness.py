@@ -1010,6 +1010,16 @@ class SidecarTestCase(unittest.TestCase):
         return _start_http1_peer(cls, name, host)
 
     @classmethod
+    def class_fault_peer(cls, kind, name, ledger):
+        """A started fault peer (tests/peers/fault_server.py) of kind "grpc"
+        or "http", recording into `ledger`, stopped after the class."""
+        from fault_server import FaultGrpcServer, FaultHttpServer
+        s = (FaultGrpcServer if kind == "grpc" else FaultHttpServer)(name, ledger=ledger)
+        s.start()
+        cls.addClassCleanup(s.stop)
+        return s
+
+    @classmethod
     def class_grpc_peer(cls, name="grpc", **kw):
         return _start_grpc_peer(cls, name, **kw)
 

@@ -23,7 +23,7 @@ import unittest
 import harness
 from harness import SidecarTestCase, free_port
 from grpc_client import Echo
-from fault_server import FaultGrpcServer, FaultHttpServer, FaultLedger
+from fault_server import FaultLedger
 from fault_client import admin_post, breaker_state, breaker_view, http_call, unary
 
 OK, INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE = 0, 3, 5, 8, 14
@@ -50,17 +50,7 @@ class BreakerTest(SidecarTestCase):
     @classmethod
     def setUpClass(cls):
         cls.ledger = FaultLedger()
-        cls.inst = {}
-        for n in GRPC:
-            s = FaultGrpcServer(n, ledger=cls.ledger)
-            s.start()
-            cls.addClassCleanup(s.stop)
-            cls.inst[n] = s
-        for n in HTTP:
-            s = FaultHttpServer(n, ledger=cls.ledger)
-            s.start()
-            cls.addClassCleanup(s.stop)
-            cls.inst[n] = s
+        cls.inst = {n: cls.class_fault_peer("grpc" if n in GRPC else "http", n, cls.ledger) for n in GRPC + HTTP}
         cls.ports = {n: free_port() for n in GRPC + HTTP}
         cfg = {
             "brk-min": breaker(10, "30s"),

@@ -22,7 +22,7 @@ import unittest
 import harness
 from harness import RawConn, SidecarTestCase, free_port
 from grpc_client import Echo
-from fault_server import FaultGrpcServer, FaultHttpServer, FaultLedger
+from fault_server import FaultLedger
 from fault_client import http_call, percentile, unary, upstream_view
 
 OK, RESOURCE_EXHAUSTED = 0, 8
@@ -38,17 +38,7 @@ class BulkheadTest(SidecarTestCase):
     @classmethod
     def setUpClass(cls):
         cls.ledger = FaultLedger()
-        cls.inst = {}
-        for n in GRPC:
-            s = FaultGrpcServer(n, ledger=cls.ledger)
-            s.start()
-            cls.addClassCleanup(s.stop)
-            cls.inst[n] = s
-        for n in HTTP:
-            s = FaultHttpServer(n, ledger=cls.ledger)
-            s.start()
-            cls.addClassCleanup(s.stop)
-            cls.inst[n] = s
+        cls.inst = {n: cls.class_fault_peer("grpc" if n in GRPC else "http", n, cls.ledger) for n in GRPC + HTTP}
         cls.ports = {n: free_port() for n in GRPC + HTTP}
         bh = {
             "bh-a": {"max_concurrent": 4, "max_pending": 0},
@@ -62,9 +52,7 @@ class BulkheadTest(SidecarTestCase):
         ups = [harness.upstream(n, "grpc" if n in GRPC else "http1", cls.ports[n], [cls.inst[n].port],
                                 timeouts={"request": "30s"}, bulkhead=bh[n])
                for n in GRPC + HTTP]
-        cls.app = FaultHttpServer("app", ledger=cls.ledger)
-        cls.app.start()
-        cls.addClassCleanup(cls.app.stop)
+        cls.app = cls.class_fault_peer("http", "app", cls.ledger)
         cls.inbound_port = free_port()
         cfg = harness.base_config(free_port(), upstreams=ups, drain="2s",
                                   inbound={"listen_port": cls.inbound_port, "app_port": cls.app.port,

@@ -20,7 +20,7 @@ import unittest
 import harness
 from harness import SidecarTestCase, free_port
 from grpc_client import Echo
-from fault_server import FaultGrpcServer, FaultHttpServer, FaultLedger
+from fault_server import FaultLedger
 from fault_client import http_call, instance_view, unary, upstream_view
 
 OK = 0
@@ -38,17 +38,11 @@ def outlier(eject_for="30s", max_eject="5m", max_ejected="50%"):
 class OutlierTest(SidecarTestCase):
     @classmethod
     def grpc_inst(cls, name):
-        s = FaultGrpcServer(name, ledger=cls.ledger)
-        s.start()
-        cls.addClassCleanup(s.stop)
-        return s
+        return cls.class_fault_peer("grpc", name, cls.ledger)
 
     @classmethod
     def http_inst(cls, name):
-        s = FaultHttpServer(name, ledger=cls.ledger)
-        s.start()
-        cls.addClassCleanup(s.stop)
-        return s
+        return cls.class_fault_peer("http", name, cls.ledger)
 
     @classmethod
     def setUpClass(cls):

@@ -31,7 +31,7 @@ import grpc
 import harness
 from harness import SidecarTestCase, free_port
 from grpc_client import Echo
-from fault_server import FaultGrpcServer, FaultHttpServer, FaultLedger
+from fault_server import FaultLedger
 from fault_client import http_call, unary, unique_key, upstream_view
 
 OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND = 0, 1, 3, 4, 5
@@ -62,17 +62,11 @@ def _first_http_attempt_ok(v):
 class RetriesTest(SidecarTestCase):
     @classmethod
     def fault_grpc(cls, name):
-        s = FaultGrpcServer(name, ledger=cls.ledger)
-        s.start()
-        cls.addClassCleanup(s.stop)
-        return s
+        return cls.class_fault_peer("grpc", name, cls.ledger)
 
     @classmethod
     def fault_http(cls, name):
-        s = FaultHttpServer(name, ledger=cls.ledger)
-        s.start()
-        cls.addClassCleanup(s.stop)
-        return s
+        return cls.class_fault_peer("http", name, cls.ledger)
 
     @classmethod
     def setUpClass(cls):
