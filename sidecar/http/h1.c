@@ -943,6 +943,15 @@ int sc_h1_body_trailers(const sc_h1_body *b, sc_h1_header *out, size_t max)
 
 /* --------------------------------------------------------------- reason -- */
 
+size_t sc_h1_content_length_line(char *out, uint64_t n)
+{
+    memcpy(out, "content-length: ", 16);
+    size_t len = 16 + sc_fmt_u64(out + 16, n);
+    out[len++] = '\r';
+    out[len++] = '\n';
+    return len;
+}
+
 const char *sc_h1_reason(int status)
 {
     switch (status) {

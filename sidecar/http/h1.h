@@ -172,4 +172,8 @@ int sc_h1_body_trailers(const sc_h1_body *b, sc_h1_header *out, size_t max);
 /* Reason phrase for a status code ("OK", "Bad Gateway", ... "Unknown"). */
 const char *sc_h1_reason(int status);
 
+/* Writes "content-length: <n>\r\n" at out (at least 40 bytes), no
+ * terminator; returns its length. For the head writers of both sides. */
+size_t sc_h1_content_length_line(char *out, uint64_t n);
+
 #endif

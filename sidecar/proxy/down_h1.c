@@ -367,10 +367,7 @@ static int write_head(sc_conn *c, sc_stream *s)
     if (sc_conn_write(c, line, n) < 0 || write_headers(c, s->resp.hdrs, s->resp.n_hdrs) < 0)
         goto full;
     if (s->resp.content_length >= 0 && st != 204 && st >= 200) {
-        memcpy(line, "content-length: ", 16);
-        n = 16 + sc_fmt_u64(line + 16, (uint64_t)s->resp.content_length);
-        line[n++] = '\r';
-        line[n++] = '\n';
+        n = sc_h1_content_length_line(line, (uint64_t)s->resp.content_length);
         if (sc_conn_write(c, line, n) < 0)
             goto full;
     } else if (!no_body) {

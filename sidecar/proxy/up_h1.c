@@ -145,10 +145,7 @@ static int write_request_head(sc_conn *c, sc_stream *s)
             goto full;
     }
     if (m->content_length >= 0) {
-        memcpy(line, "content-length: ", 16);
-        size_t n = 16 + sc_fmt_u64(line + 16, (uint64_t)m->content_length);
-        line[n++] = '\r';
-        line[n++] = '\n';
+        size_t n = sc_h1_content_length_line(line, (uint64_t)m->content_length);
         if (put(c, line, n) < 0)
             goto full;
     } else if (!(s->reqp.eof && sc_buf_len(&s->reqp.buf) == 0 && s->reqp.n_trailers == 0)) {

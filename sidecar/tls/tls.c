@@ -657,6 +657,17 @@ static void digest_blobs(const blob *const *bs, size_t n, unsigned char out[32])
 
 /* ---- SSL_CTX callbacks ---- */
 
+/* Why verification failed at x's current certificate: "<reason> (depth N, <subject>)". */
+static void verify_error_text(X509_STORE_CTX *x, char *out, size_t cap)
+{
+    X509 *cert = X509_STORE_CTX_get_current_cert(x);
+    char subj[160] = "";
+    if (cert)
+        name_oneline(X509_get_subject_name(cert), subj, sizeof(subj));
+    snprintf(out, cap, "%s (depth %d, %s)", X509_verify_cert_error_string(X509_STORE_CTX_get_error(x)),
+             X509_STORE_CTX_get_error_depth(x), subj[0] ? subj : "no subject");
+}
+
 static int verify_cb(int ok, X509_STORE_CTX *x)
 {
     SSL *ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
@@ -667,13 +678,10 @@ static int verify_cb(int ok, X509_STORE_CTX *x)
     if (!ok) {
         conn_state *cs = conn_make(ssl, 0);
         if (cs && !cs->refused) {
-            char subj[160] = "";
-            if (cert)
-                name_oneline(X509_get_subject_name(cert), subj, sizeof(subj));
-            snprintf(cs->err, sizeof(cs->err), "%s certificate verify failed: %s (depth %d, %s)",
-                     SSL_is_server(ssl) ? "client" : "server",
-                     X509_verify_cert_error_string(X509_STORE_CTX_get_error(x)), depth,
-                     subj[0] ? subj : "no subject");
+            char why[300];
+            verify_error_text(x, why, sizeof(why));
+            snprintf(cs->err, sizeof(cs->err), "%s certificate verify failed: %s",
+                     SSL_is_server(ssl) ? "client" : "server", why);
             cs->refused = true;
         }
         return 0;
@@ -1055,8 +1063,10 @@ int sc_tls_chain_verify_pem(const char *cert_pem, const char *ca_pem, int64_t no
     if (rc < 0)
         return rc;
     rc = get_blob(ca_pem, NULL, "roots", &ab, err, errlen);
-    if (rc < 0)
+    if (rc < 0) {
+        blob_free(&cb);
         return rc;
+    }
     STACK_OF(X509) *chain = parse_certs(&cb, err, errlen);
     STACK_OF(X509) *roots = chain ? parse_certs(&ab, err, errlen) : NULL;
     X509_STORE *store = NULL;
@@ -1089,14 +1099,8 @@ int sc_tls_chain_verify_pem(const char *cert_pem, const char *ca_pem, int64_t no
         rc = 0;
         goto out;
     }
-    int depth = X509_STORE_CTX_get_error_depth(xs);
-    X509 *bad = X509_STORE_CTX_get_current_cert(xs);
-    char subj[160] = "";
-    if (bad)
-        name_oneline(X509_get_subject_name(bad), subj, sizeof(subj));
-    set_err(err, errlen, "%s (depth %d, %s)",
-            X509_verify_cert_error_string(X509_STORE_CTX_get_error(xs)), depth,
-            subj[0] ? subj : "no subject");
+    if (err && errlen)
+        verify_error_text(xs, err, errlen);
     rc = -EPERM;
 out:
     X509_STORE_CTX_free(xs);

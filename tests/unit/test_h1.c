@@ -1101,6 +1101,26 @@ static void test_hop_by_hop(void **state)
     assert_false(sc_h1_is_hop_by_hop("x-foo", 5, empty));
 }
 
+static void test_content_length_line(void **st)
+{
+    (void)st;
+    char line[40];
+    static const struct {
+        uint64_t n;
+        const char *want;
+    } cases[] = {
+        {0, "content-length: 0\r\n"},
+        {64, "content-length: 64\r\n"},
+        {1073741824u, "content-length: 1073741824\r\n"},
+        {UINT64_MAX, "content-length: 18446744073709551615\r\n"},
+    };
+    for (size_t i = 0; i < SC_ARRAY_LEN(cases); i++) {
+        size_t n = sc_h1_content_length_line(line, cases[i].n);
+        assert_int_equal(n, strlen(cases[i].want));
+        assert_memory_equal(line, cases[i].want, n);
+    }
+}
+
 static void test_reason(void **state)
 {
     (void)state;
@@ -1166,6 +1186,7 @@ int main(void)
         cmocka_unit_test(test_errors_early),
         cmocka_unit_test(test_hop_by_hop),
         cmocka_unit_test(test_reason),
+        cmocka_unit_test(test_content_length_line),
         cmocka_unit_test(test_all_bytes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
