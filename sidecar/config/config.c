@@ -313,7 +313,9 @@ static void parse_inbound(loader *L, const sc_ynode *m)
 static void parse_limits(loader *L, const sc_ynode *m)
 {
     static const char *const keys[] = {"max_header_bytes", "max_request_line", "stream_buffer",
-                                       "max_connections", "h2_max_concurrent_streams"};
+                                       "max_connections", "h2_max_concurrent_streams",
+                                       "header_underscores"};
+    static const char *const us_names[] = {"allow", "drop", "reject"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -329,6 +331,8 @@ static void parse_limits(loader *L, const sc_ynode *m)
                      &cfg->limits.max_connections);
     sc_config_rd_u32(c, f[4], "limits.h2_max_concurrent_streams", 1, 1000000,
                      &cfg->limits.h2_max_concurrent_streams);
+    sc_config_rd_enum(c, f[5], "limits.header_underscores", us_names, SC_ARRAY_LEN(us_names),
+                      &cfg->limits.header_underscores);
     if (a && b && cfg->limits.max_request_line > cfg->limits.max_header_bytes)
         sc_config_err(c, f[1] ? f[1] : f[0], f[1] ? "limits.max_request_line"
                                                    : "limits.max_header_bytes",

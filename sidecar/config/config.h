@@ -175,6 +175,7 @@ typedef struct sc_config {
         uint32_t stream_buffer;     /* per-direction per-stream buffer, default 65536 */
         uint32_t max_connections;   /* downstream connections per worker, default 10000 */
         uint32_t h2_max_concurrent_streams; /* advertised to clients, default 256 */
+        int header_underscores;     /* sc_hdr_underscores (http/hdr.h), default allow */
     } limits;
     sc_log_level log_level;         /* default info */
     struct {

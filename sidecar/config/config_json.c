@@ -182,13 +182,17 @@ json_t *sc_config_to_json(const sc_config *cfg)
     json_object_set_new(o, "drain_timeout", jdur(cfg->drain_timeout_ms));
     json_object_set_new(o, "policies", jstr(cfg->policies_dir));
     json_object_set_new(o, "limits",
-                        json_pack("{s:I, s:I, s:I, s:I, s:I}", "max_header_bytes",
+                        json_pack("{s:I, s:I, s:I, s:I, s:I, s:s}", "max_header_bytes",
                                   (json_int_t)cfg->limits.max_header_bytes, "max_request_line",
                                   (json_int_t)cfg->limits.max_request_line, "stream_buffer",
                                   (json_int_t)cfg->limits.stream_buffer, "max_connections",
                                   (json_int_t)cfg->limits.max_connections,
                                   "h2_max_concurrent_streams",
-                                  (json_int_t)cfg->limits.h2_max_concurrent_streams));
+                                  (json_int_t)cfg->limits.h2_max_concurrent_streams,
+                                  "header_underscores",
+                                  cfg->limits.header_underscores == 2   ? "reject"
+                                  : cfg->limits.header_underscores == 1 ? "drop"
+                                                                        : "allow"));
     json_object_set_new(o, "log",
                         json_pack("{s:s}", "level", sc_log_level_name(cfg->log_level)));
 

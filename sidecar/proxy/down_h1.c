@@ -540,8 +540,7 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
         }
         d->tls = true;
         c->ssl = ssl;
-        c->flags |= SC_CONN_F_TLS_HS;
-        c->io.events = EV_READ;
+        c->flags |= SC_CONN_F_TLS_HS; /* the handshake waits for the ClientHello: EV_READ, as sc_conn_init set it */
     }
     sc_list_push(&w->down_conns, &c->link);
     w->n_down_conns++;
