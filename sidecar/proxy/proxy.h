@@ -334,6 +334,7 @@ struct sc_worker {
     uint32_t n_down_conns;
     bool draining;
     bool stopping;
+    unsigned start_delay_ms;        /* $SIDECAR_TEST_WORKER_START_DELAY_MS: tests only */
     struct sc_tls_session_cache *tls_sessions; /* outbound TLS resumption */
     /* tls.authorize: consul; set up by sc_stream_authz_init before the thread runs */
     ev_async authz_wake;            /* the control thread: a lookup this worker waits for ended */

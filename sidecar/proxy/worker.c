@@ -689,9 +689,18 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
         w->listeners[i].data = w;
     }
     w->tls_sessions = sc_tls_session_cache_new(1024);
+    /* Armed here, before the thread exists: a drain or stop requested between
+     * pthread_create and the loop's first iteration (a SIGTERM right after
+     * /ready turned 200) is then kept as pending. Started later, on the
+     * worker's thread, ev_async_start would clear the request and the worker
+     * would never drain. */
     ev_async_init(&w->wakeup, wakeup_cb);
+    ev_async_start(w->loop, &w->wakeup);
     ev_init(&w->promote, promote_cb);
     w->promote.repeat = 0.005;
+    const char *delay = getenv("SIDECAR_TEST_WORKER_START_DELAY_MS");
+    if (delay)
+        w->start_delay_ms = (unsigned)strtoul(delay, NULL, 10) % 10000u;
     ev_prepare_init(&w->flush, flush_cb);
     ev_idle_init(&w->more, more_cb);
     ev_check_init(&w->check, check_cb);
@@ -708,9 +717,10 @@ static void *worker_main(void *arg)
     worker_priv priv;
     sc_list_init(&priv.graveyard);
     t_priv = &priv;
+    if (w->start_delay_ms) /* test hook: widens the window between thread start and loop start */
+        usleep((useconds_t)w->start_delay_ms * 1000u);
     for (size_t i = 0; i < w->sc->n_routes; i++)
         ev_io_start(w->loop, &w->listeners[i]);
-    ev_async_start(w->loop, &w->wakeup);
     ev_prepare_start(w->loop, &w->flush);
     ev_check_start(w->loop, &w->check);
     sc_epoch_enter(&w->epoch);

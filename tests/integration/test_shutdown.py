@@ -3,6 +3,7 @@ requests (HTTP/1.1 and gRPC, outbound and inbound) finish within
 drain_timeout, and exits with code 0. Each test runs its own sidecar.
 """
 
+import os
 import socket
 import threading
 import time
@@ -198,6 +199,22 @@ class ShutdownTest(SidecarTestCase):
         self.assertLess(time.monotonic() - t0, 1.5)
         self.assertFalse(harness.port_open(self.out_port))
         self.assertFalse(harness.port_open(self.in_port))
+
+    def test_sigterm_before_workers_run(self):
+        """A SIGTERM that arrives after /ready turned 200 but before a worker
+        thread reached its event loop is kept: the worker drains when it gets
+        there and the process exits. The test hook delays each worker's start
+        by 700 ms so the signal always lands in that window."""
+        os.environ["SIDECAR_TEST_WORKER_START_DELAY_MS"] = "700"
+        try:
+            sc = self.start(drain="2s")
+        finally:
+            del os.environ["SIDECAR_TEST_WORKER_START_DELAY_MS"]
+        t0 = time.monotonic()
+        sc.send_signal(15)
+        rc = self.wait_exit(sc, 6.0)
+        self.assertEqual(rc, 0, "exit code %s (None: still running after 6 s)\n%s" % (rc, sc.log_tail()))
+        self.assertLess(time.monotonic() - t0, 3.0)
 
 
 def sc_exit_lag(sc, last_done):
