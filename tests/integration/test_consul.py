@@ -338,7 +338,8 @@ class RegistrationTest(ConsulTestCase):
         r = emu.wait_for_request(path_prefix="/v1/agent/service/register", timeout=5)
         self.assertEqual(header(r, "X-Consul-Token"), "a-wrong-token")
         self.assertEqual(r["Status"], 403)
-        self.assertTrue(wait_until(lambda: "ACL not found" in sc.log_text(), 5))
+        # registration and the watch fail independently: wait for both lines
+        self.assertTrue(wait_until(lambda: sc.log_text().count("ACL not found") >= 2, 5), sc.log_text())
         log = sc.log_text()
         self.assertIn("registering service 'web' (id web-1) failed: HTTP 403: ACL not found", log)
         self.assertIn("check consul.token", log)
