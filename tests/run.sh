@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# The whole test suite: installs dependencies, builds the normal and the
-# ASan+UBSan configurations, runs every unit test, fuzz-corpus replay and
-# integration test under ctest. The last line is ctest's summary.
+# The whole test suite: installs dependencies, builds the normal, the
+# ASan+UBSan and the ThreadSanitizer configurations, runs every unit test,
+# fuzz-corpus replay and integration test under ctest in the first two, the
+# thread hand-off modules in the third. The last line is ctest's summary of
+# the normal build; the exit code covers all three.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install-deps.sh || exit 1
 jobs=$(nproc)
+# Under ThreadSanitizer: drain and stop hand-offs (shutdown), Consul answers
+# reaching workers (authorize), endpoint publication (consul), bulkhead slots
+# freed on one worker and taken on another (bulkhead).
+TSAN_TESTS='^integration\.(test_shutdown|test_authorize|test_consul|test_bulkhead)$'
 set -e
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs" 2>&1 | grep -vE '^\[ *[0-9]+%\]' || true
@@ -13,13 +19,21 @@ test -x build/sidecar
 CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DSC_SANITIZE=ON >/dev/null
 cmake --build build-asan -j"$jobs" 2>&1 | grep -vE '^\[ *[0-9]+%\]' || true
 set +e
-echo "== sanitizer build: unit tests and fuzz corpus replays (ASan+UBSan)"
-(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-   ctest --output-on-failure -E '^integration\.' --timeout 300)
+echo "== sanitizer build (ASan+UBSan): unit tests, fuzz corpus replays and every integration test against the sanitized binary"
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 SC_READY_TIMEOUT=30 \
+   ctest --output-on-failure --timeout 900)
 asan_rc=$?
 [ $asan_rc -ne 0 ] && echo "== sanitizer build had failures (see above); the run will fail"
+echo "== ThreadSanitizer build: the integration modules that exercise the threads' hand-offs"
+CC=clang cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSC_TSAN=ON -DBUILD_TESTING=ON >/dev/null
+cmake --build build-tsan -j"$jobs" --target sidecar 2>&1 | grep -vE '^\[ *[0-9]+%\]' || true
+(cd build-tsan && TSAN_OPTIONS="halt_on_error=1 exitcode=66 suppressions=$PWD/../tests/tsan.supp" SC_READY_TIMEOUT=30 \
+   ctest --output-on-failure --timeout 900 -R "$TSAN_TESTS")
+tsan_rc=$?
+[ $tsan_rc -ne 0 ] && echo "== ThreadSanitizer build had failures (see above); the run will fail"
 echo "== full suite: unit, fuzz replays, integration"
 (cd build && ctest --output-on-failure --timeout 600)
 rc=$?
 [ $rc -eq 0 ] && rc=$asan_rc
+[ $rc -eq 0 ] && rc=$tsan_rc
 exit $rc
