@@ -1,4 +1,5 @@
 #include "admin/admin.h"
+#include "admin/admin_http.h"
 
 #include "core/log.h"
 #include "core/prom.h"
@@ -21,6 +22,8 @@
 struct sc_admin {
     sidecar *sc;
     ev_io listener;
+    uint16_t port;                  /* of admin.listen */
+    const struct sockaddr *own_ip;  /* admin.listen when a specific non-loopback address, else NULL */
 };
 
 typedef struct admin_conn {
@@ -42,19 +45,27 @@ static void conn_free(struct ev_loop *loop, admin_conn *ac)
     free(ac);
 }
 
-static void respond(admin_conn *ac, int status, const char *ctype, const char *body)
+/* Builds the whole answer; `extra` is more header lines ("name: value\r\n"), or "". */
+static void respond_ex(admin_conn *ac, int status, const char *ctype, const char *extra, const char *body)
 {
     size_t blen = strlen(body);
-    char head[256];
+    char head[512];
     int hl = snprintf(head, sizeof(head),
-                      "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\nconnection: close\r\n\r\n", status,
-                      sc_h1_reason(status), ctype, blen);
+                      "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\n%sconnection: close\r\n\r\n",
+                      status, sc_h1_reason(status), ctype, blen, extra);
+    if (hl < 0 || (size_t)hl >= sizeof(head))
+        return;
     ac->resp = malloc((size_t)hl + blen);
     if (!ac->resp)
         return;
     memcpy(ac->resp, head, (size_t)hl);
     memcpy(ac->resp + hl, body, blen);
     ac->resp_len = (size_t)hl + blen;
+}
+
+static void respond(admin_conn *ac, int status, const char *ctype, const char *body)
+{
+    respond_ex(ac, status, ctype, "", body);
 }
 
 /* ---- /stats ---- */
@@ -338,38 +349,97 @@ static bool method_is(const sc_h1_head *h, const char *m)
     return h->method.len == strlen(m) && memcmp(h->method.p, m, h->method.len) == 0;
 }
 
-/* Value of query parameter `key` into out (no decoding: names and actions are plain). */
-static bool query_param(const sc_h1_head *h, const char *key, char *out, size_t cap)
+static sc_admin_hval hdr(const sc_h1_head *h, const char *name)
 {
-    const char *q = memchr(h->target.p, '?', h->target.len);
-    const char *end = h->target.p + h->target.len;
-    size_t kl = strlen(key);
-    while (q && q < end) {
-        q++;
-        const char *amp = memchr(q, '&', (size_t)(end - q));
-        const char *stop = amp ? amp : end;
-        if ((size_t)(stop - q) > kl && memcmp(q, key, kl) == 0 && q[kl] == '=') {
-            size_t n = (size_t)(stop - q) - kl - 1;
-            if (n >= cap)
-                return false;
-            memcpy(out, q + kl + 1, n);
-            out[n] = 0;
-            return true;
-        }
-        q = amp;
+    const sc_h1_header *x = sc_h1_find(h, name);
+    return x ? (sc_admin_hval){x->value.p, x->value.len} : (sc_admin_hval){NULL, 0};
+}
+
+/* Refusals are logged at most once a second: a web page can send many. */
+static sc_ratelimit refused_rl;
+
+static void refuse(admin_conn *ac, const sc_h1_head *h, int status, const char *extra, const char *why)
+{
+    SC_WARN_LIMITED(&refused_rl, "admin: refused %.*s %.*s (Host '%.*s'): %s", (int)SC_MIN(h->method.len, 16),
+                    h->method.p, (int)SC_MIN(h->target.len, 200), h->target.p, (int)SC_MIN(h->host.len, 100),
+                    h->host.p ? h->host.p : "", why);
+    char body[600];
+    snprintf(body, sizeof(body), "admin: %s\n", why);
+    respond_ex(ac, status, "text/plain", extra, body);
+}
+
+/*
+ * The checks every request passes before it is served (see admin.h): the
+ * Host names this endpoint, the token when one is set, and for anything but
+ * GET/HEAD the same-origin marker. GET /ready is exempt: orchestrator probes
+ * and Consul HTTP checks reach it by the pod or host address and cannot be
+ * given a secret without spreading it, and it tells no more than "ready".
+ * Returns false after building the refusal.
+ */
+static bool guard(admin_conn *ac, const sc_h1_head *h)
+{
+    const sc_admin *a = ac->admin;
+    const sc_config *cfg = a->sc->cfg;
+    if (method_is(h, "GET") && path_is(h, "/ready"))
+        return true;
+    if (!sc_admin_host_allowed(h->host.p, h->host.len, a->port, a->own_ip, cfg->admin.allowed_hosts,
+                               cfg->admin.n_allowed_hosts)) {
+        char why[300];
+        snprintf(why, sizeof(why),
+                 "the Host header does not name this admin endpoint (a DNS rebinding attempt?); use "
+                 "localhost:%u or 127.0.0.1:%u, or list the name in admin.allowed_hosts", a->port, a->port);
+        refuse(ac, h, 403, "", why);
+        return false;
     }
+    if (cfg->admin.token && !sc_admin_token_ok(hdr(h, "authorization"), cfg->admin.token)) {
+        refuse(ac, h, 401, "www-authenticate: Bearer realm=\"sidecar-admin\"\r\n",
+               "this admin endpoint needs 'Authorization: Bearer <the token in admin.token_file>'");
+        return false;
+    }
+    if (!method_is(h, "GET") && !method_is(h, "HEAD")) {
+        const char *why = sc_admin_csrf_problem(hdr(h, "host"), hdr(h, "origin"), hdr(h, "sec-fetch-site"),
+                                                hdr(h, "x-sidecar-admin"), hdr(h, "content-type"));
+        if (why) {
+            refuse(ac, h, 403, "", why);
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Parses the query into q and refuses (400) a malformed one or a parameter
+ * the endpoint does not take. */
+static bool query(admin_conn *ac, const sc_h1_head *h, sc_admin_query *q, const char *const *allowed, size_t n,
+                  const char *usage)
+{
+    const char *why = NULL;
+    char body[400];
+    if (sc_admin_query_parse(h->target.p, h->target.len, q, &why) < 0) {
+        snprintf(body, sizeof(body), "bad query: %s; %s\n", why, usage);
+    } else {
+        const char *u = sc_admin_query_unknown(q, allowed, n);
+        if (!u)
+            return true;
+        snprintf(body, sizeof(body), "unknown query parameter '%.64s'; %s\n", u, usage);
+    }
+    respond(ac, 400, "text/plain", body);
     return false;
 }
 
 static void handle_breaker(admin_conn *ac, const sc_h1_head *h)
 {
+    static const char usage[] = "use POST /breaker?upstream=NAME&action=open|close|release";
+    static const char *const params[] = {"upstream", "action"};
     sidecar *sc = ac->admin->sc;
-    char name[128], action[16];
+    sc_admin_query q;
     if (!method_is(h, "POST")) {
         respond(ac, 405, "text/plain", "use POST /breaker?upstream=NAME&action=open|close|release\n");
         return;
     }
-    if (!query_param(h, "upstream", name, sizeof(name)) || !query_param(h, "action", action, sizeof(action))) {
+    if (!query(ac, h, &q, params, SC_ARRAY_LEN(params), usage))
+        return;
+    const char *name = sc_admin_query_get(&q, "upstream"), *action = sc_admin_query_get(&q, "action");
+    if (!name || !action) {
         respond(ac, 400, "text/plain", "need upstream=NAME and action=open|close|release\n");
         return;
     }
@@ -396,10 +466,36 @@ static void handle_breaker(admin_conn *ac, const sc_h1_head *h)
     respond(ac, 404, "text/plain", "no such upstream\n");
 }
 
+static void handle_log(admin_conn *ac, const sc_h1_head *h)
+{
+    static const char usage[] = "use POST /log?level=debug|info|warn|error";
+    static const char *const params[] = {"level"};
+    if (!method_is(h, "POST")) {
+        char b[32];
+        snprintf(b, sizeof(b), "%s\n", sc_log_level_name(sc_log_get_level()));
+        respond(ac, 200, "text/plain", b);
+        return;
+    }
+    sc_admin_query q;
+    if (!query(ac, h, &q, params, SC_ARRAY_LEN(params), usage))
+        return;
+    const char *lvl = sc_admin_query_get(&q, "level");
+    sc_log_level l;
+    if (lvl && sc_log_level_parse(lvl, &l) == 0) {
+        sc_log_set_level(l);
+        SC_INFO("admin: log level set to %s", sc_log_level_name(l));
+        respond(ac, 200, "text/plain", "ok\n");
+    } else {
+        respond(ac, 400, "text/plain", "level must be one of debug, info, warn, error\n");
+    }
+}
+
 static void handle(admin_conn *ac, const sc_h1_head *h)
 {
     sidecar *sc = ac->admin->sc;
     char *body = NULL;
+    if (!guard(ac, h))
+        return;
     if (path_is(h, "/ready")) {
         char why[400]; /* consul + health (issue 4): starting, draining or the app is down */
         if (sc_health_ready(sc, why, sizeof(why) - 1)) {
@@ -420,31 +516,7 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
         json_decref(j);
         respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
     } else if (path_is(h, "/log")) {
-        const char *q = memchr(h->target.p, '?', h->target.len);
-        if (method_is(h, "POST") && q) {
-            char lvl[16] = {0};
-            const char *v = strstr(q, "level=");
-            if (v) {
-                v += 6;
-                size_t n = 0;
-                while (n < sizeof(lvl) - 1 && v + n < h->target.p + h->target.len && v[n] != '&') {
-                    lvl[n] = v[n];
-                    n++;
-                }
-            }
-            sc_log_level l;
-            if (sc_log_level_parse(lvl, &l) == 0) {
-                sc_log_set_level(l);
-                SC_INFO("admin: log level set to %s", sc_log_level_name(l));
-                respond(ac, 200, "text/plain", "ok\n");
-            } else {
-                respond(ac, 400, "text/plain", "level must be one of debug, info, warn, error\n");
-            }
-        } else {
-            char b[32];
-            snprintf(b, sizeof(b), "%s\n", sc_log_level_name(sc_log_get_level()));
-            respond(ac, 200, "text/plain", b);
-        }
+        handle_log(ac, h);
     } else if (path_is(h, "/drain")) {
         if (!method_is(h, "POST")) {
             respond(ac, 405, "text/plain", "use POST /drain\n");
@@ -461,7 +533,8 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
     } else if (path_is(h, "/")) {
         respond(ac, 200, "text/plain",
                 "sidecar admin\n  GET /ready\n  GET /stats\n  GET /clusters\n  GET /config\n"
-                "  GET /certs\n  GET /log, POST /log?level=LEVEL\n  POST /drain\n  POST /breaker?upstream=NAME&action=open|close|release\n");
+                "  GET /certs\n  GET /log, POST /log?level=LEVEL\n  POST /drain\n  POST /breaker?upstream=NAME&action=open|close|release\n"
+                "POST needs the header 'X-Sidecar-Admin: 1'\n");
     } else {
         respond(ac, 404, "text/plain", "not found; GET / lists the endpoints\n");
     }
@@ -552,6 +625,17 @@ int sc_admin_start(sidecar *sc, sc_admin **out, char *err, size_t errlen)
     }
     ev_io_init(&a->listener, accept_cb, fd, EV_READ);
     ev_io_start(sc->loop, &a->listener);
+    const sc_addr *la = &sc->cfg->admin.listen;
+    a->port = sc_addr_port(la);
+    if (!sc_addr_is_loopback(la)) {
+        if (!sc_addr_is_wildcard(la))
+            a->own_ip = (const struct sockaddr *)&la->ss;
+        SC_WARN("admin: listening on %s, which is not a loopback address (admin.allow_remote: true): "
+                "whoever reaches it can trip circuit breakers and drain this sidecar%s",
+                la->text,
+                sc->cfg->admin.token ? "; every request but GET /ready needs the bearer token of admin.token_file"
+                                     : ", and admin.token_file is not set: no token is asked for");
+    }
     *out = a;
     return 0;
 }

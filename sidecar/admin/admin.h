@@ -8,6 +8,16 @@
  *   POST /drain     begin a graceful drain (as SIGTERM does)
  * One request per connection (Connection: close); answers are built whole
  * (they are small) and written without blocking the control loop.
+ *
+ * Every request but GET /ready must name this endpoint in its Host (a
+ * loopback name or address with the admin port, the listener's own
+ * address, or admin.allowed_hosts: DNS rebinding) and, with
+ * admin.token_file, carry "Authorization: Bearer <token>" (401). Anything
+ * but GET/HEAD must also carry X-Sidecar-Admin (or Content-Type:
+ * application/json) and no foreign Origin (403): a web page cannot send
+ * that cross-site. GET /ready is exempt so orchestrator probes and Consul
+ * HTTP checks, which use the pod or host address, keep working; it changes
+ * nothing. The checks themselves are in admin_http.h.
  */
 #ifndef SC_ADMIN_H
 #define SC_ADMIN_H

@@ -5,6 +5,7 @@
  * prerequisites).
  */
 #include "config/config_internal.h"
+#include "admin/admin_http.h"
 #include "tls/tls.h"
 
 #include <arpa/inet.h>
@@ -264,6 +265,50 @@ static void parse_service(loader *L, const sc_ynode *m)
         cfg->service.meta[cfg->service.n_meta].value = v;
         cfg->service.n_meta++;
     }
+}
+
+static void read_secret_file(loader *L, const char *path, unsigned line, const char *field,
+                             const char *from_env, char **dst);
+
+/* Most admin.allowed_hosts entries. */
+#define ADMIN_MAX_ALLOWED_HOSTS 32
+
+static void parse_admin(loader *L, const sc_ynode *m)
+{
+    static const char *const keys[] = {"listen", "allow_remote", "allowed_hosts", "token_file"};
+    const sc_ynode *f[SC_ARRAY_LEN(keys)];
+    sc_cx *c = &L->c;
+    sc_config *cfg = L->cfg;
+    if (!FIELDS(c, m, "admin", keys, f))
+        return;
+    L->admin_line = f[0] ? f[0]->line : m->line;
+    bool listen_ok = sc_config_rd_addr(c, f[0], "admin.listen", false, &cfg->admin.listen);
+    sc_config_rd_bool(c, f[1], "admin.allow_remote", &cfg->admin.allow_remote);
+    if (listen_ok && f[0] && !cfg->admin.allow_remote && !sc_addr_is_loopback(&cfg->admin.listen))
+        sc_config_err(c, f[0], "admin.listen",
+                      "%s is not a loopback address; anyone who reaches the admin endpoint can "
+                      "trip circuit breakers and drain the sidecar. Keep it on 127.0.0.1, or "
+                      "set admin.allow_remote: true (and admin.token_file) to mean it",
+                      cfg->admin.listen.text);
+    if (sc_config_rd_str_list(c, f[2], "admin.allowed_hosts", &cfg->admin.allowed_hosts,
+                              &cfg->admin.n_allowed_hosts)) {
+        if (cfg->admin.n_allowed_hosts > ADMIN_MAX_ALLOWED_HOSTS)
+            sc_config_err(c, f[2], "admin.allowed_hosts", "too many entries (%zu, at most %d)",
+                          cfg->admin.n_allowed_hosts, ADMIN_MAX_ALLOWED_HOSTS);
+        for (size_t i = 0; i < cfg->admin.n_allowed_hosts; i++) {
+            const char *why = sc_admin_host_entry_problem(cfg->admin.allowed_hosts[i]);
+            if (why) {
+                char fp[64];
+                sc_config_path_idx(fp, sizeof(fp), "admin.allowed_hosts", i);
+                sc_config_err(c, f[2]->items[i], fp, "'%.64s': %s", cfg->admin.allowed_hosts[i],
+                              why);
+            }
+        }
+    }
+    if (sc_config_rd_path(c, f[3], "admin.token_file", &cfg->admin.token_file) &&
+        cfg->admin.token_file)
+        read_secret_file(L, cfg->admin.token_file, f[3]->line, "admin.token_file", NULL,
+                         &cfg->admin.token);
 }
 
 static void parse_inbound(loader *L, const sc_ynode *m)
@@ -765,16 +810,18 @@ static void env_bool(loader *L, bool *dst, bool set_in_file, const char *var, co
                            var, v);
 }
 
-static void read_token_file(loader *L, const char *from_env)
+/* Reads a one-line secret (a token) from `path` into *dst (replacing it);
+ * surrounding whitespace is dropped; an empty, multi-line or unreadable file
+ * is a problem reported at `line` under `field`. */
+static void read_secret_file(loader *L, const char *path, unsigned line, const char *field,
+                             const char *from_env, char **dst)
 {
-    sc_config *cfg = L->cfg;
     size_t len;
     int err;
-    char *buf = sc_config_read_file(cfg->consul.token_file, &len, &err);
+    char *buf = sc_config_read_file(path, &len, &err);
     if (!buf) {
-        sc_config_err_line(&L->c, L->token_file_line, "consul.token_file",
-                           "cannot read the token file %s%s: %s", cfg->consul.token_file,
-                           from_env ? " (from $CONSUL_HTTP_TOKEN_FILE)" : "", strerror(-err));
+        sc_config_err_line(&L->c, line, field, "cannot read the token file %s%s: %s", path,
+                           from_env ? from_env : "", strerror(-err));
         if (!L->io_err)
             L->io_err = err;
         return;
@@ -784,17 +831,21 @@ static void read_token_file(loader *L, const char *from_env)
         a++;
     while (b > a && strchr(" \t\r\n", buf[b - 1]) && buf[b - 1])
         b--;
-    free(cfg->consul.token);
-    cfg->consul.token = NULL;
+    free(*dst);
+    *dst = NULL;
     if (memchr(buf + a, 0, b - a) || memchr(buf + a, '\n', b - a))
-        sc_config_err_line(&L->c, L->token_file_line, "consul.token_file",
-                           "the token file %s holds more than one line", cfg->consul.token_file);
+        sc_config_err_line(&L->c, line, field, "the token file %s holds more than one line", path);
     else if (b > a)
-        cfg->consul.token = sc_xstrndup(buf + a, b - a);
+        *dst = sc_xstrndup(buf + a, b - a);
     else
-        sc_config_err_line(&L->c, L->token_file_line, "consul.token_file",
-                           "the token file %s is empty", cfg->consul.token_file);
+        sc_config_err_line(&L->c, line, field, "the token file %s is empty", path);
     free(buf);
+}
+
+static void read_token_file(loader *L, const char *from_env)
+{
+    read_secret_file(L, L->cfg->consul.token_file, L->token_file_line, "consul.token_file",
+                     from_env ? " (from $CONSUL_HTTP_TOKEN_FILE)" : NULL, &L->cfg->consul.token);
 }
 
 static void check_consul_address(loader *L, bool from_env)
@@ -930,37 +981,18 @@ static void apply_consul_env(loader *L)
 
 /* ---- checks across files ---- */
 
-static bool is_wildcard(const sc_addr *a)
-{
-    if (a->ss.ss_family == AF_INET)
-        return ((const struct sockaddr_in *)&a->ss)->sin_addr.s_addr == htonl(INADDR_ANY);
-    if (a->ss.ss_family == AF_INET6)
-        return memcmp(&((const struct sockaddr_in6 *)&a->ss)->sin6_addr, &in6addr_any,
-                      sizeof(in6addr_any)) == 0;
-    return false;
-}
-
-static uint16_t addr_port(const sc_addr *a)
-{
-    if (a->ss.ss_family == AF_INET)
-        return ntohs(((const struct sockaddr_in *)&a->ss)->sin_port);
-    if (a->ss.ss_family == AF_INET6)
-        return ntohs(((const struct sockaddr_in6 *)&a->ss)->sin6_port);
-    return 0;
-}
-
 static bool addr_conflict(const sc_addr *a, const sc_addr *b)
 {
-    if (!a->len || !b->len || addr_port(a) != addr_port(b))
+    if (!a->len || !b->len || sc_addr_port(a) != sc_addr_port(b))
         return false;
     if (a->ss.ss_family == b->ss.ss_family) {
-        if (is_wildcard(a) || is_wildcard(b))
+        if (sc_addr_is_wildcard(a) || sc_addr_is_wildcard(b))
             return true;
         return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
     }
     /* [::] is dual-stack on Linux by default and takes the IPv4 port too. */
-    return (a->ss.ss_family == AF_INET6 && is_wildcard(a)) ||
-           (b->ss.ss_family == AF_INET6 && is_wildcard(b));
+    return (a->ss.ss_family == AF_INET6 && sc_addr_is_wildcard(a)) ||
+           (b->ss.ss_family == AF_INET6 && sc_addr_is_wildcard(b));
 }
 
 typedef struct lst {
@@ -1085,14 +1117,8 @@ static void parse_config(loader *L, const sc_ynode *root)
         parse_service(L, f[0]);
     if (f[1])
         parse_inbound(L, f[1]);
-    if (f[2]) {
-        static const char *const ak[] = {"listen"};
-        const sc_ynode *af[1];
-        if (FIELDS(c, f[2], "admin", ak, af)) {
-            L->admin_line = af[0] ? af[0]->line : f[2]->line;
-            sc_config_rd_addr(c, af[0], "admin.listen", false, &cfg->admin.listen);
-        }
-    }
+    if (f[2])
+        parse_admin(L, f[2]);
     sc_config_rd_u32(c, f[3], "workers", 0, 1024, &cfg->workers);
     sc_config_rd_dur(c, f[4], "drain_timeout", 0, &cfg->drain_timeout_ms);
     if (f[5]) {
@@ -1225,6 +1251,9 @@ void sc_config_free(sc_config *cfg)
     }
     free(cfg->service.meta);
     free(cfg->policies_dir);
+    free_strv(cfg->admin.allowed_hosts, cfg->admin.n_allowed_hosts);
+    free(cfg->admin.token_file);
+    free(cfg->admin.token);
     free(cfg->consul.address);
     free(cfg->consul.token);
     free(cfg->consul.token_file);

@@ -34,6 +34,8 @@ const char *sc_proto_name(sc_proto p);
 typedef enum { SC_LB_ROUND_ROBIN = 0, SC_LB_LEAST_REQUEST, SC_LB_RANDOM } sc_lb_kind;
 const char *sc_lb_kind_name(sc_lb_kind k);
 
+typedef struct sc_kv { char *key; char *value; } sc_kv;
+
 /* All durations are milliseconds; 0 means "no limit" only where a comment says so. */
 typedef struct sc_timeouts {
     uint64_t connect_ms;      /* default 1000 */
@@ -91,7 +93,17 @@ typedef struct sc_breaker_policy {
     char *fallback_http_body;
     uint32_t fallback_grpc_status;
     char *fallback_grpc_message;
+    /* Extra headers of the fallback answer (fallback.http.headers) and the
+     * metadata of a gRPC one (fallback.grpc.metadata): names lower-case
+     * tokens, values without control characters, validated at load. A
+     * content-type among the HTTP headers replaces the default one. */
+    sc_kv *fallback_http_headers;
+    size_t n_fallback_http_headers;
+    sc_kv *fallback_grpc_metadata;
+    size_t n_fallback_grpc_metadata;
 } sc_breaker_policy;
+/* Most headers (or metadata entries) one fallback answer may carry. */
+#define SC_FALLBACK_MAX_HEADERS 16
 
 typedef struct sc_outlier_policy {
     bool enabled;
@@ -144,8 +156,6 @@ typedef struct sc_policy {
     } tls;
 } sc_policy;
 
-typedef struct sc_kv { char *key; char *value; } sc_kv;
-
 typedef struct sc_config {
     char *file;                     /* path of sidecar.yaml */
     struct {
@@ -164,7 +174,12 @@ typedef struct sc_config {
         uint32_t max_concurrent;    /* inbound bulkhead, 0 = unlimited */
     } inbound;
     struct {
-        sc_addr listen;             /* default 127.0.0.1:19000 */
+        sc_addr listen;             /* default 127.0.0.1:19000; loopback unless allow_remote */
+        bool allow_remote;          /* a non-loopback listen is an explicit choice */
+        char **allowed_hosts;       /* Host values accepted beyond loopback ones ("name[:port]") */
+        size_t n_allowed_hosts;
+        char *token_file;           /* NULL = no token */
+        char *token;                /* read from token_file at load: a secret, never printed */
     } admin;
     uint32_t workers;               /* 0 = number of cores */
     uint64_t drain_timeout_ms;      /* default 10000 */
@@ -282,6 +297,12 @@ int sc_addr_parse(const char *s, sc_addr *out, bool allow_hostname);
 /* Same; on failure *why (when not NULL) names the problem for a human.
  * Returns -EINVAL for bad syntax, -EHOSTUNREACH when a name does not resolve. */
 int sc_addr_parse_why(const char *s, sc_addr *out, bool allow_hostname, const char **why);
+/* True for 127.0.0.0/8, ::1 and ::ffff:127.0.0.0/104. */
+bool sc_addr_is_loopback(const sc_addr *a);
+/* True for 0.0.0.0 and [::]. */
+bool sc_addr_is_wildcard(const sc_addr *a);
+/* The port in host order (0 when unset). */
+uint16_t sc_addr_port(const sc_addr *a);
 /* Test and fuzzing hook: when false, hostnames are never looked up (they fail
  * with -EHOSTUNREACH) so loading a config never waits on DNS. Default true. */
 void sc_addr_set_dns_enabled(bool enabled);

@@ -52,6 +52,14 @@ static json_t *jtimeouts(const sc_timeouts *t, bool policy)
     return o;
 }
 
+static json_t *jkv(const sc_kv *v, size_t n)
+{
+    json_t *o = json_object();
+    for (size_t i = 0; i < n; i++)
+        json_object_set_new(o, v[i].key, json_string(v[i].value));
+    return o;
+}
+
 static json_t *jstrv(char *const *v, size_t n)
 {
     json_t *a = json_array();
@@ -129,11 +137,13 @@ json_t *sc_policy_to_json(const sc_policy *p)
         const char *gn = sc_grpc_status_name((int)cb->fallback_grpc_status);
         json_object_set_new(
             bj, "fallback",
-            json_pack("{s:{s:I, s:o}, s:{s:o, s:o}}", "http", "status",
+            json_pack("{s:{s:I, s:o, s:o}, s:{s:o, s:o, s:o}}", "http", "status",
                       (json_int_t)cb->fallback_http_status, "body",
-                      jstr(cb->fallback_http_body), "grpc", "status",
-                      gn ? json_string(gn) : json_integer(cb->fallback_grpc_status), "message",
-                      jstr(cb->fallback_grpc_message)));
+                      jstr(cb->fallback_http_body), "headers",
+                      jkv(cb->fallback_http_headers, cb->n_fallback_http_headers), "grpc",
+                      "status", gn ? json_string(gn) : json_integer(cb->fallback_grpc_status),
+                      "message", jstr(cb->fallback_grpc_message), "metadata",
+                      jkv(cb->fallback_grpc_metadata, cb->n_fallback_grpc_metadata)));
     } else {
         json_object_set_new(bj, "fallback", json_null());
     }
@@ -160,10 +170,7 @@ json_t *sc_config_to_json(const sc_config *cfg)
     json_object_set_new(svc, "id", jstr(cfg->service.id));
     json_object_set_new(svc, "address", jstr(cfg->service.address));
     json_object_set_new(svc, "tags", jstrv(cfg->service.tags, cfg->service.n_tags));
-    json_t *meta = json_object();
-    for (size_t i = 0; i < cfg->service.n_meta; i++)
-        json_object_set_new(meta, cfg->service.meta[i].key, json_string(cfg->service.meta[i].value));
-    json_object_set_new(svc, "meta", meta);
+    json_object_set_new(svc, "meta", jkv(cfg->service.meta, cfg->service.n_meta));
     json_object_set_new(o, "service", svc);
 
     if (cfg->inbound.enabled) {
@@ -177,7 +184,12 @@ json_t *sc_config_to_json(const sc_config *cfg)
     } else {
         json_object_set_new(o, "inbound", json_null());
     }
-    json_object_set_new(o, "admin", json_pack("{s:o}", "listen", jaddr(&cfg->admin.listen)));
+    json_object_set_new(o, "admin",
+                        json_pack("{s:o, s:b, s:o, s:o, s:o}", "listen", jaddr(&cfg->admin.listen),
+                                  "allow_remote", cfg->admin.allow_remote, "allowed_hosts",
+                                  jstrv(cfg->admin.allowed_hosts, cfg->admin.n_allowed_hosts),
+                                  "token", cfg->admin.token ? json_string("<set>") : json_null(),
+                                  "token_file", jstr(cfg->admin.token_file)));
     json_object_set_new(o, "workers", json_integer(cfg->workers));
     json_object_set_new(o, "drain_timeout", jdur(cfg->drain_timeout_ms));
     json_object_set_new(o, "policies", jstr(cfg->policies_dir));

@@ -5,6 +5,7 @@
  */
 #include "config/config_internal.h"
 #include "http/grpc.h"
+#include "http/h1.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +86,15 @@ void sc_config_policy_defaults(sc_policy *p)
     p->tls.mode = SC_TLS_OFF;
 }
 
+static void free_kv(sc_kv *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        free(v[i].key);
+        free(v[i].value);
+    }
+    free(v);
+}
+
 void sc_policy_clear(sc_policy *p)
 {
     if (!p)
@@ -97,6 +107,8 @@ void sc_policy_clear(sc_policy *p)
     free(p->consul.dc);
     free(p->breaker.fallback_http_body);
     free(p->breaker.fallback_grpc_message);
+    free_kv(p->breaker.fallback_http_headers, p->breaker.n_fallback_http_headers);
+    free_kv(p->breaker.fallback_grpc_metadata, p->breaker.n_fallback_grpc_metadata);
     free(p->tls.server_identity);
     free(p->tls.sni);
     memset(p, 0, sizeof(*p));
@@ -408,6 +420,89 @@ static void parse_bulkhead(sc_cx *c, const sc_ynode *m, const char *path, sc_pol
     }
 }
 
+/* Longest fallback header name and value. */
+#define FALLBACK_MAX_NAME 128
+#define FALLBACK_MAX_VALUE 1024
+
+/* Why a fallback header name cannot be used, or NULL. `lname` is lower-case. */
+static const char *fallback_name_problem(const char *lname, bool grpc)
+{
+    size_t n = strlen(lname);
+    if (lname[0] == ':')
+        return "is a pseudo-header; the sidecar sets those itself";
+    if (n > FALLBACK_MAX_NAME ||
+        strspn(lname, "abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~") != n)
+        return "is not a header name (1-128 letters, digits and !#$%&'*+-.^_`|~)";
+    if (sc_h1_is_hop_by_hop(lname, n, (sc_h1_str){NULL, 0}))
+        return "is a hop-by-hop header, which a response must not carry across a proxy";
+    if (!strcmp(lname, "content-length") || !strcmp(lname, "x-sidecar-reason"))
+        return "is set by the sidecar";
+    if (grpc && (!strcmp(lname, "content-type") || !strncmp(lname, "grpc-", 5)))
+        return "is reserved for gRPC (set status and message instead)";
+    return NULL;
+}
+
+/* fallback.http.headers / fallback.grpc.metadata: a mapping of name: value. */
+static void parse_fallback_headers(sc_cx *c, const sc_ynode *m, const char *field, bool grpc,
+                                   sc_kv **out, size_t *n_out)
+{
+    if (!m || sc_config_yaml_is_null(m) || m->kind == SC_YN_BAD)
+        return;
+    if (m->kind != SC_YN_MAP) {
+        sc_config_err(c, m, field, "expected a mapping of name: value");
+        return;
+    }
+    if (m->n / 2 > SC_FALLBACK_MAX_HEADERS) {
+        sc_config_err(c, m, field, "too many entries (%zu, at most %d)", m->n / 2,
+                      SC_FALLBACK_MAX_HEADERS);
+        return;
+    }
+    *out = sc_xcalloc(m->n / 2 + 1, sizeof(sc_kv));
+    for (size_t k = 0; k + 1 < m->n; k += 2) {
+        const sc_ynode *key = m->items[k], *val = m->items[k + 1];
+        if (key->kind != SC_YN_SCALAR)
+            continue;
+        char fp[320];
+        sc_config_path(fp, sizeof(fp), field, key->str);
+        char lname[FALLBACK_MAX_NAME + 2] = "";
+        size_t nl = SC_MIN(key->len, sizeof(lname) - 1);
+        for (size_t i = 0; i < nl; i++)
+            lname[i] = (char)(key->str[i] >= 'A' && key->str[i] <= 'Z' ? key->str[i] + 32 : key->str[i]);
+        lname[nl] = 0;
+        const char *why = key->len == 0 || strlen(key->str) != key->len ? "is not a header name"
+                                                                          : fallback_name_problem(lname, grpc);
+        if (why) {
+            sc_config_err(c, key, fp, "'%.64s' %s", key->str, why);
+            continue;
+        }
+        bool dup = false;
+        for (size_t j = 0; j < *n_out && !dup; j++)
+            if (!strcmp((*out)[j].key, lname)) {
+                sc_config_err(c, key, fp, "'%.64s' is given twice (names ignore case)", key->str);
+                dup = true;
+            }
+        char *v = NULL;
+        if (dup || !sc_config_rd_str(c, val, fp, true, &v))
+            continue;
+        size_t vl = strlen(v), bad = 0;
+        while (bad < vl && ((unsigned char)v[bad] >= 0x20 || v[bad] == '\t') && v[bad] != 0x7f)
+            bad++;
+        if (bad < vl || vl != val->len)
+            sc_config_err(c, val, fp, "the value contains a control character (CR, LF, NUL, ...)");
+        else if (vl > FALLBACK_MAX_VALUE)
+            sc_config_err(c, val, fp, "the value is longer than %d bytes", FALLBACK_MAX_VALUE);
+        else if (grpc && nl > 4 && !strcmp(lname + nl - 4, "-bin") &&
+                 strspn(v, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") != vl)
+            sc_config_err(c, val, fp, "a -bin metadata value must be base64");
+        else {
+            (*out)[*n_out] = (sc_kv){sc_xstrdup(lname), v};
+            (*n_out)++;
+            continue;
+        }
+        free(v);
+    }
+}
+
 static void parse_fallback(sc_cx *c, const sc_ynode *m, const char *path, sc_breaker_policy *b)
 {
     static const char *const keys[] = {"http", "grpc"};
@@ -417,7 +512,7 @@ static void parse_fallback(sc_cx *c, const sc_ynode *m, const char *path, sc_bre
     if (!FIELDS(c, m, path, keys, f))
         return;
     if (f[0]) {
-        static const char *const hk[] = {"status", "body"};
+        static const char *const hk[] = {"status", "body", "headers"};
         const sc_ynode *hf[SC_ARRAY_LEN(hk)];
         sc_config_path(sp, sizeof(sp), path, "http");
         if (FIELDS(c, f[0], sp, hk, hf)) {
@@ -425,10 +520,13 @@ static void parse_fallback(sc_cx *c, const sc_ynode *m, const char *path, sc_bre
             sc_config_rd_u32(c, hf[0], fp, 200, 599, &b->fallback_http_status);
             sc_config_path(fp, sizeof(fp), sp, "body");
             sc_config_rd_str(c, hf[1], fp, true, &b->fallback_http_body);
+            sc_config_path(fp, sizeof(fp), sp, "headers");
+            parse_fallback_headers(c, hf[2], fp, false, &b->fallback_http_headers,
+                                   &b->n_fallback_http_headers);
         }
     }
     if (f[1]) {
-        static const char *const gk[] = {"status", "message"};
+        static const char *const gk[] = {"status", "message", "metadata"};
         const sc_ynode *gf[SC_ARRAY_LEN(gk)];
         sc_config_path(sp, sizeof(sp), path, "grpc");
         if (FIELDS(c, f[1], sp, gk, gf)) {
@@ -448,6 +546,9 @@ static void parse_fallback(sc_cx *c, const sc_ynode *m, const char *path, sc_bre
             }
             sc_config_path(fp, sizeof(fp), sp, "message");
             sc_config_rd_str(c, gf[1], fp, true, &b->fallback_grpc_message);
+            sc_config_path(fp, sizeof(fp), sp, "metadata");
+            parse_fallback_headers(c, gf[2], fp, true, &b->fallback_grpc_metadata,
+                                   &b->n_fallback_grpc_metadata);
         }
     }
 }

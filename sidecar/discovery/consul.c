@@ -21,6 +21,8 @@
 #include <arpa/inet.h>
 #include "discovery/curl_api.h"
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <ifaddrs.h>
 #include <jansson.h>
@@ -30,6 +32,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -868,6 +871,94 @@ int sc_consul_deregister(sc_consul *c, void (*done)(void *arg), void *arg)
 
 /* ---- cache file ---- */
 
+/* fsync of the directory holding path, so the rename survives a crash;
+ * best effort (some file systems refuse it). */
+static void sync_parent_dir(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char dir[PATH_MAX];
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == path)
+        snprintf(dir, sizeof(dir), "/");
+    else if ((size_t)(slash - path) < sizeof(dir))
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - path), path);
+    else
+        return;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd);
+        close(fd);
+    }
+}
+
+int sc_consul_cache_save(const char *path, const char *doc, size_t len, char *err, size_t errlen)
+{
+    char tmp[PATH_MAX];
+    if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= sizeof(tmp)) {
+        snprintf(err, errlen, "%s: the path is too long", path);
+        return -ENAMETOOLONG;
+    }
+    struct stat st;
+    if (lstat(tmp, &st) == 0) {
+        if (S_ISLNK(st.st_mode)) {
+            snprintf(err, errlen,
+                     "%s is a symbolic link, which would redirect the write elsewhere; not "
+                     "writing (remove it if it is meant to be there)",
+                     tmp);
+            return -ELOOP;
+        }
+        if (!S_ISREG(st.st_mode)) {
+            snprintf(err, errlen, "%s exists and is not a regular file; not writing", tmp);
+            return -EEXIST;
+        }
+        /* Left by an interrupted write: remove it, then create anew below. */
+        if (unlink(tmp) < 0 && errno != ENOENT) {
+            int e = errno;
+            snprintf(err, errlen, "cannot remove the stale %s: %s", tmp, strerror(e));
+            return -e;
+        }
+    } else if (errno != ENOENT) {
+        int e = errno;
+        snprintf(err, errlen, "%s: %s", tmp, strerror(e));
+        return -e;
+    }
+    /* O_EXCL: a file or symlink that appears at tmp in the meantime makes
+     * this fail instead of being written through (O_NOFOLLOW as well). */
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int e = errno;
+        snprintf(err, errlen, "cannot create %s: %s%s", tmp, strerror(e),
+                 e == EEXIST ? " (it appeared while the stale one was removed: another writer?)" : "");
+        return -e;
+    }
+    size_t off = 0;
+    int e = 0;
+    while (off < len) {
+        ssize_t n = write(fd, doc + off, len - off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            e = n < 0 ? errno : EIO;
+            break;
+        }
+        off += (size_t)n;
+    }
+    if (!e && fsync(fd) < 0)
+        e = errno;
+    if (close(fd) < 0 && !e)
+        e = errno;
+    if (!e && rename(tmp, path) < 0)
+        e = errno;
+    if (e) {
+        unlink(tmp);
+        snprintf(err, errlen, "%s: %s", path, strerror(e));
+        return -e;
+    }
+    sync_parent_dir(path);
+    return 0;
+}
+
 static void cache_write(sc_consul *c)
 {
     const char *path = c->cfg->consul.cache_file;
@@ -891,24 +982,11 @@ static void cache_write(sc_consul *c)
     free(ents);
     if (!doc)
         return;
-    size_t pl = strlen(path) + 8;
-    char *tmp = malloc(pl);
-    if (!tmp) {
-        free(doc);
-        return;
-    }
-    snprintf(tmp, pl, "%s.tmp", path);
-    FILE *f = fopen(tmp, "w");
-    bool ok = f && fputs(doc, f) >= 0;
-    if (f && fclose(f) != 0)
-        ok = false;
-    if (ok && rename(tmp, path) == 0)
+    char why[600];
+    if (sc_consul_cache_save(path, doc, strlen(doc), why, sizeof(why)) == 0)
         SC_DEBUG("consul: saved the last known instances to %s", path);
-    else {
-        SC_WARN("consul: cannot write the cache file %s: %s", path, strerror(errno));
-        unlink(tmp);
-    }
-    free(tmp);
+    else
+        SC_WARN("consul: cannot write the cache file: %s", why);
     free(doc);
 }
 

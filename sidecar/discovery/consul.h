@@ -60,6 +60,16 @@ struct json_t;
  * loader refuses such values first). */
 int sc_consul_start(sidecar *sc, sc_consul **out);
 
+/*
+ * Writes the cache document to `path` atomically: into path.tmp, created new
+ * (O_CREAT|O_EXCL|O_NOFOLLOW, mode 0600) so that nothing planted there (a
+ * symbolic link to another file) can redirect the write, then fsync and
+ * rename over path. A regular path.tmp left by an interrupted write is
+ * removed first; a symbolic link or anything else there is refused. Returns 0,
+ * or -errno with err saying what and why.
+ */
+int sc_consul_cache_save(const char *path, const char *doc, size_t len, char *err, size_t errlen);
+
 /* Stops every request and timer, saves the cache file, frees. NULL is fine. */
 void sc_consul_stop(sc_consul *c);
 

@@ -396,6 +396,13 @@ static void up_cancel(sc_stream *s)
     s->flags |= SC_ST_F_UP_DONE;
 }
 
+/* A fallback's configured headers (validated at load: tokens, no CR/LF). */
+static void add_headers(sc_stream *s, sc_msg *m, const sc_kv *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        sc_msg_add(s, m, v[i].key, strlen(v[i].key), v[i].value, strlen(v[i].value));
+}
+
 /* Builds the sidecar's own answer into s->resp / s->respp. */
 static void local_reply(sc_stream *s, sc_fail why)
 {
@@ -436,6 +443,8 @@ static void local_reply(sc_stream *s, sc_fail why)
         sc_msg_add(s, m, "grpc-status", 11, code, strlen(code));
         sc_msg_add(s, m, "grpc-message", 12, enc, elen);
         sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
+        if (fallback)
+            add_headers(s, m, bp->fallback_grpc_metadata, bp->n_fallback_grpc_metadata);
         return;
     }
     const char *body = msg;
@@ -449,7 +458,10 @@ static void local_reply(sc_stream *s, sc_fail why)
         msg[n++] = '\n';
     }
     m->content_length = (int64_t)n;
-    sc_msg_add(s, m, "content-type", 12, "text/plain; charset=utf-8", 25);
+    if (fallback)
+        add_headers(s, m, bp->fallback_http_headers, bp->n_fallback_http_headers);
+    if (!sc_msg_find(m, "content-type")) /* a fallback may bring its own */
+        sc_msg_add(s, m, "content-type", 12, "text/plain; charset=utf-8", 25);
     sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
     if (!(s->flags & SC_ST_F_HEAD_REQ) && n &&
         sc_buf_reserve(s->w, &s->respp.buf, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)n)) == 0 &&

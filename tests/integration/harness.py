@@ -581,9 +581,15 @@ class Sidecar:
         h = "[%s]" % host if ":" in host else host
         return "http://%s:%d%s" % (h, port, path)
 
-    def admin(self, path, method="GET", timeout=5.0, data=None):
-        """(status, headers dict lower-case, body bytes) of an admin request."""
-        req = urllib.request.Request(self.admin_url(path), method=method, data=data)
+    # What the admin endpoint wants on every state-changing request: a header
+    # a web page cannot send cross-site without a CORS preflight.
+    ADMIN_MARKER = {"X-Sidecar-Admin": "1"}
+
+    def admin(self, path, method="GET", timeout=5.0, data=None, headers=None):
+        """(status, headers dict lower-case, body bytes) of an admin request.
+        `headers` replaces the default ADMIN_MARKER (pass {} to send none)."""
+        req = urllib.request.Request(self.admin_url(path), method=method, data=data,
+                                     headers=self.ADMIN_MARKER if headers is None else headers)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
             with opener.open(req, timeout=timeout) as r:

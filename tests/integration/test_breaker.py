@@ -59,11 +59,16 @@ class BreakerTest(SidecarTestCase):
             "brk-client": breaker(5, "30s"),
             "brk-force": breaker(5, "30s", 2),
             "brk-fb-g": breaker(5, "30s", fallback={"grpc": {"status": "resource-exhausted",
-                                                             "message": "brk-fb-g is resting"}}),
+                                                             "message": "brk-fb-g is resting",
+                                                             "metadata": {"X-Fallback": "brk-fb-g",
+                                                                          "retry-hint-bin": "AAEC"}}}),
             "brk-slow": breaker(5, "30s", slow_call={"duration": "100ms", "rate": "50%"}),
             "brk-consec": breaker(1000, "30s", consecutive_failures=3),
             "brk-h": breaker(5, "30s"),
-            "brk-fb-h": breaker(5, "30s", fallback={"http": {"status": 200, "body": "fallback body\n"}}),
+            "brk-fb-h": breaker(5, "30s", fallback={"http": {
+                "status": 200, "body": "fallback body\n",
+                "headers": {"Content-Type": "application/json", "X-Fallback": "brk-fb-h",
+                            "cache-control": "no-store, max-age=0"}}}),
         }
         ups = []
         for n in GRPC + HTTP:
@@ -338,6 +343,9 @@ class BreakerTest(SidecarTestCase):
         self.assertEqual((o.code, o.details), (RESOURCE_EXHAUSTED, "brk-fb-g is resting"), o)
         self.assertLess(o.elapsed, FAST_FAIL_S)
         self.assertEqual(self.inst[name].count(), 0)
+        # fallback.grpc.metadata: sent as response metadata (names lower-cased)
+        self.assertEqual(o.trailers.get("x-fallback"), "brk-fb-g", o)
+        self.assertEqual(o.trailers.get("retry-hint-bin"), "000102", o)    # bytes, shown as hex
 
     def test_fallback_http(self):
         name = "brk-fb-h"
@@ -347,6 +355,23 @@ class BreakerTest(SidecarTestCase):
         self.assertEqual((o.code, o.body), (200, b"fallback body\n"), o)
         self.assertIsNone(o.header("x-peer"))
         self.assertEqual(self.inst[name].count(), 0)
+        # fallback.http.headers: sent; a configured content-type replaces the default one
+        self.assertEqual(o.header("content-type"), "application/json", o)
+        self.assertEqual(o.header("x-fallback"), "brk-fb-h", o)
+        self.assertEqual(o.header("cache-control"), "no-store, max-age=0", o)
+        self.assertEqual(o.header("x-sidecar-reason"), "circuit-open", o)
+        r1 = harness.http_get(self.ports[name], "/x")
+        self.assertEqual(r1.header_all("content-type"), ["application/json"], r1.headers)
+        # and the same to an HTTP/2 caller
+        r = harness.curl("--http2-prior-knowledge", "-sS", "-D", "-", "-o", "/dev/null",
+                         "http://127.0.0.1:%d/x" % self.ports[name], timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        h2 = r.stdout.decode().lower()
+        self.assertRegex(h2, r"^http/2 200")
+        self.assertEqual(h2.count("content-type:"), 1, h2)
+        self.assertIn("content-type: application/json", h2)
+        self.assertIn("x-fallback: brk-fb-h", h2)
+        self.assertIn("cache-control: no-store, max-age=0", h2)
 
     # -- admin shape ----------------------------------------------------------------------------
     def test_clusters_breaker_shape(self):

@@ -902,6 +902,34 @@ class ResolutionTest(ConsulTestCase):
         self.assertFalse(self.instances(sc2, "pay")["consul"]["from_cache"])
 
 
+    def test_cache_file_tmp_symlink_not_followed(self):
+        """A symbolic link planted at <cache_file>.tmp does not redirect the
+        write: the sidecar refuses, says why, and the link's target is intact."""
+        emu = self.emulator()
+        emu.register_instance("pay", id="pay-a", port=self.a.port, address="127.0.0.1")
+        d = tempfile.mkdtemp(prefix="sc-consul-cache-")
+        cache = os.path.join(d, "instances.json")
+        victim = os.path.join(d, "victim")
+        with open(victim, "w") as f:
+            f.write("precious\n")
+        os.symlink(victim, cache + ".tmp")
+        cfg = config(free_port(), {"address": emu.address, "register_service": False,
+                                   "cache_file": cache},
+                     upstreams=[consul_upstream("pay", free_port())])
+        sc = self.sidecar(cfg)
+        self.assertTrue(wait_until(lambda: len(self.instances(sc, "pay")["instances"]) == 1, 5))
+        self.assertEqual(sc.stop(), 0)                     # the stop writes the cache
+        self.assertEqual(read_text(victim), "precious\n")
+        self.assertFalse(os.path.exists(cache))
+        self.assertIn("is a symbolic link", sc.log_text())
+        # once the link is gone the next run writes the file, mode 0600
+        os.unlink(cache + ".tmp")
+        sc2 = self.sidecar(cfg, name="second")
+        self.assertTrue(wait_until(lambda: len(self.instances(sc2, "pay")["instances"]) == 1, 5))
+        self.assertEqual(sc2.stop(), 0)
+        self.assertEqual(json.loads(read_text(cache))["upstreams"][0]["instances"][0]["id"], "pay-a")
+        self.assertEqual(os.stat(cache).st_mode & 0o777, 0o600)
+
 class GrpcHealthTest(ConsulTestCase):
     def setUp(self):
         try:

@@ -154,6 +154,7 @@ def breaker_state(sc, name):
 
 
 def admin_post(sc, path):
-    """(status, body) of POST path on the admin endpoint (empty body)."""
-    status, _, body = sc.admin(path, method="POST", data=b"")
+    """(status, body) of POST path on the admin endpoint (empty body, with the
+    X-Sidecar-Admin marker state-changing admin requests need)."""
+    status, _, body = sc.admin(path, method="POST", data=b"", headers={"X-Sidecar-Admin": "1"})
     return status, body

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config/config.h"
 #include "http/grpc.h"
@@ -642,6 +643,41 @@ static void test_bad_policies(void **state)
          "circuit_breaker.fallback.grpc.status", "not a gRPC status"},
         {POL_BASE "circuit_breaker:\n  fallback:\n    http: {status: 99}\n", 7,
          "circuit_breaker.fallback.http.status", "from 200 to 599"},
+#define FB_H POL_BASE "circuit_breaker:\n  fallback:\n    http:\n      headers:\n"
+#define FB_G POL_BASE "circuit_breaker:\n  fallback:\n    grpc:\n      metadata:\n"
+        {FB_H "        'bad name': x\n", 9, "circuit_breaker.fallback.http.headers.bad name",
+         "not a header name"},
+        {FB_H "        'x:y': x\n", 9, "circuit_breaker.fallback.http.headers.x:y", "not a header name"},
+        {FB_H "        ':status': '200'\n", 9, "circuit_breaker.fallback.http.headers.:status",
+         "pseudo-header"},
+        {FB_H "        Connection: close\n", 9, "circuit_breaker.fallback.http.headers.Connection",
+         "hop-by-hop"},
+        {FB_H "        transfer-encoding: chunked\n", 9,
+         "circuit_breaker.fallback.http.headers.transfer-encoding", "hop-by-hop"},
+        {FB_H "        Content-Length: '5'\n", 9,
+         "circuit_breaker.fallback.http.headers.Content-Length", "set by the sidecar"},
+        {FB_H "        x-a: \"1\\r\\nSet-Cookie: evil=1\"\n", 9, "circuit_breaker.fallback.http.headers.x-a",
+         "control character"},
+        {FB_H "        x-a: \"a\\nb\"\n", 9, "circuit_breaker.fallback.http.headers.x-a",
+         "control character"},
+        {FB_H "        x-a: \"a\\0b\"\n", 9, NULL, "NUL byte"},
+        {FB_H "        x-a: \"a\\x01b\"\n", 9, "circuit_breaker.fallback.http.headers.x-a",
+         "control character"},
+        {FB_H "        x-a: [1]\n", 9, "circuit_breaker.fallback.http.headers.x-a", "got a list"},
+        {FB_H "        X-A: 1\n        x-a: 2\n", 10, "circuit_breaker.fallback.http.headers.x-a",
+         "given twice"},
+        {POL_BASE "circuit_breaker:\n  fallback:\n    http:\n      headers: [x-a]\n", 8,
+         "circuit_breaker.fallback.http.headers", "expected a mapping"},
+        {POL_BASE "circuit_breaker:\n  fallback:\n    http:\n      headers: {a: 1, b: 1, c: 1, d: 1, "
+                  "e: 1, f: 1, g: 1, h: 1, i: 1, j: 1, k: 1, l: 1, m: 1, n: 1, o: 1, p: 1, q: 1}\n",
+         8, "circuit_breaker.fallback.http.headers", "too many entries (17, at most 16)"},
+        {FB_G "        grpc-status: '0'\n", 9, "circuit_breaker.fallback.grpc.metadata.grpc-status",
+         "reserved for gRPC"},
+        {FB_G "        content-type: text/plain\n", 9,
+         "circuit_breaker.fallback.grpc.metadata.content-type", "reserved for gRPC"},
+        {FB_G "        te: trailers\n", 9, "circuit_breaker.fallback.grpc.metadata.te", "hop-by-hop"},
+        {FB_G "        x-bin: 'not base64!'\n", 9, "circuit_breaker.fallback.grpc.metadata.x-bin",
+         "base64"},
         {POL_BASE "outlier: {max_ejected: 150%}\n", 5, "outlier.max_ejected", "percentage"},
         {POL_BASE "outlier: {eject_for: 10m, max_eject: 1m}\n", 5, "outlier.max_eject",
          "shorter than eject_for"},
@@ -799,6 +835,22 @@ static void test_bad_configs(void **state)
          5, "inbound.timeouts.per_try", "not retried"},
         {CFG_HEAD "admin: {listen: nowhere}\n", 2, "admin.listen", "bad address"},
         {CFG_HEAD "admin: {listen: 127.0.0.1:19000, port: 1}\n", 2, "admin.port", "unknown key"},
+        {CFG_HEAD "admin: {listen: '0.0.0.0:19000'}\n", 2, "admin.listen",
+         "not a loopback address"},
+        {CFG_HEAD "admin: {listen: '10.0.0.5:19000', allow_remote: false}\n", 2, "admin.listen",
+         "set admin.allow_remote: true"},
+        {CFG_HEAD "admin: {listen: '[::]:19000'}\n", 2, "admin.listen", "not a loopback address"},
+        {CFG_HEAD "admin: {allow_remote: yes}\n", 2, "admin.allow_remote", "true or false"},
+        {CFG_HEAD "admin: {allowed_hosts: admin.internal}\n", 2, "admin.allowed_hosts",
+         "expected a list"},
+        {CFG_HEAD "admin: {allowed_hosts: ['http://admin']}\n", 2, "admin.allowed_hosts[0]",
+         "expected name, name:port"},
+        {CFG_HEAD "admin: {allowed_hosts: [ok.example, 'a b']}\n", 2, "admin.allowed_hosts[1]",
+         "not a host name"},
+        {CFG_HEAD "admin: {allowed_hosts: ['admin:0']}\n", 2, "admin.allowed_hosts[0]",
+         "port 1..65535"},
+        {CFG_HEAD "admin: {token_file: /nonexistent/admin-token}\n", 2, "admin.token_file",
+         "cannot read the token file /nonexistent/admin-token"},
         {CFG_HEAD "workers: many\n", 2, "workers", "whole number from 0 to 1024"},
         {CFG_HEAD "workers: 2000\n", 2, "workers", "from 0 to 1024"},
         {CFG_HEAD "drain_timeout: 10\n", 2, "drain_timeout", "needs a unit"},
@@ -1348,6 +1400,103 @@ static void test_to_json(void **state)
     sc_config_free(cfg);
 }
 
+/* fallback.http.headers and fallback.grpc.metadata: names lower-cased, kept
+ * in order, shown by /config. */
+static void test_fallback_headers(void **state)
+{
+    (void)state;
+    static const char pol[] = POL_BASE "circuit_breaker:\n  fallback:\n"
+                                       "    http:\n      status: 200\n      body: '{}'\n"
+                                       "      headers: {Content-Type: application/json, X-Fallback: '1', "
+                                       "cache-control: 'no-store, max-age=0'}\n"
+                                       "    grpc:\n      metadata: {x-fallback: yes, trace-bin: 'AAEC'}\n";
+    sc_policy p;
+    sc_diags d = {0};
+    int rc = sc_policy_load_string(pol, strlen(pol), "p.yaml", &p, &d);
+    if (rc != 0)
+        sc_diags_print(&d, stderr);
+    assert_int_equal(rc, 0);
+    const sc_breaker_policy *b = &p.breaker;
+    assert_true(b->has_fallback);
+    assert_int_equal(b->n_fallback_http_headers, 3);
+    assert_string_equal(b->fallback_http_headers[0].key, "content-type");
+    assert_string_equal(b->fallback_http_headers[0].value, "application/json");
+    assert_string_equal(b->fallback_http_headers[1].key, "x-fallback");
+    assert_string_equal(b->fallback_http_headers[1].value, "1");
+    assert_string_equal(b->fallback_http_headers[2].value, "no-store, max-age=0");
+    assert_int_equal(b->n_fallback_grpc_metadata, 2);
+    assert_string_equal(b->fallback_grpc_metadata[0].value, "yes");
+    assert_string_equal(b->fallback_grpc_metadata[1].key, "trace-bin");
+    json_t *j = sc_policy_to_json(&p);
+    assert_string_equal(jget(j, "circuit_breaker.fallback.http.headers.content-type"), "application/json");
+    assert_string_equal(jget(j, "circuit_breaker.fallback.grpc.metadata.x-fallback"), "yes");
+    json_decref(j);
+    sc_policy_clear(&p);
+    sc_diags_free(&d);
+}
+
+/* admin: loopback unless allow_remote; allowed_hosts; the token read from
+ * token_file (whitespace trimmed) and never shown. */
+static void test_admin_section(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sc-cfg-admin-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char tok[64];
+    snprintf(tok, sizeof(tok), "%s/admin-token", dir);
+    FILE *f = fopen(tok, "w");
+    assert_non_null(f);
+    fputs("  Zm9v-admin-s3cr3t\n", f);
+    fclose(f);
+    static const char yaml[] = CFG_HEAD "admin:\n  listen: '0.0.0.0:19005'\n  allow_remote: true\n"
+                                        "  allowed_hosts: [admin.internal, 'ops.example:8443', '[fd00::1]']\n"
+                                        "  token_file: admin-token\n";
+    sc_config *cfg;
+    sc_diags d = {0};
+    int rc = sc_config_load_string(yaml, strlen(yaml), "s.yaml", dir, &cfg, &d);
+    if (rc != 0)
+        sc_diags_print(&d, stderr);
+    assert_int_equal(rc, 0);
+    assert_true(cfg->admin.allow_remote);
+    assert_false(sc_addr_is_loopback(&cfg->admin.listen));
+    assert_true(sc_addr_is_wildcard(&cfg->admin.listen));
+    assert_int_equal(sc_addr_port(&cfg->admin.listen), 19005);
+    assert_int_equal(cfg->admin.n_allowed_hosts, 3);
+    assert_string_equal(cfg->admin.allowed_hosts[1], "ops.example:8443");
+    assert_string_equal(cfg->admin.token, "Zm9v-admin-s3cr3t");
+    json_t *j = sc_config_to_json(cfg);
+    assert_string_equal(jget(j, "admin.token"), "<set>");
+    assert_true(json_is_true(json_object_get(json_object_get(j, "admin"), "allow_remote")));
+    char *text = json_dumps(j, 0);
+    assert_null(strstr(text, "s3cr3t"));
+    free(text);
+    json_decref(j);
+    sc_config_free(cfg);
+
+    /* an empty token file is refused; the default admin address is loopback */
+    f = fopen(tok, "w");
+    fclose(f);
+    static const char empty[] = CFG_HEAD "admin: {token_file: admin-token}\n";
+    assert_int_not_equal(sc_config_load_string(empty, strlen(empty), "s.yaml", dir, &cfg, &d), 0);
+    expect_diag(&d, "s.yaml", 2, "admin.token_file", "is empty");
+    static const char def[] = CFG_HEAD;
+    assert_int_equal(sc_config_load_string(def, strlen(def), "s.yaml", dir, &cfg, NULL), 0);
+    assert_true(sc_addr_is_loopback(&cfg->admin.listen));
+    assert_false(cfg->admin.allow_remote);
+    assert_null(cfg->admin.token);
+    sc_config_free(cfg);
+    /* loopback v6 and any 127/8 address need no allow_remote */
+    static const char v6[] = CFG_HEAD "admin: {listen: '[::1]:19006'}\n";
+    assert_int_equal(sc_config_load_string(v6, strlen(v6), "s.yaml", dir, &cfg, NULL), 0);
+    sc_config_free(cfg);
+    static const char v4[] = CFG_HEAD "admin: {listen: '127.0.0.2:19006'}\n";
+    assert_int_equal(sc_config_load_string(v4, strlen(v4), "s.yaml", dir, &cfg, NULL), 0);
+    sc_config_free(cfg);
+    sc_diags_free(&d);
+    unlink(tok);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1371,6 +1520,8 @@ int main(void)
         cmocka_unit_test_setup(test_unreadable, setup),
         cmocka_unit_test_setup(test_consul_env, setup),
         cmocka_unit_test_setup(test_to_json, setup),
+        cmocka_unit_test_setup(test_fallback_headers, setup),
+        cmocka_unit_test_setup(test_admin_section, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
