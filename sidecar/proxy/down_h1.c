@@ -533,7 +533,9 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
         if (ctx)
             sc_tls_ctx_unref(ctx);
         if (!ssl) {
-            SC_WARN("inbound listener: cannot start TLS for a new connection: %s", ctx ? err : "no context");
+            /* per connection, before any authentication (no Connect leaf yet): rate-limited */
+            SC_WARN_LIMITED(&route->log_limit, "inbound listener: cannot start TLS for a new connection: %s",
+                            ctx ? err : "no context");
             close(fd);
             free(d);
             return;
@@ -541,7 +543,10 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
         d->tls = true;
         c->ssl = ssl;
         c->flags |= SC_CONN_F_TLS_HS;
-        c->io.events = EV_READ;
+        /* ev_io_set, not a bare .events store: it marks the fd as new to libev, which
+         * then re-adds it to epoll even when a connection closed this iteration had
+         * the same fd number (else this one never hears from the kernel) */
+        ev_io_set(&c->io, fd, EV_READ);
     }
     sc_list_push(&w->down_conns, &c->link);
     w->n_down_conns++;
