@@ -875,7 +875,10 @@ static void cert_names_text(X509 *cert, char *out, size_t cap)
         snprintf(out, cap, "no DNS or IP SAN");
 }
 
-/* Refuses the handshake from inside verification with cs->err = text. */
+/* Refuses the handshake from inside verification with cs->err = text. A
+ * failure OpenSSL found keeps its error (it picks the alert: unknown CA,
+ * certificate expired, ...); one of ours is an application verification
+ * failure. */
 static int verify_refuse(X509_STORE_CTX *x, SSL *ssl, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static int verify_refuse(X509_STORE_CTX *x, SSL *ssl, const char *fmt, ...)
@@ -888,7 +891,8 @@ static int verify_refuse(X509_STORE_CTX *x, SSL *ssl, const char *fmt, ...)
         va_end(ap);
         cs->refused = true;
     }
-    X509_STORE_CTX_set_error(x, X509_V_ERR_APPLICATION_VERIFICATION);
+    if (X509_STORE_CTX_get_error(x) == X509_V_OK)
+        X509_STORE_CTX_set_error(x, X509_V_ERR_APPLICATION_VERIFICATION);
     return 0;
 }
 
