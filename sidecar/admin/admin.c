@@ -165,6 +165,10 @@ char *sc_admin_render_stats(const sidecar *sc)
     fprintf(f, "sidecar_downstream_connections_active %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(down_conns)));
     sc_prom_head(f, "sidecar_downstream_connections_total", "counter", "Connections accepted from callers.");
     fprintf(f, "sidecar_downstream_connections_total %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(down_conns_total)));
+    sc_prom_head(f, "sidecar_downstream_connections_refused_total", "counter",
+                 "Connections from callers closed at accept because limits.max_connections were open on the worker.");
+    fprintf(f, "sidecar_downstream_connections_refused_total %llu\n",
+            (unsigned long long)sum_worker(sc, WS_OFF(down_conns_refused)));
     sc_prom_head(f, "sidecar_streams_active", "gauge", "Requests in flight on all listeners.");
     fprintf(f, "sidecar_streams_active %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(streams)));
     static const struct {

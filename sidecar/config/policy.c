@@ -6,6 +6,7 @@
 #include "config/config_internal.h"
 #include "http/grpc.h"
 #include "http/h1.h"
+#include "tls/tls.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -326,7 +327,10 @@ static void parse_tls(sc_cx *c, const sc_ynode *m, const char *path, sc_policy *
     if (mode_ok)
         p->tls.mode = (sc_tls_mode)mode;
     sc_config_path(fp, sizeof(fp), path, "server_identity");
-    sc_config_rd_str(c, f[1], fp, false, &p->tls.server_identity);
+    const char *why;
+    if (sc_config_rd_str(c, f[1], fp, false, &p->tls.server_identity) && p->tls.server_identity &&
+        sc_tls_spiffe_id_valid(p->tls.server_identity, strlen(p->tls.server_identity), &why) < 0)
+        sc_config_err(c, f[1], fp, "not a SPIFFE ID (spiffe://<trust-domain>/<path>): %s", why);
     sc_config_path(fp, sizeof(fp), path, "sni");
     if (sc_config_rd_str(c, f[2], fp, false, &p->tls.sni) && p->tls.sni) {
         /* syntax only: a DNS name, never resolved */
@@ -337,6 +341,14 @@ static void parse_tls(sc_cx *c, const sc_ynode *m, const char *path, sc_policy *
             sc_config_err(c, f[2], fp, "'%.64s' is not a valid server name (DNS name)",
                           p->tls.sni);
     }
+    /* Every TLS upstream verifies a name, or any certificate its CA (the
+     * system's without tls.ca) vouches for would do; a Consul-discovered one
+     * in mutual mode expects its Consul identity by itself (docs/tls.md). */
+    if (mode_ok && p->tls.mode != SC_TLS_OFF && !p->tls.sni && !p->tls.server_identity &&
+        !(p->tls.mode == SC_TLS_MUTUAL && p->discovery == SC_DISCOVERY_CONSUL))
+        sc_config_err(c, m, path,
+                      "TLS to this upstream would verify no name: set tls.sni (a DNS name or IP address "
+                      "on its certificates) or tls.server_identity (their SPIFFE ID)");
     if (mode_ok && p->tls.mode == SC_TLS_OFF) {
         for (size_t i = 1; i < SC_ARRAY_LEN(keys); i++)
             if (f[i] && f[i]->kind == SC_YN_SCALAR) {

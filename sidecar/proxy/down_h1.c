@@ -533,7 +533,9 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
         if (ctx)
             sc_tls_ctx_unref(ctx);
         if (!ssl) {
-            SC_WARN("inbound listener: cannot start TLS for a new connection: %s", ctx ? err : "no context");
+            /* per connection, before any authentication (no Connect leaf yet): rate-limited */
+            SC_WARN_LIMITED(&route->log_limit, "inbound listener: cannot start TLS for a new connection: %s",
+                            ctx ? err : "no context");
             close(fd);
             free(d);
             return;

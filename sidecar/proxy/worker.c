@@ -345,6 +345,12 @@ static int conn_flush(sc_conn *c)
     return 0;
 }
 
+/* Log lines anyone who can reach a listener causes one per connection
+ * (failed inbound handshakes, connections refused at the limit, accept(2)
+ * out of descriptors): at most one a second each across all workers, the
+ * next one says how many were suppressed; the counters keep every event. */
+static sc_ratelimit inbound_tls_log_limit, max_conns_log_limit, fd_log_limit;
+
 /* One step of the TLS handshake; on completion the protocol takes over. */
 static void tls_step(sc_conn *c)
 {
@@ -364,8 +370,10 @@ static void tls_step(sc_conn *c)
             SC_STAT_INC(ws->tls_refused);
         else
             SC_STAT_INC(ws->tls_failed);
-        SC_WARN("%s %s: TLS handshake with %s failed: %s", c->ops->kind == SC_CONN_DOWN_H1 ? "listener" : "upstream",
-                c->route->name, c->peer_text, sc_tls_conn_error(c->ssl));
+        bool inbound = c->ops->kind == SC_CONN_DOWN_H1;
+        SC_WARN_LIMITED(inbound ? &inbound_tls_log_limit : &c->route->log_limit,
+                        "%s %s: TLS handshake with %s failed: %s", inbound ? "listener" : "upstream", c->route->name,
+                        c->peer_text, sc_tls_conn_error(c->ssl));
         sc_conn_close(c, rv == -EACCES ? -EACCES : -EPROTO);
         return;
     }
@@ -571,13 +579,15 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         int fd = accept4(io->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno == EMFILE || errno == ENFILE)
-                SC_WARN("listener %s: out of file descriptors (%s); raise the limit (ulimit -n)",
-                        route->name, strerror(errno));
+                SC_WARN_LIMITED(&fd_log_limit, "listener %s: out of file descriptors (%s); raise the limit (ulimit -n)",
+                                route->name, strerror(errno));
             return;
         }
         if (w->n_down_conns >= w->sc->cfg->limits.max_connections) {
-            SC_WARN("listener %s: refusing connection: %u connections open on this worker "
-                    "(limits.max_connections)", route->name, w->n_down_conns);
+            SC_STAT_INC(w->stats->down_conns_refused);
+            SC_WARN_LIMITED(&max_conns_log_limit,
+                            "listener %s: refusing connection: %u connections open on this worker "
+                            "(limits.max_connections)", route->name, w->n_down_conns);
             close(fd);
             continue;
         }

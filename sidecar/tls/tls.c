@@ -46,7 +46,8 @@ struct sc_tls_ctx {
 
 typedef struct conn_state {
     sc_tls_session_cache *cache;
-    const char *expected;               /* points into tail, or NULL */
+    const char *expected;               /* server identity (URI SAN), points into tail, or NULL */
+    const char *host;                   /* server name (DNS or IP SAN), points into tail, or NULL */
     const char *key;                    /* points into tail, or NULL */
     bool refused;                       /* our verification refused the peer */
     bool bad;                           /* a TLS failure: do not resume this session */
@@ -185,6 +186,47 @@ const char *sc_tls_conn_error(const SSL *ssl)
     return cs ? cs->err : "";
 }
 
+/* in[0..n) into out (cap > 0), every byte outside printable ASCII as \xHH,
+ * the backslash too unless keep_bs; cut with "..." when it does not fit. */
+static size_t escape_bytes(const unsigned char *in, size_t n, char *out, size_t cap, bool keep_bs)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (!cap)
+        return 0;
+    size_t lim = cap - 1, total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += (in[i] >= 0x20 && in[i] < 0x7f && (keep_bs || in[i] != '\\')) ? 1 : 4;
+    if (total > lim)
+        lim = lim >= 3 ? lim - 3 : 0;   /* room for "..." */
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = in[i];
+        bool plain = c >= 0x20 && c < 0x7f && (keep_bs || c != '\\');
+        if (k + (plain ? 1 : 4) > lim)
+            break;
+        if (plain) {
+            out[k++] = (char)c;
+        } else {
+            out[k++] = '\\';
+            out[k++] = 'x';
+            out[k++] = hex[c >> 4];
+            out[k++] = hex[c & 15];
+        }
+    }
+    if (total > cap - 1)
+        for (int i = 0; i < 3 && k < cap - 1; i++)
+            out[k++] = '.';
+    out[k] = 0;
+    return k;
+}
+
+size_t sc_tls_escape(const void *in, size_t n, char *out, size_t cap)
+{
+    return escape_bytes(in, n, out, cap, false);
+}
+
+/* "CN = web, O = x" (OpenSSL's one-line form; its own escapes use '\\'),
+ * anything outside printable ASCII as \xHH: names come from peers. */
 static void name_oneline(const X509_NAME *name, char *out, size_t len)
 {
     out[0] = 0;
@@ -194,56 +236,148 @@ static void name_oneline(const X509_NAME *name, char *out, size_t len)
     if (X509_NAME_print_ex(b, name, 0, XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB) >= 0) {
         char *p;
         long n = BIO_get_mem_data(b, &p);
-        if (n > 0) {
-            size_t k = SC_MIN((size_t)n, len - 1);
-            memcpy(out, p, k);
-            out[k] = 0;
-        }
+        if (n > 0)
+            escape_bytes((const unsigned char *)p, (size_t)n, out, len, true);
     }
     BIO_free(b);
 }
 
 /* ---- identities ---- */
 
+static bool spiffe_td_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_';
+}
+
+static bool spiffe_path_char(unsigned char c)
+{
+    return spiffe_td_char(c) || (c >= 'A' && c <= 'Z');
+}
+
+int sc_tls_spiffe_id_valid(const char *id, size_t len, const char **why)
+{
+    static const char pre[] = "spiffe://";
+    const size_t pl = sizeof(pre) - 1;
+    const unsigned char *u = (const unsigned char *)id;
+    const char *w = NULL;
+    for (size_t i = 0; id && i < len && !w; i++) {
+        if (u[i] < 0x20 || u[i] == 0x7f)
+            w = "it contains a control character";
+        else if (u[i] >= 0x80)
+            w = "it contains a byte outside ASCII";
+    }
+    if (w)
+        ;
+    else if (!id || len < pl || memcmp(id, pre, pl) != 0)
+        w = "it does not start with spiffe:// (lower case)";
+    else if (len >= SC_TLS_ID_MAX)
+        w = "it is longer than 511 bytes";
+    else {
+        size_t i = pl;
+        while (i < len && id[i] != '/' && !w) {
+            if (!spiffe_td_char(u[i]))
+                w = "its trust domain may hold only a-z, 0-9, '.', '-' and '_'";
+            i++;
+        }
+        if (!w && i == pl)
+            w = "its trust domain is empty";
+        else if (!w && i - pl > 255)
+            w = "its trust domain is longer than 255 characters";
+        while (!w && i < len) {     /* id[i] == '/' */
+            size_t seg = ++i;
+            while (i < len && id[i] != '/' && !w) {
+                if (!spiffe_path_char(u[i]))
+                    w = "its path may hold only A-Z, a-z, 0-9, '.', '-', '_' and '/'";
+                i++;
+            }
+            if (w)
+                break;
+            if (i == seg)
+                w = i == len ? "its path ends with '/'" : "its path has an empty segment ('//')";
+            else if ((i - seg == 1 && id[seg] == '.') ||
+                     (i - seg == 2 && id[seg] == '.' && id[seg + 1] == '.'))
+                w = "its path has a '.' or '..' segment";
+        }
+    }
+    if (why)
+        *why = w;
+    return w ? -EINVAL : 0;
+}
+
+/*
+ * The URI SANs of cert: returns how many there are (0: none) and the first
+ * one's bytes in *d, *dl, borrowed from *gens, which the caller frees with
+ * GENERAL_NAMES_free; -EPROTO when the extension appears twice.
+ */
+static int cert_uri_sans(X509 *cert, GENERAL_NAMES **gens, const unsigned char **d, int *dl)
+{
+    int crit = 0;
+    *d = NULL;
+    *dl = 0;
+    *gens = X509_get_ext_d2i(cert, NID_subject_alt_name, &crit, NULL);
+    if (!*gens) {
+        ERR_clear_error();
+        return crit == -2 ? -EPROTO : 0;  /* -2: the extension appears twice */
+    }
+    int n_uri = 0;
+    for (int i = 0; i < sk_GENERAL_NAME_num(*gens); i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(*gens, i);
+        if (g->type == GEN_URI && n_uri++ == 0) {
+            *d = ASN1_STRING_get0_data(g->d.uniformResourceIdentifier);
+            *dl = ASN1_STRING_length(g->d.uniformResourceIdentifier);
+        }
+    }
+    return n_uri;
+}
+
 int sc_tls_cert_identity(X509 *cert, char *out, size_t len)
 {
     if (!cert)
         return -ENOENT;
-    int crit = 0;
-    GENERAL_NAMES *gens = X509_get_ext_d2i(cert, NID_subject_alt_name, &crit, NULL);
-    if (!gens) {
-        ERR_clear_error();
-        return crit == -2 ? -EPROTO : -ENOENT;  /* -2: the extension appears twice */
-    }
-    const ASN1_IA5STRING *uri = NULL;
-    int n_uri = 0;
-    for (int i = 0; i < sk_GENERAL_NAME_num(gens); i++) {
-        const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
-        if (g->type == GEN_URI) {
-            uri = g->d.uniformResourceIdentifier;
-            n_uri++;
-        }
-    }
-    int rc;
-    if (n_uri == 0)
+    GENERAL_NAMES *gens;
+    const unsigned char *d;
+    int dl, rc;
+    int n_uri = cert_uri_sans(cert, &gens, &d, &dl);
+    if (n_uri < 0)
+        rc = n_uri;
+    else if (n_uri == 0)
         rc = -ENOENT;
     else if (n_uri > 1)
         rc = -EPROTO;   /* an X.509-SVID has exactly one: refuse to guess */
+    else if (dl <= 0 || sc_tls_spiffe_id_valid((const char *)d, (size_t)dl, NULL) < 0)
+        rc = -EPROTO;   /* also an embedded NUL, CR/LF, ...: never an identity */
+    else if ((size_t)dl >= len)
+        rc = -ENOSPC;
     else {
-        const unsigned char *d = ASN1_STRING_get0_data(uri);
-        int dl = ASN1_STRING_length(uri);
-        if (dl <= 0 || memchr(d, 0, (size_t)dl))
-            rc = -EPROTO;
-        else if ((size_t)dl >= len || dl >= SC_TLS_ID_MAX)
-            rc = -ENOSPC;
-        else {
-            memcpy(out, d, (size_t)dl);
-            out[dl] = 0;
-            rc = dl;
-        }
+        memcpy(out, d, (size_t)dl);
+        out[dl] = 0;
+        rc = dl;
     }
     GENERAL_NAMES_free(gens);
     return rc;
+}
+
+/* Why cert's URI SAN cannot be an identity ("" when it can, or there is
+ * none), for a log line: every byte of the peer's text escaped. */
+static void uri_san_problem(X509 *cert, char *out, size_t cap)
+{
+    GENERAL_NAMES *gens;
+    const unsigned char *d;
+    int dl;
+    const char *why = NULL;
+    out[0] = 0;
+    int n_uri = cert_uri_sans(cert, &gens, &d, &dl);
+    if (n_uri < 0)
+        snprintf(out, cap, "its subjectAltName extension appears twice");
+    else if (n_uri > 1)
+        snprintf(out, cap, "it has %d URI SANs (a SPIFFE certificate has exactly one)", n_uri);
+    else if (n_uri == 1 && (dl <= 0 || sc_tls_spiffe_id_valid((const char *)d, (size_t)dl, &why) < 0)) {
+        char esc[160];
+        escape_bytes(d, dl > 0 ? (size_t)dl : 0, esc, sizeof(esc), false);
+        snprintf(out, cap, "its URI SAN \"%s\" is not a valid SPIFFE ID: %s", esc,
+                 why ? why : "it is empty");
+    }
+    GENERAL_NAMES_free(gens);
 }
 
 int sc_tls_peer_identity(const SSL *ssl, char *out, size_t len)
@@ -657,6 +791,45 @@ static void digest_blobs(const blob *const *bs, size_t n, unsigned char out[32])
 
 /* ---- SSL_CTX callbacks ---- */
 
+/* How the server's DNS names are matched: RFC 6125 (a wildcard only as a
+ * whole left-most label), never the subject CN. */
+#define HOST_FLAGS (X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS | X509_CHECK_FLAG_NEVER_CHECK_SUBJECT)
+
+/* Whether now lies within cert's validity dates. */
+static bool cert_current(X509 *cert, time_t now)
+{
+    return X509_cmp_time(X509_get0_notBefore(cert), &now) < 0 &&
+           X509_cmp_time(X509_get0_notAfter(cert), &now) > 0;
+}
+
+/* A session must not outlive the peer certificate it carries: its timeout
+ * is cut to the certificate's notAfter. false when that is already past. */
+static bool session_cap_to_cert(SSL_SESSION *sess)
+{
+    X509 *peer = SSL_SESSION_get0_peer(sess);
+    if (!peer)
+        return true;
+    int64_t not_after;
+    char iso[24];
+    asn1_time_out(X509_get0_notAfter(peer), &not_after, iso, sizeof(iso));
+    int64_t left = not_after - (int64_t)SSL_SESSION_get_time(sess);
+    if (left <= 0)
+        return false;
+    if ((int64_t)SSL_SESSION_get_timeout(sess) > left)
+        SSL_SESSION_set_timeout(sess, (long)left);
+    return true;
+}
+
+/* Server: every session going into the context's cache (full handshakes,
+ * and the new ticket of each TLS 1.3 resumption, which would otherwise
+ * restart the clock) ends when the client's certificate does. */
+static int server_new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    if (!session_cap_to_cert(sess))
+        SSL_CTX_remove_session(SSL_get_SSL_CTX(ssl), sess);
+    return 0;   /* no reference kept */
+}
+
 /* Why verification failed at x's current certificate: "<reason> (depth N, <subject>)". */
 static void verify_error_text(X509_STORE_CTX *x, char *out, size_t cap)
 {
@@ -668,6 +841,61 @@ static void verify_error_text(X509_STORE_CTX *x, char *out, size_t cap)
              X509_STORE_CTX_get_error_depth(x), subj[0] ? subj : "no subject");
 }
 
+/* The names cert answers to, for "does not match" messages:
+ * "DNS:api, DNS:localhost, IP:127.0.0.1" (escaped), "no DNS or IP SAN". */
+static void cert_names_text(X509 *cert, char *out, size_t cap)
+{
+    size_t k = 0;
+    out[0] = 0;
+    GENERAL_NAMES *gens = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    for (int i = 0; gens && i < sk_GENERAL_NAME_num(gens) && k + 1 < cap; i++) {
+        const GENERAL_NAME *g = sk_GENERAL_NAME_value(gens, i);
+        char v[96];
+        const char *kind = NULL;
+        if (g->type == GEN_DNS) {
+            kind = "DNS";
+            escape_bytes(ASN1_STRING_get0_data(g->d.dNSName),
+                         (size_t)SC_MAX(0, ASN1_STRING_length(g->d.dNSName)), v, sizeof(v), false);
+        } else if (g->type == GEN_IPADD) {
+            int il = ASN1_STRING_length(g->d.iPAddress);
+            kind = "IP";
+            if (!inet_ntop(il == 16 ? AF_INET6 : AF_INET, ASN1_STRING_get0_data(g->d.iPAddress), v,
+                           sizeof(v)) || (il != 4 && il != 16))
+                snprintf(v, sizeof(v), "(%d bytes)", il);
+        }
+        if (!kind)
+            continue;
+        int n = snprintf(out + k, cap - k, "%s%s:%s", k ? ", " : "", kind, v);
+        if (n > 0)
+            k = SC_MIN(cap - 1, k + (size_t)n);
+    }
+    GENERAL_NAMES_free(gens);
+    ERR_clear_error();
+    if (!k)
+        snprintf(out, cap, "no DNS or IP SAN");
+}
+
+/* Refuses the handshake from inside verification with cs->err = text. A
+ * failure OpenSSL found keeps its error (it picks the alert: unknown CA,
+ * certificate expired, ...); one of ours is an application verification
+ * failure. */
+static int verify_refuse(X509_STORE_CTX *x, SSL *ssl, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int verify_refuse(X509_STORE_CTX *x, SSL *ssl, const char *fmt, ...)
+{
+    conn_state *cs = conn_make(ssl, 0);
+    if (cs && !cs->refused) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(cs->err, sizeof(cs->err), fmt, ap);
+        va_end(ap);
+        cs->refused = true;
+    }
+    if (X509_STORE_CTX_get_error(x) == X509_V_OK)
+        X509_STORE_CTX_set_error(x, X509_V_ERR_APPLICATION_VERIFICATION);
+    return 0;
+}
+
 static int verify_cb(int ok, X509_STORE_CTX *x)
 {
     SSL *ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
@@ -675,32 +903,38 @@ static int verify_cb(int ok, X509_STORE_CTX *x)
         return ok;
     int depth = X509_STORE_CTX_get_error_depth(x);
     X509 *cert = X509_STORE_CTX_get_current_cert(x);
+    const char *side = SSL_is_server(ssl) ? "client" : "server";
+    conn_state *cs = conn_get(ssl);
     if (!ok) {
-        conn_state *cs = conn_make(ssl, 0);
-        if (cs && !cs->refused) {
-            char why[300];
-            verify_error_text(x, why, sizeof(why));
-            snprintf(cs->err, sizeof(cs->err), "%s certificate verify failed: %s",
-                     SSL_is_server(ssl) ? "client" : "server", why);
-            cs->refused = true;
+        int e = X509_STORE_CTX_get_error(x);
+        if ((e == X509_V_ERR_HOSTNAME_MISMATCH || e == X509_V_ERR_IP_ADDRESS_MISMATCH) && cs &&
+            cs->host && cert) {
+            char names[256];
+            cert_names_text(cert, names, sizeof(names));
+            return verify_refuse(x, ssl, "server certificate is not for the name %s (it names %s)",
+                                 cs->host, names);
         }
-        return 0;
+        char why[300];
+        verify_error_text(x, why, sizeof(why));
+        return verify_refuse(x, ssl, "%s certificate verify failed: %s", side, why);
     }
-    if (depth == 0) {
-        conn_state *cs = conn_get(ssl);
-        if (cs && cs->expected) {
-            char id[SC_TLS_ID_MAX];
-            int n = sc_tls_cert_identity(cert, id, sizeof(id));
-            if (n < 0 || strcmp(id, cs->expected) != 0) {
-                snprintf(cs->err, sizeof(cs->err),
-                         "server identity %s is not the expected %s",
-                         n >= 0 ? id : n == -ENOENT ? "(none: no URI SAN)" : "(unusable URI SAN)",
-                         cs->expected);
-                cs->refused = true;
-                X509_STORE_CTX_set_error(x, X509_V_ERR_APPLICATION_VERIFICATION);
-                return 0;
-            }
-        }
+    if (depth != 0 || !cert)
+        return 1;
+    /* The leaf's URI SAN is an identity on the inbound side (headers, allow
+     * lists, authorization, logs) and when a server identity is expected:
+     * one that cannot be (CR/LF, several, not SPIFFE) refuses the peer. */
+    if (SSL_is_server(ssl) || (cs && cs->expected)) {
+        char problem[300];
+        uri_san_problem(cert, problem, sizeof(problem));
+        if (problem[0])
+            return verify_refuse(x, ssl, "%s certificate refused: %s", side, problem);
+    }
+    if (cs && cs->expected) {
+        char id[SC_TLS_ID_MAX];
+        int n = sc_tls_cert_identity(cert, id, sizeof(id));
+        if (n < 0 || strcmp(id, cs->expected) != 0)
+            return verify_refuse(x, ssl, "server identity %s is not the expected %s",
+                                 n >= 0 ? id : "(none: no URI SAN)", cs->expected);
     }
     return 1;
 }
@@ -739,7 +973,7 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
 {
     conn_state *cs = conn_get(ssl);
     sc_tls_ctx *ctx = ctx_of(ssl);
-    if (!cs || !cs->cache || !cs->key || !ctx)
+    if (!cs || !cs->cache || !cs->key || !ctx || !session_cap_to_cert(sess))
         return 0;
     session_cache_put(cs->cache, cs->key, ctx->gen, sess);
     return 1;   /* the cache owns the reference */
@@ -914,6 +1148,7 @@ static sc_tls_ctx *build_ctx(const sc_tls_ctx_opts *o, const blob *cert, const b
         SSL_CTX_set_session_cache_mode(sctx, SSL_SESS_CACHE_SERVER | SSL_SESS_CACHE_NO_AUTO_CLEAR);
         SSL_CTX_sess_set_cache_size(sctx, SERVER_SESSION_CACHE);
         SSL_CTX_set_num_tickets(sctx, 1);
+        SSL_CTX_sess_set_new_cb(sctx, server_new_session_cb);
         unsigned char sid[32];
         digest_blobs((const blob *[]){cert, ca}, 2, sid);
         if (!SSL_CTX_set_session_id_context(sctx, sid, sizeof(sid)))
@@ -1225,8 +1460,10 @@ static sess_entry *entry_find(sc_tls_session_cache *c, const char *key, uint32_t
 
 static bool session_usable(SSL_SESSION *s, time_t now)
 {
+    X509 *peer = SSL_SESSION_get0_peer(s);
     return SSL_SESSION_is_resumable(s) &&
-           (time_t)(SSL_SESSION_get_time(s) + SSL_SESSION_get_timeout(s)) > now;
+           (time_t)(SSL_SESSION_get_time(s) + SSL_SESSION_get_timeout(s)) > now &&
+           (!peer || cert_current(peer, now));
 }
 
 /* Takes ownership of s (frees it when it cannot be kept). */
@@ -1328,13 +1565,23 @@ SSL *sc_tls_ssl_server(sc_tls_ctx *ctx, int fd, char *err, size_t errlen)
     return ssl;
 }
 
-static bool is_ip_literal(const char *s)
+/* Whether s is an IP address ("10.0.0.7", "::1", "[::1]"); its text without
+ * brackets goes to ip (cap >= INET6_ADDRSTRLEN + 1). */
+static bool ip_literal(const char *s, char *ip, size_t cap)
 {
     unsigned char buf[sizeof(struct in6_addr)];
-    if (inet_pton(AF_INET, s, buf) == 1 || inet_pton(AF_INET6, s, buf) == 1)
-        return true;
-    return s[0] == '[';
+    size_t l = strlen(s);
+    if (s[0] == '[' && l >= 2 && s[l - 1] == ']' && l - 2 < cap) {
+        memcpy(ip, s + 1, l - 2);
+        ip[l - 2] = 0;
+        return inet_pton(AF_INET6, ip, buf) == 1;
+    }
+    if (l >= cap || (inet_pton(AF_INET, s, buf) != 1 && inet_pton(AF_INET6, s, buf) != 1))
+        return false;
+    memcpy(ip, s, l + 1);
+    return true;
 }
+
 
 SSL *sc_tls_ssl_client(sc_tls_ctx *ctx, int fd, const sc_tls_client_opts *o, char *err,
                        size_t errlen)
@@ -1348,6 +1595,13 @@ SSL *sc_tls_ssl_client(sc_tls_ctx *ctx, int fd, const sc_tls_client_opts *o, cha
     }
     if (!o)
         o = &none;
+    const char *host = o->sni && *o->sni ? o->sni : NULL;
+    const char *expect = o->server_identity && *o->server_identity ? o->server_identity : NULL;
+    if (!host && !expect) {
+        set_err(err, errlen, "tls: no name to verify the server against: set tls.sni (a DNS name "
+                             "on its certificate) or tls.server_identity (its SPIFFE ID)");
+        return NULL;
+    }
     ERR_clear_error();
     SSL *ssl = SSL_new(ctx->ssl);
     if (!ssl || (fd >= 0 && !SSL_set_fd(ssl, fd)))
@@ -1355,24 +1609,38 @@ SSL *sc_tls_ssl_client(sc_tls_ctx *ctx, int fd, const sc_tls_client_opts *o, cha
     SSL_set_connect_state(ssl);
 
     bool use_cache = o->cache && o->session_key && *o->session_key;
-    size_t el = o->server_identity ? strlen(o->server_identity) + 1 : 0;
+    size_t el = expect ? strlen(expect) + 1 : 0;
+    size_t hl = host ? strlen(host) + 1 : 0;
     size_t kl = use_cache ? strlen(o->session_key) + 1 : 0;
-    if (el || kl) {
-        conn_state *cs = conn_make(ssl, el + kl);
-        if (!cs)
-            goto fail;
-        if (el) {
-            memcpy(cs->tail, o->server_identity, el);
-            cs->expected = cs->tail;
-        }
-        if (kl) {
-            memcpy(cs->tail + el, o->session_key, kl);
-            cs->key = cs->tail + el;
-            cs->cache = o->cache;
+    conn_state *cs = conn_make(ssl, el + hl + kl);
+    if (!cs)
+        goto fail;
+    char *t = cs->tail;
+    if (el) {
+        cs->expected = memcpy(t, expect, el);
+        t += el;
+    }
+    if (hl) {
+        cs->host = memcpy(t, host, hl);
+        t += hl;
+    }
+    if (kl) {
+        cs->key = memcpy(t, o->session_key, kl);
+        cs->cache = o->cache;
+    }
+    if (host) {
+        /* OpenSSL checks the name inside certificate verification (verify_cb
+         * words the mismatch); sc_tls_handshake checks resumed sessions. */
+        char ip[INET6_ADDRSTRLEN + 1];
+        if (ip_literal(host, ip, sizeof(ip))) {
+            if (!X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip))
+                goto fail;      /* no SNI for an address (RFC 6066) */
+        } else {
+            SSL_set_hostflags(ssl, HOST_FLAGS);
+            if (!SSL_set_tlsext_host_name(ssl, host) || !SSL_set1_host(ssl, host))
+                goto fail;
         }
     }
-    if (o->sni && *o->sni && !is_ip_literal(o->sni) && !SSL_set_tlsext_host_name(ssl, o->sni))
-        goto fail;
     const unsigned char *alpn = NULL;
     unsigned alen = 0;
     switch (o->alpn) {
@@ -1471,6 +1739,69 @@ static inline void err_reset(void)
         ERR_clear_error();
 }
 
+static int resumed_refuse(SSL *ssl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int resumed_refuse(SSL *ssl, const char *fmt, ...)
+{
+    conn_state *cs = conn_make(ssl, 0);
+    if (cs) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(cs->err, sizeof(cs->err), fmt, ap);
+        va_end(ap);
+        cs->refused = true;
+    }
+    SSL_set_quiet_shutdown(ssl, 1);
+    return -EACCES;
+}
+
+/*
+ * A resumed session skipped certificate verification (verify_cb), so what
+ * it would have checked is checked again on the certificate the session
+ * carries: still within its dates (sessions are capped at its notAfter, this
+ * is the second line), and on the client side the server name and identity
+ * this connection expects, which may differ from when the session was made.
+ */
+static int resumed_check(SSL *ssl)
+{
+    const char *side = SSL_is_server(ssl) ? "client" : "server";
+    X509 *peer = SSL_get0_peer_certificate(ssl);
+    conn_state *cs = conn_get(ssl);
+    if (!peer) {
+        if (SSL_is_server(ssl))
+            return 0;   /* a caller without certificate (optional ones): nothing to check */
+        return resumed_refuse(ssl, "resumed session carries no server certificate");
+    }
+    if (!cert_current(peer, time(NULL))) {
+        sc_tls_cert_info ci;
+        sc_tls_cert_info_get(peer, &ci);
+        return resumed_refuse(ssl, "%s certificate of the resumed session is no longer valid "
+                                   "(valid %s to %s, %s)", side, ci.not_before_iso,
+                              ci.not_after_iso, ci.subject);
+    }
+    if (SSL_is_server(ssl) || !cs)
+        return 0;
+    if (cs->host) {
+        char ip[INET6_ADDRSTRLEN + 1];
+        int m = ip_literal(cs->host, ip, sizeof(ip)) ? X509_check_ip_asc(peer, ip, 0)
+                                                      : X509_check_host(peer, cs->host, 0, HOST_FLAGS, NULL);
+        ERR_clear_error();
+        if (m != 1) {
+            char names[256];
+            cert_names_text(peer, names, sizeof(names));
+            return resumed_refuse(ssl, "server certificate (resumed session) is not for the name %s "
+                                       "(it names %s)", cs->host, names);
+        }
+    }
+    if (cs->expected) {
+        char id[SC_TLS_ID_MAX];
+        int n = sc_tls_peer_identity(ssl, id, sizeof(id));
+        if (n < 0 || strcmp(id, cs->expected) != 0)
+            return resumed_refuse(ssl, "server identity %s (resumed session) is not the expected %s",
+                                  n >= 0 ? id : "(none)", cs->expected);
+    }
+    return 0;
+}
+
 int sc_tls_handshake(SSL *ssl, sc_tls_want *want)
 {
     *want = SC_TLS_WANT_NONE;
@@ -1480,24 +1811,8 @@ int sc_tls_handshake(SSL *ssl, sc_tls_want *want)
     errno = 0;
     int r = SSL_do_handshake(ssl);
     int e0 = errno;
-    if (r == 1) {
-        /* A resumed session skipped verify_cb: check its identity again, the
-         * expectation may have changed since the session was made. */
-        conn_state *cs = conn_get(ssl);
-        if (cs && cs->expected && SSL_session_reused(ssl)) {
-            char id[SC_TLS_ID_MAX];
-            int n = sc_tls_peer_identity(ssl, id, sizeof(id));
-            if (n < 0 || strcmp(id, cs->expected) != 0) {
-                snprintf(cs->err, sizeof(cs->err),
-                         "server identity %s (resumed session) is not the expected %s",
-                         n >= 0 ? id : "(none)", cs->expected);
-                cs->refused = true;
-                SSL_set_quiet_shutdown(ssl, 1);
-                return -EACCES;
-            }
-        }
-        return 0;
-    }
+    if (r == 1)
+        return SSL_session_reused(ssl) ? resumed_check(ssl) : 0;
     int rc = io_fail(ssl, r, e0, "TLS handshake", want);
     if (rc == 0) {  /* close_notify during the handshake */
         conn_set_err(ssl, "TLS handshake: peer closed the connection");
@@ -1792,5 +2107,7 @@ int sc_tls_identity_for_service(const char *ours, const char *dc, const char *se
                      ns + 4, (int)(svc - ourdc - 4), ourdc + 4, service);
     if (n < 0 || (size_t)n >= cap)
         return -ENOSPC;
+    if (sc_tls_spiffe_id_valid(out, (size_t)n, NULL) < 0)
+        return -EINVAL;     /* e.g. a service name with characters no identity has */
     return n;
 }

@@ -117,9 +117,23 @@ void sc_tls_session_cache_free(sc_tls_session_cache *c);   /* NULL is a no-op */
 /* Sessions currently held (tests, admin). */
 size_t sc_tls_session_cache_count(sc_tls_session_cache *c);
 
+/*
+ * What a client connection checks besides the chain (at least one of sni and
+ * server_identity is required: without a name any certificate the CA
+ * vouches for would do, and with the system roots that is any public
+ * certificate):
+ *  - sni, a DNS name: sent as SNI and matched against the server
+ *    certificate's DNS SANs (RFC 6125: a wildcard only as the whole
+ *    left-most label; the subject CN is not used when DNS SANs exist);
+ *    an IP literal ("10.0.0.7", "::1", "[::1]"): not sent (RFC 6066),
+ *    matched against the certificate's IP SANs.
+ *  - server_identity: the server's one URI SAN must be exactly this SPIFFE ID.
+ * Both are checked when both are set, on full handshakes and again on
+ * resumed sessions (whose certificate must also still be within its dates).
+ */
 typedef struct sc_tls_client_opts {
-    const char *sni;                /* policy tls.sni, else the host; NULL or an IP literal: none */
-    const char *server_identity;    /* exact URI SAN the server must have; NULL: any the CA vouches for */
+    const char *sni;                /* server name to send and verify (see above); NULL: none */
+    const char *server_identity;    /* exact URI SAN the server must have; NULL: none checked */
     sc_tls_alpn alpn;
     sc_tls_session_cache *cache;    /* NULL: no resumption */
     const char *session_key;        /* with cache: e.g. "payments/10.0.0.7:15443" */
@@ -128,7 +142,9 @@ typedef struct sc_tls_client_opts {
 /* A server-side (accepted) or client-side (connecting) SSL on fd, which
  * must be a non-blocking connected socket (fd < 0: the caller sets BIOs).
  * The caller owns the SSL and releases it with sc_tls_ssl_free (also after
- * a failed handshake). NULL on failure (err). The fd stays the caller's. */
+ * a failed handshake). NULL on failure (err), also for a client without
+ * any name to verify (neither sni nor server_identity). The fd stays the
+ * caller's. */
 SSL *sc_tls_ssl_server(sc_tls_ctx *ctx, int fd, char *err, size_t errlen);
 SSL *sc_tls_ssl_client(sc_tls_ctx *ctx, int fd, const sc_tls_client_opts *o, char *err,
                        size_t errlen);
@@ -147,8 +163,10 @@ typedef enum { SC_TLS_WANT_NONE = 0, SC_TLS_WANT_READ, SC_TLS_WANT_WRITE } sc_tl
  * sc_tls_handshake: 0 when the handshake is complete (also when called
  *   again afterwards). -EAGAIN: call again when *want is ready.
  *   -EACCES: we refused the peer: its certificate did not verify (expired,
- *   unknown CA, ...), it sent none although one is required, or its identity
- *   is not the expected server identity.
+ *   unknown CA, ...), it sent none although one is required, its identity
+ *   is not the expected server identity or its name not the expected sni,
+ *   its URI SAN is not a valid SPIFFE ID, or (resumed session) the
+ *   certificate the session was made with is no longer within its dates.
  *   -EPROTO: any other TLS failure, including the peer refusing us (an alert).
  *   -ECONNRESET (peer closed) or another -errno from the socket.
  * sc_tls_read: bytes read (> 0); 0 at a clean end (close_notify);
@@ -195,14 +213,35 @@ const char *sc_tls_version(const SSL *ssl);
 /* Max length of an identity this module handles (longer URI SANs are refused). */
 #define SC_TLS_ID_MAX 512
 
-/* The verified peer's identity: the single URI SAN of its certificate
- * (normally a SPIFFE ID), also on resumed sessions. Writes it NUL-terminated
- * and returns its length, or: -ENOENT no peer certificate / no URI SAN;
- * -EPERM the certificate did not verify; -EPROTO several URI SANs or an
- * embedded NUL; -ENOSPC it does not fit in len. */
+/*
+ * Whether id[0..len) is a SPIFFE ID as the SPIFFE ID specification defines
+ * it, and at most SC_TLS_ID_MAX - 1 bytes: "spiffe://" (lower case), a
+ * trust domain of 1..255 characters [a-z0-9.-_], then a path that is empty
+ * or "/"-separated segments of [A-Za-z0-9.-_], none empty, "." or "..", no
+ * trailing "/"; no query, fragment, port, user info or percent-encoding.
+ * So a valid identity never holds a control character, space, quote or
+ * non-ASCII byte and can go into a header or a log line as it is.
+ * 0 when valid, else -EINVAL with *why (when not NULL, static text).
+ */
+int sc_tls_spiffe_id_valid(const char *id, size_t len, const char **why);
+
+/* The verified peer's identity: the single URI SAN of its certificate, a
+ * valid SPIFFE ID (sc_tls_spiffe_id_valid), also on resumed sessions.
+ * Writes it NUL-terminated and returns its length, or: -ENOENT no peer
+ * certificate / no URI SAN; -EPERM the certificate did not verify; -EPROTO
+ * several URI SANs, or one that is not a valid SPIFFE ID (an embedded NUL,
+ * control characters, ...); -ENOSPC it does not fit in len. The handshake
+ * already refuses a peer whose URI SAN is -EPROTO (see sc_tls_handshake). */
 int sc_tls_peer_identity(const SSL *ssl, char *out, size_t len);
 /* The URI SAN of any certificate, same results (no verification check). */
 int sc_tls_cert_identity(X509 *cert, char *out, size_t len);
+
+/* Bytes a peer chose (a URI SAN, a name) made safe for a log line: printable
+ * ASCII other than the backslash is kept, every other byte becomes \xHH
+ * (so "a\r\nb" reads "a\x0d\x0ab" and cannot start a new line); at most cap - 1
+ * characters (a cut is marked with "..."), always NUL-terminated (cap > 0).
+ * Returns the length written. */
+size_t sc_tls_escape(const void *in, size_t n, char *out, size_t cap);
 
 /* A certificate serial (big-endian magnitude) the way Consul writes one
  * (connect.HexString of SerialNumber.Bytes()): lower-case hex byte pairs

@@ -113,6 +113,39 @@ static void sighup_cb(struct ev_loop *loop, ev_signal *s, int revents)
     reload(s->data, true);
 }
 
+/*
+ * A Consul-discovered upstream in mutual mode without tls.sni and
+ * tls.server_identity expects the identity its service has in our mesh,
+ * derived from our own (sc_tls_identity_for_service). With file material
+ * ours may not be in Consul's form; then no connection to it could verify
+ * anything, so the sidecar does not start (Connect leaves always are).
+ */
+static int check_derived_identities(sidecar *sc, char *err, size_t errlen)
+{
+    const sc_config *cfg = sc->cfg;
+    sc_tls_ctx *ctx = sc_tls_watch_get(sc->tls_client);
+    const sc_tls_cert_info *ours = ctx ? sc_tls_ctx_cert(ctx) : NULL;
+    int rc = 0;
+    for (size_t i = 0; i < cfg->n_policies && rc == 0; i++) {
+        const sc_policy *p = &cfg->policies[i];
+        if (p->tls.mode != SC_TLS_MUTUAL || p->discovery != SC_DISCOVERY_CONSUL || p->tls.sni ||
+            p->tls.server_identity)
+            continue;
+        char id[SC_TLS_ID_MAX];
+        const char *svc = p->consul.service ? p->consul.service : p->name;
+        if (ours && sc_tls_identity_for_service(ours->identity, p->consul.dc, svc, id, sizeof(id)) > 0)
+            continue;
+        snprintf(err, errlen,
+                 "upstream %s: without tls.server_identity it expects the identity of Consul service %s, "
+                 "derived from ours (%s), which is not of the form spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<name>; "
+                 "set tls.server_identity (or tls.sni) in %s",
+                 p->name, svc, ours && ours->identity[0] ? ours->identity : "none", p->file ? p->file : "its policy");
+        rc = -EINVAL;
+    }
+    sc_tls_ctx_unref(ctx);
+    return rc;
+}
+
 int sc_tls_runtime_start(sidecar *sc, char *err, size_t errlen)
 {
     const sc_config *cfg = sc->cfg;
@@ -159,6 +192,8 @@ int sc_tls_runtime_start(sidecar *sc, char *err, size_t errlen)
         if (!sc->tls_client_anon)
             return -EINVAL;
     }
+    if (sc->tls_client && check_derived_identities(sc, err, errlen) < 0)
+        return -EINVAL;
     if (sc->tls_server || sc->tls_client) {
         sc_tls_ctx *ctx = sc_tls_watch_get(sc->tls_server ? sc->tls_server : sc->tls_client);
         const sc_tls_cert_info *ci = sc_tls_ctx_cert(ctx);

@@ -42,6 +42,9 @@ fails to parse), requests_completed (handler finished reading the body),
 requests_aborted, per-path counts, in-flight count, and a list of
 request records.
 
+HTTPS: Http1Peer("a", ssl_context=ctx) serves the same routes over TLS with
+an ssl.SSLContext (PROTOCOL_TLS_SERVER, its certificate loaded).
+
 Use in-process:  peer = Http1Peer("a"); port = peer.start(); ...; peer.stop()
 or standalone:   python3 http1_server.py --port 0 --name a   (prints the port)
 """
@@ -57,7 +60,7 @@ import threading
 import time
 import urllib.parse
 
-from peer_common import ThreadedHttpPeer, serve_until_interrupted
+from peer_common import ThreadedHttpPeer, serve_until_interrupted, tls_server_base
 
 BLOCK = 1 << 20
 _BASE_BLOCK = random.Random(20240607).randbytes(BLOCK)
@@ -411,10 +414,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class Http1Peer(ThreadedHttpPeer):
     """An in-process HTTP/1.1 server on 127.0.0.1 (or `host`)."""
 
-    def __init__(self, name="http1", host="127.0.0.1", port=0):
+    def __init__(self, name="http1", host="127.0.0.1", port=0, ssl_context=None):
         self.name = name
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context   # None: plaintext
         self._lock = threading.Lock()
         self._conns = set()
         self._server = None
@@ -474,7 +478,10 @@ class Http1Peer(ThreadedHttpPeer):
 
     # lifecycle ----------------------------------------------------------------
     def start(self):
-        return self._serve(_Handler, "http1-peer-%s" % self.name)
+        if self.ssl_context is None:
+            return self._serve(_Handler, "http1-peer-%s" % self.name)
+        return self._serve(_Handler, "https-peer-%s" % self.name,
+                           server_base=tls_server_base(self.ssl_context))
 
 
 def main():

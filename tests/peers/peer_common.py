@@ -33,6 +33,18 @@ class QuietThreadingHTTPServer(http.server.ThreadingHTTPServer):
         pass   # a client going away mid-request is normal in these tests
 
 
+def tls_server_base(ctx, base=QuietThreadingHTTPServer):
+    """`base` whose accepted sockets speak TLS with the ssl.SSLContext ctx.
+    The handshake runs in the connection's own thread on its first read, so
+    a client that fails it (or never starts it) holds up no other; a failed
+    handshake ends that connection quietly (handle_error)."""
+    class TlsServer(base):
+        def get_request(self):
+            sock, peer = super().get_request()
+            return ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), peer
+    return TlsServer
+
+
 class ThreadedHttpPeer(PeerLifecycle):
     """Serves `handler` (an http.server handler whose setup()/finish() call
     server.peer._conn_opened/_conn_closed) on a thread. The subclass sets

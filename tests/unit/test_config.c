@@ -689,6 +689,13 @@ static void test_bad_policies(void **state)
         {POL_BASE "tls: {mode: off, sni: pay.example.org}\n", 5, "tls.sni", "needs tls.mode"},
         {POL_BASE "tls: {mode: strict}\n", 5, "tls.mode", "off, simple or mutual"},
         {POL_BASE "tls: {mode: simple, sni: 'bad name'}\n", 5, "tls.sni", "server name"},
+        {POL_BASE "tls: {mode: simple}\n", 5, "tls", "would verify no name: set tls.sni"},
+        {POL_BASE "tls: {mode: mutual}\n", 5, "tls", "would verify no name"},
+        {POL_HEAD "discovery: {consul: {}}\ntls: {mode: simple}\n", 5, "tls", "would verify no name"},
+        {POL_BASE "tls: {mode: mutual, server_identity: \"spiffe://example.org/a\\r\\nb\"}\n", 5,
+         "tls.server_identity", "not a SPIFFE ID (spiffe://<trust-domain>/<path>): it contains a control character"},
+        {POL_BASE "tls: {mode: mutual, server_identity: payments}\n", 5, "tls.server_identity",
+         "not a SPIFFE ID"},
         {POL_BASE "protocol: grpc\n", 5, "protocol", "duplicate key 'protocol' (first set at line 2)"},
         {"upstream: 'a b'\nprotocol: http1\nlisten: 127.0.0.1:9000\n"
          "discovery: {static: [127.0.0.1:8000]}\n",
@@ -995,12 +1002,14 @@ static void test_tls_source(void **state)
     assert_int_equal(sc_config_load_string(y, strlen(y), "t.yaml", NULL, &cfg, &d), 0);
     assert_int_equal(cfg->tls.source, SC_TLS_SOURCE_FILES);
     sc_config_free(cfg);
-    /* consul: no files; mutual TLS and tls.allow work without tls.cert / tls.ca */
+    /* consul: no files; mutual TLS and tls.allow work without tls.cert / tls.ca
+     * (a Consul-discovered mutual upstream expects its Consul identity: no name needed) */
     y = "service: {name: web}\n"
         "inbound: {listen: 127.0.0.1:9001, app: 127.0.0.1:8080}\n"
         "consul: {}\n"
         "tls: {source: consul, allow: ['spiffe://x.consul/ns/default/dc/dc1/svc/*']}\n"
-        "upstreams:\n" UP("m", "127.0.0.1:9002") "    tls: {mode: mutual}\n";
+        "upstreams:\n  - upstream: m\n    protocol: http1\n    listen: 127.0.0.1:9002\n"
+        "    discovery: {consul: {service: m}}\n    tls: {mode: mutual}\n";
     int rc = sc_config_load_string(y, strlen(y), "t.yaml", NULL, &cfg, &d);
     for (size_t i = 0; i < d.n; i++)
         fprintf(stderr, "%s:%u: %s: %s\n", d.v[i].file, d.v[i].line, d.v[i].field,
