@@ -5,7 +5,8 @@ python3-grpcio, nothing else).
   pod_app.py http --name orders [--port 8080] [--grace 3]
       HTTP/1.1 on 127.0.0.1: every GET answers JSON {"service", "path",
       "caller"} (caller: the x-sidecar-caller header its sidecar set);
-      ?delay_ms=N waits N ms first (requests in flight during a drain).
+      ?delay_ms=N waits N ms first (requests in flight during a drain);
+      ?id=X prints "app: request X" (what reached the app).
   pod_app.py grpc --name payments [--port 8080] [--grace 3]
       gRPC (h2c) on 127.0.0.1: /test.Echo/Unary answers JSON
       {"service", "caller", "echo"} as bytes, with the caller from metadata.
@@ -47,6 +48,8 @@ def serve_http(a):
 
         def do_GET(self):
             q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            if "id" in q:   # the drain test matches what the app saw with what callers got
+                print("app: request %s" % q["id"][0], flush=True)
             delay = int(q.get("delay_ms", ["0"])[0])
             if delay:
                 time.sleep(min(delay, 10000) / 1000.0)

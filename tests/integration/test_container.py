@@ -12,7 +12,9 @@ What podman 4.3 cannot run of the Kubernetes manifests, and how the test
 adapts them (kube_for_podman): a native sidecar (an init container with
 restartPolicy: Always, Kubernetes 1.29) becomes the pod's first ordinary
 container; status.hostIP is not filled, so CONSUL_HTTP_ADDR names the
-emulator; images become the local ones; replicas: 1; the Secret is made
+emulator; images become the local ones; replicas: 1; containerPorts go
+(podman publishes each on the host; the test calls the pod's address,
+as a Service would); the Secret is made
 with `podman secret create` from the generated certificates. podman runs
 only liveness probes itself, so the test runs the readiness probe's own
 command in the container. Everything else is the shipped files as they are.
@@ -233,6 +235,7 @@ def kube_for_podman(path, images, consul_addr):
         spec["containers"] = native + spec["containers"]
         for c in spec["containers"]:
             c.update(images[c["name"]] if c["name"] != "sidecar" else {"image": images["sidecar"]})
+            c.pop("ports", None)   # podman would publish each on the host; the test uses the pod's IP
             env = []
             for e in c.get("env", []):
                 if e["name"] == "HOST_IP":
@@ -503,11 +506,14 @@ class KubePlayTest(PodmanTestCase):
         self.assertEqual(json.loads(first[2])["caller"], spiffe("frontend"))
         results, stop = [], threading.Event()
 
+        ids = iter(range(1, 1 << 30))
+
         def loop():
             deadline = time.monotonic() + 30
             while not stop.is_set() and time.monotonic() < deadline:
-                r = client.get(ip, 15443, "/slow?delay_ms=300")
-                results.append((time.monotonic(), r))
+                t, rid = time.monotonic(), next(ids)
+                r = client.get(ip, 15443, "/slow?delay_ms=300&id=%d" % rid)
+                results.append((t, r + (rid,)))   # t: when it started, relative to the stop below
                 if r[0] == "refused":
                     time.sleep(0.05)
         threads = [threading.Thread(target=loop, daemon=True) for _ in range(4)]
@@ -516,9 +522,21 @@ class KubePlayTest(PodmanTestCase):
         time.sleep(1.5)
         log = subprocess.Popen(["podman", "logs", "-f", "orders-pod-0-sidecar"], env=ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # `podman kube down` stops a pod with a timeout of 0 (SIGTERM, then
+        # SIGKILL at once), and `podman pod stop` stops the infra container,
+        # whose cleanup unplugs the pod's network, in parallel with the others
+        # (podman 4.3): so the pod's containers are stopped first with the
+        # manifest's grace period, then kube down removes the rest, as
+        # deploy/README.md tells users.
+        grace = next(d for d in docs["orders"] if d["kind"] == "Deployment")[
+            "spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         t_down = time.monotonic()
-        podman("kube", "down", self.files["orders"], timeout=60)
+        podman("stop", "-t", str(grace), pods["orders"] + "-app", pods["orders"] + "-sidecar", timeout=grace + 30)
         down_s = time.monotonic() - t_down
+        state = json.loads(podman("inspect", "orders-pod-0-sidecar"))[0]["State"]
+        app_saw = {int(l.split()[-1]) for l in podman("logs", "orders-pod-0-app").splitlines()
+                   if l.startswith("app: request ")}
+        podman("kube", "down", self.files["orders"], timeout=60)
         stop.set()
         for t in threads:
             t.join(15)
@@ -528,13 +546,28 @@ class KubePlayTest(PodmanTestCase):
             log.kill()
             sidecar_log = log.communicate()[0].decode(errors="replace")
         ok = [r for _, r in results if r[0] == "ok" and r[1] == 200]
-        bad = [r for _, r in results if r[0] == "inflight-failed" or (r[0] == "ok" and r[1] != 200)]
-        during = [r for t, r in results if t >= t_down and r[0] == "ok" and r[1] == 200]
+        # A request that reached the app, or that got an answer, must have
+        # succeeded. A connection the sidecar accepted just before SIGTERM
+        # but closed before reading its first request (an HTTP/1.1
+        # connection without a current request is closed when the drain
+        # starts) is counted apart: at most one per client thread, and it
+        # never reached the app.
+        def closed_unread(r):
+            return (r[0] == "inflight-failed" and r[-1] not in app_saw
+                    and ("closed without" in r[1] or r[1].endswith(" after 0 bytes")))
+        bad = [(round(t - t_down, 3), r) for t, r in results
+               if (r[0] == "ok" and r[1] != 200) or (r[0] == "inflight-failed" and not closed_unread(r))]
+        unread = [(round(t - t_down, 3), r) for t, r in results if closed_unread(r)]
+        if unread:
+            print("\nclosed before the first request was read during the drain: %r" % unread, file=sys.stderr)
+        self.assertLessEqual(len(unread), len(threads), unread)
+        during = [r for t, r in results if t >= t_down - 0.3 and r[0] == "ok" and r[1] == 200]
         self.assertFalse(bad, "in-flight requests failed during the drain: %r\n%s" % (bad[:5], sidecar_log[-3000:]))
         self.assertGreater(len(ok), 10, results[-5:])
         self.assertTrue(during, "no request completed after SIGTERM: nothing was in flight")
-        self.assertIn("SIGTERM", sidecar_log)
-        self.assertLess(down_s, 9.5, "the sidecar did not exit before podman's stop timeout:\n" + sidecar_log[-2000:])
+        self.assertIn("received SIGTERM", sidecar_log)
+        self.assertEqual(state["ExitCode"], 0, "the sidecar did not drain and exit 0:\n" + sidecar_log[-2000:])
+        self.assertLess(down_s, grace, "the pod did not stop within its grace period")
         # It deregistered from Consul on the way out.
         self.assertFalse(self._passing("orders"))
 
