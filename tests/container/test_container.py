@@ -39,9 +39,10 @@ import threading
 import time
 import unittest
 
-import harness
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import harness  # noqa: E402
 
-import yaml
+import yaml  # noqa: E402
 
 ROOT = harness.ROOT
 CT = os.path.join(ROOT, "tests", "container")
