@@ -1,6 +1,10 @@
 """deploy/: the container image, the Kubernetes manifests, the Compose file
 and the Debian package, each run the way a user runs them, with podman
-(runc), buildah's Containerfile support, podman-compose and debootstrap.
+(runc), buildah's Containerfile support and debootstrap. The Compose file
+is checked as data and its sidecar configurations with `sidecar --check`
+in the image; Debian 12's podman-compose (1.0.3) cannot run it (it adds
+the project network to a `network_mode: service:X` container, which podman
+refuses).
 
 No container registry is reachable here: tests/container/make-base.sh makes
 the base image localhost/debian:12 with debootstrap (cached in podman's
@@ -403,6 +407,18 @@ class ImageTest(PodmanTestCase):
                                          for x in ("-v", "%s/%s:/etc/sidecar/%s:ro" % (d, s, s))],
                          IMAGE, "--config", "/etc/sidecar/config/sidecar.yaml", "--check")
             self.assertIn("configuration OK", out, f)
+
+    def test_shipped_compose_configs_pass_check_in_the_image(self):
+        d = os.path.join(self.tmp, "compose")
+        shutil.copytree(os.path.join(DEPLOY, "compose"), d)
+        make_certs(os.path.join(d, "certs"), "web", "api")
+        svcs = load_all(os.path.join(d, "compose.yaml"))[0]["services"]
+        for svc in ("web", "api"):
+            side = svcs[svc + "-sidecar"]
+            vols = [x for v in side["volumes"] for x in ("-v", v.replace("./", d + "/", 1))]
+            out = podman("run", "--rm", *vols, *[x for k, v in side["environment"].items() for x in ("-e", k + "=" + v)],
+                         IMAGE, *side["command"], "--check")
+            self.assertIn("configuration OK", out, svc)
 
 
 class PackageTest(PodmanTestCase):
