@@ -476,6 +476,11 @@ class KubePlayTest(PodmanTestCase):
             podman_secret(name + "-sidecar-certs", self.certs, name)
             self.addCleanup(podman, "secret", "rm", name + "-sidecar-certs", check=False)
             podman("kube", "down", path, check=False)
+            # kube down leaves the ConfigMap and Secret volumes behind (podman 4.3).
+            vols = [v["configMap"]["name"] if "configMap" in v else v["secret"]["secretName"]
+                    for d in docs if d["kind"] in ("Deployment", "Pod")
+                    for v in (d["spec"]["template"]["spec"] if d["kind"] == "Deployment" else d["spec"])["volumes"]]
+            self.addCleanup(podman, "volume", "rm", "-f", *vols, check=False)
             self.addCleanup(podman, "kube", "down", path, check=False, timeout=60)
 
     def _play(self, name):
