@@ -325,6 +325,7 @@ struct sc_worker {
     ev_idle more;                   /* active while dirty work is left: no sleeping poll */
     ev_check check;                 /* epoch tracking after polling */
     ev_timer drain_timer;
+    ev_timer accept_pause;          /* out of descriptors: listeners rest (worker.c) */
     ev_timer promote;               /* while bulkhead waiters exist: take slots freed elsewhere */
     sc_link dirty;
     sc_link down_conns;

@@ -23,6 +23,7 @@
 #define MAX_FREE_BLOCKS 256
 #define MAX_FREE_STREAMS 256
 #define ACCEPT_BURST 64
+#define ACCEPT_PAUSE_MS 100
 
 /* ---- block pool ---- */
 
@@ -566,6 +567,27 @@ static void check_cb(struct ev_loop *loop, ev_check *c, int revents)
     sc_epoch_enter(&w->epoch);
 }
 
+/* Out of descriptors, the pending connection stays in the backlog and the
+ * listener stays readable: accepting again at once would spin. Every
+ * listener of the worker rests for ACCEPT_PAUSE_MS instead, while
+ * connections that close give descriptors back. */
+static void pause_listeners(sc_worker *w)
+{
+    for (size_t i = 0; i < w->sc->n_routes; i++)
+        ev_io_stop(w->loop, &w->listeners[i]);
+    ev_timer_set(&w->accept_pause, ACCEPT_PAUSE_MS / 1000.0, 0);
+    ev_timer_start(w->loop, &w->accept_pause);
+}
+
+static void accept_pause_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    sc_worker *w = SC_CONTAINER_OF(t, sc_worker, accept_pause);
+    for (size_t i = 0; i < w->sc->n_routes && !w->draining; i++)
+        if (w->listeners[i].fd >= 0)
+            ev_io_start(loop, &w->listeners[i]);
+}
+
 static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop;
@@ -578,9 +600,11 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
         socklen_t len = sizeof(ss);
         int fd = accept4(io->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno == EMFILE || errno == ENFILE)
-                SC_WARN_LIMITED(&fd_log_limit, "listener %s: out of file descriptors (%s); raise the limit (ulimit -n)",
-                                route->name, strerror(errno));
+            if (errno == EMFILE || errno == ENFILE) {
+                SC_WARN_LIMITED(&fd_log_limit, "listener %s: out of file descriptors (%s); raise the limit (ulimit -n); "
+                                "not accepting for %dms", route->name, strerror(errno), ACCEPT_PAUSE_MS);
+                pause_listeners(w);
+            }
             return;
         }
         if (w->n_down_conns >= w->sc->cfg->limits.max_connections) {
@@ -598,6 +622,7 @@ static void accept_cb(struct ev_loop *loop, ev_io *io, int revents)
 
 static void stop_listeners(sc_worker *w)
 {
+    ev_timer_stop(w->loop, &w->accept_pause);
     for (size_t i = 0; i < w->sc->n_routes; i++) {
         if (w->listeners[i].fd >= 0) {
             ev_io_stop(w->loop, &w->listeners[i]);
@@ -706,6 +731,7 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
      * would never drain. */
     ev_async_init(&w->wakeup, wakeup_cb);
     ev_async_start(w->loop, &w->wakeup);
+    ev_init(&w->accept_pause, accept_pause_cb);
     ev_init(&w->promote, promote_cb);
     w->promote.repeat = 0.005;
     const char *delay = getenv("SIDECAR_TEST_WORKER_START_DELAY_MS");

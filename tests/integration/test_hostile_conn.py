@@ -229,5 +229,45 @@ class SlowReaderTest(SidecarTestCase):
         self.assertTrue(sc.alive())
 
 
+class FdExhaustionTest(SidecarTestCase):
+    """Out of file descriptors: accept(2) fails with EMFILE while the
+    connection stays in the backlog, so the listener stays readable. The
+    sidecar must rest instead of spinning on it, log a bounded number of
+    lines, and accept again once descriptors are free."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.web = cls.class_http1_peer("web")
+
+    def test_emfile_does_not_spin(self):
+        if not harness.have_tool("prlimit"):
+            self.fail("prlimit (util-linux) is needed")
+        out_port = free_port()
+        cfg = harness.base_config(free_port(), workers=1, upstreams=[
+            harness.upstream("web", "http1", out_port, [self.web.port])])
+        sc = self.sidecar(cfg)
+        r = run(["prlimit", "--pid", str(sc.pid), "--nofile=48:48"], timeout=10)
+        self.assertEqual(r.returncode, 0, r.stderr.decode())
+        socks = []
+        try:
+            for _ in range(80):
+                s = socket.create_connection((LOOPBACK, out_port), timeout=2)
+                socks.append(s)
+            time.sleep(0.5)
+            cpu0 = cpu_seconds(sc.pid)
+            time.sleep(1.0)
+            spent = cpu_seconds(sc.pid) - cpu0
+            self.assertLess(spent, 0.3, "the sidecar used %.2fs of CPU in 1 s while out of descriptors" % spent)
+        finally:
+            for s in socks:
+                s.close()
+        self.assertTrue(harness.wait_until(lambda: "out of file descriptors" in sc.log_text(), 3), sc.log_tail())
+        self.assertLessEqual(sc.log_text().count("out of file descriptors"), 3)
+        # Descriptors are back: new callers are served (the listener rested, it did not stop).
+        r = harness.http_get(out_port, "/echo", timeout=5)
+        self.assertEqual(r.status, 200)
+        self.assertTrue(sc.alive())
+
+
 if __name__ == "__main__":
     unittest.main()
