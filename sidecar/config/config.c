@@ -6,7 +6,7 @@
  */
 #include "config/config_internal.h"
 #include "admin/admin_http.h"
-#include "tls/tls.h"
+#include "tls/spiffe.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

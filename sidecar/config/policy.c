@@ -6,7 +6,7 @@
 #include "config/config_internal.h"
 #include "http/grpc.h"
 #include "http/h1.h"
-#include "tls/tls.h"
+#include "tls/spiffe.h"
 
 #include <stdlib.h>
 #include <string.h>

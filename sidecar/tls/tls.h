@@ -21,6 +21,14 @@
  *    builds a new context and publishes it only when it is valid.
  *  - Certificate facts for the admin endpoint and readiness (expiry).
  *
+ * Files: spiffe.c (identities as text, no OpenSSL; its own header spiffe.h,
+ * included here), tls_identity.c (identities in certificates and on
+ * connections), tls_cert.c (certificate facts), tls_ctx.c (material and
+ * contexts), tls_conn.c (connections: verification, handshake, I/O,
+ * errors), tls_session.c (session caches), tls_watch.c (reloads);
+ * tls_internal.h is what they share. tls_runtime.c is the process's use of
+ * all this (tls_runtime.h).
+ *
  * Errors: negative errno (common.h). Functions that can explain a failure to
  * a human take `char *err, size_t errlen`; a failed handshake or I/O call
  * keeps its explanation on the SSL (sc_tls_conn_error). No function leaves
@@ -35,6 +43,7 @@
 #define SC_TLS_H
 
 #include "core/common.h"
+#include "tls/spiffe.h"   /* identities as text: SPIFFE IDs, allow lists, escaping */
 
 #include <openssl/types.h>   /* SSL, X509 */
 #include <sys/types.h>       /* ssize_t */
@@ -208,22 +217,7 @@ bool sc_tls_session_reused(const SSL *ssl);
 /* "TLSv1.3" etc. (static). */
 const char *sc_tls_version(const SSL *ssl);
 
-/* ---- identities ---- */
-
-/* Max length of an identity this module handles (longer URI SANs are refused). */
-#define SC_TLS_ID_MAX 512
-
-/*
- * Whether id[0..len) is a SPIFFE ID as the SPIFFE ID specification defines
- * it, and at most SC_TLS_ID_MAX - 1 bytes: "spiffe://" (lower case), a
- * trust domain of 1..255 characters [a-z0-9.-_], then a path that is empty
- * or "/"-separated segments of [A-Za-z0-9.-_], none empty, "." or "..", no
- * trailing "/"; no query, fragment, port, user info or percent-encoding.
- * So a valid identity never holds a control character, space, quote or
- * non-ASCII byte and can go into a header or a log line as it is.
- * 0 when valid, else -EINVAL with *why (when not NULL, static text).
- */
-int sc_tls_spiffe_id_valid(const char *id, size_t len, const char **why);
+/* ---- identities (the text side, without OpenSSL, is in spiffe.h) ---- */
 
 /* The verified peer's identity: the single URI SAN of its certificate, a
  * valid SPIFFE ID (sc_tls_spiffe_id_valid), also on resumed sessions.
@@ -236,48 +230,9 @@ int sc_tls_peer_identity(const SSL *ssl, char *out, size_t len);
 /* The URI SAN of any certificate, same results (no verification check). */
 int sc_tls_cert_identity(X509 *cert, char *out, size_t len);
 
-/* Bytes a peer chose (a URI SAN, a name) made safe for a log line: printable
- * ASCII other than the backslash is kept, every other byte becomes \xHH
- * (so "a\r\nb" reads "a\x0d\x0ab" and cannot start a new line); at most cap - 1
- * characters (a cut is marked with "..."), always NUL-terminated (cap > 0).
- * Returns the length written. */
-size_t sc_tls_escape(const void *in, size_t n, char *out, size_t cap);
-
-/* A certificate serial (big-endian magnitude) the way Consul writes one
- * (connect.HexString of SerialNumber.Bytes()): lower-case hex byte pairs
- * joined by ':', leading zero bytes dropped, "" for zero. Returns the
- * length, or -ENOSPC (cap needs 3 bytes per octet). */
-int sc_tls_serial_colon_hex(const unsigned char *be, size_t n, char *out, size_t cap);
-/* The peer certificate's serial in that form ("0a:1b:..."); -ENOENT without
- * a peer certificate. No allocation. */
+/* The peer certificate's serial as sc_tls_serial_colon_hex writes it
+ * ("0a:1b:..."); -ENOENT without a peer certificate. No allocation. */
 int sc_tls_peer_serial(const SSL *ssl, char *out, size_t cap);
-
-/*
- * Allow-list patterns: an exact identity, or a prefix ending in '*' that
- * matches any identity starting with the prefix and at least one more
- * character: "spiffe://example.org/ns/default/dc/dc1/svc/web-*", or the
- * prefix ".../svc/" followed by '*' for every service of dc1 (see
- * docs/tls.md). A lone "*" matches every verified identity. A '*' anywhere
- * else is not supported, and a '*' inside the trust domain (before the first
- * '/' after "://") is refused so "spiffe://example.org*" cannot match
- * "spiffe://example.org.evil/...". Comparison is byte for byte (SPIFFE trust
- * domains are lower case).
- */
-/* 0 when valid, else -EINVAL and *why (when not NULL) says why (static text). */
-int sc_tls_pattern_valid(const char *pattern, const char **why);
-
-/*
- * The identity a service has in our mesh, Consul Connect style: our own
- * identity's trust domain and namespace, `dc` (NULL: ours) and `service`:
- * spiffe://<td>/ns/<ns>/dc/<dc>/svc/<service>. Returns the length, or -EINVAL
- * when our identity is not in that form, -ENOSPC when out is too small.
- */
-int sc_tls_identity_for_service(const char *ours, const char *dc, const char *service, char *out, size_t cap);
-/* Whether identity may call. n == 0 (no list configured): true, whatever the
- * identity. identity NULL or "" (no verified identity) is never allowed by a
- * non-empty list, not even by "*".
- * An invalid pattern matches nothing (fail closed). */
-bool sc_tls_allowed(const char *const *allow, size_t n, const char *identity);
 
 /* ---- certificate facts (admin endpoint, readiness) ---- */
 

@@ -4,7 +4,8 @@
  * TCP), full and resumed. Not a ctest; build and run by hand:
  *
  *   cc -O2 -std=c17 -D_GNU_SOURCE -Isidecar tests/bench/tls_handshake_bench.c \
- *      sidecar/tls/tls.c -lssl -lcrypto -lpthread -o /tmp/tls_handshake_bench
+ *      sidecar/tls/spiffe.c sidecar/tls/tls_{cert,conn,ctx,identity,session,watch}.c \
+ *      -lssl -lcrypto -lpthread -o /tmp/tls_handshake_bench
  *   /tmp/tls_handshake_bench [-n 1000] [-r 5] [-d CERTDIR] [-m full|resumed|persist|both]
  *
  * CERTDIR holds ca-bundle.pem, api.pem/.key (server) and web.pem/.key
