@@ -19,6 +19,7 @@ typedef struct sc_down_conn {
     /* HTTP/2 */
     nghttp2_session *h2;
     uint32_t n_streams;
+    uint32_t n_oversized;           /* header blocks refused as too large (down_h2.c ends the connection past a bound) */
     bool goaway_sent;
     /* TLS: the caller's verified identity (URI SAN) and the allow-list verdict */
     bool tls;

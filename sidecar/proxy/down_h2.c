@@ -115,6 +115,29 @@ static void set_verdict(sc_stream *s, uint8_t v)
  * HPACK lets a few bytes on the wire name a large field again and again, and
  * every field decoded costs its length in validation. */
 #define HEAD_DECODE_FACTOR 2
+/* Header blocks refused as too large on one connection before it is ended
+ * (GOAWAY ENHANCE_YOUR_CALM): each costs up to HEAD_DECODE_FACTOR times
+ * limits.max_header_bytes of work for a few bytes on the wire. */
+#define OVERSIZED_MAX 100
+/* Its own log limit: the per-request lines before it must not hide it. */
+static sc_ratelimit g_oversized_log;
+
+/* One more header block over the limit from this caller: true when that
+ * was one too many and the connection is ending. */
+static bool oversized_flood(sc_down_conn *d)
+{
+    if (++d->n_oversized <= OVERSIZED_MAX || d->goaway_sent)
+        return d->goaway_sent;
+    sc_conn *c = &d->super;
+    d->goaway_sent = true; /* ours: on_frame_send does not take it for nghttp2's rapid-reset GOAWAY */
+    SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_H2_FLOOD]);
+    SC_WARN_LIMITED(&g_oversized_log,
+                    "%s listener: HTTP/2 caller %s sent more than %d header blocks over limits.max_header_bytes: "
+                    "GOAWAY, connection closed", c->route->name, c->peer_text, OVERSIZED_MAX);
+    if (nghttp2_session_terminate_session(d->h2, NGHTTP2_ENHANCE_YOUR_CALM) != 0)
+        sc_conn_close_after_flush(c); /* no memory for the GOAWAY: just close */
+    return true;
+}
 
 /* Names a request trailer may not carry: connection-specific fields and the
  * ones whose meaning belongs to the head (RFC 9110 6.5.1). */
@@ -211,10 +234,15 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     if (total > limit) {
         if (eq(name, namelen, "content-type") && sc_grpc_is_content_type(v, valuelen))
             m->is_grpc = true; /* the answer speaks the caller's protocol */
+        bool first = s->down_hdr_verdict != HEAD_TOO_LARGE;
         if (!trailer && total <= HEAD_DECODE_FACTOR * limit) {
-            set_verdict(s, HEAD_TOO_LARGE); /* answered 431 once the head is complete */
+            s->down_hdr_verdict = HEAD_TOO_LARGE; /* answered 431 once the head is complete */
+            if (first && oversized_flood(d))
+                return reset_stream(d, s, NGHTTP2_ENHANCE_YOUR_CALM);
             return 0;
         }
+        if (first)
+            oversized_flood(d);
         sc_conn *c = &d->super;
         SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_TOO_LARGE]);
         SC_WARN_LIMITED(&c->route->log_limit,

@@ -18,6 +18,9 @@ afterwards. Every loop is bounded in frames and seconds.
 """
 import json
 import os
+import shutil
+import ssl
+import tempfile
 import time
 import unittest
 
@@ -115,6 +118,31 @@ class HostileCallersTest(HostileBase):
         self.assertEqual(self.app_requests() - before_app, 1, "only the good request reaches the app")
         self.assertGreater(self.bad_requests("header_too_large"), before_bad)
         self.assertIn("counted as HPACK does", self.sc.log_text())
+        self.still_serves()
+
+    def test_many_oversized_heads_end_the_connection(self):
+        """Each oversized head costs the sidecar work for a few bytes on the
+        wire (the large field is indexed once for all streams): past a bound
+        the connection ends with GOAWAY ENHANCE_YOUR_CALM, counted as a flood."""
+        floods = self.bad_requests("h2_flood")
+        with self.attack() as rss, H2Conn(self.port) as c:
+            sent = 0
+            try:
+                for _ in range(150):
+                    c.get("/echo", extra=amplified(refs=40))     # ~160 KiB decoded, ~60 bytes sent
+                    sent += 1
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            c.wait(lambda: c.goaway is not None, timeout=5)
+            # GOAWAY, unless the close that follows it reset the connection
+            # while our frames were still arriving (then it may be lost)
+            self.assertTrue(c.goaway is not None or c.closed or sent < 150,
+                            "the connection survived %d oversized heads" % sent)
+            if c.goaway is not None:
+                self.assertEqual(c.goaway[1], h2_raw.ENHANCE_YOUR_CALM)
+        self.assertBoundedAndIdle(rss, "oversized heads on one connection")
+        self.assertTrue(wait_until(lambda: self.bad_requests("h2_flood") > floods, timeout=3))
+        self.assertIn("header blocks over limits.max_header_bytes", self.sc.log_text())
         self.still_serves()
 
     def test_head_just_over_the_limit_is_answered_431(self):
@@ -251,6 +279,49 @@ class UnderscoreRejectTest(UnderscoreBase):
             ok = c.response(c.get("/echo", extra=[("x-user", "a")]))
             self.assertEqual(ok.status, 200, ok)
         self.assertIn("limits.header_underscores: reject", self.sc.log_text())
+
+
+class DeniedCallerTest(HostileBase):
+    """An inbound TLS listener with tls.allow; the caller's certificate is
+    valid (same CA) but its identity is not allowed: nothing of its headers
+    is kept, whatever HPACK makes of them."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.certs = tempfile.mkdtemp(prefix="sc-it-hostile-h2-")
+        cls.addClassCleanup(shutil.rmtree, cls.certs, True)
+        r = harness.run(["sh", os.path.join(harness.ROOT, "certs", "make-certs.sh"), "--out", cls.certs,
+                         "--trust-domain", "example.org", "api", "batch"], timeout=60)
+        if r.returncode != 0:
+            raise AssertionError("make-certs.sh failed: %s" % r.stderr.decode())
+        cls.app = cls.class_http1_peer("app")
+        cls.port = free_port()
+        cfg = harness.base_config(free_port(), inbound={"listen_port": cls.port, "app_port": cls.app.port},
+                                  workers=1, name="api")
+        cfg["tls"] = {"cert": os.path.join(cls.certs, "api.pem"), "key": os.path.join(cls.certs, "api.key"),
+                      "ca": os.path.join(cls.certs, "ca-bundle.pem"),
+                      "allow": ["spiffe://example.org/ns/default/dc/dc1/svc/web"]}
+        cls.sc = cls.class_sidecar(cfg)
+
+    def tls(self):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False       # the sidecar's identity is a SPIFFE URI, not a host name
+        ctx.load_verify_locations(os.path.join(self.certs, "ca-bundle.pem"))
+        ctx.load_cert_chain(os.path.join(self.certs, "batch.pem"), os.path.join(self.certs, "batch.key"))
+        return ctx
+
+    def test_denied_caller_gets_403_and_nothing_of_its_headers_is_kept(self):
+        before = self.app.count("requests_started")
+        with self.attack() as rss, H2Conn(self.port, tls=self.tls()) as c:
+            st = c.response(c.get("/echo", extra=[("x-f%02d" % i, "a" * 3000) for i in range(20)]))
+            self.assertEqual(st.status, 403, st)
+            self.assertEqual(st.header("x-sidecar-reason"), "caller-not-allowed")
+            amp = c.response(c.get("/echo", extra=amplified(refs=24000), end_stream=False), timeout=10)
+            self.assertTrue(amp.rst is not None or amp.status in (403, 431), amp)
+            g = c.response(c.get("/echo", extra=[("content-type", "application/grpc")]))
+            self.assertEqual(g.header("grpc-status"), "7", g)     # PERMISSION_DENIED
+        self.assertBoundedAndIdle(rss, "denied caller's amplified head")
+        self.assertEqual(self.app.count("requests_started"), before, "a denied caller reached the app")
 
 
 class HostileUpstreamTest(HostileBase):

@@ -166,10 +166,14 @@ class Stream:
 
 
 class H2Conn:
-    """A hand-driven HTTP/2 caller (prior knowledge over cleartext)."""
+    """A hand-driven HTTP/2 caller: prior knowledge over cleartext, or over
+    TLS with `tls` (an ssl.SSLContext; ALPN h2 is asked for)."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=5.0, settings=None, window=1 << 24):
+    def __init__(self, port, host="127.0.0.1", timeout=5.0, settings=None, window=1 << 24, tls=None):
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:
+            tls.set_alpn_protocols(["h2"])
+            self.sock = tls.wrap_socket(self.sock, server_hostname=host)
         self.enc = hpack.Encoder()
         self.blocks = BlockReader()
         self.buf = b""
@@ -246,8 +250,9 @@ class H2Conn:
     def pump(self, deadline):
         """Reads and handles frames until the deadline or EOF."""
         while not self.closed and time.monotonic() < deadline:
-            r, _, _ = select.select([self.sock], [], [], max(0.0, deadline - time.monotonic()))
-            if not r:
+            buffered = getattr(self.sock, "pending", lambda: 0)()     # TLS: read but not yet handed out
+            r, _, _ = select.select([self.sock], [], [], 0 if buffered else max(0.0, deadline - time.monotonic()))
+            if not r and not buffered:
                 return
             try:
                 chunk = self.sock.recv(1 << 20)
