@@ -447,8 +447,8 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
     }
     if (sc_pipe_put(s, &s->reqp, data, len) < 0) {
         /* More than the window we granted: the peer broke flow control. */
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR);
-        return 0;
+        return nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR) == 0
+                   ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     s->down_unconsumed += (uint32_t)len;
     sc_stream_req_progress(s);
@@ -480,8 +480,9 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         if (s) {
             s->flags |= SC_ST_F_DOWN_RESP_END;
             /* Response complete while the caller still sends: tell it to stop. */
-            if (!s->reqp.eof)
-                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+            if (!s->reqp.eof &&
+                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR) != 0)
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
     }
     return 0;
@@ -571,17 +572,24 @@ static int submit_head(sc_down_conn *d, sc_stream *s)
     return 0;
 }
 
+/* Ends a caller's stream abnormally; without memory for the RST_STREAM the
+ * connection goes (a stream nobody ends would hold the caller forever). */
+static void abort_stream(sc_down_conn *d, sc_stream *s)
+{
+    if (nghttp2_submit_rst_stream(d->h2, NGHTTP2_FLAG_NONE, s->down_sid, NGHTTP2_INTERNAL_ERROR) != 0)
+        sc_conn_close_after_flush(&d->super);
+}
+
 void sc_down_h2_stream_event(sc_stream *s)
 {
     sc_down_conn *d = SC_DOWN(s->down);
     if (!s->resp.head_done)
         return;
     if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
-        if (submit_head(d, s) < 0) {
-            nghttp2_submit_rst_stream(d->h2, NGHTTP2_FLAG_NONE, s->down_sid, NGHTTP2_INTERNAL_ERROR);
-        }
+        if (submit_head(d, s) < 0)
+            abort_stream(d, s);
     } else if (s->fail && !s->respp.eof) {
-        nghttp2_submit_rst_stream(d->h2, NGHTTP2_FLAG_NONE, s->down_sid, NGHTTP2_INTERNAL_ERROR);
+        abort_stream(d, s);
     } else if (s->flags & SC_ST_F_DEFERRED_DOWN) {
         s->flags &= ~SC_ST_F_DEFERRED_DOWN;
         nghttp2_session_resume_data(d->h2, s->down_sid);
@@ -683,8 +691,9 @@ static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
     sc_down_conn *d = SC_DOWN(c);
     if (d->n_streams)
         return;
-    nghttp2_submit_goaway(d->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(d->h2),
-                          NGHTTP2_NO_ERROR, NULL, 0);
+    /* Closed after the flush with or without the GOAWAY (no memory for it). */
+    (void)nghttp2_submit_goaway(d->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(d->h2),
+                                NGHTTP2_NO_ERROR, NULL, 0);
     d->goaway_sent = true;
     sc_conn_close_after_flush(c);
 }
@@ -784,8 +793,9 @@ void sc_down_h2_drain(sc_conn *c)
     sc_down_conn *d = SC_DOWN(c);
     if (d->goaway_sent)
         return;
-    nghttp2_submit_goaway(d->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(d->h2),
-                          NGHTTP2_NO_ERROR, NULL, 0);
+    /* Without memory for it, no GOAWAY: new streams are refused anyway while draining (on_begin_headers). */
+    (void)nghttp2_submit_goaway(d->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(d->h2),
+                                NGHTTP2_NO_ERROR, NULL, 0);
     d->goaway_sent = true;
     sc_conn_mark_dirty(c);
     if (d->n_streams == 0)

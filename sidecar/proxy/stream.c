@@ -672,9 +672,10 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
         snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
         size_t elen = sc_grpc_message_encode(msg, enc, sizeof(enc));
         s->respp.n_trailers = s->respp.cap_trailers = 0;
-        sc_pipe_add_trailer(s, &s->respp, "grpc-status", 11, code, strlen(code));
-        sc_pipe_add_trailer(s, &s->respp, "grpc-message", 12, enc, elen);
-        s->respp.eof = true;
+        /* Without memory for the status the call may not end as if it were
+         * complete: the downstream codec aborts it (RST_STREAM) instead. */
+        s->respp.eof = sc_pipe_add_trailer(s, &s->respp, "grpc-status", 11, code, strlen(code)) == 0 &&
+                       sc_pipe_add_trailer(s, &s->respp, "grpc-message", 12, enc, elen) == 0;
     } else {
         s->respp.eof = false;
         s->fail = why; /* the downstream codec aborts (RST_STREAM / close) */

@@ -317,10 +317,9 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
         return 0;
     }
     (void)user_data;
-    if (sc_pipe_put(s, &s->respp, data, len) < 0) {
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR);
-        return 0;
-    }
+    if (sc_pipe_put(s, &s->respp, data, len) < 0) /* more than the window we granted */
+        return nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR) == 0
+                   ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
     s->up_unconsumed += (uint32_t)len;
     sc_stream_resp_progress(s);
     return 0;
@@ -434,7 +433,8 @@ void sc_up_h2_cancel(sc_stream *s)
         nghttp2_session_consume_connection(u->h2, s->up_unconsumed);
         s->up_unconsumed = 0;
     }
-    nghttp2_submit_rst_stream(u->h2, NGHTTP2_FLAG_NONE, s->up_sid, NGHTTP2_CANCEL);
+    if (nghttp2_submit_rst_stream(u->h2, NGHTTP2_FLAG_NONE, s->up_sid, NGHTTP2_CANCEL) != 0)
+        u->goaway = true; /* the stream stays open upstream: retire the connection once the others end */
     sc_list_remove(&s->up_link);
     u->n_streams--;
     s->up = NULL;
