@@ -726,13 +726,20 @@ static void init_callbacks(void)
 #define H2_FRAME_PAYLOAD 16384
 #define CONTINUATION_SLACK 8
 
+/* nghttp2 1.61 added it (CVE-2024-28182); Debian 12 backports it to 1.52.
+ * Weak, so that a library without it still links (the header-list
+ * accounting above then bounds the memory, and the work stays proportional
+ * to the bytes received). */
+extern void nghttp2_option_set_max_continuations(nghttp2_option *option, size_t val) __attribute__((weak));
+
 nghttp2_option *sc_h2_session_option(const sc_config *cfg)
 {
     nghttp2_option *o;
     if (nghttp2_option_new(&o) != 0)
         return NULL;
     nghttp2_option_set_no_auto_window_update(o, 1);
-    nghttp2_option_set_max_continuations(o, cfg->limits.max_header_bytes / H2_FRAME_PAYLOAD + CONTINUATION_SLACK);
+    if (nghttp2_option_set_max_continuations)
+        nghttp2_option_set_max_continuations(o, cfg->limits.max_header_bytes / H2_FRAME_PAYLOAD + CONTINUATION_SLACK);
     /* Header blocks we send carry at most limits.max_header_bytes of fields
      * (both sides enforce it on what they receive) plus the few the sidecar
      * adds; nghttp2's own cap (64 KiB) would refuse larger ones. An HPACK
