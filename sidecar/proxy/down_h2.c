@@ -101,7 +101,8 @@ static bool eq(const uint8_t *a, size_t alen, const char *lit)
 }
 
 /* What a caller's request head has earned while it was decoded
- * (sc_stream.down_hdr_verdict); the first verdict stands. */
+ * (sc_stream.down_hdr_verdict): the first verdict stands, but too large
+ * overrides the others (it is what the caller has to fix first). */
 enum { HEAD_OK = 0, HEAD_TOO_LARGE, HEAD_BAD_NAME, HEAD_EXT_CONNECT };
 
 static void set_verdict(sc_stream *s, uint8_t v)
@@ -126,8 +127,8 @@ static sc_ratelimit g_oversized_log;
  * was one too many and the connection is ending. */
 static bool oversized_flood(sc_down_conn *d)
 {
-    if (++d->n_oversized <= OVERSIZED_MAX || d->goaway_sent)
-        return d->goaway_sent;
+    if (++d->n_oversized != OVERSIZED_MAX + 1)
+        return d->n_oversized > OVERSIZED_MAX; /* ended already, or not yet */
     sc_conn *c = &d->super;
     d->goaway_sent = true; /* ours: on_frame_send does not take it for nghttp2's rapid-reset GOAWAY */
     SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_H2_FLOOD]);
