@@ -4,6 +4,13 @@
  * (no_auto_window_update): request DATA is acknowledged with WINDOW_UPDATE
  * only when the upstream has taken it from the stream's pipe, so a slow
  * upstream slows the caller and each stream buffers at most its window.
+ *
+ * What a caller sends is held to the limits it was told: each header list
+ * (head, trailers) to limits.max_header_bytes as HPACK counts it (431, or
+ * RST_STREAM far beyond it; GOAWAY after OVERSIZED_MAX such heads);
+ * CONNECT and heads without a usable :path are answered locally; trailers
+ * are filtered as heads are (the identity header in any spelling an app
+ * reads, connection-specific names, limits.header_underscores).
  */
 #include "core/log.h"
 #include "http/grpc.h"

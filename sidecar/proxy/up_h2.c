@@ -4,6 +4,13 @@
  * SETTINGS_MAX_CONCURRENT_STREAMS; a new connection opens when all are full.
  * Response DATA is acknowledged (WINDOW_UPDATE) only when the caller has
  * taken it from the stream's pipe.
+ *
+ * A hostile upstream is held to limits.max_header_bytes per header list
+ * (1xx heads and the final head together, trailers apart) and to
+ * MAX_INFORMATIONAL 1xx heads: beyond, the request fails as a protocol
+ * error (502). A stream it refuses is re-sent at most MAX_REFUSED_RESENDS
+ * times; a request head nghttp2 cannot send, or one larger than the upstream's
+ * SETTINGS_MAX_HEADER_LIST_SIZE, fails once (431 when it is too large).
  */
 #include "core/log.h"
 #include "http/grpc.h"
