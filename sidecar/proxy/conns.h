@@ -19,6 +19,7 @@ typedef struct sc_down_conn {
     /* HTTP/2 */
     nghttp2_session *h2;
     uint32_t n_streams;
+    uint32_t n_oversized;           /* header blocks refused as too large (down_h2.c ends the connection past a bound) */
     bool goaway_sent;
     /* TLS: the caller's verified identity (URI SAN) and the allow-list verdict */
     bool tls;
@@ -64,6 +65,20 @@ void sc_up_conn_fail_pending(sc_up_conn *u, sc_fail why);
  * bytes moved plus one when the body ended (so 0 means no progress), or a
  * negative SC_H1_ERR_*. Trailers of a chunked body go to p->trailers. */
 int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p);
+
+/* One field added to a header list being received, counted as HPACK counts
+ * it (RFC 7541 4.1: name + value + 32), saturating. Returns the new total. */
+static inline uint32_t sc_hdr_list_add(uint32_t *total, size_t namelen, size_t valuelen)
+{
+    uint64_t t = (uint64_t)*total + namelen + valuelen + 32;
+    *total = t > UINT32_MAX ? UINT32_MAX : (uint32_t)t;
+    return *total;
+}
+
+/* nghttp2 options both HTTP/2 sides share (manual flow control, header block
+ * sizes from limits.max_header_bytes, CONTINUATION frames bounded); the
+ * caller adds its own and frees it after creating the session. NULL: no memory. */
+nghttp2_option *sc_h2_session_option(const sc_config *cfg);
 
 /* The bytes a stream's timeout leaves for an upstream grpc-timeout; 0 = none. */
 uint64_t sc_stream_remaining_ns(const sc_stream *s);

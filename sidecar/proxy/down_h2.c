@@ -4,9 +4,17 @@
  * (no_auto_window_update): request DATA is acknowledged with WINDOW_UPDATE
  * only when the upstream has taken it from the stream's pipe, so a slow
  * upstream slows the caller and each stream buffers at most its window.
+ *
+ * What a caller sends is held to the limits it was told: each header list
+ * (head, trailers) to limits.max_header_bytes as HPACK counts it (431, or
+ * RST_STREAM far beyond it; GOAWAY after OVERSIZED_MAX such heads);
+ * CONNECT and heads without a usable :path are answered locally; trailers
+ * are filtered as heads are (the identity header in any spelling an app
+ * reads, connection-specific names, limits.header_underscores).
  */
 #include "core/log.h"
 #include "http/grpc.h"
+#include "http/hdr.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 
@@ -45,19 +53,46 @@ static void detach(sc_down_conn *d, sc_stream *s, bool aborted)
     arm_idle(&d->super);
 }
 
+/* A caller whose certificate tls.allow refused: its requests are answered
+ * 403 (sc_stream_start) and nothing of them is kept. */
+static bool caller_denied(const sc_down_conn *d, const sc_stream *s)
+{
+    return d->denied && s->route->inbound;
+}
+
+/* Resets one of the caller's streams from a callback and lets go of it at
+ * once: nothing more of it is decoded or kept. Returns what the callback
+ * returns (nghttp2 then skips the rest of the header block). */
+static int reset_stream(sc_down_conn *d, sc_stream *s, uint32_t code)
+{
+    if (nghttp2_submit_rst_stream(d->h2, NGHTTP2_FLAG_NONE, s->down_sid, code) != 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE; /* no memory: the connection goes */
+    detach(d, s, true);
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+}
+
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
     sc_down_conn *d = user_data;
     sc_conn *c = &d->super;
-    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+    if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
+    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
+        /* Trailers: a field section of their own, with a budget of their own. */
+        sc_stream *s = get_stream(session, frame->hd.stream_id);
+        if (s)
+            s->down_hdr_bytes = 0;
+        return 0;
+    }
     if (c->w->draining) {
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM);
+        if (nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
         return 0;
     }
     sc_stream *s = sc_stream_new(c->w, c->route, c, frame->hd.stream_id);
     if (!s) {
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_INTERNAL_ERROR);
+        if (nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_INTERNAL_ERROR) != 0)
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
         return 0;
     }
     nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
@@ -72,42 +107,166 @@ static bool eq(const uint8_t *a, size_t alen, const char *lit)
     return alen == l && memcmp(a, lit, l) == 0;
 }
 
+/* What a caller's request head has earned while it was decoded
+ * (sc_stream.down_hdr_verdict): the first verdict stands, but too large
+ * overrides the others (it is what the caller has to fix first). */
+enum { HEAD_OK = 0, HEAD_TOO_LARGE, HEAD_BAD_NAME, HEAD_EXT_CONNECT };
+
+static void set_verdict(sc_stream *s, uint8_t v)
+{
+    if (s->down_hdr_verdict == HEAD_OK)
+        s->down_hdr_verdict = v;
+}
+
+/* A header list beyond the limit is still decoded (not kept) up to this many
+ * times the limit, to answer 431; beyond that the stream is reset at once:
+ * HPACK lets a few bytes on the wire name a large field again and again, and
+ * every field decoded costs its length in validation. */
+#define HEAD_DECODE_FACTOR 2
+/* Header blocks refused as too large on one connection before it is ended
+ * (GOAWAY ENHANCE_YOUR_CALM): each costs up to HEAD_DECODE_FACTOR times
+ * limits.max_header_bytes of work for a few bytes on the wire. */
+#define OVERSIZED_MAX 100
+/* Its own log limit: the per-request lines before it must not hide it. */
+static sc_ratelimit g_oversized_log;
+
+/* One more header block over the limit from this caller: true when that
+ * was one too many and the connection is ending. */
+static bool oversized_flood(sc_down_conn *d)
+{
+    if (++d->n_oversized != OVERSIZED_MAX + 1)
+        return d->n_oversized > OVERSIZED_MAX; /* ended already, or not yet */
+    sc_conn *c = &d->super;
+    d->goaway_sent = true; /* ours: on_frame_send does not take it for nghttp2's rapid-reset GOAWAY */
+    SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_H2_FLOOD]);
+    SC_WARN_LIMITED(&g_oversized_log,
+                    "%s listener: HTTP/2 caller %s sent more than %d header blocks over limits.max_header_bytes: "
+                    "GOAWAY, connection closed", c->route->name, c->peer_text, OVERSIZED_MAX);
+    if (nghttp2_session_terminate_session(d->h2, NGHTTP2_ENHANCE_YOUR_CALM) != 0)
+        sc_conn_close_after_flush(c); /* no memory for the GOAWAY: just close */
+    return true;
+}
+
+/* Names a request trailer may not carry: connection-specific fields and the
+ * ones whose meaning belongs to the head (RFC 9110 6.5.1). */
+static bool trailer_dropped(const uint8_t *name, size_t len)
+{
+    static const char *const no[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+                                     "te", "trailer", "host", "content-length"};
+    if (len && name[0] == ':')
+        return true;
+    for (size_t i = 0; i < SC_ARRAY_LEN(no); i++)
+        if (eq(name, len, no[i]))
+            return true;
+    return false;
+}
+
+/* A request trailer: filtered as the head's fields are. */
+static int on_trailer(sc_down_conn *d, sc_stream *s, const char *n, size_t namelen, const char *v, size_t valuelen)
+{
+    const sc_config *cfg = s->w->sc->cfg;
+    if (caller_denied(d, s) || trailer_dropped((const uint8_t *)n, namelen) ||
+        sc_hdr_aliases(n, namelen, cfg->tls.identity_header))
+        return 0; /* the identity header, in any spelling an app reads, is only ever set by the sidecar */
+    if (sc_hdr_has_underscore(n, namelen)) {
+        if (cfg->limits.header_underscores == SC_HDR_US_DROP)
+            return 0;
+        if (cfg->limits.header_underscores == SC_HDR_US_REJECT) {
+            sc_conn *c = &d->super;
+            SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_SYNTAX]);
+            SC_WARN_LIMITED(&c->route->log_limit,
+                            "%s listener: HTTP/2 caller %s sent request trailer '%.*s' with '_' in its name "
+                            "(limits.header_underscores: reject): stream reset", c->route->name, c->peer_text,
+                            (int)SC_MIN(namelen, 64), n);
+            return reset_stream(d, s, NGHTTP2_PROTOCOL_ERROR);
+        }
+    }
+    return sc_pipe_add_trailer(s, &s->reqp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+}
+
+/* A pseudo-header of the request head (nghttp2 checked their syntax, order
+ * and uniqueness; CONNECT comes without :path and :scheme). */
+static int on_pseudo(sc_down_conn *d, sc_stream *s, const uint8_t *name, size_t namelen, const uint8_t *value,
+                     size_t valuelen)
+{
+    sc_msg *m = &s->req;
+    if (eq(name, namelen, ":method") && eq(value, valuelen, "HEAD"))
+        s->flags |= SC_ST_F_HEAD_REQ;
+    if (eq(name, namelen, ":protocol")) {
+        set_verdict(s, HEAD_EXT_CONNECT); /* extended CONNECT (RFC 8441): not proxied */
+        return 0;
+    }
+    if (caller_denied(d, s))
+        return 0;
+    const char **dst = NULL;
+    size_t *dst_len = NULL;
+    if (eq(name, namelen, ":method")) {
+        dst = &m->method;
+        dst_len = &m->method_len;
+    } else if (eq(name, namelen, ":path")) {
+        dst = &m->path;
+        dst_len = &m->path_len;
+    } else if (eq(name, namelen, ":authority")) {
+        dst = &m->authority;
+        dst_len = &m->authority_len;
+    } else if (eq(name, namelen, ":scheme")) {
+        dst = &m->scheme;
+    } else {
+        return 0;
+    }
+    char *dup = sc_arena_dup(&s->arena, (const char *)value, valuelen);
+    if (!dup)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+    *dst = dup;
+    if (dst_len)
+        *dst_len = valuelen;
+    return 0;
+}
+
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
                      const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
 {
     (void)flags;
-    (void)user_data;
+    sc_down_conn *d = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
     sc_stream *s = get_stream(session, frame->hd.stream_id);
     if (!s)
         return 0;
+    const sc_config *cfg = s->w->sc->cfg;
     const char *n = (const char *)name, *v = (const char *)value;
-    if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
-        /* Request trailers (client-streaming gRPC rarely sends them). */
-        return sc_pipe_add_trailer(s, &s->reqp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
-    }
+    bool trailer = frame->headers.cat != NGHTTP2_HCAT_REQUEST;
+    uint64_t limit = cfg->limits.max_header_bytes;
+    uint32_t total = sc_hdr_list_add(&s->down_hdr_bytes, namelen, valuelen);
     sc_msg *m = &s->req;
-    if (namelen && n[0] == ':') {
-        char *dup = sc_arena_dup(&s->arena, v, valuelen);
-        if (!dup)
-            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
-        if (eq(name, namelen, ":method")) {
-            m->method = dup;
-            m->method_len = valuelen;
-            if (eq(value, valuelen, "HEAD"))
-                s->flags |= SC_ST_F_HEAD_REQ;
-        } else if (eq(name, namelen, ":path")) {
-            m->path = dup;
-            m->path_len = valuelen;
-        } else if (eq(name, namelen, ":authority")) {
-            m->authority = dup;
-            m->authority_len = valuelen;
-        } else if (eq(name, namelen, ":scheme")) {
-            m->scheme = dup;
+    if (total > limit) {
+        if (eq(name, namelen, "content-type") && sc_grpc_is_content_type(v, valuelen))
+            m->is_grpc = true; /* the answer speaks the caller's protocol */
+        bool first = s->down_hdr_verdict != HEAD_TOO_LARGE;
+        if (!trailer && total <= HEAD_DECODE_FACTOR * limit) {
+            s->down_hdr_verdict = HEAD_TOO_LARGE; /* answered 431 once the head is complete */
+            if (first && oversized_flood(d))
+                return reset_stream(d, s, NGHTTP2_ENHANCE_YOUR_CALM);
+            return 0;
         }
-        return 0;
+        if (first)
+            oversized_flood(d);
+        sc_conn *c = &d->super;
+        SC_STAT_INC(c->w->stats->bad_requests[SC_BAD_REQ_TOO_LARGE]);
+        SC_WARN_LIMITED(&c->route->log_limit,
+                        "%s listener: HTTP/2 caller %s sent request %s over %llu bytes (limits.max_header_bytes "
+                        "%llu, counted as HPACK does): stream reset", c->route->name, c->peer_text,
+                        trailer ? "trailers" : "header fields", (unsigned long long)total, (unsigned long long)limit);
+        return reset_stream(d, s, NGHTTP2_PROTOCOL_ERROR);
     }
+    if (trailer)
+        return on_trailer(d, s, n, namelen, v, valuelen);
+    if (namelen && n[0] == ':')
+        return on_pseudo(d, s, name, namelen, value, valuelen);
+    if (eq(name, namelen, "content-type") && sc_grpc_is_content_type(v, valuelen))
+        m->is_grpc = true;
+    if (caller_denied(d, s) || s->down_hdr_verdict != HEAD_OK)
+        return 0; /* refused anyway: nothing more of it is kept */
     if (eq(name, namelen, "content-length")) {
         int64_t cl = 0;
         for (size_t i = 0; i < valuelen; i++)
@@ -117,18 +276,141 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     }
     if (eq(name, namelen, "host")) {
         if (!m->authority) {
-            m->authority = sc_arena_dup(&s->arena, v, valuelen);
+            if (!(m->authority = sc_arena_dup(&s->arena, v, valuelen)))
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
             m->authority_len = valuelen;
         }
         return 0;
     }
-    if (eq(name, namelen, "content-type") && sc_grpc_is_content_type(v, valuelen))
-        m->is_grpc = true;
     if (eq(name, namelen, "te"))
         s->down_te_trailers = true;
-    if (eq(name, namelen, s->w->sc->cfg->tls.identity_header))
-        return 0; /* only ever set by the sidecar, from a verified certificate */
+    if (sc_hdr_aliases(n, namelen, cfg->tls.identity_header))
+        return 0; /* only ever set by the sidecar, from a verified certificate, in any spelling an app reads */
+    if (sc_hdr_has_underscore(n, namelen)) {
+        if (cfg->limits.header_underscores == SC_HDR_US_DROP)
+            return 0;
+        if (cfg->limits.header_underscores == SC_HDR_US_REJECT) {
+            set_verdict(s, HEAD_BAD_NAME);
+            return 0;
+        }
+    }
     return sc_msg_add(s, m, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+}
+
+/* RFC 9113 8.2.3: a caller may split `cookie` into several fields; HTTP/1.1
+ * allows one, so they become one, joined with "; " (as fine for HTTP/2
+ * upstreams). The joined value takes the first one's place. */
+static int join_cookies(sc_stream *s)
+{
+    sc_msg *m = &s->req;
+    size_t n = 0, len = 0;
+    for (size_t i = 0; i < m->n_hdrs; i++)
+        if (eq(m->hdrs[i].name, m->hdrs[i].namelen, "cookie")) {
+            n++;
+            len += m->hdrs[i].valuelen;
+        }
+    if (n < 2)
+        return 0;
+    char *joined = sc_arena_alloc(&s->arena, len + 2 * (n - 1) + 1);
+    if (!joined)
+        return -ENOMEM;
+    size_t off = 0, k = 0;
+    nghttp2_nv *first = NULL;
+    for (size_t i = 0; i < m->n_hdrs; i++) {
+        nghttp2_nv nv = m->hdrs[i];
+        if (eq(nv.name, nv.namelen, "cookie")) {
+            if (off) {
+                memcpy(joined + off, "; ", 2);
+                off += 2;
+            }
+            memcpy(joined + off, nv.value, nv.valuelen);
+            off += nv.valuelen;
+            if (first)
+                continue;
+            first = &m->hdrs[k];
+        }
+        m->hdrs[k++] = nv;
+    }
+    joined[off] = 0;
+    first->value = (uint8_t *)joined;
+    first->valuelen = off;
+    m->n_hdrs = k;
+    return 0;
+}
+
+/* Why a decoded request head is not forwarded: SC_FAIL_NONE when it goes. */
+static sc_fail head_refusal(const sc_stream *s, sc_bad_req_kind *kind, const char **what)
+{
+    const sc_msg *m = &s->req;
+    switch (s->down_hdr_verdict) {
+    case HEAD_TOO_LARGE:
+        *kind = SC_BAD_REQ_TOO_LARGE;
+        *what = "request header fields larger than limits.max_header_bytes (counted as HPACK does)";
+        return SC_FAIL_HEADERS_TOO_LARGE;
+    case HEAD_BAD_NAME:
+        *kind = SC_BAD_REQ_SYNTAX;
+        *what = "a request header name contains '_' (limits.header_underscores: reject)";
+        return SC_FAIL_BAD_REQUEST;
+    case HEAD_EXT_CONNECT:
+        *kind = SC_BAD_REQ_UNSUPPORTED;
+        *what = "extended CONNECT (:protocol) is not proxied";
+        return SC_FAIL_METHOD_UNSUPPORTED;
+    default:
+        break;
+    }
+    if (m->method && eq((const uint8_t *)m->method, m->method_len, "CONNECT")) {
+        *kind = SC_BAD_REQ_UNSUPPORTED;
+        *what = "CONNECT is not proxied";
+        return SC_FAIL_METHOD_UNSUPPORTED;
+    }
+    *kind = SC_BAD_REQ_SYNTAX;
+    if (!m->method || !m->path || !m->scheme || !m->path_len) {
+        *what = "request without :method, :scheme or :path";
+        return SC_FAIL_BAD_REQUEST;
+    }
+    if (m->path[0] != '/' && !(m->path_len == 1 && m->path[0] == '*' &&
+                               eq((const uint8_t *)m->method, m->method_len, "OPTIONS"))) {
+        *what = ":path is neither an absolute path nor '*' (OPTIONS)";
+        return SC_FAIL_BAD_REQUEST;
+    }
+    return SC_FAIL_NONE;
+}
+
+/* The caller's request head is complete: refuse it, or start it. */
+static int request_head_done(sc_down_conn *d, sc_stream *s)
+{
+    sc_conn *c = &d->super;
+    sc_msg *m = &s->req;
+    m->head_done = true;
+    if (!m->authority)
+        m->authority = "";
+    if (caller_denied(d, s)) {
+        sc_stream_start(s); /* answered 403 by tls.allow */
+        return 0;
+    }
+    sc_bad_req_kind kind;
+    const char *what = NULL;
+    sc_fail why = head_refusal(s, &kind, &what);
+    if (why != SC_FAIL_NONE) {
+        SC_STAT_INC(c->w->stats->bad_requests[kind]);
+        SC_WARN_LIMITED(&c->route->log_limit, "%s listener: refused HTTP/2 request from %s: %s", c->route->name,
+                        c->peer_text, what);
+        sc_stream_refuse(s, why);
+        return 0;
+    }
+    if (join_cookies(s) < 0)
+        return reset_stream(d, s, NGHTTP2_INTERNAL_ERROR);
+    if (d->identity && s->route->inbound) {
+        /* Without it the app would take the request for an unauthenticated one: no request rather than that. */
+        const char *idh = s->w->sc->cfg->tls.identity_header;
+        if (sc_msg_add(s, m, idh, strlen(idh), d->identity, strlen(d->identity)) < 0)
+            return reset_stream(d, s, NGHTTP2_INTERNAL_ERROR);
+    }
+    if (s->reqp.eof && m->content_length < 0 &&
+        !(eq((const uint8_t *)m->method, m->method_len, "GET") || eq((const uint8_t *)m->method, m->method_len, "HEAD")))
+        m->content_length = 0;
+    sc_stream_start(s);
+    return 0;
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
@@ -142,23 +424,10 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
             s->reqp.eof = true;
         if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
-            sc_down_conn *d = user_data;
-            if (d->identity && s->route->inbound) {
-                const char *idh = s->w->sc->cfg->tls.identity_header;
-                sc_msg_add(s, &s->req, idh, strlen(idh), d->identity, strlen(d->identity));
-            }
-            s->req.head_done = true;
-            if (!s->req.authority) {
-                s->req.authority = "";
-            }
-            if (s->reqp.eof && s->req.content_length < 0 && s->req.method &&
-                !(eq((const uint8_t *)s->req.method, s->req.method_len, "GET") ||
-                  eq((const uint8_t *)s->req.method, s->req.method_len, "HEAD")))
-                s->req.content_length = 0;
-            sc_stream_start(s);
-        } else {
-            sc_stream_req_progress(s);
+            int rv = request_head_done(user_data, s);
+            return rv == NGHTTP2_ERR_CALLBACK_FAILURE ? rv : 0;
         }
+        sc_stream_req_progress(s);
         break;
     case NGHTTP2_DATA:
         s = get_stream(session, frame->hd.stream_id);
@@ -186,8 +455,8 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
     }
     if (sc_pipe_put(s, &s->reqp, data, len) < 0) {
         /* More than the window we granted: the peer broke flow control. */
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR);
-        return 0;
+        return nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR) == 0
+                   ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
     }
     s->down_unconsumed += (uint32_t)len;
     sc_stream_req_progress(s);
@@ -219,8 +488,9 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
         if (s) {
             s->flags |= SC_ST_F_DOWN_RESP_END;
             /* Response complete while the caller still sends: tell it to stop. */
-            if (!s->reqp.eof)
-                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+            if (!s->reqp.eof &&
+                nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR) != 0)
+                return NGHTTP2_ERR_CALLBACK_FAILURE;
         }
     }
     return 0;
@@ -253,7 +523,8 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->respp.n_trailers) {
             *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            nghttp2_submit_trailer(session, sid, s->respp.trailers, s->respp.n_trailers);
+            if (nghttp2_submit_trailer(session, sid, s->respp.trailers, s->respp.n_trailers) != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* the stream could not end properly: RST */
         }
         return (ssize_t)n;
     }
@@ -309,17 +580,24 @@ static int submit_head(sc_down_conn *d, sc_stream *s)
     return 0;
 }
 
+/* Ends a caller's stream abnormally; without memory for the RST_STREAM the
+ * connection goes (a stream nobody ends would hold the caller forever). */
+static void abort_stream(sc_down_conn *d, sc_stream *s)
+{
+    if (nghttp2_submit_rst_stream(d->h2, NGHTTP2_FLAG_NONE, s->down_sid, NGHTTP2_INTERNAL_ERROR) != 0)
+        sc_conn_close_after_flush(&d->super);
+}
+
 void sc_down_h2_stream_event(sc_stream *s)
 {
     sc_down_conn *d = SC_DOWN(s->down);
     if (!s->resp.head_done)
         return;
     if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
-        if (submit_head(d, s) < 0) {
-            nghttp2_submit_rst_stream(d->h2, NGHTTP2_FLAG_NONE, s->down_sid, NGHTTP2_INTERNAL_ERROR);
-        }
+        if (submit_head(d, s) < 0)
+            abort_stream(d, s);
     } else if (s->fail && !s->respp.eof) {
-        nghttp2_submit_rst_stream(d->h2, NGHTTP2_FLAG_NONE, s->down_sid, NGHTTP2_INTERNAL_ERROR);
+        abort_stream(d, s);
     } else if (s->flags & SC_ST_F_DEFERRED_DOWN) {
         s->flags &= ~SC_ST_F_DEFERRED_DOWN;
         nghttp2_session_resume_data(d->h2, s->down_sid);
@@ -340,7 +618,8 @@ void sc_down_h2_informational(sc_stream *s, int status, const nghttp2_nv *nv, si
     for (size_t i = 0; i < n; i++)
         if (!resp_hop(&nv[i]))
             nva[k++] = nv[i];
-    nghttp2_submit_headers(d->h2, NGHTTP2_FLAG_NONE, s->down_sid, NULL, nva, k, NULL);
+    if (nghttp2_submit_headers(d->h2, NGHTTP2_FLAG_NONE, s->down_sid, NULL, nva, k, NULL) < 0)
+        return; /* informational only: the final response still follows */
     sc_conn_mark_dirty(&d->super);
 }
 
@@ -420,8 +699,9 @@ static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
     sc_down_conn *d = SC_DOWN(c);
     if (d->n_streams)
         return;
-    nghttp2_submit_goaway(d->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(d->h2),
-                          NGHTTP2_NO_ERROR, NULL, 0);
+    /* Closed after the flush with or without the GOAWAY (no memory for it). */
+    (void)nghttp2_submit_goaway(d->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(d->h2),
+                                NGHTTP2_NO_ERROR, NULL, 0);
     d->goaway_sent = true;
     sc_conn_close_after_flush(c);
 }
@@ -435,7 +715,6 @@ const sc_conn_ops sc_down_h2_ops = {
 };
 
 static nghttp2_session_callbacks *g_callbacks;
-static nghttp2_option *g_option;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void init_callbacks(void)
@@ -447,30 +726,67 @@ static void init_callbacks(void)
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(g_callbacks, on_data_chunk);
     nghttp2_session_callbacks_set_on_frame_send_callback(g_callbacks, on_frame_send);
     nghttp2_session_callbacks_set_on_stream_close_callback(g_callbacks, on_stream_close);
-    nghttp2_option_new(&g_option);
-    nghttp2_option_set_no_auto_window_update(g_option, 1);
-    /* Callers' floods (nghttp2's defaults, spelled out): at most 1000 queued
-     * answers to PING/SETTINGS (else NGHTTP2_ERR_FLOODED), and stream resets
-     * by the caller limited to a burst of H2_RESET_BURST refilled at
-     * H2_RESET_RATE per second (else GOAWAY; see on_frame_send). */
-    nghttp2_option_set_max_outbound_ack(g_option, 1000);
-    nghttp2_option_set_stream_reset_rate_limit(g_option, H2_RESET_BURST, H2_RESET_RATE);
+}
+
+/* A legitimate header block of limits.max_header_bytes needs about that
+ * many bytes on the wire: this many CONTINUATION frames of 16 KiB, plus
+ * slack. More is a CONTINUATION flood (CVE-2024-28182): connection error. */
+#define H2_FRAME_PAYLOAD 16384
+#define CONTINUATION_SLACK 8
+
+/* nghttp2 1.61 added it (CVE-2024-28182); Debian 12 backports it to 1.52.
+ * Weak, so that a library without it still links (the header-list
+ * accounting above then bounds the memory, and the work stays proportional
+ * to the bytes received). */
+extern void nghttp2_option_set_max_continuations(nghttp2_option *option, size_t val) __attribute__((weak));
+
+nghttp2_option *sc_h2_session_option(const sc_config *cfg)
+{
+    nghttp2_option *o;
+    if (nghttp2_option_new(&o) != 0)
+        return NULL;
+    nghttp2_option_set_no_auto_window_update(o, 1);
+    if (nghttp2_option_set_max_continuations)
+        nghttp2_option_set_max_continuations(o, cfg->limits.max_header_bytes / H2_FRAME_PAYLOAD + CONTINUATION_SLACK);
+    /* Header blocks we send carry at most limits.max_header_bytes of fields
+     * (both sides enforce it on what they receive) plus the few the sidecar
+     * adds; nghttp2's own cap (64 KiB) would refuse larger ones. An HPACK
+     * block is never larger than the list it encodes (12 + 12 per field of
+     * overhead at most, where the list counts 32). */
+    nghttp2_option_set_max_send_header_block_length(o, SC_MAX((size_t)65536,
+                                                              (size_t)cfg->limits.max_header_bytes + 16384));
+    return o;
 }
 
 int sc_down_h2_upgrade(sc_conn *c)
 {
     sc_down_conn *d = SC_DOWN(c);
     pthread_once(&g_once, init_callbacks);
-    if (nghttp2_session_server_new2(&d->h2, g_callbacks, d, g_option) != 0)
-        return -ENOMEM;
     const sc_config *cfg = c->w->sc->cfg;
+    nghttp2_option *opt = sc_h2_session_option(cfg);
+    if (!opt)
+        return -ENOMEM;
+    /* Callers' floods (nghttp2's defaults, spelled out): at most 1000 queued
+     * answers to PING/SETTINGS (else NGHTTP2_ERR_FLOODED), and stream resets
+     * by the caller limited to a burst of H2_RESET_BURST refilled at
+     * H2_RESET_RATE per second (else GOAWAY; see on_frame_send). */
+    nghttp2_option_set_max_outbound_ack(opt, 1000);
+    nghttp2_option_set_stream_reset_rate_limit(opt, H2_RESET_BURST, H2_RESET_RATE);
+    int rv0 = nghttp2_session_server_new2(&d->h2, g_callbacks, d, opt);
+    nghttp2_option_del(opt);
+    if (rv0 != 0)
+        return -ENOMEM;
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->limits.h2_max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->limits.stream_buffer},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cfg->limits.max_header_bytes},
     };
-    nghttp2_submit_settings(d->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv));
-    nghttp2_session_set_local_window_size(d->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
+    if (nghttp2_submit_settings(d->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv)) != 0 ||
+        nghttp2_session_set_local_window_size(d->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW) != 0) {
+        nghttp2_session_del(d->h2);
+        d->h2 = NULL;
+        return -ENOMEM;
+    }
     c->ops = &sc_down_h2_ops;
     ev_timer_stop(c->w->loop, &c->timer);
     ev_set_cb(&c->timer, idle_cb);
@@ -492,8 +808,9 @@ void sc_down_h2_drain(sc_conn *c)
     sc_down_conn *d = SC_DOWN(c);
     if (d->goaway_sent)
         return;
-    nghttp2_submit_goaway(d->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(d->h2),
-                          NGHTTP2_NO_ERROR, NULL, 0);
+    /* Without memory for it, no GOAWAY: new streams are refused anyway while draining (on_begin_headers). */
+    (void)nghttp2_submit_goaway(d->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(d->h2),
+                                NGHTTP2_NO_ERROR, NULL, 0);
     d->goaway_sent = true;
     sc_conn_mark_dirty(c);
     if (d->n_streams == 0)

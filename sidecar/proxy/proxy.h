@@ -233,6 +233,12 @@ typedef enum {
     SC_FAIL_REFUSED_STREAM,         /* 503 / UNAVAILABLE: the upstream refused the stream */
     SC_FAIL_FORBIDDEN,              /* 403 / PERMISSION_DENIED: caller identity not allowed */
     SC_FAIL_AUTHZ_UNAVAILABLE,      /* 503 / UNAVAILABLE: Consul could not say whether the caller may call */
+    /* Refused before it went anywhere (the request itself is at fault): */
+    SC_FAIL_HEADERS_TOO_LARGE,      /* 431 / RESOURCE_EXHAUSTED: header fields beyond limits.max_header_bytes,
+                                     * or beyond what the upstream accepts (its SETTINGS_MAX_HEADER_LIST_SIZE) */
+    SC_FAIL_METHOD_UNSUPPORTED,     /* 501 / UNIMPLEMENTED: CONNECT (plain or extended) is not proxied */
+    SC_FAIL_BAD_REQUEST,            /* 400 / INTERNAL: refused header name (limits.header_underscores: reject),
+                                     * missing or unusable :path / :scheme */
 } sc_fail;
 
 const char *sc_fail_reason(sc_fail f);
@@ -310,6 +316,18 @@ struct sc_stream {
     const char *authz_note;         /* Consul's reason (interned) or why it could not answer (arena) */
     sc_link alink;                  /* worker->authz_waiters while waiting for Consul's answer */
     sc_link wlink;                  /* worker->streams (drain, stats) */
+    /* HTTP/2 header blocks as they arrive (down_h2.c: the caller's; up_h2.c:
+     * the upstream's), counted as HPACK counts a header list (name + value +
+     * 32 per field) against limits.max_header_bytes: nghttp2 does not enforce
+     * the SETTINGS_MAX_HEADER_LIST_SIZE it advertises, and HPACK lets a few
+     * bytes on the wire name a large field many times. */
+    uint32_t down_hdr_bytes;        /* the request head, then each trailer block on its own */
+    uint32_t up_hdr_bytes;          /* informational and final response heads together, then trailers */
+    uint8_t down_hdr_verdict;       /* down_h2.c: what the request head has earned so far */
+    uint8_t n_informational;        /* 1xx responses in this attempt (up_h2.c bounds them) */
+    uint8_t refused_resends;        /* re-sends of this attempt after REFUSED_STREAM (up_h2.c bounds them) */
+    uint32_t refused_attempt;       /* the attempt refused_resends counts for */
+    int up_send_error;              /* nghttp2 could not send this attempt's request head (its error), 0 none */
     _Alignas(8) char inline_arena[2048]; /* sc_arena hands out 8-byte aligned blocks from here */
 };
 
@@ -394,6 +412,13 @@ void sc_stream_req_consume(sc_stream *s, size_t n);
 void sc_stream_resp_progress(sc_stream *s);
 /* Informational (1xx) response from upstream, to forward downstream. */
 void sc_stream_resp_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n);
+/* The downstream codec refuses a request it has decoded (malformed, too
+ * large, not supported) before it goes anywhere: counted as a request and
+ * answered locally in the caller's protocol (status and x-sidecar-reason from `why`). */
+void sc_stream_refuse(sc_stream *s, sc_fail why);
+/* A grpc-status value as received: 1 or 2 ASCII digits 0..16, else (garbage,
+ * out of range) UNKNOWN, as gRPC clients read it; never outside 0..16. */
+int sc_grpc_status_wire(const uint8_t *v, size_t len);
 /* Upstream side failed before or during the response. */
 void sc_stream_upstream_failed(sc_stream *s, sc_fail why);
 /* Upstream side finished cleanly (response complete). */

@@ -135,6 +135,9 @@ const char *sc_fail_reason(sc_fail f)
     case SC_FAIL_REFUSED_STREAM: return "upstream-refused-stream";
     case SC_FAIL_FORBIDDEN: return "caller-not-allowed";
     case SC_FAIL_AUTHZ_UNAVAILABLE: return "authz-unavailable";
+    case SC_FAIL_HEADERS_TOO_LARGE: return "request-headers-too-large";
+    case SC_FAIL_METHOD_UNSUPPORTED: return "method-not-supported";
+    case SC_FAIL_BAD_REQUEST: return "bad-request";
     }
     return "unknown";
 }
@@ -156,6 +159,9 @@ static const char *fail_detail(sc_fail f)
     case SC_FAIL_REFUSED_STREAM: return "the instance refused the stream";
     case SC_FAIL_FORBIDDEN: return "the caller's identity is not in tls.allow";
     case SC_FAIL_AUTHZ_UNAVAILABLE: return "Consul could not say whether the caller may call";
+    case SC_FAIL_HEADERS_TOO_LARGE: return "request header fields larger than limits.max_header_bytes";
+    case SC_FAIL_METHOD_UNSUPPORTED: return "CONNECT is not proxied (plain or extended CONNECT)";
+    case SC_FAIL_BAD_REQUEST: return "request refused as malformed (the sidecar's log says why)";
     default: return "failed";
     }
 }
@@ -168,6 +174,9 @@ static int fail_http_status(sc_fail f)
     case SC_FAIL_TIMEOUT:
     case SC_FAIL_TRY_TIMEOUT: return 504;
     case SC_FAIL_FORBIDDEN: return 403;
+    case SC_FAIL_HEADERS_TOO_LARGE: return 431;
+    case SC_FAIL_METHOD_UNSUPPORTED: return 501;
+    case SC_FAIL_BAD_REQUEST: return 400;
     default: return 503;
     }
 }
@@ -181,6 +190,9 @@ static int fail_grpc_status(sc_fail f)
     case SC_FAIL_QUEUE_TIMEOUT: return SC_GRPC_RESOURCE_EXHAUSTED;
     case SC_FAIL_PROTOCOL: return SC_GRPC_INTERNAL;
     case SC_FAIL_FORBIDDEN: return SC_GRPC_PERMISSION_DENIED;
+    case SC_FAIL_HEADERS_TOO_LARGE: return SC_GRPC_RESOURCE_EXHAUSTED;
+    case SC_FAIL_METHOD_UNSUPPORTED: return SC_GRPC_UNIMPLEMENTED;
+    case SC_FAIL_BAD_REQUEST: return SC_GRPC_INTERNAL;
     default: return SC_GRPC_UNAVAILABLE;
     }
 }
@@ -420,6 +432,11 @@ static void local_reply(sc_stream *s, sc_fail why)
         snprintf(msg, sizeof(msg), "inbound: caller %.300s is not in tls.allow", SC_DOWN(s->down)->identity);
     else if (why == SC_FAIL_FORBIDDEN)
         snprintf(msg, sizeof(msg), "inbound: the caller's certificate has no SPIFFE identity; tls.allow needs one");
+    else if (why == SC_FAIL_HEADERS_TOO_LARGE && s->up_send_error)
+        snprintf(msg, sizeof(msg), "upstream %s: the request head is larger than the instance accepts "
+                 "(its SETTINGS_MAX_HEADER_LIST_SIZE) or than HTTP/2 can send", s->route->name);
+    else if (why == SC_FAIL_HEADERS_TOO_LARGE || why == SC_FAIL_METHOD_UNSUPPORTED || why == SC_FAIL_BAD_REQUEST)
+        snprintf(msg, sizeof(msg), "%s listener: %s", s->route->name, fail_detail(why));
     else
         snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
     const sc_breaker_policy *bp = s->route->policy ? &s->route->policy->breaker : NULL;
@@ -667,9 +684,10 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
         snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
         size_t elen = sc_grpc_message_encode(msg, enc, sizeof(enc));
         s->respp.n_trailers = s->respp.cap_trailers = 0;
-        sc_pipe_add_trailer(s, &s->respp, "grpc-status", 11, code, strlen(code));
-        sc_pipe_add_trailer(s, &s->respp, "grpc-message", 12, enc, elen);
-        s->respp.eof = true;
+        /* Without memory for the status the call may not end as if it were
+         * complete: the downstream codec aborts it (RST_STREAM) instead. */
+        s->respp.eof = sc_pipe_add_trailer(s, &s->respp, "grpc-status", 11, code, strlen(code)) == 0 &&
+                       sc_pipe_add_trailer(s, &s->respp, "grpc-message", 12, enc, elen) == 0;
     } else {
         s->respp.eof = false;
         s->fail = why; /* the downstream codec aborts (RST_STREAM / close) */
@@ -734,9 +752,7 @@ void sc_stream_resp_progress(sc_stream *s)
         if (s->req.is_grpc) {
             const nghttp2_nv *gs = sc_msg_find(&s->resp, "grpc-status");
             if (gs) { /* trailers-only: the whole outcome is in the head */
-                grpc = 0;
-                for (size_t i = 0; i < gs->valuelen && i < 3; i++)
-                    grpc = grpc * 10 + (gs->value[i] - '0');
+                grpc = sc_grpc_status_wire(gs->value, gs->valuelen);
                 s->grpc_status = grpc;
             }
         }
@@ -1150,6 +1166,23 @@ void sc_stream_start(sc_stream *s)
     if (r->inbound && s->down && w->sc->authz && !authz_admit(s))
         return;
     admit(s);
+}
+
+void sc_stream_refuse(sc_stream *s, sc_fail why)
+{
+    sc_route_stats *rs = &s->w->stats->routes[s->route->index];
+    SC_STAT_INC(rs->requests);
+    SC_STAT_INC(rs->active_requests);
+    s->flags |= SC_ST_F_UP_STARTED;
+    sc_stream_upstream_failed(s, why);
+}
+
+int sc_grpc_status_wire(const uint8_t *v, size_t len)
+{
+    if (len < 1 || len > 2 || v[0] < '0' || v[0] > '9' || (len == 2 && (v[1] < '0' || v[1] > '9')))
+        return SC_GRPC_UNKNOWN;
+    int g = len == 1 ? v[0] - '0' : (v[0] - '0') * 10 + (v[1] - '0');
+    return g <= SC_GRPC_STATUS_MAX ? g : SC_GRPC_UNKNOWN;
 }
 
 /* ---- upstream connections shared by up_h1.c and up_h2.c ---- */

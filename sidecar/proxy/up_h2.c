@@ -4,6 +4,13 @@
  * SETTINGS_MAX_CONCURRENT_STREAMS; a new connection opens when all are full.
  * Response DATA is acknowledged (WINDOW_UPDATE) only when the caller has
  * taken it from the stream's pipe.
+ *
+ * A hostile upstream is held to limits.max_header_bytes per header list
+ * (1xx heads and the final head together, trailers apart) and to
+ * MAX_INFORMATIONAL 1xx heads: beyond, the request fails as a protocol
+ * error (502). A stream it refuses is re-sent at most MAX_REFUSED_RESENDS
+ * times; a request head nghttp2 cannot send, or one larger than the upstream's
+ * SETTINGS_MAX_HEADER_LIST_SIZE, fails once (431 when it is too large).
  */
 #include "core/log.h"
 #include "http/grpc.h"
@@ -17,6 +24,15 @@
 
 #define CONN_WINDOW (16 * 1024 * 1024)
 #define DEFAULT_MAX_STREAMS 100
+/* A stream the upstream refused (REFUSED_STREAM, or GOAWAY before it was
+ * processed) is sent again on another connection at most this many times
+ * per attempt; then the attempt fails (and retries.on: refused-stream may
+ * take over, with its backoff and budget). */
+#define MAX_REFUSED_RESENDS 2
+/* Informational (1xx) responses accepted before the final one; their
+ * header fields count against limits.max_header_bytes together with the
+ * final head's. More is a hostile upstream: the stream fails. */
+#define MAX_INFORMATIONAL 8
 
 static bool eq(const uint8_t *a, size_t alen, const char *lit)
 {
@@ -45,7 +61,8 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->reqp.n_trailers) {
             *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            nghttp2_submit_trailer(session, sid, s->reqp.trailers, s->reqp.n_trailers);
+            if (nghttp2_submit_trailer(session, sid, s->reqp.trailers, s->reqp.n_trailers) != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* the request could not end properly: RST */
         }
         s->flags |= SC_ST_F_REQ_SENT;
         return (ssize_t)n;
@@ -70,9 +87,18 @@ static bool skip_req_header(const nghttp2_nv *nv)
     return false;
 }
 
+/* Sends the request head on `u`. Returns 0, -E2BIG when the head is larger
+ * than the upstream accepts (its SETTINGS_MAX_HEADER_LIST_SIZE), -EAGAIN
+ * when the connection has no stream id left, or another negative error. */
 static int submit(sc_up_conn *u, sc_stream *s)
 {
     const sc_msg *m = &s->req;
+    /* What this attempt's response may cost starts from zero (up_h2.c's counters). */
+    s->up_hdr_bytes = 0;
+    s->n_informational = 0;
+    s->up_send_error = 0;
+    if (!m->method || !m->path || !m->authority)
+        return -EINVAL; /* the downstream codecs never start such a request; never send one */
     size_t n = m->n_hdrs + 8;
     nghttp2_nv stack[80];
     nghttp2_nv *nva = n <= SC_ARRAY_LEN(stack) ? stack : sc_arena_alloc(&s->arena, n * sizeof(*nva));
@@ -107,9 +133,22 @@ static int submit(sc_up_conn *u, sc_stream *s)
         nva[k++] = NV("content-length", clbuf, (size_t)cl);
     }
 #undef NV
+    uint32_t list = 0;
+    for (size_t i = 0; i < k; i++)
+        sc_hdr_list_add(&list, nva[i].namelen, nva[i].valuelen);
+    uint32_t peer_max = nghttp2_session_get_remote_settings(u->h2, NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE);
+    if (list > peer_max) {
+        SC_WARN_LIMITED(&s->route->log_limit, "upstream %s: request head for %.*s is %u bytes, more than %s accepts "
+                        "(SETTINGS_MAX_HEADER_LIST_SIZE %u): not sent", s->route->name, (int)SC_MIN(m->path_len, 200),
+                        m->path, list, u->super.peer_text, peer_max);
+        s->up_send_error = NGHTTP2_ERR_FRAME_SIZE_ERROR;
+        return -E2BIG;
+    }
     nghttp2_data_provider prd = {.source.ptr = s, .read_callback = read_body};
     bool no_body = s->reqp.eof && sc_buf_len(&s->reqp.buf) == 0 && s->reqp.n_trailers == 0;
     int32_t sid = nghttp2_submit_request(u->h2, NULL, nva, k, no_body ? NULL : &prd, s);
+    if (sid == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE)
+        return -EAGAIN;
     if (sid < 0)
         return -EPROTO;
     if (no_body)
@@ -126,12 +165,15 @@ static int submit(sc_up_conn *u, sc_stream *s)
 }
 
 static sc_up_conn *new_conn(sc_stream *s, int *err);
+static void conn_maybe_idle(sc_up_conn *u);
 
 void sc_up_h2_attach(sc_stream *s)
 {
     sc_worker *w = s->w;
     sc_route_state *rs = sc_rstate(w, s->route);
-    sc_up_conn *u = NULL;
+    sc_up_conn *u;
+again:
+    u = NULL;
     for (sc_link *l = rs->h2_conns.next; l != &rs->h2_conns; l = l->next) {
         sc_up_conn *x = SC_CONTAINER_OF(l, sc_up_conn, super.link);
         if (x->goaway || x->n_streams >= x->max_streams || x->super.peer_len != s->up_addr_len ||
@@ -153,27 +195,52 @@ void sc_up_h2_attach(sc_stream *s)
             return;
         }
     }
-    if (submit(u, s) < 0)
+    int rv = submit(u, s);
+    if (rv == -EAGAIN && !u->goaway) {
+        u->goaway = true; /* stream ids used up: no new streams here, the next attempt opens a connection */
+        conn_maybe_idle(u);
+        goto again;
+    }
+    if (rv == -E2BIG)
+        sc_stream_upstream_failed(s, SC_FAIL_HEADERS_TOO_LARGE);
+    else if (rv < 0)
         sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL);
+}
+
+static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
+{
+    (void)user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS)
+        return 0;
+    sc_stream *s = get_stream(session, frame->hd.stream_id);
+    if (s && s->resp.head_done)
+        s->up_hdr_bytes = 0; /* trailers: a field section of their own, with a budget of their own */
+    return 0;
 }
 
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
                      const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
 {
     (void)flags;
-    (void)user_data;
+    sc_up_conn *u = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
     sc_stream *s = get_stream(session, frame->hd.stream_id);
     if (!s)
         return 0;
     const char *n = (const char *)name, *v = (const char *)value;
-    if (eq(name, namelen, "grpc-status")) {
-        int g = 0;
-        for (size_t i = 0; i < valuelen && i < 3; i++)
-            g = g * 10 + (v[i] - '0');
-        s->grpc_status = g;
+    uint32_t limit = s->w->sc->cfg->limits.max_header_bytes;
+    uint32_t total = sc_hdr_list_add(&s->up_hdr_bytes, namelen, valuelen);
+    if (total > limit) {
+        SC_WARN_LIMITED(&s->route->log_limit, "upstream %s: %s sent response %s over %u bytes (limits.max_header_bytes "
+                        "%u, counted as HPACK does, informational responses included): stream reset, request failed",
+                        s->route->name, u->super.peer_text, s->resp.head_done ? "trailers" : "header fields", total,
+                        limit);
+        sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL); /* resets the upstream stream (sc_up_h2_cancel) */
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
+    if (eq(name, namelen, "grpc-status"))
+        s->grpc_status = sc_grpc_status_wire(value, valuelen);
     if (s->resp.head_done) {
         return sc_pipe_add_trailer(s, &s->respp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
     }
@@ -205,6 +272,13 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             return 0;
         if (!s->resp.head_done) {
             if (s->resp.status < 200) {
+                if (++s->n_informational > MAX_INFORMATIONAL) {
+                    SC_WARN_LIMITED(&s->route->log_limit, "upstream %s: %s sent more than %d informational (1xx) "
+                                    "responses on one stream: stream reset, request failed", s->route->name,
+                                    u->super.peer_text, MAX_INFORMATIONAL);
+                    sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL);
+                    return 0;
+                }
                 sc_stream_resp_informational(s, s->resp.status, s->resp.hdrs, s->resp.n_hdrs);
                 s->resp.n_hdrs = 0;
                 s->resp.status = 0;
@@ -250,10 +324,9 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
         return 0;
     }
     (void)user_data;
-    if (sc_pipe_put(s, &s->respp, data, len) < 0) {
-        nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR);
-        return 0;
-    }
+    if (sc_pipe_put(s, &s->respp, data, len) < 0) /* more than the window we granted */
+        return nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR) == 0
+                   ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
     s->up_unconsumed += (uint32_t)len;
     sc_stream_resp_progress(s);
     return 0;
@@ -268,6 +341,33 @@ static void conn_maybe_idle(sc_up_conn *u)
         return;
     }
     sc_up_conn_idle(u);
+}
+
+/* nghttp2's reasons for not sending a request head that another connection
+ * may well send: this one is going away. */
+static bool resend_allowed(int lib_error)
+{
+    return lib_error == NGHTTP2_ERR_START_STREAM_NOT_ALLOWED || lib_error == NGHTTP2_ERR_SESSION_CLOSING ||
+           lib_error == NGHTTP2_ERR_STREAM_CLOSING || lib_error == NGHTTP2_ERR_STREAM_CLOSED;
+}
+
+static bool head_too_large(int lib_error)
+{
+    return lib_error == NGHTTP2_ERR_FRAME_SIZE_ERROR || lib_error == NGHTTP2_ERR_HEADER_COMP;
+}
+
+/* A frame nghttp2 dropped instead of sending: for a request head, remembered
+ * so that the stream's close (REFUSED_STREAM, see on_stream_close) is not
+ * taken for the upstream's refusal and re-sent forever. */
+static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code, void *user_data)
+{
+    (void)user_data;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    sc_stream *s = get_stream(session, frame->hd.stream_id);
+    if (s)
+        s->up_send_error = lib_error_code;
+    return 0;
 }
 
 static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error_code, void *user_data)
@@ -286,11 +386,31 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
     s->up = NULL;
     if (s->respp.eof && error_code == NGHTTP2_NO_ERROR) {
         sc_stream_upstream_done(s);
+    } else if (s->up_send_error && !resend_allowed(s->up_send_error)) {
+        /* nghttp2 could not send the request head: it never will, on any connection. */
+        SC_WARN_LIMITED(&s->route->log_limit, "upstream %s: request head for %.*s could not be sent to %s: %s",
+                        s->route->name, (int)SC_MIN(s->req.path_len, 200), s->req.path, u->super.peer_text,
+                        nghttp2_strerror(s->up_send_error));
+        sc_stream_upstream_failed(s, head_too_large(s->up_send_error) ? SC_FAIL_HEADERS_TOO_LARGE
+                                                                        : SC_FAIL_REFUSED_STREAM);
     } else if (error_code == NGHTTP2_REFUSED_STREAM && !s->resp.head_done && s->req_sent == 0) {
-        /* Never processed (GOAWAY or refused): safe to send on another connection. */
-        s->flags &= ~(SC_ST_F_DEFERRED_UP | SC_ST_F_REQ_SENT);
-        s->up_head_sent = false;
-        sc_up_h2_attach(s);
+        /* Never processed (GOAWAY or refused): safe to send on another
+         * connection, a bounded number of times. */
+        if (s->refused_attempt != s->attempt) {
+            s->refused_attempt = s->attempt;
+            s->refused_resends = 0;
+        }
+        if (s->refused_resends >= MAX_REFUSED_RESENDS) {
+            SC_WARN_LIMITED(&s->route->log_limit, "upstream %s: stream refused by %s again after %d re-sends "
+                            "(REFUSED_STREAM or GOAWAY): request failed", s->route->name, u->super.peer_text,
+                            MAX_REFUSED_RESENDS);
+            sc_stream_upstream_failed(s, SC_FAIL_REFUSED_STREAM);
+        } else {
+            s->refused_resends++;
+            s->flags &= ~(SC_ST_F_DEFERRED_UP | SC_ST_F_REQ_SENT);
+            s->up_head_sent = false;
+            sc_up_h2_attach(s);
+        }
     } else if (s->respp.eof) {
         sc_stream_upstream_done(s);
     } else {
@@ -320,7 +440,8 @@ void sc_up_h2_cancel(sc_stream *s)
         nghttp2_session_consume_connection(u->h2, s->up_unconsumed);
         s->up_unconsumed = 0;
     }
-    nghttp2_submit_rst_stream(u->h2, NGHTTP2_FLAG_NONE, s->up_sid, NGHTTP2_CANCEL);
+    if (nghttp2_submit_rst_stream(u->h2, NGHTTP2_FLAG_NONE, s->up_sid, NGHTTP2_CANCEL) != 0)
+        u->goaway = true; /* the stream stays open upstream: retire the connection once the others end */
     sc_list_remove(&s->up_link);
     u->n_streams--;
     s->up = NULL;
@@ -381,19 +502,17 @@ const sc_conn_ops sc_up_h2_ops = {
 };
 
 static nghttp2_session_callbacks *g_callbacks;
-static nghttp2_option *g_option;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void init_callbacks(void)
 {
     nghttp2_session_callbacks_new(&g_callbacks);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(g_callbacks, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(g_callbacks, on_header);
+    nghttp2_session_callbacks_set_on_frame_not_send_callback(g_callbacks, on_frame_not_send);
     nghttp2_session_callbacks_set_on_frame_recv_callback(g_callbacks, on_frame_recv);
     nghttp2_session_callbacks_set_on_data_chunk_recv_callback(g_callbacks, on_data_chunk);
     nghttp2_session_callbacks_set_on_stream_close_callback(g_callbacks, on_stream_close);
-    nghttp2_option_new(&g_option);
-    nghttp2_option_set_no_auto_window_update(g_option, 1);
-    nghttp2_option_set_peer_max_concurrent_streams(g_option, DEFAULT_MAX_STREAMS);
 }
 
 static sc_up_conn *new_conn(sc_stream *s, int *err)
@@ -402,19 +521,25 @@ static sc_up_conn *new_conn(sc_stream *s, int *err)
     sc_up_conn *u = sc_up_conn_new(s->w, s->route, (struct sockaddr *)&s->up_addr, s->up_addr_len, &sc_up_h2_ops, err);
     if (!u)
         return NULL;
-    if (nghttp2_session_client_new2(&u->h2, g_callbacks, u, g_option) != 0) {
+    const sc_config *cfg = s->w->sc->cfg;
+    nghttp2_option *opt = sc_h2_session_option(cfg);
+    if (opt)
+        nghttp2_option_set_peer_max_concurrent_streams(opt, DEFAULT_MAX_STREAMS);
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->limits.stream_buffer},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cfg->limits.max_header_bytes},
+    };
+    if (!opt || nghttp2_session_client_new2(&u->h2, g_callbacks, u, opt) != 0 ||
+        nghttp2_submit_settings(u->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv)) != 0 ||
+        nghttp2_session_set_local_window_size(u->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW) != 0) {
+        nghttp2_option_del(opt);
         *err = -ENOMEM;
         sc_conn_close(&u->super, -ENOMEM);
         return NULL;
     }
+    nghttp2_option_del(opt);
     u->max_streams = DEFAULT_MAX_STREAMS;
-    const sc_config *cfg = s->w->sc->cfg;
-    nghttp2_settings_entry iv[] = {
-        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->limits.stream_buffer},
-    };
-    nghttp2_submit_settings(u->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv));
-    nghttp2_session_set_local_window_size(u->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
     sc_list_push(&sc_rstate(s->w, s->route)->h2_conns, &u->super.link);
     return u;
 }
