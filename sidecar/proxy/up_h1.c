@@ -314,8 +314,10 @@ static int parse_head(sc_up_conn *u, sc_stream *s)
         u->head_parsed = true;
         m->head_done = true;
         const sc_h1_header *gs = NULL;
-        if (s->req.is_grpc && (gs = sc_h1_find(&h, "grpc-status")))
-            s->grpc_status = atoi(gs->value.p);
+        if (s->req.is_grpc && (gs = sc_h1_find(&h, "grpc-status")) &&
+            sc_grpc_status_parse(gs->value.p, gs->value.len, &s->grpc_status) < 0)
+            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: invalid grpc-status '%.*s' from %s ignored",
+                            c->route->name, (int)SC_MIN(gs->value.len, 32), gs->value.p, c->peer_text);
         return 1;
     }
 }
