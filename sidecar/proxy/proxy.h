@@ -233,6 +233,7 @@ typedef enum {
     SC_FAIL_REFUSED_STREAM,         /* 503 / UNAVAILABLE: the upstream refused the stream */
     SC_FAIL_FORBIDDEN,              /* 403 / PERMISSION_DENIED: caller identity not allowed */
     SC_FAIL_AUTHZ_UNAVAILABLE,      /* 503 / UNAVAILABLE: Consul could not say whether the caller may call */
+    SC_FAIL_NO_MEMORY,              /* 503 / RESOURCE_EXHAUSTED: an allocation for the exchange failed */
 } sc_fail;
 
 const char *sc_fail_reason(sc_fail f);

@@ -135,6 +135,7 @@ const char *sc_fail_reason(sc_fail f)
     case SC_FAIL_REFUSED_STREAM: return "upstream-refused-stream";
     case SC_FAIL_FORBIDDEN: return "caller-not-allowed";
     case SC_FAIL_AUTHZ_UNAVAILABLE: return "authz-unavailable";
+    case SC_FAIL_NO_MEMORY: return "sidecar-out-of-memory";
     }
     return "unknown";
 }
@@ -156,6 +157,7 @@ static const char *fail_detail(sc_fail f)
     case SC_FAIL_REFUSED_STREAM: return "the instance refused the stream";
     case SC_FAIL_FORBIDDEN: return "the caller's identity is not in tls.allow";
     case SC_FAIL_AUTHZ_UNAVAILABLE: return "Consul could not say whether the caller may call";
+    case SC_FAIL_NO_MEMORY: return "the sidecar could not allocate memory for this request";
     default: return "failed";
     }
 }
@@ -178,7 +180,8 @@ static int fail_grpc_status(sc_fail f)
     case SC_FAIL_TIMEOUT:
     case SC_FAIL_TRY_TIMEOUT: return SC_GRPC_DEADLINE_EXCEEDED;
     case SC_FAIL_OVERLOAD:
-    case SC_FAIL_QUEUE_TIMEOUT: return SC_GRPC_RESOURCE_EXHAUSTED;
+    case SC_FAIL_QUEUE_TIMEOUT:
+    case SC_FAIL_NO_MEMORY: return SC_GRPC_RESOURCE_EXHAUSTED;
     case SC_FAIL_PROTOCOL: return SC_GRPC_INTERNAL;
     case SC_FAIL_FORBIDDEN: return SC_GRPC_PERMISSION_DENIED;
     default: return SC_GRPC_UNAVAILABLE;
@@ -509,7 +512,8 @@ static void reset_response(sc_stream *s)
     s->head_checked = false;
 }
 
-/* The upstream's pushback, if it sent one: -1 = do not retry, 0 = none, else ms. */
+/* The upstream's pushback, if it sent one: -1 = do not retry (asked so, or
+ * for longer than SC_RETRY_MAX_PUSHBACK_MS), 0 = none, else ms. */
 static int64_t pushback_ms(const sc_stream *s)
 {
     const nghttp2_nv *nv = sc_msg_find(&s->resp, "grpc-retry-pushback-ms");
@@ -520,13 +524,14 @@ static int64_t pushback_ms(const sc_stream *s)
                 nv = &s->respp.trailers[i];
     }
     if (nv) {
-        if (sc_retry_parse_pushback_ms((const char *)nv->value, nv->valuelen, &ms) < 0 || ms < 0)
+        if (sc_retry_parse_pushback_ms((const char *)nv->value, nv->valuelen, &ms) < 0 ||
+            !sc_retry_pushback_acceptable(ms))
             return -1;
         return ms ? ms : 1;
     }
     if ((nv = sc_msg_find(&s->resp, "retry-after")) &&
         sc_retry_parse_retry_after((const char *)nv->value, nv->valuelen, time(NULL), &ms) == 0)
-        return ms > 0 ? ms : 1;
+        return !sc_retry_pushback_acceptable(ms) ? -1 : ms > 0 ? ms : 1;
     return 0;
 }
 
@@ -721,12 +726,9 @@ void sc_stream_resp_progress(sc_stream *s)
         int grpc = -1;
         if (s->req.is_grpc) {
             const nghttp2_nv *gs = sc_msg_find(&s->resp, "grpc-status");
-            if (gs) { /* trailers-only: the whole outcome is in the head */
-                grpc = 0;
-                for (size_t i = 0; i < gs->valuelen && i < 3; i++)
-                    grpc = grpc * 10 + (gs->value[i] - '0');
+            /* trailers-only: the whole outcome is in the head; garbage is no status */
+            if (gs && sc_grpc_status_parse((const char *)gs->value, gs->valuelen, &grpc) == 0)
                 s->grpc_status = grpc;
-            }
         }
         bool bad = http >= 500 || (grpc > 0) || (http >= 400 && http < 500);
         if (bad && try_retry(s, 0, http, grpc))
