@@ -494,6 +494,8 @@ static int write_head(sc_conn *c, sc_stream *s)
     n += rlen;
     line[n++] = '\r';
     line[n++] = '\n';
+    if (sc_buf_reserve(c->w, &c->out, 64 * 1024) < 0)
+        return -ENOMEM; /* not a full buffer that drains: nothing would call again */
     size_t before = c->out.end;
     if (sc_conn_write(c, line, n) < 0 || write_fields(c, s->resp.hdrs, s->resp.n_hdrs, false) < 0)
         goto full;
@@ -550,7 +552,10 @@ static int produce(sc_conn *c)
         return -ECONNABORTED;
     }
     if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
-        if (write_head(c, s) < 0)
+        int rv = write_head(c, s);
+        if (rv == -ENOMEM)
+            return rv;
+        if (rv < 0)
             return 0; /* wait for the output to drain */
     }
     bool no_body = (s->flags & SC_ST_F_HEAD_REQ) || s->resp.status == 204 || s->resp.status == 304;

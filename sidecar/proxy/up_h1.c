@@ -68,9 +68,12 @@ int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p)
             return -ENOMEM;
         size_t space = sc_buf_space(&p->buf);
         size_t avail = sc_buf_len(in);
-        /* With no input only a finished length-delimited body can still progress (to DONE). */
+        /* With no input, or no room, only a finished length-delimited body
+         * can still progress (to DONE, which needs neither). Stopping there
+         * when the pipe is exactly full would leave the end unseen: nothing
+         * is left to read that would bring the decoder back. */
         bool can_end = b->kind == SC_H1_BODY_NONE || (b->kind == SC_H1_BODY_LENGTH && b->remaining == 0);
-        if (space == 0 || (avail == 0 && !can_end))
+        if ((space == 0 || avail == 0) && !can_end)
             break;
         /* Payload never exceeds the input handed over, so this bounds it by the room. */
         if (avail > space)
