@@ -118,8 +118,8 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     sc_conn *c = SC_CONTAINER_OF(t, sc_conn, timer);
     sc_down_conn *d = SC_DOWN(c);
-    if (d->refusing) {
-        sc_conn_close(c, 0); /* the refusal could not be written in time */
+    if (d->refusing || (c->flags & SC_CONN_F_CLOSING)) {
+        sc_conn_close(c, 0); /* a refusal not written, or not read, in time */
         return;
     }
     if (d->cur)
