@@ -149,7 +149,7 @@ static bool parse_conds(sc_cx *c, const sc_ynode *v, const char *field, sc_proto
             if (strcmp(it->str, sc_config_conds[k].name) == 0)
                 bit = sc_config_conds[k].bit;
         if (!bit) {
-            int code = sc_grpc_status_parse(it->str, it->len);
+            int code = sc_grpc_status_from_name(it->str, it->len);
             if (code == 0) {
                 sc_config_err(c, it, f, "'%s' is the gRPC success status, not a failure",
                               it->str);
@@ -545,7 +545,7 @@ static void parse_fallback(sc_cx *c, const sc_ynode *m, const char *path, sc_bre
             sc_config_path(fp, sizeof(fp), sp, "status");
             const sc_ynode *st = gf[0];
             if (st && st->kind == SC_YN_SCALAR && !sc_config_yaml_is_null(st)) {
-                int code = sc_grpc_status_parse(st->str, st->len);
+                int code = sc_grpc_status_from_name(st->str, st->len);
                 if (code < 0 || code > SC_GRPC_STATUS_MAX)
                     sc_config_err(c, st, fp,
                                   "'%.64s' is not a gRPC status; expected a name such as "

@@ -33,7 +33,7 @@ static bool upper_snake_eq(const char *s, size_t len, const char *policy)
     return true;
 }
 
-int sc_grpc_status_parse(const char *s, size_t len)
+int sc_grpc_status_from_name(const char *s, size_t len)
 {
     if (!s || len == 0)
         return -EINVAL;
@@ -54,6 +54,23 @@ int sc_grpc_status_parse(const char *s, size_t len)
             return i;
     }
     return -EINVAL;
+}
+
+int sc_grpc_status_parse(const char *s, size_t len, int *out)
+{
+    if (!s || len == 0)
+        return -1;
+    int v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        v = v * 10 + (s[i] - '0');
+        if (v > SC_GRPC_STATUS_MAX)  /* stop before any overflow: leading zeros keep v small */
+            return -1;
+    }
+    if (out)
+        *out = v;
+    return 0;
 }
 
 /* Units from the finest: n u m S M H. */

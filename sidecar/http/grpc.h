@@ -26,7 +26,24 @@ typedef enum {
 const char *sc_grpc_status_name(int code);
 /* Accepts the policy spelling, upper-case with underscores ("UNAVAILABLE",
  * "DEADLINE_EXCEEDED") and decimal digits; returns 0..16 or -EINVAL. */
-int sc_grpc_status_parse(const char *s, size_t len);
+int sc_grpc_status_from_name(const char *s, size_t len);
+/*
+ * A grpc-status value received on the wire (trailers or a trailers-only
+ * head): ASCII digits only (PROTOCOL-HTTP2.md: 1*DIGIT), value 0..16; no
+ * sign, space or name. On success stores the code in *out and returns 0;
+ * returns -1 (and leaves *out alone) for anything else, so that a peer's
+ * garbage never becomes an index or a status.
+ */
+int sc_grpc_status_parse(const char *s, size_t len, int *out);
+
+/* A received grpc-status as the call's outcome: what sc_grpc_status_parse
+ * accepts, and UNKNOWN for anything else (a peer that sends garbage did not
+ * report success). Always 0..SC_GRPC_STATUS_MAX. */
+static inline int sc_grpc_status_wire(const void *v, size_t len)
+{
+    int g;
+    return sc_grpc_status_parse((const char *)v, len, &g) == 0 ? g : SC_GRPC_UNKNOWN;
+}
 
 /*
  * grpc-timeout: 1 to 8 ASCII digits followed by one unit of H M S m u n.

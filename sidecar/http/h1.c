@@ -191,27 +191,43 @@ static int parse_version(const char **pp, const char *end, int *minor, perr *e)
     return 1;
 }
 
-static bool host_valid(sc_h1_str h)
+/*
+ * uri-host [ ":" port ] (RFC 3986 3.2.2-3.2.3, RFC 9110 7.2): an IP literal
+ * in brackets, or a reg-name / IPv4 address, then an optional port of at
+ * most 5 digits. No userinfo ('@' is not a host byte), no path, query or
+ * fragment. Used for Host, the authority of an absolute-form target and the
+ * authority-form target of CONNECT, so all three read alike.
+ * need_host: the host may not be empty (an "http" URI must have one);
+ * need_port: a port of at least one digit is required (CONNECT).
+ */
+static bool authority_valid(sc_h1_str a, bool need_host, bool need_port)
 {
-    for (size_t i = 0; i < h.len; i++)
-        if (!is_hostc(h.p[i]))
+    size_t i = 0;
+    if (a.len && a.p[0] == '[') {
+        for (i = 1; i < a.len && a.p[i] != ']'; i++)
+            if (!is_hostc(a.p[i]) || a.p[i] == '[')
+                return false;
+        if (i == a.len || i == 1)
+            return false; /* no closing bracket, or nothing inside */
+        i++;
+    } else {
+        for (; i < a.len && a.p[i] != ':'; i++)
+            if (!is_hostc(a.p[i]) || a.p[i] == '[' || a.p[i] == ']')
+                return false;
+        if (need_host && i == 0)
+            return false;
+    }
+    if (i == a.len)
+        return !need_port;
+    if (a.p[i] != ':')
+        return false;
+    size_t digits = a.len - i - 1;
+    if (digits > 5 || (need_port && digits == 0))
+        return false;
+    for (i++; i < a.len; i++)
+        if (!is_digit(a.p[i]))
             return false;
     return true;
-}
-
-/* authority-form (CONNECT): uri-host ":" port, port 1*DIGIT. */
-static bool authority_form(sc_h1_str t)
-{
-    size_t colon = t.len;
-    while (colon > 0 && t.p[colon - 1] != ':')
-        colon--;
-    if (colon < 2 || colon == t.len) /* no host, or no port */
-        return false;
-    for (size_t i = colon; i < t.len; i++)
-        if (!is_digit(t.p[i]))
-            return false;
-    sc_h1_str host = {t.p, colon - 1};
-    return host_valid(host);
 }
 
 /* absolute-form: scheme ":" ... (RFC 3986 scheme = ALPHA *( ALPHA / DIGIT / + - . )). */
@@ -229,18 +245,52 @@ static bool absolute_form(sc_h1_str t)
     return i < t.len && i + 1 < t.len; /* ':' seen, followed by something */
 }
 
-static int check_target(sc_h1_str method, sc_h1_str target, perr *e)
+/*
+ * Splits an absolute-form target into scheme, authority and the rest (path
+ * and query). absolute-URI has no fragment, so '#' is refused. An
+ * "//authority" is validated like Host; "http" and "https" URIs must have
+ * one with a non-empty host (RFC 9110 4.2.1-4.2.2).
+ */
+static int split_absolute(sc_h1_head *out, perr *e)
 {
+    sc_h1_str t = out->target;
+    const char *end = t.p + t.len;
+    const char *p = memchr(t.p, ':', t.len);
+    out->scheme = (sc_h1_str){t.p, (size_t)(p - t.p)};
+    p++;
+    if (memchr(t.p, '#', t.len))
+        return fail(e, SC_H1_ERR_SYNTAX, "fragment in request-target");
+    bool http = str_ieq(out->scheme, "http") || str_ieq(out->scheme, "https");
+    if (end - p >= 2 && p[0] == '/' && p[1] == '/') {
+        const char *a = p + 2, *ae = a;
+        while (ae < end && *ae != '/' && *ae != '?')
+            ae++;
+        out->authority = (sc_h1_str){a, (size_t)(ae - a)};
+        if (!authority_valid(out->authority, http, false))
+            return fail(e, SC_H1_ERR_SYNTAX, "invalid authority in request-target");
+        p = ae;
+    } else if (http) {
+        return fail(e, SC_H1_ERR_SYNTAX, "http request-target without authority");
+    }
+    out->path = (sc_h1_str){p, (size_t)(end - p)};
+    return 1;
+}
+
+static int check_target(sc_h1_head *out, perr *e)
+{
+    sc_h1_str method = out->method, target = out->target;
     bool connect = method.len == 7 && memcmp(method.p, "CONNECT", 7) == 0;
     bool options = method.len == 7 && memcmp(method.p, "OPTIONS", 7) == 0;
     if (connect)
-        return authority_form(target) ? 1 : fail(e, SC_H1_ERR_SYNTAX, "CONNECT needs authority-form target");
+        return authority_valid(target, true, true) ? 1
+                                                   : fail(e, SC_H1_ERR_SYNTAX, "CONNECT needs authority-form target");
+    out->path = target;
     if (target.p[0] == '/')
         return 1;
     if (target.len == 1 && target.p[0] == '*')
         return options ? 1 : fail(e, SC_H1_ERR_SYNTAX, "asterisk target only for OPTIONS");
     if (absolute_form(target))
-        return 1;
+        return split_absolute(out, e);
     return fail(e, SC_H1_ERR_SYNTAX, "invalid request-target");
 }
 
@@ -279,7 +329,7 @@ static int parse_request_line(const char **pp, const char *end, size_t max_line,
         return line_incomplete(line, cend, max_line, e, too_long);
     if ((rc = expect_crlf(&p, end, e, "junk after HTTP version")) <= 0)
         return rc;
-    if ((rc = check_target(out->method, out->target, e)) < 0)
+    if ((rc = check_target(out, e)) < 0)
         return rc;
     *pp = p;
     return 1;
@@ -479,6 +529,7 @@ static int derive(sc_h1_head *h, bool is_request, bool head_response, perr *e)
                 have_cl = true;
                 cl = x;
             } else if (str_ieq(n, "connection")) {
+                h->n_connection++;
                 conn_close |= list_has(v, "close");
                 conn_keep |= list_has(v, "keep-alive");
                 conn_upgrade |= list_has(v, "upgrade");
@@ -496,7 +547,7 @@ static int derive(sc_h1_head *h, bool is_request, bool head_response, perr *e)
             if (is_request && str_ieq(n, "host")) {
                 if (++hosts > 1)
                     return fail(e, SC_H1_ERR_SYNTAX, "duplicate Host");
-                if (!host_valid(v))
+                if (!authority_valid(v, false, false))
                     return fail(e, SC_H1_ERR_SYNTAX, "invalid Host");
                 h->host = v;
             }
@@ -593,6 +644,8 @@ int sc_h1_parse_head(const char *buf, size_t len, bool is_request, bool request_
     resolve_limits(limits, &max_line, &max_head);
 
     out->method = out->target = out->reason = out->host = (sc_h1_str){NULL, 0};
+    out->scheme = out->authority = out->path = (sc_h1_str){NULL, 0};
+    out->n_connection = 0;
     out->status = 0;
     out->minor_version = 0;
     out->n_headers = 0;
@@ -668,6 +721,36 @@ bool sc_h1_is_hop_by_hop(const char *name, size_t len, sc_h1_str connection)
             if (i == len)
                 return true;
         }
+    return false;
+}
+
+bool sc_h1_is_hop_by_hop_head(const sc_h1_head *h, const char *name, size_t len)
+{
+    static const sc_h1_str none = {NULL, 0};
+    if (sc_h1_is_hop_by_hop(name, len, none))
+        return true;
+    if (!h->n_connection || len == 0)
+        return false;
+    for (size_t i = 0; i < h->n_headers; i++)
+        if (str_ieq(h->headers[i].name, "connection") && sc_h1_is_hop_by_hop(name, len, h->headers[i].value))
+            return true;
+    return false;
+}
+
+bool sc_h1_trailer_forbidden(const char *name, size_t len)
+{
+    static const sc_lit deny[] = {
+        SC_LIT("content-length"), SC_LIT("content-encoding"), SC_LIT("content-range"),
+        SC_LIT("content-type"),   SC_LIT("host"),             SC_LIT("expect"),
+        SC_LIT("max-forwards"),   SC_LIT("range"),            SC_LIT("authorization"),
+        SC_LIT("proxy-authorization"), SC_LIT("cookie"),      SC_LIT("set-cookie"),
+    };
+    static const sc_h1_str none = {NULL, 0};
+    if (sc_h1_is_hop_by_hop(name, len, none))
+        return true;
+    for (size_t i = 0; i < SC_ARRAY_LEN(deny); i++)
+        if (deny[i].len == len && ieq(name, len, deny[i].p))
+            return true;
     return false;
 }
 

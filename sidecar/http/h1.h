@@ -58,6 +58,12 @@ typedef struct sc_h1_head {
     bool upgrade;                      /* Connection: upgrade with an Upgrade header */
     sc_h1_str host;                    /* request: the Host header value */
     bool te_trailers;                  /* request: TE contains "trailers" */
+    uint32_t n_connection;             /* Connection header fields (see sc_h1_is_hop_by_hop_head) */
+    /* request-target, taken apart (RFC 9112 3.2) */
+    sc_h1_str scheme;                  /* absolute-form: the scheme as sent ("http"); else empty */
+    sc_h1_str authority;               /* absolute-form: the authority, validated like Host; else empty */
+    sc_h1_str path;                    /* origin-form and "*": the target; absolute-form: what follows
+                                        * the authority (path and query, may be empty); CONNECT: empty */
 } sc_h1_head;
 
 /* A NULL limits pointer, or a field left 0, means the default. */
@@ -89,8 +95,11 @@ typedef struct sc_h1_limits {
  * above INT64_MAX are refused; Transfer-Encoding in an HTTP/1.0 message is
  * refused (RFC 9112 6.1: faulty framing); the request-target must be VCHAR
  * only and match its form (origin, absolute, authority for CONNECT only,
- * "*" for OPTIONS only); Host must be uri-host [":" port] characters (may be
- * empty); status codes outside 100..599 are refused; "HTTP/1.1 200\r\n"
+ * "*" for OPTIONS only); Host, the authority of an absolute-form target and
+ * a CONNECT target are all uri-host [":" port]: an IP literal in brackets or
+ * reg-name bytes, no userinfo, a port of at most 5 digits (Host may be
+ * empty; an http/https absolute-form needs a host; CONNECT needs a port);
+ * an absolute-form target may not carry a fragment ('#'); status codes outside 100..599 are refused; "HTTP/1.1 200\r\n"
  * (no SP before an empty reason) is accepted. Expect and Upgrade are
  * ignored in HTTP/1.0. A CONNECT response is not special-cased: the caller
  * tunnels after a 2xx to CONNECT.
@@ -120,6 +129,22 @@ const sc_h1_header *sc_h1_find(const sc_h1_head *h, const char *name);
  * and any header named in `connection` (the Connection header's value,
  * a comma list; may be empty). */
 bool sc_h1_is_hop_by_hop(const char *name, size_t len, sc_h1_str connection);
+
+/* The same for a field of the parsed message h, with the names listed in
+ * every Connection field of h (RFC 9110 7.6.1: several Connection fields are
+ * one list), not only the first. */
+bool sc_h1_is_hop_by_hop_head(const sc_h1_head *h, const char *name, size_t len);
+
+/*
+ * True for a field a proxy must not take from a trailer section and pass on
+ * (RFC 9110 6.5.1): the hop-by-hop names and the fields that frame, route,
+ * modify or authenticate a message (Content-Length, Content-Type,
+ * Content-Encoding, Content-Range, Host, Expect, Max-Forwards, Range,
+ * Authorization, Proxy-Authorization, Cookie, Set-Cookie). Had they come
+ * in the head they would have changed how the message was read; after the
+ * body they can only mislead a recipient that merges trailers into headers.
+ */
+bool sc_h1_trailer_forbidden(const char *name, size_t len);
 
 /*
  * Body decoder: feed bytes that follow the head.

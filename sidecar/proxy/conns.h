@@ -16,6 +16,13 @@ typedef struct sc_down_conn {
     bool close_after;               /* close once the current response is out */
     bool awaiting_head;             /* header-read timer is armed */
     uint32_t head_scanned;          /* bytes of the pending head already seen by the parser */
+    bool continue_due;              /* "100 Continue" owed to the current request, not yet in out */
+    /* A refused request's answer, waiting behind the responses already in
+     * out (reject() in down_h1.c): written when it fits, then the close. */
+    bool refusing;
+    uint16_t refusal_status;
+    const char *refusal_reason;     /* x-sidecar-reason value (static string) */
+    const char *refusal_why;        /* body text (static string) */
     /* HTTP/2 */
     nghttp2_session *h2;
     uint32_t n_streams;
@@ -41,6 +48,8 @@ typedef struct sc_up_conn {
     sc_stream *cur;
     bool head_parsed;
     uint32_t head_scanned;          /* bytes of the pending head already seen by the parser */
+    uint32_t n_interim;             /* 1xx responses received for the current exchange */
+    uint32_t interim_bytes;         /* ... and their bytes (bounded by limits.max_header_bytes) */
     /* HTTP/2 */
     nghttp2_session *h2;
     uint32_t n_streams;

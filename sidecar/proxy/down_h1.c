@@ -8,6 +8,7 @@
  */
 #include "core/log.h"
 #include "http/grpc.h"
+#include "http/hdr.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 #include "tls/tls.h"
@@ -39,27 +40,77 @@ static void arm_timer(sc_conn *c, uint64_t ms)
     }
 }
 
-/* Answers a request the sidecar refuses to forward, then closes. */
-static void reject(sc_conn *c, int status, sc_bad_req_kind kind, const char *why)
+/*
+ * The pending refusal (reject()) goes out after whatever c->out already
+ * holds: earlier responses, complete, or a 1xx of the refused request. One
+ * write, so it is either whole or not there; when c->out has no room yet it
+ * stays pending and produce() tries again as the socket drains. Then the
+ * connection closes once everything is flushed. Returns 0 or -ENOMEM.
+ */
+static int write_refusal(sc_conn *c)
 {
-    SC_STAT_INC(c->w->stats->bad_requests[kind]);
-    SC_DEBUG("%s listener: refused request from %s: %d %s", c->route->name, c->peer_text, status, why);
-    char body[256], head[512];
-    int bl = snprintf(body, sizeof(body), "%s\n", why);
-    int hl = snprintf(head, sizeof(head),
-                      "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                      "x-sidecar-reason: bad-request\r\nconnection: close\r\ncontent-length: %d\r\n\r\n",
-                      status, sc_h1_reason(status), bl);
-    c->out.start = c->out.end = 0;
-    sc_conn_write(c, head, (size_t)hl);
-    sc_conn_write(c, body, (size_t)bl);
-    if (SC_DOWN(c)->cur) {
-        sc_stream *s = SC_DOWN(c)->cur;
-        SC_DOWN(c)->cur = NULL;
-        sc_stream_downstream_done(s, true);
-    }
+    sc_down_conn *d = SC_DOWN(c);
+    char msg[1024];
+    int bl = (int)strlen(d->refusal_why) + 1;
+    int n = snprintf(msg, sizeof(msg),
+                     "HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                     "x-sidecar-reason: %s\r\nconnection: close\r\ncontent-length: %d\r\n\r\n%s\n",
+                     d->refusal_status, sc_h1_reason(d->refusal_status), d->refusal_reason, bl, d->refusal_why);
+    if (n < 0 || (size_t)n >= sizeof(msg))
+        n = snprintf(msg, sizeof(msg), "HTTP/1.1 %d %s\r\nconnection: close\r\ncontent-length: 0\r\n\r\n",
+                     d->refusal_status, sc_h1_reason(d->refusal_status));
+    int rv = sc_conn_write(c, msg, (size_t)n);
+    if (rv == -ENOBUFS)
+        return 0; /* earlier responses fill the buffer: after they drain */
+    if (rv < 0)
+        return rv;
+    d->refusing = false;
     sc_conn_close_after_flush(c);
+    return 0;
 }
+
+/*
+ * Answers a request the sidecar refuses to forward, then closes. Bytes
+ * already queued are never discarded: a pipelined caller gets the complete
+ * responses to its earlier requests first, then this one. When part of the
+ * current request's own response is out already, a status line after it
+ * would read as body: the connection is closed after the flush instead,
+ * the only way HTTP/1.1 can say the response is incomplete.
+ * status >= 500 is the sidecar's own trouble and is not counted as a bad request.
+ */
+static void reject(sc_conn *c, int status, sc_bad_req_kind kind, const char *reason, const char *why)
+{
+    sc_down_conn *d = SC_DOWN(c);
+    if (d->refusing || (c->flags & (SC_CONN_F_CLOSING | SC_CONN_F_CLOSED)))
+        return;
+    if (status < 500)
+        SC_STAT_INC(c->w->stats->bad_requests[kind]);
+    SC_DEBUG("%s listener: refused request from %s: %d %s", c->route->name, c->peer_text, status, why);
+    d->continue_due = false;
+    sc_stream *s = d->cur;
+    if (s) {
+        bool head_out = (s->flags & SC_ST_F_DOWN_HEAD_SENT) != 0;
+        d->cur = NULL;
+        sc_stream_downstream_done(s, true);
+        if (head_out) {
+            sc_conn_close_after_flush(c);
+            return;
+        }
+    }
+    d->refusing = true;
+    d->refusal_status = (uint16_t)status;
+    d->refusal_reason = reason;
+    d->refusal_why = why;
+    sc_conn_pause_read(c);
+    /* A caller that never reads must not hold the connection while the answer waits. */
+    arm_timer(c, c->route->timeouts->idle_ms);
+    if (write_refusal(c) < 0)
+        sc_conn_close(c, -ENOMEM);
+    else
+        sc_conn_mark_dirty(c);
+}
+
+#define BAD_REQUEST "bad-request"
 
 static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
@@ -67,18 +118,17 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     sc_conn *c = SC_CONTAINER_OF(t, sc_conn, timer);
     sc_down_conn *d = SC_DOWN(c);
+    if (d->refusing || (c->flags & SC_CONN_F_CLOSING)) {
+        sc_conn_close(c, 0); /* a refusal not written, or not read, in time */
+        return;
+    }
     if (d->cur)
         return; /* a request is in flight: its own deadline governs */
     if (d->awaiting_head && sc_buf_len(&c->in)) {
-        reject(c, 408, SC_BAD_REQ_HEADER_TIMEOUT, "request head not received in time (timeouts.header_read)");
+        reject(c, 408, SC_BAD_REQ_HEADER_TIMEOUT, BAD_REQUEST, "request head not received in time (timeouts.header_read)");
         return;
     }
     sc_conn_close(c, 0);
-}
-
-static bool is_hop(const sc_h1_header *h, sc_h1_str connection)
-{
-    return sc_h1_is_hop_by_hop(h->name.p, h->name.len, connection);
 }
 
 static bool name_is(const sc_h1_str *n, const char *lit, size_t len)
@@ -86,7 +136,81 @@ static bool name_is(const sc_h1_str *n, const char *lit, size_t len)
     return n->len == len && strncasecmp(n->p, lit, len) == 0;
 }
 
-/* A complete request head: build the stream and start it. */
+typedef struct refusal {
+    int status;
+    sc_bad_req_kind kind;
+    const char *reason, *why;
+} refusal;
+
+static bool refuse(refusal *r, int status, sc_bad_req_kind kind, const char *reason, const char *why)
+{
+    *r = (refusal){status, kind, reason, why};
+    return false;
+}
+
+/*
+ * What the parser accepts but this proxy does not forward; true when the
+ * request may go on.
+ *  - CONNECT asks for a tunnel; the sidecar forwards HTTP requests to the
+ *    upstream its listener stands for and opens no tunnels: 501.
+ *  - absolute-form: http:// is what a client sends to a forward proxy and
+ *    is taken as origin-form plus its authority (RFC 9112 3.2.2). https://
+ *    asks the proxy to reach the origin over TLS; the sidecar reaches its
+ *    upstream the way the policy says (tls.mode) and a request-target cannot
+ *    switch that, so pretending to honour it would be a silent downgrade:
+ *    400. Other schemes are not HTTP: 400.
+ *  - limits.header_underscores: reject refuses any field name with '_'.
+ */
+static bool screen_request(const sc_conn *c, const sc_h1_head *h, refusal *r)
+{
+    if (h->method.len == 7 && memcmp(h->method.p, "CONNECT", 7) == 0)
+        return refuse(r, 501, SC_BAD_REQ_UNSUPPORTED, "connect-not-supported",
+                      "CONNECT is not proxied: the sidecar forwards HTTP requests and opens no tunnels");
+    if (h->scheme.len && name_is(&h->scheme, "https", 5))
+        return refuse(r, 400, SC_BAD_REQ_SYNTAX, BAD_REQUEST,
+                      "https:// request-target refused: the sidecar reaches the upstream as its policy says "
+                      "(tls.mode), a request-target cannot ask for TLS; send origin-form or http://");
+    if (h->scheme.len && !name_is(&h->scheme, "http", 4))
+        return refuse(r, 400, SC_BAD_REQ_SYNTAX, BAD_REQUEST,
+                      "request-target scheme not supported: only origin-form or http:// absolute-form");
+    if (c->w->sc->cfg->limits.header_underscores == SC_HDR_US_REJECT)
+        for (size_t i = 0; i < h->n_headers; i++)
+            if (sc_hdr_has_underscore(h->headers[i].name.p, h->headers[i].name.len))
+                return refuse(r, 400, SC_BAD_REQ_SYNTAX, BAD_REQUEST,
+                              "header field name with '_' refused (limits.header_underscores: reject)");
+    return true;
+}
+
+/*
+ * The path to forward (origin-form, RFC 9112 3.2.1): an absolute-form
+ * target with an empty path is sent as "/", or as "*" for OPTIONS without a
+ * query (3.2.4); a query without a path gets "/" in front.
+ */
+static int set_path(sc_stream *s, const sc_h1_head *h)
+{
+    sc_msg *m = &s->req;
+    const char *p = h->path.p;
+    size_t n = h->path.len;
+    if (h->scheme.len && n == 0 && name_is(&h->method, "OPTIONS", 7)) {
+        p = "*";
+        n = 1;
+    } else if (h->scheme.len && (n == 0 || p[0] == '?')) {
+        char *x = sc_arena_alloc(&s->arena, n + 2);
+        if (!x)
+            return -ENOMEM;
+        x[0] = '/';
+        memcpy(x + 1, p, n);
+        x[n + 1] = '\0';
+        m->path = x;
+        m->path_len = n + 1;
+        return 0;
+    }
+    m->path = sc_arena_dup(&s->arena, p, n);
+    m->path_len = n;
+    return m->path ? 0 : -ENOMEM;
+}
+
+/* A complete request head that passed screen_request(): build the stream and start it. */
 static int begin_request(sc_conn *c, const sc_h1_head *h)
 {
     sc_down_conn *d = SC_DOWN(c);
@@ -95,39 +219,32 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
         return -ENOMEM;
     d->cur = s;
     sc_msg *m = &s->req;
-    sc_h1_str conn_hdr = {0};
-    const sc_h1_header *ch = sc_h1_find(h, "connection");
-    if (ch)
-        conn_hdr = ch->value;
-    const char *idh = c->w->sc->cfg->tls.identity_header;
+    const sc_config *cfg = c->w->sc->cfg;
+    const char *idh = cfg->tls.identity_header;
     size_t idh_len = strlen(idh);
+    bool drop_us = cfg->limits.header_underscores == SC_HDR_US_DROP;
     m->method = sc_arena_dup(&s->arena, h->method.p, h->method.len);
     m->method_len = h->method.len;
     m->scheme = "http";
-    const char *path = h->target.p;
-    size_t plen = h->target.len;
-    /* absolute-form: forward origin-form and use its authority. */
-    if (plen > 7 && strncasecmp(path, "http://", 7) == 0) {
-        const char *a = path + 7;
-        const char *slash = memchr(a, '/', plen - 7);
-        size_t alen = slash ? (size_t)(slash - a) : plen - 7;
-        m->authority = sc_arena_dup(&s->arena, a, alen);
-        m->authority_len = alen;
-        path = slash ? slash : "/";
-        plen = slash ? plen - 7 - alen : 1;
-    } else {
-        m->authority = sc_arena_dup(&s->arena, h->host.p ? h->host.p : "", h->host.len);
-        m->authority_len = h->host.len;
-    }
-    m->path = sc_arena_dup(&s->arena, path, plen);
-    m->path_len = plen;
-    if (!m->method || !m->path || !m->authority)
+    /* absolute-form: its authority replaces Host (RFC 9112 3.2.2) */
+    sc_h1_str auth = h->scheme.len ? h->authority : h->host;
+    m->authority = sc_arena_dup(&s->arena, auth.p ? auth.p : "", auth.len);
+    m->authority_len = auth.len;
+    if (!m->method || !m->authority || set_path(s, h) < 0)
         return -ENOMEM;
     for (size_t i = 0; i < h->n_headers; i++) {
         const sc_h1_header *hd = &h->headers[i];
-        if (is_hop(hd, conn_hdr) || name_is(&hd->name, "host", 4) || name_is(&hd->name, "content-length", 14) ||
-            name_is(&hd->name, "expect", 6) || name_is(&hd->name, idh, idh_len))
-            continue; /* the identity header is only ever set by the sidecar */
+        if (sc_h1_is_hop_by_hop_head(h, hd->name.p, hd->name.len) || name_is(&hd->name, "host", 4) ||
+            name_is(&hd->name, "content-length", 14) || name_is(&hd->name, "expect", 6))
+            continue;
+        if (sc_hdr_aliases(hd->name.p, hd->name.len, idh)) {
+            /* only ever set by the sidecar, and apps read every spelling of it */
+            SC_DEBUG("%s listener: removed %.*s sent by %s", c->route->name, (int)hd->name.len, hd->name.p,
+                     c->peer_text);
+            continue;
+        }
+        if (drop_us && sc_hdr_has_underscore(hd->name.p, hd->name.len))
+            continue; /* limits.header_underscores: drop */
         if (name_is(&hd->name, "content-type", 12) && sc_grpc_is_content_type(hd->value.p, hd->value.len))
             m->is_grpc = true;
         if (sc_msg_add(s, m, hd->name.p, hd->name.len, hd->value.p, hd->value.len) < 0)
@@ -137,7 +254,8 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
         return -ENOMEM;
     if (h->te_trailers) {
         s->down_te_trailers = true;
-        sc_msg_add(s, m, "te", 2, "trailers", 8);
+        if (sc_msg_add(s, m, "te", 2, "trailers", 8) < 0)
+            return -ENOMEM;
     }
     if (h->method.len == 4 && memcmp(h->method.p, "HEAD", 4) == 0)
         s->flags |= SC_ST_F_HEAD_REQ;
@@ -156,11 +274,10 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
         }
         sc_h1_body_init(&s->h1_body, h->body, h->content_length, s->h1_trailer_buf,
                         s->h1_trailer_buf ? TRAILER_CAP : 0);
-        if (h->expect_continue && h->minor_version >= 1) {
-            static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
-            sc_conn_write(c, cont, sizeof(cont) - 1);
+        /* Written by produce(), after any earlier response still in c->out. */
+        d->continue_due = h->expect_continue && h->minor_version >= 1;
+        if (d->continue_due)
             sc_conn_mark_dirty(c);
-        }
     }
     m->head_done = true;
     d->awaiting_head = false;
@@ -182,14 +299,18 @@ static void process(sc_conn *c)
 {
     sc_down_conn *d = SC_DOWN(c);
     for (;;) {
-        if (c->flags & (SC_CONN_F_CLOSED | SC_CONN_F_CLOSING))
+        if ((c->flags & (SC_CONN_F_CLOSED | SC_CONN_F_CLOSING)) || d->refusing)
             return;
         sc_stream *s = d->cur;
         if (s) {
             if (!s->reqp.eof && !(s->flags & SC_ST_F_DOWN_DONE)) {
                 int rv = pump_body(c, s);
                 if (rv < 0) {
-                    reject(c, 400, SC_BAD_REQ_BODY, "malformed request body");
+                    if (rv == -ENOMEM)
+                        reject(c, 503, SC_BAD_REQ_BODY, "sidecar-out-of-memory", "out of memory");
+                    else
+                        reject(c, 400, SC_BAD_REQ_BODY, BAD_REQUEST,
+                               s->h1_body.why ? s->h1_body.why : "malformed request body");
                     return;
                 }
                 if (!s->reqp.eof && sc_buf_len(&c->in) && sc_buf_space(&s->reqp.buf) == 0)
@@ -227,32 +348,38 @@ static void process(sc_conn *c)
         int n = sc_h1_parse_head(sc_buf_head(&c->in), len, true, false, &lim, &h, &why);
         if (n == 0) {
             if (len >= in_cap(c))
-                reject(c, 431, SC_BAD_REQ_TOO_LARGE, "request header block too large (limits.max_header_bytes)");
+                reject(c, 431, SC_BAD_REQ_TOO_LARGE, BAD_REQUEST,
+                       "request header block too large (limits.max_header_bytes)");
             return;
         }
         if (n < 0) {
             switch (n) {
             case SC_H1_ERR_TOO_LARGE:
-                reject(c, 431, SC_BAD_REQ_TOO_LARGE, why ? why : "request header block too large");
+                reject(c, 431, SC_BAD_REQ_TOO_LARGE, BAD_REQUEST, why ? why : "request header block too large");
                 break;
             case SC_H1_ERR_LINE_TOO_LONG:
-                reject(c, 414, SC_BAD_REQ_LINE_TOO_LONG, why ? why : "request line too long");
+                reject(c, 414, SC_BAD_REQ_LINE_TOO_LONG, BAD_REQUEST, why ? why : "request line too long");
                 break;
             case SC_H1_ERR_UNSUPPORTED:
-                reject(c, why && strstr(why, "version") ? 505 : 501, SC_BAD_REQ_UNSUPPORTED,
+                reject(c, why && strstr(why, "version") ? 505 : 501, SC_BAD_REQ_UNSUPPORTED, BAD_REQUEST,
                        why ? why : "unsupported request");
                 break;
             default:
-                reject(c, 400, SC_BAD_REQ_SYNTAX, why ? why : "malformed request");
+                reject(c, 400, SC_BAD_REQ_SYNTAX, BAD_REQUEST, why ? why : "malformed request");
             }
             return;
         }
-        /* The head stays in c->in while its fields are copied into the stream. */
         d->head_scanned = 0;
+        refusal no;
+        if (!screen_request(c, &h, &no)) {
+            reject(c, no.status, no.kind, no.reason, no.why);
+            return;
+        }
+        /* The head stays in c->in while its fields are copied into the stream. */
         int rv = begin_request(c, &h);
         sc_buf_consume(&c->in, (size_t)n);
         if (rv < 0) {
-            reject(c, 503, SC_BAD_REQ_SYNTAX, "out of memory");
+            reject(c, 503, SC_BAD_REQ_SYNTAX, "sidecar-out-of-memory", "out of memory");
             return;
         }
     }
@@ -313,12 +440,15 @@ static bool is_response_hop(const nghttp2_nv *nv)
     return sc_lit_in(nv->name, nv->namelen, hop, SC_ARRAY_LEN(hop));
 }
 
-static int write_headers(sc_conn *c, const nghttp2_nv *nv, size_t n)
+/* Header or trailer fields (trailers: also without the fields a trailer
+ * section may not carry, sc_h1_trailer_forbidden). */
+static int write_fields(sc_conn *c, const nghttp2_nv *nv, size_t n, bool trailers)
 {
     for (size_t i = 0; i < n; i++) {
         if (nv[i].namelen && nv[i].name[0] == ':')
             continue;
-        if (is_response_hop(&nv[i]))
+        if (is_response_hop(&nv[i]) ||
+            (trailers && sc_h1_trailer_forbidden((const char *)nv[i].name, nv[i].namelen)))
             continue;
         if (sc_conn_write(c, nv[i].name, nv[i].namelen) < 0 || sc_conn_write(c, ": ", 2) < 0 ||
             sc_conn_write(c, nv[i].value, nv[i].valuelen) < 0 || sc_conn_write(c, "\r\n", 2) < 0)
@@ -333,6 +463,7 @@ static void finish_response(sc_conn *c, sc_stream *s)
     if (!s->reqp.eof)
         d->close_after = true; /* the rest of the request body is unread: cannot reuse */
     d->cur = NULL;
+    d->continue_due = false;
     sc_stream_downstream_done(s, false);
     if (d->close_after || c->w->draining) {
         sc_conn_close_after_flush(c);
@@ -363,8 +494,10 @@ static int write_head(sc_conn *c, sc_stream *s)
     n += rlen;
     line[n++] = '\r';
     line[n++] = '\n';
+    if (sc_buf_reserve(c->w, &c->out, 64 * 1024) < 0)
+        return -ENOMEM; /* not a full buffer that drains: nothing would call again */
     size_t before = c->out.end;
-    if (sc_conn_write(c, line, n) < 0 || write_headers(c, s->resp.hdrs, s->resp.n_hdrs) < 0)
+    if (sc_conn_write(c, line, n) < 0 || write_fields(c, s->resp.hdrs, s->resp.n_hdrs, false) < 0)
         goto full;
     if (s->resp.content_length >= 0 && st != 204 && st >= 200) {
         n = sc_h1_content_length_line(line, (uint64_t)s->resp.content_length);
@@ -397,7 +530,18 @@ full:
 static int produce(sc_conn *c)
 {
     sc_down_conn *d = SC_DOWN(c);
+    if (d->refusing)
+        return write_refusal(c);
     sc_stream *s = d->cur;
+    if (s && d->continue_due) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        int rv = 0;
+        /* A final response makes the 100 moot; else it waits for room in c->out. */
+        if (s->resp.head_done || (rv = sc_conn_write(c, cont, sizeof(cont) - 1)) != -ENOBUFS)
+            d->continue_due = false;
+        if (rv == -ENOMEM)
+            return rv;
+    }
     if (!s || !s->resp.head_done)
         return 0;
     if ((s->flags & SC_ST_F_DOWN_HEAD_SENT) && s->fail && !s->respp.eof) {
@@ -408,7 +552,10 @@ static int produce(sc_conn *c)
         return -ECONNABORTED;
     }
     if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
-        if (write_head(c, s) < 0)
+        int rv = write_head(c, s);
+        if (rv == -ENOMEM)
+            return rv;
+        if (rv < 0)
             return 0; /* wait for the output to drain */
     }
     bool no_body = (s->flags & SC_ST_F_HEAD_REQ) || s->resp.status == 204 || s->resp.status == 304;
@@ -441,7 +588,7 @@ static int produce(sc_conn *c)
         if (s->down_chunked) {
             size_t before = c->out.end;
             if (sc_conn_write(c, "0\r\n", 3) < 0 ||
-                (s->down_te_trailers && write_headers(c, s->respp.trailers, s->respp.n_trailers) < 0) ||
+                (s->down_te_trailers && write_fields(c, s->respp.trailers, s->respp.n_trailers, true) < 0) ||
                 sc_conn_write(c, "\r\n", 2) < 0) {
                 c->out.end = (uint32_t)before;
                 return 0;
@@ -465,7 +612,7 @@ void sc_down_h1_informational(sc_stream *s, int status, const nghttp2_nv *nv, si
     char line[64];
     int l = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, sc_h1_reason(status));
     size_t before = c->out.end;
-    if (sc_conn_write(c, line, (size_t)l) < 0 || write_headers(c, nv, n) < 0 || sc_conn_write(c, "\r\n", 2) < 0)
+    if (sc_conn_write(c, line, (size_t)l) < 0 || write_fields(c, nv, n, false) < 0 || sc_conn_write(c, "\r\n", 2) < 0)
         c->out.end = (uint32_t)before; /* no room: an informational response may be dropped */
     sc_conn_mark_dirty(c);
 }

@@ -239,6 +239,7 @@ typedef enum {
     SC_FAIL_METHOD_UNSUPPORTED,     /* 501 / UNIMPLEMENTED: CONNECT (plain or extended) is not proxied */
     SC_FAIL_BAD_REQUEST,            /* 400 / INTERNAL: refused header name (limits.header_underscores: reject),
                                      * missing or unusable :path / :scheme */
+    SC_FAIL_NO_MEMORY,              /* 503 / RESOURCE_EXHAUSTED: an allocation for the exchange failed */
 } sc_fail;
 
 const char *sc_fail_reason(sc_fail f);
@@ -418,7 +419,6 @@ void sc_stream_resp_informational(sc_stream *s, int status, const nghttp2_nv *nv
 void sc_stream_refuse(sc_stream *s, sc_fail why);
 /* A grpc-status value as received: 1 or 2 ASCII digits 0..16, else (garbage,
  * out of range) UNKNOWN, as gRPC clients read it; never outside 0..16. */
-int sc_grpc_status_wire(const uint8_t *v, size_t len);
 /* Upstream side failed before or during the response. */
 void sc_stream_upstream_failed(sc_stream *s, sc_fail why);
 /* Upstream side finished cleanly (response complete). */

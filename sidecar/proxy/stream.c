@@ -138,6 +138,7 @@ const char *sc_fail_reason(sc_fail f)
     case SC_FAIL_HEADERS_TOO_LARGE: return "request-headers-too-large";
     case SC_FAIL_METHOD_UNSUPPORTED: return "method-not-supported";
     case SC_FAIL_BAD_REQUEST: return "bad-request";
+    case SC_FAIL_NO_MEMORY: return "sidecar-out-of-memory";
     }
     return "unknown";
 }
@@ -162,6 +163,7 @@ static const char *fail_detail(sc_fail f)
     case SC_FAIL_HEADERS_TOO_LARGE: return "request header fields larger than limits.max_header_bytes";
     case SC_FAIL_METHOD_UNSUPPORTED: return "CONNECT is not proxied (plain or extended CONNECT)";
     case SC_FAIL_BAD_REQUEST: return "request refused as malformed (the sidecar's log says why)";
+    case SC_FAIL_NO_MEMORY: return "the sidecar could not allocate memory for this request";
     default: return "failed";
     }
 }
@@ -187,7 +189,8 @@ static int fail_grpc_status(sc_fail f)
     case SC_FAIL_TIMEOUT:
     case SC_FAIL_TRY_TIMEOUT: return SC_GRPC_DEADLINE_EXCEEDED;
     case SC_FAIL_OVERLOAD:
-    case SC_FAIL_QUEUE_TIMEOUT: return SC_GRPC_RESOURCE_EXHAUSTED;
+    case SC_FAIL_QUEUE_TIMEOUT:
+    case SC_FAIL_NO_MEMORY: return SC_GRPC_RESOURCE_EXHAUSTED;
     case SC_FAIL_PROTOCOL: return SC_GRPC_INTERNAL;
     case SC_FAIL_FORBIDDEN: return SC_GRPC_PERMISSION_DENIED;
     case SC_FAIL_HEADERS_TOO_LARGE: return SC_GRPC_RESOURCE_EXHAUSTED;
@@ -538,7 +541,8 @@ static void reset_response(sc_stream *s)
     s->head_checked = false;
 }
 
-/* The upstream's pushback, if it sent one: -1 = do not retry, 0 = none, else ms. */
+/* The upstream's pushback, if it sent one: -1 = do not retry (asked so, or
+ * for longer than SC_RETRY_MAX_PUSHBACK_MS), 0 = none, else ms. */
 static int64_t pushback_ms(const sc_stream *s)
 {
     const nghttp2_nv *nv = sc_msg_find(&s->resp, "grpc-retry-pushback-ms");
@@ -549,13 +553,14 @@ static int64_t pushback_ms(const sc_stream *s)
                 nv = &s->respp.trailers[i];
     }
     if (nv) {
-        if (sc_retry_parse_pushback_ms((const char *)nv->value, nv->valuelen, &ms) < 0 || ms < 0)
+        if (sc_retry_parse_pushback_ms((const char *)nv->value, nv->valuelen, &ms) < 0 ||
+            !sc_retry_pushback_acceptable(ms))
             return -1;
         return ms ? ms : 1;
     }
     if ((nv = sc_msg_find(&s->resp, "retry-after")) &&
         sc_retry_parse_retry_after((const char *)nv->value, nv->valuelen, time(NULL), &ms) == 0)
-        return ms > 0 ? ms : 1;
+        return !sc_retry_pushback_acceptable(ms) ? -1 : ms > 0 ? ms : 1;
     return 0;
 }
 
@@ -751,7 +756,7 @@ void sc_stream_resp_progress(sc_stream *s)
         int grpc = -1;
         if (s->req.is_grpc) {
             const nghttp2_nv *gs = sc_msg_find(&s->resp, "grpc-status");
-            if (gs) { /* trailers-only: the whole outcome is in the head */
+            if (gs) { /* trailers-only: the whole outcome is in the head; garbage is UNKNOWN */
                 grpc = sc_grpc_status_wire(gs->value, gs->valuelen);
                 s->grpc_status = grpc;
             }
@@ -1177,13 +1182,6 @@ void sc_stream_refuse(sc_stream *s, sc_fail why)
     sc_stream_upstream_failed(s, why);
 }
 
-int sc_grpc_status_wire(const uint8_t *v, size_t len)
-{
-    if (len < 1 || len > 2 || v[0] < '0' || v[0] > '9' || (len == 2 && (v[1] < '0' || v[1] > '9')))
-        return SC_GRPC_UNKNOWN;
-    int g = len == 1 ? v[0] - '0' : (v[0] - '0') * 10 + (v[1] - '0');
-    return g <= SC_GRPC_STATUS_MAX ? g : SC_GRPC_UNKNOWN;
-}
 
 /* ---- upstream connections shared by up_h1.c and up_h2.c ---- */
 

@@ -4,6 +4,7 @@
  */
 #include "core/log.h"
 #include "http/grpc.h"
+#include "http/hdr.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 
@@ -14,6 +15,49 @@
 
 #define OUT_BLOCK (64 * 1024)
 #define TRAILER_CAP 8192
+/* 1xx responses accepted before the final one of an exchange (their bytes
+ * together are bounded by limits.max_header_bytes): a peer sending endless
+ * 103s must not keep a request, and the caller's output, busy forever. */
+#define MAX_INTERIM 16
+
+/*
+ * The trailer section of a chunked body into p->trailers, filtered as the
+ * head it follows: never the fields a trailer may not carry
+ * (sc_h1_trailer_forbidden: hop-by-hop, framing, routing). A caller's
+ * trailers (p == &s->reqp) also lose every spelling of the identity header
+ * and follow limits.header_underscores, as its head did. Returns 0,
+ * -ENOMEM, or SC_H1_ERR_* with b->why set.
+ */
+static int take_trailers(sc_stream *s, sc_h1_body *b, sc_pipe *p)
+{
+    sc_h1_header tr[SC_H1_MAX_HEADERS];
+    int nt = sc_h1_body_trailers(b, tr, SC_ARRAY_LEN(tr));
+    if (nt < 0) {
+        b->why = nt == SC_H1_ERR_TOO_LARGE ? "too many trailer fields" : "malformed trailer section";
+        return nt;
+    }
+    const sc_config *cfg = s->w->sc->cfg;
+    bool from_caller = p == &s->reqp;
+    for (int i = 0; i < nt; i++) {
+        const char *n = tr[i].name.p;
+        size_t nl = tr[i].name.len;
+        if (sc_h1_trailer_forbidden(n, nl))
+            continue;
+        if (from_caller && sc_hdr_aliases(n, nl, cfg->tls.identity_header))
+            continue; /* only ever set by the sidecar, in the head */
+        if (from_caller && sc_hdr_has_underscore(n, nl)) {
+            if (cfg->limits.header_underscores == SC_HDR_US_REJECT) {
+                b->why = "trailer field name with '_' refused (limits.header_underscores: reject)";
+                return SC_H1_ERR_SYNTAX;
+            }
+            if (cfg->limits.header_underscores == SC_HDR_US_DROP)
+                continue;
+        }
+        if (sc_pipe_add_trailer(s, p, n, nl, tr[i].value.p, tr[i].value.len) < 0)
+            return -ENOMEM;
+    }
+    return 0;
+}
 
 int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p)
 {
@@ -24,9 +68,12 @@ int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p)
             return -ENOMEM;
         size_t space = sc_buf_space(&p->buf);
         size_t avail = sc_buf_len(in);
-        /* With no input only a finished length-delimited body can still progress (to DONE). */
+        /* With no input, or no room, only a finished length-delimited body
+         * can still progress (to DONE, which needs neither). Stopping there
+         * when the pipe is exactly full would leave the end unseen: nothing
+         * is left to read that would bring the decoder back. */
         bool can_end = b->kind == SC_H1_BODY_NONE || (b->kind == SC_H1_BODY_LENGTH && b->remaining == 0);
-        if (space == 0 || (avail == 0 && !can_end))
+        if ((space == 0 || avail == 0) && !can_end)
             break;
         /* Payload never exceeds the input handed over, so this bounds it by the room. */
         if (avail > space)
@@ -45,12 +92,8 @@ int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p)
         if (consumed)
             sc_buf_consume(in, consumed);
         if (rv == SC_H1_BODY_DONE) {
-            if (b->trailer_buf && b->trailer_len) {
-                sc_h1_header tr[32];
-                int nt = sc_h1_body_trailers(b, tr, 32);
-                for (int i = 0; i < nt; i++)
-                    sc_pipe_add_trailer(s, p, tr[i].name.p, tr[i].name.len, tr[i].value.p, tr[i].value.len);
-            }
+            if (b->trailer_buf && b->trailer_len && (rv = take_trailers(s, b, p)) < 0)
+                return rv;
             p->eof = true;
             return moved + 1;
         }
@@ -67,6 +110,7 @@ static void bind_stream(sc_up_conn *u, sc_stream *s)
     u->cur = s;
     u->head_parsed = false;
     u->head_scanned = 0;
+    u->n_interim = u->interim_bytes = 0;
     s->up = &u->super;
     s->up_keepalive = true;
     sc_conn_mark_dirty(&u->super);
@@ -109,6 +153,12 @@ static bool skip_req_header(const nghttp2_nv *nv)
 }
 
 static int put(sc_conn *c, const void *p, size_t n) { return sc_conn_write(c, p, n); }
+
+/* Trailers from any caller: never the fields a trailer section may not carry. */
+static bool skip_trailer(const nghttp2_nv *nv)
+{
+    return sc_h1_trailer_forbidden((const char *)nv->name, nv->namelen);
+}
 
 static int put_nv(sc_conn *c, const nghttp2_nv *nv, size_t n, bool (*skip)(const nghttp2_nv *))
 {
@@ -192,7 +242,7 @@ static int produce(sc_conn *c)
     if (s->reqp.eof && sc_buf_len(&s->reqp.buf) == 0) {
         if (s->up_chunked) {
             size_t before = c->out.end;
-            if (put(c, "0\r\n", 3) < 0 || put_nv(c, s->reqp.trailers, s->reqp.n_trailers, NULL) < 0 ||
+            if (put(c, "0\r\n", 3) < 0 || put_nv(c, s->reqp.trailers, s->reqp.n_trailers, skip_trailer) < 0 ||
                 put(c, "\r\n", 2) < 0) {
                 c->out.end = (uint32_t)before;
                 return 0;
@@ -234,56 +284,89 @@ static void finish(sc_up_conn *u, sc_stream *s)
     sc_up_conn_idle(u);
 }
 
-static bool skip_resp_header(const sc_h1_header *h, sc_h1_str connection)
+static bool skip_resp_header(const sc_h1_head *h, const sc_h1_header *f)
 {
-    return sc_h1_is_hop_by_hop(h->name.p, h->name.len, connection) ||
-           (h->name.len == 14 && strncasecmp(h->name.p, "content-length", 14) == 0);
+    return sc_h1_is_hop_by_hop_head(h, f->name.p, f->name.len) ||
+           (f->name.len == 14 && strncasecmp(f->name.p, "content-length", 14) == 0);
+}
+
+/* The connection's input buffer: a whole response head must fit (as for callers, down_h1.c). */
+static uint32_t in_cap(const sc_conn *c)
+{
+    const sc_config *cfg = c->w->sc->cfg;
+    return SC_MAX(cfg->limits.stream_buffer, cfg->limits.max_header_bytes + 1);
+}
+
+/* A 1xx response: bounded in number and bytes, forwarded to the caller. */
+static int interim(sc_up_conn *u, sc_stream *s, const sc_h1_head *h, size_t n)
+{
+    sc_conn *c = &u->super;
+    if (h->status == 101) {
+        SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: %s answered 101 Switching Protocols; upgrades are not proxied",
+                        c->route->name, c->peer_text);
+        return -EPROTO;
+    }
+    uint32_t max_bytes = c->w->sc->cfg->limits.max_header_bytes;
+    u->interim_bytes = (uint32_t)SC_MIN((uint64_t)u->interim_bytes + n, UINT32_MAX);
+    if (++u->n_interim > MAX_INTERIM || u->interim_bytes > max_bytes) {
+        SC_WARN_LIMITED(&c->route->log_limit,
+                        "upstream %s: %s sent %u informational (1xx) responses (%u bytes) without a final one; "
+                        "at most %d and limits.max_header_bytes (%u) are accepted per request",
+                        c->route->name, c->peer_text, u->n_interim, u->interim_bytes, MAX_INTERIM, max_bytes);
+        return -EPROTO;
+    }
+    nghttp2_nv nv[SC_H1_MAX_HEADERS];
+    size_t k = 0;
+    for (size_t i = 0; i < h->n_headers; i++) {
+        if (skip_resp_header(h, &h->headers[i]))
+            continue;
+        /* lower-case names for HTTP/2 callers: copy into the arena */
+        const sc_h1_header *f = &h->headers[i];
+        char *lc = sc_arena_dup(&s->arena, f->name.p, f->name.len);
+        if (!lc)
+            return -ENOMEM;
+        for (size_t j = 0; j < f->name.len; j++)
+            if (lc[j] >= 'A' && lc[j] <= 'Z')
+                lc[j] = (char)(lc[j] + 32);
+        nv[k++] = (nghttp2_nv){(uint8_t *)lc, (uint8_t *)f->value.p, f->name.len, f->value.len, NGHTTP2_NV_FLAG_NONE};
+    }
+    sc_stream_resp_informational(s, h->status, nv, k);
+    return 0;
 }
 
 static int parse_head(sc_up_conn *u, sc_stream *s)
 {
     sc_conn *c = &u->super;
+    const sc_config *cfg = c->w->sc->cfg;
+    sc_h1_limits lim = {cfg->limits.max_request_line, cfg->limits.max_header_bytes};
     for (;;) {
         sc_h1_head h;
         const char *why = NULL;
         size_t len = sc_buf_len(&c->in);
-        if (u->head_scanned && sc_buf_space(&c->in) && !sc_h1_head_worth_parsing(sc_buf_head(&c->in), u->head_scanned, len, NULL)) {
+        if (u->head_scanned && sc_buf_space(&c->in) && !sc_h1_head_worth_parsing(sc_buf_head(&c->in), u->head_scanned, len, &lim)) {
             u->head_scanned = (uint32_t)len;
             return 0;
         }
         u->head_scanned = (uint32_t)len;
-        int n = sc_h1_parse_head(sc_buf_head(&c->in), len, false, (s->flags & SC_ST_F_HEAD_REQ) != 0, NULL, &h, &why);
+        int n = sc_h1_parse_head(sc_buf_head(&c->in), len, false, (s->flags & SC_ST_F_HEAD_REQ) != 0, &lim, &h, &why);
+        if (n == 0 && sc_buf_space(&c->in) == 0) {
+            n = SC_H1_ERR_TOO_LARGE;
+            why = "response head larger than the input buffer";
+        }
         if (n == 0)
-            return sc_buf_space(&c->in) == 0 ? -EMSGSIZE : 0;
+            return 0;
         u->head_scanned = 0;
         if (n < 0) {
-            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: invalid response from %s: %s", c->route->name, c->peer_text, why ? why : "syntax");
+            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: invalid response from %s: %s%s", c->route->name,
+                            c->peer_text, why ? why : "syntax",
+                            n == SC_H1_ERR_TOO_LARGE || n == SC_H1_ERR_LINE_TOO_LONG
+                                ? " (limits.max_header_bytes / limits.max_request_line)" : "");
             return -EPROTO;
         }
-        sc_h1_str conn_hdr = {0};
-        const sc_h1_header *ch = sc_h1_find(&h, "connection");
-        if (ch)
-            conn_hdr = ch->value;
         if (h.status < 200) {
-            if (h.status == 101)
-                return -EPROTO;
-            nghttp2_nv nv[SC_H1_MAX_HEADERS];
-            size_t k = 0;
-            for (size_t i = 0; i < h.n_headers; i++)
-                if (!skip_resp_header(&h.headers[i], conn_hdr))
-                    nv[k++] = (nghttp2_nv){(uint8_t *)h.headers[i].name.p, (uint8_t *)h.headers[i].value.p,
-                                           h.headers[i].name.len, h.headers[i].value.len, NGHTTP2_NV_FLAG_NONE};
-            /* lower-case names for HTTP/2 callers: copy into the arena */
-            for (size_t i = 0; i < k; i++) {
-                char *lc = sc_arena_dup(&s->arena, (const char *)nv[i].name, nv[i].namelen);
-                if (!lc)
-                    return -ENOMEM;
-                for (size_t j = 0; j < nv[i].namelen; j++)
-                    if (lc[j] >= 'A' && lc[j] <= 'Z')
-                        lc[j] = (char)(lc[j] + 32);
-                nv[i].name = (uint8_t *)lc;
-            }
-            sc_stream_resp_informational(s, h.status, nv, k);
+            int rv = interim(u, s, &h, (size_t)n);
+            if (rv < 0)
+                return rv;
             sc_buf_consume(&c->in, (size_t)n);
             if (u->cur != s)
                 return -ECANCELED;
@@ -292,7 +375,7 @@ static int parse_head(sc_up_conn *u, sc_stream *s)
         sc_msg *m = &s->resp;
         m->status = h.status;
         for (size_t i = 0; i < h.n_headers; i++)
-            if (!skip_resp_header(&h.headers[i], conn_hdr) &&
+            if (!skip_resp_header(&h, &h.headers[i]) &&
                 sc_msg_add(s, m, h.headers[i].name.p, h.headers[i].name.len, h.headers[i].value.p,
                            h.headers[i].value.len) < 0)
                 return -ENOMEM;
@@ -304,8 +387,9 @@ static int parse_head(sc_up_conn *u, sc_stream *s)
                 m->content_length = strtoll(cl->value.p, NULL, 10);
         }
         s->up_keepalive = h.keep_alive;
-        if (h.body == SC_H1_BODY_CHUNKED && !s->h1_up_trailer_buf)
-            s->h1_up_trailer_buf = malloc(TRAILER_CAP);
+        if (h.body == SC_H1_BODY_CHUNKED && !s->h1_up_trailer_buf &&
+            !(s->h1_up_trailer_buf = malloc(TRAILER_CAP)))
+            return -ENOMEM;
         sc_h1_body_init(&s->h1_up_body, h.body, h.content_length, s->h1_up_trailer_buf,
                         s->h1_up_trailer_buf ? TRAILER_CAP : 0);
         if (h.body == SC_H1_BODY_UNTIL_CLOSE)
@@ -314,10 +398,28 @@ static int parse_head(sc_up_conn *u, sc_stream *s)
         u->head_parsed = true;
         m->head_done = true;
         const sc_h1_header *gs = NULL;
-        if (s->req.is_grpc && (gs = sc_h1_find(&h, "grpc-status")))
-            s->grpc_status = atoi(gs->value.p);
+        if (s->req.is_grpc && (gs = sc_h1_find(&h, "grpc-status"))) {
+            s->grpc_status = sc_grpc_status_wire(gs->value.p, gs->value.len);
+            int g;
+            if (sc_grpc_status_parse(gs->value.p, gs->value.len, &g) < 0)
+                SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: invalid grpc-status '%.*s' from %s, taken as UNKNOWN",
+                                c->route->name, (int)SC_MIN(gs->value.len, 32), gs->value.p, c->peer_text);
+        }
         return 1;
     }
+}
+
+/* The exchange fails on the upstream's side (or ours: no memory); the connection cannot be reused. */
+static void fail_exchange(sc_up_conn *u, sc_stream *s, int err)
+{
+    sc_conn *c = &u->super;
+    if (err == -ENOMEM)
+        SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: out of memory for a response from %s", c->route->name,
+                        c->peer_text);
+    u->cur = NULL;
+    s->up = NULL;
+    sc_stream_upstream_failed(s, err == -ENOMEM ? SC_FAIL_NO_MEMORY : SC_FAIL_PROTOCOL);
+    sc_conn_close(c, err);
 }
 
 static void on_readable(sc_conn *c)
@@ -330,7 +432,7 @@ static void on_readable(sc_conn *c)
             sc_conn_close(c, 0);
             return;
         }
-        if (sc_buf_reserve(c->w, &c->in, c->w->sc->cfg->limits.stream_buffer) < 0) {
+        if (sc_buf_reserve(c->w, &c->in, in_cap(c)) < 0) {
             sc_conn_close(c, -ENOMEM);
             return;
         }
@@ -362,10 +464,7 @@ static void on_readable(sc_conn *c)
             if (rv == -ECANCELED)
                 return;
             if (rv < 0) {
-                u->cur = NULL;
-                s->up = NULL;
-                sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL);
-                sc_conn_close(c, rv);
+                fail_exchange(u, s, rv);
                 return;
             }
             if (rv == 0) {
@@ -381,11 +480,10 @@ static void on_readable(sc_conn *c)
         }
         int rv = sc_h1_pump_body(s, &c->in, &s->h1_up_body, &s->respp);
         if (rv < 0) {
-            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: malformed response body from %s", c->route->name, c->peer_text);
-            u->cur = NULL;
-            s->up = NULL;
-            sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL);
-            sc_conn_close(c, -EPROTO);
+            if (rv != -ENOMEM)
+                SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: malformed response body from %s: %s", c->route->name,
+                                c->peer_text, s->h1_up_body.why ? s->h1_up_body.why : "framing");
+            fail_exchange(u, s, rv == -ENOMEM ? rv : -EPROTO);
             return;
         }
         if ((c->flags & SC_CONN_F_EOF) && !s->respp.eof && sc_buf_len(&c->in) == 0) {

@@ -164,6 +164,11 @@ int sc_retry_parse_retry_after(const char *v, size_t len, time_t now_unix, int64
     return 0;
 }
 
+bool sc_retry_pushback_acceptable(int64_t ms)
+{
+    return ms >= 0 && ms <= SC_RETRY_MAX_PUSHBACK_MS;
+}
+
 /* ------------------------------------------------------------------ budget */
 
 void sc_retry_budget_init(sc_retry_budget *b, double ratio, uint32_t min_per_second)

@@ -65,6 +65,20 @@ int sc_retry_parse_pushback_ms(const char *v, size_t len, int64_t *ms);
 int sc_retry_parse_retry_after(const char *v, size_t len, time_t now_unix, int64_t *ms);
 
 /*
+ * The longest wait an upstream's pushback may ask for. A request waiting in
+ * backoff holds its caller, its buffered body and a budget grant; a server
+ * that asks for more than this (Retry-After: 3600, a date next week, or a
+ * huge grpc-retry-pushback-ms) is saying "not now", so the attempt is not
+ * retried and its response goes to the caller at once, who may come back
+ * later. Shortening the wait instead would retry earlier than the upstream
+ * asked. The remaining deadline, when there is one, bounds it further.
+ */
+#define SC_RETRY_MAX_PUSHBACK_MS 60000
+
+/* Whether a pushback of ms (>= 0, from the parsers above) may be waited for. */
+bool sc_retry_pushback_acceptable(int64_t ms);
+
+/*
  * Retry budget of one upstream, shared by all workers (C11 atomics, no
  * lock). Over a sliding window of SC_RETRY_BUDGET_WINDOW_MS (10 buckets of
  * 1 s) it counts original requests and granted retries; a retry is granted

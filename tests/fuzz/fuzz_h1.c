@@ -102,6 +102,7 @@ static void run_body(const sc_h1_head *h, const char *in, size_t len, uint64_t s
             for (int i = 0; i < n; i++) {
                 CHECK(t[i].name.len > 0 && inside(t[i].name.p, t[i].name.len, b.trailer_buf, b.trailer_len));
                 CHECK(inside(t[i].value.p, t[i].value.len, b.trailer_buf, b.trailer_len));
+                (void)sc_h1_trailer_forbidden(t[i].name.p, t[i].name.len);
             }
         }
         break;
@@ -126,6 +127,17 @@ static void check_head(const sc_h1_head *h, const char *buf, size_t rc, bool req
         CHECK(inside(h->host.p, h->host.len, buf, rc));
         CHECK(h->body != SC_H1_BODY_UNTIL_CLOSE);
         CHECK(h->minor_version == 1 ? h->host.p != NULL : true);
+        /* the target's parts lie inside it; absolute-form has a scheme */
+        CHECK(inside(h->scheme.p, h->scheme.len, h->target.p, h->target.len));
+        CHECK(inside(h->authority.p, h->authority.len, h->target.p, h->target.len));
+        CHECK(inside(h->path.p, h->path.len, h->target.p, h->target.len));
+        CHECK(h->scheme.len || h->authority.len == 0);
+        if (h->scheme.len)
+            CHECK(memchr(h->target.p, '#', h->target.len) == NULL);
+        for (size_t i = 0; i < h->authority.len; i++)
+            CHECK(h->authority.p[i] != '@' && h->authority.p[i] != '/' && h->authority.p[i] != '?');
+        for (size_t i = 0; i < h->host.len; i++)
+            CHECK(h->host.p[i] != '@' && h->host.p[i] != '/' && h->host.p[i] != '?' && h->host.p[i] != '#');
     } else {
         CHECK(h->status >= 100 && h->status <= 599);
         CHECK(inside(h->reason.p, h->reason.len, buf, rc));
@@ -137,8 +149,12 @@ static void check_head(const sc_h1_head *h, const char *buf, size_t rc, bool req
         CHECK(!h->keep_alive);
     const sc_h1_header *c = sc_h1_find(h, "connection");
     sc_h1_str conn = c ? c->value : (sc_h1_str){NULL, 0};
-    for (size_t i = 0; i < h->n_headers; i++)
-        (void)sc_h1_is_hop_by_hop(h->headers[i].name.p, h->headers[i].name.len, conn);
+    CHECK(c ? h->n_connection > 0 : h->n_connection == 0);
+    for (size_t i = 0; i < h->n_headers; i++) {
+        bool first = sc_h1_is_hop_by_hop(h->headers[i].name.p, h->headers[i].name.len, conn);
+        /* all Connection fields list at least what the first one does */
+        CHECK(!first || sc_h1_is_hop_by_hop_head(h, h->headers[i].name.p, h->headers[i].name.len));
+    }
 }
 
 static sc_h1_head g_head, g_head2;

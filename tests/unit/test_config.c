@@ -18,6 +18,7 @@
 
 #include "config/config.h"
 #include "http/grpc.h"
+#include "http/hdr.h"
 
 #define DATA SC_TEST_DATA "/config"
 
@@ -1028,6 +1029,32 @@ static void test_tls_source(void **state)
     sc_config_free(cfg);
 }
 
+/* limits.header_underscores: each value, the default, and a bad one. */
+static void test_header_underscores(void **state)
+{
+    (void)state;
+    static const struct { const char *v; int want; } ok[] = {
+        {"allow", SC_HDR_US_ALLOW}, {"drop", SC_HDR_US_DROP}, {"reject", SC_HDR_US_REJECT},
+    };
+    sc_config *cfg;
+    sc_diags d = {0};
+    const char *y = "service: {name: s}\n";
+    assert_int_equal(sc_config_load_string(y, strlen(y), "t.yaml", NULL, &cfg, &d), 0);
+    assert_int_equal(cfg->limits.header_underscores, SC_HDR_US_ALLOW);
+    sc_config_free(cfg);
+    for (size_t i = 0; i < SC_ARRAY_LEN(ok); i++) {
+        char buf[128];
+        snprintf(buf, sizeof(buf), "service: {name: s}\nlimits: {header_underscores: %s}\n", ok[i].v);
+        assert_int_equal(sc_config_load_string(buf, strlen(buf), "t.yaml", NULL, &cfg, &d), 0);
+        assert_int_equal(cfg->limits.header_underscores, ok[i].want);
+        sc_config_free(cfg);
+    }
+    y = "service: {name: s}\nlimits: {header_underscores: strip}\n";
+    assert_int_not_equal(sc_config_load_string(y, strlen(y), "t.yaml", NULL, &cfg, &d), 0);
+    expect_diag(&d, "t.yaml", 2, "limits.header_underscores", "strip");
+    sc_diags_free(&d);
+}
+
 static const char *jget(json_t *o, const char *path);
 
 static void test_tls_authorize(void **state)
@@ -1523,6 +1550,7 @@ int main(void)
         cmocka_unit_test_setup(test_bad_policy_files, setup),
         cmocka_unit_test_setup(test_bad_configs, setup),
         cmocka_unit_test_setup(test_tls_source, setup),
+        cmocka_unit_test_setup(test_header_underscores, setup),
         cmocka_unit_test_setup(test_tls_authorize, setup),
         cmocka_unit_test_setup(test_bad_config_files, setup),
         cmocka_unit_test_setup(test_all_problems_collected, setup),

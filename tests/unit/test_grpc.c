@@ -12,7 +12,7 @@
 
 #include "http/grpc.h"
 
-static int parse_str(const char *s) { return sc_grpc_status_parse(s, strlen(s)); }
+static int parse_str(const char *s) { return sc_grpc_status_from_name(s, strlen(s)); }
 
 static void test_status_names(void **state)
 {
@@ -44,7 +44,7 @@ static void test_status_names(void **state)
     assert_int_equal(parse_str("deadline-exceeded"), SC_GRPC_DEADLINE_EXCEEDED);
     assert_int_equal(parse_str("RESOURCE_EXHAUSTED"), SC_GRPC_RESOURCE_EXHAUSTED);
     /* not a length-prefix match */
-    assert_int_equal(sc_grpc_status_parse("unavailable-x", 11), SC_GRPC_UNAVAILABLE);
+    assert_int_equal(sc_grpc_status_from_name("unavailable-x", 11), SC_GRPC_UNAVAILABLE);
     assert_string_equal(sc_grpc_status_name(-1), "invalid");
     assert_string_equal(sc_grpc_status_name(17), "invalid");
 
@@ -56,7 +56,40 @@ static void test_status_names(void **state)
     for (size_t i = 0; i < SC_ARRAY_LEN(bad); i++)
         if (parse_str(bad[i]) != -EINVAL)
             fail_msg("accepted \"%s\"", bad[i]);
-    assert_int_equal(sc_grpc_status_parse(NULL, 0), -EINVAL);
+    assert_int_equal(sc_grpc_status_from_name(NULL, 0), -EINVAL);
+}
+
+static int wire(const char *s, int *out) { return sc_grpc_status_parse(s, strlen(s), out); }
+
+/* grpc-status as received: digits 0..16 only; anything else is refused and
+ * leaves the output alone (it must never index the per-status counters). */
+static void test_status_wire_parse(void **state)
+{
+    (void)state;
+    for (int i = 0; i <= SC_GRPC_STATUS_MAX; i++) {
+        char num[12];
+        snprintf(num, sizeof(num), "%d", i);
+        int v = -7;
+        assert_int_equal(wire(num, &v), 0);
+        assert_int_equal(v, i);
+    }
+    int v = -7;
+    assert_int_equal(wire("014", &v), 0); /* 1*DIGIT: leading zeros are digits */
+    assert_int_equal(v, 14);
+    static const char *const bad[] = {
+        "", "17", "99", "-1", "+1", "1x", " 1", "1 ", "0x1", "100", "unavailable", "UNAVAILABLE",
+        "4294967310", "99999999999999999999999", "1.0", "1\\", "\\1",
+    };
+    for (size_t i = 0; i < SC_ARRAY_LEN(bad); i++) {
+        v = -7;
+        if (wire(bad[i], &v) != -1 || v != -7)
+            fail_msg("accepted \"%s\"", bad[i]);
+    }
+    /* the length is honoured: "14" inside "145" */
+    assert_int_equal(sc_grpc_status_parse("145", 2, &v), 0);
+    assert_int_equal(v, 14);
+    assert_int_equal(sc_grpc_status_parse("1\0", 2, &v), -1);
+    assert_int_equal(sc_grpc_status_parse(NULL, 0, &v), -1);
 }
 
 static uint64_t tparse(const char *s)
@@ -323,6 +356,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_status_names),
+        cmocka_unit_test(test_status_wire_parse),
         cmocka_unit_test(test_timeout_parse),
         cmocka_unit_test(test_timeout_format),
         cmocka_unit_test(test_timeout_roundtrip),

@@ -81,6 +81,15 @@ static void summarize(sbuf *o, const sc_h1_head *h, bool req)
         sb_put(o, h->method.p, h->method.len);
         sb_printf(o, " ");
         sb_put(o, h->target.p, h->target.len);
+        if (h->scheme.len) { /* absolute-form, taken apart */
+            sb_printf(o, " <");
+            sb_put(o, h->scheme.p, h->scheme.len);
+            sb_printf(o, "|");
+            sb_put(o, h->authority.p, h->authority.len);
+            sb_printf(o, "|");
+            sb_put(o, h->path.p, h->path.len);
+            sb_printf(o, ">");
+        }
     } else {
         sb_printf(o, "%d ", h->status);
         sb_put(o, h->reason.p, h->reason.len);
@@ -322,7 +331,23 @@ static const stream_case good_requests[] = {
     S("\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.1\r\n" H11 "\r\n", "GET / 1.1 NONE ka=1 {}\n"),
     S("GET / HTTP/1.1\r\n" H11 "\r\n\r\nGET /b HTTP/1.1\r\n" H11 "\r\n", "GET / 1.1 NONE ka=1 {}\nGET /b 1.1 NONE ka=1 {}\n"),
     /* target forms */
-    S("GET http://a.example/b?c HTTP/1.1\r\nHost: a.example\r\n\r\n", "GET http://a.example/b?c 1.1 NONE ka=1 {}\n"),
+    S("GET http://a.example/b?c HTTP/1.1\r\nHost: a.example\r\n\r\n",
+      "GET http://a.example/b?c <http|a.example|/b?c> 1.1 NONE ka=1 {}\n"),
+    /* absolute-form: the authority ends at '/', '?' or the end; the rest may be empty */
+    S("GET HTTP://A.example:8080 HTTP/1.1\r\n" H11 "\r\n",
+      "GET HTTP://A.example:8080 <HTTP|A.example:8080|> 1.1 NONE ka=1 {}\n"),
+    S("GET http://a?q=1/2 HTTP/1.1\r\n" H11 "\r\n", "GET http://a?q=1/2 <http|a|?q=1/2> 1.1 NONE ka=1 {}\n"),
+    S("GET https://[::1]:443/x HTTP/1.1\r\n" H11 "\r\n",
+      "GET https://[::1]:443/x <https|[::1]:443|/x> 1.1 NONE ka=1 {}\n"),
+    S("OPTIONS http://a:8001 HTTP/1.1\r\n" H11 "\r\n", "OPTIONS http://a:8001 <http|a:8001|> 1.1 NONE ka=1 {}\n"),
+    /* other schemes are taken apart too (the proxy decides what to do with them) */
+    S("GET urn:x:y HTTP/1.1\r\n" H11 "\r\n", "GET urn:x:y <urn||x:y> 1.1 NONE ka=1 {}\n"),
+    S("GET file:///etc HTTP/1.1\r\n" H11 "\r\n", "GET file:///etc <file||/etc> 1.1 NONE ka=1 {}\n"),
+    /* Host: IP literals, an empty port, a 5-digit port */
+    S("GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n", "GET / 1.1 NONE ka=1 {}\n"),
+    S("GET / HTTP/1.1\r\nHost: [v1.x]\r\n\r\n", "GET / 1.1 NONE ka=1 {}\n"),
+    S("GET / HTTP/1.1\r\nHost: a:\r\n\r\n", "GET / 1.1 NONE ka=1 {}\n"),
+    S("GET / HTTP/1.1\r\nHost: a.b-c_d~e%41:65535\r\n\r\n", "GET / 1.1 NONE ka=1 {}\n"),
     S("CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n", "CONNECT a.example:443 1.1 NONE ka=1 {}\n"),
     S("CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n", "CONNECT [::1]:8443 1.1 NONE ka=1 {}\n"),
     S("OPTIONS * HTTP/1.1\r\n" H11 "\r\n", "OPTIONS * 1.1 NONE ka=1 {}\n"),
@@ -387,6 +412,16 @@ static const stream_case bad_requests[] = {
     S("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", "!SYNTAX"),
     S("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", "!SYNTAX"),
     S("GET / HTTP/1.1\r\nHost: \xe9\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: a:b\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: ::1\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: a:123456\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: []\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: a]\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: [::1]x\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: a?b\r\n\r\n", "!SYNTAX"),
+    S("GET / HTTP/1.1\r\nHost: a#b\r\n\r\n", "!SYNTAX"),
     /* line endings */
     S("GET / HTTP/1.1\n" H11 "\r\n", "!SYNTAX"),
     S("GET / HTTP/1.1\r\nHost: a\n\r\n", "!SYNTAX"),
@@ -448,6 +483,23 @@ static const stream_case bad_requests[] = {
     S("CONNECT :443 HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
     S("CONNECT a:44x HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
     S("CONNECT http://a:443 HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("CONNECT a:123456 HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("CONNECT u@a:443 HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    /* absolute-form authority: validated like Host (no userinfo, no '?' or '#', digits-only port) */
+    S("GET http://user@evil.example?q HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://user:pw@a/ HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://evil.example#frag HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://a/b#frag HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http:///x HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://:80/ HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://a:8x/ HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://a:123456/ HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://a:b:c/ HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http:/a HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET https:a HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://[::1/ HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://[]/ HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
+    S("GET http://a\\b/ HTTP/1.1\r\n" H11 "\r\n", "!SYNTAX"),
     /* body framing errors after a valid head */
     S("POST / HTTP/1.1\r\n" H11 "Transfer-Encoding: chunked\r\n\r\n5x\r\n", "POST / 1.1 CHUNKED ka=1 {} !SYNTAX"),
 };
@@ -1101,6 +1153,54 @@ static void test_hop_by_hop(void **state)
     assert_false(sc_h1_is_hop_by_hop("x-foo", 5, empty));
 }
 
+/* Every Connection field of a message lists hop-by-hop names, not only the first. */
+static void test_hop_by_hop_head(void **state)
+{
+    (void)state;
+    static sc_h1_head h;
+    const char *r = "GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, x-one\r\nX-One: 1\r\n"
+                    "X-Two: 2\r\nconnection: X-Two ,, x-three\r\nX-Three: 3\r\nX-Four: 4\r\n\r\n";
+    assert_int_equal(sc_h1_parse_head(r, strlen(r), true, false, NULL, &h, NULL), (int)strlen(r));
+    assert_int_equal(h.n_connection, 2);
+    assert_true(sc_h1_is_hop_by_hop_head(&h, "x-one", 5));
+    assert_true(sc_h1_is_hop_by_hop_head(&h, "X-TWO", 5));
+    assert_true(sc_h1_is_hop_by_hop_head(&h, "x-three", 7));
+    assert_true(sc_h1_is_hop_by_hop_head(&h, "keep-alive", 10));
+    assert_true(sc_h1_is_hop_by_hop_head(&h, "Transfer-Encoding", 17));
+    assert_true(sc_h1_is_hop_by_hop_head(&h, "connection", 10));
+    assert_false(sc_h1_is_hop_by_hop_head(&h, "x-four", 6));
+    assert_false(sc_h1_is_hop_by_hop_head(&h, "host", 4));
+    assert_false(sc_h1_is_hop_by_hop_head(&h, "", 0));
+    /* the first field alone (what a single lookup sees) misses the second's names */
+    assert_false(sc_h1_is_hop_by_hop("x-two", 5, sc_h1_find(&h, "connection")->value));
+    /* a response, and a message without Connection */
+    r = "HTTP/1.1 200 OK\r\nConnection: a\r\nConnection: b\r\nContent-Length: 0\r\n\r\n";
+    assert_int_equal(sc_h1_parse_head(r, strlen(r), false, false, NULL, &h, NULL), (int)strlen(r));
+    assert_true(sc_h1_is_hop_by_hop_head(&h, "b", 1));
+    assert_false(sc_h1_is_hop_by_hop_head(&h, "c", 1));
+    r = "HTTP/1.1 200 OK\r\nX-A: a\r\nContent-Length: 0\r\n\r\n";
+    assert_int_equal(sc_h1_parse_head(r, strlen(r), false, false, NULL, &h, NULL), (int)strlen(r));
+    assert_int_equal(h.n_connection, 0);
+    assert_false(sc_h1_is_hop_by_hop_head(&h, "x-a", 3));
+    assert_true(sc_h1_is_hop_by_hop_head(&h, "upgrade", 7));
+}
+
+static void test_trailer_forbidden(void **state)
+{
+    (void)state;
+    const char *no[] = {"Content-Length", "transfer-encoding", "HOST", "connection", "te", "trailer",
+                        "keep-alive", "upgrade", "expect", "content-type", "authorization", "set-cookie",
+                        "Cookie", "range", "max-forwards", "content-encoding", "content-range",
+                        "proxy-authorization", "proxy-connection"};
+    for (size_t i = 0; i < SC_ARRAY_LEN(no); i++)
+        if (!sc_h1_trailer_forbidden(no[i], strlen(no[i])))
+            fail_msg("%s allowed in trailers", no[i]);
+    const char *yes[] = {"grpc-status", "grpc-message", "x-checksum", "server-timing", "hosts", "content-lengt"};
+    for (size_t i = 0; i < SC_ARRAY_LEN(yes); i++)
+        if (sc_h1_trailer_forbidden(yes[i], strlen(yes[i])))
+            fail_msg("%s refused in trailers", yes[i]);
+}
+
 static void test_content_length_line(void **st)
 {
     (void)st;
@@ -1185,6 +1285,8 @@ int main(void)
         cmocka_unit_test(test_head_fields),
         cmocka_unit_test(test_errors_early),
         cmocka_unit_test(test_hop_by_hop),
+        cmocka_unit_test(test_hop_by_hop_head),
+        cmocka_unit_test(test_trailer_forbidden),
         cmocka_unit_test(test_reason),
         cmocka_unit_test(test_content_length_line),
         cmocka_unit_test(test_all_bytes),

@@ -279,6 +279,36 @@ static void test_retry_after_parse(void **st)
 
 /* ----------------------------------------------------------------- budget */
 
+/* A pushback beyond SC_RETRY_MAX_PUSHBACK_MS means "not now": no retry is
+ * scheduled (a Retry-After with no sane end once became a timer INT64_MAX ms away). */
+static void test_pushback_ceiling(void **st)
+{
+    (void)st;
+    assert_true(sc_retry_pushback_acceptable(0));
+    assert_true(sc_retry_pushback_acceptable(1));
+    assert_true(sc_retry_pushback_acceptable(SC_RETRY_MAX_PUSHBACK_MS));
+    assert_false(sc_retry_pushback_acceptable(SC_RETRY_MAX_PUSHBACK_MS + 1));
+    assert_false(sc_retry_pushback_acceptable(INT64_MAX));
+    assert_false(sc_retry_pushback_acceptable(-1));
+    /* what the parsers give for hostile values lands beyond it */
+    int64_t ms = 0;
+    assert_int_equal(sc_retry_parse_retry_after("99999999999999999999", 20, 0, &ms), 0);
+    assert_false(sc_retry_pushback_acceptable(ms));
+    assert_int_equal(sc_retry_parse_retry_after("3600", 4, 0, &ms), 0);
+    assert_false(sc_retry_pushback_acceptable(ms));
+    assert_int_equal(sc_retry_parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", 29, 784111777, &ms), 0);
+    assert_false(sc_retry_pushback_acceptable(ms));
+    assert_int_equal(sc_retry_parse_pushback_ms("9223372036854775807", 19, &ms), 0);
+    assert_false(sc_retry_pushback_acceptable(ms));
+    /* ordinary values are honoured */
+    assert_int_equal(sc_retry_parse_retry_after("1", 1, 0, &ms), 0);
+    assert_true(sc_retry_pushback_acceptable(ms));
+    assert_int_equal(sc_retry_parse_retry_after("60", 2, 0, &ms), 0);
+    assert_true(sc_retry_pushback_acceptable(ms));
+    assert_int_equal(sc_retry_parse_pushback_ms("300", 3, &ms), 0);
+    assert_true(sc_retry_pushback_acceptable(ms));
+}
+
 static void test_budget_floor(void **st)
 {
     (void)st;
@@ -508,6 +538,7 @@ int main(void)
         cmocka_unit_test(test_backoff_full_jitter_is_uniform),
         cmocka_unit_test(test_pushback_parse),
         cmocka_unit_test(test_retry_after_parse),
+        cmocka_unit_test(test_pushback_ceiling),
         cmocka_unit_test(test_budget_floor),
         cmocka_unit_test(test_budget_ratio),
         cmocka_unit_test(test_budget_window_sliding),
