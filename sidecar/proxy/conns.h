@@ -15,6 +15,7 @@ typedef struct sc_down_conn {
     sc_stream *cur;                 /* the request being served */
     bool close_after;               /* close once the current response is out */
     bool awaiting_head;             /* header-read timer is armed */
+    bool served;                    /* has carried a request (drain: idle keep-alive, close at once) */
     uint32_t head_scanned;          /* bytes of the pending head already seen by the parser */
     bool continue_due;              /* "100 Continue" owed to the current request, not yet in out */
     /* A refused request's answer, waiting behind the responses already in

@@ -23,6 +23,9 @@
 static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define H2_PREFACE_LEN 24
 #define TRAILER_CAP 8192
+/* Drain: how long a connection that has not carried a request yet may take
+ * to send its first one (at most timeouts.header_read). */
+#define DRAIN_GRACE_MS 1000
 
 static uint32_t in_cap(const sc_conn *c)
 {
@@ -281,6 +284,7 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
     }
     m->head_done = true;
     d->awaiting_head = false;
+    d->served = true;
     ev_timer_stop(c->w->loop, &c->timer);
     sc_stream_start(s);
     return 0;
@@ -710,6 +714,24 @@ void sc_down_drain(sc_conn *c)
         return;
     }
     d->close_after = true;
-    if (!d->cur)
-        sc_conn_close(c, 0);
+    if (d->cur)
+        return; /* its response goes out with connection: close */
+    /* Nothing in progress. A request may be on its way as the drain begins:
+     * bytes in the socket or inside TLS are read first, and a request found
+     * there is served (with connection: close) like one in progress. A
+     * connection that has not carried a request yet (just accepted, or still
+     * in its TLS handshake) was opened to send one: it gets a short grace
+     * to do so instead of a close its caller would take for a failure. An
+     * idle keep-alive connection is closed at once: clients retry a request
+     * on a keep-alive connection closed before it was answered. */
+    if (!(c->flags & SC_CONN_F_TLS_HS))
+        on_readable(c);
+    if (c->flags & (SC_CONN_F_CLOSED | SC_CONN_F_CLOSING) || d->cur)
+        return;
+    if (sc_buf_len(&c->in) || !d->served) {
+        uint64_t grace = c->route->timeouts->header_read_ms;
+        arm_timer(c, grace && grace < DRAIN_GRACE_MS ? grace : DRAIN_GRACE_MS);
+        return;
+    }
+    sc_conn_close(c, 0);
 }

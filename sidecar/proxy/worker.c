@@ -667,6 +667,12 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
     }
     if (w->draining)
         return;
+    /* Connections the kernel completed on this worker's listening sockets
+     * but nobody accepted yet would be reset when the sockets close: take
+     * them first (bounded), so the drain below serves their first request. */
+    for (size_t i = 0; i < w->sc->n_routes; i++)
+        for (int burst = 0; burst < 16 && w->listeners[i].fd >= 0; burst++)
+            accept_cb(loop, &w->listeners[i], EV_READ);
     w->draining = true;
     stop_listeners(w);
     ev_timer_init(&w->drain_timer, drain_timeout_cb, (double)w->sc->cfg->drain_timeout_ms / 1000.0, 0);

@@ -4,6 +4,7 @@ drain_timeout, and exits with code 0. Each test runs its own sidecar.
 """
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -215,6 +216,53 @@ class ShutdownTest(SidecarTestCase):
         rc = self.wait_exit(sc, 6.0)
         self.assertEqual(rc, 0, "exit code %s (None: still running after 6 s)\n%s" % (rc, sc.log_tail()))
         self.assertLess(time.monotonic() - t0, 3.0)
+
+    def test_fresh_connection_gets_its_first_request_served(self):
+        """A caller that connected just before the drain began and sends its
+        request a moment later is answered (connection: close), not cut; an
+        idle keep-alive connection that already carried a request is closed."""
+        sc = self.start(drain="5s")
+        fresh = RawConn(self.out_port, timeout=5)
+        used = RawConn(self.out_port, timeout=5)
+        used.send(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(used.read_response(5).status, 200)
+        time.sleep(0.1)
+        sc.send_signal(15)
+        time.sleep(0.3)
+        with fresh:
+            fresh.send(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+            r = fresh.read_response(5)
+            self.assertEqual(r.status, 200)
+            self.assertEqual(r.header("connection"), "close")
+        with used:
+            self.assertTrue(used.closed_by_peer(1.0), "the idle keep-alive connection was kept")
+        self.assertEqual(self.wait_exit(sc, self.DRAIN_S + 2), 0, sc.log_tail())
+
+    def test_backlog_served_when_the_drain_begins(self):
+        """Connections the kernel completed but the sidecar had not accepted
+        yet when the drain began are served, not reset with the listening
+        socket: the sidecar is stopped (SIGSTOP) while callers connect and
+        send, then gets SIGTERM and SIGCONT together."""
+        sc = self.start(drain="5s")
+        sc.send_signal(signal.SIGSTOP)
+        conns = []
+        try:
+            for _ in range(20):
+                c = RawConn(self.out_port, timeout=5)
+                c.send(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+                conns.append(c)
+            sc.send_signal(signal.SIGTERM)
+        finally:
+            sc.send_signal(signal.SIGCONT)
+        statuses = []
+        for c in conns:
+            with c:
+                try:
+                    statuses.append(c.read_response(5).status)
+                except (EOFError, ConnectionResetError, socket.timeout) as e:
+                    statuses.append(repr(e))
+        self.assertEqual(statuses, [200] * len(conns))
+        self.assertEqual(self.wait_exit(sc, self.DRAIN_S + 2), 0, sc.log_tail())
 
 
 def sc_exit_lag(sc, last_done):
