@@ -289,56 +289,6 @@ int sc_tls_peer_serial(const SSL *ssl, char *out, size_t cap)
     return sc_tls_serial_colon_hex(ASN1_STRING_get0_data(sn), (size_t)ASN1_STRING_length(sn), out, cap);
 }
 
-int sc_tls_pattern_valid(const char *p, const char **why)
-{
-    const char *w = NULL;
-    const char *star = p ? strchr(p, '*') : NULL;
-    if (!p || !*p)
-        w = "empty identity pattern";
-    else if (strlen(p) >= SC_TLS_ID_MAX)
-        w = "identity pattern too long";
-    else {
-        for (const unsigned char *c = (const unsigned char *)p; *c && !w; c++)
-            if (*c <= 0x20 || *c == 0x7f)
-                w = "identity pattern contains a space or control character";
-    }
-    if (!w && star) {
-        const char *scheme = strstr(p, "://");
-        if (star[1] != 0)
-            w = "'*' is supported only at the end of a pattern (e.g. "
-                "spiffe://example.org/ns/default/dc/dc1/svc/*)";
-        else if (star == p)
-            ;   /* a lone "*": any verified identity */
-        else if (!scheme || scheme > star || !memchr(scheme + 3, '/', (size_t)(star - scheme - 3)))
-            w = "'*' inside the trust domain is not supported; spell out the trust domain and "
-                "a '/' before '*' (e.g. spiffe://example.org/*)";
-    }
-    if (why)
-        *why = w;
-    return w ? -EINVAL : 0;
-}
-
-bool sc_tls_allowed(const char *const *allow, size_t n, const char *identity)
-{
-    if (n == 0)
-        return true;
-    if (!identity || !*identity)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        const char *p = allow[i];
-        if (!p || sc_tls_pattern_valid(p, NULL) < 0)
-            continue;   /* fail closed */
-        size_t pl = strlen(p);
-        if (p[pl - 1] == '*') {
-            if (strncmp(identity, p, pl - 1) == 0 && identity[pl - 1] != 0)
-                return true;
-        } else if (strcmp(identity, p) == 0) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* ---- certificate facts ---- */
 
 static void asn1_time_out(const ASN1_TIME *t, int64_t *unix_out, char *iso, size_t isolen)
