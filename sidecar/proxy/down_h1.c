@@ -137,7 +137,8 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
         return -ENOMEM;
     if (h->te_trailers) {
         s->down_te_trailers = true;
-        sc_msg_add(s, m, "te", 2, "trailers", 8);
+        if (sc_msg_add(s, m, "te", 2, "trailers", 8) < 0)
+            return -ENOMEM;
     }
     if (h->method.len == 4 && memcmp(h->method.p, "HEAD", 4) == 0)
         s->flags |= SC_ST_F_HEAD_REQ;
@@ -188,6 +189,11 @@ static void process(sc_conn *c)
         if (s) {
             if (!s->reqp.eof && !(s->flags & SC_ST_F_DOWN_DONE)) {
                 int rv = pump_body(c, s);
+                if (rv == -ENOMEM) {
+                    /* No buffer for the body: the request was fine, the sidecar is not. */
+                    reject(c, 503, SC_BAD_REQ_BODY, "out of memory");
+                    return;
+                }
                 if (rv < 0) {
                     reject(c, 400, SC_BAD_REQ_BODY, "malformed request body");
                     return;

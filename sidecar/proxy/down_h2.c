@@ -145,7 +145,12 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
             sc_down_conn *d = user_data;
             if (d->identity && s->route->inbound) {
                 const char *idh = s->w->sc->cfg->tls.identity_header;
-                sc_msg_add(s, &s->req, idh, strlen(idh), d->identity, strlen(d->identity));
+                if (sc_msg_add(s, &s->req, idh, strlen(idh), d->identity, strlen(d->identity)) < 0) {
+                    /* Out of memory: without the header the app would take the call as anonymous. */
+                    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                              NGHTTP2_INTERNAL_ERROR);
+                    return 0;
+                }
             }
             s->req.head_done = true;
             if (!s->req.authority) {
@@ -252,8 +257,10 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     if (sc_buf_len(&s->respp.buf) == 0 && s->respp.eof) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->respp.n_trailers) {
+            /* Not queued (out of memory): reset rather than leave the stream open for ever. */
+            if (nghttp2_submit_trailer(session, sid, s->respp.trailers, s->respp.n_trailers) != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
             *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            nghttp2_submit_trailer(session, sid, s->respp.trailers, s->respp.n_trailers);
         }
         return (ssize_t)n;
     }
@@ -469,8 +476,13 @@ int sc_down_h2_upgrade(sc_conn *c)
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->limits.stream_buffer},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cfg->limits.max_header_bytes},
     };
-    nghttp2_submit_settings(d->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv));
-    nghttp2_session_set_local_window_size(d->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
+    if (nghttp2_submit_settings(d->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv)) != 0 ||
+        nghttp2_session_set_local_window_size(d->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW) != 0) {
+        /* Out of memory: without our SETTINGS the caller would wait for ever. */
+        nghttp2_session_del(d->h2);
+        d->h2 = NULL;
+        return -ENOMEM;
+    }
     c->ops = &sc_down_h2_ops;
     ev_timer_stop(c->w->loop, &c->timer);
     ev_set_cb(&c->timer, idle_cb);

@@ -248,6 +248,7 @@ enum {
     SC_ST_F_DEFERRED_UP = 1u << 7,      /* up h2 data provider is deferred */
     SC_ST_F_REQ_SENT = 1u << 8,         /* whole request written upstream */
     SC_ST_F_DOWN_RESP_END = 1u << 9,    /* HTTP/2 downstream: END_STREAM of the response sent */
+    SC_ST_F_UP_RESENT = 1u << 10,       /* HTTP/2 upstream: re-sent once after REFUSED_STREAM */
 };
 
 struct sc_stream {

@@ -49,7 +49,8 @@ int sc_h1_pump_body(sc_stream *s, sc_buf *in, sc_h1_body *b, sc_pipe *p)
                 sc_h1_header tr[32];
                 int nt = sc_h1_body_trailers(b, tr, 32);
                 for (int i = 0; i < nt; i++)
-                    sc_pipe_add_trailer(s, p, tr[i].name.p, tr[i].name.len, tr[i].value.p, tr[i].value.len);
+                    if (sc_pipe_add_trailer(s, p, tr[i].name.p, tr[i].name.len, tr[i].value.p, tr[i].value.len) < 0)
+                        return -ENOMEM; /* a message without its trailers (grpc-status) must not look complete */
             }
             p->eof = true;
             return moved + 1;
@@ -304,8 +305,8 @@ static int parse_head(sc_up_conn *u, sc_stream *s)
                 m->content_length = strtoll(cl->value.p, NULL, 10);
         }
         s->up_keepalive = h.keep_alive;
-        if (h.body == SC_H1_BODY_CHUNKED && !s->h1_up_trailer_buf)
-            s->h1_up_trailer_buf = malloc(TRAILER_CAP);
+        if (h.body == SC_H1_BODY_CHUNKED && !s->h1_up_trailer_buf && !(s->h1_up_trailer_buf = malloc(TRAILER_CAP)))
+            return -ENOMEM;
         sc_h1_body_init(&s->h1_up_body, h.body, h.content_length, s->h1_up_trailer_buf,
                         s->h1_up_trailer_buf ? TRAILER_CAP : 0);
         if (h.body == SC_H1_BODY_UNTIL_CLOSE)
@@ -381,7 +382,9 @@ static void on_readable(sc_conn *c)
         }
         int rv = sc_h1_pump_body(s, &c->in, &s->h1_up_body, &s->respp);
         if (rv < 0) {
-            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: malformed response body from %s", c->route->name, c->peer_text);
+            SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: %s from %s", c->route->name,
+                            rv == -ENOMEM ? "out of memory for the response body" : "malformed response body",
+                            c->peer_text);
             u->cur = NULL;
             s->up = NULL;
             sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL);

@@ -44,8 +44,10 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     if (sc_buf_len(&s->reqp.buf) == 0 && s->reqp.eof) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->reqp.n_trailers) {
+            /* Not queued (out of memory): reset rather than leave the stream open for ever. */
+            if (nghttp2_submit_trailer(session, sid, s->reqp.trailers, s->reqp.n_trailers) != 0)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
             *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
-            nghttp2_submit_trailer(session, sid, s->reqp.trailers, s->reqp.n_trailers);
         }
         s->flags |= SC_ST_F_REQ_SENT;
         return (ssize_t)n;
@@ -286,8 +288,13 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
     s->up = NULL;
     if (s->respp.eof && error_code == NGHTTP2_NO_ERROR) {
         sc_stream_upstream_done(s);
-    } else if (error_code == NGHTTP2_REFUSED_STREAM && !s->resp.head_done && s->req_sent == 0) {
-        /* Never processed (GOAWAY or refused): safe to send on another connection. */
+    } else if (error_code == NGHTTP2_REFUSED_STREAM && !s->resp.head_done && s->req_sent == 0 &&
+               !(s->flags & SC_ST_F_UP_RESENT)) {
+        /* Never processed (GOAWAY or refused): safe to send on another connection.
+         * Once: nghttp2 also refuses a stream whose HEADERS it could not
+         * encode, and every later one on that session fails the same way
+         * (from inside this callback, so re-sending for ever never returned). */
+        s->flags |= SC_ST_F_UP_RESENT;
         s->flags &= ~(SC_ST_F_DEFERRED_UP | SC_ST_F_REQ_SENT);
         s->up_head_sent = false;
         sc_up_h2_attach(s);
@@ -413,8 +420,12 @@ static sc_up_conn *new_conn(sc_stream *s, int *err)
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->limits.stream_buffer},
     };
-    nghttp2_submit_settings(u->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv));
-    nghttp2_session_set_local_window_size(u->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
+    if (nghttp2_submit_settings(u->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv)) != 0 ||
+        nghttp2_session_set_local_window_size(u->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW) != 0) {
+        *err = -ENOMEM; /* on_close deletes the session */
+        sc_conn_close(&u->super, -ENOMEM);
+        return NULL;
+    }
     sc_list_push(&sc_rstate(s->w, s->route)->h2_conns, &u->super.link);
     return u;
 }
