@@ -413,6 +413,10 @@ static int produce(sc_conn *c)
         sc_stream_downstream_done(s, true);
         return -ECONNABORTED;
     }
+    /* write_head takes "no room" for "wait for the socket"; no buffer at all
+     * would wait for ever: closing is the only answer left. */
+    if (sc_buf_reserve(c->w, &c->out, 64 * 1024) < 0)
+        return -ENOMEM;
     if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
         if (write_head(c, s) < 0)
             return 0; /* wait for the output to drain */

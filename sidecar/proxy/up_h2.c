@@ -347,7 +347,16 @@ static void on_readable(sc_conn *c)
 static int produce(sc_conn *c)
 {
     sc_up_conn *u = SC_UP(c);
-    return sc_h2_produce(c, u->h2);
+    int rv = sc_h2_produce(c, u->h2);
+    if (rv < 0)
+        return rv;
+    /* nghttp2 ended the session itself (e.g. a header block it could not
+     * compress: GOAWAY, streams left open): once that is out, close, so the
+     * streams fail now instead of at their deadline. */
+    if (!nghttp2_session_want_read(u->h2) && !nghttp2_session_want_write(u->h2) && sc_buf_len(&c->out) == 0 &&
+        !c->pend_len)
+        return -ECONNRESET;
+    return 0;
 }
 
 static void on_close(sc_conn *c, int err)

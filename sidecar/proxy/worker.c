@@ -484,6 +484,8 @@ typedef struct worker_priv {
 } worker_priv;
 
 static _Thread_local worker_priv *t_priv;
+/* For a worker loop run on a thread that is not its own (sc_worker_loop_begin:
+ * the test driver), and for connections closed outside any worker thread. */
 static worker_priv g_main_priv = {{&g_main_priv.graveyard, &g_main_priv.graveyard}};
 
 static sc_link *graveyard_of(sc_worker *w)

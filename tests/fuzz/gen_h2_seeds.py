@@ -148,7 +148,9 @@ def seeds():
     multi += frame(PING, 0, 0, b"12345678") + frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 20))
     s["multi_grpc"] = bytes([R_GRPC]) + multi
     s["multi_h1"] = bytes([R_H1]) + multi
-    s["multi_goaway"] = bytes([R_GRPC]) + multi + frame(GOAWAY, 0, 0, struct.pack(">II", 5, 0))
+    # a client's GOAWAY names the last server-initiated stream: 0 is valid, 5 is not
+    s["multi_goaway"] = bytes([R_GRPC]) + multi + frame(GOAWAY, 0, 0, struct.pack(">II", 0, 0))
+    s["multi_goaway_bad_id"] = bytes([R_GRPC]) + multi + frame(GOAWAY, 0, 0, struct.pack(">II", 5, 0))
     s["priority_padded"] = (bytes([R_H1]) + hello + frame(PRIORITY, 0, 1, struct.pack(">IB", 0, 1)) +
                             frame(HEADERS, END_HEADERS | END_STREAM | PADDED, 1,
                                   b"\x04" + req("GET", "/padded") + b"\0\0\0\0"))

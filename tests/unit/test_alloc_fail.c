@@ -122,9 +122,18 @@ static const char h1_request[] = "POST /echo HTTP/1.1\r\nhost: svc\r\nte: traile
                                  "content-type: text/plain\r\n\r\n4\r\nping\r\n0\r\nx-req-trailer: 1\r\n\r\n";
 static const char h1_response[] = "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
                                   "5\r\nhello\r\n6\r\n world\r\n0\r\nx-resp-trailer: 2\r\n\r\n";
-#define H1_BODY "hello world"
+typedef struct h1_expect {
+    const char *body;
+    size_t body_len;
+    const char *trailer;            /* "name: value" the response must end with */
+} h1_expect;
 
-static void judge_h1(sc_drv *d, run_result *r)
+/* What h1_response becomes at the caller; what the driver's canned h2c
+ * gRPC answer becomes for an HTTP/1.1 caller that sent te: trailers. */
+static const h1_expect h1_from_h1 = {"hello world", 11, "x-resp-trailer: 2"};
+static const h1_expect h1_from_h2 = {SC_DRV_GRPC_MSG, SC_DRV_GRPC_MSG_LEN, "grpc-status: 0"};
+
+static void judge_h1(sc_drv *d, const h1_expect *want, run_result *r)
 {
     size_t len;
     const char *in = (const char *)sc_drv_received(d, &len, NULL);
@@ -165,9 +174,9 @@ static void judge_h1(sc_drv *d, run_result *r)
     if (!complete)
         return verdict(r, eof ? OUT_CLEAN_ERROR : OUT_BAD, "%s",
                        eof ? "200 cut short by a close" : "200 without its end while the connection stays open (hang)");
-    if (blen != sizeof(H1_BODY) - 1 || memcmp(body, H1_BODY, blen) != 0)
+    if (blen != want->body_len || memcmp(body, want->body, blen) != 0)
         return verdict(r, OUT_BAD, "200 that looks complete with a wrong body (%zu bytes)", blen);
-    if (b.trailer_len == 0 || !memmem(trailers, b.trailer_len, "x-resp-trailer: 2", 17))
+    if (b.trailer_len == 0 || !memmem(trailers, b.trailer_len, want->trailer, strlen(want->trailer)))
         return verdict(r, OUT_BAD, "200 that looks complete without the upstream's trailer");
     verdict(r, OUT_FULL, "200 with the whole body and trailer");
 }
@@ -324,6 +333,7 @@ typedef struct scenario {
     unsigned route;
     const char *upstream_answer;    /* HTTP/1.1 answer after the request; NULL: the driver's canned h2c one */
     size_t upstream_answer_len;
+    const h1_expect *h1_want;       /* HTTP/1.1 caller: the response it must get */
 } scenario;
 
 /* A gRPC answer from an HTTP/1.1 upstream: the message in a chunked body,
@@ -357,7 +367,7 @@ static unsigned long run_once(const scenario *sc, unsigned long fail_at, run_res
     unsigned long made = g_inj.count;
     assert_int_equal(rv, 0);
     if (sc->caller == CALLER_H1)
-        judge_h1(d, r);
+        judge_h1(d, sc->h1_want, r);
     else
         judge_h2(d, client, &call, r);
     if (client)
@@ -394,21 +404,30 @@ static void run_scenario(const scenario *sc)
 static void test_h1_to_h1(void **state)
 {
     (void)state;
-    scenario sc = {"HTTP/1.1 caller -> HTTP/1.1 upstream", CALLER_H1, ROUTE_H1, h1_response, sizeof(h1_response) - 1};
+    scenario sc = {"HTTP/1.1 caller -> HTTP/1.1 upstream", CALLER_H1, ROUTE_H1, h1_response, sizeof(h1_response) - 1,
+                   &h1_from_h1};
+    run_scenario(&sc);
+}
+
+static void test_h1_to_h2(void **state)
+{
+    (void)state;
+    scenario sc = {"HTTP/1.1 caller -> h2c upstream", CALLER_H1, ROUTE_GRPC, NULL, 0, &h1_from_h2};
     run_scenario(&sc);
 }
 
 static void test_grpc_to_h2(void **state)
 {
     (void)state;
-    scenario sc = {"gRPC caller -> h2c upstream", CALLER_H2, ROUTE_GRPC, NULL, 0};
+    scenario sc = {"gRPC caller -> h2c upstream", CALLER_H2, ROUTE_GRPC, NULL, 0, NULL};
     run_scenario(&sc);
 }
 
 static void test_grpc_to_h1(void **state)
 {
     (void)state;
-    scenario sc = {"gRPC caller -> HTTP/1.1 upstream", CALLER_H2, ROUTE_H1, h1_grpc_response, sizeof(h1_grpc_response) - 1};
+    scenario sc = {"gRPC caller -> HTTP/1.1 upstream", CALLER_H2, ROUTE_H1, h1_grpc_response, sizeof(h1_grpc_response) - 1,
+                   NULL};
     run_scenario(&sc);
 }
 
@@ -418,6 +437,7 @@ int main(void)
         sc_log_set_level(SC_LOG_ERROR);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_h1_to_h1),
+        cmocka_unit_test(test_h1_to_h2),
         cmocka_unit_test(test_grpc_to_h2),
         cmocka_unit_test(test_grpc_to_h1),
     };
