@@ -493,6 +493,8 @@ typedef struct worker_priv {
 } worker_priv;
 
 static _Thread_local worker_priv *t_priv;
+/* For a worker loop run on a thread that is not its own (sc_worker_loop_begin:
+ * the test driver), and for connections closed outside any worker thread. */
 static worker_priv g_main_priv = {{&g_main_priv.graveyard, &g_main_priv.graveyard}};
 
 static sc_link *graveyard_of(sc_worker *w)
@@ -539,7 +541,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
         if (!(c->flags & SC_CONN_F_CLOSED))
             conn_flush(c);
     }
-    bury(&t_priv->graveyard);
+    bury(graveyard_of(w));
     if (!sc_list_empty(&w->dirty)) {
         if (!ev_is_active(&w->more))
             ev_idle_start(w->loop, &w->more);
@@ -750,23 +752,17 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
     return 0;
 }
 
-static void *worker_main(void *arg)
+void sc_worker_loop_begin(sc_worker *w)
 {
-    sc_worker *w = arg;
-    char name[16];
-    snprintf(name, sizeof(name), "worker-%u", w->id);
-    sc_log_set_thread_name(name);
-    worker_priv priv;
-    sc_list_init(&priv.graveyard);
-    t_priv = &priv;
-    if (w->start_delay_ms) /* test hook: widens the window between thread start and loop start */
-        usleep((useconds_t)w->start_delay_ms * 1000u);
     for (size_t i = 0; i < w->sc->n_routes; i++)
         ev_io_start(w->loop, &w->listeners[i]);
     ev_prepare_start(w->loop, &w->flush);
     ev_check_start(w->loop, &w->check);
     sc_epoch_enter(&w->epoch);
-    ev_run(w->loop, 0);
+}
+
+void sc_worker_loop_end(sc_worker *w)
+{
     /* Whatever is still open after the drain is cut now. */
     stop_listeners(w);
     while (!sc_list_empty(&w->down_conns))
@@ -778,8 +774,24 @@ static void *worker_main(void *arg)
         while (!sc_list_empty(&rs->h1_idle))
             sc_conn_close(SC_CONTAINER_OF(rs->h1_idle.next, sc_conn, link), -ECANCELED);
     }
-    bury(&priv.graveyard);
+    bury(graveyard_of(w));
     sc_epoch_leave(&w->epoch);
+}
+
+static void *worker_main(void *arg)
+{
+    sc_worker *w = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "worker-%u", w->id);
+    sc_log_set_thread_name(name);
+    worker_priv priv;
+    sc_list_init(&priv.graveyard);
+    t_priv = &priv;
+    if (w->start_delay_ms) /* test hook: widens the window between thread start and loop start */
+        usleep((useconds_t)w->start_delay_ms * 1000u);
+    sc_worker_loop_begin(w);
+    ev_run(w->loop, 0);
+    sc_worker_loop_end(w);
     atomic_fetch_sub(&w->sc->workers_running, 1);
     t_priv = NULL;
     return NULL;
