@@ -508,19 +508,15 @@ static int rewind_request(sc_stream *s)
 {
     size_t rl = s->replay.end, ql = sc_buf_len(&s->reqp.buf);
     if (rl) {
-        uint32_t cap = SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)(rl + ql));
-        char *nb = malloc(cap);
-        if (!nb)
+        sc_buf nb = {0}; /* from the block pool, like every buffer (release returns it there) */
+        if (sc_buf_reserve(s->w, &nb, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)(rl + ql))) < 0)
             return -ENOMEM;
-        memcpy(nb, s->replay.data, rl);
+        memcpy(nb.data, s->replay.data, rl);
         if (ql)
-            memcpy(nb + rl, sc_buf_head(&s->reqp.buf), ql);
+            memcpy(nb.data + rl, sc_buf_head(&s->reqp.buf), ql);
+        nb.end = (uint32_t)(rl + ql);
         sc_buf_release(s->w, &s->reqp.buf);
-        /* cap differs from the block size unless equal: sc_buf_release frees or pools it correctly */
-        s->reqp.buf.data = nb;
-        s->reqp.buf.cap = cap;
-        s->reqp.buf.start = 0;
-        s->reqp.buf.end = (uint32_t)(rl + ql);
+        s->reqp.buf = nb;
         s->replay.end = 0;
     }
     s->req_sent = 0;

@@ -25,19 +25,48 @@
 #define ACCEPT_BURST 64
 #define ACCEPT_PAUSE_MS 100
 
-/* ---- block pool ---- */
+/* ---- block pool ----
+ *
+ * Two block sizes, each with its own free list: stream pipes
+ * (limits.stream_buffer) and connection I/O buffers (OUT_CAP, or
+ * limits.max_header_bytes + 1 when a whole request head must fit). A buffer
+ * asks for a capacity and gets a block of the smallest class that holds it
+ * (its usable capacity stays what it asked for), or a malloc of its own
+ * above both. The class follows from the capacity alone, so release finds
+ * the list a block came from. On the per-request path every buffer comes
+ * from a free list once the worker is warm: no malloc, and no 64 KiB blocks
+ * handed back to the kernel and faulted in again. */
+
+static int block_class(const sc_worker *w, uint32_t cap, uint32_t *size)
+{
+    uint32_t a = w->sc->cfg->limits.stream_buffer;
+    uint32_t b = SC_MAX((uint32_t)OUT_CAP, w->sc->cfg->limits.max_header_bytes + 1);
+    int small = a <= b ? 0 : 1; /* the class with the smaller blocks is tried first */
+    uint32_t sz[2] = {a, b};
+    if (cap <= sz[small]) {
+        *size = sz[small];
+        return small;
+    }
+    if (cap <= sz[!small]) {
+        *size = sz[!small];
+        return !small;
+    }
+    *size = cap;
+    return -1;
+}
 
 int sc_buf_reserve(sc_worker *w, sc_buf *b, uint32_t cap)
 {
     if (b->data)
         return 0;
-    uint32_t block = w->sc->cfg->limits.stream_buffer;
-    if (cap == block && w->free_blocks) {
-        b->data = w->free_blocks;
-        w->free_blocks = *(void **)b->data;
-        w->n_free_blocks--;
+    uint32_t size;
+    int k = block_class(w, cap, &size);
+    if (k >= 0 && w->free_blocks[k]) {
+        b->data = w->free_blocks[k];
+        w->free_blocks[k] = *(void **)b->data;
+        w->n_free_blocks[k]--;
     } else {
-        b->data = malloc(cap);
+        b->data = malloc(size);
         if (!b->data)
             return -ENOMEM;
     }
@@ -50,10 +79,12 @@ void sc_buf_release(sc_worker *w, sc_buf *b)
 {
     if (!b->data)
         return;
-    if (b->cap == w->sc->cfg->limits.stream_buffer && w->n_free_blocks < MAX_FREE_BLOCKS) {
-        *(void **)b->data = w->free_blocks;
-        w->free_blocks = b->data;
-        w->n_free_blocks++;
+    uint32_t size;
+    int k = block_class(w, b->cap, &size);
+    if (k >= 0 && w->n_free_blocks[k] < MAX_FREE_BLOCKS) {
+        *(void **)b->data = w->free_blocks[k];
+        w->free_blocks[k] = b->data;
+        w->n_free_blocks[k]++;
     } else {
         free(b->data);
     }
@@ -816,11 +847,12 @@ void sc_worker_join(sc_worker *w)
 
 void sc_worker_free(sc_worker *w)
 {
-    while (w->free_blocks) {
-        void *b = w->free_blocks;
-        w->free_blocks = *(void **)b;
-        free(b);
-    }
+    for (int k = 0; k < 2; k++)
+        while (w->free_blocks[k]) {
+            void *b = w->free_blocks[k];
+            w->free_blocks[k] = *(void **)b;
+            free(b);
+        }
     while (w->free_streams) {
         void *s = w->free_streams;
         w->free_streams = *(void **)s;
