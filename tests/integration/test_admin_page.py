@@ -17,6 +17,9 @@ circuit breaker opens after 3 consecutive failures).
   escaping     hostile JSON fed to the page's renderers (markup in a failure
                reason, an upstream name, a breaker reason) appears as text
                and creates no element, runs nothing
+  certificates an inbound listener with TLS (make-certs.sh): the certificate
+               panel shows its identity, expiry and state as /certs has them,
+               and /stats its seconds to expiry
   token        with admin.token_file the page itself is served without the
                token, the figures are not; the page asks for the token and,
                given it, shows the upstreams
@@ -252,6 +255,37 @@ class AdminPageTest(SidecarTestCase):
         b.wait_for("document.querySelector('#upstreams tr[data-upstream=\"web\"]') !== null", timeout=15)
         b.wait_for("!document.querySelector('#status .err')", timeout=10)
         self.assertFalse(b.evaluate("document.getElementById('token').classList.contains('shown')"))
+
+    def test_certificates(self):
+        d = os.path.join(self.tmp, "certs")
+        r = harness.run(["sh", os.path.join(harness.ROOT, "certs", "make-certs.sh"), "--out", d,
+                         "--trust-domain", "example.org", "api"], timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cfg = harness.base_config(free_port(), inbound={"listen_port": free_port(), "app_port": self.web.port},
+                                  name="api")
+        cfg["tls"] = {"cert": os.path.join(d, "api.pem"), "key": os.path.join(d, "api.key"),
+                      "ca": os.path.join(d, "ca-bundle.pem")}
+        sc = self.sidecar(cfg, name="tls")
+        certs = sc.admin_json("/certs")
+        days = certs["inbound"]["certificate"]["days_left"]
+        # /stats: seconds until our certificate expires, by use
+        left = sc.stats().value("sidecar_tls_certificate_expiry_seconds", use="inbound")
+        self.assertLessEqual(abs(left - days * 86400), 86400, (left, days))
+        b = self.open_browser()
+        b.navigate(sc.admin_url("/"))
+        b.wait_for("document.querySelector('#certs tbody tr[data-use=\"inbound listener\"]') !== null", timeout=15)
+        cells = b.evaluate("[...document.querySelector('#certs tbody tr[data-use=\"inbound listener\"]').cells]"
+                           ".map(c => c.textContent)")
+        self.assertEqual(cells[2], "spiffe://example.org/ns/default/dc/dc1/svc/api")
+        self.assertEqual(cells[3], certs["inbound"]["certificate"]["not_after"])
+        self.assertIn(cells[4], (str(days), str(days - 1)))  # a day boundary may pass in between
+        self.assertEqual(cells[5], "valid")
+        self.assertTrue(b.evaluate("document.querySelector('#certs tbody tr[data-use=\"inbound listener: CA\"]') "
+                                   "!== null"))
+        self.assertEqual(b.evaluate("document.getElementById('certs-source').textContent"), "from files")
+        inbound = b.evaluate("document.querySelector('#upstreams tr[data-upstream=\"inbound\"]') !== null")
+        self.assertTrue(inbound)
+        self.assertEqual(self.real_problems(b), [])
 
     # Last: needs GET /failures (a JSON array of {time, upstream, instance,
     # attempts, status, grpc_status, reason, request_id, trace_id, direction}).
