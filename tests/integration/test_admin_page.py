@@ -306,12 +306,17 @@ class AdminPageTest(SidecarTestCase):
         by_id = {r[8]: r for r in rows}
         shown = [r for r in mine if r.get("request_id") in by_id]
         self.assertTrue(shown, (rows, mine))
+        text = lambda v: "" if v is None else str(v)  # noqa: E731  (null shows as an empty cell)
         for r in shown:
             cells = by_id[r["request_id"]]
             self.assertEqual(cells[1], "payments")
-            self.assertEqual(cells[5], str(r["status"]))
-            self.assertEqual(cells[7], str(r["reason"]))
-            self.assertEqual(cells[2], str(r["direction"]))
+            self.assertEqual(cells[2], text(r.get("direction")))
+            self.assertEqual(cells[3], text(r.get("instance")))
+            self.assertEqual(cells[4], text(r.get("attempts")))
+            self.assertEqual(cells[5], text(r.get("status")))
+            self.assertEqual(cells[6], text(r.get("grpc_status")))
+            self.assertEqual(cells[7], text(r.get("reason")))
+            self.assertEqual(cells[9], text(r.get("trace_id")))
         self.assertTrue(any(c[7] in ("circuit-open", "connect-failure") for c in rows), rows)
         b.screenshot(os.path.join(self.tmp, "admin-page-failures.png"))
         self.assertEqual(self.real_problems(b), [])
