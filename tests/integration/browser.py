@@ -176,6 +176,8 @@ class Chromium:
                 pass
             self.ws = None
         harness.kill_proc(self.proc, grace=2.0)
+        if not harness.KEEP_TMP:       # the profile is tens of MiB; screenshots stay
+            shutil.rmtree(self.profile, ignore_errors=True)
 
     def __enter__(self):
         return self

@@ -455,6 +455,29 @@ def http_request(url, method="GET", timeout=5.0, data=None, headers=None):
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
+class Traffic:
+    """GETs to `url` every `interval` seconds in a thread, for at most
+    `limit` seconds or until stop(); counts the answers by status."""
+
+    def __init__(self, url, interval=0.1, limit=60.0):
+        self.url, self.interval, self.limit = url, interval, limit
+        self.codes = {}
+        self._stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        end = time.time() + self.limit
+        while not self._stop.is_set() and time.time() < end:
+            status = http_request(self.url, timeout=2.0)[0]
+            self.codes[status] = self.codes.get(status, 0) + 1
+            self._stop.wait(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self.t.join(5)
+
+
 class SidecarError(AssertionError):
     pass
 

@@ -33,8 +33,8 @@ import base64
 import json
 import os
 import re
+import shutil
 import tempfile
-import threading
 import time
 import unittest
 
@@ -53,30 +53,6 @@ def get(url, headers=None, timeout=5.0):
 def csp_hash(html, tag):
     body = re.search(r"<%s>(.*?)</%s>" % (tag, tag), html, re.S).group(1)
     return "'sha256-%s'" % base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
-
-
-class Traffic:
-    """Requests to an outbound listener every `interval` seconds in a thread,
-    for at most `limit` seconds or until stop(); counts the answers."""
-
-    def __init__(self, port, interval=0.05, limit=60.0):
-        self.url = "http://127.0.0.1:%d/delay/3" % port
-        self.interval, self.limit = interval, limit
-        self.codes = {}
-        self._stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self):
-        end = time.time() + self.limit
-        while not self._stop.is_set() and time.time() < end:
-            status, _, _ = get(self.url, timeout=2.0)
-            self.codes[status] = self.codes.get(status, 0) + 1
-            self._stop.wait(self.interval)
-
-    def stop(self):
-        self._stop.set()
-        self.t.join(5)
 
 
 class AdminPageTest(SidecarTestCase):
@@ -106,6 +82,20 @@ class AdminPageTest(SidecarTestCase):
 
     def setUp(self):
         self.tmp = tempfile.mkdtemp(prefix="sc-admin-page-")
+        self.addCleanup(self.tidy)
+
+    def tidy(self):
+        """Screenshots stay (their paths are printed); the rest goes."""
+        if harness.KEEP_TMP:
+            return
+        for name in os.listdir(self.tmp):
+            path = os.path.join(self.tmp, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif not name.endswith(".png"):
+                os.unlink(path)
+        if not os.listdir(self.tmp):
+            os.rmdir(self.tmp)
 
     def open_browser(self):
         b = browser.Chromium(self.tmp)
@@ -162,7 +152,7 @@ class AdminPageTest(SidecarTestCase):
         self.assertEqual(cb["state"], "open", (cb, self.failures))
         self.assertIn("consecutive failures", cb["last_transition"]["reason"])
         self.assertTrue(cb["enabled"])
-        traffic = Traffic(self.web_port, limit=45.0)
+        traffic = harness.Traffic("http://127.0.0.1:%d/delay/3" % self.web_port, interval=0.05, limit=45.0)
         self.addCleanup(traffic.stop)
         b = self.open_browser()
         b.navigate(self.page_url)

@@ -20,8 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
-import time
 import unittest
 import urllib.parse
 
@@ -77,28 +75,6 @@ class PromtoolTest(unittest.TestCase):
         with open(RULES[1]) as f:
             alerts = {r["alert"] for g in yaml.safe_load(f)["groups"] for r in g["rules"]}
         self.assertEqual(alerts - tested, set())
-
-
-class Traffic:
-    """GETs to a URL every `interval` s in a thread, for at most `limit` s."""
-
-    def __init__(self, url, interval=0.1, limit=90.0):
-        self.url, self.interval, self.limit = url, interval, limit
-        self.codes = {}
-        self._stop = threading.Event()
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self):
-        end = time.time() + self.limit
-        while not self._stop.is_set() and time.time() < end:
-            status = harness.http_request(self.url, timeout=2.0)[0]
-            self.codes[status] = self.codes.get(status, 0) + 1
-            self._stop.wait(self.interval)
-
-    def stop(self):
-        self._stop.set()
-        self.t.join(5)
 
 
 class LivePrometheusTest(SidecarTestCase):
@@ -169,7 +145,7 @@ class LivePrometheusTest(SidecarTestCase):
                                                  "consecutive_failures": 3, "open_for": "60s",
                                                  "half_open_calls": 1})]
         sc = self.sidecar(harness.base_config(free_port(), upstreams=ups))
-        traffic = Traffic("http://127.0.0.1:%d/echo" % web_port)
+        traffic = harness.Traffic("http://127.0.0.1:%d/echo" % web_port, limit=90.0)
         self.addCleanup(traffic.stop)
         base = self.start_prometheus("%s:%d" % sc.admin_addr)
 
