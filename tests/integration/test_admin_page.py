@@ -20,6 +20,9 @@ circuit breaker opens after 3 consecutive failures).
   certificates an inbound listener with TLS (make-certs.sh): the certificate
                panel shows its identity, expiry and state as /certs has them,
                and /stats its seconds to expiry
+  consul       a Consul-discovered upstream (the agent emulator): the watch
+               row (fresh, last answer), the registration, the instance from
+               Consul; the agent stopped: the watch shows stale, with its error
   token        with admin.token_file the page itself is served without the
                token, the figures are not; the page asks for the token and,
                given it, shows the upstreams
@@ -275,6 +278,41 @@ class AdminPageTest(SidecarTestCase):
         self.assertEqual(b.evaluate("document.getElementById('certs-source').textContent"), "from files")
         inbound = b.evaluate("document.querySelector('#upstreams tr[data-upstream=\"inbound\"]') !== null")
         self.assertTrue(inbound)
+        self.assertEqual(self.real_problems(b), [])
+
+    def test_consul(self):
+        emu = self.emulator()
+        emu.register_instance("orders", port=self.web.port, address="127.0.0.1")
+        port = free_port()
+        cfg = harness.base_config(free_port(), upstreams=[{
+            "upstream": "orders", "protocol": "http1", "listen": harness.addr(port),
+            "discovery": {"consul": {"service": "orders"}},
+            "timeouts": {"connect": "250ms", "request": "5s", "per_try": 0, "idle": "60s"}}], name="web")
+        cfg["service"] = {"name": "web", "id": "web-1", "address": "127.0.0.1"}
+        cfg["consul"] = {"address": emu.address, "check": "ttl"}
+        sc = self.sidecar(cfg, name="consul")
+        self.assertTrue(harness.wait_until(lambda: get("http://127.0.0.1:%d/echo" % port)[0] == 200, timeout=10))
+        b = self.open_browser()
+        b.navigate(sc.admin_url("/"))
+        watch = "document.querySelector('#consul-watches tbody tr[data-upstream=\"orders\"]')"
+        b.wait_for(watch + " !== null", timeout=15)
+        cells = b.evaluate("[...%s.cells].map(c => c.textContent)" % watch)
+        self.assertEqual(cells[1], "orders")
+        self.assertEqual(cells[2], "fresh")
+        self.assertRegex(cells[3], r"^\d+ s ago$")
+        note = b.evaluate("document.getElementById('consul-note').textContent")
+        self.assertIn("registration: registered", note)
+        self.assertIn("web-1", note)
+        self.assertIn("consul: orders", b.evaluate(
+            "document.querySelector('#upstreams tr[data-upstream=\"orders\"] .discovery').textContent"))
+        self.assertIn(["orders", "127.0.0.1:%d" % self.web.port], b.evaluate(
+            "[...document.querySelectorAll('#instances tbody tr')].map(r => [r.dataset.upstream, r.dataset.address])"))
+        # the agent goes away: the watch turns stale, the page says so
+        emu.stop()
+        b.wait_for("(%s?.cells[2].textContent || '').startsWith('stale')" % watch, timeout=30)
+        self.assertTrue(b.evaluate("document.querySelector('#upstreams tr[data-upstream=\"orders\"] .discovery')"
+                                   ".textContent.includes('stale')"))
+        self.assertNotEqual(b.evaluate("%s.cells[6].textContent" % watch), "")
         self.assertEqual(self.real_problems(b), [])
 
     # Last: needs GET /failures (a JSON array of {time, upstream, instance,
