@@ -133,4 +133,19 @@ const char *sc_config_check_name(int check);
 const char *sc_config_probe_name(int probe);
 char *sc_config_read_file(const char *path, size_t *len, int *err);
 
+/* Rate limits and the redis: section (ratelimit.c). `path` names the list
+ * ("inbound.rate_limits", "rate_limits", "upstreams[0].rate_limits"). */
+void sc_config_parse_rate_limits(sc_cx *c, const sc_ynode *v, const char *path,
+                                 sc_rate_limit **out, size_t *n_out);
+void sc_config_rate_limits_free(sc_rate_limit *v, size_t n);
+void sc_config_parse_redis(sc_cx *c, const sc_ynode *m, sc_config *cfg);
+void sc_config_redis_free(sc_config *cfg);
+/* The checks that need the whole configuration (Redis, mutual TLS, JWT);
+ * fills in the per-decision budget of global limits. `prefix` as in
+ * sc_config_parse_policy; inbound: the limits of the inbound listener. */
+void sc_config_rl_cross_check(sc_cx *c, sc_config *cfg, const char *file, const char *prefix,
+                              sc_rate_limit *v, size_t n, bool inbound);
+struct json_t *sc_config_rate_limits_json(const sc_rate_limit *v, size_t n);
+struct json_t *sc_config_redis_json(const sc_config *cfg);
+
 #endif
