@@ -831,7 +831,10 @@ int sc_rl_redis_decide(sc_rl_redis *r, sc_rl_redis_call *c, const sc_rl_gcra *g,
     }
     c->active = true;
     c->budget_ms = budget_ms ? budget_ms : 5;
-    ev_timer_init(&c->timer, on_call_timeout, (double)c->budget_ms / 1000.0, 0.);
+    /* libev's epoll waits in whole milliseconds, rounded up: the timer is
+     * set 1 ms short of the budget so it fires within it. */
+    double t = (double)c->budget_ms / 1000.0;
+    ev_timer_init(&c->timer, on_call_timeout, t >= 0.002 ? t - 0.001 : t, 0.);
     ev_timer_start(r->loop, &c->timer);
     /* Written when the socket is next writable: the decisions of one loop
      * iteration leave in one write. */

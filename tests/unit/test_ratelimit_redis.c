@@ -273,18 +273,42 @@ static void wait_working(struct ev_loop *loop, sc_rl_redis *r, const sc_rl_gcra 
 
 /* ---- tests ---- */
 
+/* A server, a loop and a plain client that already got an answer. */
+typedef struct fixture {
+    server s;
+    struct ev_loop *loop;
+    sc_rl_redis_stats stats;
+    sc_addr addr;
+    sc_rl_redis *r;
+    sc_rl_gcra g;
+} fixture;
+
+static void fixture_up(fixture *f, uint64_t count, uint64_t period_ms, uint64_t burst)
+{
+    memset(f, 0, sizeof(*f));
+    f->s.port = free_port();
+    server_start(&f->s, NULL);
+    f->loop = ev_loop_new(EVFLAG_AUTO);
+    f->r = client(f->loop, &f->s, NULL, NULL, NULL, &f->stats, &f->addr);
+    sc_rl_gcra_init(&f->g, count, period_ms, burst);
+    wait_working(f->loop, f->r, &f->g);
+}
+
+static void fixture_down(fixture *f)
+{
+    sc_rl_redis_free(f->r);
+    ev_loop_destroy(f->loop);
+    server_stop(&f->s);
+}
+
 static void test_decisions_and_expiry(void **st)
 {
     (void)st;
-    server s = {.port = free_port()};
-    server_start(&s, NULL);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    sc_rl_redis_stats stats = {0};
-    sc_addr addr;
-    sc_rl_redis *r = client(loop, &s, NULL, NULL, NULL, &stats, &addr);
-    sc_rl_gcra g;
-    sc_rl_gcra_init(&g, 10, 1000, 5); /* 10/s, burst 5 */
-    wait_working(loop, r, &g);
+    fixture f;
+    fixture_up(&f, 10, 1000, 5); /* 10/s, burst 5 */
+    struct ev_loop *loop = f.loop;
+    sc_rl_redis *r = f.r;
+    sc_rl_gcra g = f.g;
     assert_true(sc_rl_redis_connected(r));
 
     /* 8 asked at once, pipelined: exactly 5 admitted */
@@ -315,7 +339,7 @@ static void test_decisions_and_expiry(void **st)
     assert_true(decide(loop, r, &g, "k1", 500).a.out.allowed);
 
     /* the key is prefixed and expires on its own */
-    redisContext *c = admin(&s, NULL);
+    redisContext *c = admin(&f.s, NULL);
     redisReply *rep = redisCommand(c, "PTTL test:k1");
     assert_int_equal(rep->type, REDIS_REPLY_INTEGER);
     assert_in_range(rep->integer, 1, 1000);
@@ -326,12 +350,12 @@ static void test_decisions_and_expiry(void **st)
     /* the script flushed: NOSCRIPT, loaded again, answered on the same connection */
     rep = redisCommand(c, "SCRIPT FLUSH");
     freeReplyObject(rep);
-    uint64_t connects = atomic_load(&stats.connects);
+    uint64_t connects = atomic_load(&f.stats.connects);
     answer y = decide(loop, r, &g, "k3", 500);
     assert_true(y.a.ok);
     assert_true(y.a.out.allowed);
-    assert_int_equal(atomic_load(&stats.script_loads), 1);
-    assert_int_equal(atomic_load(&stats.connects), connects);
+    assert_int_equal(atomic_load(&f.stats.script_loads), 1);
+    assert_int_equal(atomic_load(&f.stats.connects), connects);
     /* several in flight at the flush: one load serves them all */
     rep = redisCommand(c, "SCRIPT FLUSH");
     freeReplyObject(rep);
@@ -348,7 +372,7 @@ static void test_decisions_and_expiry(void **st)
         admitted += x[i].a.out.allowed;
     }
     assert_int_equal(admitted, 5);
-    assert_int_equal(atomic_load(&stats.script_loads), 2);
+    assert_int_equal(atomic_load(&f.stats.script_loads), 2);
 
     /* a cancelled call gets no callback; its answer is dropped */
     answer z = {0};
@@ -360,9 +384,7 @@ static void test_decisions_and_expiry(void **st)
     assert_true(decide(loop, r, &g, "k5", 500).a.ok);
 
     redisFree(c);
-    sc_rl_redis_free(r);
-    ev_loop_destroy(loop);
-    server_stop(&s);
+    fixture_down(&f);
 }
 
 static void test_auth(void **st)
@@ -510,18 +532,14 @@ static void test_tls(void **st)
 static void test_stopped_killed_restarted(void **st)
 {
     (void)st;
-    server s = {.port = free_port()};
-    server_start(&s, NULL);
-    struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
-    sc_rl_redis_stats stats = {0};
-    sc_addr addr;
-    sc_rl_redis *r = client(loop, &s, NULL, NULL, NULL, &stats, &addr);
-    sc_rl_gcra g;
-    sc_rl_gcra_init(&g, 1000, 1000, 1000);
-    wait_working(loop, r, &g);
+    fixture f;
+    fixture_up(&f, 1000, 1000, 1000);
+    struct ev_loop *loop = f.loop;
+    sc_rl_redis *r = f.r;
+    sc_rl_gcra g = f.g;
 
     /* SIGSTOP: every decision ends within its budget (5 ms), as a timeout */
-    kill(s.pid, SIGSTOP);
+    kill(f.s.pid, SIGSTOP);
     uint64_t worst = 0;
     for (int i = 0; i < 40; i++) {
         answer x = {0};
@@ -542,12 +560,12 @@ static void test_stopped_killed_restarted(void **st)
     fprintf(stderr, "stopped Redis: slowest decision %.2f ms (budget 5 ms)\n", (double)worst / 1e6);
     /* 5 ms budget; the slack is the loop's own latency on a busy machine */
     assert_true(worst <= 15 * MS);
-    assert_true(atomic_load(&stats.errors[SC_RL_REDIS_TIMEOUT]) >= 1);
-    kill(s.pid, SIGCONT);
+    assert_true(atomic_load(&f.stats.errors[SC_RL_REDIS_TIMEOUT]) >= 1);
+    kill(f.s.pid, SIGCONT);
     wait_working(loop, r, &g);
 
     /* killed: decisions fail at once or within the budget; no hang */
-    server_stop(&s);
+    server_stop(&f.s);
     for (int i = 0; i < 10; i++) {
         uint64_t t0 = sc_now_ns();
         answer x = decide(loop, r, &g, "gone", 5);
@@ -556,10 +574,10 @@ static void test_stopped_killed_restarted(void **st)
         spin(loop, 20);
     }
     assert_false(sc_rl_redis_connected(r));
-    assert_true(atomic_load(&stats.disconnects) >= 1);
+    assert_true(atomic_load(&f.stats.disconnects) >= 1);
 
     /* back on the same port: the client reconnects by itself */
-    server_start(&s, NULL);
+    server_start(&f.s, NULL);
     wait_working(loop, r, &g);
     assert_true(sc_rl_redis_connected(r));
     assert_true(decide(loop, r, &g, "back", 100).a.out.allowed);
@@ -567,16 +585,14 @@ static void test_stopped_killed_restarted(void **st)
     /* metrics */
     char *buf = NULL;
     size_t len = 0;
-    FILE *f = open_memstream(&buf, &len);
-    sc_rl_redis_render_prom(f, &stats);
-    fclose(f);
+    FILE *out = open_memstream(&buf, &len);
+    sc_rl_redis_render_prom(out, &f.stats);
+    fclose(out);
     assert_non_null(strstr(buf, "sidecar_rate_limit_redis_errors_total{kind=\"timeout\"} "));
     assert_non_null(strstr(buf, "sidecar_rate_limit_redis_connected 1\n"));
     free(buf);
 
-    sc_rl_redis_free(r);
-    ev_loop_destroy(loop);
-    server_stop(&s);
+    fixture_down(&f);
 }
 
 /* ---- the admission step (runtime, worker, local + global) ---- */
@@ -715,8 +731,7 @@ typedef struct offer_run {
     sc_rl_redis *r;
     ev_timer tick;
     uint64_t sent, end_ns, t0;
-    sc_rl_redis_call calls[64];
-    answer ans[64];
+    sc_rl_redis_call calls[4096];
     size_t next;
 } offer_run;
 
@@ -746,37 +761,45 @@ static void on_tick(struct ev_loop *loop, ev_timer *w, int revents)
     while (x->sent < due) {
         sc_rl_redis_call *c = &x->calls[x->next];
         x->next = (x->next + 1) % SC_ARRAY_LEN(x->calls);
-        if (sc_rl_redis_decide(x->r, c, x->o->g, "test:", 5, "exact", 5, 50, on_offer_answer,
-                               x->o) < 0)
-            x->o->errors++;
         x->sent++;
+        /* A call still in flight is never reused (4096 would take seconds). */
+        if (c->active || sc_rl_redis_decide(x->r, c, x->o->g, "test:", 5, "exact", 5, 250,
+                                            on_offer_answer, x->o) < 0)
+            x->o->errors++;
     }
 }
 
 static void *offer_thread(void *arg)
 {
     offer *o = arg;
-    offer_run x = {.o = o};
-    x.loop = ev_loop_new(EVFLAG_AUTO);
+    offer_run *x = calloc(1, sizeof(*x)); /* 4096 calls: not on a thread's stack */
+    assert_non_null(x);
+    x->o = o;
+    x->loop = ev_loop_new(EVFLAG_AUTO);
     sc_rl_redis_stats st = {0};
     sc_addr addr;
     char a[64];
     snprintf(a, sizeof(a), "127.0.0.1:%d", o->s->port);
     sc_addr_parse(a, &addr, false);
     sc_rl_redis_opts opts = {.address = &addr};
-    x.r = sc_rl_redis_new(x.loop, &opts, &st);
-    for (int i = 0; i < 50 && !sc_rl_redis_connected(x.r); i++)
-        ev_run(x.loop, EVRUN_ONCE);
+    x->r = sc_rl_redis_new(x->loop, &opts, &st);
+    bool never = false;
+    for (int i = 0; i < 50 && !sc_rl_redis_connected(x->r); i++)
+        run_until(x->loop, &never, 2);
     pthread_barrier_wait(o->start);
-    x.t0 = sc_now_ns();
-    x.end_ns = x.t0 + o->seconds * 1000000000ull;
-    ev_timer_init(&x.tick, on_tick, 0., 1.0 / (double)o->rate);
-    x.tick.data = &x;
-    ev_timer_start(x.loop, &x.tick);
-    while (sc_now_ns() < x.end_ns + 200 * MS)
-        ev_run(x.loop, EVRUN_ONCE);
-    sc_rl_redis_free(x.r);
-    ev_loop_destroy(x.loop);
+    x->t0 = sc_now_ns();
+    x->end_ns = x->t0 + o->seconds * 1000000000ull;
+    ev_timer_init(&x->tick, on_tick, 0., 1.0 / (double)o->rate);
+    x->tick.data = x;
+    ev_timer_start(x->loop, &x->tick);
+    run_until(x->loop, &never, o->seconds * 1000 + 300);
+    for (int i = 0; i < SC_RL_REDIS_N_ERR; i++)
+        if (atomic_load(&st.errors[i]))
+            fprintf(stderr, "  client errors: %s %llu\n", sc_rl_redis_err_name(i),
+                    (unsigned long long)atomic_load(&st.errors[i]));
+    sc_rl_redis_free(x->r);
+    ev_loop_destroy(x->loop);
+    free(x);
     return NULL;
 }
 
