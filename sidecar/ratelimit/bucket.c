@@ -95,9 +95,13 @@ static uint64_t siphash13(const uint64_t k[2], const void *data, size_t len)
 
 /* ---- the key table ---- */
 
+typedef struct link {
+    struct link *prev, *next;           /* LRU: head = most recent */
+} link;
+
 typedef struct entry {
+    link lru;                           /* first: an entry is its link */
     struct entry *hnext;                /* hash chain */
-    struct entry *prev, *next;          /* LRU: head = most recent */
     uint64_t hash;
     uint64_t tat;
     uint64_t admitted, refused;
@@ -110,7 +114,7 @@ typedef struct shard {
     pthread_mutex_t mu;
     entry **buckets;
     size_t mask;
-    entry lru;                          /* sentinel */
+    link lru;                           /* sentinel */
     size_t n, max;
     uint64_t evictions, evictions_active, alloc_failures;
 } __attribute__((aligned(64))) shard;
@@ -177,10 +181,10 @@ void sc_rl_table_free(sc_rl_table *t)
         return;
     for (size_t i = 0; i < t->nshards; i++) {
         shard *s = &t->shards[i];
-        for (entry *e = s->lru.next; e && e != &s->lru;) {
-            entry *n = e->next;
-            free(e);
-            e = n;
+        for (link *k = s->lru.next; k && k != &s->lru;) {
+            link *n = k->next;
+            free((entry *)k);
+            k = n;
         }
         free(s->buckets);
         pthread_mutex_destroy(&s->mu);
@@ -191,16 +195,16 @@ void sc_rl_table_free(sc_rl_table *t)
 
 static void lru_unlink(entry *e)
 {
-    e->prev->next = e->next;
-    e->next->prev = e->prev;
+    e->lru.prev->next = e->lru.next;
+    e->lru.next->prev = e->lru.prev;
 }
 
 static void lru_push(shard *s, entry *e)
 {
-    e->prev = &s->lru;
-    e->next = s->lru.next;
-    s->lru.next->prev = e;
-    s->lru.next = e;
+    e->lru.prev = &s->lru;
+    e->lru.next = s->lru.next;
+    s->lru.next->prev = &e->lru;
+    s->lru.next = &e->lru;
 }
 
 static void chain_remove(shard *s, entry *e)
@@ -240,7 +244,7 @@ static void take_locked(shard *s, entry *e, const sc_rl_gcra *g, uint64_t now_ns
 {
     e->tat = sc_rl_gcra_step(g, e->tat, now_ns, o);
     count_hit(e, now_ns, o->allowed);
-    if (s->lru.next != e) {
+    if (s->lru.next != &e->lru) {
         lru_unlink(e);
         lru_push(s, e);
     }
@@ -288,7 +292,7 @@ int sc_rl_table_take(sc_rl_table *t, const sc_rl_gcra *g, const char *key, size_
     }
     if (s->n >= s->max) {
         /* Full: the least recently used key makes room. */
-        victim = s->lru.prev;
+        victim = (entry *)s->lru.prev;
         lru_unlink(victim);
         chain_remove(s, victim);
         s->n--;
@@ -342,7 +346,8 @@ size_t sc_rl_table_busiest(sc_rl_table *t, uint64_t now_ns, const sc_rl_gcra *g,
     for (size_t i = 0; i < t->nshards && n; i++) {
         shard *s = &t->shards[i];
         pthread_mutex_lock(&s->mu);
-        for (entry *e = s->lru.next; e != &s->lru; e = e->next) {
+        for (link *k = s->lru.next; k != &s->lru; k = k->next) {
+            const entry *e = (const entry *)k;
             uint64_t r = recent(e, ep);
             if (r == 0)
                 continue;
