@@ -684,6 +684,23 @@ static void test_admission(void **st)
     assert_int_equal(admit(loop, w, set, &dec), SC_RL_DENY);
     assert_ptr_equal(dec.limit, &set->v[0]);
 
+    /* a parked request that goes away gets no resume; one parked at exit
+     * gets its on_error answer when the worker is freed */
+    spin(loop, 1100);
+    char norm[64];
+    sc_rl_request req = {.method = "GET", .method_len = 3, .path = "/", .path_len = 1,
+                         .norm = norm, .norm_cap = sizeof(norm)};
+    sc_rl_admission *adm;
+    resumed gone = {0};
+    sc_rl_verdict v = sc_rl_admit(w, set, &req, sc_now_ns(), &dec, &adm, on_resume, &gone);
+    if (v != SC_RL_PARK)
+        fprintf(stderr, "verdict %d by %s: %s\n", v, dec.limit ? dec.limit->cfg->name : "-",
+                sc_rl_result_name(dec.result));
+    assert_int_equal(v, SC_RL_PARK);
+    sc_rl_admission_cancel(adm);
+    spin(loop, 50);
+    assert_false(gone.done);
+
     /* Redis gone: global-all allows (on_error allow), global-deny refuses with 503 */
     server_stop(&s);
     spin(loop, 1100); /* local-all refills meanwhile */
@@ -707,9 +724,22 @@ static void test_admission(void **st)
     assert_non_null(strstr(buf, "sidecar_rate_limit_redis_decisions_total "));
     free(buf);
 
+    resumed late = {0};
+    server_start(&s, NULL);
+    /* parks once the worker has reconnected (its backoff may be seconds) */
+    sc_rl_verdict lv = SC_RL_DENY;
+    for (int i = 0; i < 100 && lv != SC_RL_PARK; i++) {
+        spin(loop, 100);
+        req.norm_done = false;
+        lv = sc_rl_admit(w, set, &req, sc_now_ns(), &dec, &adm, on_resume, &late);
+    }
+    assert_int_equal(lv, SC_RL_PARK);
     sc_rl_worker_free(w);
+    assert_true(late.done);
+    assert_int_equal(late.d.result, SC_RL_ERROR_REFUSED); /* global-deny: on_error deny */
     ev_loop_destroy(loop);
     sc_rl_runtime_free(rt);
+    server_stop(&s);
     sc_config_free(cfg);
     sc_diags_free(&d);
 }
