@@ -156,6 +156,21 @@ typedef struct sc_policy {
     } tls;
 } sc_policy;
 
+/* tracing: distributed tracing (docs/tracing.md); config_tracing.c. */
+#define SC_TRACING_DEFAULT_ENDPOINT "http://127.0.0.1:4318/v1/traces"
+typedef struct sc_tracing_config {
+    bool enabled;                   /* a `tracing:` section without enabled: false */
+    char *endpoint;                 /* OTLP/HTTP JSON traces URL; default SC_TRACING_DEFAULT_ENDPOINT */
+    double sample_ratio;            /* new traces, 0..1; default 1 */
+    unsigned propagation_in;        /* SC_TRACE_FMT_* bits (trace/propagation.h); default w3c, b3, b3multi */
+    unsigned propagation_out;       /* default w3c */
+    char *force_header;             /* lower case; NULL = none */
+    uint32_t batch_size;            /* spans per export request, default 512 */
+    uint64_t batch_interval_ms;     /* longest a span waits for a batch, default 5000 */
+    uint32_t queue_size;            /* spans waiting per worker, default 2048 */
+    uint64_t timeout_ms;            /* one export request, default 10000 */
+} sc_tracing_config;
+
 typedef struct sc_config {
     char *file;                     /* path of sidecar.yaml */
     struct {
@@ -231,6 +246,7 @@ typedef struct sc_config {
         sc_authorize_mode authorize;         /* default none; consul: POST /v1/agent/connect/authorize */
         uint64_t authorize_cache_ms;         /* answers kept per caller identity, default 30000 */
     } tls;
+    sc_tracing_config tracing;
     sc_policy *policies;            /* from policies_dir and inline `upstreams:` */
     size_t n_policies;
 } sc_config;

@@ -133,4 +133,10 @@ const char *sc_config_check_name(int check);
 const char *sc_config_probe_name(int probe);
 char *sc_config_read_file(const char *path, size_t *len, int *err);
 
+/* The tracing: section (config_tracing.c): defaults, parsing, release, JSON. */
+void sc_config_tracing_defaults(sc_tracing_config *t);
+void sc_config_parse_tracing(sc_cx *c, const sc_ynode *m, sc_tracing_config *t);
+void sc_config_tracing_free(sc_tracing_config *t);
+struct json_t *sc_config_tracing_to_json(const sc_tracing_config *t);
+
 #endif
