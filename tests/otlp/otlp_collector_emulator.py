@@ -531,7 +531,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return None, 411
         n = int(n)
         if n > MAX_BODY:
+            # read (and forget) what the client sends, so it sees the answer
+            # rather than a reset; far beyond the limit: just close
             self.close_connection = True
+            left = n if n <= 4 * MAX_BODY else 0
+            while left > 0:
+                chunk = self.rfile.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                left -= len(chunk)
             return None, 413
         return self.rfile.read(n), 200
 
