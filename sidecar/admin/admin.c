@@ -9,6 +9,7 @@
 #include "http/grpc.h"
 #include "http/h1.h"
 #include "tls/tls_runtime.h"
+#include "trace/tracer.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -233,6 +234,7 @@ char *sc_admin_render_stats(const sidecar *sc)
         fprintf(f, "sidecar_upstream_ejections_total{upstream=\"%s\"} %llu\n", sc->routes[r].name, (unsigned long long)v.ejections_total);
         fprintf(f, "sidecar_upstream_instances_ejected{upstream=\"%s\"} %u\n", sc->routes[r].name, v.ejected_now);
     }
+    sc_tracer_prom(sc->tracer, f);
     sc_prom_head(f, "sidecar_uptime_seconds", "gauge", "Seconds since start.");
     fprintf(f, "sidecar_uptime_seconds %llu\n", (unsigned long long)((sc_now_ms() - sc->started_ms) / 1000));
     fclose(f);
