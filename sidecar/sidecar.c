@@ -11,6 +11,7 @@
 #include "discovery/app_health.h" /* consul + health (issue 4) */
 #include "discovery/consul.h"
 #include "discovery/grpc_health.h"
+#include "trace/tracer.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -155,6 +156,19 @@ int sc_sidecar_run(sidecar *sc)
         SC_ERROR("tls: %s", err);
         return rv;
     }
+    /* tracing: the span queues and the exporter, before the workers run */
+    rv = sc_tracer_new(cfg, sc->n_workers, &sc->tracer, err, sizeof(err));
+    if (rv < 0) {
+        SC_ERROR("%s", err);
+        return rv;
+    }
+    if (sc->tracer && sc_tracer_start(sc->tracer, sc->loop, err, sizeof(err)) < 0)
+        SC_ERROR("tracing: cannot export spans: %s (install libcurl4); trace headers are still "
+                 "propagated, no span is recorded", err);
+    else if (sc->tracer)
+        SC_INFO("tracing: spans to %s, sample ratio %g",
+                cfg->tracing.endpoint ? cfg->tracing.endpoint : SC_TRACING_DEFAULT_ENDPOINT,
+                cfg->tracing.sample_ratio);
     sc->workers = sc_xcalloc(sc->n_workers, sizeof(sc_worker));
     for (unsigned i = 0; i < sc->n_workers; i++) {
         rv = sc_worker_init(&sc->workers[i], sc, i);
@@ -235,6 +249,9 @@ int sc_sidecar_run(sidecar *sc)
     sc_admin_stop(sc->admin);
     sc->admin = NULL;
     sc_tls_runtime_stop(sc);
+    sc_tracer_flush(sc->tracer, 5000); /* the workers are gone: what they recorded goes now */
+    sc_tracer_free(sc->tracer);
+    sc->tracer = NULL;
     SC_INFO("drained; exiting");
     return 0;
 }
@@ -245,6 +262,8 @@ void sc_sidecar_free(sidecar *sc)
         return;
     sc_authz_free(sc->authz); /* still set only when the run ended early */
     sc->authz = NULL;
+    sc_tracer_free(sc->tracer);
+    sc->tracer = NULL;
     for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
         sc_worker_free(&sc->workers[i]);
     free(sc->workers);

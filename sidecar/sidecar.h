@@ -35,6 +35,7 @@ typedef struct sidecar {
     struct sc_tls_watch *tls_client;      /* outbound origination material (mode: mutual) */
     struct sc_tls_watch *tls_client_anon; /* outbound, no client certificate (mode: simple) */
     struct sc_authz *authz;               /* tls.authorize: consul, NULL otherwise */
+    struct sc_tracer *tracer;             /* tracing: (trace/tracer.h), NULL when off */
 } sidecar;
 
 sidecar *sc_sidecar_new(sc_config *cfg);

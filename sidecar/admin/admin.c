@@ -11,6 +11,7 @@
 #include "http/h1.h"
 #include "tls/tls.h"
 #include "tls/tls_runtime.h"
+#include "trace/tracer.h"
 
 #include <jansson.h>
 #include <stdio.h>
@@ -263,6 +264,7 @@ char *sc_admin_render_stats(const sidecar *sc)
         fprintf(f, "sidecar_upstream_instances_ejected{upstream=\"%s\"} %u\n", sc->routes[r].name, v.ejected_now);
     }
     render_cert_expiry(sc, f);
+    sc_tracer_prom(sc->tracer, f);
     sc_prom_head(f, "sidecar_uptime_seconds", "gauge", "Seconds since start.");
     fprintf(f, "sidecar_uptime_seconds %llu\n", (unsigned long long)((sc_now_ms() - sc->started_ms) / 1000));
     fclose(f);

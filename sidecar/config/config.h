@@ -199,6 +199,21 @@ typedef struct sc_policy {
     size_t n_rate_limits;
 } sc_policy;
 
+/* tracing: distributed tracing (docs/tracing.md); config_tracing.c. */
+#define SC_TRACING_DEFAULT_ENDPOINT "http://127.0.0.1:4318/v1/traces"
+typedef struct sc_tracing_config {
+    bool enabled;                   /* a `tracing:` section without enabled: false */
+    char *endpoint;                 /* OTLP/HTTP JSON traces URL; default SC_TRACING_DEFAULT_ENDPOINT */
+    double sample_ratio;            /* new traces, 0..1; default 1 */
+    unsigned propagation_in;        /* SC_TRACE_FMT_* bits (trace/propagation.h); default w3c, b3, b3multi */
+    unsigned propagation_out;       /* default w3c */
+    char *force_header;             /* lower case; NULL = none */
+    uint32_t batch_size;            /* spans per export request, default 512 */
+    uint64_t batch_interval_ms;     /* longest a span waits for a batch, default 5000 */
+    uint32_t queue_size;            /* spans waiting per worker, default 2048 */
+    uint64_t timeout_ms;            /* one export request, default 10000 */
+} sc_tracing_config;
+
 typedef struct sc_config {
     char *file;                     /* path of sidecar.yaml */
     struct {
@@ -290,6 +305,7 @@ typedef struct sc_config {
         uint64_t connect_timeout_ms; /* default 1000 */
         uint64_t timeout_ms;        /* default per-decision budget, default 5 */
     } redis;
+    sc_tracing_config tracing;
     sc_policy *policies;            /* from policies_dir and inline `upstreams:` */
     size_t n_policies;
 } sc_config;

@@ -185,5 +185,10 @@ void sc_config_rl_cross_check(sc_cx *c, sc_config *cfg, const char *file, const 
                               sc_rate_limit *v, size_t n, bool inbound);
 struct json_t *sc_config_rate_limits_json(const sc_rate_limit *v, size_t n);
 struct json_t *sc_config_redis_json(const sc_config *cfg);
+/* The tracing: section (config_tracing.c): defaults, parsing, release, JSON. */
+void sc_config_tracing_defaults(sc_tracing_config *t);
+void sc_config_parse_tracing(sc_cx *c, const sc_ynode *m, sc_tracing_config *t);
+void sc_config_tracing_free(sc_tracing_config *t);
+struct json_t *sc_config_tracing_to_json(const sc_tracing_config *t);
 
 #endif

@@ -14,7 +14,8 @@
     X(curl_global_init) X(curl_easy_init) X(curl_easy_cleanup) X(curl_easy_setopt) X(curl_easy_getinfo)   \
     X(curl_easy_strerror) X(curl_multi_init) X(curl_multi_cleanup) X(curl_multi_setopt)                   \
     X(curl_multi_socket_action) X(curl_multi_add_handle) X(curl_multi_remove_handle) X(curl_multi_info_read) \
-    X(curl_multi_assign) X(curl_multi_strerror) X(curl_slist_append) X(curl_slist_free_all)
+    X(curl_multi_assign) X(curl_multi_strerror) X(curl_slist_append) X(curl_slist_free_all)   \
+    X(curl_easy_perform)
 
 typedef struct sc_curl_api {
 #define SC_X(f) __typeof__(f) *f;
@@ -49,6 +50,7 @@ int sc_curl_api_load(char *err, size_t errlen);
 #define curl_multi_strerror sc_curl.curl_multi_strerror
 #define curl_slist_append sc_curl.curl_slist_append
 #define curl_slist_free_all sc_curl.curl_slist_free_all
+#define curl_easy_perform sc_curl.curl_easy_perform
 #endif
 
 #endif

@@ -1,0 +1,309 @@
+/*
+ * otlp.c: OTLP/HTTP JSON encoding of span records (see otlp.h).
+ */
+#include "trace/otlp.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+void sc_otlp_buf_reset(sc_otlp_buf *b)
+{
+    b->len = 0;
+    b->oom = false;
+}
+
+void sc_otlp_buf_free(sc_otlp_buf *b)
+{
+    free(b->p);
+    *b = (sc_otlp_buf){0};
+}
+
+static bool grow(sc_otlp_buf *b, size_t more)
+{
+    if (b->oom)
+        return false;
+    if (b->len + more + 1 <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more + 1)
+        cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (!p) {
+        b->oom = true;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+static void put(sc_otlp_buf *b, const char *s, size_t n)
+{
+    if (!grow(b, n))
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+#define PUTL(b, lit) put((b), (lit), sizeof(lit) - 1)
+
+static void put_u64(sc_otlp_buf *b, uint64_t v)
+{
+    char d[20];
+    put(b, d, sc_fmt_u64(d, v));
+}
+
+static void put_i64(sc_otlp_buf *b, int64_t v)
+{
+    if (v < 0) {
+        PUTL(b, "-");
+        put_u64(b, (uint64_t)0 - (uint64_t)v);
+    } else {
+        put_u64(b, (uint64_t)v);
+    }
+}
+
+/* Length of the valid UTF-8 sequence at s (1..4), 0 when invalid (overlong
+ * forms, surrogates and code points past U+10FFFF are invalid). */
+static size_t utf8_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    uint32_t cp;
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        cp = c & 0x0f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
+        return 0;
+    return len;
+}
+
+/* A JSON string with its quotes. */
+static void put_str(sc_otlp_buf *b, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+    PUTL(b, "\"");
+    const unsigned char *u = (const unsigned char *)s;
+    size_t run = 0; /* bytes copied as they are, flushed in one put */
+    for (size_t i = 0; i < n;) {
+        unsigned char c = u[i];
+        size_t l = c >= 0x20 && c != '"' && c != '\\' ? utf8_len(u + i, n - i) : 0;
+        if (l) {
+            i += l;
+            run += l;
+            continue;
+        }
+        put(b, s + i - run, run);
+        run = 0;
+        if (c == '"') {
+            PUTL(b, "\\\"");
+        } else if (c == '\\') {
+            PUTL(b, "\\\\");
+        } else if (c < 0x20) {
+            char e[6] = {'\\', 'u', '0', '0', hex[c >> 4], hex[c & 15]};
+            put(b, e, 6);
+        } else {
+            PUTL(b, "\\ufffd");
+        }
+        i++;
+    }
+    put(b, s + n - run, run);
+    PUTL(b, "\"");
+}
+
+static void put_cstr(sc_otlp_buf *b, const char *s) { put_str(b, s, strlen(s)); }
+
+static void put_hex(sc_otlp_buf *b, const uint8_t *id, size_t n)
+{
+    char h[32];
+    sc_trace_hex(id, n, h);
+    PUTL(b, "\"");
+    put(b, h, 2 * n);
+    PUTL(b, "\"");
+}
+
+/* {"key":"k","value":{"stringValue":"v"}} */
+static void put_kv_str(sc_otlp_buf *b, const char *key, const char *v, size_t n)
+{
+    PUTL(b, "{\"key\":");
+    put_cstr(b, key);
+    PUTL(b, ",\"value\":{\"stringValue\":");
+    put_str(b, v, n);
+    PUTL(b, "}}");
+}
+
+static void put_kv_int(sc_otlp_buf *b, const char *key, int64_t v)
+{
+    PUTL(b, "{\"key\":");
+    put_cstr(b, key);
+    PUTL(b, ",\"value\":{\"intValue\":\"");
+    put_i64(b, v);
+    PUTL(b, "\"}}");
+}
+
+static void put_time(sc_otlp_buf *b, const char *field, uint64_t mono_ns, int64_t offset_ns)
+{
+    int64_t t = (int64_t)mono_ns + offset_ns;
+    put(b, field, strlen(field));
+    PUTL(b, "\"");
+    put_u64(b, t > 0 ? (uint64_t)t : 0);
+    PUTL(b, "\"");
+}
+
+int sc_otlp_begin(sc_otlp_buf *b, const sc_otlp_resource *res)
+{
+    PUTL(b, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
+    put_kv_str(b, "service.name", res->service_name, strlen(res->service_name));
+    PUTL(b, ",");
+    put_kv_str(b, "service.instance.id", res->service_instance_id, strlen(res->service_instance_id));
+    if (res->service_version) {
+        PUTL(b, ",");
+        put_kv_str(b, "service.version", res->service_version, strlen(res->service_version));
+    }
+    PUTL(b, ",");
+    put_kv_str(b, "telemetry.sdk.name", "sidecar", 7);
+    PUTL(b, ",");
+    put_kv_str(b, "telemetry.sdk.language", "c", 1);
+    PUTL(b, ",");
+    put_kv_str(b, "telemetry.sdk.version", res->sdk_version, strlen(res->sdk_version));
+    PUTL(b, "]},\"scopeSpans\":[{\"scope\":{\"name\":\"sidecar\",\"version\":");
+    put_cstr(b, res->sdk_version);
+    PUTL(b, "},\"spans\":[");
+    return b->oom ? -ENOMEM : 0;
+}
+
+int sc_otlp_span(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns, bool first)
+{
+    if (!first)
+        PUTL(b, ",");
+    PUTL(b, "{\"traceId\":");
+    put_hex(b, s->trace_id, SC_TRACE_ID_LEN);
+    PUTL(b, ",\"spanId\":");
+    put_hex(b, s->span_id, SC_SPAN_ID_LEN);
+    if (!sc_trace_id_is_zero(s->parent_id, SC_SPAN_ID_LEN)) {
+        PUTL(b, ",\"parentSpanId\":");
+        put_hex(b, s->parent_id, SC_SPAN_ID_LEN);
+    }
+    PUTL(b, ",\"flags\":");
+    put_u64(b, s->trace_flags | SC_OTLP_FLAG_HAS_IS_REMOTE | (s->parent_remote ? SC_OTLP_FLAG_IS_REMOTE : 0));
+    PUTL(b, ",\"name\":");
+    put_str(b, s->name, s->name_len);
+    PUTL(b, ",\"kind\":");
+    put_u64(b, s->kind);
+    put_time(b, ",\"startTimeUnixNano\":", s->start_ns, offset_ns);
+    put_time(b, ",\"endTimeUnixNano\":", s->end_ns, offset_ns);
+    PUTL(b, ",\"attributes\":[");
+    for (unsigned i = 0; i < s->n_attrs; i++) {
+        const sc_span_attr *a = &s->attrs[i];
+        const char *key = sc_span_attr_name(a->key);
+        if (i)
+            PUTL(b, ",");
+        if (a->type == SC_ATTR_T_STR) {
+            put_kv_str(b, key, s->pool + a->off, a->len);
+        } else if (a->type == SC_ATTR_T_BOOL) {
+            PUTL(b, "{\"key\":");
+            put_cstr(b, key);
+            if (a->i)
+                PUTL(b, ",\"value\":{\"boolValue\":true}}");
+            else
+                PUTL(b, ",\"value\":{\"boolValue\":false}}");
+        } else {
+            put_kv_int(b, key, a->i);
+        }
+    }
+    PUTL(b, "]");
+    if (s->dropped_attrs) {
+        PUTL(b, ",\"droppedAttributesCount\":");
+        put_u64(b, s->dropped_attrs);
+    }
+    PUTL(b, ",\"events\":[");
+    for (unsigned i = 0; i < s->n_events; i++) {
+        const sc_span_event *e = &s->events[i];
+        if (i)
+            PUTL(b, ",");
+        put_time(b, "{\"timeUnixNano\":", e->t_ns, offset_ns);
+        PUTL(b, ",\"name\":");
+        put_cstr(b, sc_span_event_name(e->kind));
+        PUTL(b, ",\"attributes\":[");
+        const char *vn = sc_span_event_value_name(e->kind);
+        if (vn && e->value >= 0)
+            put_kv_int(b, vn, e->value);
+        PUTL(b, "]}");
+    }
+    PUTL(b, "]");
+    if (s->dropped_events) {
+        PUTL(b, ",\"droppedEventsCount\":");
+        put_u64(b, s->dropped_events);
+    }
+    PUTL(b, ",\"status\":{\"code\":");
+    put_u64(b, s->status);
+    if (s->status == SC_SPAN_STATUS_ERROR && s->status_len) {
+        PUTL(b, ",\"message\":");
+        put_str(b, s->status_msg, s->status_len);
+    }
+    PUTL(b, "}}");
+    return b->oom ? -ENOMEM : 0;
+}
+
+int sc_otlp_end(sc_otlp_buf *b)
+{
+    PUTL(b, "]}]}]}");
+    return b->oom ? -ENOMEM : 0;
+}
+
+int sc_otlp_parse_response(const char *body, size_t len, uint64_t *rejected, char *msg, size_t msgcap)
+{
+    *rejected = 0;
+    if (msgcap)
+        msg[0] = 0;
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\n' || body[i] == '\r' || body[i] == '\t'))
+        i++;
+    if (i == len)
+        return 0;
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        return -EPROTO;
+    }
+    json_t *ps = json_object_get(root, "partialSuccess");
+    if (json_is_object(ps)) {
+        json_t *r = json_object_get(ps, "rejectedSpans");
+        if (json_is_integer(r) && json_integer_value(r) > 0) {
+            *rejected = (uint64_t)json_integer_value(r);
+        } else if (json_is_string(r)) {
+            const char *s = json_string_value(r);
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(s, &end, 10);
+            if (*s >= '0' && *s <= '9' && !*end && errno == 0)
+                *rejected = v;
+        }
+        json_t *m = json_object_get(ps, "errorMessage");
+        if (json_is_string(m) && msgcap)
+            snprintf(msg, msgcap, "%s", json_string_value(m));
+    }
+    json_decref(root);
+    return 0;
+}
