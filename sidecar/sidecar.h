@@ -35,6 +35,10 @@ typedef struct sidecar {
     struct sc_tls_watch *tls_client;      /* outbound origination material (mode: mutual) */
     struct sc_tls_watch *tls_client_anon; /* outbound, no client certificate (mode: simple) */
     struct sc_authz *authz;               /* tls.authorize: consul, NULL otherwise */
+    /* observability (obs/): the access log (NULL when access_log: is absent)
+     * and the rings of recent failures (one per worker, GET /failures) */
+    struct sc_access_log *access_log;
+    struct sc_failures *failures;
 } sidecar;
 
 sidecar *sc_sidecar_new(sc_config *cfg);

@@ -169,6 +169,7 @@ static void config_defaults(sc_config *cfg)
     cfg->tls.identity_header = sc_xstrdup("x-sidecar-caller");
     cfg->tls.authorize = SC_AUTHORIZE_NONE;
     cfg->tls.authorize_cache_ms = 30000;
+    sc_config_access_log_defaults(&cfg->access_log);
 }
 
 /* ---- sections ---- */
@@ -1101,7 +1102,7 @@ static void parse_config(loader *L, const sc_ynode *root)
 {
     static const char *const keys[] = {"service", "inbound", "admin", "workers", "drain_timeout",
                                        "policies", "upstreams", "limits", "log", "consul", "tls",
-                                       "health"};
+                                       "health", "access_log"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -1146,6 +1147,8 @@ static void parse_config(loader *L, const sc_ynode *root)
         parse_tls(L, f[10]);
     if (f[11])
         parse_health(L, f[11]);
+    if (f[12])
+        sc_config_parse_access_log(c, f[12], &cfg->access_log);
     if (cfg->service.name && !cfg->service.id)
         cfg->service.id = sc_xstrdup(cfg->service.name);
     if (cfg->consul.enabled)
@@ -1273,6 +1276,7 @@ void sc_config_free(sc_config *cfg)
     free(cfg->tls.ca_file);
     free_strv(cfg->tls.allow, cfg->tls.n_allow);
     free(cfg->tls.identity_header);
+    sc_config_access_log_free(&cfg->access_log);
     for (size_t i = 0; i < cfg->n_policies; i++)
         sc_policy_clear(&cfg->policies[i]);
     free(cfg->policies);

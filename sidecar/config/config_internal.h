@@ -133,4 +133,11 @@ const char *sc_config_check_name(int check);
 const char *sc_config_probe_name(int probe);
 char *sc_config_read_file(const char *path, size_t *len, int *err);
 
+/* The access_log: section (access_log_config.c): defaults, parsing and
+ * checks into *a, its JSON form, and what it owns. */
+void sc_config_access_log_defaults(sc_access_log_config *a);
+void sc_config_parse_access_log(sc_cx *c, const sc_ynode *m, sc_access_log_config *a);
+struct json_t *sc_config_access_log_json(const sc_access_log_config *a);
+void sc_config_access_log_free(sc_access_log_config *a);
+
 #endif

@@ -253,6 +253,7 @@ json_t *sc_config_to_json(const sc_config *cfg)
     json_object_set_new(tls, "authorize", json_string(cfg->tls.authorize == SC_AUTHORIZE_CONSUL ? "consul" : "none"));
     json_object_set_new(tls, "authorize_cache", jdur(cfg->tls.authorize_cache_ms));
     json_object_set_new(o, "tls", tls);
+    json_object_set_new(o, "access_log", sc_config_access_log_json(&cfg->access_log));
 
     json_t *ups = json_array();
     for (size_t i = 0; i < cfg->n_policies; i++)
