@@ -24,6 +24,7 @@
 #include "core/prom.h"
 
 #include <arpa/inet.h>
+#include <endian.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -52,11 +53,22 @@ void sc_access_select_init(sc_access_select *s, const sc_access_log_config *c)
 
 uint64_t sc_access_sample_key(const char *id, size_t len)
 {
-    /* FNV-1a, then a full-avalanche finalizer: the low and high bits both
-     * depend on every byte, so a threshold on the key is a fair coin. */
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)id[i]) * 0x100000001b3ull;
+    /* 8 bytes a step (little-endian on every host, so sidecars on other
+     * architectures agree), then a full-avalanche finalizer: the key is a
+     * fair coin in every bit. Kept stable across versions: sidecars of
+     * different versions on one path must choose alike. */
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ len;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, id + i, 8);
+        h = (h ^ le64toh(w)) * 0xff51afd7ed558ccdull;
+        h ^= h >> 32;
+    }
+    uint64_t w = 0;
+    for (size_t k = 0; i + k < len; k++)
+        w |= (uint64_t)(unsigned char)id[i + k] << (8 * k);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;
@@ -144,17 +156,30 @@ size_t sc_obs_sockaddr_text(const struct sockaddr *sa, char *out)
     return n;
 }
 
+/* Wall clock minus monotonic clock, per thread, read again when a second
+ * of monotonic time has passed: two clock reads per second instead of two
+ * per line. A step of the wall clock shows in the lines within a second. */
+static _Thread_local struct {
+    uint64_t mono;
+    int64_t offset;
+} wall_cache;
+
 uint64_t sc_access_wall_ns(const sc_access_record *r)
 {
     if (r->start_unix_ns)
         return r->start_unix_ns;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t real = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-    uint64_t mono = sc_now_ns();
-    if (r->start_mono_ns && r->start_mono_ns <= mono && mono - r->start_mono_ns < real)
-        return real - (mono - r->start_mono_ns);
-    return real;
+    /* the end of the exchange is about now (the record is made then) */
+    uint64_t end = r->start_mono_ns ? r->start_mono_ns + r->duration_ns : sc_now_ns();
+    if (!wall_cache.mono || end - wall_cache.mono > 1000000000u) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t mono = sc_now_ns();
+        wall_cache.offset = (int64_t)((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec - mono);
+        wall_cache.mono = mono;
+    }
+    uint64_t start = r->start_mono_ns ? r->start_mono_ns : end;
+    int64_t t = (int64_t)start + wall_cache.offset;
+    return t > 0 ? (uint64_t)t : 0;
 }
 
 static void jproto(sc_jw *w, uint8_t p)
@@ -295,7 +320,7 @@ struct sc_access_log {
     pthread_t thread;
     bool started;
     _Atomic bool stop, reopen, done;
-    _Atomic uint64_t bytes_written, write_errors, reopens;
+    _Atomic uint64_t bytes_written, write_errors, reopens, wakeups;
     uint64_t dropped_reported;      /* writer: drops already in a WARN */
     uint64_t last_drop_warn_ms;
 };
@@ -339,8 +364,13 @@ int sc_access_producer_put(sc_access_producer *p, const char *line, size_t len)
         memcpy(p->data, line + first, len - first);
     atomic_store_explicit(&p->head, h + len, memory_order_release);
     stat_inc(&p->lines);
-    if (SC_UNLIKELY(h + len - p->tail_cache >= p->cap / 2))
-        maybe_kick(p);
+    if (SC_UNLIKELY(h + len - p->tail_cache >= p->cap / 2)) {
+        /* half full by the cached tail: look at the real one before waking
+         * the writer (a stale cache would kick it for every line) */
+        p->tail_cache = atomic_load_explicit(&p->tail, memory_order_acquire);
+        if (h + len - p->tail_cache >= p->cap / 2)
+            maybe_kick(p);
+    }
     return 1;
 }
 
@@ -479,6 +509,7 @@ static void *writer_main(void *arg)
     int old;
     pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
     sc_log_set_thread_name("access-log");
+    pthread_setname_np(pthread_self(), "sc-access-log"); /* top -H, perf */
     for (;;) {
         bool stopping = atomic_load(&log->stop);
         if (atomic_exchange(&log->reopen, false)) {
@@ -500,6 +531,7 @@ static void *writer_main(void *arg)
             ssize_t rv = read(log->efd, &v, sizeof(v));
             (void)rv;
         }
+        atomic_fetch_add_explicit(&log->wakeups, 1, memory_order_relaxed);
     }
     atomic_store(&log->done, true);
     return NULL;
@@ -683,6 +715,7 @@ void sc_access_log_get_stats(const sc_access_log *log, sc_access_log_stats *st)
     st->bytes_written = atomic_load_explicit(&log->bytes_written, memory_order_relaxed);
     st->write_errors = atomic_load_explicit(&log->write_errors, memory_order_relaxed);
     st->reopens = atomic_load_explicit(&log->reopens, memory_order_relaxed);
+    st->wakeups = atomic_load_explicit(&log->wakeups, memory_order_relaxed);
 }
 
 void sc_access_log_render_stats(const sc_access_log *log, FILE *f)
@@ -699,6 +732,9 @@ void sc_access_log_render_stats(const sc_access_log *log, FILE *f)
                 "Failed writes to the access log destination (their lines are lost).", st.write_errors);
     sc_prom_u64(f, "sidecar_access_log_reopens_total", "counter", "Access log files reopened (SIGHUP).",
                 st.reopens);
+    sc_prom_u64(f, "sidecar_access_log_writer_wakeups_total", "counter",
+                "Times the access log writer thread woke (its flush timer, or a worker's buffer half full).",
+                st.wakeups);
 }
 
 int sc_access_log_wait_drained(sc_access_log *log, unsigned timeout_ms)

@@ -191,6 +191,7 @@ typedef struct sc_access_log_stats {
     uint64_t bytes_written;
     uint64_t write_errors;          /* failed writes (their bytes are lost) */
     uint64_t reopens;               /* successful reopens of the file */
+    uint64_t wakeups;               /* times the writer woke (timer or kick) */
 } sc_access_log_stats;
 void sc_access_log_get_stats(const sc_access_log *log, sc_access_log_stats *st);
 /* The sidecar_access_log_* families for /stats; zeros when log is NULL

@@ -62,9 +62,21 @@ static size_t utf8_len(const unsigned char *s, size_t left)
     return n;
 }
 
+/* Byte classes: 0 copied as is, 1 escaped, 2 the start (or not) of UTF-8. */
+static const uint8_t byte_class[256] = {
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+    2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+};
+
 static inline bool plain(unsigned char c)
 {
-    return c >= 0x20 && c < 0x7f && c != '"' && c != '\\';
+    return byte_class[c] == 0;
 }
 
 void sc_jw_str(sc_jw *w, const char *s, size_t len, size_t budget)
@@ -83,6 +95,18 @@ void sc_jw_str(sc_jw *w, const char *s, size_t len, size_t budget)
     char *soft = hard - 3;              /* where "..." starts if the string does not fit */
     char *cut = NULL;                   /* output position of the first character past `soft` */
     *q++ = '"';
+    if (len + 2 <= budget) {
+        /* the common case: nothing to escape and it fits */
+        size_t i = 0;
+        while (i < len && !byte_class[in[i]])
+            i++;
+        if (i == len) {
+            memcpy(q, in, len);
+            q[len] = '"';
+            w->p = q + len + 1;
+            return;
+        }
+    }
     while (in < e) {
         char esc[6];
         const char *src;
