@@ -376,7 +376,7 @@ int sc_access_producer_put(sc_access_producer *p, const char *line, size_t len)
 
 int sc_access_log_emit(sc_access_producer *p, const sc_access_record *r)
 {
-    if (!sc_access_select_match(&p->log->sel, r, &p->rng))
+    if (!p || !sc_access_select_match(&p->log->sel, r, &p->rng))
         return 0;
     char line[SC_ACCESS_LINE_MAX];
     size_t n = sc_access_format(r, line, sizeof(line));

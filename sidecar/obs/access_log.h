@@ -174,12 +174,14 @@ void sc_access_log_stop(sc_access_log *log);
 /* Stops when needed, then frees everything. NULL is a no-op. */
 void sc_access_log_free(sc_access_log *log);
 
-/* Producer i (0 <= i < n_producers), for worker i alone. */
+/* Producer i (0 <= i < n_producers), for worker i alone; NULL when log is
+ * NULL (access log off) or i is out of range. */
 sc_access_producer *sc_access_log_producer(sc_access_log *log, unsigned i);
 /*
  * The per-request call: selects, formats and enqueues. Returns 1 when
- * queued, 0 when not selected, -ENOBUFS when the ring was full (counted as
- * dropped). Never blocks, never allocates.
+ * queued, 0 when not selected (or p is NULL: the log is off), -ENOBUFS
+ * when the ring was full (counted as dropped). Never blocks, never
+ * allocates.
  */
 int sc_access_log_emit(sc_access_producer *p, const sc_access_record *r);
 /* Enqueues one formatted line (whole, '\n' included); 1 or -ENOBUFS. */

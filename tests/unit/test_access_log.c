@@ -896,6 +896,10 @@ static void test_new_errors(void **state)
     sc_access_log_reopen(log); /* stdout: nothing to reopen */
     sc_access_log_free(log);
     sc_access_log_free(NULL);
+    /* the log off: the per-request calls are no-ops */
+    sc_access_record r = sample_record();
+    assert_null(sc_access_log_producer(NULL, 0));
+    assert_int_equal(sc_access_log_emit(NULL, &r), 0);
     sc_access_log_stats st;
     sc_access_log_get_stats(NULL, &st);
     assert_int_equal(st.dropped, 0);
