@@ -506,7 +506,7 @@ static void handle_failures(admin_conn *ac, const sc_h1_head *h)
     static const char *const params[] = {"limit", "upstream"};
     sidecar *sc = ac->admin->sc;
     sc_admin_query q;
-    if (!method_is(h, "GET") && !method_is(h, "HEAD")) {
+    if (!method_is(h, "GET")) {
         respond(ac, 405, "text/plain", "use GET /failures?limit=1..1000&upstream=NAME\n");
         return;
     }
