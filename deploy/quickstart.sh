@@ -21,6 +21,7 @@ In another terminal:
   curl --http2-prior-knowledge http://127.0.0.1:9191/hello   # HTTP/2 caller, HTTP/1.1 upstream
   curl http://127.0.0.1:19000/clusters       # admin: upstreams and instances
   curl http://127.0.0.1:19000/stats          # admin: Prometheus metrics
+And in a browser on this machine: http://127.0.0.1:19000/ (the admin page).
 Ctrl-C drains and stops.
 
 MSG

@@ -57,6 +57,13 @@ int sc_worker_start(sc_worker *w);
 void sc_worker_request_drain(sc_worker *w);
 void sc_worker_join(sc_worker *w);
 void sc_worker_free(sc_worker *w);
+/* What a worker thread does around its ev_run, for running a worker's loop
+ * on the calling thread instead (tests/support/driver.c drives it with
+ * EVRUN_NOWAIT): begin starts its watchers; end closes every connection
+ * still open and frees the closed ones. Without sc_worker_start the worker
+ * holds no epoch slot, so endpoint snapshots are never waited for. */
+void sc_worker_loop_begin(sc_worker *w);
+void sc_worker_loop_end(sc_worker *w);
 /* Fails when any other socket holds the address (worker.c). */
 int sc_listen_probe(const sc_addr *a, char *err, size_t errlen);
 /* A listening socket for a route with SO_REUSEPORT (worker.c). */

@@ -12,6 +12,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install-deps.sh || exit 1
+bash tests/install-test-deps.sh || exit 1
 jobs=$(nproc)
 # Under ThreadSanitizer: drain and stop hand-offs (shutdown), Consul answers
 # reaching workers (authorize), endpoint publication (consul), bulkhead slots

@@ -1,5 +1,6 @@
 #include "admin/admin.h"
 #include "admin/admin_http.h"
+#include "admin/admin_page.h"
 
 #include "core/log.h"
 #include "core/prom.h"
@@ -10,6 +11,7 @@
 #include "http/h1.h"
 #include "obs/access_log.h"
 #include "obs/failures.h"
+#include "tls/tls.h"
 #include "tls/tls_runtime.h"
 
 #include <jansson.h>
@@ -27,6 +29,7 @@ struct sc_admin {
     ev_io listener;
     uint16_t port;                  /* of admin.listen */
     const struct sockaddr *own_ip;  /* admin.listen when a specific non-loopback address, else NULL */
+    char page_headers[640];         /* extra header lines of GET / (its Content-Security-Policy) */
 };
 
 typedef struct admin_conn {
@@ -52,7 +55,7 @@ static void conn_free(struct ev_loop *loop, admin_conn *ac)
 static void respond_ex(admin_conn *ac, int status, const char *ctype, const char *extra, const char *body)
 {
     size_t blen = strlen(body);
-    char head[512];
+    char head[1024];
     int hl = snprintf(head, sizeof(head),
                       "HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %zu\r\n%sconnection: close\r\n\r\n",
                       status, sc_h1_reason(status), ctype, blen, extra);
@@ -99,6 +102,32 @@ static uint64_t sum_worker(const sidecar *sc, size_t off)
 
 #define RS_OFF(field) offsetof(sc_route_stats, field)
 #define WS_OFF(field) offsetof(sc_worker_stats, field)
+
+/* Seconds until each certificate of ours in use expires (files or Connect),
+ * for alerts: labelled by what it is used for, as /certs names them. */
+static void render_cert_expiry(const sidecar *sc, FILE *f)
+{
+    const struct {
+        const char *use;
+        sc_tls_watch *w;
+    } ws[] = {{"inbound", sc->tls_server}, {"outbound_mutual", sc->tls_client}};
+    int64_t now = time(NULL);
+    bool head = false;
+    for (size_t i = 0; i < SC_ARRAY_LEN(ws); i++) {
+        sc_tls_ctx *ctx = ws[i].w ? sc_tls_watch_get(ws[i].w) : NULL;
+        const sc_tls_cert_info *ci = ctx ? sc_tls_ctx_cert(ctx) : NULL;
+        if (ci) {
+            if (!head)
+                sc_prom_head(f, "sidecar_tls_certificate_expiry_seconds", "gauge",
+                             "Seconds until our certificate in use expires (negative once expired), by use.");
+            head = true;
+            fprintf(f, "sidecar_tls_certificate_expiry_seconds{use=\"%s\"} %lld\n", ws[i].use,
+                    (long long)(ci->not_after - now));
+        }
+        if (ctx)
+            sc_tls_ctx_unref(ctx);
+    }
+}
 
 char *sc_admin_render_stats(const sidecar *sc)
 {
@@ -238,18 +267,20 @@ char *sc_admin_render_stats(const sidecar *sc)
     }
     sc_access_log_render_stats(sc->access_log, f);
     sc_failures_render_stats(sc->failures, f);
+    render_cert_expiry(sc, f);
     sc_prom_head(f, "sidecar_uptime_seconds", "gauge", "Seconds since start.");
     fprintf(f, "sidecar_uptime_seconds %llu\n", (unsigned long long)((sc_now_ms() - sc->started_ms) / 1000));
     fclose(f);
     return b.p;
 }
 
-static json_t *breaker_json(const sc_breaker *b, uint64_t now)
+static json_t *breaker_json(const sc_breaker *b, bool enabled, uint64_t now)
 {
     sc_breaker_view v;
     sc_breaker_snapshot(b, now, &v);
     static const char *const forced[] = {"none", "open", "closed"};
     json_t *j = json_object();
+    json_object_set_new(j, "enabled", json_boolean(enabled));
     json_object_set_new(j, "state", json_string(sc_breaker_state_name(v.state)));
     json_object_set_new(j, "forced", json_string(v.forced >= 0 && v.forced <= 2 ? forced[v.forced] : "?"));
     json_object_set_new(j, "calls", json_integer((json_int_t)v.calls));
@@ -313,10 +344,13 @@ char *sc_admin_render_clusters(const sidecar *sc)
         json_object_set_new(u, "connect_failures_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(connect_failures))));
         json_object_set_new(u, "timeouts_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(timeouts))));
         json_object_set_new(u, "retries_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(retries))));
-        json_object_set_new(u, "circuit_breaker", breaker_json(&rt->breaker, now));
+        const sc_policy *p = rt->policy; /* NULL for inbound */
+        json_object_set_new(u, "circuit_breaker", breaker_json(&rt->breaker, p && p->breaker.enabled, now));
+        json_object_set_new(u, "outlier_detection", json_boolean(p && p->outlier.enabled));
         sc_bulkhead_view bv;
         sc_bulkhead_snapshot(&rt->bulkhead, &bv);
-        json_object_set_new(u, "bulkhead", json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "active", (json_int_t)bv.active,
+        json_object_set_new(u, "bulkhead", json_pack("{s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "enabled",
+                                                     bv.max_concurrent != 0 && bv.max_concurrent != UINT32_MAX, "active", (json_int_t)bv.active,
                                                      "pending", (json_int_t)bv.pending, "connections", (json_int_t)bv.connections,
                                                      "max_concurrent", (json_int_t)bv.max_concurrent, "max_pending", (json_int_t)bv.max_pending,
                                                      "max_connections", (json_int_t)bv.max_connections, "admitted", (json_int_t)bv.admitted,
@@ -324,7 +358,8 @@ char *sc_admin_render_clusters(const sidecar *sc)
                                                      "queue_timeouts", (json_int_t)bv.queue_timeouts));
         sc_retry_budget_view rv;
         sc_retry_budget_snapshot(&rt->budget, now, &rv);
-        json_object_set_new(u, "retry_budget", json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I}", "requests", (json_int_t)rv.requests,
+        json_object_set_new(u, "retry_budget", json_pack("{s:b,s:I,s:I,s:I,s:I,s:I,s:I,s:f,s:I}", "enabled",
+                                                         p && p->retries.enabled && p->retries.max_attempts > 1, "requests", (json_int_t)rv.requests,
                                                          "retries", (json_int_t)rv.retries, "allowance", (json_int_t)rv.allowance,
                                                          "remaining", (json_int_t)rv.remaining, "granted", (json_int_t)rv.granted,
                                                          "refused", (json_int_t)rv.refused, "ratio", rv.ratio,
@@ -383,6 +418,9 @@ static void refuse(admin_conn *ac, const sc_h1_head *h, int status, const char *
  * GET/HEAD the same-origin marker. GET /ready is exempt: orchestrator probes
  * and Consul HTTP checks reach it by the pod or host address and cannot be
  * given a secret without spreading it, and it tells no more than "ready".
+ * GET / (the admin page) needs the Host check but not the token: it is the
+ * same static text for everyone, and the page asks the person for the token
+ * and sends it with the requests that fetch the figures.
  * Returns false after building the refusal.
  */
 static bool guard(admin_conn *ac, const sc_h1_head *h)
@@ -400,7 +438,8 @@ static bool guard(admin_conn *ac, const sc_h1_head *h)
         refuse(ac, h, 403, "", why);
         return false;
     }
-    if (cfg->admin.token && !sc_admin_token_ok(hdr(h, "authorization"), cfg->admin.token)) {
+    bool page = method_is(h, "GET") && path_is(h, "/");
+    if (cfg->admin.token && !page && !sc_admin_token_ok(hdr(h, "authorization"), cfg->admin.token)) {
         refuse(ac, h, 401, "www-authenticate: Bearer realm=\"sidecar-admin\"\r\n",
                "this admin endpoint needs 'Authorization: Bearer <the token in admin.token_file>'");
         return false;
@@ -580,12 +619,15 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
     } else if (path_is(h, "/failures")) {
         handle_failures(ac, h);
     } else if (path_is(h, "/")) {
+        respond_ex(ac, 200, "text/html; charset=utf-8", ac->admin->page_headers, sc_admin_page_html);
+    } else if (path_is(h, "/help")) {
         respond(ac, 200, "text/plain",
-                "sidecar admin\n  GET /ready\n  GET /stats\n  GET /clusters\n  GET /config\n"
-                "  GET /certs\n  GET /failures?limit=N&upstream=NAME\n  GET /log, POST /log?level=LEVEL\n  POST /drain\n  POST /breaker?upstream=NAME&action=open|close|release\n"
+                "sidecar admin\n  GET /          the admin page (HTML, for a browser)\n  GET /ready\n  GET /stats\n"
+                "  GET /clusters\n  GET /config\n  GET /certs\n  GET /failures?limit=N&upstream=NAME\n  GET /log, POST /log?level=LEVEL\n"
+                "  POST /drain\n  POST /breaker?upstream=NAME&action=open|close|release\n"
                 "POST needs the header 'X-Sidecar-Admin: 1'\n");
     } else {
-        respond(ac, 404, "text/plain", "not found; GET / lists the endpoints\n");
+        respond(ac, 404, "text/plain", "not found; GET /help lists the endpoints\n");
     }
     free(body);
 }
@@ -672,6 +714,18 @@ int sc_admin_start(sidecar *sc, sc_admin **out, char *err, size_t errlen)
         free(a);
         return rv;
     }
+    char csp[400];
+    rv = sc_admin_page_csp(sc_admin_page_html, csp, sizeof(csp));
+    if (rv < 0) { /* the page as built has no <script> or <style>: a build defect */
+        snprintf(err, errlen, "admin: the built-in admin page has no inline <script> and <style> to pin");
+        close(fd);
+        free(a);
+        return rv;
+    }
+    snprintf(a->page_headers, sizeof(a->page_headers),
+             "content-security-policy: %s\r\nx-content-type-options: nosniff\r\ncache-control: no-store\r\n"
+             "referrer-policy: no-referrer\r\n",
+             csp);
     ev_io_init(&a->listener, accept_cb, fd, EV_READ);
     ev_io_start(sc->loop, &a->listener);
     const sc_addr *la = &sc->cfg->admin.listen;

@@ -1,5 +1,7 @@
 /*
  * admin.h: the admin endpoint on the control thread (loopback by default):
+ *   GET  /          the admin page: HTML for a person (admin_page.h, docs/admin.md)
+ *   GET  /help      the list of endpoints, as text
  *   GET  /ready     200 when serving, 503 with the reason otherwise
  *   GET  /stats     Prometheus text format, counters summed over workers
  *   GET  /clusters  JSON: every upstream, its instances and live figures
@@ -18,7 +20,9 @@
  * application/json) and no foreign Origin (403): a web page cannot send
  * that cross-site. GET /ready is exempt so orchestrator probes and Consul
  * HTTP checks, which use the pod or host address, keep working; it changes
- * nothing. The checks themselves are in admin_http.h.
+ * nothing. GET / needs no token (the page is the same static text for
+ * everyone; it asks for the token and sends it when fetching the figures).
+ * The checks themselves are in admin_http.h.
  */
 #ifndef SC_ADMIN_H
 #define SC_ADMIN_H

@@ -72,6 +72,10 @@ bool sc_config_fields(sc_cx *c, const sc_ynode *m, const char *path, const char 
 void sc_config_require(sc_cx *c, const sc_ynode *m, const char *path, const char *key,
                        const sc_ynode *v);
 
+/* sc_config_fields with the key list's length taken from the array. */
+#define FIELDS(c, m, path, keys, out) \
+    sc_config_fields((c), (m), (path), (keys), SC_ARRAY_LEN(keys), (out))
+
 /* Typed readers: each does nothing and returns true when v is NULL (key
  * absent); otherwise stores the value or reports why it cannot, naming
  * `field` (the full dotted path), and returns false. */
@@ -132,6 +136,41 @@ const char *sc_config_tls_mode_name(sc_tls_mode m);
 const char *sc_config_check_name(int check);
 const char *sc_config_probe_name(int probe);
 char *sc_config_read_file(const char *path, size_t *len, int *err);
+
+/* ---- sidecar.yaml (config.c, config_consul.c) ---- */
+
+/* What the loader remembers while it works. */
+typedef struct sc_pmeta {
+    sc_policy_where w;
+    char prefix[32];            /* "upstreams[3]" or "" */
+} sc_pmeta;
+
+typedef struct sc_loader {
+    sc_cx c;                    /* context of sidecar.yaml */
+    sc_config *cfg;
+    sc_pmeta *meta;
+    size_t cap;
+    int io_err;
+    unsigned admin_line, inbound_listen_line, inbound_app_line, policies_line, tls_line;
+    unsigned consul_line, token_line, token_file_line, ssl_line, address_line;
+    unsigned health_line, check_line, grpc_listen_line;
+    unsigned server_name_line;
+    bool set_address, set_token, set_token_file, set_ssl, set_ssl_verify, set_ca, set_cert,
+        set_key, set_ca_path, set_server_name, set_ns, set_partition;
+} sc_loader;
+
+/* Reads a one-line secret (a token) from `path` into *dst (replacing it);
+ * surrounding whitespace is dropped; an empty, multi-line or unreadable file
+ * is a problem reported at `line` under `field` (from_env, when not NULL,
+ * is appended to the path in the message). */
+void sc_config_read_secret_file(sc_loader *L, const char *path, unsigned line,
+                                const char *field, const char *from_env, char **dst);
+/* The consul: section (sets cfg->consul.enabled). */
+void sc_config_parse_consul(sc_loader *L, const sc_ynode *m);
+/* With Consul enabled, after the whole file: the CONSUL_* environment fills
+ * in what the file left unset, then the address, TLS and token are checked
+ * (and the token file read). */
+void sc_config_apply_consul_env(sc_loader *L);
 
 /* The access_log: section (access_log_config.c): defaults, parsing and
  * checks into *a, its JSON form, and what it owns. */

@@ -115,9 +115,6 @@ void sc_policy_clear(sc_policy *p)
     memset(p, 0, sizeof(*p));
 }
 
-#define FIELDS(c, m, path, keys, out) \
-    sc_config_fields((c), (m), (path), (keys), SC_ARRAY_LEN(keys), (out))
-
 /* A list of condition names into SC_COND_* and gRPC code bits. */
 static bool parse_conds(sc_cx *c, const sc_ynode *v, const char *field, sc_proto proto,
                         uint32_t *bits, uint32_t *grpc_bits)

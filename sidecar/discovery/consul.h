@@ -33,7 +33,7 @@
  * Agent address: consul.tls_server_name puts that name in the request URLs
  * (SNI and certificate verification) and maps it to consul.address with
  * CURLOPT_CONNECT_TO; consul.namespace / partition go on the requests Consul
- * scopes (see creq_start in consul.c).
+ * scopes (see sc_consul_req_start in consul_http.c).
  *
  * Ownership: the client belongs to the sidecar; start and stop on the
  * control thread. The JSON and stats functions are for the admin endpoint

@@ -263,23 +263,14 @@ char *sc_failures_render_json(const sc_failures *f, const char *upstream, size_t
     }
     sc_jw w;
     sc_jw_init(&w, out, cap - 1);
-    SC_JW_LIT(&w, "{\"failures\":[");
+    SC_JW_LIT(&w, "[");
     for (size_t i = 0; i < n; i++) {
         if (i)
-            SC_JW_LIT(&w, ",\n");
-        else
-            SC_JW_LIT(&w, "\n");
+            SC_JW_LIT(&w, ",");
+        SC_JW_LIT(&w, "\n");
         entry_json(&w, &v[i], now_unix_ns);
     }
-    SC_JW_LIT(&w, "],\n\"shown\":");
-    sc_jw_u64(&w, n);
-    SC_JW_LIT(&w, ",\"recorded_total\":");
-    sc_jw_u64(&w, sc_failures_total(f));
-    SC_JW_LIT(&w, ",\"per_worker\":");
-    sc_jw_u64(&w, SC_FAILURES_PER_WORKER);
-    SC_JW_LIT(&w, ",\"workers\":");
-    sc_jw_u64(&w, f ? f->n : 0);
-    SC_JW_LIT(&w, "}\n");
+    SC_JW_LIT(&w, "]\n");
     free(v);
     if (w.overflow) { /* cannot happen with the bounds above */
         free(out);

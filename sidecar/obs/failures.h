@@ -92,11 +92,10 @@ void sc_failures_render_stats(const sc_failures *f, FILE *out);
 size_t sc_failures_snapshot(const sc_failures *f, const char *upstream, sc_failure *out, size_t max);
 
 /*
- * The JSON of GET /failures (fields in docs/observability.md):
- *   {"failures":[{...}, ...], "shown":N, "recorded_total":N,
- *    "per_worker":64, "workers":W}
- * at most `limit` entries (clamped to 1..SC_FAILURES_LIMIT_MAX), ages
- * against now_unix_ns. Caller frees; NULL when out of memory.
+ * The JSON of GET /failures (fields in docs/observability.md): an array of
+ * entries, newest first, [{"time":..., "upstream":..., ...}, ...], at most
+ * `limit` of them (clamped to 1..SC_FAILURES_LIMIT_MAX), ages against
+ * now_unix_ns. Caller frees; NULL when out of memory.
  */
 char *sc_failures_render_json(const sc_failures *f, const char *upstream, size_t limit, uint64_t now_unix_ns);
 

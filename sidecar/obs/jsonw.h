@@ -47,7 +47,7 @@ static inline void sc_jw_raw(sc_jw *w, const char *s, size_t n)
     memcpy(w->p, s, n);
     w->p += n;
 }
-#define SC_JW_LIT(w, s) sc_jw_raw((w), (s), sizeof(s) - 1)
+#define SC_JW_LIT(w, s) sc_jw_raw((w), "" s, sizeof(s) - 1) /* string literals only */
 
 static inline void sc_jw_char(sc_jw *w, char c)
 {

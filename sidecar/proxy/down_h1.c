@@ -309,7 +309,7 @@ static void process(sc_conn *c)
         if (s) {
             if (!s->reqp.eof && !(s->flags & SC_ST_F_DOWN_DONE)) {
                 int rv = pump_body(c, s);
-                if (rv < 0) {
+                if (rv < 0) { /* -ENOMEM: no buffer for the body: the request was fine, the sidecar is not */
                     if (rv == -ENOMEM)
                         reject(c, 503, SC_BAD_REQ_BODY, "sidecar-out-of-memory", "out of memory");
                     else
@@ -555,6 +555,10 @@ static int produce(sc_conn *c)
         sc_stream_downstream_done(s, true);
         return -ECONNABORTED;
     }
+    /* write_head takes "no room" for "wait for the socket"; no buffer at all
+     * would wait for ever: closing is the only answer left. */
+    if (sc_buf_reserve(c->w, &c->out, 64 * 1024) < 0)
+        return -ENOMEM;
     if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
         int rv = write_head(c, s);
         if (rv == -ENOMEM)

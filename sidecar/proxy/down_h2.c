@@ -522,9 +522,10 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     if (sc_buf_len(&s->respp.buf) == 0 && s->respp.eof) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->respp.n_trailers) {
-            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            /* Not queued (out of memory): reset rather than leave the stream open for ever. */
             if (nghttp2_submit_trailer(session, sid, s->respp.trailers, s->respp.n_trailers) != 0)
-                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* the stream could not end properly: RST */
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         }
         return (ssize_t)n;
     }
@@ -783,6 +784,7 @@ int sc_down_h2_upgrade(sc_conn *c)
     };
     if (nghttp2_submit_settings(d->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv)) != 0 ||
         nghttp2_session_set_local_window_size(d->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW) != 0) {
+        /* Out of memory: without our SETTINGS the caller would wait for ever. */
         nghttp2_session_del(d->h2);
         d->h2 = NULL;
         return -ENOMEM;

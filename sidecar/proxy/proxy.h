@@ -361,8 +361,8 @@ struct sc_worker {
     sc_link authz_waiters;          /* streams waiting for Consul's answer (sc_stream.alink) */
     /* free lists */
     void *free_streams;
-    void *free_blocks;
-    unsigned n_free_blocks;
+    void *free_blocks[2];           /* block pool, two sizes (worker.c) */
+    unsigned n_free_blocks[2];
     _Atomic uint64_t epoch;         /* 0 while idle in poll, else the global epoch at wake-up */
 };
 

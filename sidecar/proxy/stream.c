@@ -418,8 +418,10 @@ static void add_headers(sc_stream *s, sc_msg *m, const sc_kv *v, size_t n)
         sc_msg_add(s, m, v[i].key, strlen(v[i].key), v[i].value, strlen(v[i].value));
 }
 
-/* Builds the sidecar's own answer into s->resp / s->respp. */
-static void local_reply(sc_stream *s, sc_fail why)
+/* Builds the sidecar's own answer into s->resp / s->respp. Returns -ENOMEM
+ * when a gRPC answer cannot carry its grpc-status (the caller would take
+ * the call for a success). */
+static int local_reply(sc_stream *s, sc_fail why)
 {
     sc_route_stats *rs = &s->w->stats->routes[s->route->index];
     SC_STAT_INC(rs->local_replies);
@@ -459,13 +461,14 @@ static void local_reply(sc_stream *s, sc_fail why)
                                              enc, sizeof(enc));
         m->status = 200;
         m->content_length = -1;
-        sc_msg_add(s, m, "content-type", 12, "application/grpc", 16);
-        sc_msg_add(s, m, "grpc-status", 11, code, strlen(code));
-        sc_msg_add(s, m, "grpc-message", 12, enc, elen);
+        if (sc_msg_add(s, m, "content-type", 12, "application/grpc", 16) < 0 ||
+            sc_msg_add(s, m, "grpc-status", 11, code, strlen(code)) < 0)
+            return -ENOMEM;
+        sc_msg_add(s, m, "grpc-message", 12, enc, elen); /* these two may be missing, the status may not */
         sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
         if (fallback)
             add_headers(s, m, bp->fallback_grpc_metadata, bp->n_fallback_grpc_metadata);
-        return;
+        return 0;
     }
     const char *body = msg;
     size_t n = strlen(msg);
@@ -483,13 +486,17 @@ static void local_reply(sc_stream *s, sc_fail why)
     if (!sc_msg_find(m, "content-type")) /* a fallback may bring its own */
         sc_msg_add(s, m, "content-type", 12, "text/plain; charset=utf-8", 25);
     sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
-    if (!(s->flags & SC_ST_F_HEAD_REQ) && n &&
-        sc_buf_reserve(s->w, &s->respp.buf, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)n)) == 0 &&
-        sc_buf_space(&s->respp.buf) >= n) {
-        memcpy(sc_buf_tail(&s->respp.buf), body, n);
-        s->respp.buf.end += (uint32_t)n;
-        s->respp.total += n;
+    if (!(s->flags & SC_ST_F_HEAD_REQ) && n) {
+        if (sc_buf_reserve(s->w, &s->respp.buf, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)n)) == 0 &&
+            sc_buf_space(&s->respp.buf) >= n) {
+            memcpy(sc_buf_tail(&s->respp.buf), body, n);
+            s->respp.buf.end += (uint32_t)n;
+            s->respp.total += n;
+        } else {
+            m->content_length = 0; /* out of memory: the status alone, not a length nothing follows */
+        }
     }
+    return 0;
 }
 
 /* ---- retries ---- */
@@ -501,19 +508,15 @@ static int rewind_request(sc_stream *s)
 {
     size_t rl = s->replay.end, ql = sc_buf_len(&s->reqp.buf);
     if (rl) {
-        uint32_t cap = SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)(rl + ql));
-        char *nb = malloc(cap);
-        if (!nb)
+        sc_buf nb = {0}; /* from the block pool, like every buffer (release returns it there) */
+        if (sc_buf_reserve(s->w, &nb, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)(rl + ql))) < 0)
             return -ENOMEM;
-        memcpy(nb, s->replay.data, rl);
+        memcpy(nb.data, s->replay.data, rl);
         if (ql)
-            memcpy(nb + rl, sc_buf_head(&s->reqp.buf), ql);
+            memcpy(nb.data + rl, sc_buf_head(&s->reqp.buf), ql);
+        nb.end = (uint32_t)(rl + ql);
         sc_buf_release(s->w, &s->reqp.buf);
-        /* cap differs from the block size unless equal: sc_buf_release frees or pools it correctly */
-        s->reqp.buf.data = nb;
-        s->reqp.buf.cap = cap;
-        s->reqp.buf.start = 0;
-        s->reqp.buf.end = (uint32_t)(rl + ql);
+        s->reqp.buf = nb;
         s->replay.end = 0;
     }
     s->req_sent = 0;
@@ -679,7 +682,14 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
         return;
     }
     if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
-        local_reply(s, why);
+        if (local_reply(s, why) < 0) {
+            /* Out of memory for the answer: cut the stream as if mid-response
+             * (the codecs reset or close when the head is out and the body
+             * failed); status 0 keeps it out of the response counters. */
+            s->resp.status = 0;
+            s->flags |= SC_ST_F_DOWN_HEAD_SENT;
+            s->respp.eof = false;
+        }
     } else if (s->req.is_grpc && s->down->ops->kind == SC_CONN_DOWN_H2 && !s->respp.eof) {
         /* Headers went out already: end the call with a status in trailers. */
         char code[8], enc[512], msg[384];
@@ -689,10 +699,10 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
         snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
         size_t elen = sc_grpc_message_encode(msg, enc, sizeof(enc));
         s->respp.n_trailers = s->respp.cap_trailers = 0;
-        /* Without memory for the status the call may not end as if it were
-         * complete: the downstream codec aborts it (RST_STREAM) instead. */
-        s->respp.eof = sc_pipe_add_trailer(s, &s->respp, "grpc-status", 11, code, strlen(code)) == 0 &&
-                       sc_pipe_add_trailer(s, &s->respp, "grpc-message", 12, enc, elen) == 0;
+        /* Out of memory for the status: the stream is reset (RST_STREAM) instead. */
+        s->respp.eof = sc_pipe_add_trailer(s, &s->respp, "grpc-status", 11, code, strlen(code)) == 0;
+        if (s->respp.eof)
+            sc_pipe_add_trailer(s, &s->respp, "grpc-message", 12, enc, elen);
     } else {
         s->respp.eof = false;
         s->fail = why; /* the downstream codec aborts (RST_STREAM / close) */

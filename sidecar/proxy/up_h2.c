@@ -60,9 +60,10 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     if (sc_buf_len(&s->reqp.buf) == 0 && s->reqp.eof) {
         *data_flags |= NGHTTP2_DATA_FLAG_EOF;
         if (s->reqp.n_trailers) {
-            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+            /* Not queued (out of memory): reset rather than leave the stream open for ever. */
             if (nghttp2_submit_trailer(session, sid, s->reqp.trailers, s->reqp.n_trailers) != 0)
-                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* the request could not end properly: RST */
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         }
         s->flags |= SC_ST_F_REQ_SENT;
         return (ssize_t)n;
@@ -351,9 +352,18 @@ static bool resend_allowed(int lib_error)
            lib_error == NGHTTP2_ERR_STREAM_CLOSING || lib_error == NGHTTP2_ERR_STREAM_CLOSED;
 }
 
-static bool head_too_large(int lib_error)
+/* Why nghttp2 could not send a request head: its block was longer than
+ * nghttp2 sends (FRAME_SIZE_ERROR: 431), or the HPACK encoder failed
+ * (HEADER_COMP). The block cap is set above limits.max_header_bytes (see
+ * sc_h2_session_option) and heads over the limit never get this far, so an
+ * encoder failure is the sidecar's (no memory), not the request's. */
+static sc_fail unsendable_head_fail(int lib_error)
 {
-    return lib_error == NGHTTP2_ERR_FRAME_SIZE_ERROR || lib_error == NGHTTP2_ERR_HEADER_COMP;
+    if (lib_error == NGHTTP2_ERR_FRAME_SIZE_ERROR)
+        return SC_FAIL_HEADERS_TOO_LARGE;
+    if (lib_error == NGHTTP2_ERR_HEADER_COMP || lib_error == NGHTTP2_ERR_NOMEM)
+        return SC_FAIL_NO_MEMORY;
+    return SC_FAIL_REFUSED_STREAM;
 }
 
 /* A frame nghttp2 dropped instead of sending: for a request head, remembered
@@ -391,8 +401,7 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
         SC_WARN_LIMITED(&s->route->log_limit, "upstream %s: request head for %.*s could not be sent to %s: %s",
                         s->route->name, (int)SC_MIN(s->req.path_len, 200), s->req.path, u->super.peer_text,
                         nghttp2_strerror(s->up_send_error));
-        sc_stream_upstream_failed(s, head_too_large(s->up_send_error) ? SC_FAIL_HEADERS_TOO_LARGE
-                                                                        : SC_FAIL_REFUSED_STREAM);
+        sc_stream_upstream_failed(s, unsendable_head_fail(s->up_send_error));
     } else if (error_code == NGHTTP2_REFUSED_STREAM && !s->resp.head_done && s->req_sent == 0) {
         /* Never processed (GOAWAY or refused): safe to send on another
          * connection, a bounded number of times. */
@@ -461,7 +470,16 @@ static void on_readable(sc_conn *c)
 static int produce(sc_conn *c)
 {
     sc_up_conn *u = SC_UP(c);
-    return sc_h2_produce(c, u->h2);
+    int rv = sc_h2_produce(c, u->h2);
+    if (rv < 0)
+        return rv;
+    /* nghttp2 ended the session itself (e.g. a header block it could not
+     * compress: GOAWAY, streams left open): once that is out, close, so the
+     * streams fail now instead of at their deadline. */
+    if (!nghttp2_session_want_read(u->h2) && !nghttp2_session_want_write(u->h2) && sc_buf_len(&c->out) == 0 &&
+        !c->pend_len)
+        return -ECONNRESET;
+    return 0;
 }
 
 static void on_close(sc_conn *c, int err)

@@ -25,19 +25,48 @@
 #define ACCEPT_BURST 64
 #define ACCEPT_PAUSE_MS 100
 
-/* ---- block pool ---- */
+/* ---- block pool ----
+ *
+ * Two block sizes, each with its own free list: stream pipes
+ * (limits.stream_buffer) and connection I/O buffers (OUT_CAP, or
+ * limits.max_header_bytes + 1 when a whole request head must fit). A buffer
+ * asks for a capacity and gets a block of the smallest class that holds it
+ * (its usable capacity stays what it asked for), or a malloc of its own
+ * above both. The class follows from the capacity alone, so release finds
+ * the list a block came from. On the per-request path every buffer comes
+ * from a free list once the worker is warm: no malloc, and no 64 KiB blocks
+ * handed back to the kernel and faulted in again. */
+
+static int block_class(const sc_worker *w, uint32_t cap, uint32_t *size)
+{
+    uint32_t a = w->sc->cfg->limits.stream_buffer;
+    uint32_t b = SC_MAX((uint32_t)OUT_CAP, w->sc->cfg->limits.max_header_bytes + 1);
+    int small = a <= b ? 0 : 1; /* the class with the smaller blocks is tried first */
+    uint32_t sz[2] = {a, b};
+    if (cap <= sz[small]) {
+        *size = sz[small];
+        return small;
+    }
+    if (cap <= sz[!small]) {
+        *size = sz[!small];
+        return !small;
+    }
+    *size = cap;
+    return -1;
+}
 
 int sc_buf_reserve(sc_worker *w, sc_buf *b, uint32_t cap)
 {
     if (b->data)
         return 0;
-    uint32_t block = w->sc->cfg->limits.stream_buffer;
-    if (cap == block && w->free_blocks) {
-        b->data = w->free_blocks;
-        w->free_blocks = *(void **)b->data;
-        w->n_free_blocks--;
+    uint32_t size;
+    int k = block_class(w, cap, &size);
+    if (k >= 0 && w->free_blocks[k]) {
+        b->data = w->free_blocks[k];
+        w->free_blocks[k] = *(void **)b->data;
+        w->n_free_blocks[k]--;
     } else {
-        b->data = malloc(cap);
+        b->data = malloc(size);
         if (!b->data)
             return -ENOMEM;
     }
@@ -50,10 +79,12 @@ void sc_buf_release(sc_worker *w, sc_buf *b)
 {
     if (!b->data)
         return;
-    if (b->cap == w->sc->cfg->limits.stream_buffer && w->n_free_blocks < MAX_FREE_BLOCKS) {
-        *(void **)b->data = w->free_blocks;
-        w->free_blocks = b->data;
-        w->n_free_blocks++;
+    uint32_t size;
+    int k = block_class(w, b->cap, &size);
+    if (k >= 0 && w->n_free_blocks[k] < MAX_FREE_BLOCKS) {
+        *(void **)b->data = w->free_blocks[k];
+        w->free_blocks[k] = b->data;
+        w->n_free_blocks[k]++;
     } else {
         free(b->data);
     }
@@ -493,6 +524,8 @@ typedef struct worker_priv {
 } worker_priv;
 
 static _Thread_local worker_priv *t_priv;
+/* For a worker loop run on a thread that is not its own (sc_worker_loop_begin:
+ * the test driver), and for connections closed outside any worker thread. */
 static worker_priv g_main_priv = {{&g_main_priv.graveyard, &g_main_priv.graveyard}};
 
 static sc_link *graveyard_of(sc_worker *w)
@@ -539,7 +572,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
         if (!(c->flags & SC_CONN_F_CLOSED))
             conn_flush(c);
     }
-    bury(&t_priv->graveyard);
+    bury(graveyard_of(w));
     if (!sc_list_empty(&w->dirty)) {
         if (!ev_is_active(&w->more))
             ev_idle_start(w->loop, &w->more);
@@ -750,23 +783,17 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
     return 0;
 }
 
-static void *worker_main(void *arg)
+void sc_worker_loop_begin(sc_worker *w)
 {
-    sc_worker *w = arg;
-    char name[16];
-    snprintf(name, sizeof(name), "worker-%u", w->id);
-    sc_log_set_thread_name(name);
-    worker_priv priv;
-    sc_list_init(&priv.graveyard);
-    t_priv = &priv;
-    if (w->start_delay_ms) /* test hook: widens the window between thread start and loop start */
-        usleep((useconds_t)w->start_delay_ms * 1000u);
     for (size_t i = 0; i < w->sc->n_routes; i++)
         ev_io_start(w->loop, &w->listeners[i]);
     ev_prepare_start(w->loop, &w->flush);
     ev_check_start(w->loop, &w->check);
     sc_epoch_enter(&w->epoch);
-    ev_run(w->loop, 0);
+}
+
+void sc_worker_loop_end(sc_worker *w)
+{
     /* Whatever is still open after the drain is cut now. */
     stop_listeners(w);
     while (!sc_list_empty(&w->down_conns))
@@ -778,8 +805,24 @@ static void *worker_main(void *arg)
         while (!sc_list_empty(&rs->h1_idle))
             sc_conn_close(SC_CONTAINER_OF(rs->h1_idle.next, sc_conn, link), -ECANCELED);
     }
-    bury(&priv.graveyard);
+    bury(graveyard_of(w));
     sc_epoch_leave(&w->epoch);
+}
+
+static void *worker_main(void *arg)
+{
+    sc_worker *w = arg;
+    char name[16];
+    snprintf(name, sizeof(name), "worker-%u", w->id);
+    sc_log_set_thread_name(name);
+    worker_priv priv;
+    sc_list_init(&priv.graveyard);
+    t_priv = &priv;
+    if (w->start_delay_ms) /* test hook: widens the window between thread start and loop start */
+        usleep((useconds_t)w->start_delay_ms * 1000u);
+    sc_worker_loop_begin(w);
+    ev_run(w->loop, 0);
+    sc_worker_loop_end(w);
     atomic_fetch_sub(&w->sc->workers_running, 1);
     t_priv = NULL;
     return NULL;
@@ -804,11 +847,12 @@ void sc_worker_join(sc_worker *w)
 
 void sc_worker_free(sc_worker *w)
 {
-    while (w->free_blocks) {
-        void *b = w->free_blocks;
-        w->free_blocks = *(void **)b;
-        free(b);
-    }
+    for (int k = 0; k < 2; k++)
+        while (w->free_blocks[k]) {
+            void *b = w->free_blocks[k];
+            w->free_blocks[k] = *(void **)b;
+            free(b);
+        }
     while (w->free_streams) {
         void *s = w->free_streams;
         w->free_streams = *(void **)s;

@@ -443,6 +443,41 @@ def read_rss_kib(pid):
     return None
 
 
+def http_request(url, method="GET", timeout=5.0, data=None, headers=None):
+    """(status, headers dict lower-case, body bytes) of one request with
+    urllib, no proxy; an HTTP error status is an answer, not an exception."""
+    req = urllib.request.Request(url, method=method, data=data, headers=headers or {})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(req, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+class Traffic:
+    """GETs to `url` every `interval` seconds in a thread, for at most
+    `limit` seconds or until stop(); counts the answers by status."""
+
+    def __init__(self, url, interval=0.1, limit=60.0):
+        self.url, self.interval, self.limit = url, interval, limit
+        self.codes = {}
+        self._stop = threading.Event()
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        end = time.time() + self.limit
+        while not self._stop.is_set() and time.time() < end:
+            status = http_request(self.url, timeout=2.0)[0]
+            self.codes[status] = self.codes.get(status, 0) + 1
+            self._stop.wait(self.interval)
+
+    def stop(self):
+        self._stop.set()
+        self.t.join(5)
+
+
 class SidecarError(AssertionError):
     pass
 
@@ -588,14 +623,8 @@ class Sidecar:
     def admin(self, path, method="GET", timeout=5.0, data=None, headers=None):
         """(status, headers dict lower-case, body bytes) of an admin request.
         `headers` replaces the default ADMIN_MARKER (pass {} to send none)."""
-        req = urllib.request.Request(self.admin_url(path), method=method, data=data,
-                                     headers=self.ADMIN_MARKER if headers is None else headers)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(req, timeout=timeout) as r:
-                return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+        return http_request(self.admin_url(path), method=method, timeout=timeout, data=data,
+                            headers=self.ADMIN_MARKER if headers is None else headers)
 
     def admin_json(self, path):
         status, _, body = self.admin(path)

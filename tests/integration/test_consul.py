@@ -286,6 +286,12 @@ class RegistrationTest(ConsulTestCase):
                                          app_port=app.port, in_port=free_port()))
                 first = self.wait_register(emu)
                 self.assertIn("web-1", local_services(emu))
+                # The emulator logs the registration before its answer is
+                # sent: restart only once the sidecar has the answer, or the
+                # restart cuts it and the sidecar's retry is a first
+                # registration, not a second one.
+                self.assertTrue(wait_until(
+                    lambda: sc.stats().value("sidecar_consul_registrations_total") >= 1, 5))
                 emu.restart_agent()  # (the sidecar may register again at once)
                 self.wait_register(emu, since=first["Seq"], timeout=15)
                 self.assertTrue(wait_until(lambda: "web-1" in local_services(emu), 5))

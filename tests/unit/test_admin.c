@@ -1,7 +1,8 @@
 /*
  * test_admin.c: the pure parts of the admin endpoint: the query-string
  * parser, the Host check against DNS rebinding, the cross-site checks of
- * state-changing requests and the bearer token.
+ * state-changing requests and the bearer token; the admin page's
+ * Content-Security-Policy.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +16,9 @@
 #include <string.h>
 
 #include "admin/admin_http.h"
+#include "admin/admin_page.h"
+
+#include <errno.h>
 
 #define T(s) (s), strlen(s)
 
@@ -265,6 +269,29 @@ static void test_token(void **state)
     assert_false(sc_admin_token_ok((sc_admin_hval){with_nul, sizeof(with_nul) - 1}, tok));
 }
 
+/* ---- the admin page's Content-Security-Policy ---- */
+
+static void test_page_csp(void **state)
+{
+    (void)state;
+    char csp[400];
+    /* SHA-256 of "" and of "abc", base64 (the text between the tags) */
+    assert_int_equal(sc_admin_page_csp("<p><script></script><style>abc</style>", csp, sizeof(csp)), 0);
+    assert_non_null(strstr(csp, "default-src 'none'; "));
+    assert_non_null(strstr(csp, "script-src 'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='; "));
+    assert_non_null(strstr(csp, "style-src 'sha256-ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0='; "));
+    assert_non_null(strstr(csp, "connect-src 'self'"));
+    assert_non_null(strstr(csp, "frame-ancestors 'none'"));
+    /* missing or unterminated elements, a short buffer */
+    assert_int_equal(sc_admin_page_csp("<style>a</style>", csp, sizeof(csp)), -EINVAL);
+    assert_int_equal(sc_admin_page_csp("<script>x</script>", csp, sizeof(csp)), -EINVAL);
+    assert_int_equal(sc_admin_page_csp("<script>x<style></style>", csp, sizeof(csp)), -EINVAL);
+    assert_int_equal(sc_admin_page_csp("<script></script><style></style>", csp, 60), -ENOSPC);
+    /* the built-in page has both, and they fit */
+    assert_int_equal(sc_admin_page_csp(sc_admin_page_html, csp, sizeof(csp)), 0);
+    assert_int_equal(strlen(sc_admin_page_html), sc_admin_page_html_len);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -276,6 +303,7 @@ int main(void)
         cmocka_unit_test(test_host),
         cmocka_unit_test(test_csrf),
         cmocka_unit_test(test_token),
+        cmocka_unit_test(test_page_csp),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -155,14 +155,10 @@ static void test_render_json(void **state)
     (void)state;
     sc_failures *f = sc_failures_new(2);
     char *s = sc_failures_render_json(f, NULL, 100, 0);
-    json_error_t e;
-    json_t *j = json_loads(s, 0, &e);
-    assert_non_null(j);
-    assert_int_equal(json_array_size(json_object_get(j, "failures")), 0);
-    assert_int_equal(json_integer_value(json_object_get(j, "workers")), 2);
-    assert_int_equal(json_integer_value(json_object_get(j, "per_worker")), SC_FAILURES_PER_WORKER);
-    json_decref(j);
+    assert_string_equal(s, "[]\n");
     free(s);
+    json_error_t e;
+    json_t *j;
 
     sc_access_record r = failed("pay", 1796621477123000000ull, "circuit-open");
     r.path = sc_obs_cstr("/q?x=\"<script>\"\r\n\xff");
@@ -176,11 +172,9 @@ static void test_render_json(void **state)
     j = json_loads(s, 0, &e); /* strict UTF-8 */
     if (!j)
         fail_msg("bad JSON (%s): %s", e.text, s);
-    json_t *a = json_object_get(j, "failures");
-    assert_int_equal(json_array_size(a), 1); /* limit */
-    assert_int_equal(json_integer_value(json_object_get(j, "shown")), 1);
-    assert_int_equal(json_integer_value(json_object_get(j, "recorded_total")), 2);
-    json_t *x = json_array_get(a, 0);
+    assert_true(json_is_array(j));
+    assert_int_equal(json_array_size(j), 1); /* limit */
+    json_t *x = json_array_get(j, 0);
     assert_string_equal(json_string_value(json_object_get(x, "time")), "2026-12-07T05:31:17.124Z");
     assert_int_equal(json_integer_value(json_object_get(x, "age_ms")), 1999);
     assert_int_equal(json_integer_value(json_object_get(x, "worker")), 1);
@@ -201,15 +195,15 @@ static void test_render_json(void **state)
     free(s);
     /* limits are clamped, the filter applies, NULL rings render empty */
     s = sc_failures_render_json(f, "other", 0, 0);
+    assert_string_equal(s, "[]\n");
+    free(s);
+    s = sc_failures_render_json(f, NULL, 5000, 0);
     j = json_loads(s, 0, &e);
-    assert_int_equal(json_array_size(json_object_get(j, "failures")), 0);
+    assert_int_equal(json_array_size(j), 2);
     json_decref(j);
     free(s);
     s = sc_failures_render_json(NULL, NULL, 5000, 0);
-    j = json_loads(s, 0, &e);
-    assert_non_null(j);
-    assert_int_equal(json_integer_value(json_object_get(j, "workers")), 0);
-    json_decref(j);
+    assert_string_equal(s, "[]\n");
     free(s);
     sc_failures_free(f);
 }
@@ -235,7 +229,7 @@ static void test_render_worst_case(void **state)
     json_error_t e;
     json_t *j = json_loads(s, 0, &e);
     assert_non_null(j);
-    assert_int_equal(json_array_size(json_object_get(j, "failures")), W * SC_FAILURES_PER_WORKER);
+    assert_int_equal(json_array_size(j), W * SC_FAILURES_PER_WORKER);
     json_decref(j);
     free(s);
     sc_failures_free(f);

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# tests/bench/instructions.sh: instructions per request of one or more
+# sidecar binaries, counted by valgrind's callgrind over a fixed number of
+# requests: the A/B comparison for a change that must not cost CPU.
+#
+#   tests/bench/instructions.sh [-n REQUESTS] [--loads grpc,http1] BINARY [BINARY...]
+#
+# Why instructions: CPU time per request (run.sh) needs a quiet machine and
+# several runs to see a 2% difference; an instruction count over the same
+# requests is the same on every run whatever else the machine does, so two
+# binaries compare in one pass. It is not a time: cache misses, syscalls and
+# the kernel's work are not in it (run.sh measures those). Both binaries see
+# exactly the same requests, backends and configuration.
+#
+# Method: the sidecar (workers: 1, the run.sh configuration without TLS)
+# runs under callgrind with instrumentation off; REQUESTS/10 warm-up requests;
+# instrumentation on (callgrind_control -i on), REQUESTS requests, off again,
+# dump; the Ir total of that dump / REQUESTS. Loads: grpc = h2load -c 8 -m 16 unary
+# POSTs (the run.sh request), http1 = h2load --h1 -c 16 GETs. Every process
+# is killed on exit; every load is bounded by `timeout`.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+N=20000
+LOADS=grpc,http1
+BINS=()
+while (($#)); do
+    case $1 in
+        -n) N=$2; shift 2 ;;
+        --loads) LOADS=$2; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) BINS+=("$(readlink -f "$1")"); shift ;;
+    esac
+done
+((${#BINS[@]})) || { echo "usage: $0 [-n N] [--loads grpc,http1] BINARY..." >&2; exit 2; }
+for t in valgrind callgrind_control h2load cc; do
+    command -v "$t" >/dev/null || { echo "$t is needed (valgrind, nghttp2-client, gcc)" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d /tmp/sidecar-instr.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    [[ ${KEEP:-} ]] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+cc -O2 -o "$WORK/grpc_backend" "$HERE/grpc_backend.c" -lnghttp2 -lev
+cc -O2 -o "$WORK/http1_backend" "$HERE/http1_backend.c"
+BG=$(free_port); BH=$(free_port)
+"$WORK/grpc_backend" "$BG" 16 >"$WORK/grpc_backend.log" 2>&1 & PIDS+=($!)
+"$WORK/http1_backend" "$BH" 64 >"$WORK/http1_backend.log" 2>&1 & PIDS+=($!)
+wait_port "$BG" && wait_port "$BH" || { echo "backends did not start" >&2; exit 1; }
+printf '\x00\x00\x00\x00\x10\x0a\x0ehello-sidecar!' >"$WORK/grpc-request.bin"
+
+load() { # load KIND PORT COUNT
+    case $1 in
+        grpc) timeout 600 h2load -n "$3" -c 8 -m 16 -d "$WORK/grpc-request.bin" -H 'content-type: application/grpc' \
+                  -H 'te: trailers' "http://127.0.0.1:$2/bench.Bench/Echo" ;;
+        http1) timeout 600 h2load --h1 -n "$3" -c 16 -m 1 "http://127.0.0.1:$2/" ;;
+    esac
+}
+
+printf '| binary | load | requests | 2xx | instructions/request |\n|---|---|---:|---:|---:|\n'
+for bin in "${BINS[@]}"; do
+    IFS=, read -ra loads <<<"$LOADS"
+    for l in "${loads[@]}"; do
+        PA=$(free_port); PG=$(free_port); PH=$(free_port)
+        cat >"$WORK/sidecar.yaml" <<EOF
+service: {name: bench}
+admin: {listen: "127.0.0.1:$PA"}
+workers: 1
+log: {level: warn}
+upstreams:
+  - {upstream: grpc-backend, protocol: grpc, listen: "127.0.0.1:$PG", discovery: {static: ["127.0.0.1:$BG"]}, timeouts: {connect: 1s, request: 30s, idle: 60s}}
+  - {upstream: http-backend, protocol: http1, listen: "127.0.0.1:$PH", discovery: {static: ["127.0.0.1:$BH"]}, timeouts: {connect: 1s, request: 30s, idle: 60s}}
+EOF
+        out="$WORK/callgrind.out"
+        rm -f "$out"*
+        valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
+            "$bin" --config "$WORK/sidecar.yaml" >"$WORK/sidecar.log" 2>&1 &
+        vpid=$!; PIDS+=($vpid)
+        wait_port "$PA" || { echo "$bin did not start: $(tail -5 "$WORK/sidecar.log")" >&2; exit 1; }
+        port=$([[ $l == grpc ]] && echo "$PG" || echo "$PH")
+        load "$l" "$port" $((N / 10)) >/dev/null
+        callgrind_control -i on "$vpid" >/dev/null
+        res=$(load "$l" "$port" "$N")
+        callgrind_control -i off "$vpid" >/dev/null
+        callgrind_control -d "$vpid" >/dev/null
+        sleep 0.5
+        ok=$(sed -n 's/.* \([0-9]*\) 2xx.*/\1/p' <<<"$res" | head -1)
+        ir=$(cat "$out".* 2>/dev/null | sed -n 's/^totals: *\([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s+0}')
+        kill "$vpid" 2>/dev/null || true; wait "$vpid" 2>/dev/null || true
+        printf '| %s | %s | %d | %s | %s |\n' "$bin" "$l" "$N" "${ok:-?}" \
+            "$(awk -v ir="$ir" -v n="$N" 'BEGIN {printf "%.0f", ir / n}')"
+    done
+done
