@@ -21,6 +21,10 @@
  * The fields of a line, their order and meaning are in
  * docs/observability.md; sc_access_format() is their one writer.
  *
+ * Files: access_line.c holds the pure half (selection, the line, the
+ * record's time; in the scpure library), access_log.c the rings and the
+ * writer thread.
+ *
  * Threads: sc_access_log_new/start/stop/free from the control thread; the
  * producer of worker i only from worker i; sc_access_log_reopen and the
  * stats from any thread.
