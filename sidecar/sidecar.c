@@ -13,6 +13,7 @@
 #include "discovery/grpc_health.h"
 #include "obs/access_log.h"
 #include "obs/failures.h"
+#include "obs/observe.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -191,6 +192,11 @@ int sc_sidecar_run(sidecar *sc)
             return rv;
         }
     }
+    sc->obs = sc_obs_workers_new(sc->n_workers, sc->access_log, sc->failures);
+    if (!sc->obs) {
+        SC_ERROR("cannot allocate the per-worker observation state");
+        return -ENOMEM;
+    }
     /* Workers inherit a mask without the shutdown signals: only this thread takes them. */
     sigset_t set, old;
     sigemptyset(&set);
@@ -279,6 +285,7 @@ void sc_sidecar_free(sidecar *sc)
     for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
         sc_worker_free(&sc->workers[i]);
     free(sc->workers);
+    free(sc->obs);
     sc_access_log_free(sc->access_log); /* after the workers: they hold its producers */
     sc_failures_free(sc->failures);
     sc_endpoints_reclaim();

@@ -39,6 +39,7 @@ typedef struct sidecar {
      * and the rings of recent failures (one per worker, GET /failures) */
     struct sc_access_log *access_log;
     struct sc_failures *failures;
+    struct sc_obs_worker *obs;            /* per worker: what the request path calls (obs/observe.h) */
 } sidecar;
 
 sidecar *sc_sidecar_new(sc_config *cfg);

@@ -28,6 +28,7 @@
 #include "config/config.h"
 #include "obs/access_log.h"
 #include "obs/jsonw.h"
+#include "obs/observe.h"
 #include "obs/request_id.h"
 
 #define S(x) ((sc_obs_str){(x), sizeof(x) - 1})
@@ -905,6 +906,62 @@ static void test_new_errors(void **state)
     assert_int_equal(st.dropped, 0);
 }
 
+/* ---- what the request path calls (observe.h) ---- */
+
+static void test_observe(void **state)
+{
+    (void)state;
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    sc_access_log_config c = cfg_with(SC_ACCESS_SELECT_ERRORS, 0, 0);
+    sc_access_log *log;
+    assert_int_equal(sc_access_log_new_fd(&c, 2, p[1], &log), 0);
+    sc_failures *f = sc_failures_new(2);
+    sc_obs_worker *o = sc_obs_workers_new(2, log, f);
+    assert_non_null(o);
+    assert_ptr_equal(o[1].log, sc_access_log_producer(log, 1));
+    assert_ptr_equal(o[1].failures, sc_failures_ring(f, 1));
+    /* request IDs: one valid kept as it is; absent, invalid or repeated replaced */
+    char buf[SC_REQUEST_ID_LEN + 1];
+    const char *id;
+    size_t len;
+    const char *mine = "web-7:abc";
+    assert_int_equal(sc_obs_request_id(&o[0], mine, strlen(mine), 1, buf, &id, &len), 0);
+    assert_ptr_equal(id, mine);
+    assert_int_equal(len, strlen(mine));
+    assert_int_equal(sc_obs_request_id(&o[0], NULL, 0, 0, buf, &id, &len), 1);
+    assert_ptr_equal(id, buf);
+    assert_int_equal(len, SC_REQUEST_ID_LEN);
+    assert_true(sc_request_id_valid(id, len));
+    assert_int_equal(sc_obs_request_id(&o[0], "a b", 3, 1, buf, &id, &len), 1);
+    assert_int_equal(sc_obs_request_id(&o[0], mine, strlen(mine), 2, buf, &id, &len), 1);
+    /* the workers' generators differ */
+    char other[SC_REQUEST_ID_LEN + 1];
+    sc_obs_request_id(&o[1], NULL, 0, 0, other, &id, &len);
+    assert_string_not_equal(buf, other);
+    /* the end of an exchange: a success is neither logged (select: errors) nor
+     * recorded; a failure is both */
+    sc_access_record ok = sample_record(), bad = sample_record();
+    bad.status = 503;
+    bad.reason = "no-healthy-instance";
+    sc_obs_done(&o[1], &ok);
+    sc_obs_done(&o[1], &bad);
+    sc_access_log_stats st;
+    sc_access_log_get_stats(log, &st);
+    assert_int_equal(st.lines, 1);
+    assert_int_equal(sc_failures_total(f), 1);
+    /* with the access log off the failure ring still records */
+    sc_obs_worker *off = sc_obs_workers_new(1, NULL, f);
+    assert_null(off[0].log);
+    sc_obs_done(&off[0], &bad);
+    assert_int_equal(sc_failures_total(f), 2);
+    free(off);
+    free(o);
+    sc_access_log_free(log);
+    sc_failures_free(f);
+    close(p[0]);
+}
+
 /* ---- access_log: in sidecar.yaml ---- */
 
 static int load(const char *section, sc_config **cfg, sc_diags *d)
@@ -1026,6 +1083,7 @@ int main(void)
         cmocka_unit_test(test_stop_flushes),
         cmocka_unit_test(test_reopen),
         cmocka_unit_test(test_new_errors),
+        cmocka_unit_test(test_observe),
         cmocka_unit_test(test_config_defaults_and_forms),
         cmocka_unit_test(test_config_errors),
     };
