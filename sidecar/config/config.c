@@ -312,7 +312,7 @@ static void parse_admin(sc_loader *L, const sc_ynode *m)
 static void parse_inbound(sc_loader *L, const sc_ynode *m)
 {
     static const char *const keys[] = {"listen", "app", "app_protocol", "timeouts",
-                                       "max_concurrent"};
+                                       "max_concurrent", "rate_limits"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -346,6 +346,8 @@ static void parse_inbound(sc_loader *L, const sc_ynode *m)
     }
     sc_config_rd_u32(c, f[4], "inbound.max_concurrent", 0, 1000000,
                      &cfg->inbound.max_concurrent);
+    sc_config_parse_rate_limits(c, f[5], "inbound.rate_limits", &cfg->inbound.rate_limits,
+                                &cfg->inbound.n_rate_limits);
     if (cfg->inbound.listen.len && cfg->inbound.app.len &&
         cfg->inbound.listen.len == cfg->inbound.app.len &&
         memcmp(&cfg->inbound.listen.ss, &cfg->inbound.app.ss, cfg->inbound.app.len) == 0)
@@ -703,7 +705,11 @@ static void cross_checks(sc_loader *L)
                          cfg->file);
             c->n_errors++;
         }
+        sc_config_rl_cross_check(c, cfg, p->file, m->prefix, p->rate_limits, p->n_rate_limits,
+                                 false);
     }
+    sc_config_rl_cross_check(c, cfg, cfg->file, "inbound", cfg->inbound.rate_limits,
+                             cfg->inbound.n_rate_limits, true);
 
     if (cfg->health.app_probe != SC_APP_PROBE_NONE && !cfg->inbound.enabled && L->health_line &&
         (cfg->health.app_probe == SC_APP_PROBE_HTTP || cfg->health.app_path)) {
@@ -764,7 +770,7 @@ static void parse_config(sc_loader *L, const sc_ynode *root)
 {
     static const char *const keys[] = {"service", "inbound", "admin", "workers", "drain_timeout",
                                        "policies", "upstreams", "limits", "log", "consul", "tls",
-                                       "health", "access_log"};
+                                       "health", "redis", "access_log"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -810,7 +816,9 @@ static void parse_config(sc_loader *L, const sc_ynode *root)
     if (f[11])
         parse_health(L, f[11]);
     if (f[12])
-        sc_config_parse_access_log(c, f[12], &cfg->access_log);
+        sc_config_parse_redis(c, f[12], cfg);
+    if (f[13])
+        sc_config_parse_access_log(c, f[13], &cfg->access_log);
     if (cfg->service.name && !cfg->service.id)
         cfg->service.id = sc_xstrdup(cfg->service.name);
     if (cfg->consul.enabled)
@@ -938,6 +946,8 @@ void sc_config_free(sc_config *cfg)
     free(cfg->tls.ca_file);
     free_strv(cfg->tls.allow, cfg->tls.n_allow);
     free(cfg->tls.identity_header);
+    sc_config_rate_limits_free(cfg->inbound.rate_limits, cfg->inbound.n_rate_limits);
+    sc_config_redis_free(cfg);
     sc_config_access_log_free(&cfg->access_log);
     for (size_t i = 0; i < cfg->n_policies; i++)
         sc_policy_clear(&cfg->policies[i]);

@@ -129,6 +129,47 @@ typedef struct sc_static_instance {
 
 typedef enum { SC_DISCOVERY_STATIC = 0, SC_DISCOVERY_CONSUL } sc_discovery_kind;
 
+/* ---- rate limits: `rate_limits:` on inbound and in policies (docs/configuration.md) ---- */
+
+/* What one part of a limit's key is made of. */
+typedef enum {
+    SC_RL_KEY_ROUTE = 0,            /* nothing: one bucket for the whole route (alone) */
+    SC_RL_KEY_CALLER,               /* the caller's verified SPIFFE identity (inbound mTLS) */
+    SC_RL_KEY_HEADER,               /* a request header's value (`arg`: its lower-case name) */
+    SC_RL_KEY_CLAIM,                /* a claim of the caller's verified JWT (`arg`: its name) */
+    SC_RL_KEY_METHOD,               /* the request method */
+    SC_RL_KEY_PATH,                 /* the request path, normalised, without the query */
+} sc_rl_key_kind;
+
+typedef struct sc_rl_key_part {
+    sc_rl_key_kind kind;
+    char *arg;                      /* header or claim name, else NULL */
+} sc_rl_key_part;
+
+#define SC_RL_MAX_KEY_PARTS 4       /* parts of one key */
+#define SC_RL_MAX_LIMITS 16         /* limits on one route */
+#define SC_RL_MAX_METHODS 16        /* match.methods entries */
+
+/* One limit: a token bucket of `count` requests per `period_ms` holding at
+ * most `burst`, one bucket per key. */
+typedef struct sc_rate_limit {
+    char *name;                     /* unique on its route; names the limit in replies and metrics */
+    uint64_t count;                 /* rate: count per period_ms */
+    uint64_t period_ms;
+    uint64_t burst;                 /* default count */
+    sc_rl_key_part key[SC_RL_MAX_KEY_PARTS];
+    size_t n_key;                   /* >= 1 (default: route) */
+    char *path_prefix;              /* match.path_prefix, normalised; NULL = every path */
+    char **methods;                 /* match.methods; none = every method */
+    size_t n_methods;
+    bool global;                    /* scope: global (Redis) */
+    bool on_error_deny;             /* global: refuse when Redis cannot decide (default allow) */
+    bool skip_missing;              /* missing: skip (default share: one bucket for the absent value) */
+    uint64_t timeout_ms;            /* global: per-decision budget, default redis.timeout */
+    uint32_t max_keys;              /* local: keys kept (LRU), default 10000 */
+    unsigned line, key_line, scope_line; /* where it was written, for checks across files */
+} sc_rate_limit;
+
 /* One upstream: policies/<name>.yaml. */
 typedef struct sc_policy {
     char *file;                     /* path it was loaded from */
@@ -154,6 +195,8 @@ typedef struct sc_policy {
         char *server_identity;      /* expected URI SAN, NULL = any from the CA */
         char *sni;
     } tls;
+    sc_rate_limit *rate_limits;     /* protect the callee; checked in order */
+    size_t n_rate_limits;
 } sc_policy;
 
 /* access_log: one JSON line per request (obs/access_log.h; the fields are in
@@ -192,6 +235,8 @@ typedef struct sc_config {
         sc_proto app_protocol;      /* how to talk to the app; default http1 */
         sc_timeouts timeouts;
         uint32_t max_concurrent;    /* inbound bulkhead, 0 = unlimited */
+        sc_rate_limit *rate_limits; /* protect the app; checked in order */
+        size_t n_rate_limits;
     } inbound;
     struct {
         sc_addr listen;             /* default 127.0.0.1:19000; loopback unless allow_remote */
@@ -251,6 +296,20 @@ typedef struct sc_config {
         sc_authorize_mode authorize;         /* default none; consul: POST /v1/agent/connect/authorize */
         uint64_t authorize_cache_ms;         /* answers kept per caller identity, default 30000 */
     } tls;
+    struct {                        /* the Redis server of `scope: global` rate limits */
+        bool enabled;               /* a `redis:` section exists */
+        sc_addr address;            /* host:port, resolved at load */
+        char *user;                 /* ACL user (AUTH user password); NULL = AUTH password only */
+        char *password_file;        /* NULL = no AUTH */
+        char *password;             /* read from password_file at load: a secret, never printed */
+        uint32_t db;                /* SELECT db when not 0 */
+        char *key_prefix;           /* default "sidecar:rl:<service.name>:" */
+        bool tls;                   /* a `tls:` subsection exists */
+        char *tls_ca_file, *tls_cert_file, *tls_key_file; /* ca NULL = system roots; cert+key = client cert */
+        char *tls_server_name;      /* name verified in Redis' certificate; default the address' host */
+        uint64_t connect_timeout_ms; /* default 1000 */
+        uint64_t timeout_ms;        /* default per-decision budget, default 5 */
+    } redis;
     sc_access_log_config access_log;
     sc_policy *policies;            /* from policies_dir and inline `upstreams:` */
     size_t n_policies;
@@ -334,6 +393,13 @@ struct json_t;
 struct json_t *sc_config_to_json(const sc_config *cfg);
 /* One upstream's effective policy, same shape as an entry of "upstreams". */
 struct json_t *sc_policy_to_json(const sc_policy *p);
+
+/* "100/s", "5/m", "1000/h", "10/100ms": a rate limit's `rate` as count per
+ * period. -EINVAL for bad syntax, -ERANGE beyond the bounds (1..10^9 per
+ * period of 1ms..24h, at most one request per microsecond). */
+int sc_config_rl_rate_parse(const char *s, uint64_t *count, uint64_t *period_ms);
+/* "route", "caller", "header", "claim", "method", "path". */
+const char *sc_config_rl_key_kind_name(sc_rl_key_kind k);
 
 /* The built-in example (`sidecar` without --config): a YAML string. */
 extern const char sc_config_example_yaml[];

@@ -171,6 +171,20 @@ void sc_config_parse_consul(sc_loader *L, const sc_ynode *m);
  * in what the file left unset, then the address, TLS and token are checked
  * (and the token file read). */
 void sc_config_apply_consul_env(sc_loader *L);
+/* Rate limits and the redis: section (ratelimit.c). `path` names the list
+ * ("inbound.rate_limits", "rate_limits", "upstreams[0].rate_limits"). */
+void sc_config_parse_rate_limits(sc_cx *c, const sc_ynode *v, const char *path,
+                                 sc_rate_limit **out, size_t *n_out);
+void sc_config_rate_limits_free(sc_rate_limit *v, size_t n);
+void sc_config_parse_redis(sc_cx *c, const sc_ynode *m, sc_config *cfg);
+void sc_config_redis_free(sc_config *cfg);
+/* The checks that need the whole configuration (Redis, mutual TLS, JWT);
+ * fills in the per-decision budget of global limits. `prefix` as in
+ * sc_config_parse_policy; inbound: the limits of the inbound listener. */
+void sc_config_rl_cross_check(sc_cx *c, sc_config *cfg, const char *file, const char *prefix,
+                              sc_rate_limit *v, size_t n, bool inbound);
+struct json_t *sc_config_rate_limits_json(const sc_rate_limit *v, size_t n);
+struct json_t *sc_config_redis_json(const sc_config *cfg);
 
 /* The access_log: section (access_log_config.c): defaults, parsing and
  * checks into *a, its JSON form, and what it owns. */

@@ -157,6 +157,7 @@ json_t *sc_policy_to_json(const sc_policy *p)
                                   jdur(ol->max_eject_ms), "max_ejected",
                                   ol->max_ejected_percent));
     json_object_set_new(o, "load_balancer", json_string(sc_lb_kind_name(p->lb)));
+    json_object_set_new(o, "rate_limits", sc_config_rate_limits_json(p->rate_limits, p->n_rate_limits));
     return o;
 }
 
@@ -180,6 +181,8 @@ json_t *sc_config_to_json(const sc_config *cfg)
         json_object_set_new(in, "app_protocol", json_string(sc_proto_name(cfg->inbound.app_protocol)));
         json_object_set_new(in, "timeouts", jtimeouts(&cfg->inbound.timeouts, false));
         json_object_set_new(in, "max_concurrent", json_integer(cfg->inbound.max_concurrent));
+        json_object_set_new(in, "rate_limits", sc_config_rate_limits_json(cfg->inbound.rate_limits,
+                                                                          cfg->inbound.n_rate_limits));
         json_object_set_new(o, "inbound", in);
     } else {
         json_object_set_new(o, "inbound", json_null());
@@ -253,6 +256,7 @@ json_t *sc_config_to_json(const sc_config *cfg)
     json_object_set_new(tls, "authorize", json_string(cfg->tls.authorize == SC_AUTHORIZE_CONSUL ? "consul" : "none"));
     json_object_set_new(tls, "authorize_cache", jdur(cfg->tls.authorize_cache_ms));
     json_object_set_new(o, "tls", tls);
+    json_object_set_new(o, "redis", sc_config_redis_json(cfg));
     json_object_set_new(o, "access_log", sc_config_access_log_json(&cfg->access_log));
 
     json_t *ups = json_array();

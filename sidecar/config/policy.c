@@ -112,6 +112,7 @@ void sc_policy_clear(sc_policy *p)
     free_kv(p->breaker.fallback_grpc_metadata, p->breaker.n_fallback_grpc_metadata);
     free(p->tls.server_identity);
     free(p->tls.sni);
+    sc_config_rate_limits_free(p->rate_limits, p->n_rate_limits);
     memset(p, 0, sizeof(*p));
 }
 
@@ -648,7 +649,7 @@ void sc_config_parse_policy(sc_cx *c, const sc_ynode *root, const char *path, sc
     static const char *const keys[] = {"upstream", "protocol",        "listen",
                                        "discovery", "tls",            "timeouts",
                                        "retries",  "bulkhead",        "circuit_breaker",
-                                       "outlier",  "load_balancer"};
+                                       "outlier",  "load_balancer",   "rate_limits"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     char fp[256];
     sc_config_policy_defaults(p);
@@ -714,6 +715,8 @@ void sc_config_parse_policy(sc_cx *c, const sc_ynode *root, const char *path, sc
     sc_config_path(fp, sizeof(fp), path, "load_balancer");
     if (sc_config_rd_enum(c, f[10], fp, lb_names, SC_ARRAY_LEN(lb_names), &lb))
         p->lb = (sc_lb_kind)lb;
+    sc_config_path(fp, sizeof(fp), path, "rate_limits");
+    sc_config_parse_rate_limits(c, f[11], fp, &p->rate_limits, &p->n_rate_limits);
 
     /* An instance that is our own listener would loop requests forever. */
     for (size_t i = 0; i < p->n_instances && p->listen.len; i++) {
