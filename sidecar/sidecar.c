@@ -12,6 +12,9 @@
 #include "discovery/consul.h"
 #include "discovery/grpc_health.h"
 #include "trace/tracer.h"
+#include "obs/access_log.h"
+#include "obs/failures.h"
+#include "obs/observe.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -116,6 +119,13 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
     sc_sidecar_drain(sc);
 }
 
+static void access_log_sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
+{
+    (void)loop;
+    (void)revents;
+    sc_access_log_reopen(((sidecar *)w->data)->access_log);
+}
+
 static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
@@ -181,6 +191,26 @@ int sc_sidecar_run(sidecar *sc)
         SC_ERROR("tls.authorize: cannot start: %s", strerror(-rv));
         return rv;
     }
+    /* obs/: the failure rings and the access log writer, before the workers run */
+    sc->failures = sc_failures_new(sc->n_workers);
+    if (!sc->failures) {
+        SC_ERROR("cannot allocate the rings of recent failures");
+        return -ENOMEM;
+    }
+    if (cfg->access_log.enabled) {
+        rv = sc_access_log_new(&cfg->access_log, sc->n_workers, &sc->access_log, err, sizeof(err));
+        if (rv == 0 && (rv = sc_access_log_start(sc->access_log)) < 0)
+            snprintf(err, sizeof(err), "access log: cannot start the writer thread: %s", strerror(-rv));
+        if (rv < 0) {
+            SC_ERROR("%s", err);
+            return rv;
+        }
+    }
+    sc->obs = sc_obs_workers_new(sc->n_workers, sc->access_log, sc->failures);
+    if (!sc->obs) {
+        SC_ERROR("cannot allocate the per-worker observation state");
+        return -ENOMEM;
+    }
     /* Workers inherit a mask without the shutdown signals: only this thread takes them. */
     sigset_t set, old;
     sigemptyset(&set);
@@ -204,6 +234,11 @@ int sc_sidecar_run(sidecar *sc)
     sigterm.data = sigint.data = sc;
     ev_signal_start(sc->loop, &sigterm);
     ev_signal_start(sc->loop, &sigint);
+    ev_signal sighup; /* access_log: a file is reopened (logrotate) */
+    ev_signal_init(&sighup, access_log_sighup_cb, SIGHUP);
+    sighup.data = sc;
+    if (sc->access_log)
+        ev_signal_start(sc->loop, &sighup);
     sc_tls_runtime_watch(sc);
     ev_timer tick;
     ev_timer_init(&tick, tick_cb, 0.1, 0.1);
@@ -236,6 +271,8 @@ int sc_sidecar_run(sidecar *sc)
 
     for (unsigned i = 0; i < sc->n_workers; i++)
         sc_worker_join(&sc->workers[i]);
+    ev_signal_stop(sc->loop, &sighup);
+    sc_access_log_stop(sc->access_log); /* the workers are quiet: every queued line is written */
     /* consul + health (issue 4) */
     sc_consul_stop(sc->consul);
     sc->consul = NULL;
@@ -267,6 +304,9 @@ void sc_sidecar_free(sidecar *sc)
     for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
         sc_worker_free(&sc->workers[i]);
     free(sc->workers);
+    free(sc->obs);
+    sc_access_log_free(sc->access_log); /* after the workers: they hold its producers */
+    sc_failures_free(sc->failures);
     sc_endpoints_reclaim();
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_endpoints_ref_clear(&sc->routes[r].endpoints);

@@ -36,6 +36,11 @@ typedef struct sidecar {
     struct sc_tls_watch *tls_client_anon; /* outbound, no client certificate (mode: simple) */
     struct sc_authz *authz;               /* tls.authorize: consul, NULL otherwise */
     struct sc_tracer *tracer;             /* tracing: (trace/tracer.h), NULL when off */
+    /* observability (obs/): the access log (NULL when access_log: is absent)
+     * and the rings of recent failures (one per worker, GET /failures) */
+    struct sc_access_log *access_log;
+    struct sc_failures *failures;
+    struct sc_obs_worker *obs;            /* per worker: what the request path calls (obs/observe.h) */
 } sidecar;
 
 sidecar *sc_sidecar_new(sc_config *cfg);

@@ -9,6 +9,8 @@
 #include "discovery/consul.h"
 #include "http/grpc.h"
 #include "http/h1.h"
+#include "obs/access_log.h"
+#include "obs/failures.h"
 #include "tls/tls.h"
 #include "tls/tls_runtime.h"
 #include "trace/tracer.h"
@@ -18,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define REQ_CAP 8192
@@ -263,6 +266,8 @@ char *sc_admin_render_stats(const sidecar *sc)
         fprintf(f, "sidecar_upstream_ejections_total{upstream=\"%s\"} %llu\n", sc->routes[r].name, (unsigned long long)v.ejections_total);
         fprintf(f, "sidecar_upstream_instances_ejected{upstream=\"%s\"} %u\n", sc->routes[r].name, v.ejected_now);
     }
+    sc_access_log_render_stats(sc->access_log, f);
+    sc_failures_render_stats(sc->failures, f);
     render_cert_expiry(sc, f);
     sc_tracer_prom(sc->tracer, f);
     sc_prom_head(f, "sidecar_uptime_seconds", "gauge", "Seconds since start.");
@@ -535,6 +540,44 @@ static void handle_log(admin_conn *ac, const sc_h1_head *h)
     }
 }
 
+/* GET /failures: the last failed requests of every worker, newest first. */
+static void handle_failures(admin_conn *ac, const sc_h1_head *h)
+{
+    static const char usage[] = "use GET /failures?limit=1..1000&upstream=NAME";
+    static const char *const params[] = {"limit", "upstream"};
+    sidecar *sc = ac->admin->sc;
+    sc_admin_query q;
+    if (!method_is(h, "GET")) {
+        respond(ac, 405, "text/plain", "use GET /failures?limit=1..1000&upstream=NAME\n");
+        return;
+    }
+    if (!query(ac, h, &q, params, SC_ARRAY_LEN(params), usage))
+        return;
+    const char *ls = sc_admin_query_get(&q, "limit"), *up = sc_admin_query_get(&q, "upstream");
+    unsigned long limit = 100;
+    if (ls) {
+        char *end;
+        limit = strtoul(ls, &end, 10);
+        if (!*ls || *end || *ls < '0' || *ls > '9' || limit < 1 || limit > SC_FAILURES_LIMIT_MAX) {
+            respond(ac, 400, "text/plain", "limit must be a number from 1 to 1000\n");
+            return;
+        }
+    }
+    size_t r = 0;
+    while (up && r < sc->n_routes && strcmp(sc->routes[r].name, up) != 0)
+        r++;
+    if (up && r == sc->n_routes) {
+        respond(ac, 404, "text/plain", "no such upstream\n");
+        return;
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    char *body = sc_failures_render_json(sc->failures, up, limit,
+                                         (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
+    respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
+    free(body);
+}
+
 static void handle(admin_conn *ac, const sc_h1_head *h)
 {
     sidecar *sc = ac->admin->sc;
@@ -575,12 +618,14 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
         respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
     } else if (path_is(h, "/breaker")) {
         handle_breaker(ac, h);
+    } else if (path_is(h, "/failures")) {
+        handle_failures(ac, h);
     } else if (path_is(h, "/")) {
         respond_ex(ac, 200, "text/html; charset=utf-8", ac->admin->page_headers, sc_admin_page_html);
     } else if (path_is(h, "/help")) {
         respond(ac, 200, "text/plain",
                 "sidecar admin\n  GET /          the admin page (HTML, for a browser)\n  GET /ready\n  GET /stats\n"
-                "  GET /clusters\n  GET /config\n  GET /certs\n  GET /failures\n  GET /log, POST /log?level=LEVEL\n"
+                "  GET /clusters\n  GET /config\n  GET /certs\n  GET /failures?limit=N&upstream=NAME\n  GET /log, POST /log?level=LEVEL\n"
                 "  POST /drain\n  POST /breaker?upstream=NAME&action=open|close|release\n"
                 "POST needs the header 'X-Sidecar-Admin: 1'\n");
     } else {

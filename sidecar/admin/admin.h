@@ -6,6 +6,7 @@
  *   GET  /stats     Prometheus text format, counters summed over workers
  *   GET  /clusters  JSON: every upstream, its instances and live figures
  *   GET  /config    JSON: the effective configuration (no secrets)
+ *   GET  /failures  JSON: the last failed requests, newest first (obs/failures.h)
  *   GET  /log, POST /log?level=debug|info|warn|error
  *   POST /drain     begin a graceful drain (as SIGTERM does)
  * One request per connection (Connection: close); answers are built whole

@@ -138,6 +138,7 @@ static void config_defaults(sc_config *cfg)
     cfg->tls.authorize = SC_AUTHORIZE_NONE;
     cfg->tls.authorize_cache_ms = 30000;
     sc_config_tracing_defaults(&cfg->tracing);
+    sc_config_access_log_defaults(&cfg->access_log);
 }
 
 /* ---- sections ---- */
@@ -770,7 +771,7 @@ static void parse_config(sc_loader *L, const sc_ynode *root)
 {
     static const char *const keys[] = {"service", "inbound", "admin", "workers", "drain_timeout",
                                        "policies", "upstreams", "limits", "log", "consul", "tls",
-                                       "health", "redis", "tracing"};
+                                       "health", "redis", "tracing", "access_log"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -819,6 +820,8 @@ static void parse_config(sc_loader *L, const sc_ynode *root)
         sc_config_parse_redis(c, f[12], cfg);
     if (f[13])
         sc_config_parse_tracing(c, f[13], &cfg->tracing);
+    if (f[14])
+        sc_config_parse_access_log(c, f[14], &cfg->access_log);
     if (cfg->service.name && !cfg->service.id)
         cfg->service.id = sc_xstrdup(cfg->service.name);
     if (cfg->consul.enabled)
@@ -949,6 +952,7 @@ void sc_config_free(sc_config *cfg)
     sc_config_rate_limits_free(cfg->inbound.rate_limits, cfg->inbound.n_rate_limits);
     sc_config_redis_free(cfg);
     sc_config_tracing_free(&cfg->tracing);
+    sc_config_access_log_free(&cfg->access_log);
     for (size_t i = 0; i < cfg->n_policies; i++)
         sc_policy_clear(&cfg->policies[i]);
     free(cfg->policies);

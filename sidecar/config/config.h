@@ -213,6 +213,25 @@ typedef struct sc_tracing_config {
     uint32_t queue_size;            /* spans waiting per worker, default 2048 */
     uint64_t timeout_ms;            /* one export request, default 10000 */
 } sc_tracing_config;
+/* access_log: one JSON line per request (obs/access_log.h; the fields are in
+ * docs/observability.md). Off unless the section is present. */
+typedef enum { SC_ACCESS_LOG_STDOUT = 0, SC_ACCESS_LOG_STDERR, SC_ACCESS_LOG_FILE } sc_access_log_dest;
+enum {
+    SC_ACCESS_SELECT_ALL = 1u << 0,     /* every request (alone: not combined with the others) */
+    SC_ACCESS_SELECT_ERRORS = 1u << 1,  /* sc_access_is_error() */
+    SC_ACCESS_SELECT_SLOW = 1u << 2,    /* total duration above slow_ms */
+    SC_ACCESS_SELECT_SAMPLE = 1u << 3,  /* a share sample_ratio of requests, by request ID */
+};
+typedef struct sc_access_log_config {
+    bool enabled;                   /* an `access_log:` section exists */
+    sc_access_log_dest destination; /* default stdout */
+    char *path;                     /* destination file: resolved path, else NULL */
+    uint32_t select;                /* SC_ACCESS_SELECT_* bits, any of them matching; default ALL */
+    uint64_t slow_ms;               /* select slow: logged when the duration exceeds this */
+    double sample_ratio;            /* select sample: 0 < ratio <= 1 */
+    uint64_t buffer_bytes;          /* per worker; default 1 MiB, used rounded up to a power of two */
+    uint64_t flush_interval_ms;     /* the writer's longest sleep; default 100ms */
+} sc_access_log_config;
 
 typedef struct sc_config {
     char *file;                     /* path of sidecar.yaml */
@@ -306,6 +325,7 @@ typedef struct sc_config {
         uint64_t timeout_ms;        /* default per-decision budget, default 5 */
     } redis;
     sc_tracing_config tracing;
+    sc_access_log_config access_log;
     sc_policy *policies;            /* from policies_dir and inline `upstreams:` */
     size_t n_policies;
 } sc_config;

@@ -191,4 +191,11 @@ void sc_config_parse_tracing(sc_cx *c, const sc_ynode *m, sc_tracing_config *t);
 void sc_config_tracing_free(sc_tracing_config *t);
 struct json_t *sc_config_tracing_to_json(const sc_tracing_config *t);
 
+/* The access_log: section (access_log_config.c): defaults, parsing and
+ * checks into *a, its JSON form, and what it owns. */
+void sc_config_access_log_defaults(sc_access_log_config *a);
+void sc_config_parse_access_log(sc_cx *c, const sc_ynode *m, sc_access_log_config *a);
+struct json_t *sc_config_access_log_json(const sc_access_log_config *a);
+void sc_config_access_log_free(sc_access_log_config *a);
+
 #endif

@@ -1,0 +1,116 @@
+/*
+ * request_id.c: x-request-id validation and generation (request_id.h).
+ */
+#include "obs/request_id.h"
+
+#include <pthread.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+bool sc_request_id_char_ok(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    switch (c) {
+    case '-': case '_': case '.': case ':': case '+': case '/': case '=': case '@': case '~':
+        return true;
+    default:
+        return false;
+    }
+}
+
+bool sc_request_id_valid(const char *p, size_t len)
+{
+    if (!p || len == 0 || len > SC_REQUEST_ID_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (!sc_request_id_char_ok((unsigned char)p[i]))
+            return false;
+    return true;
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+void sc_request_id_rng_seed(sc_request_id_rng *r, uint64_t seed)
+{
+    for (int i = 0; i < 4; i++)
+        r->s[i] = splitmix64(&seed);
+}
+
+int sc_request_id_rng_init(sc_request_id_rng *r)
+{
+    uint64_t buf[4];
+    size_t got = 0;
+    while (got < sizeof(buf)) {
+        ssize_t n = getrandom((char *)buf + got, sizeof(buf) - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            int err = -errno;
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            uint64_t x = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+            x ^= (uint64_t)getpid() << 32 ^ (uint64_t)(uintptr_t)pthread_self() ^ (uint64_t)(uintptr_t)r;
+            x ^= sc_now_ns();
+            sc_request_id_rng_seed(r, x);
+            return err;
+        }
+        got += (size_t)n;
+    }
+    /* xoshiro must not start from all zeroes; mixing through splitmix also
+     * spreads a weak seed. */
+    uint64_t x = buf[0] ^ buf[1] ^ buf[2] ^ buf[3];
+    for (int i = 0; i < 4; i++)
+        r->s[i] = buf[i] ^ splitmix64(&x);
+    if (!(r->s[0] | r->s[1] | r->s[2] | r->s[3]))
+        r->s[0] = 1;
+    return 0;
+}
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+uint64_t sc_request_id_rng_next(sc_request_id_rng *r)
+{
+    uint64_t *s = r->s;
+    uint64_t out = rotl(s[0] + s[3], 23) + s[0];
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return out;
+}
+
+void sc_request_id_format(const uint8_t id[16], char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    char *o = out;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *o++ = '-';
+        *o++ = hex[id[i] >> 4];
+        *o++ = hex[id[i] & 15];
+    }
+    *o = 0;
+}
+
+size_t sc_request_id_generate(sc_request_id_rng *r, char *out)
+{
+    uint8_t b[16];
+    uint64_t a = sc_request_id_rng_next(r), c = sc_request_id_rng_next(r);
+    for (int i = 0; i < 8; i++) {
+        b[i] = (uint8_t)(a >> (8 * i));
+        b[8 + i] = (uint8_t)(c >> (8 * i));
+    }
+    sc_request_id_format(b, out);
+    return SC_REQUEST_ID_LEN;
+}
