@@ -6,6 +6,7 @@
  */
 #include "config/config_internal.h"
 #include "admin/admin_http.h"
+#include "jwt/jwt_config.h"
 #include "tls/spiffe.h"
 
 #include <arpa/inet.h>
@@ -114,6 +115,7 @@ typedef struct loader {
     unsigned consul_line, token_line, token_file_line, ssl_line, address_line;
     unsigned health_line, check_line, grpc_listen_line;
     unsigned server_name_line;
+    const sc_ynode *jwt;        /* inbound.jwt, parsed after tls: */
     bool set_address, set_token, set_token_file, set_ssl, set_ssl_verify, set_ca, set_cert,
         set_key, set_ca_path, set_server_name, set_ns, set_partition;
 } loader;
@@ -314,7 +316,7 @@ static void parse_admin(loader *L, const sc_ynode *m)
 static void parse_inbound(loader *L, const sc_ynode *m)
 {
     static const char *const keys[] = {"listen", "app", "app_protocol", "timeouts",
-                                       "max_concurrent"};
+                                       "max_concurrent", "jwt"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -348,6 +350,7 @@ static void parse_inbound(loader *L, const sc_ynode *m)
     }
     sc_config_rd_u32(c, f[4], "inbound.max_concurrent", 0, 1000000,
                      &cfg->inbound.max_concurrent);
+    L->jwt = f[5];
     if (cfg->inbound.listen.len && cfg->inbound.app.len &&
         cfg->inbound.listen.len == cfg->inbound.app.len &&
         memcmp(&cfg->inbound.listen.ss, &cfg->inbound.app.ss, cfg->inbound.app.len) == 0)
@@ -1146,6 +1149,8 @@ static void parse_config(loader *L, const sc_ynode *root)
         parse_tls(L, f[10]);
     if (f[11])
         parse_health(L, f[11]);
+    if (L->jwt)
+        sc_config_parse_jwt(c, L->jwt, cfg);
     if (cfg->service.name && !cfg->service.id)
         cfg->service.id = sc_xstrdup(cfg->service.name);
     if (cfg->consul.enabled)
@@ -1273,6 +1278,7 @@ void sc_config_free(sc_config *cfg)
     free(cfg->tls.ca_file);
     free_strv(cfg->tls.allow, cfg->tls.n_allow);
     free(cfg->tls.identity_header);
+    sc_jwt_config_free(cfg->inbound.jwt);
     for (size_t i = 0; i < cfg->n_policies; i++)
         sc_policy_clear(&cfg->policies[i]);
     free(cfg->policies);

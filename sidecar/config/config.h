@@ -172,6 +172,7 @@ typedef struct sc_config {
         sc_proto app_protocol;      /* how to talk to the app; default http1 */
         sc_timeouts timeouts;
         uint32_t max_concurrent;    /* inbound bulkhead, 0 = unlimited */
+        struct sc_jwt_config *jwt;  /* inbound.jwt (jwt/jwt_config.h), NULL = no JWT checks */
     } inbound;
     struct {
         sc_addr listen;             /* default 127.0.0.1:19000; loopback unless allow_remote */

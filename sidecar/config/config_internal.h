@@ -132,5 +132,8 @@ const char *sc_config_tls_mode_name(sc_tls_mode m);
 const char *sc_config_check_name(int check);
 const char *sc_config_probe_name(int probe);
 char *sc_config_read_file(const char *path, size_t *len, int *err);
+/* inbound.jwt (jwt_config.c): sets cfg->inbound.jwt; runs after service:
+ * and tls: (the realm's default, the identity header). */
+void sc_config_parse_jwt(sc_cx *c, const sc_ynode *m, sc_config *cfg);
 
 #endif
