@@ -308,8 +308,8 @@ sc_jwt_outcome sc_jwt_token_verify(const sc_jwt_token *t, const sc_jwks *keys, c
     sc_jwt_outcome o = SC_JWT_UNKNOWN_KEY;
     for (size_t i = 0; keys && i < keys->n; i++) {
         const sc_jwk *k = &keys->keys[i];
-        if (t->has_kid && (!k->kid || strcmp(k->kid, t->kid) != 0))
-            continue;
+        if (t->has_kid && k->kid && strcmp(k->kid, t->kid) != 0)
+            continue; /* a key without kid may verify any token (RFC 7517 4.5: kid is optional) */
         kid_seen = true;
         if (!(k->algs & t->alg))
             continue; /* never an RSA or EC key for HS*, never a key of another curve */

@@ -147,9 +147,10 @@ sc_jwt_outcome sc_jwt_token_check_claims(const sc_jwt_token *t, const sc_jwt_iss
                                          char *why, size_t whylen);
 
 /*
- * Verifies the signature with the keys: the key whose kid matches (a token
- * without kid tries every key), that may verify the token's alg. SC_JWT_OK,
- * SC_JWT_UNKNOWN_KEY (no such key) or SC_JWT_BAD_SIGNATURE, with why.
+ * Verifies the signature with the keys that may verify the token's alg and
+ * whose kid matches the token's (a key without kid matches any token, a
+ * token without kid is tried with every key). SC_JWT_OK, SC_JWT_UNKNOWN_KEY
+ * (no such key) or SC_JWT_BAD_SIGNATURE, with why.
  */
 sc_jwt_outcome sc_jwt_token_verify(const sc_jwt_token *t, const sc_jwks *keys, char *why, size_t whylen);
 

@@ -1,19 +1,22 @@
 /*
  * jwt_cache.c: the verified-token cache (see jwt_cache.h). Each shard is a
  * chained hash table over a fixed array of entries, with a free list and an
- * LRU list; all memory is allocated when the cache is made, so nothing is
- * allocated under a lock, and claims whose last reference the cache held
- * are released after the lock is dropped.
+ * LRU list; entries are allocated when the cache is made and token copies
+ * before the lock is taken, so nothing is allocated under a lock, and what
+ * an eviction or an expiry releases (claims, token copies) is released
+ * after the lock is dropped.
  */
 #include "jwt/jwt_cache.h"
 
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <sys/random.h>
 
 typedef struct entry {
-    uint8_t key[SC_JWT_DIGEST_LEN];
-    sc_jwt_claims *claims;          /* NULL: free */
+    uint64_t hash;
+    char *tok;                      /* the token's text (a copy), NULL: free slot */
+    size_t len;
+    sc_jwt_claims *claims;
     int64_t until;
     struct entry *hnext;            /* bucket chain / free list */
     struct entry *prev, *next;      /* LRU: head most recent */
@@ -25,6 +28,7 @@ typedef struct shard {
     size_t mask;
     entry *slab;
     size_t cap, n;
+    size_t bytes, max_bytes;
     entry *free_list;
     entry *head, *tail;
     uint64_t evictions, expired;
@@ -36,34 +40,66 @@ struct sc_jwt_cache {
     shard shards[SC_JWT_CACHE_SHARDS];
 };
 
-/* One digest context per thread, reused (EVP_Digest would allocate one per
- * call); freed when its thread ends. */
-static pthread_key_t md_key;
-static pthread_once_t md_once = PTHREAD_ONCE_INIT;
+/* What a critical section gives up, released after the unlock. */
+#define MAX_DROPS 64
+typedef struct drops {
+    size_t n;
+    sc_jwt_claims *claims[MAX_DROPS];
+    char *tok[MAX_DROPS];
+} drops;
 
-static void md_free(void *p)
+static void drops_release(drops *d)
 {
-    EVP_MD_CTX_free(p);
-}
-
-static void md_init(void)
-{
-    pthread_key_create(&md_key, md_free);
-}
-
-void sc_jwt_cache_key(const char *tok, size_t len, uint8_t out[SC_JWT_DIGEST_LEN])
-{
-    unsigned int n = 0;
-    pthread_once(&md_once, md_init);
-    EVP_MD_CTX *md = pthread_getspecific(md_key);
-    if (!md && (md = EVP_MD_CTX_new()) != NULL && pthread_setspecific(md_key, md) != 0) {
-        EVP_MD_CTX_free(md);
-        md = NULL;
+    for (size_t i = 0; i < d->n; i++) {
+        sc_jwt_claims_unref(d->claims[i]);
+        free(d->tok[i]);
     }
-    if (!md || !EVP_DigestInit_ex(md, EVP_sha256(), NULL) || !EVP_DigestUpdate(md, tok, len) ||
-        !EVP_DigestFinal_ex(md, out, &n))
-        EVP_Digest(tok, len, out, &n, EVP_sha256(), NULL);
 }
+
+/* ---- the hash: 64-bit multiply-mix over 16-byte blocks, seeded per process ---- */
+
+static uint64_t g_seed;
+static pthread_once_t seed_once = PTHREAD_ONCE_INIT;
+
+static void seed_init(void)
+{
+    if (getrandom(&g_seed, sizeof(g_seed), GRND_NONBLOCK) != (ssize_t)sizeof(g_seed))
+        g_seed = (uint64_t)sc_now_ns() * 0x9E3779B97F4A7C15ull;
+}
+
+static inline uint64_t mum(uint64_t a, uint64_t b)
+{
+    __uint128_t r = (__uint128_t)a * b;
+    return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+uint64_t sc_jwt_cache_hash(const char *tok, size_t len)
+{
+    static const uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull, k2 = 0x8ebc6af09c88c6e3ull,
+                          k3 = 0x589965cc75374cc3ull;
+    pthread_once(&seed_once, seed_init);
+    const uint8_t *p = (const uint8_t *)tok;
+    uint64_t h = g_seed ^ mum((uint64_t)len ^ k0, k1);
+    size_t n = len;
+    while (n >= 16) {
+        uint64_t a, b;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + 8, 8);
+        h = mum(a ^ k0 ^ h, b ^ k1 ^ g_seed);
+        p += 16;
+        n -= 16;
+    }
+    uint64_t a = 0, b = 0;
+    if (n >= 8) {
+        memcpy(&a, p, 8);
+        memcpy(&b, p + n - 8, 8);
+    } else if (n) {
+        memcpy(&a, p, n);
+    }
+    return mum(h ^ a ^ k2, b ^ k3);
+}
+
+/* ---- life cycle ---- */
 
 sc_jwt_cache *sc_jwt_cache_new(size_t max_entries)
 {
@@ -82,6 +118,7 @@ sc_jwt_cache *sc_jwt_cache_new(size_t max_entries)
         /* the last shards get what is left, so the total is exactly max_entries */
         size_t done = per * i;
         s->cap = done >= max_entries ? 0 : SC_MIN(per, max_entries - done);
+        s->max_bytes = s->cap * SC_JWT_CACHE_AVG_BYTES;
         pthread_mutex_init(&s->mu, NULL);
         s->buckets = calloc(nb, sizeof(entry *));
         s->slab = calloc(s->cap ? s->cap : 1, sizeof(entry));
@@ -109,8 +146,10 @@ void sc_jwt_cache_free(sc_jwt_cache *c)
         return;
     for (size_t i = 0; i < SC_JWT_CACHE_SHARDS; i++) {
         shard *s = &c->shards[i];
-        for (size_t k = 0; k < s->cap; k++)
+        for (size_t k = 0; k < s->cap; k++) {
             sc_jwt_claims_unref(s->slab[k].claims);
+            free(s->slab[k].tok);
+        }
         free(s->buckets);
         free(s->slab);
         pthread_mutex_destroy(&s->mu);
@@ -118,16 +157,11 @@ void sc_jwt_cache_free(sc_jwt_cache *c)
     free(c);
 }
 
-static inline uint64_t key_hash(const uint8_t *k)
-{
-    uint64_t h;
-    memcpy(&h, k, sizeof(h));
-    return h;
-}
+/* ---- table ---- */
 
-static inline shard *shard_of(sc_jwt_cache *c, const uint8_t *key)
+static inline shard *shard_of(sc_jwt_cache *c, uint64_t hash)
 {
-    return &c->shards[key[31] % SC_JWT_CACHE_SHARDS];
+    return &c->shards[(hash >> 60) % SC_JWT_CACHE_SHARDS];
 }
 
 static void lru_unlink(shard *s, entry *e)
@@ -154,41 +188,44 @@ static void lru_push(shard *s, entry *e)
         s->tail = e;
 }
 
-/* Removes e from its bucket and the LRU and frees the slot; returns the
- * claims for the caller to release after unlocking. */
-static sc_jwt_claims *remove_entry(shard *s, entry *e)
+/* Removes e from its bucket and the LRU and frees the slot; what it held
+ * goes to d (released after the unlock). */
+static void remove_entry(shard *s, entry *e, drops *d)
 {
-    entry **pp = &s->buckets[key_hash(e->key) & s->mask];
+    entry **pp = &s->buckets[e->hash & s->mask];
     while (*pp != e)
         pp = &(*pp)->hnext;
     *pp = e->hnext;
     lru_unlink(s, e);
-    sc_jwt_claims *old = e->claims;
+    d->claims[d->n] = e->claims;
+    d->tok[d->n++] = e->tok;
+    s->bytes -= e->len;
+    s->n--;
     e->claims = NULL;
+    e->tok = NULL;
     e->hnext = s->free_list;
     s->free_list = e;
-    s->n--;
-    return old;
 }
 
-static entry *find(shard *s, const uint8_t *key)
+static entry *find(shard *s, const char *tok, size_t len, uint64_t hash)
 {
-    for (entry *e = s->buckets[key_hash(key) & s->mask]; e; e = e->hnext)
-        if (memcmp(e->key, key, SC_JWT_DIGEST_LEN) == 0)
+    for (entry *e = s->buckets[hash & s->mask]; e; e = e->hnext)
+        if (e->hash == hash && e->len == len && memcmp(e->tok, tok, len) == 0)
             return e;
     return NULL;
 }
 
-sc_jwt_claims *sc_jwt_cache_get(sc_jwt_cache *c, const uint8_t key[SC_JWT_DIGEST_LEN], int64_t now_unix)
+sc_jwt_claims *sc_jwt_cache_get(sc_jwt_cache *c, const char *tok, size_t len, uint64_t hash, int64_t now_unix)
 {
     if (!c)
         return NULL;
-    shard *s = shard_of(c, key);
-    sc_jwt_claims *out = NULL, *drop = NULL;
+    shard *s = shard_of(c, hash);
+    sc_jwt_claims *out = NULL;
+    drops d = {0};
     pthread_mutex_lock(&s->mu);
-    entry *e = find(s, key);
+    entry *e = find(s, tok, len, hash);
     if (e && now_unix >= e->until) {
-        drop = remove_entry(s, e);
+        remove_entry(s, e, &d);
         s->expired++;
     } else if (e) {
         out = sc_jwt_claims_ref(e->claims);
@@ -198,44 +235,58 @@ sc_jwt_claims *sc_jwt_cache_get(sc_jwt_cache *c, const uint8_t key[SC_JWT_DIGEST
         }
     }
     pthread_mutex_unlock(&s->mu);
-    sc_jwt_claims_unref(drop);
+    drops_release(&d);
     return out;
 }
 
-void sc_jwt_cache_put(sc_jwt_cache *c, const uint8_t key[SC_JWT_DIGEST_LEN], sc_jwt_claims *claims,
+void sc_jwt_cache_put(sc_jwt_cache *c, const char *tok, size_t len, uint64_t hash, sc_jwt_claims *claims,
                       int64_t until_unix)
 {
     if (!c || !claims)
         return;
-    shard *s = shard_of(c, key);
-    if (!s->cap)
+    shard *s = shard_of(c, hash);
+    if (!s->cap || len > s->max_bytes)
         return;
+    char *copy = malloc(len ? len : 1);
+    if (!copy)
+        return;
+    memcpy(copy, tok, len);
     sc_jwt_claims_ref(claims);
-    sc_jwt_claims *drop = NULL;
+    drops d = {0};
     pthread_mutex_lock(&s->mu);
-    entry *e = find(s, key);
+    entry *e = find(s, tok, len, hash);
     if (e) {
-        drop = e->claims; /* another worker verified the same token at the same time */
+        /* another worker verified the same token at the same time */
+        d.claims[d.n] = e->claims;
+        d.tok[d.n++] = copy;
         e->claims = claims;
         e->until = until_unix;
     } else {
-        if (!s->free_list) {
-            drop = remove_entry(s, s->tail);
+        while ((!s->free_list || s->bytes + len > s->max_bytes) && s->tail && d.n + 1 < MAX_DROPS) {
+            remove_entry(s, s->tail, &d);
             s->evictions++;
         }
-        e = s->free_list;
-        s->free_list = e->hnext;
-        memcpy(e->key, key, SC_JWT_DIGEST_LEN);
-        e->claims = claims;
-        e->until = until_unix;
-        entry **b = &s->buckets[key_hash(key) & s->mask];
-        e->hnext = *b;
-        *b = e;
-        lru_push(s, e);
-        s->n++;
+        if (!s->free_list || s->bytes + len > s->max_bytes) {
+            d.claims[d.n] = claims; /* cannot make room now (rare): not entered */
+            d.tok[d.n++] = copy;
+        } else {
+            e = s->free_list;
+            s->free_list = e->hnext;
+            e->hash = hash;
+            e->tok = copy;
+            e->len = len;
+            e->claims = claims;
+            e->until = until_unix;
+            entry **b = &s->buckets[hash & s->mask];
+            e->hnext = *b;
+            *b = e;
+            lru_push(s, e);
+            s->n++;
+            s->bytes += len;
+        }
     }
     pthread_mutex_unlock(&s->mu);
-    sc_jwt_claims_unref(drop);
+    drops_release(&d);
 }
 
 void sc_jwt_cache_snapshot(sc_jwt_cache *c, sc_jwt_cache_view *v)
@@ -248,6 +299,8 @@ void sc_jwt_cache_snapshot(sc_jwt_cache *c, sc_jwt_cache_view *v)
         shard *s = &c->shards[i];
         pthread_mutex_lock(&s->mu);
         v->entries += s->n;
+        v->bytes += s->bytes;
+        v->max_bytes += s->max_bytes;
         v->evictions += s->evictions;
         v->expired += s->expired;
         pthread_mutex_unlock(&s->mu);

@@ -629,11 +629,11 @@ void sc_jwt_check_token(sc_jwt *j, unsigned worker, const sc_jwt_rule *rule, con
         return;
     }
     wstats *w = &j->ws[worker < j->n_workers ? worker : 0];
-    uint8_t key[SC_JWT_DIGEST_LEN] = {0};
+    uint64_t hash = 0;
     sc_jwt_claims *c = NULL;
     if (j->cache) {
-        sc_jwt_cache_key(tok, len, key);
-        c = sc_jwt_cache_get(j->cache, key, now_unix);
+        hash = sc_jwt_cache_hash(tok, len);
+        c = sc_jwt_cache_get(j->cache, tok, len, hash, now_unix);
         if (c && c->keys_gen != atomic_load_explicit(&j->iss[c->issuer].gen, memory_order_relaxed)) {
             sc_jwt_claims_unref(c); /* verified with keys since replaced: verify again */
             c = NULL;
@@ -686,7 +686,7 @@ void sc_jwt_check_token(sc_jwt *j, unsigned worker, const sc_jwt_rule *rule, con
             return;
         }
         c->keys_gen = gen;
-        sc_jwt_cache_put(j->cache, key, c, until_of(c, is->cfg));
+        sc_jwt_cache_put(j->cache, tok, len, hash, c, until_of(c, is->cfg));
     }
     r->claims = c;
     r->issuer = j->iss[c->issuer].cfg->name;

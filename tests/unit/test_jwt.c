@@ -36,6 +36,7 @@
 #include "jwt/jwt_config.h"
 #include "jwt/jwt_internal.h"
 #include "jwt/jwt_runtime.h"
+#include "jwt_mint.h"
 
 #define ISS "https://issuer.test"
 
@@ -44,74 +45,7 @@ static uint8_t g_hs[32] = "0123456789abcdef0123456789abcdef";
 static char g_dir[64];
 static int64_t g_now;
 
-/* ---- helpers: encoding, keys, tokens ---- */
-
-static char *b64url(const uint8_t *in, size_t len)
-{
-    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    char *out = malloc(len * 4 / 3 + 4);
-    size_t k = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        acc = (acc << 8) | in[i];
-        bits += 8;
-        while (bits >= 6) {
-            bits -= 6;
-            out[k++] = al[(acc >> bits) & 63];
-        }
-    }
-    if (bits)
-        out[k++] = al[(acc << (6 - bits)) & 63];
-    out[k] = 0;
-    return out;
-}
-
-static char *b64s(const char *s)
-{
-    return b64url((const uint8_t *)s, strlen(s));
-}
-
-static char *bn_b64(EVP_PKEY *k, const char *param, size_t pad)
-{
-    BIGNUM *bn = NULL;
-    assert_int_equal(EVP_PKEY_get_bn_param(k, param, &bn), 1);
-    size_t n = pad ? pad : (size_t)BN_num_bytes(bn);
-    uint8_t *buf = calloc(1, n);
-    BN_bn2binpad(bn, buf, (int)n);
-    char *s = b64url(buf, n);
-    free(buf);
-    BN_free(bn);
-    return s;
-}
-
-/* A public JWK of k; extra is appended inside the object (", ..." or ""). */
-static char *jwk_of(EVP_PKEY *k, const char *kid, const char *extra)
-{
-    char *out = malloc(4096);
-    if (EVP_PKEY_get_base_id(k) == EVP_PKEY_RSA) {
-        char *n = bn_b64(k, OSSL_PKEY_PARAM_RSA_N, 0), *e = bn_b64(k, OSSL_PKEY_PARAM_RSA_E, 0);
-        snprintf(out, 4096, "{\"kty\":\"RSA\",\"kid\":\"%s\",\"n\":\"%s\",\"e\":\"%s\"%s}", kid, n, e, extra);
-        free(n);
-        free(e);
-    } else {
-        size_t bytes = (size_t)(EVP_PKEY_get_bits(k) + 7) / 8;
-        char *x = bn_b64(k, OSSL_PKEY_PARAM_EC_PUB_X, bytes), *y = bn_b64(k, OSSL_PKEY_PARAM_EC_PUB_Y, bytes);
-        snprintf(out, 4096, "{\"kty\":\"EC\",\"kid\":\"%s\",\"crv\":\"%s\",\"x\":\"%s\",\"y\":\"%s\"%s}", kid,
-                 bytes == 32 ? "P-256" : "P-384", x, y, extra);
-        free(x);
-        free(y);
-    }
-    return out;
-}
-
-static char *oct_jwk(const uint8_t *k, size_t n, const char *kid)
-{
-    char *b = b64url(k, n), *out = malloc(512);
-    snprintf(out, 512, "{\"kty\":\"oct\",\"kid\":\"%s\",\"k\":\"%s\"}", kid, b);
-    free(b);
-    return out;
-}
+/* ---- helpers: keys, tokens (signing: jwt_mint.h) ---- */
 
 /* The test issuer's usual key set: rsa-1, ec-1, ec384-1, hs-1. */
 static char *std_jwks(void)
@@ -138,54 +72,6 @@ static void write_file(const char *name, const char *content)
     char q[256];
     snprintf(q, sizeof(q), "%s/%s", g_dir, name);
     assert_int_equal(rename(p, q), 0); /* a new inode: the watch sees it however fast */
-}
-
-static const EVP_MD *md_of(const char *alg)
-{
-    return strstr(alg, "256") ? EVP_sha256() : strstr(alg, "384") ? EVP_sha384() : EVP_sha512();
-}
-
-/* Signs input with alg; key is an EVP_PKEY (RS/ES) or g_hs-like bytes (HS, keylen). */
-static char *sign(const char *alg, const void *key, size_t keylen, const char *input)
-{
-    uint8_t sig[1024];
-    size_t sl = sizeof(sig);
-    if (alg[0] == 'H') {
-        unsigned int hl = 0;
-        HMAC(md_of(alg), key, (int)keylen, (const uint8_t *)input, strlen(input), sig, &hl);
-        sl = hl;
-    } else {
-        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-        assert_int_equal(EVP_DigestSignInit(ctx, NULL, md_of(alg), NULL, (EVP_PKEY *)key), 1);
-        assert_int_equal(EVP_DigestSign(ctx, sig, &sl, (const uint8_t *)input, strlen(input)), 1);
-        EVP_MD_CTX_free(ctx);
-        if (alg[0] == 'E') { /* DER -> r || s */
-            const uint8_t *p = sig;
-            ECDSA_SIG *es = d2i_ECDSA_SIG(NULL, &p, (long)sl);
-            size_t half = strstr(alg, "256") ? 32 : 48;
-            BN_bn2binpad(ECDSA_SIG_get0_r(es), sig, (int)half);
-            BN_bn2binpad(ECDSA_SIG_get0_s(es), sig + half, (int)half);
-            sl = 2 * half;
-            ECDSA_SIG_free(es);
-        }
-    }
-    return b64url(sig, sl);
-}
-
-/* header and payload are JSON texts. */
-static char *mint_raw(const char *header, const char *payload, const char *alg, const void *key, size_t keylen)
-{
-    char *h = b64s(header), *p = b64s(payload);
-    char *input = malloc(strlen(h) + strlen(p) + 2);
-    sprintf(input, "%s.%s", h, p);
-    char *s = alg ? sign(alg, key, keylen, input) : strdup("");
-    char *tok = malloc(strlen(input) + strlen(s) + 2);
-    sprintf(tok, "%s.%s", input, s);
-    free(h);
-    free(p);
-    free(input);
-    free(s);
-    return tok;
 }
 
 /* A token from the test issuer: claims is the JSON object body without the
@@ -231,8 +117,12 @@ static sc_config *load_jwt(const char *jwt, char **errors)
     int rc = sc_config_load_string(yaml, strlen(yaml), "sidecar.yaml", g_dir, &cfg, &d);
     if (errors)
         *errors = diag_text(&d);
-    else if (rc < 0)
-        fail_msg("config refused:\n%s", diag_text(&d));
+    else if (rc < 0) {
+        char *t = diag_text(&d);
+        fprintf(stderr, "config refused:\n%s", t);
+        free(t);
+        fail();
+    }
     sc_diags_free(&d);
     return cfg;
 }
@@ -268,6 +158,18 @@ static void fx_close(fixture *fx)
 }
 
 #define RULE_ALL "    rules:\n      - prefix: /\n"
+
+/* One issuer "main" of ISS with these fields (lines indented by 8), and
+ * one rule for every path. */
+static void fx_issuer(fixture *fx, const char *fields)
+{
+    char jwt[2048];
+    snprintf(jwt, sizeof(jwt), "    issuers:\n      - name: main\n        issuer: " ISS "\n%s" RULE_ALL, fields);
+    fx->cfg = load_jwt(jwt, NULL);
+    assert_non_null(fx->cfg);
+    char err[512];
+    assert_int_equal(sc_jwt_new(fx->cfg->inbound.jwt, 1, &fx->j, err, sizeof(err)), 0);
+}
 
 static sc_jwt_outcome check(fixture *fx, const char *tok, sc_jwt_result *r)
 {
@@ -421,20 +323,10 @@ static void test_hs256_with_rsa_public_key_refused(void **st)
     char *a = jwk_of(g_rsa, "rsa-1", ""), doc[4096];
     snprintf(doc, sizeof(doc), "{\"keys\":[%s]}", a);
     write_file("rsa_only.json", doc);
-    sc_config *cfg = load_jwt("    issuers:\n"
-                              "      - name: rs\n"
-                              "        issuer: " ISS "\n"
-                              "        algorithms: [RS256]\n"
-                              "        jwks_file: rsa_only.json\n" RULE_ALL,
-                              NULL);
-    sc_jwt *j;
+    fx_issuer(&fx, "        algorithms: [RS256]\n        jwks_file: rsa_only.json\n");
+    assert_int_equal(check_once(&fx, t), SC_JWT_ALG_REFUSED);
+    fx_close(&fx);
     char err[256];
-    assert_int_equal(sc_jwt_new(cfg->inbound.jwt, 1, &j, err, sizeof(err)), 0);
-    sc_jwt_check_token(j, 0, &cfg->inbound.jwt->rules[0], t, strlen(t), g_now, 0, &r);
-    assert_int_equal(r.outcome, SC_JWT_ALG_REFUSED);
-    sc_jwt_result_clear(&r);
-    sc_jwt_free(j);
-    sc_config_free(cfg);
 
     /* the same with the token PyJWT's side of the test made, below the library directly */
     sc_jwt_token tk;
@@ -448,6 +340,35 @@ static void test_hs256_with_rsa_public_key_refused(void **st)
     free(t);
     free(t2);
     BIO_free(bio);
+}
+
+/* A key without kid is tried for any token; a token without kid tries every key. */
+static void test_key_without_kid(void **st)
+{
+    (void)st;
+    char *a = jwk_of(g_rsa, "x", ""), doc[4096];
+    char *kid = strstr(a, "\"kid\":\"x\",");
+    memmove(kid, kid + 10, strlen(kid + 10) + 1);
+    snprintf(doc, sizeof(doc), "{\"keys\":[%s]}", a);
+    write_file("nokid.json", doc);
+    fixture fx;
+    fx_issuer(&fx, "        algorithms: [RS256]\n        jwks_file: nokid.json\n");
+    char payload[256];
+    snprintf(payload, sizeof(payload), "{\"iss\":\"%s\",\"exp\":%lld}", ISS, (long long)g_now + 300);
+    char *t1 = mint_raw("{\"alg\":\"RS256\",\"kid\":\"any\"}", payload, "RS256", g_rsa, 0);
+    char *t2 = mint_raw("{\"alg\":\"RS256\"}", payload, "RS256", g_rsa, 0);
+    char *t3 = mint_raw("{\"alg\":\"RS256\"}", payload, "RS256", g_rsa2, 0);
+    assert_int_equal(check_once(&fx, t1), SC_JWT_OK);
+    assert_int_equal(check_once(&fx, t2), SC_JWT_OK);
+    sc_jwt_result r;
+    assert_int_equal(check(&fx, t3, &r), SC_JWT_BAD_SIGNATURE);
+    assert_non_null(strstr(r.why, "the issuer's key"));
+    sc_jwt_result_clear(&r);
+    fx_close(&fx);
+    free(a);
+    free(t1);
+    free(t2);
+    free(t3);
 }
 
 /* An ES256 token cannot be checked with a P-384 key, nor ES384 with P-256. */
@@ -557,22 +478,11 @@ static void test_exp_nbf_leeway(void **st)
     assert_non_null(strstr(r.why, "no \"exp\""));
     sc_jwt_result_clear(&r);
     fx_close(&fx);
-    sc_config *cfg = load_jwt("    issuers:\n"
-                              "      - name: main\n"
-                              "        issuer: " ISS "\n"
-                              "        algorithms: [ES256]\n"
-                              "        jwks_file: jwks.json\n"
-                              "        require_exp: false\n" RULE_ALL,
-                              NULL);
-    sc_jwt *j;
-    char err[256];
-    assert_int_equal(sc_jwt_new(cfg->inbound.jwt, 1, &j, err, sizeof(err)), 0);
-    sc_jwt_check_token(j, 0, &cfg->inbound.jwt->rules[0], t, strlen(t), g_now, 0, &r);
-    assert_int_equal(r.outcome, SC_JWT_OK);
+    fx_issuer(&fx, "        algorithms: [ES256]\n        jwks_file: jwks.json\n        require_exp: false\n");
+    assert_int_equal(check(&fx, t, &r), SC_JWT_OK);
     assert_int_equal(r.claims->exp, INT64_MAX);
     sc_jwt_result_clear(&r);
-    sc_jwt_free(j);
-    sc_config_free(cfg);
+    fx_close(&fx);
     free(t);
 }
 
@@ -964,32 +874,46 @@ static void test_cache_bounded_lru(void **st)
     assert_non_null(c);
     sc_jwt_claims *cl = calloc(1, sizeof(*cl));
     atomic_init(&cl->refs, 1);
-    uint8_t key[SC_JWT_DIGEST_LEN];
+    char tok[32];
     for (int i = 0; i < 1000; i++) {
-        char tok[32];
         snprintf(tok, sizeof(tok), "token-%d", i);
-        sc_jwt_cache_key(tok, strlen(tok), key);
-        sc_jwt_cache_put(c, key, cl, 100);
+        sc_jwt_cache_put(c, tok, strlen(tok), sc_jwt_cache_hash(tok, strlen(tok)), cl, 100);
     }
     sc_jwt_cache_view v;
     sc_jwt_cache_snapshot(c, &v);
     assert_true(v.entries <= 32);
     assert_int_equal(v.entries + v.evictions, 1000);
+    assert_int_equal(v.max_bytes, 32 * SC_JWT_CACHE_AVG_BYTES);
     /* the last one is there, the first is gone; expiry is exclusive */
-    sc_jwt_cache_key("token-999", 9, key);
-    sc_jwt_claims *got = sc_jwt_cache_get(c, key, 99);
+    sc_jwt_claims *got = sc_jwt_cache_get(c, "token-999", 9, sc_jwt_cache_hash("token-999", 9), 99);
     assert_ptr_equal(got, cl);
     sc_jwt_claims_unref(got);
-    assert_null(sc_jwt_cache_get(c, key, 100));
-    sc_jwt_cache_key("token-0", 7, key);
-    assert_null(sc_jwt_cache_get(c, key, 1));
-    /* a recently used entry survives newer ones in its shard */
+    assert_null(sc_jwt_cache_get(c, "token-999", 9, sc_jwt_cache_hash("token-999", 9), 100));
+    assert_null(sc_jwt_cache_get(c, "token-0", 7, sc_jwt_cache_hash("token-0", 7), 1));
+    /* only the same text hits: a colliding hash with other text is a miss */
+    sc_jwt_cache_put(c, "aaaa", 4, 42, cl, 100);
+    assert_null(sc_jwt_cache_get(c, "aaab", 4, 42, 1));
+    assert_null(sc_jwt_cache_get(c, "aaa", 3, 42, 1));
+    got = sc_jwt_cache_get(c, "aaaa", 4, 42, 1);
+    assert_ptr_equal(got, cl);
+    sc_jwt_claims_unref(got);
+    /* the byte budget: a token larger than a shard's share is not kept, big ones evict more */
+    char *big = malloc(8 * SC_JWT_CACHE_AVG_BYTES);
+    memset(big, 'x', 8 * SC_JWT_CACHE_AVG_BYTES);
+    uint64_t h = sc_jwt_cache_hash(big, 8 * SC_JWT_CACHE_AVG_BYTES);
+    sc_jwt_cache_put(c, big, 8 * SC_JWT_CACHE_AVG_BYTES, h, cl, 100);
+    assert_null(sc_jwt_cache_get(c, big, 8 * SC_JWT_CACHE_AVG_BYTES, h, 1));
+    sc_jwt_cache_put(c, big, 2 * SC_JWT_CACHE_AVG_BYTES, h, cl, 100);
+    sc_jwt_cache_snapshot(c, &v);
+    assert_true(v.bytes <= v.max_bytes);
+    free(big);
     sc_jwt_cache_free(c);
     assert_int_equal(atomic_load(&cl->refs), 1); /* every reference the cache took is back */
     sc_jwt_claims_unref(cl);
     assert_null(sc_jwt_cache_new(0));
-    assert_null(sc_jwt_cache_get(NULL, key, 0));
-    sc_jwt_cache_put(NULL, key, NULL, 0);
+    assert_null(sc_jwt_cache_get(NULL, "a", 1, 0, 0));
+    sc_jwt_cache_put(NULL, "a", 1, 0, NULL, 0);
+    assert_int_not_equal(sc_jwt_cache_hash("abc", 3), sc_jwt_cache_hash("abd", 3));
 }
 
 /* ---- key files: reload, rotation ---- */
@@ -1950,6 +1874,7 @@ int main(void)
         cmocka_unit_test(test_algorithm_not_in_issuer_list),
         cmocka_unit_test(test_none_refused),
         cmocka_unit_test(test_hs256_with_rsa_public_key_refused),
+        cmocka_unit_test(test_key_without_kid),
         cmocka_unit_test(test_ec_curve_must_fit),
         cmocka_unit_test(test_bad_signature),
         cmocka_unit_test(test_exp_nbf_leeway),
