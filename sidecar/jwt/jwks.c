@@ -526,7 +526,7 @@ int sc_jwks_load_file(const char *path, bool allow_secrets, sc_jwks **out, char 
                       size_t errlen)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the loader */
     if (fd < 0) {
         int e = errno;
         sc_jwt_set_err(err, errlen, "%s: %s", path, strerror(e));

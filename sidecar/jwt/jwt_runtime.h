@@ -36,6 +36,23 @@
  * Ownership: the caller owns the sc_jwt; it keeps a pointer to the config
  * section, which must outlive it. Results hold a reference to their claims
  * until sc_jwt_result_clear.
+ *
+ * What the request path does with it (inbound route, cfg->inbound.jwt set):
+ *   1. While a caller's request head and trailers are read, every header
+ *      with sc_jwt_header_reserved() is dropped (as the identity header is).
+ *   2. The admission stage calls sc_jwt_check() (SC_JWT_NO_WAIT when the
+ *      request was resumed) into a result kept with the request:
+ *      - passes (sc_jwt_outcome_passes): go on; drop the headers with
+ *        sc_jwt_header_stripped(result.rule, ...) and add those of
+ *        sc_jwt_forward_headers();
+ *      - SC_JWT_PENDING: park; check again with SC_JWT_NO_WAIT once
+ *        sc_jwt_wait_over() (after notify), or after the issuer's
+ *        fetch_timeout + SC_JWT_PARK_SLACK_MS at the latest;
+ *      - refused: answer with sc_jwt_refusal_of(): its status (HTTP or
+ *        gRPC), `www-authenticate`, `x-sidecar-reason` and message; log
+ *        with sc_jwt_log_limit().
+ *   3. sc_jwt_claim(&result, "sub") serves later stages (a rate-limit key);
+ *      sc_jwt_result_clear() when the request ends.
  */
 #ifndef SC_JWT_RUNTIME_H
 #define SC_JWT_RUNTIME_H

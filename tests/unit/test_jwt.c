@@ -1233,6 +1233,11 @@ static void test_hostile_jwks(void **st)
     assert_non_null(strstr(err, "No such file"));
     assert_true(sc_jwks_load_file(g_dir, true, &ks, NULL, 0, err, sizeof(err)) < 0);
     assert_non_null(strstr(err, "not a regular file"));
+    char fifo[256];
+    snprintf(fifo, sizeof(fifo), "%s/fifo", g_dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0); /* no writer: opening it must not wait for one */
+    assert_true(sc_jwks_load_file(fifo, true, &ks, NULL, 0, err, sizeof(err)) < 0);
+    assert_non_null(strstr(err, "not a regular file"));
     write_file("huge.json", huge);
     char hp[256];
     snprintf(hp, sizeof(hp), "%s/huge.json", g_dir);
