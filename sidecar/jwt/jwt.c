@@ -192,8 +192,8 @@ sc_jwt_outcome sc_jwt_token_parse(const char *tok, size_t len, uint32_t max_byte
         return SC_JWT_MALFORMED;
     }
     if (nd != 2) {
-        sc_jwt_set_err(why, whylen, "not a JWT: %zu segments where a signed token has 3 (header.payload.signature)",
-                       nd + 1 > 5 ? (size_t)5 : nd + 1);
+        sc_jwt_set_err(why, whylen, "not a JWT: %s%zu segments where a signed token has 3 (header.payload.signature)",
+                       nd > 4 ? "more than " : "", nd > 4 ? (size_t)5 : nd + 1);
         return SC_JWT_MALFORMED;
     }
     sc_jwt_outcome o = parse_header(tok, dots[0], t, why, whylen);

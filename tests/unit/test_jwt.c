@@ -1059,7 +1059,7 @@ static void test_hostile_tokens(void **st)
         {"a.b.c.d.e", SC_JWT_MALFORMED, "JWE"},
         {"abc", SC_JWT_MALFORMED, "1 segments"},
         {"a.b", SC_JWT_MALFORMED, "2 segments"},
-        {"a.b.c.d.e.f.g.h", SC_JWT_MALFORMED, "segments"},
+        {"a.b.c.d.e.f.g.h", SC_JWT_MALFORMED, "more than 5 segments"},
         {"..", SC_JWT_MALFORMED, "JOSE header"},
         {padded, SC_JWT_MALFORMED, "signature is not base64url"},
         {nonjson, SC_JWT_MALFORMED, "not a JSON object"},
