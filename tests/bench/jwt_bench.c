@@ -2,7 +2,7 @@
  * jwt_bench.c: the CPU cost of the inbound JWT check, one thread, no
  * network: a first verification of an RS256 (RSA 2048) and an ES256
  * (P-256) token (each token distinct, so every check misses the cache and
- * runs in full: SHA-256 of the token, parse, signature, claims, cache
+ * runs in full: the cache lookup, parse, signature, claims, cache
  * entry), the signature verification alone, a cache hit (the same token
  * again), and the whole request-level check (rule by path, token from the
  * headers, cache hit) against the same call on a path no rule covers.
