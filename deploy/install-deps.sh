@@ -5,8 +5,8 @@ set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config clang libclang-rt-14-dev
   libnghttp2-dev libssl-dev libcurl4-openssl-dev libgrpc-dev libcmocka-dev
-  libev-dev libyaml-dev libjansson-dev libhiredis-dev redis-server
-  python3 python3-grpcio python3-yaml python3-hpack curl openssl procps iproute2 util-linux
+  libev-dev libyaml-dev libjansson-dev libhiredis-dev redis-server libcjose-dev
+  python3 python3-grpcio python3-yaml python3-hpack python3-jwt python3-cryptography curl openssl procps iproute2 util-linux
   nghttp2-client nghttp2-proxy haproxy nginx-light wrk
 )
 missing=()

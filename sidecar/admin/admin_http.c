@@ -14,17 +14,6 @@
 
 /* ---- query string ---- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes s[0..len) onto the end of q->text with a NUL; returns its start or
  * NULL with *err / *why set. */
 static const char *decode(sc_admin_query *q, const char *s, size_t len, int *err, const char **why)
@@ -35,12 +24,12 @@ static const char *decode(sc_admin_query *q, const char *s, size_t len, int *err
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
         if (c == '%') {
-            if (len - i < 3 || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0) {
+            if (len - i < 3 || sc_hexval(s[i + 1]) < 0 || sc_hexval(s[i + 2]) < 0) {
                 *err = -EINVAL;
                 *why = "'%' must be followed by two hex digits";
                 return NULL;
             }
-            c = (char)(hexval(s[i + 1]) << 4 | hexval(s[i + 2]));
+            c = (char)(sc_hexval(s[i + 1]) << 4 | sc_hexval(s[i + 2]));
             i += 2;
             if (c == 0) {
                 *err = -EINVAL;

@@ -6,6 +6,7 @@
  */
 #include "config/config_internal.h"
 #include "admin/admin_http.h"
+#include "jwt/jwt_config.h"
 #include "tls/spiffe.h"
 
 #include <dirent.h>
@@ -313,7 +314,7 @@ static void parse_admin(sc_loader *L, const sc_ynode *m)
 static void parse_inbound(sc_loader *L, const sc_ynode *m)
 {
     static const char *const keys[] = {"listen", "app", "app_protocol", "timeouts",
-                                       "max_concurrent", "rate_limits"};
+                                       "max_concurrent", "rate_limits", "jwt"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -349,6 +350,7 @@ static void parse_inbound(sc_loader *L, const sc_ynode *m)
                      &cfg->inbound.max_concurrent);
     sc_config_parse_rate_limits(c, f[5], "inbound.rate_limits", &cfg->inbound.rate_limits,
                                 &cfg->inbound.n_rate_limits);
+    L->jwt = f[6];
     if (cfg->inbound.listen.len && cfg->inbound.app.len &&
         cfg->inbound.listen.len == cfg->inbound.app.len &&
         memcmp(&cfg->inbound.listen.ss, &cfg->inbound.app.ss, cfg->inbound.app.len) == 0)
@@ -822,6 +824,8 @@ static void parse_config(sc_loader *L, const sc_ynode *root)
         sc_config_parse_tracing(c, f[13], &cfg->tracing);
     if (f[14])
         sc_config_parse_access_log(c, f[14], &cfg->access_log);
+    if (L->jwt)
+        sc_config_parse_jwt(c, L->jwt, cfg);
     if (cfg->service.name && !cfg->service.id)
         cfg->service.id = sc_xstrdup(cfg->service.name);
     if (cfg->consul.enabled)
@@ -953,6 +957,7 @@ void sc_config_free(sc_config *cfg)
     sc_config_redis_free(cfg);
     sc_config_tracing_free(&cfg->tracing);
     sc_config_access_log_free(&cfg->access_log);
+    sc_jwt_config_free(cfg->inbound.jwt);
     for (size_t i = 0; i < cfg->n_policies; i++)
         sc_policy_clear(&cfg->policies[i]);
     free(cfg->policies);

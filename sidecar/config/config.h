@@ -251,6 +251,7 @@ typedef struct sc_config {
         uint32_t max_concurrent;    /* inbound bulkhead, 0 = unlimited */
         sc_rate_limit *rate_limits; /* protect the app; checked in order */
         size_t n_rate_limits;
+        struct sc_jwt_config *jwt;  /* inbound.jwt (jwt/jwt_config.h), NULL = no JWT checks */
     } inbound;
     struct {
         sc_addr listen;             /* default 127.0.0.1:19000; loopback unless allow_remote */

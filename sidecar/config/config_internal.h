@@ -136,6 +136,9 @@ const char *sc_config_tls_mode_name(sc_tls_mode m);
 const char *sc_config_check_name(int check);
 const char *sc_config_probe_name(int probe);
 char *sc_config_read_file(const char *path, size_t *len, int *err);
+/* inbound.jwt (jwt_config.c): sets cfg->inbound.jwt; runs after service:
+ * and tls: (the realm's default, the identity header). */
+void sc_config_parse_jwt(sc_cx *c, const sc_ynode *m, sc_config *cfg);
 
 /* ---- sidecar.yaml (config.c, config_consul.c) ---- */
 
@@ -155,6 +158,7 @@ typedef struct sc_loader {
     unsigned consul_line, token_line, token_file_line, ssl_line, address_line;
     unsigned health_line, check_line, grpc_listen_line;
     unsigned server_name_line;
+    const sc_ynode *jwt;        /* inbound.jwt, parsed after tls: */
     bool set_address, set_token, set_token_file, set_ssl, set_ssl_verify, set_ca, set_cert,
         set_key, set_ca_path, set_server_name, set_ns, set_partition;
 } sc_loader;

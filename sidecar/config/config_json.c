@@ -6,6 +6,7 @@
  */
 #include "config/config_internal.h"
 #include "http/grpc.h"
+#include "jwt/jwt_config.h"
 
 #include <jansson.h>
 
@@ -183,6 +184,7 @@ json_t *sc_config_to_json(const sc_config *cfg)
         json_object_set_new(in, "max_concurrent", json_integer(cfg->inbound.max_concurrent));
         json_object_set_new(in, "rate_limits", sc_config_rate_limits_json(cfg->inbound.rate_limits,
                                                                           cfg->inbound.n_rate_limits));
+        json_object_set_new(in, "jwt", sc_jwt_config_to_json(cfg->inbound.jwt));
         json_object_set_new(o, "inbound", in);
     } else {
         json_object_set_new(o, "inbound", json_null());

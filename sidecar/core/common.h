@@ -65,6 +65,18 @@ static inline bool sc_lit_in(const void *name, size_t len, const sc_lit *tab, si
     return false;
 }
 
+/* The value of one hexadecimal digit (either case), -1 for anything else. */
+static inline int sc_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* Writes v in decimal at out (at least 20 bytes), no terminator; returns
  * the number of digits. snprintf("%llu") costs ~1000 instructions of
  * format parsing; this is what the per-request header lines need. */

@@ -191,17 +191,6 @@ size_t sc_grpc_message_encode(const char *msg, char *buf, size_t cap)
     return out;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 size_t sc_grpc_message_decode(const char *s, size_t len, char *buf, size_t cap)
 {
     if (cap == 0)
@@ -209,7 +198,7 @@ size_t sc_grpc_message_decode(const char *s, size_t len, char *buf, size_t cap)
     size_t out = 0;
     for (size_t i = 0; i < len && out + 1 < cap; i++) {
         int hi, lo;
-        if (s[i] == '%' && i + 2 < len && (hi = hexval(s[i + 1])) >= 0 && (lo = hexval(s[i + 2])) >= 0) {
+        if (s[i] == '%' && i + 2 < len && (hi = sc_hexval(s[i + 1])) >= 0 && (lo = sc_hexval(s[i + 2])) >= 0) {
             buf[out++] = (char)(hi << 4 | lo);
             i += 2;
         } else {

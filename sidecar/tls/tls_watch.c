@@ -13,6 +13,8 @@
  */
 #include "tls/tls_internal.h"
 
+#include "core/file_id.h"
+
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -20,46 +22,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
-
-/* ---- file identity ---- */
-
-typedef struct file_id {
-    bool present;
-    int err;                        /* errno of stat, when !present */
-    dev_t dev;
-    ino_t ino;
-    off_t size;
-    struct timespec mtim, ctim;
-} file_id;
-
-static bool file_id_eq(const file_id *a, const file_id *b)
-{
-    if (a->present != b->present)
-        return false;
-    if (!a->present)
-        return a->err == b->err;
-    return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
-           a->mtim.tv_sec == b->mtim.tv_sec && a->mtim.tv_nsec == b->mtim.tv_nsec &&
-           a->ctim.tv_sec == b->ctim.tv_sec && a->ctim.tv_nsec == b->ctim.tv_nsec;
-}
-
-static void file_id_of(const char *path, file_id *id)
-{
-    memset(id, 0, sizeof(*id));
-    if (!path)
-        return;
-    struct stat st;
-    if (stat(path, &st) < 0) {
-        id->err = errno;
-        return;
-    }
-    id->present = true;
-    id->dev = st.st_dev;
-    id->ino = st.st_ino;
-    id->size = st.st_size;
-    id->mtim = st.st_mtim;
-    id->ctim = st.st_ctim;
-}
 
 /* ---- watches ---- */
 
@@ -73,7 +35,7 @@ struct sc_tls_watch {
     sc_tls_ctx *cur;
     sc_tls_ctx_opts opts;               /* paths point into the strings below */
     char *cert, *key, *ca;
-    file_id seen[3];                    /* at the last attempt */
+    sc_file_id seen[3];                    /* at the last attempt */
     bool memory;                        /* material set with sc_tls_watch_set_pem, no files */
 };
 
@@ -82,11 +44,11 @@ static char *dup_or_null(const char *s)
     return s ? strdup(s) : NULL;
 }
 
-static void watch_stat(const sc_tls_watch *w, file_id ids[3])
+static void watch_stat(const sc_tls_watch *w, sc_file_id ids[3])
 {
-    file_id_of(w->opts.cert_file, &ids[0]);
-    file_id_of(w->opts.key_file, &ids[1]);
-    file_id_of(w->opts.ca_file, &ids[2]);
+    sc_file_id_of(w->opts.cert_file, &ids[0]);
+    sc_file_id_of(w->opts.key_file, &ids[1]);
+    sc_file_id_of(w->opts.ca_file, &ids[2]);
 }
 
 void sc_tls_watch_free(sc_tls_watch *w)
@@ -224,11 +186,11 @@ int sc_tls_watch_check(sc_tls_watch *w, bool force, char *err, size_t errlen)
 {
     if (w->memory)
         return 0;   /* in-memory material changes only through sc_tls_watch_set_pem */
-    file_id now_ids[3];
+    sc_file_id now_ids[3];
     watch_stat(w, now_ids);
     bool changed = force;
     for (int i = 0; i < 3 && !changed; i++)
-        changed = !file_id_eq(&now_ids[i], &w->seen[i]);
+        changed = !sc_file_id_eq(&now_ids[i], &w->seen[i]);
     if (!changed)
         return 0;
     memcpy(w->seen, now_ids, sizeof(now_ids));
