@@ -67,6 +67,8 @@ sidecar *sc_sidecar_new(sc_config *cfg)
             sc_route_publish(rt, e);
         }
     }
+    for (size_t i = 0; i < sc->n_routes; i++)
+        sc_route_build_pipeline(&sc->routes[i], sc);
     return sc;
 }
 

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "http/hdr.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 #include "tls/tls.h"
@@ -19,6 +20,8 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+static const sc_conn_ops down_h1_ops;
 
 static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define H2_PREFACE_LEN 24
@@ -327,7 +330,7 @@ static void process(sc_conn *c)
         size_t len = sc_buf_len(&c->in);
         if (len == 0)
             return;
-        if (c->ops->kind == SC_CONN_DOWN_H1 && !d->h2 && c->in.start == 0 && d->n_streams == 0 &&
+        if (c->ops == &down_h1_ops && !d->h2 && c->in.start == 0 && d->n_streams == 0 &&
             memcmp(sc_buf_head(&c->in), h2_preface, SC_MIN(len, (size_t)H2_PREFACE_LEN)) == 0) {
             if (len < H2_PREFACE_LEN)
                 return;
@@ -412,7 +415,7 @@ static void on_readable(sc_conn *c)
         if (n > 0) {
             c->in.end += (uint32_t)n;
             process(c);
-            if (c->ops != &sc_down_h1_ops)
+            if (c->ops != &down_h1_ops)
                 return; /* switched to HTTP/2 */
             if ((size_t)n < space && !sc_conn_pending(c))
                 break;
@@ -428,7 +431,7 @@ static void on_readable(sc_conn *c)
         sc_conn_close(c, n < 0 ? -errno : 0);
         return;
     }
-    if (sc_buf_len(&c->in) && !(c->flags & SC_CONN_F_CLOSED) && c->ops == &sc_down_h1_ops)
+    if (sc_buf_len(&c->in) && !(c->flags & SC_CONN_F_CLOSED) && c->ops == &down_h1_ops)
         process(c);
     if (sc_buf_len(&c->in) == 0 && !(c->flags & SC_CONN_F_CLOSED))
         sc_buf_release(c->w, &c->in);
@@ -607,12 +610,12 @@ static int produce(sc_conn *c)
     return 0;
 }
 
-void sc_down_h1_stream_event(sc_stream *s)
+static void stream_event(sc_stream *s)
 {
     sc_conn_mark_dirty(s->down);
 }
 
-void sc_down_h1_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
+static void informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
 {
     if (status == 100 || status == 101)
         return; /* 100 was answered by the sidecar itself; upgrades are not proxied */
@@ -659,8 +662,25 @@ static void on_handshake(sc_conn *c)
         sc_conn_close(c, -EPROTO);
 }
 
-const sc_conn_ops sc_down_h1_ops = {
-    .kind = SC_CONN_DOWN_H1,
+static void consumed(sc_stream *s, size_t n)
+{
+    (void)n;
+    sc_conn_resume_read(s->down);
+}
+
+static void drain(sc_conn *c);
+
+const sc_down_codec sc_down_h1_codec = {
+    .name = "http1",
+    .stream_event = stream_event,
+    .informational = informational,
+    .consumed = consumed,
+    .drain = drain,
+};
+
+static const sc_conn_ops down_h1_ops = {
+    .flags = SC_CONN_OPS_BUFFERS_INPUT,
+    .down = &sc_down_h1_codec,
     .on_readable = on_readable,
     .produce = produce,
     .on_close = on_close,
@@ -676,7 +696,7 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
         return;
     }
     sc_conn *c = &d->super;
-    sc_conn_init(c, w, fd, &sc_down_h1_ops, route);
+    sc_conn_init(c, w, fd, &down_h1_ops, route);
     memcpy(&c->peer, sa, len);
     c->peer_len = len;
     sc_sockaddr_text(sa, c->peer_text, sizeof(c->peer_text));
@@ -708,15 +728,9 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
     arm_timer(c, route->timeouts->header_read_ms);
 }
 
-void sc_down_h2_drain(sc_conn *c);
-
-void sc_down_drain(sc_conn *c)
+static void drain(sc_conn *c)
 {
     sc_down_conn *d = SC_DOWN(c);
-    if (c->ops->kind == SC_CONN_DOWN_H2) {
-        sc_down_h2_drain(c);
-        return;
-    }
     d->close_after = true;
     if (d->cur)
         return; /* its response goes out with connection: close */

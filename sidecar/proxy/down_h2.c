@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "http/hdr.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 
@@ -448,7 +449,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
     (void)flags;
     (void)user_data;
     sc_stream *s = get_stream(session, sid);
-    if (!s || (s->flags & SC_ST_F_UP_DONE)) {
+    if (!s || sc_stream_up_done(s)) {
         /* Nobody will read it: give the window back at once. */
         nghttp2_session_consume(session, sid, len);
         return 0;
@@ -589,7 +590,7 @@ static void abort_stream(sc_down_conn *d, sc_stream *s)
         sc_conn_close_after_flush(&d->super);
 }
 
-void sc_down_h2_stream_event(sc_stream *s)
+static void stream_event(sc_stream *s)
 {
     sc_down_conn *d = SC_DOWN(s->down);
     if (!s->resp.head_done)
@@ -606,7 +607,7 @@ void sc_down_h2_stream_event(sc_stream *s)
     sc_conn_mark_dirty(&d->super);
 }
 
-void sc_down_h2_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
+static void informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
 {
     if (status == 100 || status == 101 || n > 60)
         return;
@@ -707,8 +708,27 @@ static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
     sc_conn_close_after_flush(c);
 }
 
-const sc_conn_ops sc_down_h2_ops = {
-    .kind = SC_CONN_DOWN_H2,
+static void consumed(sc_stream *s, size_t n)
+{
+    n = SC_MIN(n, s->down_unconsumed);
+    s->down_unconsumed -= (uint32_t)n;
+    nghttp2_session_consume(SC_DOWN(s->down)->h2, s->down_sid, n);
+    sc_conn_mark_dirty(s->down);
+}
+
+static void drain(sc_conn *c);
+
+const sc_down_codec sc_down_h2_codec = {
+    .name = "http2",
+    .flags = SC_DOWN_CODEC_TRAILERS,
+    .stream_event = stream_event,
+    .informational = informational,
+    .consumed = consumed,
+    .drain = drain,
+};
+
+static const sc_conn_ops down_h2_ops = {
+    .down = &sc_down_h2_codec,
     .on_readable = on_readable,
     .produce = produce,
     .on_close = on_close,
@@ -789,7 +809,7 @@ int sc_down_h2_upgrade(sc_conn *c)
         d->h2 = NULL;
         return -ENOMEM;
     }
-    c->ops = &sc_down_h2_ops;
+    c->ops = &down_h2_ops;
     ev_timer_stop(c->w->loop, &c->timer);
     ev_set_cb(&c->timer, idle_cb);
     arm_idle(c);
@@ -805,7 +825,7 @@ int sc_down_h2_upgrade(sc_conn *c)
     return 0;
 }
 
-void sc_down_h2_drain(sc_conn *c)
+static void drain(sc_conn *c)
 {
     sc_down_conn *d = SC_DOWN(c);
     if (d->goaway_sent)

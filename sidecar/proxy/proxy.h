@@ -30,6 +30,7 @@
 #include "http/h1.h"
 #include "lb/lb.h"
 #include "proxy/buf.h"
+#include "proxy/fail.h"
 #include "proxy/stats.h"
 #include "resilience/breaker.h"
 #include "resilience/bulkhead.h"
@@ -106,6 +107,7 @@ struct sc_route {
     const sc_policy *policy;        /* NULL for inbound */
     bool inbound;
     sc_endpoints_ref endpoints;     /* published snapshot (discovery/endpoints.h) */
+    const struct sc_up_codec *uc;   /* towards the instances (codec.h), from protocol */
     /* Resilience state shared by all workers (resilience/). */
     sc_breaker breaker;
     sc_bulkhead bulkhead;
@@ -121,6 +123,9 @@ void sc_route_publish(sc_route *r, sc_endpoints *snap);
 /* Start-up: resilience state from the policy (NULL policy: inbound). */
 void sc_route_init_resilience(sc_route *r, const sc_policy *p, uint32_t inbound_max_concurrent);
 void sc_route_free_states(sc_route *r);
+/* Start-up, once the route's config is set: its upstream codec. */
+struct sidecar;
+void sc_route_build_pipeline(sc_route *r, const struct sidecar *sc);
 
 /* Per worker, per route: connection pool and balancing state. */
 typedef struct sc_route_state {
@@ -135,15 +140,22 @@ typedef struct sc_route_state {
 } sc_route_state;
 
 /* ---- connections ---- */
-typedef enum {
-    SC_CONN_DOWN_H1 = 0,
-    SC_CONN_DOWN_H2,
-    SC_CONN_UP_H1,
-    SC_CONN_UP_H2,
-} sc_conn_kind;
+enum {
+    /* A connection the sidecar opened towards an instance: its timer is the
+     * connect timeout until it is connected (TLS handshake included), and its
+     * TLS failures are the upstream's. */
+    SC_CONN_OPS_UPSTREAM = 1u << 0,
+    /* The codec parses from c->in (HTTP/1): bytes read while it was paused
+     * are handed to on_readable again, since the socket will not signal them. */
+    SC_CONN_OPS_BUFFERS_INPUT = 1u << 1,
+};
 
+struct sc_down_codec;
+
+/* A connection's protocol implementation (codec.h has the stream-level side). */
 typedef struct sc_conn_ops {
-    sc_conn_kind kind;
+    uint32_t flags;                 /* SC_CONN_OPS_* */
+    const struct sc_down_codec *down; /* a caller's connection: its codec (drain; streams take it) */
     void (*on_readable)(sc_conn *c);
     /* Produce output into c->out (called when there is space and the conn is
      * dirty or writable). Returns 0, or a negative error to close. */
@@ -154,6 +166,8 @@ typedef struct sc_conn_ops {
     void (*on_drained)(sc_conn *c);
     /* TLS handshake completed (may be NULL). */
     void (*on_handshake)(sc_conn *c);
+    /* An outgoing connection is up: TCP connected, TLS handshake done (may be NULL). */
+    void (*on_connected)(sc_conn *c);
 } sc_conn_ops;
 
 enum {
@@ -217,37 +231,41 @@ typedef struct sc_msg {
     bool head_done;
 } sc_msg;
 
-typedef enum {
-    SC_FAIL_NONE = 0,
-    SC_FAIL_NO_INSTANCE,            /* 503 / UNAVAILABLE */
-    SC_FAIL_CONNECT,                /* 503 / UNAVAILABLE */
-    SC_FAIL_CONNECT_TIMEOUT,        /* 503 / UNAVAILABLE */
-    SC_FAIL_RESET,                  /* 502 / UNAVAILABLE: upstream reset or closed */
-    SC_FAIL_PROTOCOL,               /* 502 / INTERNAL: upstream sent garbage */
-    SC_FAIL_TIMEOUT,                /* 504 / DEADLINE_EXCEEDED */
-    SC_FAIL_DRAINING,               /* 503 / UNAVAILABLE */
-    SC_FAIL_OVERLOAD,               /* 503 / RESOURCE_EXHAUSTED: bulkhead full */
-    SC_FAIL_QUEUE_TIMEOUT,          /* 503 / RESOURCE_EXHAUSTED: waited too long in the bulkhead queue */
-    SC_FAIL_CIRCUIT_OPEN,           /* 503 / UNAVAILABLE, or the policy's fallback */
-    SC_FAIL_TRY_TIMEOUT,            /* 504 / DEADLINE_EXCEEDED: timeouts.per_try (retriable) */
-    SC_FAIL_REFUSED_STREAM,         /* 503 / UNAVAILABLE: the upstream refused the stream */
-    SC_FAIL_FORBIDDEN,              /* 403 / PERMISSION_DENIED: caller identity not allowed */
-    SC_FAIL_AUTHZ_UNAVAILABLE,      /* 503 / UNAVAILABLE: Consul could not say whether the caller may call */
-    /* Refused before it went anywhere (the request itself is at fault): */
-    SC_FAIL_HEADERS_TOO_LARGE,      /* 431 / RESOURCE_EXHAUSTED: header fields beyond limits.max_header_bytes,
-                                     * or beyond what the upstream accepts (its SETTINGS_MAX_HEADER_LIST_SIZE) */
-    SC_FAIL_METHOD_UNSUPPORTED,     /* 501 / UNIMPLEMENTED: CONNECT (plain or extended) is not proxied */
-    SC_FAIL_BAD_REQUEST,            /* 400 / INTERNAL: refused header name (limits.header_underscores: reject),
-                                     * missing or unusable :path / :scheme */
-    SC_FAIL_NO_MEMORY,              /* 503 / RESOURCE_EXHAUSTED: an allocation for the exchange failed */
-} sc_fail;
 
-const char *sc_fail_reason(sc_fail f);
+/*
+ * Where a stream is on its way (s->phase). The upstream side's state
+ * machine: the downstream side has flags of its own (SC_ST_F_DOWN_*), since
+ * the caller's codec may still write a response long after the upstream side
+ * is done. Legal moves (checked in debug builds, sc_stream_set_phase):
+ *
+ *   NEW -> ADMISSION -> [ADMISSION_WAIT | QUEUED -> ADMISSION] -> CONNECTING
+ *       -> IN_FLIGHT -> RESPONDING -> DONE
+ *
+ * with BACKOFF between attempts (from CONNECTING, IN_FLIGHT or RESPONDING
+ * before any response byte went out, back to CONNECTING / IN_FLIGHT), the
+ * attempt going straight to IN_FLIGHT on a pooled connection, and DONE
+ * reachable from every phase (answered locally, failed for good, caller gone).
+ * The stream's wait_timer runs only in ADMISSION_WAIT, QUEUED and BACKOFF,
+ * and the phase says what its expiry means.
+ */
+typedef enum {
+    SC_PHASE_NEW = 0,               /* the downstream codec is decoding the request head */
+    SC_PHASE_ADMISSION,             /* checked by the route's admission (caller, breaker, bulkhead) */
+    SC_PHASE_ADMISSION_WAIT,        /* waiting for Consul's answer (tls.authorize); wait_timer: give up */
+    SC_PHASE_QUEUED,                /* in the bulkhead queue; wait_timer: bulkhead.queue_timeout */
+    SC_PHASE_BACKOFF,               /* between attempts; wait_timer: start the next one */
+    SC_PHASE_CONNECTING,            /* the attempt waits for its upstream connection to open */
+    SC_PHASE_IN_FLIGHT,             /* the request is on an open upstream connection, no response head yet */
+    SC_PHASE_RESPONDING,            /* the response head went to the downstream codec; the body follows */
+    SC_PHASE_DONE,                  /* the upstream side is finished: complete, failed for good, or cancelled */
+    SC_PHASE_COUNT
+} sc_phase;
+
+const char *sc_phase_name(sc_phase p);
 
 enum {
     SC_ST_F_DOWN_HEAD_SENT = 1u << 0,   /* response head reached the downstream codec */
     SC_ST_F_DOWN_DONE = 1u << 1,        /* downstream side finished (or gone) */
-    SC_ST_F_UP_DONE = 1u << 2,          /* upstream side finished (or gone) */
     SC_ST_F_HEAD_REQ = 1u << 3,         /* request method is HEAD */
     SC_ST_F_FAILED = 1u << 4,
     SC_ST_F_UP_STARTED = 1u << 5,       /* request head handed to an upstream conn */
@@ -261,8 +279,10 @@ struct sc_stream {
     sc_worker *w;
     sc_route *route;
     uint32_t flags;
+    uint8_t phase;                  /* sc_phase: set with sc_stream_set_phase */
     /* downstream side */
     sc_conn *down;
+    const struct sc_down_codec *dc; /* its codec (codec.h) */
     int32_t down_sid;               /* HTTP/2 stream id, 0 for HTTP/1 */
     /* upstream side */
     sc_conn *up;
@@ -279,6 +299,7 @@ struct sc_stream {
     uint64_t start_ns;
     uint64_t deadline_ns;           /* 0 = none */
     sc_fail fail;
+    const char *fail_msg;           /* the sidecar's answer, when it says more than the failure table (arena) */
     int grpc_status;                /* seen in trailers, -1 none */
     uint64_t bytes_in, bytes_out;
     /* per-stream state for HTTP/1 sides */
@@ -296,7 +317,7 @@ struct sc_stream {
     /* resilience */
     uint32_t attempt;               /* 1-based attempt in flight (or waiting for) */
     ev_timer try_timer;             /* per_try timeout of the current attempt */
-    ev_timer retry_timer;           /* backoff before the next attempt / bulkhead queue wait */
+    ev_timer wait_timer;            /* what it bounds depends on the phase (see sc_phase) */
     sc_link qlink;                  /* route_state->waiters while queued by the bulkhead */
     sc_instance_state *inst;        /* instance of the current attempt (may be NULL) */
     uint64_t probe_id;              /* circuit breaker probe id (0: ordinary call) */
@@ -310,7 +331,6 @@ struct sc_stream {
     bool down_te_trailers;
     bool up_head_sent;
     /* tls.authorize: consul (stream.c, authz/authz.h) */
-    bool authz_consul_denied;       /* SC_FAIL_FORBIDDEN came from Consul, not tls.allow */
     bool authz_stale;               /* the answer waited for was an earlier one (Consul failing) */
     uint8_t authz_verdict;          /* sc_authz_verdict of the answer waited for */
     uint64_t authz_seq;             /* the lookup waited for */
@@ -396,6 +416,20 @@ void sc_conn_start_tls(sc_conn *c, SSL *ssl);
 int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out);
 
 /* ---- stream lifecycle (stream.c) ---- */
+/* Moves the stream to phase p; in debug builds an illegal move aborts, and
+ * every move is logged at debug level with both names. */
+#ifdef NDEBUG
+static inline void sc_stream_set_phase(sc_stream *s, sc_phase p) { s->phase = (uint8_t)p; }
+#else
+void sc_stream_set_phase(sc_stream *s, sc_phase p);
+#endif
+/* The upstream side is finished (nothing more is sent or expected). */
+static inline bool sc_stream_up_done(const sc_stream *s) { return s->phase == SC_PHASE_DONE; }
+/* The upstream codec bound the current attempt to s->up: CONNECTING or
+ * IN_FLIGHT, by the connection's state. */
+void sc_stream_bound(sc_stream *s);
+/* s->up finished connecting (TCP and TLS): CONNECTING -> IN_FLIGHT. */
+void sc_stream_connected(sc_stream *s);
 sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t down_sid);
 /* The downstream codec finished the request head: route, admit, pick, connect. */
 void sc_stream_start(sc_stream *s);
@@ -437,24 +471,6 @@ const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
  * that means the peer sent more than the window it was granted). */
 int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len);
 int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen);
-
-/* ---- protocol entry points ---- */
-void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr *sa, socklen_t len);
-extern const sc_conn_ops sc_down_h1_ops, sc_down_h2_ops, sc_up_h1_ops, sc_up_h2_ops;
-/* Downstream notifications from the stream (down_h1.c / down_h2.c). */
-void sc_down_h1_stream_event(sc_stream *s);
-void sc_down_h2_stream_event(sc_stream *s);
-void sc_down_h1_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n);
-void sc_down_h2_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n);
-/* Take over a downstream connection that began with the HTTP/2 preface. */
-int sc_down_h2_upgrade(sc_conn *c);
-/* Upstream side (up_h1.c / up_h2.c). */
-void sc_up_h1_attach(sc_stream *s);         /* find/open a connection and send */
-void sc_up_h2_attach(sc_stream *s);
-void sc_up_h1_stream_event(sc_stream *s);   /* request body progress / resp drained */
-void sc_up_h2_stream_event(sc_stream *s);
-void sc_up_h1_cancel(sc_stream *s);         /* downstream went away */
-void sc_up_h2_cancel(sc_stream *s);
 
 /* Route state lookup. */
 static inline sc_route_state *sc_rstate(sc_worker *w, const sc_route *r) { return &w->rstate[r->index]; }

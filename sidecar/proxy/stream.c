@@ -8,6 +8,7 @@
 #include "authz/authz.h"
 #include "core/log.h"
 #include "http/grpc.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 #include "tls/tls.h"
@@ -117,107 +118,72 @@ const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name)
 
 /* ---- lifecycle ---- */
 
-const char *sc_fail_reason(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_NONE: return "none";
-    case SC_FAIL_NO_INSTANCE: return "no-healthy-instance";
-    case SC_FAIL_CONNECT: return "connect-failure";
-    case SC_FAIL_CONNECT_TIMEOUT: return "connect-timeout";
-    case SC_FAIL_RESET: return "upstream-reset";
-    case SC_FAIL_PROTOCOL: return "upstream-protocol-error";
-    case SC_FAIL_TIMEOUT: return "upstream-timeout";
-    case SC_FAIL_DRAINING: return "draining";
-    case SC_FAIL_OVERLOAD: return "bulkhead-full";
-    case SC_FAIL_QUEUE_TIMEOUT: return "bulkhead-queue-timeout";
-    case SC_FAIL_CIRCUIT_OPEN: return "circuit-open";
-    case SC_FAIL_TRY_TIMEOUT: return "upstream-per-try-timeout";
-    case SC_FAIL_REFUSED_STREAM: return "upstream-refused-stream";
-    case SC_FAIL_FORBIDDEN: return "caller-not-allowed";
-    case SC_FAIL_AUTHZ_UNAVAILABLE: return "authz-unavailable";
-    case SC_FAIL_HEADERS_TOO_LARGE: return "request-headers-too-large";
-    case SC_FAIL_METHOD_UNSUPPORTED: return "method-not-supported";
-    case SC_FAIL_BAD_REQUEST: return "bad-request";
-    case SC_FAIL_NO_MEMORY: return "sidecar-out-of-memory";
-    }
-    return "unknown";
-}
-
-static const char *fail_detail(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_NO_INSTANCE: return "no healthy instance to send the request to";
-    case SC_FAIL_CONNECT: return "connection to the instance failed";
-    case SC_FAIL_CONNECT_TIMEOUT: return "connection to the instance timed out (timeouts.connect)";
-    case SC_FAIL_RESET: return "the instance reset or closed the connection before the response ended";
-    case SC_FAIL_PROTOCOL: return "the instance sent an invalid response";
-    case SC_FAIL_TIMEOUT: return "request timed out (deadline from timeouts.request or grpc-timeout)";
-    case SC_FAIL_TRY_TIMEOUT: return "the attempt timed out (timeouts.per_try) and no retry was possible";
-    case SC_FAIL_DRAINING: return "the sidecar is shutting down";
-    case SC_FAIL_OVERLOAD: return "bulkhead full: max_concurrent requests in flight and the queue is full";
-    case SC_FAIL_QUEUE_TIMEOUT: return "waited in the bulkhead queue longer than bulkhead.queue_timeout";
-    case SC_FAIL_CIRCUIT_OPEN: return "circuit breaker open: calls fail fast until it half-opens";
-    case SC_FAIL_REFUSED_STREAM: return "the instance refused the stream";
-    case SC_FAIL_FORBIDDEN: return "the caller's identity is not in tls.allow";
-    case SC_FAIL_AUTHZ_UNAVAILABLE: return "Consul could not say whether the caller may call";
-    case SC_FAIL_HEADERS_TOO_LARGE: return "request header fields larger than limits.max_header_bytes";
-    case SC_FAIL_METHOD_UNSUPPORTED: return "CONNECT is not proxied (plain or extended CONNECT)";
-    case SC_FAIL_BAD_REQUEST: return "request refused as malformed (the sidecar's log says why)";
-    case SC_FAIL_NO_MEMORY: return "the sidecar could not allocate memory for this request";
-    default: return "failed";
-    }
-}
-
-static int fail_http_status(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_RESET:
-    case SC_FAIL_PROTOCOL: return 502;
-    case SC_FAIL_TIMEOUT:
-    case SC_FAIL_TRY_TIMEOUT: return 504;
-    case SC_FAIL_FORBIDDEN: return 403;
-    case SC_FAIL_HEADERS_TOO_LARGE: return 431;
-    case SC_FAIL_METHOD_UNSUPPORTED: return 501;
-    case SC_FAIL_BAD_REQUEST: return 400;
-    default: return 503;
-    }
-}
-
-static int fail_grpc_status(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_TIMEOUT:
-    case SC_FAIL_TRY_TIMEOUT: return SC_GRPC_DEADLINE_EXCEEDED;
-    case SC_FAIL_OVERLOAD:
-    case SC_FAIL_QUEUE_TIMEOUT:
-    case SC_FAIL_NO_MEMORY: return SC_GRPC_RESOURCE_EXHAUSTED;
-    case SC_FAIL_PROTOCOL: return SC_GRPC_INTERNAL;
-    case SC_FAIL_FORBIDDEN: return SC_GRPC_PERMISSION_DENIED;
-    case SC_FAIL_HEADERS_TOO_LARGE: return SC_GRPC_RESOURCE_EXHAUSTED;
-    case SC_FAIL_METHOD_UNSUPPORTED: return SC_GRPC_UNIMPLEMENTED;
-    case SC_FAIL_BAD_REQUEST: return SC_GRPC_INTERNAL;
-    default: return SC_GRPC_UNAVAILABLE;
-    }
-}
-
-/* What a local failure is called in retry / breaker / outlier conditions. */
-static uint32_t fail_cond(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_CONNECT:
-    case SC_FAIL_CONNECT_TIMEOUT: return SC_COND_CONNECT_FAILURE;
-    case SC_FAIL_RESET:
-    case SC_FAIL_PROTOCOL: return SC_COND_RESET;
-    case SC_FAIL_REFUSED_STREAM: return SC_COND_REFUSED_STREAM;
-    case SC_FAIL_TIMEOUT:
-    case SC_FAIL_TRY_TIMEOUT: return SC_COND_TIMEOUT;
-    default: return 0;
-    }
-}
-
 static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
 static void try_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
-static void retry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void wait_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void authz_unavailable(sc_stream *s, const char *why);
+
+/* ---- phases ---- */
+
+static const char *const phase_names[SC_PHASE_COUNT] = {
+    [SC_PHASE_NEW] = "new",
+    [SC_PHASE_ADMISSION] = "admission",
+    [SC_PHASE_ADMISSION_WAIT] = "admission-wait",
+    [SC_PHASE_QUEUED] = "queued",
+    [SC_PHASE_BACKOFF] = "backoff",
+    [SC_PHASE_CONNECTING] = "connecting",
+    [SC_PHASE_IN_FLIGHT] = "in-flight",
+    [SC_PHASE_RESPONDING] = "responding",
+    [SC_PHASE_DONE] = "done",
+};
+
+const char *sc_phase_name(sc_phase p)
+{
+    return (unsigned)p < SC_PHASE_COUNT ? phase_names[p] : "?";
+}
+
+#ifndef NDEBUG
+#define PH(p) (1u << SC_PHASE_##p)
+/* Where each phase may go next (besides staying); see sc_phase. */
+static const uint16_t phase_next[SC_PHASE_COUNT] = {
+    [SC_PHASE_NEW] = PH(ADMISSION) | PH(DONE),
+    [SC_PHASE_ADMISSION] = PH(ADMISSION_WAIT) | PH(QUEUED) | PH(CONNECTING) | PH(IN_FLIGHT) | PH(BACKOFF) | PH(DONE),
+    [SC_PHASE_ADMISSION_WAIT] = PH(ADMISSION) | PH(DONE),
+    [SC_PHASE_QUEUED] = PH(ADMISSION) | PH(DONE),
+    [SC_PHASE_BACKOFF] = PH(CONNECTING) | PH(IN_FLIGHT) | PH(DONE),
+    [SC_PHASE_CONNECTING] = PH(IN_FLIGHT) | PH(RESPONDING) | PH(BACKOFF) | PH(DONE),
+    [SC_PHASE_IN_FLIGHT] = PH(CONNECTING) | PH(RESPONDING) | PH(BACKOFF) | PH(DONE),
+    [SC_PHASE_RESPONDING] = PH(BACKOFF) | PH(DONE),
+    [SC_PHASE_DONE] = 0,
+};
+#undef PH
+
+void sc_stream_set_phase(sc_stream *s, sc_phase p)
+{
+    sc_phase from = (sc_phase)s->phase;
+    if (from == p)
+        return;
+    SC_DEBUG("%s: stream %p %.*s: %s -> %s", s->route->name, (void *)s, (int)SC_MIN(s->req.path_len, 100),
+             s->req.path ? s->req.path : "", sc_phase_name(from), sc_phase_name(p));
+    if (!(phase_next[from] & (1u << p))) {
+        SC_ERROR("%s: stream %p: illegal phase change %s -> %s", s->route->name, (void *)s, sc_phase_name(from),
+                 sc_phase_name(p));
+        abort();
+    }
+    s->phase = (uint8_t)p;
+}
+#endif
+
+void sc_stream_bound(sc_stream *s)
+{
+    sc_stream_set_phase(s, s->up->flags & SC_CONN_F_CONNECTING ? SC_PHASE_CONNECTING : SC_PHASE_IN_FLIGHT);
+}
+
+void sc_stream_connected(sc_stream *s)
+{
+    if (s->phase == SC_PHASE_CONNECTING)
+        sc_stream_set_phase(s, SC_PHASE_IN_FLIGHT);
+}
 
 sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t down_sid)
 {
@@ -230,6 +196,7 @@ sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t d
     s->w = w;
     s->route = route;
     s->down = down;
+    s->dc = down->ops->down;
     s->down_sid = down_sid;
     s->arena.inl = s->inline_arena;
     s->arena.inl_cap = sizeof(s->inline_arena);
@@ -239,7 +206,7 @@ sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t d
     s->start_ns = sc_now_ns();
     ev_init(&s->timer, stream_timeout_cb);
     ev_init(&s->try_timer, try_timeout_cb);
-    ev_init(&s->retry_timer, retry_timer_cb);
+    ev_init(&s->wait_timer, wait_timer_cb);
     sc_list_push(&w->streams, &s->wlink);
     SC_STAT_INC(w->stats->streams);
     return s;
@@ -268,7 +235,7 @@ static void breaker_settle(sc_stream *s, bool abandon)
     int grpc = s->grpc_status;
     if (s->req.is_grpc && grpc < 0 && http && http != 200)
         grpc = sc_grpc_status_from_http(http);
-    uint32_t cond = s->fail ? fail_cond(s->fail) : 0;
+    uint32_t cond = s->fail ? sc_fail_cond(s->fail) : 0;
     if (s->fail && !cond)
         http = 0; /* a local refusal says nothing about the upstream */
     bool failure = sc_breaker_counts_as_failure(&r->policy->breaker, http, grpc, cond);
@@ -304,7 +271,7 @@ static void attempt_settle(sc_stream *s, bool gateway_or_connect_failure)
 static bool is_gateway_failure(const sc_stream *s)
 {
     if (s->fail)
-        return fail_cond(s->fail) & (SC_COND_CONNECT_FAILURE | SC_COND_RESET | SC_COND_REFUSED_STREAM);
+        return sc_fail_cond(s->fail) & SC_FAIL_GATEWAY_CONDS;
     int st = s->resp.status;
     if (st == 502 || st == 503 || st == 504)
         return true;
@@ -319,7 +286,7 @@ static void stream_free(sc_stream *s)
     sc_route_stats *rs = &w->stats->routes[s->route->index];
     ev_timer_stop(w->loop, &s->timer);
     ev_timer_stop(w->loop, &s->try_timer);
-    ev_timer_stop(w->loop, &s->retry_timer);
+    ev_timer_stop(w->loop, &s->wait_timer);
     sc_list_remove(&s->wlink);
     sc_list_remove(&s->up_link);
     sc_list_remove(&s->qlink);
@@ -354,7 +321,7 @@ static void stream_free(sc_stream *s)
 
 static void maybe_free(sc_stream *s)
 {
-    if ((s->flags & (SC_ST_F_DOWN_DONE | SC_ST_F_UP_DONE)) == (SC_ST_F_DOWN_DONE | SC_ST_F_UP_DONE))
+    if ((s->flags & SC_ST_F_DOWN_DONE) && sc_stream_up_done(s))
         stream_free(s);
 }
 
@@ -370,133 +337,35 @@ static void down_event(sc_stream *s)
 {
     if (s->flags & SC_ST_F_DOWN_DONE)
         return;
-    if (s->down->ops->kind == SC_CONN_DOWN_H2)
-        sc_down_h2_stream_event(s);
-    else
-        sc_down_h1_stream_event(s);
+    s->dc->stream_event(s);
 }
 
 static void up_event(sc_stream *s)
 {
-    if (!s->up || (s->flags & SC_ST_F_UP_DONE))
+    if (!s->up || sc_stream_up_done(s))
         return;
-    if (s->up->ops->kind == SC_CONN_UP_H2)
-        sc_up_h2_stream_event(s);
-    else
-        sc_up_h1_stream_event(s);
+    s->route->uc->stream_event(s);
 }
 
 /* Detaches the current attempt from its connection, if any. */
 static void up_detach(sc_stream *s)
 {
     sc_list_remove(&s->up_link);
-    if (s->up) {
-        if (s->up->ops->kind == SC_CONN_UP_H2)
-            sc_up_h2_cancel(s);
-        else
-            sc_up_h1_cancel(s);
-    }
+    if (s->up)
+        s->route->uc->cancel(s);
     s->up = NULL;
     ev_timer_stop(s->w->loop, &s->try_timer);
 }
 
 static void up_cancel(sc_stream *s)
 {
-    if (s->flags & SC_ST_F_UP_DONE)
+    if (sc_stream_up_done(s))
         return;
     up_detach(s);
-    ev_timer_stop(s->w->loop, &s->retry_timer);
+    ev_timer_stop(s->w->loop, &s->wait_timer);
     sc_list_remove(&s->qlink);
     sc_list_remove(&s->alink);
-    s->flags |= SC_ST_F_UP_DONE;
-}
-
-/* A fallback's configured headers (validated at load: tokens, no CR/LF). */
-static void add_headers(sc_stream *s, sc_msg *m, const sc_kv *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        sc_msg_add(s, m, v[i].key, strlen(v[i].key), v[i].value, strlen(v[i].value));
-}
-
-/* Builds the sidecar's own answer into s->resp / s->respp. Returns -ENOMEM
- * when a gRPC answer cannot carry its grpc-status (the caller would take
- * the call for a success). */
-static int local_reply(sc_stream *s, sc_fail why)
-{
-    sc_route_stats *rs = &s->w->stats->routes[s->route->index];
-    SC_STAT_INC(rs->local_replies);
-    char msg[768];
-    const char *caller = s->down && SC_DOWN(s->down)->identity ? SC_DOWN(s->down)->identity : NULL;
-    if (why == SC_FAIL_FORBIDDEN && s->authz_consul_denied)
-        snprintf(msg, sizeof(msg), "inbound: Consul denied caller %.300s: %.300s",
-                 caller ? caller : "(no SPIFFE identity)", s->authz_note ? s->authz_note : "(no reason given)");
-    else if (why == SC_FAIL_AUTHZ_UNAVAILABLE)
-        snprintf(msg, sizeof(msg), "inbound: cannot check with Consul whether caller %.300s may call: %.300s",
-                 caller ? caller : "(no SPIFFE identity)", s->authz_note ? s->authz_note : "no answer");
-    else if (why == SC_FAIL_FORBIDDEN && s->down && SC_DOWN(s->down)->identity)
-        snprintf(msg, sizeof(msg), "inbound: caller %.300s is not in tls.allow", SC_DOWN(s->down)->identity);
-    else if (why == SC_FAIL_FORBIDDEN)
-        snprintf(msg, sizeof(msg), "inbound: the caller's certificate has no SPIFFE identity; tls.allow needs one");
-    else if (why == SC_FAIL_HEADERS_TOO_LARGE && s->up_send_error)
-        snprintf(msg, sizeof(msg), "upstream %s: the request head is larger than the instance accepts "
-                 "(its SETTINGS_MAX_HEADER_LIST_SIZE) or than HTTP/2 can send", s->route->name);
-    else if (why == SC_FAIL_HEADERS_TOO_LARGE || why == SC_FAIL_METHOD_UNSUPPORTED || why == SC_FAIL_BAD_REQUEST)
-        snprintf(msg, sizeof(msg), "%s listener: %s", s->route->name, fail_detail(why));
-    else
-        snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
-    const sc_breaker_policy *bp = s->route->policy ? &s->route->policy->breaker : NULL;
-    bool fallback = why == SC_FAIL_CIRCUIT_OPEN && bp && bp->has_fallback;
-    sc_msg *m = &s->resp;
-    m->n_hdrs = 0;
-    m->head_done = true;
-    sc_buf_release(s->w, &s->respp.buf);
-    s->respp.n_trailers = s->respp.cap_trailers = 0;
-    s->respp.eof = true;
-    if (s->req.is_grpc) {
-        char code[8], enc[2048];
-        int g = fallback ? (int)bp->fallback_grpc_status : fail_grpc_status(why);
-        s->grpc_status = g;
-        snprintf(code, sizeof(code), "%d", g);
-        size_t elen = sc_grpc_message_encode(fallback && bp->fallback_grpc_message ? bp->fallback_grpc_message : msg,
-                                             enc, sizeof(enc));
-        m->status = 200;
-        m->content_length = -1;
-        if (sc_msg_add(s, m, "content-type", 12, "application/grpc", 16) < 0 ||
-            sc_msg_add(s, m, "grpc-status", 11, code, strlen(code)) < 0)
-            return -ENOMEM;
-        sc_msg_add(s, m, "grpc-message", 12, enc, elen); /* these two may be missing, the status may not */
-        sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
-        if (fallback)
-            add_headers(s, m, bp->fallback_grpc_metadata, bp->n_fallback_grpc_metadata);
-        return 0;
-    }
-    const char *body = msg;
-    size_t n = strlen(msg);
-    m->status = fail_http_status(why);
-    if (fallback) {
-        m->status = (int)bp->fallback_http_status;
-        body = bp->fallback_http_body ? bp->fallback_http_body : "";
-        n = strlen(body);
-    } else {
-        msg[n++] = '\n';
-    }
-    m->content_length = (int64_t)n;
-    if (fallback)
-        add_headers(s, m, bp->fallback_http_headers, bp->n_fallback_http_headers);
-    if (!sc_msg_find(m, "content-type")) /* a fallback may bring its own */
-        sc_msg_add(s, m, "content-type", 12, "text/plain; charset=utf-8", 25);
-    sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
-    if (!(s->flags & SC_ST_F_HEAD_REQ) && n) {
-        if (sc_buf_reserve(s->w, &s->respp.buf, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)n)) == 0 &&
-            sc_buf_space(&s->respp.buf) >= n) {
-            memcpy(sc_buf_tail(&s->respp.buf), body, n);
-            s->respp.buf.end += (uint32_t)n;
-            s->respp.total += n;
-        } else {
-            m->content_length = 0; /* out of memory: the status alone, not a length nothing follows */
-        }
-    }
-    return 0;
+    sc_stream_set_phase(s, SC_PHASE_DONE);
 }
 
 /* ---- retries ---- */
@@ -542,6 +411,7 @@ static void reset_response(sc_stream *s)
     s->respp.trailers = NULL;
     s->grpc_status = -1;
     s->fail = SC_FAIL_NONE;
+    s->fail_msg = NULL;
     s->flags &= ~(SC_ST_F_FAILED | SC_ST_F_REQ_SENT | SC_ST_F_DEFERRED_UP);
     s->up_head_sent = false;
     s->up_chunked = false;
@@ -614,32 +484,37 @@ static bool try_retry(sc_stream *s, uint32_t cond, int http, int grpc)
     reset_response(s);
     if (rewind_request(s) < 0)
         return false;
-    ev_timer_set(&s->retry_timer, (double)delay / 1000.0, 0);
-    ev_timer_start(w->loop, &s->retry_timer);
+    sc_stream_set_phase(s, SC_PHASE_BACKOFF);
+    ev_timer_set(&s->wait_timer, (double)delay / 1000.0, 0);
+    ev_timer_start(w->loop, &s->wait_timer);
     return true;
 }
 
-static void retry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+/* The stream's one wait timer: what it ends depends on the phase. */
+static void wait_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    sc_stream *s = SC_CONTAINER_OF(t, sc_stream, retry_timer);
-    if (sc_link_linked(&s->alink)) {
-        /* Waiting for Consul's answer (tls.authorize), and it did not come in time. */
+    sc_stream *s = SC_CONTAINER_OF(t, sc_stream, wait_timer);
+    switch ((sc_phase)s->phase) {
+    case SC_PHASE_ADMISSION_WAIT:
+        /* Consul's answer (tls.authorize) did not come in time. */
         sc_list_remove(&s->alink);
-        SC_STAT_INC(s->w->stats->authz_unavailable);
-        s->authz_note = "Consul did not answer in time";
-        sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
+        authz_unavailable(s, "Consul did not answer in time");
         return;
-    }
-    if (sc_link_linked(&s->qlink)) {
-        /* Waiting in the bulkhead queue, not in backoff: the queue wait is over. */
+    case SC_PHASE_QUEUED:
+        /* The bulkhead queue wait is over. */
         sc_list_remove(&s->qlink);
         sc_bulkhead_queue_timeout(&s->route->bulkhead);
         sc_stream_upstream_failed(s, SC_FAIL_QUEUE_TIMEOUT);
         return;
+    case SC_PHASE_BACKOFF:
+        begin_attempt(s);
+        return;
+    default:
+        SC_ERROR("%s: stream wait timer expired in phase %s", s->route->name, sc_phase_name((sc_phase)s->phase));
+        return;
     }
-    begin_attempt(s);
 }
 
 static void try_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -653,27 +528,16 @@ static void try_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
 void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
 {
     sc_route_stats *rs = &s->w->stats->routes[s->route->index];
-    if (s->flags & SC_ST_F_UP_DONE)
+    if (sc_stream_up_done(s))
         return;
     s->fail = why;
     s->flags |= SC_ST_F_FAILED;
-    switch (why) {
-    case SC_FAIL_CONNECT: SC_STAT_INC(rs->connect_failures); break;
-    case SC_FAIL_CONNECT_TIMEOUT: SC_STAT_INC(rs->connect_timeouts); break;
-    case SC_FAIL_TIMEOUT:
-    case SC_FAIL_TRY_TIMEOUT: SC_STAT_INC(rs->timeouts); break;
-    case SC_FAIL_RESET:
-    case SC_FAIL_REFUSED_STREAM:
-    case SC_FAIL_PROTOCOL: SC_STAT_INC(rs->resets); break;
-    case SC_FAIL_NO_INSTANCE: SC_STAT_INC(rs->no_instance); break;
-    case SC_FAIL_OVERLOAD:
-    case SC_FAIL_QUEUE_TIMEOUT: SC_STAT_INC(rs->bulkhead_rejections); break;
-    case SC_FAIL_CIRCUIT_OPEN: SC_STAT_INC(rs->breaker_rejections); break;
-    default: break;
-    }
-    if (why != SC_FAIL_TIMEOUT && fail_cond(why) && try_retry(s, fail_cond(why), 0, -1))
+    const sc_fail_info *fi = sc_fail_info_of(why);
+    if (fi->stat != SC_FAIL_NO_STAT)
+        SC_STAT_INC(*(sc_counter *)((char *)rs + fi->stat));
+    if (why != SC_FAIL_TIMEOUT && fi->cond && try_retry(s, fi->cond, 0, -1))
         return;
-    if (why != SC_FAIL_NO_INSTANCE && why != SC_FAIL_CIRCUIT_OPEN && why != SC_FAIL_OVERLOAD)
+    if (!(fi->flags & SC_FAIL_F_QUIET))
         SC_DEBUG("upstream %s: request %.*s failed: %s", s->route->name, (int)s->req.path_len,
                  s->req.path ? s->req.path : "", sc_fail_reason(why));
     if (s->inst)
@@ -685,38 +549,13 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
         maybe_free(s);
         return;
     }
-    if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
-        if (local_reply(s, why) < 0) {
-            /* Out of memory for the answer: cut the stream as if mid-response
-             * (the codecs reset or close when the head is out and the body
-             * failed); status 0 keeps it out of the response counters. */
-            s->resp.status = 0;
-            s->flags |= SC_ST_F_DOWN_HEAD_SENT;
-            s->respp.eof = false;
-        }
-    } else if (s->req.is_grpc && s->down->ops->kind == SC_CONN_DOWN_H2 && !s->respp.eof) {
-        /* Headers went out already: end the call with a status in trailers. */
-        char code[8], enc[512], msg[384];
-        int g = fail_grpc_status(why);
-        s->grpc_status = g;
-        snprintf(code, sizeof(code), "%d", g);
-        snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
-        size_t elen = sc_grpc_message_encode(msg, enc, sizeof(enc));
-        s->respp.n_trailers = s->respp.cap_trailers = 0;
-        /* Out of memory for the status: the stream is reset (RST_STREAM) instead. */
-        s->respp.eof = sc_pipe_add_trailer(s, &s->respp, "grpc-status", 11, code, strlen(code)) == 0;
-        if (s->respp.eof)
-            sc_pipe_add_trailer(s, &s->respp, "grpc-message", 12, enc, elen);
-    } else {
-        s->respp.eof = false;
-        s->fail = why; /* the downstream codec aborts (RST_STREAM / close) */
-    }
+    sc_fail_answer(s, why);
     down_event(s);
 }
 
 void sc_stream_upstream_done(sc_stream *s)
 {
-    s->flags |= SC_ST_F_UP_DONE;
+    sc_stream_set_phase(s, SC_PHASE_DONE);
     s->up = NULL;
     ev_timer_stop(s->w->loop, &s->timer);
     ev_timer_stop(s->w->loop, &s->try_timer);
@@ -732,11 +571,11 @@ void sc_stream_downstream_done(sc_stream *s, bool aborted)
         return;
     s->flags |= SC_ST_F_DOWN_DONE;
     s->down = NULL;
-    if (aborted || !(s->flags & SC_ST_F_UP_DONE)) {
-        if (!(s->flags & SC_ST_F_UP_DONE) && !(s->flags & SC_ST_F_FAILED))
+    if (aborted || !sc_stream_up_done(s)) {
+        if (!sc_stream_up_done(s) && !(s->flags & SC_ST_F_FAILED))
             SC_DEBUG("upstream %s: caller went away; cancelling the upstream request", s->route->name);
-        if (!(s->flags & SC_ST_F_UP_DONE)) {
-            if (sc_link_linked(&s->qlink))
+        if (!sc_stream_up_done(s)) {
+            if (s->phase == SC_PHASE_QUEUED)
                 sc_bulkhead_abandon(&s->route->bulkhead);
             if (s->inst)
                 attempt_settle(s, false);
@@ -752,7 +591,7 @@ static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     sc_stream *s = SC_CONTAINER_OF(t, sc_stream, timer);
-    if (sc_link_linked(&s->qlink)) {
+    if (s->phase == SC_PHASE_QUEUED) {
         sc_list_remove(&s->qlink);
         sc_bulkhead_abandon(&s->route->bulkhead);
     }
@@ -778,6 +617,8 @@ void sc_stream_resp_progress(sc_stream *s)
         bool bad = http >= 500 || (grpc > 0) || (http >= 400 && http < 500);
         if (bad && try_retry(s, 0, http, grpc))
             return;
+        if (!sc_stream_up_done(s))
+            sc_stream_set_phase(s, SC_PHASE_RESPONDING);
     }
     down_event(s);
 }
@@ -786,38 +627,21 @@ void sc_stream_resp_informational(sc_stream *s, int status, const nghttp2_nv *nv
 {
     if (s->flags & (SC_ST_F_DOWN_DONE | SC_ST_F_DOWN_HEAD_SENT))
         return;
-    if (s->down->ops->kind == SC_CONN_DOWN_H2)
-        sc_down_h2_informational(s, status, nv, n);
-    else
-        sc_down_h1_informational(s, status, nv, n);
+    s->dc->informational(s, status, nv, n);
 }
 
 void sc_stream_resp_drained(sc_stream *s, size_t n)
 {
-    if (!s->up || (s->flags & SC_ST_F_UP_DONE))
+    if (!s->up || sc_stream_up_done(s))
         return;
-    if (s->up->ops->kind == SC_CONN_UP_H2) {
-        n = SC_MIN(n, s->up_unconsumed);
-        s->up_unconsumed -= (uint32_t)n;
-        nghttp2_session_consume(SC_UP(s->up)->h2, s->up_sid, n);
-        sc_conn_mark_dirty(s->up);
-    } else {
-        sc_conn_resume_read(s->up);
-    }
+    s->route->uc->consumed(s, n);
 }
 
 void sc_stream_req_drained(sc_stream *s, size_t n)
 {
     if (!s->down || (s->flags & SC_ST_F_DOWN_DONE))
         return;
-    if (s->down->ops->kind == SC_CONN_DOWN_H2) {
-        n = SC_MIN(n, s->down_unconsumed);
-        s->down_unconsumed -= (uint32_t)n;
-        nghttp2_session_consume(SC_DOWN(s->down)->h2, s->down_sid, n);
-        sc_conn_mark_dirty(s->down);
-    } else {
-        sc_conn_resume_read(s->down);
-    }
+    s->dc->consumed(s, n);
 }
 
 int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len)
@@ -924,10 +748,7 @@ static void begin_attempt(sc_stream *s)
         ev_timer_set(&s->try_timer, (double)per_try / 1000.0, 0);
         ev_timer_start(s->w->loop, &s->try_timer);
     }
-    if (s->route->protocol == SC_PROTO_HTTP1)
-        sc_up_h1_attach(s);
-    else
-        sc_up_h2_attach(s);
+    s->route->uc->attach(s);
 }
 
 /* Admitted by the bulkhead: go. */
@@ -950,7 +771,8 @@ static void bulkhead_release(sc_stream *s)
     while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
         sc_stream *q = SC_CONTAINER_OF(rs->waiters.next, sc_stream, qlink);
         sc_list_remove(&q->qlink);
-        ev_timer_stop(s->w->loop, &q->retry_timer);
+        ev_timer_stop(s->w->loop, &q->wait_timer);
+        sc_stream_set_phase(q, SC_PHASE_ADMISSION);
         admitted(q);
     }
 }
@@ -961,7 +783,8 @@ void sc_route_promote_waiters(sc_worker *w, sc_route *r)
     while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
         sc_stream *q = SC_CONTAINER_OF(rs->waiters.next, sc_stream, qlink);
         sc_list_remove(&q->qlink);
-        ev_timer_stop(w->loop, &q->retry_timer);
+        ev_timer_stop(w->loop, &q->wait_timer);
+        sc_stream_set_phase(q, SC_PHASE_ADMISSION);
         admitted(q);
     }
 }
@@ -997,8 +820,9 @@ static void admit(sc_stream *s)
         if (!ev_is_active(&w->promote))
             ev_timer_again(w->loop, &w->promote);
         uint64_t qt = p ? p->bulkhead.queue_timeout_ms : 0;
-        ev_timer_set(&s->retry_timer, qt ? (double)qt / 1000.0 : 3600.0, 0);
-        ev_timer_start(w->loop, &s->retry_timer);
+        sc_stream_set_phase(s, SC_PHASE_QUEUED);
+        ev_timer_set(&s->wait_timer, qt ? (double)qt / 1000.0 : 3600.0, 0);
+        ev_timer_start(w->loop, &s->wait_timer);
         return;
     }
     case SC_BULKHEAD_REJECT:
@@ -1015,9 +839,32 @@ static void admit(sc_stream *s)
  * two compares and a counter, no lock. After that the shared cache is asked
  * (one mutex); when Consul must be asked, the request waits on
  * worker->authz_waiters (bounded by its deadline and SC_AUTHZ_WAIT_MS on
- * retry_timer) until the control thread wakes this worker. A request that
+ * wait_timer) until the control thread wakes this worker. A request that
  * ends while waiting (caller reset, deadline) leaves the list in up_cancel /
  * stream_free, so nothing points at it afterwards. */
+
+static const char *caller_name(const sc_stream *s)
+{
+    const char *id = s->down ? SC_DOWN(s->down)->identity : NULL;
+    return id ? id : "(no SPIFFE identity)";
+}
+
+/* Consul (or the lack of an identity to ask it about) refuses the caller. */
+static void authz_denied(sc_stream *s, const char *note)
+{
+    SC_STAT_INC(s->w->stats->authz_consul_denied);
+    sc_stream_fail_msg(s, "inbound: Consul denied caller %.300s: %.300s", caller_name(s), note);
+    sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
+}
+
+/* No answer from Consul, and no earlier one: nothing is allowed by default. */
+static void authz_unavailable(sc_stream *s, const char *why)
+{
+    SC_STAT_INC(s->w->stats->authz_unavailable);
+    sc_stream_fail_msg(s, "inbound: cannot check with Consul whether caller %.300s may call: %.300s", caller_name(s),
+                       why && *why ? why : "no answer");
+    sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
+}
 
 static void authz_remember(sc_down_conn *d, const sc_authz_decision *dec)
 {
@@ -1035,21 +882,11 @@ static bool authz_apply(sc_stream *s, bool allowed, const char *reason, bool sta
         SC_STAT_INC(st->authz_stale);
     if (allowed)
         return true;
-    SC_STAT_INC(st->authz_consul_denied);
-    s->authz_consul_denied = true;
-    s->authz_note = reason && *reason ? reason : "(no reason given)";
+    const char *note = reason && *reason ? reason : "(no reason given)";
     SC_WARN_LIMITED(sc_authz_log_limit(s->w->sc->authz), "inbound: Consul denied caller %s: %s%s",
-                    SC_DOWN(s->down)->identity ? SC_DOWN(s->down)->identity : "(no SPIFFE identity)", s->authz_note,
-                    stale ? " (its last answer; Consul cannot answer now)" : "");
-    sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
+                    caller_name(s), note, stale ? " (its last answer; Consul cannot answer now)" : "");
+    authz_denied(s, note);
     return false;
-}
-
-static void authz_unavailable(sc_stream *s, const char *why)
-{
-    SC_STAT_INC(s->w->stats->authz_unavailable);
-    s->authz_note = sc_arena_dup(&s->arena, why, strlen(why));
-    sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
 }
 
 /* true: the caller may call, go on now; false: refused, or waiting for Consul. */
@@ -1064,10 +901,7 @@ static bool authz_admit(sc_stream *s)
         return authz_apply(s, d->authz_allowed, d->authz_reason, d->authz_stale);
     }
     if (!d->identity) {
-        SC_STAT_INC(s->w->stats->authz_consul_denied);
-        s->authz_consul_denied = true;
-        s->authz_note = "the caller's certificate has no SPIFFE identity (URI SAN) to ask Consul about";
-        sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
+        authz_denied(s, "the caller's certificate has no SPIFFE identity (URI SAN) to ask Consul about");
         return false;
     }
     char serial[SC_AUTHZ_SERIAL_MAX];
@@ -1085,8 +919,9 @@ static bool authz_admit(sc_stream *s)
         SC_STAT_INC(s->w->stats->authz_cache_misses);
         s->authz_seq = dec.seq;
         sc_list_push(&s->w->authz_waiters, &s->alink);
-        ev_timer_set(&s->retry_timer, (double)SC_AUTHZ_WAIT_MS / 1000.0, 0);
-        ev_timer_start(s->w->loop, &s->retry_timer);
+        sc_stream_set_phase(s, SC_PHASE_ADMISSION_WAIT);
+        ev_timer_set(&s->wait_timer, (double)SC_AUTHZ_WAIT_MS / 1000.0, 0);
+        ev_timer_start(s->w->loop, &s->wait_timer);
         return false;
     case SC_AUTHZ_UNAVAILABLE:
     default:
@@ -1119,7 +954,7 @@ static void authz_wake_cb(struct ev_loop *loop, ev_async *a, int revents)
         if (dec.verdict == SC_AUTHZ_WAIT)
             continue;
         sc_list_remove(&s->alink);
-        ev_timer_stop(loop, &s->retry_timer);
+        ev_timer_stop(loop, &s->wait_timer);
         s->authz_verdict = (uint8_t)dec.verdict;
         s->authz_stale = dec.stale;
         if (dec.verdict == SC_AUTHZ_UNAVAILABLE) {
@@ -1134,9 +969,9 @@ static void authz_wake_cb(struct ev_loop *loop, ev_async *a, int revents)
         sc_stream *s = SC_CONTAINER_OF(ready.next, sc_stream, alink);
         sc_list_remove(&s->alink);
         if (s->authz_verdict == SC_AUTHZ_UNAVAILABLE) {
-            SC_STAT_INC(w->stats->authz_unavailable);
-            sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
+            authz_unavailable(s, s->authz_note);
         } else if (authz_apply(s, s->authz_verdict == SC_AUTHZ_ALLOW, s->authz_note, s->authz_stale)) {
+            sc_stream_set_phase(s, SC_PHASE_ADMISSION);
             admit(s);
         }
     }
@@ -1157,6 +992,7 @@ void sc_stream_start(sc_stream *s)
     SC_STAT_INC(rs->requests);
     SC_STAT_INC(rs->active_requests);
     s->flags |= SC_ST_F_UP_STARTED;
+    sc_stream_set_phase(s, SC_PHASE_ADMISSION);
 
     /* Deadline: the smaller of the policy's and the caller's grpc-timeout. */
     uint64_t limit_ns = r->timeouts->request_ms * 1000000u;
@@ -1178,6 +1014,10 @@ void sc_stream_start(sc_stream *s)
     }
     if (r->inbound && s->down && SC_DOWN(s->down)->denied) {
         SC_STAT_INC(w->stats->authz_denied);
+        if (SC_DOWN(s->down)->identity)
+            sc_stream_fail_msg(s, "inbound: caller %.300s is not in tls.allow", SC_DOWN(s->down)->identity);
+        else
+            s->fail_msg = "inbound: the caller's certificate has no SPIFFE identity; tls.allow needs one";
         sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
         return;
     }

@@ -5,6 +5,7 @@
  * iteration before polling, deferred frees), the block pool, and the drain.
  */
 #include "core/log.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 #include "tls/tls.h"
@@ -371,7 +372,7 @@ static void tls_step(sc_conn *c)
             SC_STAT_INC(ws->tls_refused);
         else
             SC_STAT_INC(ws->tls_failed);
-        bool inbound = c->ops->kind == SC_CONN_DOWN_H1;
+        bool inbound = !(c->ops->flags & SC_CONN_OPS_UPSTREAM);
         SC_WARN_LIMITED(inbound ? &inbound_tls_log_limit : &c->route->log_limit,
                         "%s %s: TLS handshake with %s failed: %s", inbound ? "listener" : "upstream", c->route->name,
                         c->peer_text, sc_tls_conn_error(c->ssl));
@@ -381,12 +382,15 @@ static void tls_step(sc_conn *c)
     SC_STAT_INC(ws->tls_handshakes);
     if (sc_tls_session_reused(c->ssl))
         SC_STAT_INC(ws->tls_resumed);
+    bool connecting = (c->flags & SC_CONN_F_CONNECTING) != 0;
     c->flags &= ~(SC_CONN_F_TLS_HS | SC_CONN_F_TLS_HS_WRITE | SC_CONN_F_CONNECTING);
-    if (c->ops->kind == SC_CONN_UP_H1 || c->ops->kind == SC_CONN_UP_H2)
+    if (c->ops->flags & SC_CONN_OPS_UPSTREAM)
         ev_timer_stop(c->w->loop, &c->timer); /* the connect timeout covered the handshake */
     conn_update_events(c);
     if (c->ops->on_handshake)
         c->ops->on_handshake(c);
+    if (connecting && c->ops->on_connected && !(c->flags & SC_CONN_F_CLOSED))
+        c->ops->on_connected(c);
     if (!(c->flags & SC_CONN_F_CLOSED))
         sc_conn_mark_dirty(c);
 }
@@ -426,6 +430,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
             c->flags &= ~SC_CONN_F_CONNECTING;
             ev_timer_stop(c->w->loop, &c->timer);
             conn_update_events(c);
+            if (c->ops->on_connected)
+                c->ops->on_connected(c);
         } else {
             c->flags &= ~SC_CONN_F_WANT_WRITE;
             conn_update_events(c);
@@ -535,7 +541,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
         /* HTTP/1 bytes that arrived while the reader was paused are parsed now:
          * the socket will not signal them again. */
         if (!(c->flags & (SC_CONN_F_READ_PAUSED | SC_CONN_F_CLOSING | SC_CONN_F_TLS_HS)) &&
-            ((sc_buf_len(&c->in) && (c->ops->kind == SC_CONN_DOWN_H1 || c->ops->kind == SC_CONN_UP_H1)) ||
+            ((sc_buf_len(&c->in) && (c->ops->flags & SC_CONN_OPS_BUFFERS_INPUT)) ||
              tls_pending(c)))
             c->ops->on_readable(c);
         if (!(c->flags & SC_CONN_F_CLOSED))
@@ -634,8 +640,6 @@ static void stop_listeners(sc_worker *w)
     }
 }
 
-void sc_down_drain(sc_conn *c); /* down_h1.c: finish current work, then close */
-
 static void drain_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
@@ -683,7 +687,7 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
     while (l != &w->down_conns) {
         sc_conn *c = SC_CONTAINER_OF(l, sc_conn, link);
         l = l->next;
-        sc_down_drain(c);
+        c->ops->down->drain(c);
     }
 }
 

@@ -8,6 +8,7 @@
 
 #include "core/log.h"
 #include "http/h1.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 
