@@ -254,6 +254,7 @@ void sc_sidecar_free(sidecar *sc)
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_endpoints_ref_clear(&sc->routes[r].endpoints);
         sc_route_free_states(&sc->routes[r]);
+        sc_route_free_pipeline(&sc->routes[r]);
     }
     free(sc->routes);
     sc_config_free(sc->cfg);

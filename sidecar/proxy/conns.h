@@ -29,16 +29,7 @@ typedef struct sc_down_conn {
     uint32_t n_streams;
     uint32_t n_oversized;           /* header blocks refused as too large (down_h2.c ends the connection past a bound) */
     bool goaway_sent;
-    /* TLS: the caller's verified identity (URI SAN) and the allow-list verdict */
-    bool tls;
-    bool denied;
-    char *identity;                 /* NULL: no verified identity */
-    /* tls.authorize: consul: the last decision for this caller, reused
-     * without a lock until authz_until_ms (stream.c) */
-    uint64_t authz_until_ms;        /* 0: none */
-    const char *authz_reason;       /* Consul's reason (interned by authz, lives as long as it) */
-    bool authz_allowed;
-    bool authz_stale;
+    sc_caller caller;               /* who is calling (super.caller points here) */
 } sc_down_conn;
 
 /* A connection to one upstream instance. */

@@ -256,7 +256,7 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
         if (sc_msg_add(s, m, hd->name.p, hd->name.len, hd->value.p, hd->value.len) < 0)
             return -ENOMEM;
     }
-    if (d->identity && c->route->inbound && sc_msg_add(s, m, idh, idh_len, d->identity, strlen(d->identity)) < 0)
+    if (d->caller.identity && c->route->inbound && sc_msg_add(s, m, idh, idh_len, d->caller.identity, strlen(d->caller.identity)) < 0)
         return -ENOMEM;
     if (h->te_trailers) {
         s->down_te_trailers = true;
@@ -632,8 +632,8 @@ static void on_close(sc_conn *c, int err)
 {
     sc_down_conn *d = SC_DOWN(c);
     (void)err;
-    free(d->identity);
-    d->identity = NULL;
+    free(d->caller.identity);
+    d->caller.identity = NULL;
     if (d->cur) {
         sc_stream *s = d->cur;
         d->cur = NULL;
@@ -650,12 +650,12 @@ static void on_handshake(sc_conn *c)
     const sc_config *cfg = c->w->sc->cfg;
     char id[SC_TLS_ID_MAX];
     if (sc_tls_peer_identity(c->ssl, id, sizeof(id)) > 0)
-        d->identity = strdup(id);
+        d->caller.identity = strdup(id);
     if (cfg->tls.n_allow) {
-        d->denied = !sc_tls_allowed((const char *const *)cfg->tls.allow, cfg->tls.n_allow, d->identity);
-        if (d->denied)
+        d->caller.denied = !sc_tls_allowed((const char *const *)cfg->tls.allow, cfg->tls.n_allow, d->caller.identity);
+        if (d->caller.denied)
             SC_INFO("inbound listener: caller %s is not in tls.allow; its requests get 403 / PERMISSION_DENIED",
-                    d->identity ? d->identity : "(certificate without a SPIFFE identity)");
+                    d->caller.identity ? d->caller.identity : "(certificate without a SPIFFE identity)");
     }
     const char *alpn = sc_tls_alpn_selected(c->ssl);
     if (alpn && strcmp(alpn, "h2") == 0 && sc_down_h2_upgrade(c) < 0)
@@ -697,6 +697,7 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
     }
     sc_conn *c = &d->super;
     sc_conn_init(c, w, fd, &down_h1_ops, route);
+    c->caller = &d->caller;
     memcpy(&c->peer, sa, len);
     c->peer_len = len;
     sc_sockaddr_text(sa, c->peer_text, sizeof(c->peer_text));
@@ -715,7 +716,7 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
             free(d);
             return;
         }
-        d->tls = true;
+        d->caller.tls = true;
         c->ssl = ssl;
         c->flags |= SC_CONN_F_TLS_HS; /* the handshake waits for the ClientHello: EV_READ, as sc_conn_init set it */
     }

@@ -58,7 +58,7 @@ static void detach(sc_down_conn *d, sc_stream *s, bool aborted)
  * 403 (sc_stream_start) and nothing of them is kept. */
 static bool caller_denied(const sc_down_conn *d, const sc_stream *s)
 {
-    return d->denied && s->route->inbound;
+    return d->caller.denied && s->route->inbound;
 }
 
 /* Resets one of the caller's streams from a callback and lets go of it at
@@ -401,10 +401,10 @@ static int request_head_done(sc_down_conn *d, sc_stream *s)
     }
     if (join_cookies(s) < 0)
         return reset_stream(d, s, NGHTTP2_INTERNAL_ERROR);
-    if (d->identity && s->route->inbound) {
+    if (d->caller.identity && s->route->inbound) {
         /* Without it the app would take the request for an unauthenticated one: no request rather than that. */
         const char *idh = s->w->sc->cfg->tls.identity_header;
-        if (sc_msg_add(s, m, idh, strlen(idh), d->identity, strlen(d->identity)) < 0)
+        if (sc_msg_add(s, m, idh, strlen(idh), d->caller.identity, strlen(d->caller.identity)) < 0)
             return reset_stream(d, s, NGHTTP2_INTERNAL_ERROR);
     }
     if (s->reqp.eof && m->content_length < 0 &&
@@ -673,8 +673,8 @@ static void on_close(sc_conn *c, int err)
 {
     (void)err;
     sc_down_conn *d = SC_DOWN(c);
-    free(d->identity);
-    d->identity = NULL;
+    free(d->caller.identity);
+    d->caller.identity = NULL;
     if (d->h2) {
         /* Each live stream is told its caller is gone. */
         sc_link *l = c->w->streams.next;

@@ -104,6 +104,7 @@ struct sc_route {
     unsigned index;                 /* into worker->rstate and stats */
     sc_proto protocol;              /* towards the instances */
     const sc_timeouts *timeouts;
+    const struct sc_pipeline *pipeline; /* admission stages and observers (stage.h) */
     const sc_policy *policy;        /* NULL for inbound */
     bool inbound;
     sc_endpoints_ref endpoints;     /* published snapshot (discovery/endpoints.h) */
@@ -123,16 +124,18 @@ void sc_route_publish(sc_route *r, sc_endpoints *snap);
 /* Start-up: resilience state from the policy (NULL policy: inbound). */
 void sc_route_init_resilience(sc_route *r, const sc_policy *p, uint32_t inbound_max_concurrent);
 void sc_route_free_states(sc_route *r);
-/* Start-up, once the route's config is set: its upstream codec. */
+/* Start-up, once the route's config is set: its upstream codec, admission
+ * stages and observers (stage.h); freed with sc_route_free_pipeline. */
 struct sidecar;
 void sc_route_build_pipeline(sc_route *r, const struct sidecar *sc);
+void sc_route_free_pipeline(sc_route *r);
 
 /* Per worker, per route: connection pool and balancing state. */
 typedef struct sc_route_state {
     sc_link h2_conns;               /* upstream HTTP/2 connections */
     sc_link h1_idle;                /* idle upstream HTTP/1 connections */
     sc_lb_ctx lb;                   /* cursor and random state of this worker */
-    sc_link waiters;                /* streams queued by the bulkhead */
+    sc_link waiters;                /* streams parked by the bulkhead (stage_bulkhead.c) */
     uint8_t *skip;                  /* scratch for the load balancer */
     uint32_t *load;
     size_t scratch_n;
@@ -151,6 +154,20 @@ enum {
 };
 
 struct sc_down_codec;
+
+/* Who is calling, kept on a caller's connection (down_h1.c sets it up at the
+ * TLS handshake) for the admission stages (sc_stream_caller). */
+typedef struct sc_caller {
+    char *identity;                 /* the verified SPIFFE identity (URI SAN); NULL: none, or cleartext */
+    bool tls;                       /* the connection is TLS */
+    bool denied;                    /* tls.allow refused the identity (stage_allow.c answers 403) */
+    /* tls.authorize: consul: the last decision for this caller, reused
+     * without a lock until authz_until_ms (stage_authz.c) */
+    uint64_t authz_until_ms;        /* 0: none */
+    const char *authz_reason;       /* Consul's reason (interned by authz, lives as long as it) */
+    bool authz_allowed;
+    bool authz_stale;
+} sc_caller;
 
 /* A connection's protocol implementation (codec.h has the stream-level side). */
 typedef struct sc_conn_ops {
@@ -188,6 +205,7 @@ struct sc_conn {
     const sc_conn_ops *ops;
     sc_worker *w;
     sc_route *route;                /* downstream: the listener's route; upstream: its route */
+    sc_caller *caller;              /* a caller's connection: who it is; NULL upstream */
     int fd;
     uint32_t flags;
     sc_link dirty_link;             /* worker->dirty */
@@ -238,21 +256,20 @@ typedef struct sc_msg {
  * the caller's codec may still write a response long after the upstream side
  * is done. Legal moves (checked in debug builds, sc_stream_set_phase):
  *
- *   NEW -> ADMISSION -> [ADMISSION_WAIT | QUEUED -> ADMISSION] -> CONNECTING
- *       -> IN_FLIGHT -> RESPONDING -> DONE
+ *   NEW -> ADMISSION -> [PARKED -> ADMISSION] -> CONNECTING -> IN_FLIGHT
+ *       -> RESPONDING -> DONE
  *
  * with BACKOFF between attempts (from CONNECTING, IN_FLIGHT or RESPONDING
  * before any response byte went out, back to CONNECTING / IN_FLIGHT), the
  * attempt going straight to IN_FLIGHT on a pooled connection, and DONE
  * reachable from every phase (answered locally, failed for good, caller gone).
- * The stream's wait_timer runs only in ADMISSION_WAIT, QUEUED and BACKOFF,
- * and the phase says what its expiry means.
+ * The stream's wait_timer runs only in PARKED (the parking stage's timeout,
+ * stage.h) and BACKOFF (the next attempt): the phase says what it means.
  */
 typedef enum {
     SC_PHASE_NEW = 0,               /* the downstream codec is decoding the request head */
-    SC_PHASE_ADMISSION,             /* checked by the route's admission (caller, breaker, bulkhead) */
-    SC_PHASE_ADMISSION_WAIT,        /* waiting for Consul's answer (tls.authorize); wait_timer: give up */
-    SC_PHASE_QUEUED,                /* in the bulkhead queue; wait_timer: bulkhead.queue_timeout */
+    SC_PHASE_ADMISSION,             /* running the route's admission stages (stage.h) */
+    SC_PHASE_PARKED,                /* a stage holds it (Consul's answer, bulkhead queue); wait_timer: its timeout */
     SC_PHASE_BACKOFF,               /* between attempts; wait_timer: start the next one */
     SC_PHASE_CONNECTING,            /* the attempt waits for its upstream connection to open */
     SC_PHASE_IN_FLIGHT,             /* the request is on an open upstream connection, no response head yet */
@@ -273,6 +290,9 @@ enum {
     SC_ST_F_DEFERRED_UP = 1u << 7,      /* up h2 data provider is deferred */
     SC_ST_F_REQ_SENT = 1u << 8,         /* whole request written upstream */
     SC_ST_F_DOWN_RESP_END = 1u << 9,    /* HTTP/2 downstream: END_STREAM of the response sent */
+    SC_ST_F_SETTLED = 1u << 10,         /* the admission stages heard how the upstream side ended */
+    SC_ST_F_HEAD_OBSERVED = 1u << 11,   /* observers saw the response head */
+    SC_ST_F_ABANDONED = 1u << 12,       /* the caller went away before the upstream side finished */
 };
 
 struct sc_stream {
@@ -280,6 +300,8 @@ struct sc_stream {
     sc_route *route;
     uint32_t flags;
     uint8_t phase;                  /* sc_phase: set with sc_stream_set_phase */
+    uint8_t stage_pos;              /* admission stages passed; while PARKED, the parking stage's index */
+    const struct sc_pipeline *pipe; /* the route's stages and observers it was admitted through (stage.h) */
     /* downstream side */
     sc_conn *down;
     const struct sc_down_codec *dc; /* its codec (codec.h) */
@@ -298,10 +320,12 @@ struct sc_stream {
     ev_timer timer;
     uint64_t start_ns;
     uint64_t deadline_ns;           /* 0 = none */
+    uint64_t up_start_ns;           /* the first attempt began (0: none yet) */
+    uint64_t try_start_ns;          /* the current attempt began */
+    uint64_t first_byte_ns;         /* this attempt's response head arrived (0: not yet) */
     sc_fail fail;
     const char *fail_msg;           /* the sidecar's answer, when it says more than the failure table (arena) */
     int grpc_status;                /* seen in trailers, -1 none */
-    uint64_t bytes_in, bytes_out;
     /* per-stream state for HTTP/1 sides */
     sc_h1_body h1_body;             /* body decoder of whichever side is HTTP/1 */
     sc_h1_body h1_up_body;
@@ -318,11 +342,9 @@ struct sc_stream {
     uint32_t attempt;               /* 1-based attempt in flight (or waiting for) */
     ev_timer try_timer;             /* per_try timeout of the current attempt */
     ev_timer wait_timer;            /* what it bounds depends on the phase (see sc_phase) */
-    sc_link qlink;                  /* route_state->waiters while queued by the bulkhead */
     sc_instance_state *inst;        /* instance of the current attempt (may be NULL) */
-    uint64_t probe_id;              /* circuit breaker probe id (0: ordinary call) */
-    bool breaker_pending;           /* allow() granted, record()/abandon() still owed */
-    bool bulkhead_held;             /* holds an active slot of the route's bulkhead */
+    sc_link park_link;              /* on the parking stage's list while PARKED */
+    uint64_t stage_word[8];         /* each admission stage's own state (stage.h: SC_PIPELINE_MAX) */
     bool head_checked;              /* this attempt's response head was judged for retry */
     bool down_chunked;              /* HTTP/1 downstream response framing */
     bool up_chunked;                /* HTTP/1 upstream request framing */
@@ -330,12 +352,6 @@ struct sc_stream {
     bool up_keepalive;
     bool down_te_trailers;
     bool up_head_sent;
-    /* tls.authorize: consul (stream.c, authz/authz.h) */
-    bool authz_stale;               /* the answer waited for was an earlier one (Consul failing) */
-    uint8_t authz_verdict;          /* sc_authz_verdict of the answer waited for */
-    uint64_t authz_seq;             /* the lookup waited for */
-    const char *authz_note;         /* Consul's reason (interned) or why it could not answer (arena) */
-    sc_link alink;                  /* worker->authz_waiters while waiting for Consul's answer */
     sc_link wlink;                  /* worker->streams (drain, stats) */
     /* HTTP/2 header blocks as they arrive (down_h2.c: the caller's; up_h2.c:
      * the upstream's), counted as HPACK counts a header list (name + value +
@@ -378,7 +394,7 @@ struct sc_worker {
     struct sc_tls_session_cache *tls_sessions; /* outbound TLS resumption */
     /* tls.authorize: consul; set up by sc_stream_authz_init before the thread runs */
     ev_async authz_wake;            /* the control thread: a lookup this worker waits for ended */
-    sc_link authz_waiters;          /* streams waiting for Consul's answer (sc_stream.alink) */
+    sc_link authz_waiters;          /* streams parked by stage_authz.c (sc_stream.park_link) */
     /* free lists */
     void *free_streams;
     void *free_blocks;
@@ -423,6 +439,8 @@ static inline void sc_stream_set_phase(sc_stream *s, sc_phase p) { s->phase = (u
 #else
 void sc_stream_set_phase(sc_stream *s, sc_phase p);
 #endif
+/* attempt.c: the first attempt, once admitted (admit.c). */
+void sc_attempt_begin(sc_stream *s);
 /* The upstream side is finished (nothing more is sent or expected). */
 static inline bool sc_stream_up_done(const sc_stream *s) { return s->phase == SC_PHASE_DONE; }
 /* The upstream codec bound the current attempt to s->up: CONNECTING or
@@ -462,8 +480,6 @@ void sc_stream_downstream_done(sc_stream *s, bool aborted);
 /* tls.authorize: consul: starts w->authz_wake on the worker's loop (before
  * the worker thread runs). */
 void sc_stream_authz_init(sc_worker *w);
-/* Bulkhead waiters of this worker take slots freed on other workers. */
-void sc_route_promote_waiters(sc_worker *w, sc_route *r);
 /* Header helpers (arena copies; names lower-cased). */
 int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);
 const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
@@ -471,6 +487,9 @@ const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
  * that means the peer sent more than the window it was granted). */
 int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len);
 int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen);
+
+/* The caller of a stream (NULL once its connection is gone). */
+static inline sc_caller *sc_stream_caller(const sc_stream *s) { return s->down ? s->down->caller : NULL; }
 
 /* Route state lookup. */
 static inline sc_route_state *sc_rstate(sc_worker *w, const sc_route *r) { return &w->rstate[r->index]; }

@@ -4,7 +4,7 @@
  * Everything here that mutates runs on the control thread.
  */
 #include "core/log.h"
-#include "proxy/codec.h"
+#include "proxy/proxy.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -66,10 +66,4 @@ void sc_route_free_states(sc_route *r)
         r->states = st->next;
         free(st);
     }
-}
-
-void sc_route_build_pipeline(sc_route *r, const struct sidecar *sc)
-{
-    (void)sc;
-    r->uc = sc_up_codec_for(r->protocol);
 }

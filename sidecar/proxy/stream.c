@@ -10,6 +10,7 @@
 #include "http/grpc.h"
 #include "proxy/codec.h"
 #include "proxy/conns.h"
+#include "proxy/stage.h"
 #include "sidecar.h"
 #include "tls/tls.h"
 
@@ -121,15 +122,13 @@ const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name)
 static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
 static void try_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
 static void wait_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
-static void authz_unavailable(sc_stream *s, const char *why);
 
 /* ---- phases ---- */
 
 static const char *const phase_names[SC_PHASE_COUNT] = {
     [SC_PHASE_NEW] = "new",
     [SC_PHASE_ADMISSION] = "admission",
-    [SC_PHASE_ADMISSION_WAIT] = "admission-wait",
-    [SC_PHASE_QUEUED] = "queued",
+    [SC_PHASE_PARKED] = "parked",
     [SC_PHASE_BACKOFF] = "backoff",
     [SC_PHASE_CONNECTING] = "connecting",
     [SC_PHASE_IN_FLIGHT] = "in-flight",
@@ -147,9 +146,8 @@ const char *sc_phase_name(sc_phase p)
 /* Where each phase may go next (besides staying); see sc_phase. */
 static const uint16_t phase_next[SC_PHASE_COUNT] = {
     [SC_PHASE_NEW] = PH(ADMISSION) | PH(DONE),
-    [SC_PHASE_ADMISSION] = PH(ADMISSION_WAIT) | PH(QUEUED) | PH(CONNECTING) | PH(IN_FLIGHT) | PH(BACKOFF) | PH(DONE),
-    [SC_PHASE_ADMISSION_WAIT] = PH(ADMISSION) | PH(DONE),
-    [SC_PHASE_QUEUED] = PH(ADMISSION) | PH(DONE),
+    [SC_PHASE_ADMISSION] = PH(PARKED) | PH(CONNECTING) | PH(IN_FLIGHT) | PH(BACKOFF) | PH(DONE),
+    [SC_PHASE_PARKED] = PH(ADMISSION) | PH(DONE),
     [SC_PHASE_BACKOFF] = PH(CONNECTING) | PH(IN_FLIGHT) | PH(DONE),
     [SC_PHASE_CONNECTING] = PH(IN_FLIGHT) | PH(RESPONDING) | PH(BACKOFF) | PH(DONE),
     [SC_PHASE_IN_FLIGHT] = PH(CONNECTING) | PH(RESPONDING) | PH(BACKOFF) | PH(DONE),
@@ -212,62 +210,6 @@ sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t d
     return s;
 }
 
-static void log_breaker(const sc_route *r, const sc_breaker_transition *tr)
-{
-    if (!tr->seq)
-        return;
-    SC_WARN("upstream %s: circuit breaker %s -> %s: %s", r->name, sc_breaker_state_name(tr->from),
-            sc_breaker_state_name(tr->to), tr->reason);
-}
-
-/* The request's final outcome for the breaker, once per admission. */
-static void breaker_settle(sc_stream *s, bool abandon)
-{
-    if (!s->breaker_pending)
-        return;
-    s->breaker_pending = false;
-    sc_route *r = s->route;
-    if (abandon) {
-        sc_breaker_abandon(&r->breaker, s->probe_id);
-        return;
-    }
-    int http = s->resp.status;
-    int grpc = s->grpc_status;
-    if (s->req.is_grpc && grpc < 0 && http && http != 200)
-        grpc = sc_grpc_status_from_http(http);
-    uint32_t cond = s->fail ? sc_fail_cond(s->fail) : 0;
-    if (s->fail && !cond)
-        http = 0; /* a local refusal says nothing about the upstream */
-    bool failure = sc_breaker_counts_as_failure(&r->policy->breaker, http, grpc, cond);
-    uint64_t dur_ms = (sc_now_ns() - s->start_ns) / 1000000u;
-    bool slow = sc_breaker_is_slow(&r->breaker, dur_ms);
-    sc_breaker_transition tr = {0};
-    sc_breaker_record_ex(&r->breaker, sc_now_ms(), failure, slow, s->probe_id, &tr);
-    log_breaker(r, &tr);
-}
-
-/* Outcome of one attempt for the instance it went to (outlier detection). */
-static void attempt_settle(sc_stream *s, bool gateway_or_connect_failure)
-{
-    sc_instance_state *st = s->inst;
-    if (!st)
-        return;
-    s->inst = NULL;
-    atomic_fetch_sub_explicit(&st->ol.active_requests, 1, memory_order_relaxed);
-    if (!s->route->policy || !s->route->policy->outlier.enabled)
-        return;
-    sc_endpoints *e = sc_endpoints_current(&s->route->endpoints);
-    if (sc_outlier_record(&s->route->outlier, &st->ol, e ? e->n : 1, gateway_or_connect_failure, sc_now_ms()) == 1) {
-        sc_outlier_instance_view v;
-        sc_outlier_instance_snapshot(&st->ol, sc_now_ms(), &v);
-        char addr[64];
-        sc_sockaddr_text((const struct sockaddr *)&st->ss, addr, sizeof(addr));
-        SC_WARN("upstream %s: instance %s ejected for %llums after %u consecutive gateway errors or connect "
-                "failures (ejection #%llu)", s->route->name, addr, (unsigned long long)v.ms_left,
-                s->route->policy->outlier.consecutive_failures, (unsigned long long)v.total_ejections);
-    }
-}
-
 static bool is_gateway_failure(const sc_stream *s)
 {
     if (s->fail)
@@ -278,7 +220,31 @@ static bool is_gateway_failure(const sc_stream *s)
     return s->req.is_grpc && s->grpc_status == SC_GRPC_UNAVAILABLE;
 }
 
-static void bulkhead_release(sc_stream *s);
+/* The current attempt is over: its instance's in-flight count, then the
+ * observers (cancelled: the caller went away, which says nothing of the
+ * instance). */
+static void attempt_end(sc_stream *s, bool cancelled)
+{
+    sc_instance_state *st = s->inst;
+    if (!st)
+        return;
+    s->inst = NULL;
+    atomic_fetch_sub_explicit(&st->ol.active_requests, 1, memory_order_relaxed);
+    if (SC_LIKELY(!(s->pipe->hooks & SC_PIPE_ATTEMPT_END)))
+        return;
+    sc_attempt_outcome a = {
+        .attempt = s->attempt,
+        .instance = st,
+        .status = s->resp.status,
+        .grpc_status = s->grpc_status,
+        .fail = s->fail,
+        .gateway_failure = !cancelled && is_gateway_failure(s),
+        .cancelled = cancelled,
+        .start_ns = s->try_start_ns,
+        .end_ns = sc_now_ns(),
+    };
+    sc_observe_attempt_end(s, &a);
+}
 
 static void stream_free(sc_stream *s)
 {
@@ -289,12 +255,8 @@ static void stream_free(sc_stream *s)
     ev_timer_stop(w->loop, &s->wait_timer);
     sc_list_remove(&s->wlink);
     sc_list_remove(&s->up_link);
-    sc_list_remove(&s->qlink);
-    sc_list_remove(&s->alink);
-    if (s->inst)
-        attempt_settle(s, is_gateway_failure(s));
-    breaker_settle(s, true); /* still owed only when nothing was learnt */
-    bulkhead_release(s);
+    attempt_end(s, false);
+    sc_admit_end(s);
     if (s->flags & SC_ST_F_UP_STARTED || s->fail) {
         SC_STAT_DEC(rs->active_requests);
         int st = s->resp.status;
@@ -362,15 +324,12 @@ static void up_cancel(sc_stream *s)
     if (sc_stream_up_done(s))
         return;
     up_detach(s);
+    sc_admit_unpark(s);
     ev_timer_stop(s->w->loop, &s->wait_timer);
-    sc_list_remove(&s->qlink);
-    sc_list_remove(&s->alink);
     sc_stream_set_phase(s, SC_PHASE_DONE);
 }
 
 /* ---- retries ---- */
-
-static void begin_attempt(sc_stream *s);
 
 /* Puts the body sent so far back in front of what is still waiting. */
 static int rewind_request(sc_stream *s)
@@ -412,6 +371,7 @@ static void reset_response(sc_stream *s)
     s->grpc_status = -1;
     s->fail = SC_FAIL_NONE;
     s->fail_msg = NULL;
+    s->first_byte_ns = 0;
     s->flags &= ~(SC_ST_F_FAILED | SC_ST_F_REQ_SENT | SC_ST_F_DEFERRED_UP);
     s->up_head_sent = false;
     s->up_chunked = false;
@@ -449,7 +409,7 @@ static int64_t pushback_ms(const sc_stream *s)
 static bool try_retry(sc_stream *s, uint32_t cond, int http, int grpc)
 {
     const sc_policy *p = s->route->policy;
-    if (!p || !p->retries.enabled || (s->flags & (SC_ST_F_DOWN_HEAD_SENT | SC_ST_F_DOWN_DONE)))
+    if (!p || !p->retries.enabled || !s->attempt || (s->flags & (SC_ST_F_DOWN_HEAD_SENT | SC_ST_F_DOWN_DONE)))
         return false;
     if (s->req.is_grpc && grpc < 0 && http && http != 200)
         grpc = sc_grpc_status_from_http(http);
@@ -476,7 +436,7 @@ static bool try_retry(sc_stream *s, uint32_t cond, int http, int grpc)
         return false;
     }
     SC_STAT_INC(rs->retries);
-    attempt_settle(s, is_gateway_failure(s));
+    attempt_end(s, false);
     up_detach(s);
     /* Remember where this attempt went so the next one prefers another instance. */
     SC_DEBUG("upstream %s: attempt %u failed (http %d, grpc %d, %s); retrying in %llums", s->route->name, s->attempt,
@@ -497,19 +457,11 @@ static void wait_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     sc_stream *s = SC_CONTAINER_OF(t, sc_stream, wait_timer);
     switch ((sc_phase)s->phase) {
-    case SC_PHASE_ADMISSION_WAIT:
-        /* Consul's answer (tls.authorize) did not come in time. */
-        sc_list_remove(&s->alink);
-        authz_unavailable(s, "Consul did not answer in time");
-        return;
-    case SC_PHASE_QUEUED:
-        /* The bulkhead queue wait is over. */
-        sc_list_remove(&s->qlink);
-        sc_bulkhead_queue_timeout(&s->route->bulkhead);
-        sc_stream_upstream_failed(s, SC_FAIL_QUEUE_TIMEOUT);
+    case SC_PHASE_PARKED:
+        sc_admit_timeout(s); /* the parking stage says what its wait running out means */
         return;
     case SC_PHASE_BACKOFF:
-        begin_attempt(s);
+        sc_attempt_begin(s);
         return;
     default:
         SC_ERROR("%s: stream wait timer expired in phase %s", s->route->name, sc_phase_name((sc_phase)s->phase));
@@ -540,16 +492,17 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
     if (!(fi->flags & SC_FAIL_F_QUIET))
         SC_DEBUG("upstream %s: request %.*s failed: %s", s->route->name, (int)s->req.path_len,
                  s->req.path ? s->req.path : "", sc_fail_reason(why));
-    if (s->inst)
-        attempt_settle(s, is_gateway_failure(s));
+    attempt_end(s, false);
     up_cancel(s);
     ev_timer_stop(s->w->loop, &s->timer);
-    breaker_settle(s, false);
+    sc_admit_settle(s, false);
     if (s->flags & SC_ST_F_DOWN_DONE) {
         maybe_free(s);
         return;
     }
     sc_fail_answer(s, why);
+    if (s->resp.head_done && !(s->flags & SC_ST_F_DOWN_HEAD_SENT))
+        sc_observe_head(s); /* the sidecar's own answer */
     down_event(s);
 }
 
@@ -559,9 +512,8 @@ void sc_stream_upstream_done(sc_stream *s)
     s->up = NULL;
     ev_timer_stop(s->w->loop, &s->timer);
     ev_timer_stop(s->w->loop, &s->try_timer);
-    if (s->inst)
-        attempt_settle(s, is_gateway_failure(s));
-    breaker_settle(s, false);
+    attempt_end(s, false);
+    sc_admit_settle(s, false);
     maybe_free(s);
 }
 
@@ -575,13 +527,10 @@ void sc_stream_downstream_done(sc_stream *s, bool aborted)
         if (!sc_stream_up_done(s) && !(s->flags & SC_ST_F_FAILED))
             SC_DEBUG("upstream %s: caller went away; cancelling the upstream request", s->route->name);
         if (!sc_stream_up_done(s)) {
-            if (s->phase == SC_PHASE_QUEUED)
-                sc_bulkhead_abandon(&s->route->bulkhead);
-            if (s->inst)
-                attempt_settle(s, false);
-            breaker_settle(s, true);
+            attempt_end(s, true);
+            sc_admit_settle(s, true);
         }
-        up_cancel(s);
+        up_cancel(s); /* a stream parked by a stage leaves it (stage cancel) */
     }
     maybe_free(s);
 }
@@ -591,11 +540,7 @@ static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     sc_stream *s = SC_CONTAINER_OF(t, sc_stream, timer);
-    if (s->phase == SC_PHASE_QUEUED) {
-        sc_list_remove(&s->qlink);
-        sc_bulkhead_abandon(&s->route->bulkhead);
-    }
-    sc_stream_upstream_failed(s, SC_FAIL_TIMEOUT);
+    sc_stream_upstream_failed(s, SC_FAIL_TIMEOUT); /* a parked stream leaves its stage (up_cancel) */
 }
 
 void sc_stream_req_progress(sc_stream *s) { up_event(s); }
@@ -605,6 +550,7 @@ void sc_stream_resp_progress(sc_stream *s)
 {
     if (s->resp.head_done && !s->head_checked && !(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
         s->head_checked = true;
+        s->first_byte_ns = sc_now_ns();
         int http = s->resp.status;
         int grpc = -1;
         if (s->req.is_grpc) {
@@ -619,6 +565,7 @@ void sc_stream_resp_progress(sc_stream *s)
             return;
         if (!sc_stream_up_done(s))
             sc_stream_set_phase(s, SC_PHASE_RESPONDING);
+        sc_observe_head(s);
     }
     down_event(s);
 }
@@ -736,9 +683,12 @@ static bool pick_instance(sc_stream *s)
     return true;
 }
 
-static void begin_attempt(sc_stream *s)
+void sc_attempt_begin(sc_stream *s)
 {
     s->attempt++;
+    s->try_start_ns = sc_now_ns();
+    if (!s->up_start_ns)
+        s->up_start_ns = s->try_start_ns;
     if (!pick_instance(s)) {
         sc_stream_upstream_failed(s, SC_FAIL_NO_INSTANCE);
         return;
@@ -751,230 +701,12 @@ static void begin_attempt(sc_stream *s)
     s->route->uc->attach(s);
 }
 
-/* Admitted by the bulkhead: go. */
-static void admitted(sc_stream *s)
-{
-    s->bulkhead_held = true;
-    begin_attempt(s);
-}
-
-static void bulkhead_release(sc_stream *s)
-{
-    if (!s->bulkhead_held)
-        return;
-    s->bulkhead_held = false;
-    sc_route *r = s->route;
-    if (!sc_bulkhead_leave(&r->bulkhead))
-        return;
-    /* Someone waits: this worker's own queue first (others poll, see worker.c). */
-    sc_route_state *rs = sc_rstate(s->w, r);
-    while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
-        sc_stream *q = SC_CONTAINER_OF(rs->waiters.next, sc_stream, qlink);
-        sc_list_remove(&q->qlink);
-        ev_timer_stop(s->w->loop, &q->wait_timer);
-        sc_stream_set_phase(q, SC_PHASE_ADMISSION);
-        admitted(q);
-    }
-}
-
-void sc_route_promote_waiters(sc_worker *w, sc_route *r)
-{
-    sc_route_state *rs = sc_rstate(w, r);
-    while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
-        sc_stream *q = SC_CONTAINER_OF(rs->waiters.next, sc_stream, qlink);
-        sc_list_remove(&q->qlink);
-        ev_timer_stop(w->loop, &q->wait_timer);
-        sc_stream_set_phase(q, SC_PHASE_ADMISSION);
-        admitted(q);
-    }
-}
-
-/* Past the caller checks: circuit breaker (outbound), bulkhead, first attempt. */
-static void admit(sc_stream *s)
-{
-    sc_worker *w = s->w;
-    sc_route *r = s->route;
-    const sc_policy *p = r->policy;
-    uint64_t now = sc_now_ms();
-    if (p) {
-        sc_breaker_transition tr = {0};
-        if (!sc_breaker_allow_ex(&r->breaker, now, &s->probe_id, &tr)) {
-            log_breaker(r, &tr);
-            sc_stream_upstream_failed(s, SC_FAIL_CIRCUIT_OPEN);
-            return;
-        }
-        log_breaker(r, &tr);
-        s->breaker_pending = true;
-        if (p->retries.enabled) {
-            sc_retry_budget_on_request(&r->budget, now);
-            s->replayable = p->retries.max_attempts > 1;
-        }
-    }
-    switch (sc_bulkhead_try_enter(&r->bulkhead)) {
-    case SC_BULKHEAD_ADMITTED:
-        admitted(s);
-        return;
-    case SC_BULKHEAD_QUEUE: {
-        sc_route_state *st = sc_rstate(w, r);
-        sc_list_push(&st->waiters, &s->qlink);
-        if (!ev_is_active(&w->promote))
-            ev_timer_again(w->loop, &w->promote);
-        uint64_t qt = p ? p->bulkhead.queue_timeout_ms : 0;
-        sc_stream_set_phase(s, SC_PHASE_QUEUED);
-        ev_timer_set(&s->wait_timer, qt ? (double)qt / 1000.0 : 3600.0, 0);
-        ev_timer_start(w->loop, &s->wait_timer);
-        return;
-    }
-    case SC_BULKHEAD_REJECT:
-    default:
-        sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
-        return;
-    }
-}
-
-/* ---- tls.authorize: consul (authz/authz.h) ----
- *
- * The decision for a connection's caller is remembered on the connection
- * (sc_down_conn.authz_*) until it expires: while it holds, a request costs
- * two compares and a counter, no lock. After that the shared cache is asked
- * (one mutex); when Consul must be asked, the request waits on
- * worker->authz_waiters (bounded by its deadline and SC_AUTHZ_WAIT_MS on
- * wait_timer) until the control thread wakes this worker. A request that
- * ends while waiting (caller reset, deadline) leaves the list in up_cancel /
- * stream_free, so nothing points at it afterwards. */
-
-static const char *caller_name(const sc_stream *s)
-{
-    const char *id = s->down ? SC_DOWN(s->down)->identity : NULL;
-    return id ? id : "(no SPIFFE identity)";
-}
-
-/* Consul (or the lack of an identity to ask it about) refuses the caller. */
-static void authz_denied(sc_stream *s, const char *note)
-{
-    SC_STAT_INC(s->w->stats->authz_consul_denied);
-    sc_stream_fail_msg(s, "inbound: Consul denied caller %.300s: %.300s", caller_name(s), note);
-    sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
-}
-
-/* No answer from Consul, and no earlier one: nothing is allowed by default. */
-static void authz_unavailable(sc_stream *s, const char *why)
-{
-    SC_STAT_INC(s->w->stats->authz_unavailable);
-    sc_stream_fail_msg(s, "inbound: cannot check with Consul whether caller %.300s may call: %.300s", caller_name(s),
-                       why && *why ? why : "no answer");
-    sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
-}
-
-static void authz_remember(sc_down_conn *d, const sc_authz_decision *dec)
-{
-    d->authz_until_ms = dec->until_ms;
-    d->authz_allowed = dec->verdict == SC_AUTHZ_ALLOW;
-    d->authz_reason = dec->reason;
-    d->authz_stale = dec->stale;
-}
-
-/* An answer (fresh or stale) for this request: true = go on. */
-static bool authz_apply(sc_stream *s, bool allowed, const char *reason, bool stale)
-{
-    sc_worker_stats *st = s->w->stats;
-    if (stale)
-        SC_STAT_INC(st->authz_stale);
-    if (allowed)
-        return true;
-    const char *note = reason && *reason ? reason : "(no reason given)";
-    SC_WARN_LIMITED(sc_authz_log_limit(s->w->sc->authz), "inbound: Consul denied caller %s: %s%s",
-                    caller_name(s), note, stale ? " (its last answer; Consul cannot answer now)" : "");
-    authz_denied(s, note);
-    return false;
-}
-
-/* true: the caller may call, go on now; false: refused, or waiting for Consul. */
-static bool authz_admit(sc_stream *s)
-{
-    sc_down_conn *d = SC_DOWN(s->down);
-    uint64_t now = s->start_ns / 1000000u;
-    if (SC_LIKELY(now < d->authz_until_ms)) {
-        SC_STAT_INC(s->w->stats->authz_cache_hits);
-        if (SC_LIKELY(d->authz_allowed && !d->authz_stale))
-            return true;
-        return authz_apply(s, d->authz_allowed, d->authz_reason, d->authz_stale);
-    }
-    if (!d->identity) {
-        authz_denied(s, "the caller's certificate has no SPIFFE identity (URI SAN) to ask Consul about");
-        return false;
-    }
-    char serial[SC_AUTHZ_SERIAL_MAX];
-    if (!s->down->ssl || sc_tls_peer_serial(s->down->ssl, serial, sizeof(serial)) < 0)
-        serial[0] = 0;
-    sc_authz_decision dec;
-    sc_authz_check(s->w->sc->authz, s->w->id, d->identity, serial, sc_now_ms(), &dec);
-    switch (dec.verdict) {
-    case SC_AUTHZ_ALLOW:
-    case SC_AUTHZ_DENY:
-        SC_STAT_INC(s->w->stats->authz_cache_hits);
-        authz_remember(d, &dec);
-        return authz_apply(s, dec.verdict == SC_AUTHZ_ALLOW, dec.reason, dec.stale);
-    case SC_AUTHZ_WAIT:
-        SC_STAT_INC(s->w->stats->authz_cache_misses);
-        s->authz_seq = dec.seq;
-        sc_list_push(&s->w->authz_waiters, &s->alink);
-        sc_stream_set_phase(s, SC_PHASE_ADMISSION_WAIT);
-        ev_timer_set(&s->wait_timer, (double)SC_AUTHZ_WAIT_MS / 1000.0, 0);
-        ev_timer_start(s->w->loop, &s->wait_timer);
-        return false;
-    case SC_AUTHZ_UNAVAILABLE:
-    default:
-        authz_unavailable(s, dec.error);
-        return false;
-    }
-}
-
-/* The control thread: a lookup this worker waits for ended. Decisions are
- * taken for every waiting request first and acted on afterwards, so that a
- * request ending while another is handled (it leaves `ready` in
- * stream_free) is never touched. */
+/* tls.authorize: consul: a lookup this worker waits for ended (stage_authz.c). */
 static void authz_wake_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
+    (void)loop;
     (void)revents;
-    sc_worker *w = SC_CONTAINER_OF(a, sc_worker, authz_wake);
-    sc_authz *az = w->sc->authz;
-    if (!az)
-        return;
-    uint64_t now = sc_now_ms();
-    sc_link ready;
-    sc_list_init(&ready);
-    sc_link *l = w->authz_waiters.next;
-    while (l != &w->authz_waiters) {
-        sc_stream *s = SC_CONTAINER_OF(l, sc_stream, alink);
-        l = l->next;
-        sc_down_conn *d = SC_DOWN(s->down);
-        sc_authz_decision dec;
-        sc_authz_result(az, w->id, d->identity, s->authz_seq, now, &dec);
-        if (dec.verdict == SC_AUTHZ_WAIT)
-            continue;
-        sc_list_remove(&s->alink);
-        ev_timer_stop(loop, &s->wait_timer);
-        s->authz_verdict = (uint8_t)dec.verdict;
-        s->authz_stale = dec.stale;
-        if (dec.verdict == SC_AUTHZ_UNAVAILABLE) {
-            s->authz_note = sc_arena_dup(&s->arena, dec.error, strlen(dec.error));
-        } else {
-            authz_remember(d, &dec);
-            s->authz_note = dec.reason;
-        }
-        sc_list_push(&ready, &s->alink);
-    }
-    while (!sc_list_empty(&ready)) {
-        sc_stream *s = SC_CONTAINER_OF(ready.next, sc_stream, alink);
-        sc_list_remove(&s->alink);
-        if (s->authz_verdict == SC_AUTHZ_UNAVAILABLE) {
-            authz_unavailable(s, s->authz_note);
-        } else if (authz_apply(s, s->authz_verdict == SC_AUTHZ_ALLOW, s->authz_note, s->authz_stale)) {
-            sc_stream_set_phase(s, SC_PHASE_ADMISSION);
-            admit(s);
-        }
-    }
+    sc_stage_authz_wake(SC_CONTAINER_OF(a, sc_worker, authz_wake));
 }
 
 void sc_stream_authz_init(sc_worker *w)
@@ -992,7 +724,6 @@ void sc_stream_start(sc_stream *s)
     SC_STAT_INC(rs->requests);
     SC_STAT_INC(rs->active_requests);
     s->flags |= SC_ST_F_UP_STARTED;
-    sc_stream_set_phase(s, SC_PHASE_ADMISSION);
 
     /* Deadline: the smaller of the policy's and the caller's grpc-timeout. */
     uint64_t limit_ns = r->timeouts->request_ms * 1000000u;
@@ -1012,19 +743,7 @@ void sc_stream_start(sc_stream *s)
         ev_timer_set(&s->timer, (double)limit_ns / 1e9, 0);
         ev_timer_start(w->loop, &s->timer);
     }
-    if (r->inbound && s->down && SC_DOWN(s->down)->denied) {
-        SC_STAT_INC(w->stats->authz_denied);
-        if (SC_DOWN(s->down)->identity)
-            sc_stream_fail_msg(s, "inbound: caller %.300s is not in tls.allow", SC_DOWN(s->down)->identity);
-        else
-            s->fail_msg = "inbound: the caller's certificate has no SPIFFE identity; tls.allow needs one";
-        sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
-        return;
-    }
-    /* tls.allow passed (or is not configured): with tls.authorize: consul, Consul decides. */
-    if (r->inbound && s->down && w->sc->authz && !authz_admit(s))
-        return;
-    admit(s);
+    sc_admit_start(s);
 }
 
 void sc_stream_refuse(sc_stream *s, sc_fail why)
@@ -1033,6 +752,7 @@ void sc_stream_refuse(sc_stream *s, sc_fail why)
     SC_STAT_INC(rs->requests);
     SC_STAT_INC(rs->active_requests);
     s->flags |= SC_ST_F_UP_STARTED;
+    s->pipe = s->route->pipeline; /* its observers hear of it; no stage ran */
     sc_stream_upstream_failed(s, why);
 }
 

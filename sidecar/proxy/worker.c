@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "proxy/codec.h"
 #include "proxy/conns.h"
+#include "proxy/stage.h"
 #include "sidecar.h"
 #include "tls/tls.h"
 
@@ -654,12 +655,7 @@ static void promote_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
     sc_worker *w = SC_CONTAINER_OF(t, sc_worker, promote);
-    bool waiting = false;
-    for (size_t i = 0; i < w->sc->n_routes; i++) {
-        sc_route_promote_waiters(w, &w->sc->routes[i]);
-        waiting |= !sc_list_empty(&w->rstate[i].waiters);
-    }
-    if (!waiting)
+    if (!sc_stage_bulkhead_promote(w))
         ev_timer_stop(loop, t);
 }
 
@@ -702,6 +698,7 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
     sc_list_init(&w->dirty);
     sc_list_init(&w->down_conns);
     sc_list_init(&w->streams);
+    sc_list_init(&w->authz_waiters);
     w->rstate = sc_xcalloc(sc->n_routes, sizeof(*w->rstate));
     for (size_t i = 0; i < sc->n_routes; i++) {
         sc_list_init(&w->rstate[i].h2_conns);

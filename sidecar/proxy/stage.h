@@ -1,0 +1,191 @@
+/*
+ * stage.h: what happens to a request between its head and its first
+ * attempt, and who hears how it ended, as one list per route:
+ *
+ *   admission stages  run in order once the request head is complete
+ *                     (allow list, Consul intentions, circuit breaker, retry
+ *                     budget, bulkhead, ...); each says GO (next stage, then
+ *                     the first attempt), PARK (it keeps the stream and
+ *                     resumes it later) or DENY (the sidecar answers with a
+ *                     failure kind of fail.h);
+ *   observers         hear about the response head, each attempt's end and
+ *                     the exchange's end; they never change the outcome.
+ *
+ * A route's list is built once at start-up (sc_route_build_pipeline, from
+ * the registry in admit.c: each entry's configure() says whether the route
+ * uses it and with what conf) and never changes while a stream uses it: a
+ * stream keeps the pipeline it was admitted through (s->pipe) to its end, so
+ * a pipeline that replaces a route's (policy reload) must outlive the
+ * streams of the one it replaced.
+ *
+ * Adding a stage: one file (proxy/stage_<name>.c, or a module's own
+ * directory) defining a `const sc_stage sc_stage_<name>`, and one line in
+ * the registry of admit.c (its place there is its place on every route).
+ * Same for an observer. A route pays only for the entries it uses: the
+ * lists are fixed arrays in the pipeline, and a hook no entry has costs one
+ * bit test (sc_pipeline.hooks).
+ *
+ * Threads: every call below runs on the stream's worker thread, except
+ * configure (control thread, start-up). conf is shared by all workers
+ * (read-only, or atomics).
+ *
+ * Lifecycle of one stream through a stage (word: the stage's own 64 bits
+ * of per-stream state, s->stage_word[i], zero when the stream starts):
+ *
+ *   admit(s, conf, word, &fail)  once, when the stages before it said GO.
+ *       GO    the stage has passed; it may now hold something of the
+ *             stream's (a slot, a probe): settle and release follow.
+ *       DENY  set *fail (and, for a text of its own, sc_stream_fail_msg);
+ *             nothing is held; the sidecar answers (fail.h).
+ *       PARK  only after sc_stage_park(s, list, timeout_ms): the stream
+ *             waits on the stage's own list (s->park_link), in phase
+ *             PARKED, with s->wait_timer bounding the wait. Exactly one of
+ *             these then happens:
+ *               - the stage calls sc_admit_resume(s, GO or DENY, fail)
+ *                 (from any callback of the worker; it may move park_link
+ *                 between lists it owns before that);
+ *               - the wait timer ends it: timeout() returns the failure;
+ *               - the stream ends first (caller gone, request deadline):
+ *                 cancel().
+ *             park_link is taken off its list by the engine in all three.
+ *   settle(s, conf, word, o)     once, if it passed: the upstream side is
+ *             settled (o->abandoned when the caller left first). The
+ *             circuit breaker records its outcome here, before the caller
+ *             can see the response.
+ *   release(s, conf, word)       once, if it passed, when the stream ends
+ *             (in reverse stage order): give back what admit took.
+ *
+ * Observers get on_response_head once (the first final head handed to the
+ * caller's codec: the upstream's, or the sidecar's own; it may add headers
+ * to s->resp), on_attempt_end after every attempt that reached an instance,
+ * and on_complete once per counted request when the stream ends.
+ *
+ * What a stage or observer may read: s->req (the request head: method,
+ * authority, path, headers, is_grpc), s->route, s->w (worker, stats),
+ * sc_stream_caller(s) (the caller's identity and TLS verdicts; NULL once
+ * the caller is gone), s->start_ns, s->deadline_ns; it may add request
+ * headers (sc_msg_add) before the first attempt.
+ */
+#ifndef SC_STAGE_H
+#define SC_STAGE_H
+
+#include "proxy/proxy.h"
+
+struct sidecar;
+
+typedef enum { SC_STAGE_GO = 0, SC_STAGE_PARK, SC_STAGE_DENY } sc_stage_verdict;
+
+/* How the exchange ended, for settle() and on_complete(). Times are
+ * sc_now_ns() values (CLOCK_MONOTONIC); 0 means "did not happen". */
+typedef struct sc_outcome {
+    int status;                     /* the response's HTTP status (upstream's or the sidecar's), 0: none */
+    int grpc_status;                /* grpc-status received or sent, -1: none */
+    sc_fail fail;                   /* why the sidecar answered itself or cut the response; SC_FAIL_NONE */
+    bool grpc;                      /* the request is a gRPC call */
+    bool abandoned;                 /* the caller went away before the upstream side finished */
+    bool head_sent;                 /* the response head reached the caller's codec */
+    uint32_t attempts;              /* attempts begun (0: refused or answered during admission) */
+    uint64_t start_ns;              /* the stream began (request head arriving) */
+    uint64_t upstream_start_ns;     /* the first attempt began */
+    uint64_t first_byte_ns;         /* the final attempt's response head arrived */
+    uint64_t end_ns;                /* when this outcome was taken */
+    const struct sockaddr *instance; /* the last attempt's instance, NULL: none */
+    socklen_t instance_len;
+    uint64_t bytes_in;              /* request body bytes from the caller */
+    uint64_t bytes_out;             /* response body bytes towards the caller */
+} sc_outcome;
+
+/* How one attempt ended, for on_attempt_end(). */
+typedef struct sc_attempt_outcome {
+    uint32_t attempt;               /* 1-based */
+    const sc_instance_state *instance; /* where it went (instance->ss / len); never NULL */
+    int status;                     /* response status, 0: none */
+    int grpc_status;                /* -1: none */
+    sc_fail fail;                   /* SC_FAIL_NONE: a response */
+    bool gateway_failure;           /* counts against the instance: connect failure, reset, refused
+                                     * stream, 502/503/504, gRPC UNAVAILABLE */
+    bool cancelled;                 /* cut because the caller went away: says nothing of the instance */
+    uint64_t start_ns, end_ns;
+} sc_attempt_outcome;
+
+typedef struct sc_stage {
+    const char *name;
+    /* Start-up: whether route r uses this stage; *conf is what its calls get. */
+    bool (*configure)(const sc_route *r, const struct sidecar *sc, const void **conf);
+    sc_stage_verdict (*admit)(sc_stream *s, const void *conf, uint64_t *word, sc_fail *fail);
+    /* Required when the stage parks: the wait timer ran out. */
+    sc_fail (*timeout)(sc_stream *s, const void *conf, uint64_t *word);
+    /* The rest may be NULL. */
+    void (*cancel)(sc_stream *s, const void *conf, uint64_t *word);
+    void (*settle)(sc_stream *s, const void *conf, uint64_t *word, const sc_outcome *o);
+    void (*release)(sc_stream *s, const void *conf, uint64_t *word);
+} sc_stage;
+
+typedef struct sc_observer {
+    const char *name;
+    bool (*configure)(const sc_route *r, const struct sidecar *sc, const void **conf);
+    /* Each may be NULL. */
+    void (*on_response_head)(sc_stream *s, const void *conf);
+    void (*on_attempt_end)(sc_stream *s, const sc_attempt_outcome *a, const void *conf);
+    void (*on_complete)(sc_stream *s, const sc_outcome *o, const void *conf);
+} sc_observer;
+
+#define SC_PIPELINE_MAX 8
+
+enum {
+    SC_PIPE_SETTLE = 1u << 0,       /* some stage has settle */
+    SC_PIPE_RELEASE = 1u << 1,      /* some stage has release */
+    SC_PIPE_HEAD = 1u << 2,         /* some observer has on_response_head */
+    SC_PIPE_ATTEMPT_END = 1u << 3,  /* ... on_attempt_end */
+    SC_PIPE_COMPLETE = 1u << 4,     /* ... on_complete */
+};
+
+typedef struct sc_pipeline {
+    uint8_t n_stages, n_observers;
+    uint8_t hooks;                  /* SC_PIPE_* */
+    const sc_stage *stage[SC_PIPELINE_MAX];
+    const void *stage_conf[SC_PIPELINE_MAX];
+    const sc_observer *observer[SC_PIPELINE_MAX];
+    const void *observer_conf[SC_PIPELINE_MAX];
+} sc_pipeline;
+
+/* ---- for stages ---- */
+
+/* Inside admit(), before returning SC_STAGE_PARK: the stream waits on
+ * `list` (the stage's own, e.g. per worker) for at most timeout_ms. */
+void sc_stage_park(sc_stream *s, sc_link *list, uint64_t timeout_ms);
+/* A parked stream's verdict, exactly once (GO: the next stage runs now,
+ * then the first attempt; DENY: the sidecar answers with `fail`). */
+void sc_admit_resume(sc_stream *s, sc_stage_verdict v, sc_fail fail);
+/* The stream parked at stage `st` on this list entry (for walking a list). */
+static inline sc_stream *sc_parked_stream(sc_link *l) { return SC_CONTAINER_OF(l, sc_stream, park_link); }
+/* The parked stream's word (the stage at which it waits). */
+static inline uint64_t *sc_parked_word(sc_stream *s) { return &s->stage_word[s->stage_pos]; }
+
+/* The registry (admit.c). */
+extern const sc_stage sc_stage_allow, sc_stage_authz, sc_stage_breaker, sc_stage_retry_budget, sc_stage_bulkhead;
+extern const sc_observer sc_observer_outlier;
+
+/* Worker hooks of the built-in stages (worker.c calls them). */
+void sc_stage_authz_wake(sc_worker *w);           /* a Consul lookup this worker waits for ended */
+bool sc_stage_bulkhead_promote(sc_worker *w);     /* slots freed elsewhere: true while waiters remain */
+
+/* ---- for the stream (stream.c, attempt.c) ---- */
+
+/* The request head is complete and counted: run the stages, then the first attempt. */
+void sc_admit_start(sc_stream *s);
+/* The wait timer of a PARKED stream ran out. */
+void sc_admit_timeout(sc_stream *s);
+/* The stream ends (or the request deadline passed) while PARKED. */
+void sc_admit_unpark(sc_stream *s);
+/* The upstream side is settled (abandoned: the caller left first); once. */
+void sc_admit_settle(sc_stream *s, bool abandoned);
+/* The stream ends: release, on_complete. */
+void sc_admit_end(sc_stream *s);
+/* Observers. */
+void sc_observe_head(sc_stream *s);
+void sc_observe_attempt_end(sc_stream *s, const sc_attempt_outcome *a);
+/* The outcome so far (end_ns = now). */
+void sc_stream_outcome(const sc_stream *s, sc_outcome *o);
+
+#endif
