@@ -21,7 +21,7 @@
 #ifndef SC_CODEC_H
 #define SC_CODEC_H
 
-#include "proxy/proxy.h"
+#include "proxy/stream.h"
 
 enum {
     /* A response whose head went out can still end with trailers (HTTP/2):

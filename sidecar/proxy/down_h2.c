@@ -55,7 +55,8 @@ static void detach(sc_down_conn *d, sc_stream *s, bool aborted)
 }
 
 /* A caller whose certificate tls.allow refused: its requests are answered
- * 403 (sc_stream_start) and nothing of them is kept. */
+ * 403 by the allow-list admission stage (stage_allow.c) and nothing of them
+ * is kept. */
 static bool caller_denied(const sc_down_conn *d, const sc_stream *s)
 {
     return d->caller.denied && s->route->inbound;

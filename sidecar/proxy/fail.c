@@ -6,7 +6,6 @@
 
 #include "http/grpc.h"
 #include "proxy/codec.h"
-#include "proxy/conns.h"
 #include "sidecar.h"
 
 #include <stdarg.h>

@@ -21,9 +21,7 @@
  * Adding a stage: one file (proxy/stage_<name>.c, or a module's own
  * directory) defining a `const sc_stage sc_stage_<name>`, and one line in
  * the registry of admit.c (its place there is its place on every route).
- * Same for an observer. A route pays only for the entries it uses: the
- * lists are fixed arrays in the pipeline, and a hook no entry has costs one
- * bit test (sc_pipeline.hooks).
+ * Same for an observer.
  *
  * Threads: every call below runs on the stream's worker thread, except
  * configure (control thread, start-up). conf is shared by all workers
@@ -36,40 +34,57 @@
  *       GO    the stage has passed; it may now hold something of the
  *             stream's (a slot, a probe): settle and release follow.
  *       DENY  set *fail (and, for a text of its own, sc_stream_fail_msg);
- *             nothing is held; the sidecar answers (fail.h).
+ *             nothing is held; the engine fails the stream and the sidecar
+ *             answers from the failure table (fail.h).
  *       PARK  only after sc_stage_park(s, list, timeout_ms): the stream
  *             waits on the stage's own list (s->park_link), in phase
  *             PARKED, with s->wait_timer bounding the wait. Exactly one of
  *             these then happens:
- *               - the stage calls sc_admit_resume(s, GO or DENY, fail)
- *                 (from any callback of the worker; it may move park_link
- *                 between lists it owns before that);
- *               - the wait timer ends it: timeout() returns the failure;
+ *               - the stage calls sc_admit_resume(s, GO or DENY, fail),
+ *                 from a later callback on the worker (never from inside
+ *                 admit); it may move park_link between lists it owns
+ *                 before that. Resuming runs the next stages and the first
+ *                 attempt at once: the stream may be gone when it returns;
+ *               - the wait timer ends it: timeout() accounts for it and
+ *                 returns the failure to answer with;
  *               - the stream ends first (caller gone, request deadline):
- *                 cancel().
+ *                 cancel() forgets it.
  *             park_link is taken off its list by the engine in all three.
- *   settle(s, conf, word, o)     once, if it passed: the upstream side is
- *             settled (o->abandoned when the caller left first). The
- *             circuit breaker records its outcome here, before the caller
- *             can see the response.
+ *       admit never fails or frees the stream itself, and reads only what
+ *       is listed below.
+ *   settle(s, conf, word, o)     once, if it passed, when the upstream side
+ *             is settled: the response arrived whole, the request failed for
+ *             good, or the caller left first (o->abandoned). This runs
+ *             before the end of the response is written to the caller; the
+ *             circuit breaker records its outcome here, so the caller's next
+ *             request already meets the new state.
  *   release(s, conf, word)       once, if it passed, when the stream ends
- *             (in reverse stage order): give back what admit took.
+ *             (in reverse stage order, after settle): give back what admit
+ *             took (a resumed waiter may be admitted synchronously).
  *
- * Observers get on_response_head once (the first final head handed to the
- * caller's codec: the upstream's, or the sidecar's own; it may add headers
- * to s->resp), on_attempt_end after every attempt that reached an instance,
- * and on_complete once per counted request when the stream ends.
+ * Observers, once a stream counts as a request (started, or refused by its
+ * codec): on_response_head once, for the first final head handed to the
+ * caller's codec (the upstream's after the retry check, or the sidecar's
+ * own answer); it may add headers to s->resp. on_attempt_end after each
+ * attempt an instance was picked for (failed, retried, finished, or cut
+ * because the caller left). on_complete once, when the stream ends, after
+ * the stages' release. Outcome structs live for the call only.
  *
  * What a stage or observer may read: s->req (the request head: method,
- * authority, path, headers, is_grpc), s->route, s->w (worker, stats),
- * sc_stream_caller(s) (the caller's identity and TLS verdicts; NULL once
- * the caller is gone), s->start_ns, s->deadline_ns; it may add request
- * headers (sc_msg_add) before the first attempt.
+ * authority, path, headers, is_grpc), s->route, s->w (worker, its stats),
+ * sc_stream_caller(s) (the caller's identity, TLS verdicts and peer via
+ * s->down->peer_text; NULL once the caller is gone), s->start_ns,
+ * s->deadline_ns. A stage's admit may add request headers (sc_msg_add on
+ * s->req): they go to the instance.
+ *
+ * Cost: a route without stages or observers of a kind pays a bit test per
+ * hook; the pipeline is a fixed array, a stream stores nothing per stage
+ * but its word.
  */
 #ifndef SC_STAGE_H
 #define SC_STAGE_H
 
-#include "proxy/proxy.h"
+#include "proxy/stream.h"
 
 struct sidecar;
 

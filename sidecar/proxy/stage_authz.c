@@ -9,7 +9,7 @@
  * mutex); when Consul must be asked, the request parks on the worker's
  * authz_waiters (the stage's word holds the lookup's sequence number) for
  * at most SC_AUTHZ_WAIT_MS, until the control thread wakes the worker
- * (sc_stage_authz_wake). Nothing is allowed by default: no answer and no
+ * (SC_WAKE_AUTHZ: sc_stage_authz_wake). Nothing is allowed by default: no answer and no
  * earlier answer is 503 / UNAVAILABLE (authz-unavailable); a denial is 403 /
  * PERMISSION_DENIED (caller-not-allowed) naming Consul's reason.
  */

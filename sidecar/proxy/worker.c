@@ -6,7 +6,6 @@
  */
 #include "core/log.h"
 #include "proxy/codec.h"
-#include "proxy/conns.h"
 #include "proxy/stage.h"
 #include "sidecar.h"
 #include "tls/tls.h"
@@ -136,6 +135,22 @@ int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out)
     }
     *fd_out = fd;
     return 0;
+}
+
+void sc_sockaddr_text(const struct sockaddr *sa, char *out, size_t cap)
+{
+    char host[64] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        snprintf(out, cap, "%s:%u", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        snprintf(out, cap, "[%s]:%u", host, ntohs(in6->sin6_port));
+    } else {
+        snprintf(out, cap, "?");
+    }
 }
 
 /* ---- connection I/O ---- */
@@ -659,15 +674,26 @@ static void promote_cb(struct ev_loop *loop, ev_timer *t, int revents)
         ev_timer_stop(loop, t);
 }
 
+void sc_worker_wake(sc_worker *w, unsigned reasons)
+{
+    atomic_fetch_or_explicit(&w->wake, reasons, memory_order_release);
+    ev_async_send(w->loop, &w->wakeup);
+}
+
 static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)revents;
     sc_worker *w = SC_CONTAINER_OF(a, sc_worker, wakeup);
+    unsigned why = atomic_exchange_explicit(&w->wake, 0, memory_order_acquire);
+    if (why & SC_WAKE_STOP)
+        w->stopping = true;
     if (w->stopping) {
         ev_break(loop, EVBREAK_ALL);
         return;
     }
-    if (w->draining)
+    if (why & SC_WAKE_AUTHZ)
+        sc_stage_authz_wake(w);
+    if (!(why & SC_WAKE_DRAIN) || w->draining)
         return;
     /* Connections the kernel completed on this worker's listening sockets
      * but nobody accepted yet would be reset when the sockets close: take
@@ -687,9 +713,8 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
     }
 }
 
-int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
+static int worker_init(sc_worker *w, sidecar *sc, unsigned id)
 {
-    memset(w, 0, sizeof(*w));
     w->id = id;
     w->sc = sc;
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
@@ -805,18 +830,31 @@ int sc_worker_start(sc_worker *w)
     return rv ? -rv : 0;
 }
 
-void sc_worker_request_drain(sc_worker *w)
-{
-    ev_async_send(w->loop, &w->wakeup);
-}
-
 void sc_worker_join(sc_worker *w)
 {
     pthread_join(w->thread, NULL);
 }
 
+sc_worker *sc_worker_new(sidecar *sc, unsigned id, int *err)
+{
+    sc_worker *w = calloc(1, sizeof(*w));
+    if (!w) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    int rv = worker_init(w, sc, id);
+    if (rv < 0) {
+        sc_worker_free(w);
+        *err = rv;
+        return NULL;
+    }
+    return w;
+}
+
 void sc_worker_free(sc_worker *w)
 {
+    if (!w)
+        return;
     while (w->free_blocks) {
         void *b = w->free_blocks;
         w->free_blocks = *(void **)b;
@@ -837,4 +875,23 @@ void sc_worker_free(sc_worker *w)
     free(w->rstate);
     free(w->stats);
     free(w->listeners);
+    free(w);
+}
+
+uint64_t sc_workers_sum(const sidecar *sc, size_t off)
+{
+    uint64_t t = 0;
+    for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
+        if (sc->workers[i])
+            t += SC_STAT_GET(*(const sc_counter *)((const char *)sc->workers[i]->stats + off));
+    return t;
+}
+
+uint64_t sc_workers_sum_route(const sidecar *sc, size_t route, size_t off)
+{
+    uint64_t t = 0;
+    for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
+        if (sc->workers[i] && route < sc->workers[i]->stats->n_routes)
+            t += SC_STAT_GET(*(const sc_counter *)((const char *)&sc->workers[i]->stats->routes[route] + off));
+    return t;
 }
