@@ -4,7 +4,7 @@
 #include "core/log.h"
 #include "core/prom.h"
 #include "authz/authz.h"
-#include "discovery/app_health.h" /* consul + health (issue 4) */
+#include "discovery/app_health.h"
 #include "discovery/consul.h"
 #include "http/grpc.h"
 #include "http/h1.h"
@@ -182,7 +182,7 @@ char *sc_admin_render_stats(const sidecar *sc)
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
         fprintf(f, "sidecar_upstream_discovery_stale{upstream=\"%s\"} %d\n", sc->routes[r].name, e && e->stale);
     }
-    sc_consul_render_stats(sc->consul, f);         /* consul + health (issue 4) */
+    sc_consul_render_stats(sc->consul, f);         /* Consul client and health checks */
     sc_authz_render_stats(sc->authz, f);           /* tls.authorize: consul */
     sc_app_health_render_stats(sc->app_health, f);
     uint64_t now = sc_now_ms();
@@ -306,13 +306,13 @@ char *sc_admin_render_clusters(const sidecar *sc)
                                                          "remaining", (json_int_t)rv.remaining, "granted", (json_int_t)rv.granted,
                                                          "refused", (json_int_t)rv.refused, "ratio", rv.ratio,
                                                          "min_per_second", (json_int_t)rv.min_per_second));
-        json_t *cj = sc_consul_route_json(sc->consul, r); /* consul (issue 4) */
+        json_t *cj = sc_consul_route_json(sc->consul, r); /* its Consul watch, when discovered there */
         if (cj)
             json_object_set_new(u, "consul", cj);
         json_array_append_new(ups, u);
     }
     json_object_set_new(root, "upstreams", ups);
-    if (sc->consul) /* consul (issue 4) */
+    if (sc->consul) /* the Consul client, when configured */
         json_object_set_new(root, "consul", sc_consul_json(sc->consul));
     if (sc->authz) /* tls.authorize: consul */
         json_object_set_new(root, "authorize", sc_authz_json(sc->authz));
@@ -483,7 +483,7 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
     if (!guard(ac, h))
         return;
     if (path_is(h, "/ready")) {
-        char why[400]; /* consul + health (issue 4): starting, draining or the app is down */
+        char why[400]; /* starting, draining, or the app is down (health checks) */
         if (sc_health_ready(sc, why, sizeof(why) - 1)) {
             respond(ac, 200, "text/plain", "ready\n");
         } else {
