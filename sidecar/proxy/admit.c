@@ -30,6 +30,7 @@ static const sc_observer *const registry_observers[] = {
 };
 
 _Static_assert(SC_ARRAY_LEN(registry_stages) <= SC_PIPELINE_MAX, "more stages than a pipeline holds");
+_Static_assert(SC_PIPELINE_MAX <= 8, "settle_mask and release_mask hold a bit per stage");
 _Static_assert(SC_ARRAY_LEN(registry_observers) <= SC_PIPELINE_MAX, "more observers than a pipeline holds");
 _Static_assert(SC_PIPELINE_MAX == SC_ARRAY_LEN(((sc_stream *)0)->stage_word), "one word per stage");
 
@@ -41,9 +42,10 @@ void sc_route_build_pipeline(sc_route *r, const struct sidecar *sc)
         const void *conf = NULL;
         if (!st->configure(r, sc, &conf))
             continue;
+        p->settle_mask |= (uint8_t)(st->settle ? 1u << p->n_stages : 0);
+        p->release_mask |= (uint8_t)(st->release ? 1u << p->n_stages : 0);
         p->stage[p->n_stages] = st;
         p->stage_conf[p->n_stages++] = conf;
-        p->hooks |= (st->settle ? SC_PIPE_SETTLE : 0) | (st->release ? SC_PIPE_RELEASE : 0);
     }
     for (size_t i = 0; i < SC_ARRAY_LEN(registry_observers); i++) {
         const sc_observer *ob = registry_observers[i];
@@ -55,6 +57,8 @@ void sc_route_build_pipeline(sc_route *r, const struct sidecar *sc)
         p->hooks |= (ob->on_response_head ? SC_PIPE_HEAD : 0) | (ob->on_attempt_end ? SC_PIPE_ATTEMPT_END : 0) |
                     (ob->on_complete ? SC_PIPE_COMPLETE : 0);
     }
+    if (p->hooks & (SC_PIPE_ATTEMPT_END | SC_PIPE_COMPLETE))
+        p->hooks |= SC_PIPE_TIMINGS; /* nobody else reads them: not a clock read per request for nothing */
     r->pipeline = p;
     r->uc = sc_up_codec_for(r->protocol);
 }
@@ -174,13 +178,15 @@ void sc_admit_settle(sc_stream *s, bool abandoned)
     if (!p || (s->flags & SC_ST_F_SETTLED))
         return;
     s->flags |= SC_ST_F_SETTLED | (abandoned ? SC_ST_F_ABANDONED : 0);
-    if (!(p->hooks & SC_PIPE_SETTLE) || !s->stage_pos)
+    unsigned todo = p->settle_mask & ((1u << s->stage_pos) - 1); /* the stages that passed */
+    if (SC_LIKELY(!todo))
         return;
     sc_outcome o;
     sc_stream_outcome(s, &o);
-    for (unsigned i = 0; i < s->stage_pos; i++)
-        if (p->stage[i]->settle)
-            p->stage[i]->settle(s, p->stage_conf[i], &s->stage_word[i], &o);
+    for (; todo; todo &= todo - 1) {
+        unsigned i = (unsigned)__builtin_ctz(todo);
+        p->stage[i]->settle(s, p->stage_conf[i], &s->stage_word[i], &o);
+    }
 }
 
 void sc_admit_end(sc_stream *s)
@@ -188,12 +194,15 @@ void sc_admit_end(sc_stream *s)
     const sc_pipeline *p = s->pipe;
     if (!p)
         return;
-    sc_admit_unpark(s);
-    sc_admit_settle(s, true); /* still owed only when nothing was learnt */
-    if (p->hooks & SC_PIPE_RELEASE)
-        for (unsigned i = s->stage_pos; i-- > 0;)
-            if (p->stage[i]->release)
-                p->stage[i]->release(s, p->stage_conf[i], &s->stage_word[i]);
+    if (SC_UNLIKELY(s->phase == SC_PHASE_PARKED))
+        sc_admit_unpark(s);
+    if (!(s->flags & SC_ST_F_SETTLED))
+        sc_admit_settle(s, true); /* still owed only when nothing was learnt */
+    for (unsigned todo = p->release_mask & ((1u << s->stage_pos) - 1); todo;) {
+        unsigned i = 31u - (unsigned)__builtin_clz(todo); /* the last stage passed first */
+        todo &= ~(1u << i);
+        p->stage[i]->release(s, p->stage_conf[i], &s->stage_word[i]);
+    }
     if (p->hooks & SC_PIPE_COMPLETE) {
         sc_outcome o;
         sc_stream_outcome(s, &o);

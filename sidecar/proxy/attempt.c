@@ -179,7 +179,8 @@ bool sc_attempt_retry(sc_stream *s, uint32_t cond, int http, int grpc)
 bool sc_attempt_judge_head(sc_stream *s)
 {
     s->head_checked = true;
-    s->first_byte_ns = sc_now_ns();
+    if (s->pipe->hooks & SC_PIPE_TIMINGS)
+        s->first_byte_ns = sc_now_ns();
     int http = s->resp.status;
     int grpc = -1;
     if (s->req.is_grpc) {
@@ -275,9 +276,11 @@ static bool pick_instance(sc_stream *s)
 void sc_attempt_begin(sc_stream *s)
 {
     s->attempt++;
-    s->try_start_ns = sc_now_ns();
-    if (!s->up_start_ns)
-        s->up_start_ns = s->try_start_ns;
+    if (s->pipe->hooks & SC_PIPE_TIMINGS) {
+        s->try_start_ns = sc_now_ns();
+        if (!s->up_start_ns)
+            s->up_start_ns = s->try_start_ns;
+    }
     if (!pick_instance(s)) {
         sc_stream_upstream_failed(s, SC_FAIL_NO_INSTANCE);
         return;

@@ -78,8 +78,8 @@
  * s->req): they go to the instance.
  *
  * Cost: a route without stages or observers of a kind pays a bit test per
- * hook; the pipeline is a fixed array, a stream stores nothing per stage
- * but its word.
+ * hook (settle and release go only to the stages that have them); the
+ * pipeline is a fixed array, a stream stores nothing per stage but its word.
  */
 #ifndef SC_STAGE_H
 #define SC_STAGE_H
@@ -101,8 +101,8 @@ typedef struct sc_outcome {
     bool head_sent;                 /* the response head reached the caller's codec */
     uint32_t attempts;              /* attempts begun (0: refused or answered during admission) */
     uint64_t start_ns;              /* the stream began (request head arriving) */
-    uint64_t upstream_start_ns;     /* the first attempt began */
-    uint64_t first_byte_ns;         /* the final attempt's response head arrived */
+    uint64_t upstream_start_ns;     /* the first attempt began (SC_PIPE_TIMINGS routes only) */
+    uint64_t first_byte_ns;         /* the final attempt's response head arrived (same) */
     uint64_t end_ns;                /* when this outcome was taken */
     const struct sockaddr *instance; /* the last attempt's instance, NULL: none */
     socklen_t instance_len;
@@ -120,7 +120,7 @@ typedef struct sc_attempt_outcome {
     bool gateway_failure;           /* counts against the instance: connect failure, reset, refused
                                      * stream, 502/503/504, gRPC UNAVAILABLE */
     bool cancelled;                 /* cut because the caller went away: says nothing of the instance */
-    uint64_t start_ns, end_ns;
+    uint64_t start_ns, end_ns;      /* start: SC_PIPE_TIMINGS routes only (always, for an observer) */
 } sc_attempt_outcome;
 
 typedef struct sc_stage {
@@ -148,16 +148,19 @@ typedef struct sc_observer {
 #define SC_PIPELINE_MAX 8
 
 enum {
-    SC_PIPE_SETTLE = 1u << 0,       /* some stage has settle */
-    SC_PIPE_RELEASE = 1u << 1,      /* some stage has release */
     SC_PIPE_HEAD = 1u << 2,         /* some observer has on_response_head */
     SC_PIPE_ATTEMPT_END = 1u << 3,  /* ... on_attempt_end */
     SC_PIPE_COMPLETE = 1u << 4,     /* ... on_complete */
+    /* Some observer hears about attempts or the end: the stream takes the
+     * timings the outcomes carry (attempt and upstream start, first byte). */
+    SC_PIPE_TIMINGS = 1u << 5,
 };
 
 typedef struct sc_pipeline {
     uint8_t n_stages, n_observers;
     uint8_t hooks;                  /* SC_PIPE_* */
+    uint8_t settle_mask;            /* bit i: stage i has settle */
+    uint8_t release_mask;           /* bit i: stage i has release */
     const sc_stage *stage[SC_PIPELINE_MAX];
     const void *stage_conf[SC_PIPELINE_MAX];
     const sc_observer *observer[SC_PIPELINE_MAX];

@@ -138,6 +138,7 @@ struct sc_stream {
     ev_timer timer;                 /* the request deadline */
     uint64_t start_ns;              /* the stream began (its request head arriving) */
     uint64_t deadline_ns;           /* 0 = none */
+    /* taken only when the route's observers use them (SC_PIPE_TIMINGS, stage.h): */
     uint64_t up_start_ns;           /* the first attempt began (0: none yet) */
     uint64_t try_start_ns;          /* the current attempt began */
     uint64_t first_byte_ns;         /* this attempt's response head arrived (0: not yet) */
