@@ -8,7 +8,7 @@
 #include "authz/authz.h"
 #include "core/log.h"
 #include "tls/tls_runtime.h"
-#include "discovery/app_health.h" /* consul + health (issue 4) */
+#include "discovery/app_health.h"
 #include "discovery/consul.h"
 #include "discovery/grpc_health.h"
 #include "trace/tracer.h"
@@ -71,6 +71,8 @@ sidecar *sc_sidecar_new(sc_config *cfg)
             sc_route_publish(rt, e);
         }
     }
+    for (size_t i = 0; i < sc->n_routes; i++)
+        sc_route_build_pipeline(&sc->routes[i], sc);
     return sc;
 }
 
@@ -89,14 +91,14 @@ static void drain_workers(void *arg)
     SC_INFO("draining: no new connections; in-flight requests have %llums to finish",
             (unsigned long long)sc->cfg->drain_timeout_ms);
     for (unsigned i = 0; i < sc->n_workers; i++)
-        sc_worker_request_drain(&sc->workers[i]);
+        sc_worker_wake(sc->workers[i], SC_WAKE_DRAIN);
 }
 
 void sc_sidecar_drain(sidecar *sc)
 {
     if (atomic_exchange(&sc->draining, true))
         return;
-    /* consul (issue 4): deregister first (bounded); the workers drain when it is done */
+    /* With Consul: deregister first (bounded); the workers drain when it is done. */
     if (sc->consul && sc_consul_deregister(sc->consul, drain_workers, sc) == 0)
         return;
     drain_workers(sc);
@@ -109,10 +111,8 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
     sidecar *sc = w->data;
     if (atomic_load(&sc->draining)) {
         SC_WARN("second signal %d during drain: stopping now", w->signum);
-        for (unsigned i = 0; i < sc->n_workers; i++) {
-            sc->workers[i].stopping = true;
-            sc_worker_request_drain(&sc->workers[i]);
-        }
+        for (unsigned i = 0; i < sc->n_workers; i++)
+            sc_worker_wake(sc->workers[i], SC_WAKE_STOP);
         return;
     }
     SC_INFO("received %s", w->signum == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -151,7 +151,7 @@ int sc_sidecar_run(sidecar *sc)
         SC_ERROR("admin listener: %s", err);
         return rv;
     }
-    /* consul + health (issue 4): app probe and gRPC health bind before the workers run */
+    /* The app probe and gRPC health bind before the workers run. */
     sc_app_health_start(sc->loop, cfg, &sc->app_health);
     rv = sc_grpc_health_start(sc, &sc->grpc_health, err, sizeof(err));
     if (rv < 0 && rv != -ENOENT) {
@@ -160,7 +160,6 @@ int sc_sidecar_run(sidecar *sc)
         sc->app_health = NULL;
         return rv;
     }
-    /* end consul + health */
     rv = sc_tls_runtime_start(sc, err, sizeof(err));
     if (rv < 0) {
         SC_ERROR("tls: %s", err);
@@ -179,13 +178,11 @@ int sc_sidecar_run(sidecar *sc)
         SC_INFO("tracing: spans to %s, sample ratio %g",
                 cfg->tracing.endpoint ? cfg->tracing.endpoint : SC_TRACING_DEFAULT_ENDPOINT,
                 cfg->tracing.sample_ratio);
-    sc->workers = sc_xcalloc(sc->n_workers, sizeof(sc_worker));
-    for (unsigned i = 0; i < sc->n_workers; i++) {
-        rv = sc_worker_init(&sc->workers[i], sc, i);
-        if (rv < 0)
+    sc->workers = sc_xcalloc(sc->n_workers, sizeof(*sc->workers));
+    for (unsigned i = 0; i < sc->n_workers; i++)
+        if (!(sc->workers[i] = sc_worker_new(sc, i, &rv)))
             return rv;
-    }
-    /* tls.authorize: consul: the shared answer cache and each worker's wake-up, before they run */
+    /* tls.authorize: consul: the shared answer cache, before the workers run */
     rv = sc_authz_start(sc, &sc->authz);
     if (rv < 0 && rv != -ENOENT) {
         SC_ERROR("tls.authorize: cannot start: %s", strerror(-rv));
@@ -220,7 +217,7 @@ int sc_sidecar_run(sidecar *sc)
     pthread_sigmask(SIG_BLOCK, &set, &old);
     atomic_store(&sc->workers_running, sc->n_workers);
     for (unsigned i = 0; i < sc->n_workers; i++) {
-        rv = sc_worker_start(&sc->workers[i]);
+        rv = sc_worker_start(sc->workers[i]);
         if (rv < 0) {
             SC_ERROR("cannot start worker thread %u: %s", i, strerror(-rv));
             abort();
@@ -261,16 +258,15 @@ int sc_sidecar_run(sidecar *sc)
                     p->tls.server_identity ? ", expecting " : "", p->tls.server_identity ? p->tls.server_identity : "");
     }
 
-    /* consul + health (issue 4): registration and watches once serving */
+    /* Consul registration and watches once serving. */
     rv = sc_consul_start(sc, &sc->consul);
     if (rv < 0 && rv != -ENOENT)
         SC_ERROR("consul: cannot start the client: %s; running without Consul", strerror(-rv));
-    /* end consul + health */
 
     ev_run(sc->loop, 0);
 
     for (unsigned i = 0; i < sc->n_workers; i++)
-        sc_worker_join(&sc->workers[i]);
+        sc_worker_join(sc->workers[i]);
     ev_signal_stop(sc->loop, &sighup);
     sc_access_log_stop(sc->access_log); /* the workers are quiet: every queued line is written */
     /* consul + health (issue 4) */
@@ -282,7 +278,6 @@ int sc_sidecar_run(sidecar *sc)
     sc->grpc_health = NULL;
     sc_app_health_stop(sc->app_health);
     sc->app_health = NULL;
-    /* end consul + health */
     sc_admin_stop(sc->admin);
     sc->admin = NULL;
     sc_tls_runtime_stop(sc);
@@ -302,7 +297,7 @@ void sc_sidecar_free(sidecar *sc)
     sc_tracer_free(sc->tracer);
     sc->tracer = NULL;
     for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
-        sc_worker_free(&sc->workers[i]);
+        sc_worker_free(sc->workers[i]);
     free(sc->workers);
     free(sc->obs);
     sc_access_log_free(sc->access_log); /* after the workers: they hold its producers */
@@ -311,6 +306,7 @@ void sc_sidecar_free(sidecar *sc)
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_endpoints_ref_clear(&sc->routes[r].endpoints);
         sc_route_free_states(&sc->routes[r]);
+        sc_route_free_pipeline(&sc->routes[r]);
     }
     free(sc->routes);
     sc_config_free(sc->cfg);

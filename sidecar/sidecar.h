@@ -10,15 +10,17 @@
 #define SC_SIDECAR_H
 
 #include "config/config.h"
-#include "proxy/proxy.h"
+#include "proxy/route.h"
+#include "proxy/worker.h"
 
+#include <ev.h>
 #include <stdatomic.h>
 
 typedef struct sidecar {
     sc_config *cfg;
     sc_route *routes;               /* [0] inbound (when configured), then one per policy */
     size_t n_routes;
-    sc_worker *workers;
+    struct sc_worker **workers;     /* [n_workers] (proxy/worker.h) */
     unsigned n_workers;
     struct ev_loop *loop;           /* control thread loop (the main thread) */
     _Atomic bool draining;
@@ -26,11 +28,10 @@ typedef struct sidecar {
     _Atomic unsigned workers_running;
     uint64_t started_ms;
     struct sc_admin *admin;
-    /* consul + health (issue 4): NULL when not configured */
+    /* Consul and health checks: NULL when not configured */
     struct sc_consul *consul;
     struct sc_app_health *app_health;
     struct sc_grpc_health *grpc_health;
-    /* end consul + health */
     struct sc_tls_watch *tls_server;      /* inbound listener material, NULL = cleartext */
     struct sc_tls_watch *tls_client;      /* outbound origination material (mode: mutual) */
     struct sc_tls_watch *tls_client_anon; /* outbound, no client certificate (mode: simple) */
@@ -52,23 +53,5 @@ void sc_sidecar_free(sidecar *sc);
 
 /* Control thread: begin the drain (signal, admin POST /drain). */
 void sc_sidecar_drain(sidecar *sc);
-
-/* Worker threads (worker.c). */
-int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id);
-int sc_worker_start(sc_worker *w);
-void sc_worker_request_drain(sc_worker *w);
-void sc_worker_join(sc_worker *w);
-void sc_worker_free(sc_worker *w);
-/* What a worker thread does around its ev_run, for running a worker's loop
- * on the calling thread instead (tests/support/driver.c drives it with
- * EVRUN_NOWAIT): begin starts its watchers; end closes every connection
- * still open and frees the closed ones. Without sc_worker_start the worker
- * holds no epoch slot, so endpoint snapshots are never waited for. */
-void sc_worker_loop_begin(sc_worker *w);
-void sc_worker_loop_end(sc_worker *w);
-/* Fails when any other socket holds the address (worker.c). */
-int sc_listen_probe(const sc_addr *a, char *err, size_t errlen);
-/* A listening socket for a route with SO_REUSEPORT (worker.c). */
-int sc_listen_socket(const sc_addr *a, int *fd_out, char *err, size_t errlen);
 
 #endif

@@ -5,7 +5,7 @@
 #include "core/log.h"
 #include "core/prom.h"
 #include "authz/authz.h"
-#include "discovery/app_health.h" /* consul + health (issue 4) */
+#include "discovery/app_health.h"
 #include "discovery/consul.h"
 #include "http/grpc.h"
 #include "http/h1.h"
@@ -83,24 +83,6 @@ typedef struct strbuf {
     FILE *f;
 } strbuf;
 
-static uint64_t sum_route(const sidecar *sc, size_t r, size_t off)
-{
-    uint64_t t = 0;
-    for (unsigned i = 0; i < sc->n_workers; i++) {
-        const sc_route_stats *rs = &sc->workers[i].stats->routes[r];
-        t += SC_STAT_GET(*(sc_counter *)((char *)rs + off));
-    }
-    return t;
-}
-
-static uint64_t sum_worker(const sidecar *sc, size_t off)
-{
-    uint64_t t = 0;
-    for (unsigned i = 0; i < sc->n_workers; i++)
-        t += SC_STAT_GET(*(sc_counter *)((char *)sc->workers[i].stats + off));
-    return t;
-}
-
 #define RS_OFF(field) offsetof(sc_route_stats, field)
 #define WS_OFF(field) offsetof(sc_worker_stats, field)
 
@@ -162,17 +144,17 @@ char *sc_admin_render_stats(const sidecar *sc)
         sc_prom_head(f, per_route[m].name, per_route[m].type, per_route[m].help);
         for (size_t r = 0; r < sc->n_routes; r++)
             fprintf(f, "%s{upstream=\"%s\"} %llu\n", per_route[m].name, sc->routes[r].name,
-                    (unsigned long long)sum_route(sc, r, per_route[m].off));
+                    (unsigned long long)sc_workers_sum_route(sc, r, per_route[m].off));
     }
     sc_prom_head(f, "sidecar_upstream_responses_total", "counter", "Responses by HTTP status class (0xx: no response).");
     for (size_t r = 0; r < sc->n_routes; r++)
         for (int k = 0; k < 6; k++)
             fprintf(f, "sidecar_upstream_responses_total{upstream=\"%s\",class=\"%dxx\"} %llu\n", sc->routes[r].name, k,
-                    (unsigned long long)sum_route(sc, r, RS_OFF(responses) + (size_t)k * sizeof(sc_counter)));
+                    (unsigned long long)sc_workers_sum_route(sc, r, RS_OFF(responses) + (size_t)k * sizeof(sc_counter)));
     sc_prom_head(f, "sidecar_upstream_grpc_responses_total", "counter", "gRPC calls by grpc-status.");
     for (size_t r = 0; r < sc->n_routes; r++)
         for (int k = 0; k <= SC_GRPC_STATUS_MAX; k++) {
-            uint64_t v = sum_route(sc, r, RS_OFF(grpc) + (size_t)k * sizeof(sc_counter));
+            uint64_t v = sc_workers_sum_route(sc, r, RS_OFF(grpc) + (size_t)k * sizeof(sc_counter));
             if (v || k == 0)
                 fprintf(f, "sidecar_upstream_grpc_responses_total{upstream=\"%s\",grpc_status=\"%s\"} %llu\n",
                         sc->routes[r].name, sc_grpc_status_name(k), (unsigned long long)v);
@@ -181,7 +163,7 @@ char *sc_admin_render_stats(const sidecar *sc)
     for (size_t r = 0; r < sc->n_routes; r++) {
         uint64_t cum = 0;
         for (int k = 0; k <= SC_LAT_BUCKETS; k++) {
-            cum += sum_route(sc, r, RS_OFF(lat_buckets) + (size_t)k * sizeof(sc_counter));
+            cum += sc_workers_sum_route(sc, r, RS_OFF(lat_buckets) + (size_t)k * sizeof(sc_counter));
             if (k < SC_LAT_BUCKETS)
                 fprintf(f, "sidecar_upstream_request_duration_seconds_bucket{upstream=\"%s\",le=\"%g\"} %llu\n",
                         sc->routes[r].name, (double)sc_lat_bounds_us[k] / 1e6, (unsigned long long)cum);
@@ -190,20 +172,20 @@ char *sc_admin_render_stats(const sidecar *sc)
                         sc->routes[r].name, (unsigned long long)cum);
         }
         fprintf(f, "sidecar_upstream_request_duration_seconds_sum{upstream=\"%s\"} %.6f\n", sc->routes[r].name,
-                (double)sum_route(sc, r, RS_OFF(lat_sum_us)) / 1e6);
+                (double)sc_workers_sum_route(sc, r, RS_OFF(lat_sum_us)) / 1e6);
         fprintf(f, "sidecar_upstream_request_duration_seconds_count{upstream=\"%s\"} %llu\n", sc->routes[r].name,
                 (unsigned long long)cum);
     }
     sc_prom_head(f, "sidecar_downstream_connections_active", "gauge", "Open connections from callers.");
-    fprintf(f, "sidecar_downstream_connections_active %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(down_conns)));
+    fprintf(f, "sidecar_downstream_connections_active %llu\n", (unsigned long long)sc_workers_sum(sc, WS_OFF(down_conns)));
     sc_prom_head(f, "sidecar_downstream_connections_total", "counter", "Connections accepted from callers.");
-    fprintf(f, "sidecar_downstream_connections_total %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(down_conns_total)));
+    fprintf(f, "sidecar_downstream_connections_total %llu\n", (unsigned long long)sc_workers_sum(sc, WS_OFF(down_conns_total)));
     sc_prom_head(f, "sidecar_downstream_connections_refused_total", "counter",
                  "Connections from callers closed at accept because limits.max_connections were open on the worker.");
     fprintf(f, "sidecar_downstream_connections_refused_total %llu\n",
-            (unsigned long long)sum_worker(sc, WS_OFF(down_conns_refused)));
+            (unsigned long long)sc_workers_sum(sc, WS_OFF(down_conns_refused)));
     sc_prom_head(f, "sidecar_streams_active", "gauge", "Requests in flight on all listeners.");
-    fprintf(f, "sidecar_streams_active %llu\n", (unsigned long long)sum_worker(sc, WS_OFF(streams)));
+    fprintf(f, "sidecar_streams_active %llu\n", (unsigned long long)sc_workers_sum(sc, WS_OFF(streams)));
     static const struct {
         const char *name, *help;
         size_t off;
@@ -216,12 +198,12 @@ char *sc_admin_render_stats(const sidecar *sc)
     };
     for (size_t m = 0; m < SC_ARRAY_LEN(tls_m); m++) {
         sc_prom_head(f, tls_m[m].name, "counter", tls_m[m].help);
-        fprintf(f, "%s %llu\n", tls_m[m].name, (unsigned long long)sum_worker(sc, tls_m[m].off));
+        fprintf(f, "%s %llu\n", tls_m[m].name, (unsigned long long)sc_workers_sum(sc, tls_m[m].off));
     }
     sc_prom_head(f, "sidecar_downstream_bad_requests_total", "counter", "Requests refused as malformed, by reason.");
     for (int k = 0; k < SC_BAD_REQ_KINDS; k++)
         fprintf(f, "sidecar_downstream_bad_requests_total{reason=\"%s\"} %llu\n", sc_bad_req_names[k],
-                (unsigned long long)sum_worker(sc, WS_OFF(bad_requests) + (size_t)k * sizeof(sc_counter)));
+                (unsigned long long)sc_workers_sum(sc, WS_OFF(bad_requests) + (size_t)k * sizeof(sc_counter)));
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
         if (r == 0)
@@ -233,7 +215,7 @@ char *sc_admin_render_stats(const sidecar *sc)
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
         fprintf(f, "sidecar_upstream_discovery_stale{upstream=\"%s\"} %d\n", sc->routes[r].name, e && e->stale);
     }
-    sc_consul_render_stats(sc->consul, f);         /* consul + health (issue 4) */
+    sc_consul_render_stats(sc->consul, f);         /* Consul client and health checks */
     sc_authz_render_stats(sc->authz, f);           /* tls.authorize: consul */
     sc_app_health_render_stats(sc->app_health, f);
     uint64_t now = sc_now_ms();
@@ -340,13 +322,13 @@ char *sc_admin_render_clusters(const sidecar *sc)
         json_object_set_new(u, "instances", insts);
         json_object_set_new(u, "stale", json_boolean(e && e->stale));
         json_object_set_new(u, "endpoints_version", json_integer(e ? (json_int_t)e->version : 0));
-        json_object_set_new(u, "active_requests", json_integer((json_int_t)sum_route(sc, r, RS_OFF(active_requests))));
-        json_object_set_new(u, "active_connections", json_integer((json_int_t)sum_route(sc, r, RS_OFF(upstream_conns))));
-        json_object_set_new(u, "requests_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(requests))));
-        json_object_set_new(u, "connect_failures_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(connect_failures))));
-        json_object_set_new(u, "timeouts_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(timeouts))));
-        json_object_set_new(u, "retries_total", json_integer((json_int_t)sum_route(sc, r, RS_OFF(retries))));
         const sc_policy *p = rt->policy; /* NULL for inbound */
+        json_object_set_new(u, "active_requests", json_integer((json_int_t)sc_workers_sum_route(sc, r, RS_OFF(active_requests))));
+        json_object_set_new(u, "active_connections", json_integer((json_int_t)sc_workers_sum_route(sc, r, RS_OFF(upstream_conns))));
+        json_object_set_new(u, "requests_total", json_integer((json_int_t)sc_workers_sum_route(sc, r, RS_OFF(requests))));
+        json_object_set_new(u, "connect_failures_total", json_integer((json_int_t)sc_workers_sum_route(sc, r, RS_OFF(connect_failures))));
+        json_object_set_new(u, "timeouts_total", json_integer((json_int_t)sc_workers_sum_route(sc, r, RS_OFF(timeouts))));
+        json_object_set_new(u, "retries_total", json_integer((json_int_t)sc_workers_sum_route(sc, r, RS_OFF(retries))));
         json_object_set_new(u, "circuit_breaker", breaker_json(&rt->breaker, p && p->breaker.enabled, now));
         json_object_set_new(u, "outlier_detection", json_boolean(p && p->outlier.enabled));
         sc_bulkhead_view bv;
@@ -366,13 +348,13 @@ char *sc_admin_render_clusters(const sidecar *sc)
                                                          "remaining", (json_int_t)rv.remaining, "granted", (json_int_t)rv.granted,
                                                          "refused", (json_int_t)rv.refused, "ratio", rv.ratio,
                                                          "min_per_second", (json_int_t)rv.min_per_second));
-        json_t *cj = sc_consul_route_json(sc->consul, r); /* consul (issue 4) */
+        json_t *cj = sc_consul_route_json(sc->consul, r); /* its Consul watch, when discovered there */
         if (cj)
             json_object_set_new(u, "consul", cj);
         json_array_append_new(ups, u);
     }
     json_object_set_new(root, "upstreams", ups);
-    if (sc->consul) /* consul (issue 4) */
+    if (sc->consul) /* the Consul client, when configured */
         json_object_set_new(root, "consul", sc_consul_json(sc->consul));
     if (sc->authz) /* tls.authorize: consul */
         json_object_set_new(root, "authorize", sc_authz_json(sc->authz));
@@ -585,7 +567,7 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
     if (!guard(ac, h))
         return;
     if (path_is(h, "/ready")) {
-        char why[400]; /* consul + health (issue 4): starting, draining or the app is down */
+        char why[400]; /* starting, draining, or the app is down (health checks) */
         if (sc_health_ready(sc, why, sizeof(why) - 1)) {
             respond(ac, 200, "text/plain", "ready\n");
         } else {

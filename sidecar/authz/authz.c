@@ -71,8 +71,6 @@ int sc_authz_start(sidecar *sc, sc_authz **out)
         free(a);
         return -ENOMEM;
     }
-    for (unsigned i = 0; i < sc->n_workers; i++)
-        sc_stream_authz_init(&sc->workers[i]);
     ev_async_init(&a->kick, kick_cb);
     ev_async_start(sc->loop, &a->kick);
     char ttl[32];
@@ -164,7 +162,7 @@ static void finish(sc_authz *a, const char *identity, const sc_authz_answer *ans
 
     for (unsigned i = 0; i < a->n_workers; i++)
         if (atomic_exchange(&a->wake[i], false))
-            ev_async_send(a->sc->workers[i].loop, &a->sc->workers[i].authz_wake);
+            sc_worker_wake(a->sc->workers[i], SC_WAKE_AUTHZ);
 }
 
 static void lookup_done(void *arg, long status, const char *body, size_t len, const char *err)
@@ -254,14 +252,6 @@ static void send_lookups(sc_authz *a)
 
 /* ---- admin ---- */
 
-static uint64_t sum_workers(const sidecar *sc, size_t off)
-{
-    uint64_t t = 0;
-    for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
-        t += atomic_load_explicit((sc_counter *)((char *)sc->workers[i].stats + off), memory_order_relaxed);
-    return t;
-}
-
 #define WS(f) offsetof(sc_worker_stats, f)
 
 json_t *sc_authz_json(sc_authz *a)
@@ -293,11 +283,11 @@ json_t *sc_authz_json(sc_authz *a)
     json_object_set_new(o, "answers_total", json_integer((json_int_t)v.answers_total));
     json_object_set_new(o, "errors_total", json_integer((json_int_t)v.errors_total));
     const sidecar *sc = a->sc;
-    json_object_set_new(o, "hits_total", json_integer((json_int_t)sum_workers(sc, WS(authz_cache_hits))));
-    json_object_set_new(o, "misses_total", json_integer((json_int_t)sum_workers(sc, WS(authz_cache_misses))));
-    json_object_set_new(o, "denied_total", json_integer((json_int_t)sum_workers(sc, WS(authz_consul_denied))));
-    json_object_set_new(o, "unavailable_total", json_integer((json_int_t)sum_workers(sc, WS(authz_unavailable))));
-    json_object_set_new(o, "stale_total", json_integer((json_int_t)sum_workers(sc, WS(authz_stale))));
+    json_object_set_new(o, "hits_total", json_integer((json_int_t)sc_workers_sum(sc, WS(authz_cache_hits))));
+    json_object_set_new(o, "misses_total", json_integer((json_int_t)sc_workers_sum(sc, WS(authz_cache_misses))));
+    json_object_set_new(o, "denied_total", json_integer((json_int_t)sc_workers_sum(sc, WS(authz_consul_denied))));
+    json_object_set_new(o, "unavailable_total", json_integer((json_int_t)sc_workers_sum(sc, WS(authz_unavailable))));
+    json_object_set_new(o, "stale_total", json_integer((json_int_t)sc_workers_sum(sc, WS(authz_stale))));
     json_object_set_new(o, "last_error", a->last_error[0] ? json_string(a->last_error) : json_null());
     json_object_set_new(o, "last_error_caller", a->last_error[0] ? json_string(a->last_error_identity) : json_null());
     if (a->last_error_unix) {
@@ -339,7 +329,7 @@ void sc_authz_render_stats(sc_authz *a, FILE *f)
          WS(authz_cache_misses)},
     };
     for (size_t m = 0; m < SC_ARRAY_LEN(wm); m++)
-        sc_prom_u64(f, wm[m].name, "counter", wm[m].help, sum_workers(sc, wm[m].off));
+        sc_prom_u64(f, wm[m].name, "counter", wm[m].help, sc_workers_sum(sc, wm[m].off));
     sc_prom_u64(f, "sidecar_inbound_authz_consul_lookups_total", "counter",
                 "Authorize requests to Consul.", v.lookups_total);
     sc_prom_u64(f, "sidecar_inbound_authz_consul_errors_total", "counter",

@@ -13,9 +13,10 @@
  *   - The control thread sends each lookup through the Consul client
  *     (libcurl multi, sc_consul_authorize, with the client's ACL token and
  *     a SC_AUTHZ_LOOKUP_TIMEOUT_MS timeout), records the answer in the cache
- *     and wakes (ev_async, worker->authz_wake) each worker that has a
- *     request waiting; that worker then calls sc_authz_result() for its
- *     waiting requests (stream.c).
+ *     and wakes (sc_worker_wake with SC_WAKE_AUTHZ, proxy/worker.h) each
+ *     worker that has a request waiting; that worker then calls
+ *     sc_authz_result() for its waiting requests (the Consul-intentions
+ *     admission stage, proxy/stage_authz.c).
  *   - Nothing is ever allowed by default: no answer and no earlier answer
  *     means SC_AUTHZ_UNAVAILABLE (the request gets 503 / UNAVAILABLE).
  *
@@ -41,9 +42,8 @@
 typedef struct sc_authz sc_authz;
 struct json_t;
 
-/* Control thread: creates sc->authz when tls.authorize is consul (also
- * starts every worker's authz_wake watcher: call before the workers run).
- * Returns 0, -ENOENT when not configured (*out NULL), -ENOMEM. */
+/* Control thread: creates sc->authz when tls.authorize is consul; call
+ * before the workers run. Returns 0, -ENOENT when not configured (*out NULL), -ENOMEM. */
 int sc_authz_start(sidecar *sc, sc_authz **out);
 /* Control thread, after the workers were joined and sc_consul_stop. NULL is fine. */
 void sc_authz_free(sc_authz *a);

@@ -4,7 +4,7 @@
  * header values, the time, a random number) as arguments, so all of it is
  * unit tested and fuzzed without an agent. consul.c is the I/O shell.
  *
- * What lives here, each following ../shared/reference/consul-http-api.md:
+ * What lives here, each following Consul's HTTP API as the agent serves it:
  *   - parsing /v1/health/service/<name> answers into an sc_endpoints snapshot
  *   - the blocking-query index rules and the health query's path
  *   - the error backoff and the watch loop's token bucket

@@ -5,7 +5,7 @@
 #ifndef SC_CONNS_H
 #define SC_CONNS_H
 
-#include "proxy/proxy.h"
+#include "proxy/stream.h"
 
 /* A caller's connection: starts as HTTP/1 and switches to HTTP/2 when the
  * first bytes are the HTTP/2 connection preface (h2c prior knowledge). */
@@ -29,16 +29,7 @@ typedef struct sc_down_conn {
     uint32_t n_streams;
     uint32_t n_oversized;           /* header blocks refused as too large (down_h2.c ends the connection past a bound) */
     bool goaway_sent;
-    /* TLS: the caller's verified identity (URI SAN) and the allow-list verdict */
-    bool tls;
-    bool denied;
-    char *identity;                 /* NULL: no verified identity */
-    /* tls.authorize: consul: the last decision for this caller, reused
-     * without a lock until authz_until_ms (stream.c) */
-    uint64_t authz_until_ms;        /* 0: none */
-    const char *authz_reason;       /* Consul's reason (interned by authz, lives as long as it) */
-    bool authz_allowed;
-    bool authz_stale;
+    sc_caller caller;               /* who is calling (super.caller points here) */
 } sc_down_conn;
 
 /* A connection to one upstream instance. */
@@ -62,7 +53,7 @@ typedef struct sc_up_conn {
 #define SC_DOWN(c) ((sc_down_conn *)(c))
 #define SC_UP(c) ((sc_up_conn *)(c))
 
-/* Shared between up_h1.c / up_h2.c and the pool logic (stream.c). */
+/* upconn.c: shared by up_h1.c and up_h2.c. */
 sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr *sa, socklen_t len,
                            const sc_conn_ops *ops, int *err);
 /* Starts the idle timer of an upstream connection with nothing to do. */
@@ -89,8 +80,5 @@ static inline uint32_t sc_hdr_list_add(uint32_t *total, size_t namelen, size_t v
  * sizes from limits.max_header_bytes, CONTINUATION frames bounded); the
  * caller adds its own and frees it after creating the session. NULL: no memory. */
 nghttp2_option *sc_h2_session_option(const sc_config *cfg);
-
-/* The bytes a stream's timeout leaves for an upstream grpc-timeout; 0 = none. */
-uint64_t sc_stream_remaining_ns(const sc_stream *s);
 
 #endif

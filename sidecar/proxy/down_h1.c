@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "http/hdr.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 #include "tls/tls.h"
@@ -19,6 +20,8 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+static const sc_conn_ops down_h1_ops;
 
 static const char h2_preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #define H2_PREFACE_LEN 24
@@ -253,7 +256,7 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
         if (sc_msg_add(s, m, hd->name.p, hd->name.len, hd->value.p, hd->value.len) < 0)
             return -ENOMEM;
     }
-    if (d->identity && c->route->inbound && sc_msg_add(s, m, idh, idh_len, d->identity, strlen(d->identity)) < 0)
+    if (d->caller.identity && c->route->inbound && sc_msg_add(s, m, idh, idh_len, d->caller.identity, strlen(d->caller.identity)) < 0)
         return -ENOMEM;
     if (h->te_trailers) {
         s->down_te_trailers = true;
@@ -327,7 +330,7 @@ static void process(sc_conn *c)
         size_t len = sc_buf_len(&c->in);
         if (len == 0)
             return;
-        if (c->ops->kind == SC_CONN_DOWN_H1 && !d->h2 && c->in.start == 0 && d->n_streams == 0 &&
+        if (c->ops == &down_h1_ops && !d->h2 && c->in.start == 0 && d->n_streams == 0 &&
             memcmp(sc_buf_head(&c->in), h2_preface, SC_MIN(len, (size_t)H2_PREFACE_LEN)) == 0) {
             if (len < H2_PREFACE_LEN)
                 return;
@@ -412,7 +415,7 @@ static void on_readable(sc_conn *c)
         if (n > 0) {
             c->in.end += (uint32_t)n;
             process(c);
-            if (c->ops != &sc_down_h1_ops)
+            if (c->ops != &down_h1_ops)
                 return; /* switched to HTTP/2 */
             if ((size_t)n < space && !sc_conn_pending(c))
                 break;
@@ -428,7 +431,7 @@ static void on_readable(sc_conn *c)
         sc_conn_close(c, n < 0 ? -errno : 0);
         return;
     }
-    if (sc_buf_len(&c->in) && !(c->flags & SC_CONN_F_CLOSED) && c->ops == &sc_down_h1_ops)
+    if (sc_buf_len(&c->in) && !(c->flags & SC_CONN_F_CLOSED) && c->ops == &down_h1_ops)
         process(c);
     if (sc_buf_len(&c->in) == 0 && !(c->flags & SC_CONN_F_CLOSED))
         sc_buf_release(c->w, &c->in);
@@ -607,12 +610,12 @@ static int produce(sc_conn *c)
     return 0;
 }
 
-void sc_down_h1_stream_event(sc_stream *s)
+static void stream_event(sc_stream *s)
 {
     sc_conn_mark_dirty(s->down);
 }
 
-void sc_down_h1_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
+static void informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
 {
     if (status == 100 || status == 101)
         return; /* 100 was answered by the sidecar itself; upgrades are not proxied */
@@ -629,8 +632,8 @@ static void on_close(sc_conn *c, int err)
 {
     sc_down_conn *d = SC_DOWN(c);
     (void)err;
-    free(d->identity);
-    d->identity = NULL;
+    free(d->caller.identity);
+    d->caller.identity = NULL;
     if (d->cur) {
         sc_stream *s = d->cur;
         d->cur = NULL;
@@ -647,20 +650,37 @@ static void on_handshake(sc_conn *c)
     const sc_config *cfg = c->w->sc->cfg;
     char id[SC_TLS_ID_MAX];
     if (sc_tls_peer_identity(c->ssl, id, sizeof(id)) > 0)
-        d->identity = strdup(id);
+        d->caller.identity = strdup(id);
     if (cfg->tls.n_allow) {
-        d->denied = !sc_tls_allowed((const char *const *)cfg->tls.allow, cfg->tls.n_allow, d->identity);
-        if (d->denied)
+        d->caller.denied = !sc_tls_allowed((const char *const *)cfg->tls.allow, cfg->tls.n_allow, d->caller.identity);
+        if (d->caller.denied)
             SC_INFO("inbound listener: caller %s is not in tls.allow; its requests get 403 / PERMISSION_DENIED",
-                    d->identity ? d->identity : "(certificate without a SPIFFE identity)");
+                    d->caller.identity ? d->caller.identity : "(certificate without a SPIFFE identity)");
     }
     const char *alpn = sc_tls_alpn_selected(c->ssl);
     if (alpn && strcmp(alpn, "h2") == 0 && sc_down_h2_upgrade(c) < 0)
         sc_conn_close(c, -EPROTO);
 }
 
-const sc_conn_ops sc_down_h1_ops = {
-    .kind = SC_CONN_DOWN_H1,
+static void consumed(sc_stream *s, size_t n)
+{
+    (void)n;
+    sc_conn_resume_read(s->down);
+}
+
+static void drain(sc_conn *c);
+
+const sc_down_codec sc_down_h1_codec = {
+    .name = "http1",
+    .stream_event = stream_event,
+    .informational = informational,
+    .consumed = consumed,
+    .drain = drain,
+};
+
+static const sc_conn_ops down_h1_ops = {
+    .flags = SC_CONN_OPS_BUFFERS_INPUT,
+    .down = &sc_down_h1_codec,
     .on_readable = on_readable,
     .produce = produce,
     .on_close = on_close,
@@ -676,7 +696,8 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
         return;
     }
     sc_conn *c = &d->super;
-    sc_conn_init(c, w, fd, &sc_down_h1_ops, route);
+    sc_conn_init(c, w, fd, &down_h1_ops, route);
+    c->caller = &d->caller;
     memcpy(&c->peer, sa, len);
     c->peer_len = len;
     sc_sockaddr_text(sa, c->peer_text, sizeof(c->peer_text));
@@ -695,7 +716,7 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
             free(d);
             return;
         }
-        d->tls = true;
+        d->caller.tls = true;
         c->ssl = ssl;
         c->flags |= SC_CONN_F_TLS_HS; /* the handshake waits for the ClientHello: EV_READ, as sc_conn_init set it */
     }
@@ -708,15 +729,9 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
     arm_timer(c, route->timeouts->header_read_ms);
 }
 
-void sc_down_h2_drain(sc_conn *c);
-
-void sc_down_drain(sc_conn *c)
+static void drain(sc_conn *c)
 {
     sc_down_conn *d = SC_DOWN(c);
-    if (c->ops->kind == SC_CONN_DOWN_H2) {
-        sc_down_h2_drain(c);
-        return;
-    }
     d->close_after = true;
     if (d->cur)
         return; /* its response goes out with connection: close */

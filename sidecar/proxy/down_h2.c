@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "http/hdr.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 
@@ -54,10 +55,11 @@ static void detach(sc_down_conn *d, sc_stream *s, bool aborted)
 }
 
 /* A caller whose certificate tls.allow refused: its requests are answered
- * 403 (sc_stream_start) and nothing of them is kept. */
+ * 403 by the allow-list admission stage (stage_allow.c) and nothing of them
+ * is kept. */
 static bool caller_denied(const sc_down_conn *d, const sc_stream *s)
 {
-    return d->denied && s->route->inbound;
+    return d->caller.denied && s->route->inbound;
 }
 
 /* Resets one of the caller's streams from a callback and lets go of it at
@@ -400,10 +402,10 @@ static int request_head_done(sc_down_conn *d, sc_stream *s)
     }
     if (join_cookies(s) < 0)
         return reset_stream(d, s, NGHTTP2_INTERNAL_ERROR);
-    if (d->identity && s->route->inbound) {
+    if (d->caller.identity && s->route->inbound) {
         /* Without it the app would take the request for an unauthenticated one: no request rather than that. */
         const char *idh = s->w->sc->cfg->tls.identity_header;
-        if (sc_msg_add(s, m, idh, strlen(idh), d->identity, strlen(d->identity)) < 0)
+        if (sc_msg_add(s, m, idh, strlen(idh), d->caller.identity, strlen(d->caller.identity)) < 0)
             return reset_stream(d, s, NGHTTP2_INTERNAL_ERROR);
     }
     if (s->reqp.eof && m->content_length < 0 &&
@@ -448,7 +450,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
     (void)flags;
     (void)user_data;
     sc_stream *s = get_stream(session, sid);
-    if (!s || (s->flags & SC_ST_F_UP_DONE)) {
+    if (!s || sc_stream_up_done(s)) {
         /* Nobody will read it: give the window back at once. */
         nghttp2_session_consume(session, sid, len);
         return 0;
@@ -589,7 +591,7 @@ static void abort_stream(sc_down_conn *d, sc_stream *s)
         sc_conn_close_after_flush(&d->super);
 }
 
-void sc_down_h2_stream_event(sc_stream *s)
+static void stream_event(sc_stream *s)
 {
     sc_down_conn *d = SC_DOWN(s->down);
     if (!s->resp.head_done)
@@ -606,7 +608,7 @@ void sc_down_h2_stream_event(sc_stream *s)
     sc_conn_mark_dirty(&d->super);
 }
 
-void sc_down_h2_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
+static void informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n)
 {
     if (status == 100 || status == 101 || n > 60)
         return;
@@ -672,8 +674,8 @@ static void on_close(sc_conn *c, int err)
 {
     (void)err;
     sc_down_conn *d = SC_DOWN(c);
-    free(d->identity);
-    d->identity = NULL;
+    free(d->caller.identity);
+    d->caller.identity = NULL;
     if (d->h2) {
         /* Each live stream is told its caller is gone. */
         sc_link *l = c->w->streams.next;
@@ -707,8 +709,27 @@ static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
     sc_conn_close_after_flush(c);
 }
 
-const sc_conn_ops sc_down_h2_ops = {
-    .kind = SC_CONN_DOWN_H2,
+static void consumed(sc_stream *s, size_t n)
+{
+    n = SC_MIN(n, s->down_unconsumed);
+    s->down_unconsumed -= (uint32_t)n;
+    nghttp2_session_consume(SC_DOWN(s->down)->h2, s->down_sid, n);
+    sc_conn_mark_dirty(s->down);
+}
+
+static void drain(sc_conn *c);
+
+const sc_down_codec sc_down_h2_codec = {
+    .name = "http2",
+    .flags = SC_DOWN_CODEC_TRAILERS,
+    .stream_event = stream_event,
+    .informational = informational,
+    .consumed = consumed,
+    .drain = drain,
+};
+
+static const sc_conn_ops down_h2_ops = {
+    .down = &sc_down_h2_codec,
     .on_readable = on_readable,
     .produce = produce,
     .on_close = on_close,
@@ -789,7 +810,7 @@ int sc_down_h2_upgrade(sc_conn *c)
         d->h2 = NULL;
         return -ENOMEM;
     }
-    c->ops = &sc_down_h2_ops;
+    c->ops = &down_h2_ops;
     ev_timer_stop(c->w->loop, &c->timer);
     ev_set_cb(&c->timer, idle_cb);
     arm_idle(c);
@@ -805,7 +826,7 @@ int sc_down_h2_upgrade(sc_conn *c)
     return 0;
 }
 
-void sc_down_h2_drain(sc_conn *c)
+static void drain(sc_conn *c)
 {
     sc_down_conn *d = SC_DOWN(c);
     if (d->goaway_sent)

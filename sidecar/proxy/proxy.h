@@ -1,40 +1,34 @@
 /*
- * proxy.h: the data plane's internal types: workers, routes, connections and
- * streams. Not an API for other layers (they use sidecar.h).
+ * proxy.h: the data plane's private types: workers, connections and their
+ * I/O machinery. Private to sidecar/proxy/ (the control plane uses
+ * route.h and worker.h; streams are in stream.h, codecs in codec.h,
+ * admission stages in stage.h).
  *
- * Shape (see DESIGN.md "Data flow"): a worker thread owns a libev loop, one
- * SO_REUSEPORT socket per listener, its downstream connections, its upstream
- * connection pools and every stream on them. Nothing here is shared between
- * workers except the routes (read-only config, endpoint snapshots published
- * by the control thread, relaxed-atomic counters).
+ * Shape: a worker thread owns a libev loop, one SO_REUSEPORT socket per
+ * listener, its downstream connections, its upstream connection pools and
+ * every stream on them. Nothing here is shared between workers except the
+ * routes (read-only config, endpoint snapshots published by the control
+ * thread, resilience state with atomics, relaxed-atomic counters).
  *
  * A connection (sc_conn) is one socket with a protocol implementation plugged
  * in through a static ops table: downstream HTTP/1 (down_h1.c), downstream
  * HTTP/2 (down_h2.c), upstream HTTP/1 (up_h1.c), upstream HTTP/2 (up_h2.c).
  *
- * A stream (sc_stream) is one request/response exchange. It owns two pipes:
- * the request body flowing down->up and the response body flowing up->down.
- * Each pipe is bounded (limits.stream_buffer): a producer stops reading its
- * socket (HTTP/1) or withholds WINDOW_UPDATE (HTTP/2) while the pipe is full,
- * so a slow reader slows its writer instead of growing memory.
- *
- * Memory: streams and buffer blocks come from per-worker free lists; header
- * strings live in the stream's arena and are released with the stream.
+ * Memory: connections are calloc'ed and freed after the loop iteration that
+ * closed them; buffer blocks come from the worker's block pool.
  */
 #ifndef SC_PROXY_H
 #define SC_PROXY_H
 
 #include "config/config.h"
 #include "core/common.h"
-#include "discovery/endpoints.h"
 #include "http/h1.h"
 #include "lb/lb.h"
 #include "proxy/buf.h"
+#include "proxy/fail.h"
+#include "proxy/route.h"
 #include "proxy/stats.h"
-#include "resilience/breaker.h"
-#include "resilience/bulkhead.h"
-#include "resilience/outlier.h"
-#include "resilience/retry.h"
+#include "proxy/worker.h"
 
 #include <ev.h>
 #include <openssl/ssl.h>
@@ -45,7 +39,6 @@
 typedef struct sc_worker sc_worker;
 typedef struct sc_conn sc_conn;
 typedef struct sc_stream sc_stream;
-typedef struct sc_route sc_route;
 
 /* ---- intrusive doubly linked list ---- */
 typedef struct sc_link {
@@ -71,63 +64,12 @@ static inline void sc_list_remove(sc_link *l)
     l->prev = l->next = NULL;
 }
 
-/* ---- arena: bump allocator released with its stream ---- */
-typedef struct sc_arena_chunk {
-    struct sc_arena_chunk *next;
-    size_t used, cap;
-    char data[];
-} sc_arena_chunk;
-
-typedef struct sc_arena {
-    sc_arena_chunk *head;    /* extra chunks, malloc'ed, freed at reset */
-    char *inl;               /* the stream's inline block */
-    size_t inl_used, inl_cap;
-} sc_arena;
-
-void *sc_arena_alloc(sc_arena *a, size_t n);
-char *sc_arena_dup(sc_arena *a, const char *s, size_t n); /* NUL terminated copy */
-void sc_arena_reset(sc_arena *a);
-
-/* ---- routes: where a listener's traffic goes ---- */
-
-/* Per instance (by address), for the life of the route: shared by workers. */
-typedef struct sc_instance_state {
-    struct sc_instance_state *next;
-    struct sockaddr_storage ss;
-    socklen_t len;
-    sc_outlier_instance ol;
-} sc_instance_state;
-
-struct sc_route {
-    const char *name;               /* upstream name, or "inbound" */
-    unsigned index;                 /* into worker->rstate and stats */
-    sc_proto protocol;              /* towards the instances */
-    const sc_timeouts *timeouts;
-    const sc_policy *policy;        /* NULL for inbound */
-    bool inbound;
-    sc_endpoints_ref endpoints;     /* published snapshot (discovery/endpoints.h) */
-    /* Resilience state shared by all workers (resilience/). */
-    sc_breaker breaker;
-    sc_bulkhead bulkhead;
-    sc_retry_budget budget;
-    sc_outlier outlier;
-    sc_instance_state *states;      /* control thread adds, nobody frees before the route */
-    sc_ratelimit log_limit;         /* per-request warnings about this upstream */
-};
-
-/* Control thread: attaches per-instance state to `snap` and publishes it;
- * instances that left are taken out of the outlier cap. */
-void sc_route_publish(sc_route *r, sc_endpoints *snap);
-/* Start-up: resilience state from the policy (NULL policy: inbound). */
-void sc_route_init_resilience(sc_route *r, const sc_policy *p, uint32_t inbound_max_concurrent);
-void sc_route_free_states(sc_route *r);
-
 /* Per worker, per route: connection pool and balancing state. */
 typedef struct sc_route_state {
     sc_link h2_conns;               /* upstream HTTP/2 connections */
     sc_link h1_idle;                /* idle upstream HTTP/1 connections */
     sc_lb_ctx lb;                   /* cursor and random state of this worker */
-    sc_link waiters;                /* streams queued by the bulkhead */
+    sc_link waiters;                /* streams parked by the bulkhead (stage_bulkhead.c) */
     uint8_t *skip;                  /* scratch for the load balancer */
     uint32_t *load;
     size_t scratch_n;
@@ -135,15 +77,36 @@ typedef struct sc_route_state {
 } sc_route_state;
 
 /* ---- connections ---- */
-typedef enum {
-    SC_CONN_DOWN_H1 = 0,
-    SC_CONN_DOWN_H2,
-    SC_CONN_UP_H1,
-    SC_CONN_UP_H2,
-} sc_conn_kind;
+enum {
+    /* A connection the sidecar opened towards an instance: its timer is the
+     * connect timeout until it is connected (TLS handshake included), and its
+     * TLS failures are the upstream's. */
+    SC_CONN_OPS_UPSTREAM = 1u << 0,
+    /* The codec parses from c->in (HTTP/1): bytes read while it was paused
+     * are handed to on_readable again, since the socket will not signal them. */
+    SC_CONN_OPS_BUFFERS_INPUT = 1u << 1,
+};
 
+struct sc_down_codec;
+
+/* Who is calling, kept on a caller's connection (down_h1.c sets it up at the
+ * TLS handshake) for the admission stages (sc_stream_caller). */
+typedef struct sc_caller {
+    char *identity;                 /* the verified SPIFFE identity (URI SAN); NULL: none, or cleartext */
+    bool tls;                       /* the connection is TLS */
+    bool denied;                    /* tls.allow refused the identity (stage_allow.c answers 403) */
+    /* tls.authorize: consul: the last decision for this caller, reused
+     * without a lock until authz_until_ms (stage_authz.c) */
+    uint64_t authz_until_ms;        /* 0: none */
+    const char *authz_reason;       /* Consul's reason (interned by authz, lives as long as it) */
+    bool authz_allowed;
+    bool authz_stale;
+} sc_caller;
+
+/* A connection's protocol implementation (codec.h has the stream-level side). */
 typedef struct sc_conn_ops {
-    sc_conn_kind kind;
+    uint32_t flags;                 /* SC_CONN_OPS_* */
+    const struct sc_down_codec *down; /* a caller's connection: its codec (drain; streams take it) */
     void (*on_readable)(sc_conn *c);
     /* Produce output into c->out (called when there is space and the conn is
      * dirty or writable). Returns 0, or a negative error to close. */
@@ -154,6 +117,8 @@ typedef struct sc_conn_ops {
     void (*on_drained)(sc_conn *c);
     /* TLS handshake completed (may be NULL). */
     void (*on_handshake)(sc_conn *c);
+    /* An outgoing connection is up: TCP connected, TLS handshake done (may be NULL). */
+    void (*on_connected)(sc_conn *c);
 } sc_conn_ops;
 
 enum {
@@ -174,6 +139,7 @@ struct sc_conn {
     const sc_conn_ops *ops;
     sc_worker *w;
     sc_route *route;                /* downstream: the listener's route; upstream: its route */
+    sc_caller *caller;              /* a caller's connection: who it is; NULL upstream */
     int fd;
     uint32_t flags;
     sc_link dirty_link;             /* worker->dirty */
@@ -196,142 +162,6 @@ int sc_h2_produce(sc_conn *c, nghttp2_session *session);
  * closed with eof_err / -errno), or an nghttp2 error (the caller closes). */
 int sc_h2_feed(sc_conn *c, nghttp2_session *session, int eof_err);
 
-/* ---- pipes and streams ---- */
-typedef struct sc_pipe {
-    sc_buf buf;                     /* bounded body bytes */
-    uint64_t total;                 /* bytes that entered the pipe */
-    nghttp2_nv *trailers;           /* in the stream arena */
-    size_t n_trailers, cap_trailers;
-    bool eof;                       /* producer finished (after buf drains, the end) */
-} sc_pipe;
-
-typedef struct sc_msg {
-    /* request: method/scheme/authority/path; response: status */
-    const char *method, *scheme, *authority, *path;
-    size_t method_len, authority_len, path_len;
-    int status;
-    nghttp2_nv *hdrs;               /* regular headers (lower-case names), arena */
-    size_t n_hdrs, cap_hdrs;
-    int64_t content_length;         /* -1 unknown */
-    bool is_grpc;
-    bool head_done;
-} sc_msg;
-
-typedef enum {
-    SC_FAIL_NONE = 0,
-    SC_FAIL_NO_INSTANCE,            /* 503 / UNAVAILABLE */
-    SC_FAIL_CONNECT,                /* 503 / UNAVAILABLE */
-    SC_FAIL_CONNECT_TIMEOUT,        /* 503 / UNAVAILABLE */
-    SC_FAIL_RESET,                  /* 502 / UNAVAILABLE: upstream reset or closed */
-    SC_FAIL_PROTOCOL,               /* 502 / INTERNAL: upstream sent garbage */
-    SC_FAIL_TIMEOUT,                /* 504 / DEADLINE_EXCEEDED */
-    SC_FAIL_DRAINING,               /* 503 / UNAVAILABLE */
-    SC_FAIL_OVERLOAD,               /* 503 / RESOURCE_EXHAUSTED: bulkhead full */
-    SC_FAIL_QUEUE_TIMEOUT,          /* 503 / RESOURCE_EXHAUSTED: waited too long in the bulkhead queue */
-    SC_FAIL_CIRCUIT_OPEN,           /* 503 / UNAVAILABLE, or the policy's fallback */
-    SC_FAIL_TRY_TIMEOUT,            /* 504 / DEADLINE_EXCEEDED: timeouts.per_try (retriable) */
-    SC_FAIL_REFUSED_STREAM,         /* 503 / UNAVAILABLE: the upstream refused the stream */
-    SC_FAIL_FORBIDDEN,              /* 403 / PERMISSION_DENIED: caller identity not allowed */
-    SC_FAIL_AUTHZ_UNAVAILABLE,      /* 503 / UNAVAILABLE: Consul could not say whether the caller may call */
-    /* Refused before it went anywhere (the request itself is at fault): */
-    SC_FAIL_HEADERS_TOO_LARGE,      /* 431 / RESOURCE_EXHAUSTED: header fields beyond limits.max_header_bytes,
-                                     * or beyond what the upstream accepts (its SETTINGS_MAX_HEADER_LIST_SIZE) */
-    SC_FAIL_METHOD_UNSUPPORTED,     /* 501 / UNIMPLEMENTED: CONNECT (plain or extended) is not proxied */
-    SC_FAIL_BAD_REQUEST,            /* 400 / INTERNAL: refused header name (limits.header_underscores: reject),
-                                     * missing or unusable :path / :scheme */
-    SC_FAIL_NO_MEMORY,              /* 503 / RESOURCE_EXHAUSTED: an allocation for the exchange failed */
-} sc_fail;
-
-const char *sc_fail_reason(sc_fail f);
-
-enum {
-    SC_ST_F_DOWN_HEAD_SENT = 1u << 0,   /* response head reached the downstream codec */
-    SC_ST_F_DOWN_DONE = 1u << 1,        /* downstream side finished (or gone) */
-    SC_ST_F_UP_DONE = 1u << 2,          /* upstream side finished (or gone) */
-    SC_ST_F_HEAD_REQ = 1u << 3,         /* request method is HEAD */
-    SC_ST_F_FAILED = 1u << 4,
-    SC_ST_F_UP_STARTED = 1u << 5,       /* request head handed to an upstream conn */
-    SC_ST_F_DEFERRED_DOWN = 1u << 6,    /* down h2 data provider is deferred */
-    SC_ST_F_DEFERRED_UP = 1u << 7,      /* up h2 data provider is deferred */
-    SC_ST_F_REQ_SENT = 1u << 8,         /* whole request written upstream */
-    SC_ST_F_DOWN_RESP_END = 1u << 9,    /* HTTP/2 downstream: END_STREAM of the response sent */
-};
-
-struct sc_stream {
-    sc_worker *w;
-    sc_route *route;
-    uint32_t flags;
-    /* downstream side */
-    sc_conn *down;
-    int32_t down_sid;               /* HTTP/2 stream id, 0 for HTTP/1 */
-    /* upstream side */
-    sc_conn *up;
-    int32_t up_sid;
-    sc_link up_link;                /* pending on a connecting upstream conn */
-    struct sockaddr_storage up_addr;
-    socklen_t up_addr_len;
-    /* messages */
-    sc_msg req, resp;
-    sc_pipe reqp, respp;
-    sc_arena arena;
-    /* deadline */
-    ev_timer timer;
-    uint64_t start_ns;
-    uint64_t deadline_ns;           /* 0 = none */
-    sc_fail fail;
-    int grpc_status;                /* seen in trailers, -1 none */
-    uint64_t bytes_in, bytes_out;
-    /* per-stream state for HTTP/1 sides */
-    sc_h1_body h1_body;             /* body decoder of whichever side is HTTP/1 */
-    sc_h1_body h1_up_body;
-    char *h1_trailer_buf;           /* chunked request trailers (HTTP/1 caller) */
-    char *h1_up_trailer_buf;        /* chunked response trailers (HTTP/1 upstream) */
-    uint64_t req_sent;              /* request body bytes handed to the upstream */
-    /* HTTP/2 DATA received but not yet acknowledged with WINDOW_UPDATE; given
-     * back to the connection when the stream closes, or the connection-level
-     * window would shrink with every stream closed before it was drained. */
-    uint32_t up_unconsumed, down_unconsumed;
-    sc_buf replay;                  /* copy of the request body sent so far, for retries */
-    bool replayable;                /* every byte sent is in `replay` (within retries.buffer_limit) */
-    /* resilience */
-    uint32_t attempt;               /* 1-based attempt in flight (or waiting for) */
-    ev_timer try_timer;             /* per_try timeout of the current attempt */
-    ev_timer retry_timer;           /* backoff before the next attempt / bulkhead queue wait */
-    sc_link qlink;                  /* route_state->waiters while queued by the bulkhead */
-    sc_instance_state *inst;        /* instance of the current attempt (may be NULL) */
-    uint64_t probe_id;              /* circuit breaker probe id (0: ordinary call) */
-    bool breaker_pending;           /* allow() granted, record()/abandon() still owed */
-    bool bulkhead_held;             /* holds an active slot of the route's bulkhead */
-    bool head_checked;              /* this attempt's response head was judged for retry */
-    bool down_chunked;              /* HTTP/1 downstream response framing */
-    bool up_chunked;                /* HTTP/1 upstream request framing */
-    bool down_keepalive;
-    bool up_keepalive;
-    bool down_te_trailers;
-    bool up_head_sent;
-    /* tls.authorize: consul (stream.c, authz/authz.h) */
-    bool authz_consul_denied;       /* SC_FAIL_FORBIDDEN came from Consul, not tls.allow */
-    bool authz_stale;               /* the answer waited for was an earlier one (Consul failing) */
-    uint8_t authz_verdict;          /* sc_authz_verdict of the answer waited for */
-    uint64_t authz_seq;             /* the lookup waited for */
-    const char *authz_note;         /* Consul's reason (interned) or why it could not answer (arena) */
-    sc_link alink;                  /* worker->authz_waiters while waiting for Consul's answer */
-    sc_link wlink;                  /* worker->streams (drain, stats) */
-    /* HTTP/2 header blocks as they arrive (down_h2.c: the caller's; up_h2.c:
-     * the upstream's), counted as HPACK counts a header list (name + value +
-     * 32 per field) against limits.max_header_bytes: nghttp2 does not enforce
-     * the SETTINGS_MAX_HEADER_LIST_SIZE it advertises, and HPACK lets a few
-     * bytes on the wire name a large field many times. */
-    uint32_t down_hdr_bytes;        /* the request head, then each trailer block on its own */
-    uint32_t up_hdr_bytes;          /* informational and final response heads together, then trailers */
-    uint8_t down_hdr_verdict;       /* down_h2.c: what the request head has earned so far */
-    uint8_t n_informational;        /* 1xx responses in this attempt (up_h2.c bounds them) */
-    uint8_t refused_resends;        /* re-sends of this attempt after REFUSED_STREAM (up_h2.c bounds them) */
-    uint32_t refused_attempt;       /* the attempt refused_resends counts for */
-    int up_send_error;              /* nghttp2 could not send this attempt's request head (its error), 0 none */
-    _Alignas(8) char inline_arena[2048]; /* sc_arena hands out 8-byte aligned blocks from here */
-};
-
 /* ---- worker ---- */
 struct sc_worker {
     unsigned id;
@@ -339,7 +169,8 @@ struct sc_worker {
     struct ev_loop *loop;
     struct sidecar *sc;             /* process-wide state (sidecar.h) */
     ev_io *listeners;               /* one per route */
-    ev_async wakeup;                /* drain / stop requests from the control thread */
+    ev_async wakeup;                /* sc_worker_wake: the reasons are in `wake` */
+    _Atomic unsigned wake;          /* SC_WAKE_* bits not handled yet (worker.h) */
     ev_prepare flush;               /* flush dirty connections before polling */
     ev_idle more;                   /* active while dirty work is left: no sleeping poll */
     ev_check check;                 /* epoch tracking after polling */
@@ -353,12 +184,10 @@ struct sc_worker {
     sc_worker_stats *stats;         /* counters read by the admin endpoint */
     uint32_t n_down_conns;
     bool draining;
-    bool stopping;
+    bool stopping;                  /* SC_WAKE_STOP seen: the loop ends without draining */
     unsigned start_delay_ms;        /* $SIDECAR_TEST_WORKER_START_DELAY_MS: tests only */
     struct sc_tls_session_cache *tls_sessions; /* outbound TLS resumption */
-    /* tls.authorize: consul; set up by sc_stream_authz_init before the thread runs */
-    ev_async authz_wake;            /* the control thread: a lookup this worker waits for ended */
-    sc_link authz_waiters;          /* streams waiting for Consul's answer (sc_stream.alink) */
+    sc_link authz_waiters;          /* streams parked by stage_authz.c (SC_WAKE_AUTHZ resumes them) */
     /* free lists */
     void *free_streams;
     void *free_blocks[2];           /* block pool, two sizes (worker.c) */
@@ -394,67 +223,6 @@ void sc_sockaddr_text(const struct sockaddr *sa, char *out, size_t cap);
 void sc_conn_start_tls(sc_conn *c, SSL *ssl);
 /* Connected sockets: non-blocking, TCP_NODELAY. */
 int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out);
-
-/* ---- stream lifecycle (stream.c) ---- */
-sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t down_sid);
-/* The downstream codec finished the request head: route, admit, pick, connect. */
-void sc_stream_start(sc_stream *s);
-/* Request body bytes arrived (pipe updated) or ended: wake the upstream side. */
-void sc_stream_req_progress(sc_stream *s);
-/* The downstream consumed n response bytes from the pipe: reopen the upstream
- * flow (HTTP/2 WINDOW_UPDATE or resume reading the HTTP/1 socket). */
-void sc_stream_resp_drained(sc_stream *s, size_t n);
-/* The upstream consumed n request bytes: reopen the downstream flow. */
-void sc_stream_req_drained(sc_stream *s, size_t n);
-/* Upstream codecs take request body bytes with this after copying the first
- * n bytes of s->reqp.buf: keeps the replay copy, consumes, reopens the flow. */
-void sc_stream_req_consume(sc_stream *s, size_t n);
-/* Response head / body / end arrived from upstream: wake the downstream side. */
-void sc_stream_resp_progress(sc_stream *s);
-/* Informational (1xx) response from upstream, to forward downstream. */
-void sc_stream_resp_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n);
-/* The downstream codec refuses a request it has decoded (malformed, too
- * large, not supported) before it goes anywhere: counted as a request and
- * answered locally in the caller's protocol (status and x-sidecar-reason from `why`). */
-void sc_stream_refuse(sc_stream *s, sc_fail why);
-/* A grpc-status value as received: 1 or 2 ASCII digits 0..16, else (garbage,
- * out of range) UNKNOWN, as gRPC clients read it; never outside 0..16. */
-/* Upstream side failed before or during the response. */
-void sc_stream_upstream_failed(sc_stream *s, sc_fail why);
-/* Upstream side finished cleanly (response complete). */
-void sc_stream_upstream_done(sc_stream *s);
-/* Downstream side is gone (RST, close) or finished sending the response. */
-void sc_stream_downstream_done(sc_stream *s, bool aborted);
-/* tls.authorize: consul: starts w->authz_wake on the worker's loop (before
- * the worker thread runs). */
-void sc_stream_authz_init(sc_worker *w);
-/* Bulkhead waiters of this worker take slots freed on other workers. */
-void sc_route_promote_waiters(sc_worker *w, sc_route *r);
-/* Header helpers (arena copies; names lower-cased). */
-int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);
-const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
-/* Appends body bytes to a pipe; -ENOBUFS when they do not fit (for HTTP/2
- * that means the peer sent more than the window it was granted). */
-int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len);
-int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen);
-
-/* ---- protocol entry points ---- */
-void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr *sa, socklen_t len);
-extern const sc_conn_ops sc_down_h1_ops, sc_down_h2_ops, sc_up_h1_ops, sc_up_h2_ops;
-/* Downstream notifications from the stream (down_h1.c / down_h2.c). */
-void sc_down_h1_stream_event(sc_stream *s);
-void sc_down_h2_stream_event(sc_stream *s);
-void sc_down_h1_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n);
-void sc_down_h2_informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t n);
-/* Take over a downstream connection that began with the HTTP/2 preface. */
-int sc_down_h2_upgrade(sc_conn *c);
-/* Upstream side (up_h1.c / up_h2.c). */
-void sc_up_h1_attach(sc_stream *s);         /* find/open a connection and send */
-void sc_up_h2_attach(sc_stream *s);
-void sc_up_h1_stream_event(sc_stream *s);   /* request body progress / resp drained */
-void sc_up_h2_stream_event(sc_stream *s);
-void sc_up_h1_cancel(sc_stream *s);         /* downstream went away */
-void sc_up_h2_cancel(sc_stream *s);
 
 /* Route state lookup. */
 static inline sc_route_state *sc_rstate(sc_worker *w, const sc_route *r) { return &w->rstate[r->index]; }

@@ -1,23 +1,18 @@
 /*
- * stream.c: one request/response exchange between a downstream codec and an
- * upstream codec: start (deadline, instance choice, attach to a pooled
- * connection), the notifications that move body bytes through the two
- * bounded pipes, local error replies in the caller's protocol, and the end
- * (stats, free once both sides are done).
+ * stream.c: one request/response exchange (stream.h): its lifecycle
+ * (start, failure, the two sides finishing, free), its phase, the
+ * notifications that move body bytes through the two bounded pipes between
+ * the codecs, the stream's timers, and the arena and header helpers.
+ * Admission is admit.c's, attempts attempt.c's, answers fail.c's.
  */
-#include "authz/authz.h"
 #include "core/log.h"
 #include "http/grpc.h"
-#include "proxy/conns.h"
+#include "proxy/codec.h"
+#include "proxy/stage.h"
 #include "sidecar.h"
-#include "tls/tls.h"
 
-#include <arpa/inet.h>
-#include <stdio.h>
-#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 /* ---- arena ---- */
 
@@ -117,107 +112,69 @@ const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name)
 
 /* ---- lifecycle ---- */
 
-const char *sc_fail_reason(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_NONE: return "none";
-    case SC_FAIL_NO_INSTANCE: return "no-healthy-instance";
-    case SC_FAIL_CONNECT: return "connect-failure";
-    case SC_FAIL_CONNECT_TIMEOUT: return "connect-timeout";
-    case SC_FAIL_RESET: return "upstream-reset";
-    case SC_FAIL_PROTOCOL: return "upstream-protocol-error";
-    case SC_FAIL_TIMEOUT: return "upstream-timeout";
-    case SC_FAIL_DRAINING: return "draining";
-    case SC_FAIL_OVERLOAD: return "bulkhead-full";
-    case SC_FAIL_QUEUE_TIMEOUT: return "bulkhead-queue-timeout";
-    case SC_FAIL_CIRCUIT_OPEN: return "circuit-open";
-    case SC_FAIL_TRY_TIMEOUT: return "upstream-per-try-timeout";
-    case SC_FAIL_REFUSED_STREAM: return "upstream-refused-stream";
-    case SC_FAIL_FORBIDDEN: return "caller-not-allowed";
-    case SC_FAIL_AUTHZ_UNAVAILABLE: return "authz-unavailable";
-    case SC_FAIL_HEADERS_TOO_LARGE: return "request-headers-too-large";
-    case SC_FAIL_METHOD_UNSUPPORTED: return "method-not-supported";
-    case SC_FAIL_BAD_REQUEST: return "bad-request";
-    case SC_FAIL_NO_MEMORY: return "sidecar-out-of-memory";
-    }
-    return "unknown";
-}
-
-static const char *fail_detail(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_NO_INSTANCE: return "no healthy instance to send the request to";
-    case SC_FAIL_CONNECT: return "connection to the instance failed";
-    case SC_FAIL_CONNECT_TIMEOUT: return "connection to the instance timed out (timeouts.connect)";
-    case SC_FAIL_RESET: return "the instance reset or closed the connection before the response ended";
-    case SC_FAIL_PROTOCOL: return "the instance sent an invalid response";
-    case SC_FAIL_TIMEOUT: return "request timed out (deadline from timeouts.request or grpc-timeout)";
-    case SC_FAIL_TRY_TIMEOUT: return "the attempt timed out (timeouts.per_try) and no retry was possible";
-    case SC_FAIL_DRAINING: return "the sidecar is shutting down";
-    case SC_FAIL_OVERLOAD: return "bulkhead full: max_concurrent requests in flight and the queue is full";
-    case SC_FAIL_QUEUE_TIMEOUT: return "waited in the bulkhead queue longer than bulkhead.queue_timeout";
-    case SC_FAIL_CIRCUIT_OPEN: return "circuit breaker open: calls fail fast until it half-opens";
-    case SC_FAIL_REFUSED_STREAM: return "the instance refused the stream";
-    case SC_FAIL_FORBIDDEN: return "the caller's identity is not in tls.allow";
-    case SC_FAIL_AUTHZ_UNAVAILABLE: return "Consul could not say whether the caller may call";
-    case SC_FAIL_HEADERS_TOO_LARGE: return "request header fields larger than limits.max_header_bytes";
-    case SC_FAIL_METHOD_UNSUPPORTED: return "CONNECT is not proxied (plain or extended CONNECT)";
-    case SC_FAIL_BAD_REQUEST: return "request refused as malformed (the sidecar's log says why)";
-    case SC_FAIL_NO_MEMORY: return "the sidecar could not allocate memory for this request";
-    default: return "failed";
-    }
-}
-
-static int fail_http_status(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_RESET:
-    case SC_FAIL_PROTOCOL: return 502;
-    case SC_FAIL_TIMEOUT:
-    case SC_FAIL_TRY_TIMEOUT: return 504;
-    case SC_FAIL_FORBIDDEN: return 403;
-    case SC_FAIL_HEADERS_TOO_LARGE: return 431;
-    case SC_FAIL_METHOD_UNSUPPORTED: return 501;
-    case SC_FAIL_BAD_REQUEST: return 400;
-    default: return 503;
-    }
-}
-
-static int fail_grpc_status(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_TIMEOUT:
-    case SC_FAIL_TRY_TIMEOUT: return SC_GRPC_DEADLINE_EXCEEDED;
-    case SC_FAIL_OVERLOAD:
-    case SC_FAIL_QUEUE_TIMEOUT:
-    case SC_FAIL_NO_MEMORY: return SC_GRPC_RESOURCE_EXHAUSTED;
-    case SC_FAIL_PROTOCOL: return SC_GRPC_INTERNAL;
-    case SC_FAIL_FORBIDDEN: return SC_GRPC_PERMISSION_DENIED;
-    case SC_FAIL_HEADERS_TOO_LARGE: return SC_GRPC_RESOURCE_EXHAUSTED;
-    case SC_FAIL_METHOD_UNSUPPORTED: return SC_GRPC_UNIMPLEMENTED;
-    case SC_FAIL_BAD_REQUEST: return SC_GRPC_INTERNAL;
-    default: return SC_GRPC_UNAVAILABLE;
-    }
-}
-
-/* What a local failure is called in retry / breaker / outlier conditions. */
-static uint32_t fail_cond(sc_fail f)
-{
-    switch (f) {
-    case SC_FAIL_CONNECT:
-    case SC_FAIL_CONNECT_TIMEOUT: return SC_COND_CONNECT_FAILURE;
-    case SC_FAIL_RESET:
-    case SC_FAIL_PROTOCOL: return SC_COND_RESET;
-    case SC_FAIL_REFUSED_STREAM: return SC_COND_REFUSED_STREAM;
-    case SC_FAIL_TIMEOUT:
-    case SC_FAIL_TRY_TIMEOUT: return SC_COND_TIMEOUT;
-    default: return 0;
-    }
-}
-
 static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
 static void try_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents);
-static void retry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+static void wait_timer_cb(struct ev_loop *loop, ev_timer *t, int revents);
+
+/* ---- phases ---- */
+
+static const char *const phase_names[SC_PHASE_COUNT] = {
+    [SC_PHASE_NEW] = "new",
+    [SC_PHASE_ADMISSION] = "admission",
+    [SC_PHASE_PARKED] = "parked",
+    [SC_PHASE_BACKOFF] = "backoff",
+    [SC_PHASE_CONNECTING] = "connecting",
+    [SC_PHASE_IN_FLIGHT] = "in-flight",
+    [SC_PHASE_RESPONDING] = "responding",
+    [SC_PHASE_DONE] = "done",
+};
+
+const char *sc_phase_name(sc_phase p)
+{
+    return (unsigned)p < SC_PHASE_COUNT ? phase_names[p] : "?";
+}
+
+#ifndef NDEBUG
+#define PH(p) (1u << SC_PHASE_##p)
+/* Where each phase may go next (besides staying); see sc_phase. */
+static const uint16_t phase_next[SC_PHASE_COUNT] = {
+    [SC_PHASE_NEW] = PH(ADMISSION) | PH(DONE),
+    [SC_PHASE_ADMISSION] = PH(PARKED) | PH(CONNECTING) | PH(IN_FLIGHT) | PH(BACKOFF) | PH(DONE),
+    [SC_PHASE_PARKED] = PH(ADMISSION) | PH(DONE),
+    [SC_PHASE_BACKOFF] = PH(CONNECTING) | PH(IN_FLIGHT) | PH(DONE),
+    [SC_PHASE_CONNECTING] = PH(IN_FLIGHT) | PH(RESPONDING) | PH(BACKOFF) | PH(DONE),
+    [SC_PHASE_IN_FLIGHT] = PH(CONNECTING) | PH(RESPONDING) | PH(BACKOFF) | PH(DONE),
+    [SC_PHASE_RESPONDING] = PH(BACKOFF) | PH(DONE),
+    [SC_PHASE_DONE] = 0,
+};
+#undef PH
+
+void sc_stream_set_phase(sc_stream *s, sc_phase p)
+{
+    sc_phase from = (sc_phase)s->phase;
+    if (from == p)
+        return;
+    SC_DEBUG("%s: stream %p %.*s: %s -> %s", s->route->name, (void *)s, (int)SC_MIN(s->req.path_len, 100),
+             s->req.path ? s->req.path : "", sc_phase_name(from), sc_phase_name(p));
+    if (!(phase_next[from] & (1u << p))) {
+        SC_ERROR("%s: stream %p: illegal phase change %s -> %s", s->route->name, (void *)s, sc_phase_name(from),
+                 sc_phase_name(p));
+        abort();
+    }
+    s->phase = (uint8_t)p;
+}
+#endif
+
+void sc_stream_bound(sc_stream *s)
+{
+    sc_stream_set_phase(s, s->up->flags & SC_CONN_F_CONNECTING ? SC_PHASE_CONNECTING : SC_PHASE_IN_FLIGHT);
+}
+
+void sc_stream_connected(sc_stream *s)
+{
+    if (s->phase == SC_PHASE_CONNECTING)
+        sc_stream_set_phase(s, SC_PHASE_IN_FLIGHT);
+}
 
 sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t down_sid)
 {
@@ -230,6 +187,7 @@ sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t d
     s->w = w;
     s->route = route;
     s->down = down;
+    s->dc = down->ops->down;
     s->down_sid = down_sid;
     s->arena.inl = s->inline_arena;
     s->arena.inl_cap = sizeof(s->inline_arena);
@@ -239,79 +197,11 @@ sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t d
     s->start_ns = sc_now_ns();
     ev_init(&s->timer, stream_timeout_cb);
     ev_init(&s->try_timer, try_timeout_cb);
-    ev_init(&s->retry_timer, retry_timer_cb);
+    ev_init(&s->wait_timer, wait_timer_cb);
     sc_list_push(&w->streams, &s->wlink);
     SC_STAT_INC(w->stats->streams);
     return s;
 }
-
-static void log_breaker(const sc_route *r, const sc_breaker_transition *tr)
-{
-    if (!tr->seq)
-        return;
-    SC_WARN("upstream %s: circuit breaker %s -> %s: %s", r->name, sc_breaker_state_name(tr->from),
-            sc_breaker_state_name(tr->to), tr->reason);
-}
-
-/* The request's final outcome for the breaker, once per admission. */
-static void breaker_settle(sc_stream *s, bool abandon)
-{
-    if (!s->breaker_pending)
-        return;
-    s->breaker_pending = false;
-    sc_route *r = s->route;
-    if (abandon) {
-        sc_breaker_abandon(&r->breaker, s->probe_id);
-        return;
-    }
-    int http = s->resp.status;
-    int grpc = s->grpc_status;
-    if (s->req.is_grpc && grpc < 0 && http && http != 200)
-        grpc = sc_grpc_status_from_http(http);
-    uint32_t cond = s->fail ? fail_cond(s->fail) : 0;
-    if (s->fail && !cond)
-        http = 0; /* a local refusal says nothing about the upstream */
-    bool failure = sc_breaker_counts_as_failure(&r->policy->breaker, http, grpc, cond);
-    uint64_t dur_ms = (sc_now_ns() - s->start_ns) / 1000000u;
-    bool slow = sc_breaker_is_slow(&r->breaker, dur_ms);
-    sc_breaker_transition tr = {0};
-    sc_breaker_record_ex(&r->breaker, sc_now_ms(), failure, slow, s->probe_id, &tr);
-    log_breaker(r, &tr);
-}
-
-/* Outcome of one attempt for the instance it went to (outlier detection). */
-static void attempt_settle(sc_stream *s, bool gateway_or_connect_failure)
-{
-    sc_instance_state *st = s->inst;
-    if (!st)
-        return;
-    s->inst = NULL;
-    atomic_fetch_sub_explicit(&st->ol.active_requests, 1, memory_order_relaxed);
-    if (!s->route->policy || !s->route->policy->outlier.enabled)
-        return;
-    sc_endpoints *e = sc_endpoints_current(&s->route->endpoints);
-    if (sc_outlier_record(&s->route->outlier, &st->ol, e ? e->n : 1, gateway_or_connect_failure, sc_now_ms()) == 1) {
-        sc_outlier_instance_view v;
-        sc_outlier_instance_snapshot(&st->ol, sc_now_ms(), &v);
-        char addr[64];
-        sc_sockaddr_text((const struct sockaddr *)&st->ss, addr, sizeof(addr));
-        SC_WARN("upstream %s: instance %s ejected for %llums after %u consecutive gateway errors or connect "
-                "failures (ejection #%llu)", s->route->name, addr, (unsigned long long)v.ms_left,
-                s->route->policy->outlier.consecutive_failures, (unsigned long long)v.total_ejections);
-    }
-}
-
-static bool is_gateway_failure(const sc_stream *s)
-{
-    if (s->fail)
-        return fail_cond(s->fail) & (SC_COND_CONNECT_FAILURE | SC_COND_RESET | SC_COND_REFUSED_STREAM);
-    int st = s->resp.status;
-    if (st == 502 || st == 503 || st == 504)
-        return true;
-    return s->req.is_grpc && s->grpc_status == SC_GRPC_UNAVAILABLE;
-}
-
-static void bulkhead_release(sc_stream *s);
 
 static void stream_free(sc_stream *s)
 {
@@ -319,15 +209,11 @@ static void stream_free(sc_stream *s)
     sc_route_stats *rs = &w->stats->routes[s->route->index];
     ev_timer_stop(w->loop, &s->timer);
     ev_timer_stop(w->loop, &s->try_timer);
-    ev_timer_stop(w->loop, &s->retry_timer);
+    ev_timer_stop(w->loop, &s->wait_timer);
     sc_list_remove(&s->wlink);
     sc_list_remove(&s->up_link);
-    sc_list_remove(&s->qlink);
-    sc_list_remove(&s->alink);
-    if (s->inst)
-        attempt_settle(s, is_gateway_failure(s));
-    breaker_settle(s, true); /* still owed only when nothing was learnt */
-    bulkhead_release(s);
+    sc_attempt_end(s, false);
+    sc_admit_end(s);
     if (s->flags & SC_ST_F_UP_STARTED || s->fail) {
         SC_STAT_DEC(rs->active_requests);
         int st = s->resp.status;
@@ -354,7 +240,7 @@ static void stream_free(sc_stream *s)
 
 static void maybe_free(sc_stream *s)
 {
-    if ((s->flags & (SC_ST_F_DOWN_DONE | SC_ST_F_UP_DONE)) == (SC_ST_F_DOWN_DONE | SC_ST_F_UP_DONE))
+    if ((s->flags & SC_ST_F_DOWN_DONE) && sc_stream_up_done(s))
         stream_free(s);
 }
 
@@ -370,272 +256,45 @@ static void down_event(sc_stream *s)
 {
     if (s->flags & SC_ST_F_DOWN_DONE)
         return;
-    if (s->down->ops->kind == SC_CONN_DOWN_H2)
-        sc_down_h2_stream_event(s);
-    else
-        sc_down_h1_stream_event(s);
+    s->dc->stream_event(s);
 }
 
 static void up_event(sc_stream *s)
 {
-    if (!s->up || (s->flags & SC_ST_F_UP_DONE))
+    if (!s->up || sc_stream_up_done(s))
         return;
-    if (s->up->ops->kind == SC_CONN_UP_H2)
-        sc_up_h2_stream_event(s);
-    else
-        sc_up_h1_stream_event(s);
-}
-
-/* Detaches the current attempt from its connection, if any. */
-static void up_detach(sc_stream *s)
-{
-    sc_list_remove(&s->up_link);
-    if (s->up) {
-        if (s->up->ops->kind == SC_CONN_UP_H2)
-            sc_up_h2_cancel(s);
-        else
-            sc_up_h1_cancel(s);
-    }
-    s->up = NULL;
-    ev_timer_stop(s->w->loop, &s->try_timer);
+    s->route->uc->stream_event(s);
 }
 
 static void up_cancel(sc_stream *s)
 {
-    if (s->flags & SC_ST_F_UP_DONE)
+    if (sc_stream_up_done(s))
         return;
-    up_detach(s);
-    ev_timer_stop(s->w->loop, &s->retry_timer);
-    sc_list_remove(&s->qlink);
-    sc_list_remove(&s->alink);
-    s->flags |= SC_ST_F_UP_DONE;
+    sc_attempt_detach(s);
+    sc_admit_unpark(s);
+    ev_timer_stop(s->w->loop, &s->wait_timer);
+    sc_stream_set_phase(s, SC_PHASE_DONE);
 }
 
-/* A fallback's configured headers (validated at load: tokens, no CR/LF). */
-static void add_headers(sc_stream *s, sc_msg *m, const sc_kv *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        sc_msg_add(s, m, v[i].key, strlen(v[i].key), v[i].value, strlen(v[i].value));
-}
+/* ---- timers ---- */
 
-/* Builds the sidecar's own answer into s->resp / s->respp. Returns -ENOMEM
- * when a gRPC answer cannot carry its grpc-status (the caller would take
- * the call for a success). */
-static int local_reply(sc_stream *s, sc_fail why)
-{
-    sc_route_stats *rs = &s->w->stats->routes[s->route->index];
-    SC_STAT_INC(rs->local_replies);
-    char msg[768];
-    const char *caller = s->down && SC_DOWN(s->down)->identity ? SC_DOWN(s->down)->identity : NULL;
-    if (why == SC_FAIL_FORBIDDEN && s->authz_consul_denied)
-        snprintf(msg, sizeof(msg), "inbound: Consul denied caller %.300s: %.300s",
-                 caller ? caller : "(no SPIFFE identity)", s->authz_note ? s->authz_note : "(no reason given)");
-    else if (why == SC_FAIL_AUTHZ_UNAVAILABLE)
-        snprintf(msg, sizeof(msg), "inbound: cannot check with Consul whether caller %.300s may call: %.300s",
-                 caller ? caller : "(no SPIFFE identity)", s->authz_note ? s->authz_note : "no answer");
-    else if (why == SC_FAIL_FORBIDDEN && s->down && SC_DOWN(s->down)->identity)
-        snprintf(msg, sizeof(msg), "inbound: caller %.300s is not in tls.allow", SC_DOWN(s->down)->identity);
-    else if (why == SC_FAIL_FORBIDDEN)
-        snprintf(msg, sizeof(msg), "inbound: the caller's certificate has no SPIFFE identity; tls.allow needs one");
-    else if (why == SC_FAIL_HEADERS_TOO_LARGE && s->up_send_error)
-        snprintf(msg, sizeof(msg), "upstream %s: the request head is larger than the instance accepts "
-                 "(its SETTINGS_MAX_HEADER_LIST_SIZE) or than HTTP/2 can send", s->route->name);
-    else if (why == SC_FAIL_HEADERS_TOO_LARGE || why == SC_FAIL_METHOD_UNSUPPORTED || why == SC_FAIL_BAD_REQUEST)
-        snprintf(msg, sizeof(msg), "%s listener: %s", s->route->name, fail_detail(why));
-    else
-        snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
-    const sc_breaker_policy *bp = s->route->policy ? &s->route->policy->breaker : NULL;
-    bool fallback = why == SC_FAIL_CIRCUIT_OPEN && bp && bp->has_fallback;
-    sc_msg *m = &s->resp;
-    m->n_hdrs = 0;
-    m->head_done = true;
-    sc_buf_release(s->w, &s->respp.buf);
-    s->respp.n_trailers = s->respp.cap_trailers = 0;
-    s->respp.eof = true;
-    if (s->req.is_grpc) {
-        char code[8], enc[2048];
-        int g = fallback ? (int)bp->fallback_grpc_status : fail_grpc_status(why);
-        s->grpc_status = g;
-        snprintf(code, sizeof(code), "%d", g);
-        size_t elen = sc_grpc_message_encode(fallback && bp->fallback_grpc_message ? bp->fallback_grpc_message : msg,
-                                             enc, sizeof(enc));
-        m->status = 200;
-        m->content_length = -1;
-        if (sc_msg_add(s, m, "content-type", 12, "application/grpc", 16) < 0 ||
-            sc_msg_add(s, m, "grpc-status", 11, code, strlen(code)) < 0)
-            return -ENOMEM;
-        sc_msg_add(s, m, "grpc-message", 12, enc, elen); /* these two may be missing, the status may not */
-        sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
-        if (fallback)
-            add_headers(s, m, bp->fallback_grpc_metadata, bp->n_fallback_grpc_metadata);
-        return 0;
-    }
-    const char *body = msg;
-    size_t n = strlen(msg);
-    m->status = fail_http_status(why);
-    if (fallback) {
-        m->status = (int)bp->fallback_http_status;
-        body = bp->fallback_http_body ? bp->fallback_http_body : "";
-        n = strlen(body);
-    } else {
-        msg[n++] = '\n';
-    }
-    m->content_length = (int64_t)n;
-    if (fallback)
-        add_headers(s, m, bp->fallback_http_headers, bp->n_fallback_http_headers);
-    if (!sc_msg_find(m, "content-type")) /* a fallback may bring its own */
-        sc_msg_add(s, m, "content-type", 12, "text/plain; charset=utf-8", 25);
-    sc_msg_add(s, m, "x-sidecar-reason", 16, sc_fail_reason(why), strlen(sc_fail_reason(why)));
-    if (!(s->flags & SC_ST_F_HEAD_REQ) && n) {
-        if (sc_buf_reserve(s->w, &s->respp.buf, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)n)) == 0 &&
-            sc_buf_space(&s->respp.buf) >= n) {
-            memcpy(sc_buf_tail(&s->respp.buf), body, n);
-            s->respp.buf.end += (uint32_t)n;
-            s->respp.total += n;
-        } else {
-            m->content_length = 0; /* out of memory: the status alone, not a length nothing follows */
-        }
-    }
-    return 0;
-}
-
-/* ---- retries ---- */
-
-static void begin_attempt(sc_stream *s);
-
-/* Puts the body sent so far back in front of what is still waiting. */
-static int rewind_request(sc_stream *s)
-{
-    size_t rl = s->replay.end, ql = sc_buf_len(&s->reqp.buf);
-    if (rl) {
-        sc_buf nb = {0}; /* from the block pool, like every buffer (release returns it there) */
-        if (sc_buf_reserve(s->w, &nb, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)(rl + ql))) < 0)
-            return -ENOMEM;
-        memcpy(nb.data, s->replay.data, rl);
-        if (ql)
-            memcpy(nb.data + rl, sc_buf_head(&s->reqp.buf), ql);
-        nb.end = (uint32_t)(rl + ql);
-        sc_buf_release(s->w, &s->reqp.buf);
-        s->reqp.buf = nb;
-        s->replay.end = 0;
-    }
-    s->req_sent = 0;
-    return 0;
-}
-
-/* Forgets the failed attempt's response. */
-static void reset_response(sc_stream *s)
-{
-    s->resp.status = 0;
-    s->resp.n_hdrs = s->resp.cap_hdrs = 0;
-    s->resp.hdrs = NULL;
-    s->resp.head_done = false;
-    s->resp.content_length = -1;
-    sc_buf_release(s->w, &s->respp.buf);
-    s->respp.total = 0;
-    s->respp.eof = false;
-    s->respp.n_trailers = s->respp.cap_trailers = 0;
-    s->respp.trailers = NULL;
-    s->grpc_status = -1;
-    s->fail = SC_FAIL_NONE;
-    s->flags &= ~(SC_ST_F_FAILED | SC_ST_F_REQ_SENT | SC_ST_F_DEFERRED_UP);
-    s->up_head_sent = false;
-    s->up_chunked = false;
-    s->head_checked = false;
-}
-
-/* The upstream's pushback, if it sent one: -1 = do not retry (asked so, or
- * for longer than SC_RETRY_MAX_PUSHBACK_MS), 0 = none, else ms. */
-static int64_t pushback_ms(const sc_stream *s)
-{
-    const nghttp2_nv *nv = sc_msg_find(&s->resp, "grpc-retry-pushback-ms");
-    int64_t ms = 0;
-    if (!nv) {
-        for (size_t i = 0; i < s->respp.n_trailers && !nv; i++)
-            if (s->respp.trailers[i].namelen == 22 && memcmp(s->respp.trailers[i].name, "grpc-retry-pushback-ms", 22) == 0)
-                nv = &s->respp.trailers[i];
-    }
-    if (nv) {
-        if (sc_retry_parse_pushback_ms((const char *)nv->value, nv->valuelen, &ms) < 0 ||
-            !sc_retry_pushback_acceptable(ms))
-            return -1;
-        return ms ? ms : 1;
-    }
-    if ((nv = sc_msg_find(&s->resp, "retry-after")) &&
-        sc_retry_parse_retry_after((const char *)nv->value, nv->valuelen, time(NULL), &ms) == 0)
-        return !sc_retry_pushback_acceptable(ms) ? -1 : ms > 0 ? ms : 1;
-    return 0;
-}
-
-/*
- * The attempt ended badly before any byte reached the caller: schedule the
- * next attempt when the policy, the body, the deadline and the budget allow.
- * Returns true when a retry was scheduled (the stream waits in backoff).
- */
-static bool try_retry(sc_stream *s, uint32_t cond, int http, int grpc)
-{
-    const sc_policy *p = s->route->policy;
-    if (!p || !p->retries.enabled || (s->flags & (SC_ST_F_DOWN_HEAD_SENT | SC_ST_F_DOWN_DONE)))
-        return false;
-    if (s->req.is_grpc && grpc < 0 && http && http != 200)
-        grpc = sc_grpc_status_from_http(http);
-    if (!sc_retry_should(&p->retries, s->attempt, http, grpc, cond))
-        return false;
-    if (!s->replayable && s->req_sent > 0)
-        return false; /* the body that went out was not kept (beyond retries.buffer_limit) */
-    int64_t push = pushback_ms(s);
-    if (push < 0)
-        return false; /* the upstream asked not to be retried */
-    sc_worker *w = s->w;
-    uint64_t delay = push ? (uint64_t)push
-                          : sc_retry_backoff_ms(&p->retries, s->attempt, sc_lb_rand(&sc_rstate(w, s->route)->lb));
-    if (s->deadline_ns) {
-        /* No attempt that could not get a useful share of the time left. */
-        uint64_t left_ms = sc_stream_remaining_ns(s) / 1000000u;
-        uint64_t need = p->timeouts.per_try_ms ? SC_MAX(p->timeouts.per_try_ms / 10, 5) : 5;
-        if (left_ms <= delay || left_ms - delay < need)
-            return false;
-    }
-    sc_route_stats *rs = &w->stats->routes[s->route->index];
-    if (!sc_retry_budget_try_acquire(&s->route->budget, sc_now_ms())) {
-        SC_STAT_INC(rs->retry_budget_exhausted);
-        return false;
-    }
-    SC_STAT_INC(rs->retries);
-    attempt_settle(s, is_gateway_failure(s));
-    up_detach(s);
-    /* Remember where this attempt went so the next one prefers another instance. */
-    SC_DEBUG("upstream %s: attempt %u failed (http %d, grpc %d, %s); retrying in %llums", s->route->name, s->attempt,
-             http, grpc, s->fail ? sc_fail_reason(s->fail) : "response", (unsigned long long)delay);
-    reset_response(s);
-    if (rewind_request(s) < 0)
-        return false;
-    ev_timer_set(&s->retry_timer, (double)delay / 1000.0, 0);
-    ev_timer_start(w->loop, &s->retry_timer);
-    return true;
-}
-
-static void retry_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
+/* The stream's one wait timer: what it ends depends on the phase. */
+static void wait_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    sc_stream *s = SC_CONTAINER_OF(t, sc_stream, retry_timer);
-    if (sc_link_linked(&s->alink)) {
-        /* Waiting for Consul's answer (tls.authorize), and it did not come in time. */
-        sc_list_remove(&s->alink);
-        SC_STAT_INC(s->w->stats->authz_unavailable);
-        s->authz_note = "Consul did not answer in time";
-        sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
+    sc_stream *s = SC_CONTAINER_OF(t, sc_stream, wait_timer);
+    switch ((sc_phase)s->phase) {
+    case SC_PHASE_PARKED:
+        sc_admit_timeout(s); /* the parking stage says what its wait running out means */
+        return;
+    case SC_PHASE_BACKOFF:
+        sc_attempt_begin(s);
+        return;
+    default:
+        SC_ERROR("%s: stream wait timer expired in phase %s", s->route->name, sc_phase_name((sc_phase)s->phase));
         return;
     }
-    if (sc_link_linked(&s->qlink)) {
-        /* Waiting in the bulkhead queue, not in backoff: the queue wait is over. */
-        sc_list_remove(&s->qlink);
-        sc_bulkhead_queue_timeout(&s->route->bulkhead);
-        sc_stream_upstream_failed(s, SC_FAIL_QUEUE_TIMEOUT);
-        return;
-    }
-    begin_attempt(s);
 }
 
 static void try_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -649,76 +308,40 @@ static void try_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
 void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
 {
     sc_route_stats *rs = &s->w->stats->routes[s->route->index];
-    if (s->flags & SC_ST_F_UP_DONE)
+    if (sc_stream_up_done(s))
         return;
     s->fail = why;
     s->flags |= SC_ST_F_FAILED;
-    switch (why) {
-    case SC_FAIL_CONNECT: SC_STAT_INC(rs->connect_failures); break;
-    case SC_FAIL_CONNECT_TIMEOUT: SC_STAT_INC(rs->connect_timeouts); break;
-    case SC_FAIL_TIMEOUT:
-    case SC_FAIL_TRY_TIMEOUT: SC_STAT_INC(rs->timeouts); break;
-    case SC_FAIL_RESET:
-    case SC_FAIL_REFUSED_STREAM:
-    case SC_FAIL_PROTOCOL: SC_STAT_INC(rs->resets); break;
-    case SC_FAIL_NO_INSTANCE: SC_STAT_INC(rs->no_instance); break;
-    case SC_FAIL_OVERLOAD:
-    case SC_FAIL_QUEUE_TIMEOUT: SC_STAT_INC(rs->bulkhead_rejections); break;
-    case SC_FAIL_CIRCUIT_OPEN: SC_STAT_INC(rs->breaker_rejections); break;
-    default: break;
-    }
-    if (why != SC_FAIL_TIMEOUT && fail_cond(why) && try_retry(s, fail_cond(why), 0, -1))
+    const sc_fail_info *fi = sc_fail_info_of(why);
+    if (fi->stat != SC_FAIL_NO_STAT)
+        SC_STAT_INC(*(sc_counter *)((char *)rs + fi->stat));
+    if (why != SC_FAIL_TIMEOUT && fi->cond && sc_attempt_retry(s, fi->cond, 0, -1))
         return;
-    if (why != SC_FAIL_NO_INSTANCE && why != SC_FAIL_CIRCUIT_OPEN && why != SC_FAIL_OVERLOAD)
+    if (!(fi->flags & SC_FAIL_F_QUIET))
         SC_DEBUG("upstream %s: request %.*s failed: %s", s->route->name, (int)s->req.path_len,
                  s->req.path ? s->req.path : "", sc_fail_reason(why));
-    if (s->inst)
-        attempt_settle(s, is_gateway_failure(s));
+    sc_attempt_end(s, false);
     up_cancel(s);
     ev_timer_stop(s->w->loop, &s->timer);
-    breaker_settle(s, false);
+    sc_admit_settle(s, false);
     if (s->flags & SC_ST_F_DOWN_DONE) {
         maybe_free(s);
         return;
     }
-    if (!(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
-        if (local_reply(s, why) < 0) {
-            /* Out of memory for the answer: cut the stream as if mid-response
-             * (the codecs reset or close when the head is out and the body
-             * failed); status 0 keeps it out of the response counters. */
-            s->resp.status = 0;
-            s->flags |= SC_ST_F_DOWN_HEAD_SENT;
-            s->respp.eof = false;
-        }
-    } else if (s->req.is_grpc && s->down->ops->kind == SC_CONN_DOWN_H2 && !s->respp.eof) {
-        /* Headers went out already: end the call with a status in trailers. */
-        char code[8], enc[512], msg[384];
-        int g = fail_grpc_status(why);
-        s->grpc_status = g;
-        snprintf(code, sizeof(code), "%d", g);
-        snprintf(msg, sizeof(msg), "upstream %s: %s", s->route->name, fail_detail(why));
-        size_t elen = sc_grpc_message_encode(msg, enc, sizeof(enc));
-        s->respp.n_trailers = s->respp.cap_trailers = 0;
-        /* Out of memory for the status: the stream is reset (RST_STREAM) instead. */
-        s->respp.eof = sc_pipe_add_trailer(s, &s->respp, "grpc-status", 11, code, strlen(code)) == 0;
-        if (s->respp.eof)
-            sc_pipe_add_trailer(s, &s->respp, "grpc-message", 12, enc, elen);
-    } else {
-        s->respp.eof = false;
-        s->fail = why; /* the downstream codec aborts (RST_STREAM / close) */
-    }
+    sc_fail_answer(s, why);
+    if (s->resp.head_done && !(s->flags & SC_ST_F_DOWN_HEAD_SENT))
+        sc_observe_head(s); /* the sidecar's own answer */
     down_event(s);
 }
 
 void sc_stream_upstream_done(sc_stream *s)
 {
-    s->flags |= SC_ST_F_UP_DONE;
+    sc_stream_set_phase(s, SC_PHASE_DONE);
     s->up = NULL;
     ev_timer_stop(s->w->loop, &s->timer);
     ev_timer_stop(s->w->loop, &s->try_timer);
-    if (s->inst)
-        attempt_settle(s, is_gateway_failure(s));
-    breaker_settle(s, false);
+    sc_attempt_end(s, false);
+    sc_admit_settle(s, false);
     maybe_free(s);
 }
 
@@ -728,17 +351,14 @@ void sc_stream_downstream_done(sc_stream *s, bool aborted)
         return;
     s->flags |= SC_ST_F_DOWN_DONE;
     s->down = NULL;
-    if (aborted || !(s->flags & SC_ST_F_UP_DONE)) {
-        if (!(s->flags & SC_ST_F_UP_DONE) && !(s->flags & SC_ST_F_FAILED))
+    if (aborted || !sc_stream_up_done(s)) {
+        if (!sc_stream_up_done(s) && !(s->flags & SC_ST_F_FAILED))
             SC_DEBUG("upstream %s: caller went away; cancelling the upstream request", s->route->name);
-        if (!(s->flags & SC_ST_F_UP_DONE)) {
-            if (sc_link_linked(&s->qlink))
-                sc_bulkhead_abandon(&s->route->bulkhead);
-            if (s->inst)
-                attempt_settle(s, false);
-            breaker_settle(s, true);
+        if (!sc_stream_up_done(s)) {
+            sc_attempt_end(s, true);
+            sc_admit_settle(s, true);
         }
-        up_cancel(s);
+        up_cancel(s); /* a stream parked by a stage leaves it (stage cancel) */
     }
     maybe_free(s);
 }
@@ -748,11 +368,7 @@ static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)loop;
     (void)revents;
     sc_stream *s = SC_CONTAINER_OF(t, sc_stream, timer);
-    if (sc_link_linked(&s->qlink)) {
-        sc_list_remove(&s->qlink);
-        sc_bulkhead_abandon(&s->route->bulkhead);
-    }
-    sc_stream_upstream_failed(s, SC_FAIL_TIMEOUT);
+    sc_stream_upstream_failed(s, SC_FAIL_TIMEOUT); /* a parked stream leaves its stage (up_cancel) */
 }
 
 void sc_stream_req_progress(sc_stream *s) { up_event(s); }
@@ -761,19 +377,11 @@ void sc_stream_req_progress(sc_stream *s) { up_event(s); }
 void sc_stream_resp_progress(sc_stream *s)
 {
     if (s->resp.head_done && !s->head_checked && !(s->flags & SC_ST_F_DOWN_HEAD_SENT)) {
-        s->head_checked = true;
-        int http = s->resp.status;
-        int grpc = -1;
-        if (s->req.is_grpc) {
-            const nghttp2_nv *gs = sc_msg_find(&s->resp, "grpc-status");
-            if (gs) { /* trailers-only: the whole outcome is in the head; garbage is UNKNOWN */
-                grpc = sc_grpc_status_wire(gs->value, gs->valuelen);
-                s->grpc_status = grpc;
-            }
-        }
-        bool bad = http >= 500 || (grpc > 0) || (http >= 400 && http < 500);
-        if (bad && try_retry(s, 0, http, grpc))
+        if (sc_attempt_judge_head(s))
             return;
+        if (!sc_stream_up_done(s))
+            sc_stream_set_phase(s, SC_PHASE_RESPONDING);
+        sc_observe_head(s);
     }
     down_event(s);
 }
@@ -782,38 +390,21 @@ void sc_stream_resp_informational(sc_stream *s, int status, const nghttp2_nv *nv
 {
     if (s->flags & (SC_ST_F_DOWN_DONE | SC_ST_F_DOWN_HEAD_SENT))
         return;
-    if (s->down->ops->kind == SC_CONN_DOWN_H2)
-        sc_down_h2_informational(s, status, nv, n);
-    else
-        sc_down_h1_informational(s, status, nv, n);
+    s->dc->informational(s, status, nv, n);
 }
 
 void sc_stream_resp_drained(sc_stream *s, size_t n)
 {
-    if (!s->up || (s->flags & SC_ST_F_UP_DONE))
+    if (!s->up || sc_stream_up_done(s))
         return;
-    if (s->up->ops->kind == SC_CONN_UP_H2) {
-        n = SC_MIN(n, s->up_unconsumed);
-        s->up_unconsumed -= (uint32_t)n;
-        nghttp2_session_consume(SC_UP(s->up)->h2, s->up_sid, n);
-        sc_conn_mark_dirty(s->up);
-    } else {
-        sc_conn_resume_read(s->up);
-    }
+    s->route->uc->consumed(s, n);
 }
 
 void sc_stream_req_drained(sc_stream *s, size_t n)
 {
     if (!s->down || (s->flags & SC_ST_F_DOWN_DONE))
         return;
-    if (s->down->ops->kind == SC_CONN_DOWN_H2) {
-        n = SC_MIN(n, s->down_unconsumed);
-        s->down_unconsumed -= (uint32_t)n;
-        nghttp2_session_consume(SC_DOWN(s->down)->h2, s->down_sid, n);
-        sc_conn_mark_dirty(s->down);
-    } else {
-        sc_conn_resume_read(s->down);
-    }
+    s->dc->consumed(s, n);
 }
 
 int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len)
@@ -827,323 +418,7 @@ int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len)
     return 0;
 }
 
-void sc_stream_req_consume(sc_stream *s, size_t n)
-{
-    if (s->replayable) {
-        const sc_retry_policy *rp = &s->route->policy->retries;
-        if (s->replay.end + n > rp->buffer_limit ||
-            (!s->replay.data && !(s->replay.data = malloc(rp->buffer_limit ? rp->buffer_limit : 1)))) {
-            s->replayable = false; /* too big to keep: this request will not be retried */
-            free(s->replay.data);
-            s->replay.data = NULL;
-            s->replay.end = 0;
-        } else {
-            s->replay.cap = (uint32_t)rp->buffer_limit;
-            memcpy(s->replay.data + s->replay.end, sc_buf_head(&s->reqp.buf), n);
-            s->replay.end += (uint32_t)n;
-        }
-    }
-    sc_buf_consume(&s->reqp.buf, n);
-    s->req_sent += n;
-    sc_stream_req_drained(s, n);
-}
-
-/* ---- instance choice and attempts ---- */
-
-/* Chooses from the current snapshot, skipping ejected instances and, for a
- * retry, the instance that just failed when there is another. The address is
- * copied: the snapshot may be retired once this loop iteration ends. */
-static bool pick_instance(sc_stream *s)
-{
-    sc_endpoints *e = sc_endpoints_current(&s->route->endpoints);
-    if (!e || e->n == 0)
-        return false;
-    sc_route_state *rs = sc_rstate(s->w, s->route);
-    const sc_policy *p = s->route->policy;
-    sc_lb_kind kind = p ? p->lb : SC_LB_ROUND_ROBIN;
-    bool outlier = p && p->outlier.enabled;
-    bool avoid_prev = s->attempt > 1 && e->n > 1;
-    uint8_t *skip = NULL;
-    uint32_t *load = NULL;
-    if (outlier || avoid_prev || kind == SC_LB_LEAST_REQUEST) {
-        if (rs->scratch_n < e->n) {
-            uint8_t *ns = realloc(rs->skip, e->n);
-            uint32_t *nl = realloc(rs->load, e->n * sizeof(uint32_t));
-            if (ns)
-                rs->skip = ns;
-            if (nl)
-                rs->load = nl;
-            if (!ns || !nl)
-                return false;
-            rs->scratch_n = e->n;
-        }
-        skip = rs->skip;
-        load = rs->load;
-        uint64_t now = sc_now_ms();
-        for (size_t i = 0; i < e->n; i++) {
-            sc_instance_state *st = e->inst[i].state;
-            skip[i] = 0;
-            load[i] = st ? atomic_load_explicit(&st->ol.active_requests, memory_order_relaxed) : 0;
-            if (outlier && st) {
-                bool returned = false;
-                skip[i] = sc_outlier_check(&s->route->outlier, &st->ol, now, &returned);
-                if (returned)
-                    SC_INFO("upstream %s: instance %s returned to service after its ejection", s->route->name,
-                            e->inst[i].addr.text);
-            }
-            if (avoid_prev && e->inst[i].addr.len == s->up_addr_len &&
-                memcmp(&e->inst[i].addr.ss, &s->up_addr, s->up_addr_len) == 0)
-                skip[i] = 1;
-        }
-    }
-    int k = sc_lb_pick(kind, e->inst, e->n, kind == SC_LB_LEAST_REQUEST ? load : NULL, skip, &rs->lb);
-    if (k < 0)
-        return false;
-    const sc_instance *in = &e->inst[k];
-    memcpy(&s->up_addr, &in->addr.ss, in->addr.len);
-    s->up_addr_len = in->addr.len;
-    s->inst = in->state;
-    if (s->inst)
-        atomic_fetch_add_explicit(&s->inst->ol.active_requests, 1, memory_order_relaxed);
-    return true;
-}
-
-static void begin_attempt(sc_stream *s)
-{
-    s->attempt++;
-    if (!pick_instance(s)) {
-        sc_stream_upstream_failed(s, SC_FAIL_NO_INSTANCE);
-        return;
-    }
-    uint64_t per_try = s->route->timeouts->per_try_ms;
-    if (per_try && (!s->deadline_ns || per_try * 1000000u < sc_stream_remaining_ns(s))) {
-        ev_timer_set(&s->try_timer, (double)per_try / 1000.0, 0);
-        ev_timer_start(s->w->loop, &s->try_timer);
-    }
-    if (s->route->protocol == SC_PROTO_HTTP1)
-        sc_up_h1_attach(s);
-    else
-        sc_up_h2_attach(s);
-}
-
-/* Admitted by the bulkhead: go. */
-static void admitted(sc_stream *s)
-{
-    s->bulkhead_held = true;
-    begin_attempt(s);
-}
-
-static void bulkhead_release(sc_stream *s)
-{
-    if (!s->bulkhead_held)
-        return;
-    s->bulkhead_held = false;
-    sc_route *r = s->route;
-    if (!sc_bulkhead_leave(&r->bulkhead))
-        return;
-    /* Someone waits: this worker's own queue first (others poll, see worker.c). */
-    sc_route_state *rs = sc_rstate(s->w, r);
-    while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
-        sc_stream *q = SC_CONTAINER_OF(rs->waiters.next, sc_stream, qlink);
-        sc_list_remove(&q->qlink);
-        ev_timer_stop(s->w->loop, &q->retry_timer);
-        admitted(q);
-    }
-}
-
-void sc_route_promote_waiters(sc_worker *w, sc_route *r)
-{
-    sc_route_state *rs = sc_rstate(w, r);
-    while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
-        sc_stream *q = SC_CONTAINER_OF(rs->waiters.next, sc_stream, qlink);
-        sc_list_remove(&q->qlink);
-        ev_timer_stop(w->loop, &q->retry_timer);
-        admitted(q);
-    }
-}
-
-/* Past the caller checks: circuit breaker (outbound), bulkhead, first attempt. */
-static void admit(sc_stream *s)
-{
-    sc_worker *w = s->w;
-    sc_route *r = s->route;
-    const sc_policy *p = r->policy;
-    uint64_t now = sc_now_ms();
-    if (p) {
-        sc_breaker_transition tr = {0};
-        if (!sc_breaker_allow_ex(&r->breaker, now, &s->probe_id, &tr)) {
-            log_breaker(r, &tr);
-            sc_stream_upstream_failed(s, SC_FAIL_CIRCUIT_OPEN);
-            return;
-        }
-        log_breaker(r, &tr);
-        s->breaker_pending = true;
-        if (p->retries.enabled) {
-            sc_retry_budget_on_request(&r->budget, now);
-            s->replayable = p->retries.max_attempts > 1;
-        }
-    }
-    switch (sc_bulkhead_try_enter(&r->bulkhead)) {
-    case SC_BULKHEAD_ADMITTED:
-        admitted(s);
-        return;
-    case SC_BULKHEAD_QUEUE: {
-        sc_route_state *st = sc_rstate(w, r);
-        sc_list_push(&st->waiters, &s->qlink);
-        if (!ev_is_active(&w->promote))
-            ev_timer_again(w->loop, &w->promote);
-        uint64_t qt = p ? p->bulkhead.queue_timeout_ms : 0;
-        ev_timer_set(&s->retry_timer, qt ? (double)qt / 1000.0 : 3600.0, 0);
-        ev_timer_start(w->loop, &s->retry_timer);
-        return;
-    }
-    case SC_BULKHEAD_REJECT:
-    default:
-        sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
-        return;
-    }
-}
-
-/* ---- tls.authorize: consul (authz/authz.h) ----
- *
- * The decision for a connection's caller is remembered on the connection
- * (sc_down_conn.authz_*) until it expires: while it holds, a request costs
- * two compares and a counter, no lock. After that the shared cache is asked
- * (one mutex); when Consul must be asked, the request waits on
- * worker->authz_waiters (bounded by its deadline and SC_AUTHZ_WAIT_MS on
- * retry_timer) until the control thread wakes this worker. A request that
- * ends while waiting (caller reset, deadline) leaves the list in up_cancel /
- * stream_free, so nothing points at it afterwards. */
-
-static void authz_remember(sc_down_conn *d, const sc_authz_decision *dec)
-{
-    d->authz_until_ms = dec->until_ms;
-    d->authz_allowed = dec->verdict == SC_AUTHZ_ALLOW;
-    d->authz_reason = dec->reason;
-    d->authz_stale = dec->stale;
-}
-
-/* An answer (fresh or stale) for this request: true = go on. */
-static bool authz_apply(sc_stream *s, bool allowed, const char *reason, bool stale)
-{
-    sc_worker_stats *st = s->w->stats;
-    if (stale)
-        SC_STAT_INC(st->authz_stale);
-    if (allowed)
-        return true;
-    SC_STAT_INC(st->authz_consul_denied);
-    s->authz_consul_denied = true;
-    s->authz_note = reason && *reason ? reason : "(no reason given)";
-    SC_WARN_LIMITED(sc_authz_log_limit(s->w->sc->authz), "inbound: Consul denied caller %s: %s%s",
-                    SC_DOWN(s->down)->identity ? SC_DOWN(s->down)->identity : "(no SPIFFE identity)", s->authz_note,
-                    stale ? " (its last answer; Consul cannot answer now)" : "");
-    sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
-    return false;
-}
-
-static void authz_unavailable(sc_stream *s, const char *why)
-{
-    SC_STAT_INC(s->w->stats->authz_unavailable);
-    s->authz_note = sc_arena_dup(&s->arena, why, strlen(why));
-    sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
-}
-
-/* true: the caller may call, go on now; false: refused, or waiting for Consul. */
-static bool authz_admit(sc_stream *s)
-{
-    sc_down_conn *d = SC_DOWN(s->down);
-    uint64_t now = s->start_ns / 1000000u;
-    if (SC_LIKELY(now < d->authz_until_ms)) {
-        SC_STAT_INC(s->w->stats->authz_cache_hits);
-        if (SC_LIKELY(d->authz_allowed && !d->authz_stale))
-            return true;
-        return authz_apply(s, d->authz_allowed, d->authz_reason, d->authz_stale);
-    }
-    if (!d->identity) {
-        SC_STAT_INC(s->w->stats->authz_consul_denied);
-        s->authz_consul_denied = true;
-        s->authz_note = "the caller's certificate has no SPIFFE identity (URI SAN) to ask Consul about";
-        sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
-        return false;
-    }
-    char serial[SC_AUTHZ_SERIAL_MAX];
-    if (!s->down->ssl || sc_tls_peer_serial(s->down->ssl, serial, sizeof(serial)) < 0)
-        serial[0] = 0;
-    sc_authz_decision dec;
-    sc_authz_check(s->w->sc->authz, s->w->id, d->identity, serial, sc_now_ms(), &dec);
-    switch (dec.verdict) {
-    case SC_AUTHZ_ALLOW:
-    case SC_AUTHZ_DENY:
-        SC_STAT_INC(s->w->stats->authz_cache_hits);
-        authz_remember(d, &dec);
-        return authz_apply(s, dec.verdict == SC_AUTHZ_ALLOW, dec.reason, dec.stale);
-    case SC_AUTHZ_WAIT:
-        SC_STAT_INC(s->w->stats->authz_cache_misses);
-        s->authz_seq = dec.seq;
-        sc_list_push(&s->w->authz_waiters, &s->alink);
-        ev_timer_set(&s->retry_timer, (double)SC_AUTHZ_WAIT_MS / 1000.0, 0);
-        ev_timer_start(s->w->loop, &s->retry_timer);
-        return false;
-    case SC_AUTHZ_UNAVAILABLE:
-    default:
-        authz_unavailable(s, dec.error);
-        return false;
-    }
-}
-
-/* The control thread: a lookup this worker waits for ended. Decisions are
- * taken for every waiting request first and acted on afterwards, so that a
- * request ending while another is handled (it leaves `ready` in
- * stream_free) is never touched. */
-static void authz_wake_cb(struct ev_loop *loop, ev_async *a, int revents)
-{
-    (void)revents;
-    sc_worker *w = SC_CONTAINER_OF(a, sc_worker, authz_wake);
-    sc_authz *az = w->sc->authz;
-    if (!az)
-        return;
-    uint64_t now = sc_now_ms();
-    sc_link ready;
-    sc_list_init(&ready);
-    sc_link *l = w->authz_waiters.next;
-    while (l != &w->authz_waiters) {
-        sc_stream *s = SC_CONTAINER_OF(l, sc_stream, alink);
-        l = l->next;
-        sc_down_conn *d = SC_DOWN(s->down);
-        sc_authz_decision dec;
-        sc_authz_result(az, w->id, d->identity, s->authz_seq, now, &dec);
-        if (dec.verdict == SC_AUTHZ_WAIT)
-            continue;
-        sc_list_remove(&s->alink);
-        ev_timer_stop(loop, &s->retry_timer);
-        s->authz_verdict = (uint8_t)dec.verdict;
-        s->authz_stale = dec.stale;
-        if (dec.verdict == SC_AUTHZ_UNAVAILABLE) {
-            s->authz_note = sc_arena_dup(&s->arena, dec.error, strlen(dec.error));
-        } else {
-            authz_remember(d, &dec);
-            s->authz_note = dec.reason;
-        }
-        sc_list_push(&ready, &s->alink);
-    }
-    while (!sc_list_empty(&ready)) {
-        sc_stream *s = SC_CONTAINER_OF(ready.next, sc_stream, alink);
-        sc_list_remove(&s->alink);
-        if (s->authz_verdict == SC_AUTHZ_UNAVAILABLE) {
-            SC_STAT_INC(w->stats->authz_unavailable);
-            sc_stream_upstream_failed(s, SC_FAIL_AUTHZ_UNAVAILABLE);
-        } else if (authz_apply(s, s->authz_verdict == SC_AUTHZ_ALLOW, s->authz_note, s->authz_stale)) {
-            admit(s);
-        }
-    }
-}
-
-void sc_stream_authz_init(sc_worker *w)
-{
-    sc_list_init(&w->authz_waiters);
-    ev_async_init(&w->authz_wake, authz_wake_cb);
-    ev_async_start(w->loop, &w->authz_wake);
-}
+/* ---- start ---- */
 
 void sc_stream_start(sc_stream *s)
 {
@@ -1172,15 +447,7 @@ void sc_stream_start(sc_stream *s)
         ev_timer_set(&s->timer, (double)limit_ns / 1e9, 0);
         ev_timer_start(w->loop, &s->timer);
     }
-    if (r->inbound && s->down && SC_DOWN(s->down)->denied) {
-        SC_STAT_INC(w->stats->authz_denied);
-        sc_stream_upstream_failed(s, SC_FAIL_FORBIDDEN);
-        return;
-    }
-    /* tls.allow passed (or is not configured): with tls.authorize: consul, Consul decides. */
-    if (r->inbound && s->down && w->sc->authz && !authz_admit(s))
-        return;
-    admit(s);
+    sc_admit_start(s);
 }
 
 void sc_stream_refuse(sc_stream *s, sc_fail why)
@@ -1189,131 +456,6 @@ void sc_stream_refuse(sc_stream *s, sc_fail why)
     SC_STAT_INC(rs->requests);
     SC_STAT_INC(rs->active_requests);
     s->flags |= SC_ST_F_UP_STARTED;
+    s->pipe = s->route->pipeline; /* its observers hear of it; no stage ran */
     sc_stream_upstream_failed(s, why);
-}
-
-
-/* ---- upstream connections shared by up_h1.c and up_h2.c ---- */
-
-void sc_sockaddr_text(const struct sockaddr *sa, char *out, size_t cap)
-{
-    char host[64] = "?";
-    if (sa->sa_family == AF_INET) {
-        const struct sockaddr_in *in = (const void *)sa;
-        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
-        snprintf(out, cap, "%s:%u", host, ntohs(in->sin_port));
-    } else if (sa->sa_family == AF_INET6) {
-        const struct sockaddr_in6 *in6 = (const void *)sa;
-        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-        snprintf(out, cap, "[%s]:%u", host, ntohs(in6->sin6_port));
-    } else {
-        snprintf(out, cap, "?");
-    }
-}
-
-static void up_conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
-{
-    (void)loop;
-    (void)revents;
-    sc_conn *c = SC_CONTAINER_OF(t, sc_conn, timer);
-    if (c->flags & SC_CONN_F_CONNECTING) {
-        SC_WARN_LIMITED(&c->route->log_limit, "upstream %s: connect to %s timed out after %llums", c->route->name, c->peer_text,
-                (unsigned long long)c->route->timeouts->connect_ms);
-        sc_up_conn_fail_pending(SC_UP(c), SC_FAIL_CONNECT_TIMEOUT);
-        sc_conn_close(c, -ETIMEDOUT);
-    } else {
-        SC_DEBUG("upstream %s: closing idle connection to %s", c->route->name, c->peer_text);
-        sc_conn_close(c, 0);
-    }
-}
-
-sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr *sa, socklen_t len,
-                           const sc_conn_ops *ops, int *err)
-{
-    int fd;
-    if (!sc_bulkhead_conn_acquire(&route->bulkhead)) {
-        *err = -EUSERS; /* bulkhead.max_connections reached */
-        return NULL;
-    }
-    int rv = sc_socket_connect(sa, len, &fd);
-    if (rv < 0) {
-        sc_bulkhead_conn_release(&route->bulkhead);
-        *err = rv;
-        return NULL;
-    }
-    sc_up_conn *u = calloc(1, sizeof(*u));
-    if (!u) {
-        sc_bulkhead_conn_release(&route->bulkhead);
-        close(fd);
-        *err = -ENOMEM;
-        return NULL;
-    }
-    sc_conn_init(&u->super, w, fd, ops, route);
-    sc_list_init(&u->pending);
-    memcpy(&u->super.peer, sa, len);
-    u->super.peer_len = len;
-    sc_sockaddr_text(sa, u->super.peer_text, sizeof(u->super.peer_text));
-    const sc_policy *p = route->policy;
-    if (p && p->tls.mode != SC_TLS_OFF) {
-        sc_tls_watch *tw = p->tls.mode == SC_TLS_MUTUAL ? w->sc->tls_client : w->sc->tls_client_anon;
-        sc_tls_ctx *ctx = tw ? sc_tls_watch_get(tw) : NULL;
-        char key[160], terr[256] = "no TLS context", expect[SC_TLS_ID_MAX];
-        snprintf(key, sizeof(key), "%s/%s", route->name, u->super.peer_text);
-        const char *server_identity = p->tls.server_identity;
-        const sc_tls_cert_info *ours = ctx ? sc_tls_ctx_cert(ctx) : NULL;
-        if (!server_identity && p->discovery == SC_DISCOVERY_CONSUL && ours &&
-            sc_tls_identity_for_service(ours->identity, p->consul.dc, p->consul.service ? p->consul.service : p->name,
-                                        expect, sizeof(expect)) > 0)
-            server_identity = expect; /* the identity Consul's service has in our mesh */
-        sc_tls_client_opts o = {
-            .sni = p->tls.sni,
-            .server_identity = server_identity,
-            .alpn = p->protocol == SC_PROTO_HTTP1 ? SC_TLS_ALPN_HTTP1 : SC_TLS_ALPN_H2,
-            .cache = w->tls_sessions,
-            .session_key = key,
-        };
-        SSL *ssl = ctx ? sc_tls_ssl_client(ctx, fd, &o, terr, sizeof(terr)) : NULL;
-        if (ctx)
-            sc_tls_ctx_unref(ctx);
-        if (!ssl) {
-            SC_WARN("upstream %s: cannot start TLS to %s: %s", route->name, u->super.peer_text, terr);
-            sc_bulkhead_conn_release(&route->bulkhead);
-            close(fd);
-            free(u);
-            *err = -EPROTO;
-            return NULL;
-        }
-        u->super.ssl = ssl; /* the handshake starts once TCP is connected */
-    }
-    u->super.flags |= SC_CONN_F_CONNECTING;
-    ev_io_set(&u->super.io, fd, EV_READ | EV_WRITE);
-    ev_io_start(w->loop, &u->super.io);
-    ev_timer_init(&u->super.timer, up_conn_timer_cb, (double)route->timeouts->connect_ms / 1000.0, 0);
-    ev_timer_start(w->loop, &u->super.timer);
-    sc_route_stats *rs = &w->stats->routes[route->index];
-    SC_STAT_INC(rs->upstream_conns);
-    SC_STAT_INC(rs->upstream_conns_total);
-    sc_rstate(w, route)->n_conns++;
-    return u;
-}
-
-void sc_up_conn_idle(sc_up_conn *u)
-{
-    sc_conn *c = &u->super;
-    uint64_t idle = c->route->timeouts->idle_ms;
-    ev_timer_stop(c->w->loop, &c->timer);
-    if (idle) {
-        ev_timer_set(&c->timer, (double)idle / 1000.0, 0);
-        ev_timer_start(c->w->loop, &c->timer);
-    }
-}
-
-void sc_up_conn_fail_pending(sc_up_conn *u, sc_fail why)
-{
-    while (!sc_list_empty(&u->pending)) {
-        sc_stream *s = SC_CONTAINER_OF(u->pending.next, sc_stream, up_link);
-        sc_list_remove(&s->up_link);
-        s->up = NULL;
-        sc_stream_upstream_failed(s, why);
-    }
 }

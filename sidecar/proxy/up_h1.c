@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "http/hdr.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 
@@ -113,10 +114,13 @@ static void bind_stream(sc_up_conn *u, sc_stream *s)
     u->n_interim = u->interim_bytes = 0;
     s->up = &u->super;
     s->up_keepalive = true;
+    sc_stream_bound(s);
     sc_conn_mark_dirty(&u->super);
 }
 
-void sc_up_h1_attach(sc_stream *s)
+static const sc_conn_ops up_h1_ops;
+
+static void attach(sc_stream *s)
 {
     sc_worker *w = s->w;
     sc_route_state *rs = sc_rstate(w, s->route);
@@ -130,7 +134,7 @@ void sc_up_h1_attach(sc_stream *s)
         }
     }
     int err = 0;
-    sc_up_conn *u = sc_up_conn_new(w, s->route, (struct sockaddr *)&s->up_addr, s->up_addr_len, &sc_up_h1_ops, &err);
+    sc_up_conn *u = sc_up_conn_new(w, s->route, (struct sockaddr *)&s->up_addr, s->up_addr_len, &up_h1_ops, &err);
     if (!u) {
         if (err == -EUSERS) { /* bulkhead.max_connections */
             sc_stream_upstream_failed(s, SC_FAIL_OVERLOAD);
@@ -254,12 +258,18 @@ static int produce(sc_conn *c)
     return 0;
 }
 
-void sc_up_h1_stream_event(sc_stream *s)
+static void stream_event(sc_stream *s)
 {
     sc_conn_mark_dirty(s->up);
 }
 
-void sc_up_h1_cancel(sc_stream *s)
+static void consumed(sc_stream *s, size_t n)
+{
+    (void)n;
+    sc_conn_resume_read(s->up);
+}
+
+static void cancel(sc_stream *s)
 {
     sc_up_conn *u = SC_UP(s->up);
     u->cur = NULL;
@@ -535,10 +545,25 @@ static void on_close(sc_conn *c, int err)
     sc_stream_upstream_failed(s, why);
 }
 
-const sc_conn_ops sc_up_h1_ops = {
-    .kind = SC_CONN_UP_H1,
+static void on_connected(sc_conn *c)
+{
+    if (SC_UP(c)->cur)
+        sc_stream_connected(SC_UP(c)->cur);
+}
+
+static const sc_conn_ops up_h1_ops = {
+    .flags = SC_CONN_OPS_UPSTREAM | SC_CONN_OPS_BUFFERS_INPUT,
+    .on_connected = on_connected,
     .on_readable = on_readable,
     .produce = produce,
     .on_close = on_close,
     .on_drained = NULL,
+};
+
+const sc_up_codec sc_up_h1_codec = {
+    .name = "http1",
+    .attach = attach,
+    .stream_event = stream_event,
+    .consumed = consumed,
+    .cancel = cancel,
 };

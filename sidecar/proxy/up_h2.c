@@ -14,6 +14,7 @@
  */
 #include "core/log.h"
 #include "http/grpc.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 
@@ -158,6 +159,7 @@ static int submit(sc_up_conn *u, sc_stream *s)
     s->up = &u->super;
     s->up_head_sent = true;
     sc_list_push(&u->pending, &s->up_link);
+    sc_stream_bound(s);
     u->n_streams++;
     if (!(u->super.flags & SC_CONN_F_CONNECTING))
         ev_timer_stop(u->super.w->loop, &u->super.timer);
@@ -167,8 +169,18 @@ static int submit(sc_up_conn *u, sc_stream *s)
 
 static sc_up_conn *new_conn(sc_stream *s, int *err);
 static void conn_maybe_idle(sc_up_conn *u);
+static const sc_conn_ops up_h2_ops;
 
-void sc_up_h2_attach(sc_stream *s)
+/* The request head cannot be sent, on any connection: `why` says whose fault. */
+static void head_unsendable(sc_stream *s, sc_fail why)
+{
+    if (why == SC_FAIL_HEADERS_TOO_LARGE)
+        sc_stream_fail_msg(s, "upstream %s: the request head is larger than the instance accepts "
+                           "(its SETTINGS_MAX_HEADER_LIST_SIZE) or than HTTP/2 can send", s->route->name);
+    sc_stream_upstream_failed(s, why);
+}
+
+static void attach(sc_stream *s)
 {
     sc_worker *w = s->w;
     sc_route_state *rs = sc_rstate(w, s->route);
@@ -203,7 +215,7 @@ again:
         goto again;
     }
     if (rv == -E2BIG)
-        sc_stream_upstream_failed(s, SC_FAIL_HEADERS_TOO_LARGE);
+        head_unsendable(s, SC_FAIL_HEADERS_TOO_LARGE);
     else if (rv < 0)
         sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL);
 }
@@ -237,7 +249,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
                         "%u, counted as HPACK does, informational responses included): stream reset, request failed",
                         s->route->name, u->super.peer_text, s->resp.head_done ? "trailers" : "header fields", total,
                         limit);
-        sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL); /* resets the upstream stream (sc_up_h2_cancel) */
+        sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL); /* resets the upstream stream (cancel) */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
     if (eq(name, namelen, "grpc-status"))
@@ -401,7 +413,7 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
         SC_WARN_LIMITED(&s->route->log_limit, "upstream %s: request head for %.*s could not be sent to %s: %s",
                         s->route->name, (int)SC_MIN(s->req.path_len, 200), s->req.path, u->super.peer_text,
                         nghttp2_strerror(s->up_send_error));
-        sc_stream_upstream_failed(s, unsendable_head_fail(s->up_send_error));
+        head_unsendable(s, unsendable_head_fail(s->up_send_error));
     } else if (error_code == NGHTTP2_REFUSED_STREAM && !s->resp.head_done && s->req_sent == 0) {
         /* Never processed (GOAWAY or refused): safe to send on another
          * connection, a bounded number of times. */
@@ -418,7 +430,7 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
             s->refused_resends++;
             s->flags &= ~(SC_ST_F_DEFERRED_UP | SC_ST_F_REQ_SENT);
             s->up_head_sent = false;
-            sc_up_h2_attach(s);
+            attach(s);
         }
     } else if (s->respp.eof) {
         sc_stream_upstream_done(s);
@@ -431,7 +443,7 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
     return 0;
 }
 
-void sc_up_h2_stream_event(sc_stream *s)
+static void stream_event(sc_stream *s)
 {
     sc_up_conn *u = SC_UP(s->up);
     if (s->flags & SC_ST_F_DEFERRED_UP) {
@@ -441,7 +453,15 @@ void sc_up_h2_stream_event(sc_stream *s)
     sc_conn_mark_dirty(&u->super);
 }
 
-void sc_up_h2_cancel(sc_stream *s)
+static void consumed(sc_stream *s, size_t n)
+{
+    n = SC_MIN(n, s->up_unconsumed);
+    s->up_unconsumed -= (uint32_t)n;
+    nghttp2_session_consume(SC_UP(s->up)->h2, s->up_sid, n);
+    sc_conn_mark_dirty(s->up);
+}
+
+static void cancel(sc_stream *s)
 {
     sc_up_conn *u = SC_UP(s->up);
     nghttp2_session_set_stream_user_data(u->h2, s->up_sid, NULL);
@@ -511,13 +531,34 @@ static void on_close(sc_conn *c, int err)
     u->h2 = NULL;
 }
 
-const sc_conn_ops sc_up_h2_ops = {
-    .kind = SC_CONN_UP_H2,
+static void on_connected(sc_conn *c)
+{
+    sc_up_conn *u = SC_UP(c);
+    for (sc_link *l = u->pending.next; l != &u->pending; l = l->next)
+        sc_stream_connected(SC_CONTAINER_OF(l, sc_stream, up_link));
+}
+
+static const sc_conn_ops up_h2_ops = {
+    .flags = SC_CONN_OPS_UPSTREAM,
+    .on_connected = on_connected,
     .on_readable = on_readable,
     .produce = produce,
     .on_close = on_close,
     .on_drained = NULL,
 };
+
+const sc_up_codec sc_up_h2_codec = {
+    .name = "http2",
+    .attach = attach,
+    .stream_event = stream_event,
+    .consumed = consumed,
+    .cancel = cancel,
+};
+
+const sc_up_codec *sc_up_codec_for(sc_proto p)
+{
+    return p == SC_PROTO_HTTP1 ? &sc_up_h1_codec : &sc_up_h2_codec;
+}
 
 static nghttp2_session_callbacks *g_callbacks;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -536,7 +577,7 @@ static void init_callbacks(void)
 static sc_up_conn *new_conn(sc_stream *s, int *err)
 {
     pthread_once(&g_once, init_callbacks);
-    sc_up_conn *u = sc_up_conn_new(s->w, s->route, (struct sockaddr *)&s->up_addr, s->up_addr_len, &sc_up_h2_ops, err);
+    sc_up_conn *u = sc_up_conn_new(s->w, s->route, (struct sockaddr *)&s->up_addr, s->up_addr_len, &up_h2_ops, err);
     if (!u)
         return NULL;
     const sc_config *cfg = s->w->sc->cfg;

@@ -5,7 +5,8 @@
  * iteration before polling, deferred frees), the block pool, and the drain.
  */
 #include "core/log.h"
-#include "proxy/conns.h"
+#include "proxy/codec.h"
+#include "proxy/stage.h"
 #include "sidecar.h"
 #include "tls/tls.h"
 
@@ -165,6 +166,22 @@ int sc_socket_connect(const struct sockaddr *sa, socklen_t len, int *fd_out)
     }
     *fd_out = fd;
     return 0;
+}
+
+void sc_sockaddr_text(const struct sockaddr *sa, char *out, size_t cap)
+{
+    char host[64] = "?";
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        snprintf(out, cap, "%s:%u", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        snprintf(out, cap, "[%s]:%u", host, ntohs(in6->sin6_port));
+    } else {
+        snprintf(out, cap, "?");
+    }
 }
 
 /* ---- connection I/O ---- */
@@ -402,7 +419,7 @@ static void tls_step(sc_conn *c)
             SC_STAT_INC(ws->tls_refused);
         else
             SC_STAT_INC(ws->tls_failed);
-        bool inbound = c->ops->kind == SC_CONN_DOWN_H1;
+        bool inbound = !(c->ops->flags & SC_CONN_OPS_UPSTREAM);
         SC_WARN_LIMITED(inbound ? &inbound_tls_log_limit : &c->route->log_limit,
                         "%s %s: TLS handshake with %s failed: %s", inbound ? "listener" : "upstream", c->route->name,
                         c->peer_text, sc_tls_conn_error(c->ssl));
@@ -412,12 +429,15 @@ static void tls_step(sc_conn *c)
     SC_STAT_INC(ws->tls_handshakes);
     if (sc_tls_session_reused(c->ssl))
         SC_STAT_INC(ws->tls_resumed);
+    bool connecting = (c->flags & SC_CONN_F_CONNECTING) != 0;
     c->flags &= ~(SC_CONN_F_TLS_HS | SC_CONN_F_TLS_HS_WRITE | SC_CONN_F_CONNECTING);
-    if (c->ops->kind == SC_CONN_UP_H1 || c->ops->kind == SC_CONN_UP_H2)
+    if (c->ops->flags & SC_CONN_OPS_UPSTREAM)
         ev_timer_stop(c->w->loop, &c->timer); /* the connect timeout covered the handshake */
     conn_update_events(c);
     if (c->ops->on_handshake)
         c->ops->on_handshake(c);
+    if (connecting && c->ops->on_connected && !(c->flags & SC_CONN_F_CLOSED))
+        c->ops->on_connected(c);
     if (!(c->flags & SC_CONN_F_CLOSED))
         sc_conn_mark_dirty(c);
 }
@@ -457,6 +477,8 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
             c->flags &= ~SC_CONN_F_CONNECTING;
             ev_timer_stop(c->w->loop, &c->timer);
             conn_update_events(c);
+            if (c->ops->on_connected)
+                c->ops->on_connected(c);
         } else {
             c->flags &= ~SC_CONN_F_WANT_WRITE;
             conn_update_events(c);
@@ -566,7 +588,7 @@ static void flush_cb(struct ev_loop *loop, ev_prepare *p, int revents)
         /* HTTP/1 bytes that arrived while the reader was paused are parsed now:
          * the socket will not signal them again. */
         if (!(c->flags & (SC_CONN_F_READ_PAUSED | SC_CONN_F_CLOSING | SC_CONN_F_TLS_HS)) &&
-            ((sc_buf_len(&c->in) && (c->ops->kind == SC_CONN_DOWN_H1 || c->ops->kind == SC_CONN_UP_H1)) ||
+            ((sc_buf_len(&c->in) && (c->ops->flags & SC_CONN_OPS_BUFFERS_INPUT)) ||
              tls_pending(c)))
             c->ops->on_readable(c);
         if (!(c->flags & SC_CONN_F_CLOSED))
@@ -665,8 +687,6 @@ static void stop_listeners(sc_worker *w)
     }
 }
 
-void sc_down_drain(sc_conn *c); /* down_h1.c: finish current work, then close */
-
 static void drain_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
@@ -681,24 +701,30 @@ static void promote_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)revents;
     sc_worker *w = SC_CONTAINER_OF(t, sc_worker, promote);
-    bool waiting = false;
-    for (size_t i = 0; i < w->sc->n_routes; i++) {
-        sc_route_promote_waiters(w, &w->sc->routes[i]);
-        waiting |= !sc_list_empty(&w->rstate[i].waiters);
-    }
-    if (!waiting)
+    if (!sc_stage_bulkhead_promote(w))
         ev_timer_stop(loop, t);
+}
+
+void sc_worker_wake(sc_worker *w, unsigned reasons)
+{
+    atomic_fetch_or_explicit(&w->wake, reasons, memory_order_release);
+    ev_async_send(w->loop, &w->wakeup);
 }
 
 static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
 {
     (void)revents;
     sc_worker *w = SC_CONTAINER_OF(a, sc_worker, wakeup);
+    unsigned why = atomic_exchange_explicit(&w->wake, 0, memory_order_acquire);
+    if (why & SC_WAKE_STOP)
+        w->stopping = true;
     if (w->stopping) {
         ev_break(loop, EVBREAK_ALL);
         return;
     }
-    if (w->draining)
+    if (why & SC_WAKE_AUTHZ)
+        sc_stage_authz_wake(w);
+    if (!(why & SC_WAKE_DRAIN) || w->draining)
         return;
     /* Connections the kernel completed on this worker's listening sockets
      * but nobody accepted yet would be reset when the sockets close: take
@@ -714,13 +740,12 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
     while (l != &w->down_conns) {
         sc_conn *c = SC_CONTAINER_OF(l, sc_conn, link);
         l = l->next;
-        sc_down_drain(c);
+        c->ops->down->drain(c);
     }
 }
 
-int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
+static int worker_init(sc_worker *w, sidecar *sc, unsigned id)
 {
-    memset(w, 0, sizeof(*w));
     w->id = id;
     w->sc = sc;
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
@@ -729,6 +754,7 @@ int sc_worker_init(sc_worker *w, sidecar *sc, unsigned id)
     sc_list_init(&w->dirty);
     sc_list_init(&w->down_conns);
     sc_list_init(&w->streams);
+    sc_list_init(&w->authz_waiters);
     w->rstate = sc_xcalloc(sc->n_routes, sizeof(*w->rstate));
     for (size_t i = 0; i < sc->n_routes; i++) {
         sc_list_init(&w->rstate[i].h2_conns);
@@ -835,18 +861,31 @@ int sc_worker_start(sc_worker *w)
     return rv ? -rv : 0;
 }
 
-void sc_worker_request_drain(sc_worker *w)
-{
-    ev_async_send(w->loop, &w->wakeup);
-}
-
 void sc_worker_join(sc_worker *w)
 {
     pthread_join(w->thread, NULL);
 }
 
+sc_worker *sc_worker_new(sidecar *sc, unsigned id, int *err)
+{
+    sc_worker *w = calloc(1, sizeof(*w));
+    if (!w) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    int rv = worker_init(w, sc, id);
+    if (rv < 0) {
+        sc_worker_free(w);
+        *err = rv;
+        return NULL;
+    }
+    return w;
+}
+
 void sc_worker_free(sc_worker *w)
 {
+    if (!w)
+        return;
     for (int k = 0; k < 2; k++)
         while (w->free_blocks[k]) {
             void *b = w->free_blocks[k];
@@ -868,4 +907,23 @@ void sc_worker_free(sc_worker *w)
     free(w->rstate);
     free(w->stats);
     free(w->listeners);
+    free(w);
+}
+
+uint64_t sc_workers_sum(const sidecar *sc, size_t off)
+{
+    uint64_t t = 0;
+    for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
+        if (sc->workers[i])
+            t += SC_STAT_GET(*(const sc_counter *)((const char *)sc->workers[i]->stats + off));
+    return t;
+}
+
+uint64_t sc_workers_sum_route(const sidecar *sc, size_t route, size_t off)
+{
+    uint64_t t = 0;
+    for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
+        if (sc->workers[i] && route < sc->workers[i]->stats->n_routes)
+            t += SC_STAT_GET(*(const sc_counter *)((const char *)&sc->workers[i]->stats->routes[route] + off));
+    return t;
 }

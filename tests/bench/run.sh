@@ -372,8 +372,8 @@ check_tls() {
 # protocol is not supported. Returns non-zero with REASON set on failure.
 
 start_sidecar() { start_sidecar_with sidecar "$SIDECAR_ADMIN"; }
-# The same binary with every resilience policy enabled (issue: CPU per request
-# within 10% of the run without policies).
+# The same binary with every resilience policy enabled (what the policies cost:
+# CPU per request is to stay within 10% of the run without them).
 start_sidecar_policies() { start_sidecar_with sidecar-policies "$SIDECAR_POLICIES_ADMIN"; }
 
 start_sidecar_with() {

@@ -1,5 +1,5 @@
-"""Consul Connect as the certificate source (tls.source: consul; docs/tls.md,
-issue 5), through the real binary against the agent emulator
+"""Consul Connect as the certificate source (tls.source: consul; docs/tls.md),
+through the real binary against the agent emulator
 (tests/consul/consul_emulator.py, in-process), which implements
 /v1/agent/connect/ca/roots and /v1/agent/connect/ca/leaf/<service> as
 blocking queries and a control call that rotates its CA.

@@ -1,4 +1,4 @@
-"""mTLS between sidecars, through the real binary (docs/tls.md, issue 5).
+"""mTLS between sidecars, through the real binary (docs/tls.md).
 
 Certificates are made at test time with certs/make-certs.sh into a temp dir:
 CA `ca` issues web, web-2 (matches the allow pattern), api, batch (a caller

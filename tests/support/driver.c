@@ -8,6 +8,7 @@
 
 #include "core/log.h"
 #include "http/h1.h"
+#include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
 
@@ -217,7 +218,7 @@ sc_drv *sc_drv_new(const char *yaml, char *err, size_t errlen)
         return NULL;
     }
     sc_diags_free(&diags);
-    /* The listeners are bound (sc_worker_init does) but never used: port 0
+    /* The listeners are bound (sc_worker_new does) but never used: port 0
      * keeps parallel runs and a busy machine from colliding on them. */
     if (cfg->inbound.enabled)
         port_zero(&cfg->inbound.listen);
@@ -225,10 +226,9 @@ sc_drv *sc_drv_new(const char *yaml, char *err, size_t errlen)
         port_zero(&cfg->policies[i].listen);
     d->sc = sc_sidecar_new(cfg);
     d->sc->n_workers = 1;
-    d->sc->workers = sc_xcalloc(1, sizeof(sc_worker));
-    d->w = &d->sc->workers[0];
-    rv = sc_worker_init(d->w, d->sc, 0);
-    if (rv < 0) {
+    d->sc->workers = sc_xcalloc(1, sizeof(*d->sc->workers));
+    d->w = d->sc->workers[0] = sc_worker_new(d->sc, 0, &rv);
+    if (!d->w) {
         set_err(err, errlen, "worker: %s", strerror(-rv));
         sc_drv_free(d);
         return NULL;

@@ -9,7 +9,7 @@
  *    "@UPSTREAM@" in it is replaced with the address of the fake upstream,
  *    and every listener address is bound on port 0 instead of the one
  *    written (the driver never connects to the listeners);
- *  - the process state (sc_sidecar_new) and ONE worker (sc_worker_init),
+ *  - the process state (sc_sidecar_new) and ONE worker (sc_worker_new),
  *    whose loop the driver runs on the calling thread with
  *    ev_run(EVRUN_NOWAIT), a bounded number of iterations at a time;
  *  - a caller: one end of a socketpair(AF_UNIX) handed to sc_down_accept as
