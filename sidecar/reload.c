@@ -383,6 +383,8 @@ sc_reload_outcome sc_reload_run(sidecar *sc, const char *trigger)
     sc_config *nc = NULL;
     if (!sc->config_path) {
         sc_diags_add(&dg, "<built-in example>", 0, "", "no --config file to reload: the sidecar runs the built-in example");
+    } else if (atomic_load(&sc->draining)) {
+        sc_diags_add(&dg, sc->config_path, 0, "", "the sidecar is draining: nothing changes any more");
     } else if (sc_config_load(sc->config_path, &nc, &dg) < 0 || !nc) {
         nc = NULL;
     }
