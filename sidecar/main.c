@@ -88,6 +88,7 @@ int main(int argc, char **argv)
         sc_log_set_level(l);
     }
     sidecar *sc = sc_sidecar_new(cfg);
+    sc->config_path = config; /* reloads read it again (NULL: the built-in example) */
     rv = sc_sidecar_run(sc);
     sc_sidecar_free(sc);
     return rv < 0 ? 1 : 0;

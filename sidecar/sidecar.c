@@ -15,6 +15,7 @@
 #include "obs/access_log.h"
 #include "obs/failures.h"
 #include "obs/observe.h"
+#include "reload.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -237,6 +238,8 @@ int sc_sidecar_run(sidecar *sc)
     if (sc->access_log)
         ev_signal_start(sc->loop, &sighup);
     sc_tls_runtime_watch(sc);
+    if (sc_reload_start(sc) < 0)
+        SC_ERROR("reload: out of memory; the configuration cannot be reloaded");
     ev_timer tick;
     ev_timer_init(&tick, tick_cb, 0.1, 0.1);
     tick.data = sc;
@@ -268,6 +271,7 @@ int sc_sidecar_run(sidecar *sc)
     for (unsigned i = 0; i < sc->n_workers; i++)
         sc_worker_join(sc->workers[i]);
     ev_signal_stop(sc->loop, &sighup);
+    sc_reload_stop(sc);
     sc_access_log_stop(sc->access_log); /* the workers are quiet: every queued line is written */
     /* consul + health (issue 4) */
     sc_consul_stop(sc->consul);

@@ -42,6 +42,10 @@ typedef struct sidecar {
     struct sc_access_log *access_log;
     struct sc_failures *failures;
     struct sc_obs_worker *obs;            /* per worker: what the request path calls (obs/observe.h) */
+    /* reload (reload.h): the file named by --config (NULL: the built-in
+     * example, nothing to reload) and the reload state of the control thread */
+    const char *config_path;
+    struct sc_reload *reload;
 } sidecar;
 
 sidecar *sc_sidecar_new(sc_config *cfg);

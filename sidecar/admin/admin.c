@@ -11,6 +11,7 @@
 #include "http/h1.h"
 #include "obs/access_log.h"
 #include "obs/failures.h"
+#include "reload.h"
 #include "tls/tls.h"
 #include "tls/tls_runtime.h"
 #include "trace/tracer.h"
@@ -249,6 +250,7 @@ char *sc_admin_render_stats(const sidecar *sc)
         fprintf(f, "sidecar_upstream_instances_ejected{upstream=\"%s\"} %u\n", sc->routes[r].name, v.ejected_now);
     }
     sc_access_log_render_stats(sc->access_log, f);
+    sc_reload_render_stats(sc, f);
     sc_failures_render_stats(sc->failures, f);
     render_cert_expiry(sc, f);
     sc_tracer_prom(sc->tracer, f);
@@ -560,6 +562,24 @@ static void handle_failures(admin_conn *ac, const sc_h1_head *h)
     free(body);
 }
 
+/* POST /reload: reload the configuration now (as SIGHUP does) and answer
+ * with the outcome: 200 applied or unchanged, 422 when it was refused. */
+static void handle_reload(admin_conn *ac, const sc_h1_head *h)
+{
+    sidecar *sc = ac->admin->sc;
+    if (!method_is(h, "POST")) {
+        respond(ac, 405, "text/plain", "use POST /reload\n");
+        return;
+    }
+    SC_INFO("admin: reload requested");
+    sc_reload_outcome o = sc_reload_run(sc, "admin");
+    json_t *j = sc_reload_json(sc);
+    char *body = j ? json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) : NULL;
+    json_decref(j);
+    respond(ac, !body ? 500 : o == SC_RELOAD_FAILED ? 422 : 200, "application/json", body ? body : "{}");
+    free(body);
+}
+
 static void handle(admin_conn *ac, const sc_h1_head *h)
 {
     sidecar *sc = ac->admin->sc;
@@ -581,7 +601,7 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
         body = sc_admin_render_clusters(sc);
         respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
     } else if (path_is(h, "/config")) {
-        json_t *j = sc_config_to_json(sc->cfg);
+        json_t *j = sc_reload_config_json(sc); /* the effective configuration and the last reload */
         body = j ? json_dumps(j, JSON_INDENT(2) | JSON_REAL_PRECISION(15)) : NULL;
         json_decref(j);
         respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
@@ -595,6 +615,8 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
             sc_sidecar_drain(sc);
             respond(ac, 200, "text/plain", "draining\n");
         }
+    } else if (path_is(h, "/reload")) {
+        handle_reload(ac, h);
     } else if (path_is(h, "/certs")) {
         body = sc_tls_runtime_render(sc);
         respond(ac, body ? 200 : 500, "application/json", body ? body : "{}");
@@ -608,7 +630,7 @@ static void handle(admin_conn *ac, const sc_h1_head *h)
         respond(ac, 200, "text/plain",
                 "sidecar admin\n  GET /          the admin page (HTML, for a browser)\n  GET /ready\n  GET /stats\n"
                 "  GET /clusters\n  GET /config\n  GET /certs\n  GET /failures?limit=N&upstream=NAME\n  GET /log, POST /log?level=LEVEL\n"
-                "  POST /drain\n  POST /breaker?upstream=NAME&action=open|close|release\n"
+                "  POST /drain\n  POST /reload\n  POST /breaker?upstream=NAME&action=open|close|release\n"
                 "POST needs the header 'X-Sidecar-Admin: 1'\n");
     } else {
         respond(ac, 404, "text/plain", "not found; GET /help lists the endpoints\n");

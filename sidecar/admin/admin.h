@@ -9,6 +9,7 @@
  *   GET  /failures  JSON: the last failed requests, newest first (obs/failures.h)
  *   GET  /log, POST /log?level=debug|info|warn|error
  *   POST /drain     begin a graceful drain (as SIGTERM does)
+ *   POST /reload    reload the configuration now (as SIGHUP does; reload.h)
  * One request per connection (Connection: close); answers are built whole
  * (they are small) and written without blocking the control loop.
  *

@@ -140,6 +140,7 @@ static void config_defaults(sc_config *cfg)
     cfg->tls.authorize_cache_ms = 30000;
     sc_config_tracing_defaults(&cfg->tracing);
     sc_config_access_log_defaults(&cfg->access_log);
+    cfg->reload.debounce_ms = 200;
 }
 
 /* ---- sections ---- */
@@ -773,7 +774,7 @@ static void parse_config(sc_loader *L, const sc_ynode *root)
 {
     static const char *const keys[] = {"service", "inbound", "admin", "workers", "drain_timeout",
                                        "policies", "upstreams", "limits", "log", "consul", "tls",
-                                       "health", "redis", "tracing", "access_log"};
+                                       "health", "redis", "tracing", "access_log", "reload"};
     const sc_ynode *f[SC_ARRAY_LEN(keys)];
     sc_cx *c = &L->c;
     sc_config *cfg = L->cfg;
@@ -824,6 +825,16 @@ static void parse_config(sc_loader *L, const sc_ynode *root)
         sc_config_parse_tracing(c, f[13], &cfg->tracing);
     if (f[14])
         sc_config_parse_access_log(c, f[14], &cfg->access_log);
+    if (f[15]) {
+        static const char *const rk[] = {"watch", "debounce"};
+        const sc_ynode *rf[2];
+        if (FIELDS(c, f[15], "reload", rk, rf)) {
+            sc_config_rd_bool(c, rf[0], "reload.watch", &cfg->reload.watch);
+            if (sc_config_rd_dur(c, rf[1], "reload.debounce", 10, &cfg->reload.debounce_ms) &&
+                cfg->reload.debounce_ms > 60000)
+                sc_config_err(c, rf[1], "reload.debounce", "at most 1m; a change waits this long before it applies");
+        }
+    }
     if (L->jwt)
         sc_config_parse_jwt(c, L->jwt, cfg);
     if (cfg->service.name && !cfg->service.id)

@@ -327,6 +327,10 @@ typedef struct sc_config {
     } redis;
     sc_tracing_config tracing;
     sc_access_log_config access_log;
+    struct {                        /* reload: (docs/configuration.md, "Reloading") */
+        bool watch;                 /* reload when sidecar.yaml or a policy file changes (inotify) */
+        uint64_t debounce_ms;       /* quiet time after the last change before reloading, default 200 */
+    } reload;
     sc_policy *policies;            /* from policies_dir and inline `upstreams:` */
     size_t n_policies;
 } sc_config;

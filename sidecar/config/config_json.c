@@ -261,6 +261,8 @@ json_t *sc_config_to_json(const sc_config *cfg)
     json_object_set_new(o, "redis", sc_config_redis_json(cfg));
     json_object_set_new(o, "tracing", sc_config_tracing_to_json(&cfg->tracing));
     json_object_set_new(o, "access_log", sc_config_access_log_json(&cfg->access_log));
+    json_object_set_new(o, "reload", json_pack("{s:b, s:o}", "watch", cfg->reload.watch, "debounce",
+                                               jdur(cfg->reload.debounce_ms)));
 
     json_t *ups = json_array();
     for (size_t i = 0; i < cfg->n_policies; i++)

@@ -28,15 +28,23 @@ void sc_bulkhead_init(sc_bulkhead *b, const sc_bulkhead_policy *p)
     atomic_init(&b->queue_timeouts, 0);
     atomic_init(&b->abandoned, 0);
     atomic_init(&b->conn_rejected, 0);
-    if (p && p->enabled) {
-        /* the config never gives 0; treat it as unlimited rather than as a wall */
-        b->max_concurrent = p->max_concurrent ? p->max_concurrent : UINT32_MAX;
-        b->max_pending = p->max_pending;
-        b->max_connections = p->max_connections;
-        b->queue_timeout_ms = p->queue_timeout_ms;
-    } else {
-        b->max_concurrent = UINT32_MAX;
-    }
+    sc_bulkhead_set_limits(b, p);
+}
+
+void sc_bulkhead_set_limits(sc_bulkhead *b, const sc_bulkhead_policy *p)
+{
+    bool on = p && p->enabled;
+    /* the config never gives 0; treat it as unlimited rather than as a wall */
+    atomic_store_explicit(&b->max_concurrent, on && p->max_concurrent ? p->max_concurrent : UINT32_MAX,
+                          memory_order_relaxed);
+    atomic_store_explicit(&b->max_pending, on ? p->max_pending : 0, memory_order_relaxed);
+    atomic_store_explicit(&b->max_connections, on ? p->max_connections : 0, memory_order_relaxed);
+    atomic_store_explicit(&b->queue_timeout_ms, on ? p->queue_timeout_ms : 0, memory_order_relaxed);
+}
+
+static uint32_t limit(_Atomic uint32_t *l)
+{
+    return atomic_load_explicit(l, memory_order_relaxed);
 }
 
 static void count(_Atomic uint64_t *c)
@@ -46,11 +54,11 @@ static void count(_Atomic uint64_t *c)
 
 sc_bulkhead_result sc_bulkhead_try_enter(sc_bulkhead *b)
 {
-    if (sc_bounded_take(&b->active, b->max_concurrent)) {
+    if (sc_bounded_take(&b->active, limit(&b->max_concurrent))) {
         count(&b->admitted);
         return SC_BULKHEAD_ADMITTED;
     }
-    if (sc_bounded_take(&b->pending, b->max_pending)) {
+    if (sc_bounded_take(&b->pending, limit(&b->max_pending))) {
         count(&b->queued);
         return SC_BULKHEAD_QUEUE;
     }
@@ -67,7 +75,7 @@ bool sc_bulkhead_leave(sc_bulkhead *b)
 bool sc_bulkhead_try_promote(sc_bulkhead *b)
 {
     /* active first: pending is then briefly one too high, which only refuses */
-    if (!sc_bounded_take(&b->active, b->max_concurrent))
+    if (!sc_bounded_take(&b->active, limit(&b->max_concurrent)))
         return false;
     sc_bounded_give(&b->pending);
     count(&b->promoted);
@@ -88,7 +96,8 @@ void sc_bulkhead_queue_timeout(sc_bulkhead *b)
 
 bool sc_bulkhead_conn_acquire(sc_bulkhead *b)
 {
-    if (sc_bounded_take(&b->connections, b->max_connections ? b->max_connections : UINT32_MAX))
+    uint32_t max = limit(&b->max_connections);
+    if (sc_bounded_take(&b->connections, max ? max : UINT32_MAX))
         return true;
     count(&b->conn_rejected);
     return false;
@@ -104,10 +113,10 @@ void sc_bulkhead_snapshot(const sc_bulkhead *b, sc_bulkhead_view *out)
     out->active = atomic_load_explicit(&b->active, memory_order_relaxed);
     out->pending = atomic_load_explicit(&b->pending, memory_order_relaxed);
     out->connections = atomic_load_explicit(&b->connections, memory_order_relaxed);
-    out->max_concurrent = b->max_concurrent;
-    out->max_pending = b->max_pending;
-    out->max_connections = b->max_connections;
-    out->queue_timeout_ms = b->queue_timeout_ms;
+    out->max_concurrent = atomic_load_explicit(&b->max_concurrent, memory_order_relaxed);
+    out->max_pending = atomic_load_explicit(&b->max_pending, memory_order_relaxed);
+    out->max_connections = atomic_load_explicit(&b->max_connections, memory_order_relaxed);
+    out->queue_timeout_ms = atomic_load_explicit(&b->queue_timeout_ms, memory_order_relaxed);
     out->admitted = atomic_load_explicit(&b->admitted, memory_order_relaxed);
     out->queued = atomic_load_explicit(&b->queued, memory_order_relaxed);
     out->promoted = atomic_load_explicit(&b->promoted, memory_order_relaxed);

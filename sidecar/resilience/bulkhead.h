@@ -50,11 +50,11 @@ typedef struct sc_bulkhead {
     _Atomic uint64_t queue_timeouts;  /* left the queue on queue_timeout */
     _Atomic uint64_t abandoned;       /* left the queue otherwise (cancelled) */
     _Atomic uint64_t conn_rejected;   /* connection refused by max_connections */
-    /* immutable after init */
-    uint32_t max_concurrent;          /* UINT32_MAX = unlimited */
-    uint32_t max_pending;
-    uint32_t max_connections;         /* 0 = unlimited */
-    uint64_t queue_timeout_ms;        /* for the caller's timer */
+    /* the limits: set by init and sc_bulkhead_set_limits (a policy reload) */
+    _Atomic uint32_t max_concurrent;  /* UINT32_MAX = unlimited */
+    _Atomic uint32_t max_pending;
+    _Atomic uint32_t max_connections; /* 0 = unlimited */
+    _Atomic uint64_t queue_timeout_ms; /* for the caller's timer */
 } sc_bulkhead;
 
 typedef enum { SC_BULKHEAD_ADMITTED = 0, SC_BULKHEAD_QUEUE, SC_BULKHEAD_REJECT } sc_bulkhead_result;
@@ -71,6 +71,12 @@ const char *sc_bulkhead_result_name(sc_bulkhead_result r);
 
 /* Not thread safe: before the bulkhead is shared. p may be NULL (unlimited). */
 void sc_bulkhead_init(sc_bulkhead *b, const sc_bulkhead_policy *p);
+/* While shared (a policy reload, one thread at a time): the limits of p
+ * for every later admission; the counts and counters stay. Slots taken stay
+ * taken: under a lower limit `active` (or `connections`) may stay above it
+ * until those requests leave, and arrivals queue or are refused meanwhile;
+ * waiters are promoted under the new limit. */
+void sc_bulkhead_set_limits(sc_bulkhead *b, const sc_bulkhead_policy *p);
 
 /* ADMITTED: an active slot is taken (release with sc_bulkhead_leave).
  * QUEUE: a pending slot is taken (release with sc_bulkhead_try_promote,

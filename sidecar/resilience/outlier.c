@@ -16,12 +16,20 @@ void sc_outlier_init(sc_outlier *o, const sc_outlier_policy *p)
     atomic_init(&o->ejections_total, 0);
     atomic_init(&o->returns_total, 0);
     atomic_init(&o->ejections_capped, 0);
-    o->enabled = p->enabled;
-    o->consecutive_failures = p->consecutive_failures ? p->consecutive_failures : 1;
-    o->eject_for_ms = p->eject_for_ms;
-    o->max_eject_ms = SC_MAX(p->max_eject_ms, p->eject_for_ms);
+    sc_outlier_set_policy(o, p);
+}
+
+void sc_outlier_set_policy(sc_outlier *o, const sc_outlier_policy *p)
+{
     double pct = p->max_ejected_percent;
-    o->max_ejected_ppm = !(pct > 0) ? 0 : pct >= 100 ? 1000000 : (uint64_t)llround(pct * 10000.0);
+    atomic_store_explicit(&o->enabled, p->enabled, memory_order_relaxed);
+    atomic_store_explicit(&o->consecutive_failures, p->consecutive_failures ? p->consecutive_failures : 1,
+                          memory_order_relaxed);
+    atomic_store_explicit(&o->eject_for_ms, p->eject_for_ms, memory_order_relaxed);
+    atomic_store_explicit(&o->max_eject_ms, SC_MAX(p->max_eject_ms, p->eject_for_ms), memory_order_relaxed);
+    atomic_store_explicit(&o->max_ejected_ppm,
+                          !(pct > 0) ? 0 : pct >= 100 ? 1000000 : (uint64_t)llround(pct * 10000.0),
+                          memory_order_relaxed);
 }
 
 void sc_outlier_instance_init(sc_outlier_instance *in)
@@ -39,20 +47,21 @@ void sc_outlier_instance_init(sc_outlier_instance *in)
 uint32_t sc_outlier_max_ejected(const sc_outlier *o, size_t n_instances)
 {
     uint64_t n = n_instances > UINT32_MAX ? UINT32_MAX : n_instances;
-    return (uint32_t)(n * o->max_ejected_ppm / 1000000u);
+    return (uint32_t)(n * atomic_load_explicit(&o->max_ejected_ppm, memory_order_relaxed) / 1000000u);
 }
 
-/* The multiplier for a new ejection at now_ms (see Decay in outlier.h). */
-static uint32_t next_multiplier(const sc_outlier *o, sc_outlier_instance *in, uint64_t now_ms)
+/* The multiplier for a new ejection at now_ms (see Decay in outlier.h),
+ * with the ejection times read once (a reload may change them). */
+static uint32_t next_multiplier(sc_outlier_instance *in, uint64_t now_ms, uint64_t eject_for, uint64_t max_eject)
 {
     uint64_t m = atomic_load_explicit(&in->ejections, memory_order_relaxed);
     uint64_t ret = atomic_load_explicit(&in->returned_at_ms, memory_order_relaxed);
-    if (ret && now_ms > ret && o->eject_for_ms) {
-        uint64_t decay = (now_ms - ret) / o->eject_for_ms;
+    if (ret && now_ms > ret && eject_for) {
+        uint64_t decay = (now_ms - ret) / eject_for;
         m = m > decay ? m - decay : 0;
     }
     /* past the cap a larger multiplier changes nothing but the decay time */
-    uint64_t top = o->eject_for_ms ? (o->max_eject_ms + o->eject_for_ms - 1) / o->eject_for_ms : 1;
+    uint64_t top = eject_for ? (max_eject + eject_for - 1) / eject_for : 1;
     if (top < 1)
         top = 1;
     if (top > UINT32_MAX)
@@ -63,7 +72,7 @@ static uint32_t next_multiplier(const sc_outlier *o, sc_outlier_instance *in, ui
 int sc_outlier_record(sc_outlier *o, sc_outlier_instance *in, size_t n_instances,
                       bool gateway_or_connect_failure, uint64_t now_ms)
 {
-    if (!o->enabled)
+    if (!atomic_load_explicit(&o->enabled, memory_order_relaxed))
         return 0;
     if (atomic_load_explicit(&in->ejected_until_ms, memory_order_acquire) != 0)
         return 0; /* ejected: outcomes of requests still in flight do not count */
@@ -73,16 +82,16 @@ int sc_outlier_record(sc_outlier *o, sc_outlier_instance *in, size_t n_instances
         return 0;
     }
     uint32_t c = atomic_fetch_add_explicit(&in->consecutive, 1, memory_order_relaxed) + 1;
-    if (c < o->consecutive_failures)
+    if (c < atomic_load_explicit(&o->consecutive_failures, memory_order_relaxed))
         return 0;
     if (!sc_bounded_take(&o->ejected_now, sc_outlier_max_ejected(o, n_instances))) {
         atomic_fetch_add_explicit(&o->ejections_capped, 1, memory_order_relaxed);
         return 0;
     }
-    uint32_t mult = next_multiplier(o, in, now_ms);
-    uint64_t dur = o->eject_for_ms && mult > o->max_eject_ms / o->eject_for_ms
-                       ? o->max_eject_ms
-                       : o->eject_for_ms * mult;
+    uint64_t eject_for = atomic_load_explicit(&o->eject_for_ms, memory_order_relaxed);
+    uint64_t max_eject = atomic_load_explicit(&o->max_eject_ms, memory_order_relaxed);
+    uint32_t mult = next_multiplier(in, now_ms, eject_for, max_eject);
+    uint64_t dur = eject_for && mult > max_eject / eject_for ? max_eject : eject_for * mult;
     uint64_t until = now_ms > UINT64_MAX - dur ? UINT64_MAX : now_ms + dur;
     if (until == 0)
         until = 1; /* 0 means "in service" */

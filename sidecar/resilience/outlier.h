@@ -62,12 +62,12 @@ typedef struct sc_outlier_instance {
 typedef struct sc_outlier {
     _Atomic uint32_t ejected_now;
     _Atomic uint64_t ejections_total, returns_total, ejections_capped;
-    /* immutable after init */
-    bool enabled;
-    uint32_t consecutive_failures;     /* >= 1 */
-    uint64_t eject_for_ms;
-    uint64_t max_eject_ms;             /* >= eject_for_ms */
-    uint64_t max_ejected_ppm;          /* max_ejected_percent in parts per million */
+    /* the parameters: set by init and sc_outlier_set_policy (a policy reload) */
+    _Atomic bool enabled;
+    _Atomic uint32_t consecutive_failures; /* >= 1 */
+    _Atomic uint64_t eject_for_ms;
+    _Atomic uint64_t max_eject_ms;     /* >= eject_for_ms */
+    _Atomic uint64_t max_ejected_ppm;  /* max_ejected_percent in parts per million */
 } sc_outlier;
 
 typedef struct sc_outlier_view {
@@ -88,6 +88,12 @@ typedef struct sc_outlier_instance_view {
 
 /* Not thread safe: before the structs are shared. */
 void sc_outlier_init(sc_outlier *o, const sc_outlier_policy *p);
+/* While shared (a policy reload, one thread at a time): the parameters of p
+ * for every later outcome; the counters, the instances' failure counts and
+ * the ejections in force stay (an ejected instance returns at the time it
+ * was given, also when p disables detection). A decision racing with the
+ * change may use some old and some new parameters. */
+void sc_outlier_set_policy(sc_outlier *o, const sc_outlier_policy *p);
 void sc_outlier_instance_init(sc_outlier_instance *in);
 
 /* The cap for n instances: floor(n * max_ejected_percent / 100). */

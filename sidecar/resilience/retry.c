@@ -174,17 +174,28 @@ bool sc_retry_pushback_acceptable(int64_t ms)
 void sc_retry_budget_init(sc_retry_budget *b, double ratio, uint32_t min_per_second)
 {
     memset(b, 0, sizeof(*b));
+    sc_retry_budget_set(b, ratio, min_per_second);
+    sc_window_init(&b->window, SC_RETRY_BUDGET_WINDOW_MS);
+    atomic_init(&b->granted, 0);
+    atomic_init(&b->refused, 0);
+}
+
+void sc_retry_budget_set(sc_retry_budget *b, double ratio, uint32_t min_per_second)
+{
     if (!(ratio > 0))
         ratio = 0;
     if (ratio > 100)
         ratio = 100;
-    b->ratio = ratio;
-    b->min_per_second = min_per_second;
-    b->ratio_ppm = (uint64_t)llround(ratio * 1e6);
-    b->floor = (uint64_t)min_per_second * (SC_RETRY_BUDGET_WINDOW_MS / 1000);
-    sc_window_init(&b->window, SC_RETRY_BUDGET_WINDOW_MS);
-    atomic_init(&b->granted, 0);
-    atomic_init(&b->refused, 0);
+    atomic_store_explicit(&b->ratio, ratio, memory_order_relaxed);
+    atomic_store_explicit(&b->min_per_second, min_per_second, memory_order_relaxed);
+    atomic_store_explicit(&b->ratio_ppm, (uint64_t)llround(ratio * 1e6), memory_order_relaxed);
+    atomic_store_explicit(&b->floor, (uint64_t)min_per_second * (SC_RETRY_BUDGET_WINDOW_MS / 1000),
+                          memory_order_relaxed);
+}
+
+static uint64_t param(const _Atomic uint64_t *v)
+{
+    return atomic_load_explicit(v, memory_order_relaxed);
 }
 
 void sc_retry_budget_on_request(sc_retry_budget *b, uint64_t now_ms)
@@ -194,7 +205,7 @@ void sc_retry_budget_on_request(sc_retry_budget *b, uint64_t now_ms)
 
 static bool within(const sc_retry_budget *b, uint64_t requests, uint64_t retries)
 {
-    return retries < b->floor || retries * 1000000u < b->ratio_ppm * requests;
+    return retries < param(&b->floor) || retries * 1000000u < param(&b->ratio_ppm) * requests;
 }
 
 bool sc_retry_budget_try_acquire(sc_retry_budget *b, uint64_t now_ms)
@@ -230,11 +241,11 @@ void sc_retry_budget_snapshot(const sc_retry_budget *b, uint64_t now_ms, sc_retr
     out->requests = s[1];
     out->retries = s[3];
     /* smallest r with !(r < ratio * requests) is ceil(ratio * requests) */
-    uint64_t by_ratio = (b->ratio_ppm * s[1] + 999999u) / 1000000u;
-    out->allowance = SC_MAX(b->floor, by_ratio);
+    uint64_t by_ratio = (param(&b->ratio_ppm) * s[1] + 999999u) / 1000000u;
+    out->allowance = SC_MAX(param(&b->floor), by_ratio);
     out->remaining = out->allowance > out->retries ? out->allowance - out->retries : 0;
     out->granted = atomic_load_explicit(&b->granted, memory_order_relaxed);
     out->refused = atomic_load_explicit(&b->refused, memory_order_relaxed);
-    out->ratio = b->ratio;
-    out->min_per_second = b->min_per_second;
+    out->ratio = atomic_load_explicit(&b->ratio, memory_order_relaxed);
+    out->min_per_second = atomic_load_explicit(&b->min_per_second, memory_order_relaxed);
 }

@@ -98,11 +98,11 @@ bool sc_retry_pushback_acceptable(int64_t ms);
 #define SC_RETRY_BUDGET_WINDOW_MS 10000u
 
 typedef struct sc_retry_budget {
-    /* immutable after init */
-    double ratio;
-    uint32_t min_per_second;
-    uint64_t ratio_ppm;
-    uint64_t floor;               /* min_per_second * window seconds */
+    /* the parameters: set by init and sc_retry_budget_set (a policy reload) */
+    _Atomic double ratio;
+    _Atomic uint32_t min_per_second;
+    _Atomic uint64_t ratio_ppm;
+    _Atomic uint64_t floor;       /* min_per_second * window seconds */
     /* shared */
     sc_window window;             /* word 0 low: requests; word 1 low: retries */
     _Atomic uint64_t granted, refused; /* since init */
@@ -120,6 +120,10 @@ typedef struct sc_retry_budget_view {
 
 /* Not thread safe: before the budget is shared. ratio is clamped to [0, 100]. */
 void sc_retry_budget_init(sc_retry_budget *b, double ratio, uint32_t min_per_second);
+/* While shared (a policy reload, one thread at a time): new parameters for
+ * every later grant; the window's requests and retries stay, so the new
+ * ratio applies to the traffic of the last window at once. */
+void sc_retry_budget_set(sc_retry_budget *b, double ratio, uint32_t min_per_second);
 /* Counts one original request (never a retry). */
 void sc_retry_budget_on_request(sc_retry_budget *b, uint64_t now_ms);
 /* A retry is about to be scheduled: true (and counted) when the budget allows it. */

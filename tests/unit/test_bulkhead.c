@@ -94,6 +94,51 @@ static void test_no_queue(void **st)
     assert_string_equal(sc_bulkhead_result_name((sc_bulkhead_result)9), "?");
 }
 
+/* A policy reload changes the limits of a bulkhead in use: the slots held
+ * stay held, later admissions follow the new limits. */
+static void test_set_limits_keeps_counts(void **st)
+{
+    (void)st;
+    sc_bulkhead_policy p = pol(3, 0);
+    sc_bulkhead b;
+    sc_bulkhead_init(&b, &p);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sc_bulkhead_try_enter(&b), SC_BULKHEAD_ADMITTED);
+    p = pol(1, 1);
+    p.queue_timeout_ms = 75;
+    sc_bulkhead_set_limits(&b, &p);
+    sc_bulkhead_view v;
+    sc_bulkhead_snapshot(&b, &v);
+    assert_int_equal(v.active, 3); /* above the new limit until they leave */
+    assert_int_equal(v.max_concurrent, 1);
+    assert_int_equal(v.max_pending, 1);
+    assert_int_equal(v.queue_timeout_ms, 75);
+    assert_int_equal(v.admitted, 3);
+    assert_int_equal(sc_bulkhead_try_enter(&b), SC_BULKHEAD_QUEUE);
+    assert_int_equal(sc_bulkhead_try_enter(&b), SC_BULKHEAD_REJECT);
+    assert_true(sc_bulkhead_leave(&b));
+    assert_false(sc_bulkhead_try_promote(&b)); /* 2 active, limit 1 */
+    sc_bulkhead_leave(&b);
+    assert_false(sc_bulkhead_try_promote(&b));
+    sc_bulkhead_leave(&b);
+    assert_true(sc_bulkhead_try_promote(&b));  /* now under it */
+    /* raised again, and switched off: unlimited */
+    p = pol(5, 0);
+    sc_bulkhead_set_limits(&b, &p);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(sc_bulkhead_try_enter(&b), SC_BULKHEAD_ADMITTED);
+    assert_int_equal(sc_bulkhead_try_enter(&b), SC_BULKHEAD_REJECT);
+    p.enabled = false;
+    sc_bulkhead_set_limits(&b, &p);
+    assert_int_equal(sc_bulkhead_try_enter(&b), SC_BULKHEAD_ADMITTED);
+    sc_bulkhead_snapshot(&b, &v);
+    assert_int_equal(v.active, 6);
+    assert_int_equal(v.max_concurrent, UINT32_MAX);
+    assert_int_equal(v.queue_timeout_ms, 0);
+    sc_bulkhead_set_limits(&b, NULL);
+    assert_int_equal(sc_bulkhead_try_enter(&b), SC_BULKHEAD_ADMITTED);
+}
+
 static void test_disabled_is_unlimited(void **st)
 {
     (void)st;
@@ -265,6 +310,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_admit_queue_reject),
         cmocka_unit_test(test_no_queue),
+        cmocka_unit_test(test_set_limits_keeps_counts),
         cmocka_unit_test(test_disabled_is_unlimited),
         cmocka_unit_test(test_connection_cap),
         cmocka_unit_test(test_stress_never_exceeds),

@@ -222,6 +222,46 @@ static void test_snapshot_shrinks(void **st)
     assert_int_equal(fail_n(&o, &in[2], 2, 1, 30000), 1);
 }
 
+/* A policy reload changes the parameters of a detector in use: failure
+ * counts and ejections in force stay; the next outcomes follow the new
+ * parameters. */
+static void test_set_policy_keeps_state(void **st)
+{
+    (void)st;
+    sc_outlier_policy p = pol();
+    sc_outlier o;
+    sc_outlier_init(&o, &p);
+    sc_outlier_instance in[4];
+    for (int i = 0; i < 4; i++)
+        sc_outlier_instance_init(&in[i]);
+    assert_int_equal(fail_n(&o, &in[0], 4, 3, 1000), 0);
+    p.consecutive_failures = 4;
+    p.eject_for_ms = 10000;
+    p.max_eject_ms = 10000;
+    sc_outlier_set_policy(&o, &p);
+    assert_int_equal(fail_n(&o, &in[0], 4, 1, 1000), 1); /* the 4th in a row, counted across the change */
+    assert_int_equal(atomic_load(&in[0].ejected_until_ms), 11000);
+    /* detection off: no new ejection, the one in force ends at its time */
+    p.enabled = false;
+    sc_outlier_set_policy(&o, &p);
+    assert_int_equal(fail_n(&o, &in[1], 4, 10, 2000), 0);
+    assert_true(sc_outlier_is_ejected(&o, &in[0], 10999));
+    assert_false(sc_outlier_is_ejected(&o, &in[0], 11000));
+    sc_outlier_view v;
+    sc_outlier_snapshot(&o, 4, &v);
+    assert_int_equal(v.ejected_now, 0);
+    assert_int_equal(v.ejections_total, 1);
+    assert_int_equal(v.returns_total, 1);
+    /* on again with a cap of 25%: one of four */
+    p = pol();
+    p.consecutive_failures = 1;
+    p.max_ejected_percent = 25;
+    sc_outlier_set_policy(&o, &p);
+    assert_int_equal(sc_outlier_max_ejected(&o, 4), 1);
+    assert_int_equal(fail_n(&o, &in[2], 4, 1, 20000), 1);
+    assert_int_equal(fail_n(&o, &in[3], 4, 1, 20000), 0);
+}
+
 static void test_disabled(void **st)
 {
     (void)st;
@@ -328,6 +368,7 @@ int main(void)
         cmocka_unit_test(test_max_ejected_cap),
         cmocka_unit_test(test_snapshot_shrinks),
         cmocka_unit_test(test_disabled),
+        cmocka_unit_test(test_set_policy_keeps_state),
         cmocka_unit_test(test_threads_cap_and_reports),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -309,6 +309,35 @@ static void test_pushback_ceiling(void **st)
     assert_true(sc_retry_pushback_acceptable(ms));
 }
 
+/* A policy reload changes the budget's parameters; its window stays. */
+static void test_budget_set_keeps_window(void **st)
+{
+    (void)st;
+    sc_retry_budget b;
+    sc_retry_budget_init(&b, 0, 0);
+    for (int i = 0; i < 100; i++)
+        sc_retry_budget_on_request(&b, 1000);
+    assert_false(sc_retry_budget_try_acquire(&b, 1000));
+    sc_retry_budget_set(&b, 0.05, 0); /* 5% of the 100 requests already counted */
+    for (int i = 0; i < 5; i++)
+        assert_true(sc_retry_budget_try_acquire(&b, 1000));
+    assert_false(sc_retry_budget_try_acquire(&b, 1000));
+    sc_retry_budget_view v;
+    sc_retry_budget_snapshot(&b, 1000, &v);
+    assert_int_equal(v.requests, 100);
+    assert_int_equal(v.retries, 5);
+    assert_int_equal(v.granted, 5);
+    assert_int_equal(v.refused, 2);
+    assert_true(v.ratio == 0.05);
+    sc_retry_budget_set(&b, 0, 1); /* a floor of 1/s: 10 in the window, 5 used */
+    for (int i = 0; i < 5; i++)
+        assert_true(sc_retry_budget_try_acquire(&b, 1000));
+    assert_false(sc_retry_budget_try_acquire(&b, 1000));
+    sc_retry_budget_snapshot(&b, 1000, &v);
+    assert_int_equal(v.min_per_second, 1);
+    assert_int_equal(v.allowance, 10);
+}
+
 static void test_budget_floor(void **st)
 {
     (void)st;
@@ -540,6 +569,7 @@ int main(void)
         cmocka_unit_test(test_retry_after_parse),
         cmocka_unit_test(test_pushback_ceiling),
         cmocka_unit_test(test_budget_floor),
+        cmocka_unit_test(test_budget_set_keeps_window),
         cmocka_unit_test(test_budget_ratio),
         cmocka_unit_test(test_budget_window_sliding),
         cmocka_unit_test(test_budget_no_retry_storm),

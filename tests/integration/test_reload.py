@@ -1,0 +1,377 @@
+"""Reloading the configuration while running: the triggers (SIGHUP, POST
+/reload with the admin's checks, the file watch with its debounce), an
+invalid file that changes nothing and says why (log lines with file:line,
+/config, the failure counter), settings that apply live (log.level) and
+those that wait for a restart (workers, limits, ...) while the rest applies,
+and the hash of the configuration in use.
+"""
+
+import json
+import os
+import signal
+import time
+import unittest
+
+import harness
+from harness import SidecarTestCase, free_port, http_get, wait_until
+
+
+def sanitized_binary():
+    """True for a build with AddressSanitizer: its quarantine keeps freed
+    memory mapped, so RSS says nothing about leaks there (its leak check at
+    exit does)."""
+    with open(harness.sidecar_binary(), "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def total_reloads(state):
+    return sum(state["reloads"].values())
+
+
+class ReloadTestCase(SidecarTestCase):
+    """Helpers: write files next to a sidecar's sidecar.yaml and reload."""
+
+    def write(self, sc, rel, content):
+        """Writes a file of the sidecar's directory (a dict as YAML) the
+        way an editor saving in place does."""
+        path = os.path.join(sc.dir, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(content if isinstance(content, str) else harness.to_yaml(content))
+        return path
+
+    @staticmethod
+    def read(path):
+        with open(path) as f:
+            return f.read()
+
+    def state(self, sc):
+        return sc.config_json()["reload"]
+
+    def sighup(self, sc, timeout=5.0):
+        """SIGHUP, then the state once that reload is recorded."""
+        before = total_reloads(self.state(sc))
+        sc.send_signal(signal.SIGHUP)
+        got = {}
+
+        def done():
+            got["s"] = self.state(sc)
+            return total_reloads(got["s"]) > before
+        self.assertTrue(wait_until(done, timeout), "no reload recorded after SIGHUP\n" + sc.log_tail())
+        return got["s"]
+
+    def post_reload(self, sc, headers=None):
+        status, _, body = sc.admin("/reload", method="POST", data=b"", headers=headers)
+        return status, (json.loads(body) if body.startswith(b"{") else body)
+
+
+class ReloadValidationTest(ReloadTestCase):
+    """What reloads refuse, and the admin's trigger."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.peer = cls.class_http1_peer()
+
+    def start(self, extra=None):
+        admin, lp = free_port(), free_port()
+        cfg = harness.base_config(admin, upstreams=[harness.upstream("a", "http1", lp, [self.peer.port])])
+        cfg["policies"] = "policies"
+        cfg.update(extra or {})
+        sc = self.sidecar(cfg, name="reload", files={"policies/b.yaml": self.policy_b(free_port())})
+        return sc, lp
+
+    def policy_b(self, port, **extra):
+        p = harness.upstream("b", "http1", port, [self.peer.port])
+        p.update(extra)
+        return p
+
+    def test_invalid_files_change_nothing_and_say_why(self):
+        sc, lp = self.start()
+        before = sc.config_json()
+        b_path = os.path.join(sc.dir, "policies/b.yaml")
+        good_b = self.read(b_path)
+        # one broken policy file (two problems) and a bad value in sidecar.yaml
+        self.write(sc, "policies/b.yaml", good_b.replace("protocol: http1", "protocol: http9")
+                   .replace("connect: 250ms", "connect: 10"))
+        text = self.read(sc.config_path)
+        self.write(sc, "sidecar.yaml", text.replace("drain_timeout: 5s", "drain_timeout: soon"))
+        st = self.sighup(sc)
+        last = st["last"]
+        self.assertEqual(last["trigger"], "SIGHUP")
+        self.assertEqual(last["outcome"], "failed")
+        self.assertIsNone(last["changes"])
+        problems = "\n".join(last["problems"])
+        self.assertIn("policies/b.yaml:2: protocol: 'http9' is not valid", problems)
+        self.assertRegex(problems, r"policies/b\.yaml:\d+: timeouts\.connect: '10' is not a duration")
+        self.assertRegex(problems, r"sidecar\.yaml:\d+: drain_timeout: 'soon' is not a duration")
+        self.assertEqual(len(last["problems"]), 3, problems)
+        # each problem is in the log with file:line, and why nothing changed
+        log = sc.log_text()
+        for p in last["problems"]:
+            self.assertIn("reload (SIGHUP): " + p, log)
+        self.assertIn("the configuration is invalid (3 problems); still running the one in use (hash %s)"
+                      % before["reload"]["hash"], log)
+        # nothing changed: the configuration, its hash, the counters say so
+        after = sc.config_json()
+        self.assertEqual(after["reload"]["hash"], before["reload"]["hash"])
+        for k in ("upstreams", "drain_timeout", "workers"):
+            self.assertEqual(after[k], before[k])
+        self.assertEqual(after["reload"]["reloads"], {"applied": 0, "unchanged": 0, "failed": 1})
+        self.assertIsNone(after["reload"]["last_success"])
+        stats = sc.stats()
+        self.assertEqual(stats.value("sidecar_config_reload_failures_total"), 1)
+        self.assertEqual(stats.value("sidecar_config_reloads_total", outcome="failed"), 1)
+        self.assertEqual(stats.value("sidecar_config_info", hash=before["reload"]["hash"]), 1)
+        # still serving
+        self.assertEqual(http_get(lp, "/echo").status, 200)
+        # a YAML syntax error, the file missing: the same
+        self.write(sc, "sidecar.yaml", text + "workers: [\n")
+        st = self.sighup(sc)
+        self.assertEqual(st["last"]["outcome"], "failed")
+        self.assertIn("YAML syntax error", "\n".join(st["last"]["problems"]))
+        os.rename(sc.config_path, sc.config_path + ".gone")
+        st = self.sighup(sc)
+        self.assertEqual(st["last"]["outcome"], "failed")
+        self.assertIn("cannot read the configuration", st["last"]["problems"][0])
+        os.rename(sc.config_path + ".gone", sc.config_path)
+        # fixed again: the next reload is fine
+        self.write(sc, "sidecar.yaml", text)
+        self.write(sc, "policies/b.yaml", good_b)
+        st = self.sighup(sc)
+        self.assertEqual(st["last"]["outcome"], "unchanged")
+        self.assertEqual(st["last"]["problems"], [])
+        self.assertEqual(st["hash"], before["reload"]["hash"])
+        self.assertEqual(sc.stats().value("sidecar_config_reload_failures_total"), 3)
+
+    def test_admin_reload_trigger_and_its_checks(self):
+        sc, _ = self.start()
+        # state-changing: the admin's marker and Origin checks apply
+        for headers in ({}, {"X-Sidecar-Admin": "1", "Origin": "http://evil.example"},
+                        {"Content-Type": "text/plain"}):
+            status, body = self.post_reload(sc, headers=headers)
+            self.assertEqual(status, 403, (headers, body))
+        status, _, _ = sc.admin("/reload")
+        self.assertEqual(status, 405)
+        self.assertEqual(total_reloads(self.state(sc)), 0)
+        # marked: reloads now and answers with the state
+        status, body = self.post_reload(sc)
+        self.assertEqual(status, 200, body)
+        self.assertEqual(body["last"]["trigger"], "admin")
+        self.assertEqual(body["last"]["outcome"], "unchanged")
+        self.assertLess(body["last"]["duration_ms"], 100)
+        # an invalid file: 422 with the problems
+        self.write(sc, "policies/c.yaml", "upstream: c\n")
+        status, body = self.post_reload(sc)
+        self.assertEqual(status, 422, body)
+        self.assertEqual(body["last"]["outcome"], "failed")
+        self.assertTrue(body["last"]["problems"][0].endswith(
+            "/policies/c.yaml:1: protocol: missing required key 'protocol'"), body)
+        os.unlink(os.path.join(sc.dir, "policies/c.yaml"))
+        self.assertIn("POST /reload", sc.admin("/help")[2].decode())
+
+    def test_live_settings_and_restart_settings(self):
+        sc, lp = self.start()
+        before = sc.config_json()
+        text = self.read(sc.config_path)
+        changed = (text.replace("level: info", "level: debug").replace("workers: 2", "workers: 3")
+                   .replace("stream_buffer: 65536", "stream_buffer: 131072"))
+        self.assertNotEqual(changed, text)
+        self.write(sc, "sidecar.yaml", changed)
+        st = self.sighup(sc)
+        last = st["last"]
+        self.assertEqual(last["outcome"], "applied", last)
+        self.assertEqual(set(last["changes"]["settings"]), {"workers", "limits.stream_buffer", "log.level"})
+        self.assertEqual(last["applied_live"], ["log.level"])
+        self.assertEqual(set(st["needs_restart"]), {"workers", "limits.stream_buffer"})
+        # the log level is in effect at once; the rest waits for a restart
+        self.assertEqual(sc.admin("/log")[2].strip(), b"debug")
+        cfg = sc.config_json()
+        self.assertEqual(cfg["log"]["level"], "debug")
+        self.assertEqual(cfg["workers"], 2)
+        self.assertEqual(cfg["limits"]["stream_buffer"], 65536)
+        self.assertNotEqual(st["hash"], before["reload"]["hash"])
+        self.assertNotEqual(st["file_hash"], st["hash"])
+        self.assertEqual(sc.stats().value("sidecar_config_restart_pending"), 2)
+        log = sc.log_text()
+        self.assertIn("reload: log level now debug", log)
+        self.assertRegex(log, r"reload \(SIGHUP\): 2 changes take effect only after a restart: "
+                              r"\[\"workers\", ?\"limits\.stream_buffer\"\]")
+        # back as it was: nothing waits for a restart any more
+        self.write(sc, "sidecar.yaml", text)
+        st = self.sighup(sc)
+        self.assertEqual(st["last"]["outcome"], "applied")
+        self.assertEqual(st["needs_restart"], [])
+        self.assertEqual(st["hash"], before["reload"]["hash"])
+        self.assertEqual(st["file_hash"], st["hash"])
+        self.assertEqual(sc.admin("/log")[2].strip(), b"info")
+        self.assertEqual(http_get(lp, "/echo").status, 200)
+
+    def test_hash_follows_values_not_spelling(self):
+        sc, _ = self.start()
+        h = self.state(sc)["hash"]
+        self.assertRegex(h, r"^[0-9a-f]{16}$")
+        # the same values written otherwise: comments, key order, units
+        text = self.read(sc.config_path)
+        self.write(sc, "sidecar.yaml", "# a comment\n" + text.replace("drain_timeout: 5s", "drain_timeout: 5000ms"))
+        st = self.sighup(sc)
+        self.assertEqual(st["last"]["outcome"], "unchanged")
+        self.assertEqual(st["hash"], h)
+        # a restart with the same files: the same hash
+        sc.stop()
+        sc.start()
+        self.assertEqual(self.state(sc)["hash"], h)
+
+
+class ReloadWatchTest(ReloadTestCase):
+    """reload: {watch: true}: edits of sidecar.yaml and of policy files
+    reload by themselves, once per burst of changes."""
+
+    DEBOUNCE_MS = 150
+
+    @classmethod
+    def setUpClass(cls):
+        cls.peer = cls.class_http1_peer()
+
+    def start(self):
+        admin, lp = free_port(), free_port()
+        cfg = harness.base_config(admin)
+        cfg["policies"] = "policies"
+        cfg["reload"] = {"watch": True, "debounce": "%dms" % self.DEBOUNCE_MS}
+        pol = harness.upstream("a", "http1", lp, [self.peer.port])
+        sc = self.sidecar(cfg, name="watch", files={"policies/a.yaml": pol})
+        return sc, pol
+
+    def wait_reloads(self, sc, n, timeout=5.0):
+        got = {}
+
+        def done():
+            got["s"] = self.state(sc)
+            return total_reloads(got["s"]) >= n
+        self.assertTrue(wait_until(done, timeout), "%d reloads expected: %s\n%s"
+                        % (n, self.state(sc), sc.log_tail()))
+        return got["s"]
+
+    def test_policy_edits_reload_once_per_burst(self):
+        sc, pol = self.start()
+        st = self.state(sc)
+        self.assertTrue(st["watch"]["enabled"])
+        self.assertEqual(len(st["watch"]["paths"]), 2)
+        # a burst of writes: one reload, after the burst
+        t0 = time.monotonic()
+        for i in range(5):
+            pol["timeouts"]["request"] = "%ds" % (i + 2)
+            self.write(sc, "policies/a.yaml", pol)
+            time.sleep(0.02)
+        st = self.wait_reloads(sc, 1)
+        self.assertGreaterEqual(time.monotonic() - t0, self.DEBOUNCE_MS / 1000.0)
+        time.sleep(3 * self.DEBOUNCE_MS / 1000.0)
+        st = self.state(sc)
+        self.assertEqual(total_reloads(st), 1, st)
+        self.assertEqual(st["last"]["trigger"], "watch")
+        self.assertEqual(st["last"]["changes"]["upstreams"]["changed"], {"a": ["timeouts"]})
+        # an editor's save: a temporary file renamed over the policy
+        pol["timeouts"]["request"] = "9s"
+        tmp = self.write(sc, "policies/.a.yaml.swp", pol)
+        os.rename(tmp, os.path.join(sc.dir, "policies/a.yaml"))
+        st = self.wait_reloads(sc, 2)
+        self.assertEqual(st["last"]["outcome"], "applied")
+        # a new policy file, then sidecar.yaml itself
+        self.write(sc, "policies/b.yaml", harness.upstream("b", "http1", free_port(), [self.peer.port]))
+        st = self.wait_reloads(sc, 3)
+        self.assertEqual(st["last"]["changes"]["upstreams"]["added"], ["b"])
+        text = self.read(sc.config_path)
+        self.write(sc, "sidecar.yaml", text.replace("level: info", "level: debug"))
+        st = self.wait_reloads(sc, 4)
+        self.assertEqual(st["last"]["applied_live"], ["log.level"])
+        # files that are no policy: nothing
+        self.write(sc, "policies/notes.txt", "hello\n")
+        self.write(sc, "other.txt", "hello\n")
+        time.sleep(3 * self.DEBOUNCE_MS / 1000.0)
+        self.assertEqual(total_reloads(self.state(sc)), 4)
+        # a broken save is refused like any reload; the fix is picked up
+        self.write(sc, "policies/b.yaml", "upstream: b\nprotocol: [\n")
+        st = self.wait_reloads(sc, 5)
+        self.assertEqual(st["last"]["outcome"], "failed")
+        self.assertIn("policies/b.yaml", st["last"]["problems"][0])
+        os.unlink(os.path.join(sc.dir, "policies/b.yaml"))
+        st = self.wait_reloads(sc, 6)
+        self.assertEqual(st["last"]["outcome"], "applied")
+
+    def test_watch_turned_off_by_a_reload(self):
+        sc, _ = self.start()
+        text = self.read(sc.config_path)
+        self.write(sc, "sidecar.yaml", text.replace("watch: true", "watch: false"))
+        st = self.wait_reloads(sc, 1)
+        self.assertEqual(st["last"]["applied_live"], ["reload.watch"])
+        self.assertFalse(st["watch"]["enabled"])
+        self.write(sc, "sidecar.yaml", text)   # not seen any more
+        time.sleep(3 * self.DEBOUNCE_MS / 1000.0)
+        self.assertEqual(total_reloads(self.state(sc)), 1)
+        st = self.sighup(sc)                   # SIGHUP still works, and turns it on again
+        self.assertTrue(st["watch"]["enabled"])
+
+
+class ReloadMemoryTest(ReloadTestCase):
+    """Many reloads alternating two policy sets (timeouts, retry conditions,
+    breaker thresholds, one upstream added and removed): memory stays flat
+    and every configuration a reload loaded is freed (the ASan build of the
+    suite reports any leak at exit)."""
+
+    RELOADS = 1000
+
+    @classmethod
+    def setUpClass(cls):
+        cls.peer = cls.class_http1_peer()
+
+    def policy_sets(self, ports):
+        def pol(name, port, request, on, rate):
+            return harness.upstream(name, "http1", port, [self.peer.port], timeouts={"request": request},
+                                    retries={"max_attempts": 2, "on": on},
+                                    circuit_breaker={"failure_rate": rate, "min_calls": 50})
+        a = {n: pol(n, ports[n], "5s", ["connect-failure"], "50%") for n in ("a", "b", "c")}
+        b = {n: pol(n, ports[n], "3s", ["connect-failure", "gateway-error"], "70%") for n in ("a", "b", "c")}
+        b["extra"] = pol("extra", ports["extra"], "1s", ["reset"], "90%")
+        return [{n: harness.to_yaml(p) for n, p in a.items()}, {n: harness.to_yaml(p) for n, p in b.items()}]
+
+    def test_memory_flat_over_many_reloads(self):
+        ports = {n: free_port() for n in ("a", "b", "c", "extra")}
+        sets = self.policy_sets(ports)
+        cfg = harness.base_config(free_port())
+        cfg["policies"] = "policies"
+        sc = self.sidecar(cfg, name="memory", files={"policies/%s.yaml" % n: t for n, t in sets[0].items()})
+        pdir = os.path.join(sc.dir, "policies")
+
+        def switch(i):
+            want = sets[i % 2]
+            for n in ("a", "b", "c", "extra"):
+                path = os.path.join(pdir, n + ".yaml")
+                if n in want:
+                    with open(path, "w") as f:
+                        f.write(want[n])
+                elif os.path.exists(path):
+                    os.unlink(path)
+            status, body = self.post_reload(sc)
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["last"]["outcome"], "applied", body["last"])
+            return body
+        deadline = time.monotonic() + 120
+        for i in range(1, 11):
+            switch(i)
+        rss10 = sc.rss_kib()
+        durations = []
+        for i in range(11, self.RELOADS + 1):
+            body = switch(i)
+            durations.append(body["last"]["duration_ms"])
+            self.assertLess(time.monotonic(), deadline, "reloads too slow: %d done" % i)
+        rss = sc.rss_kib()
+        st = self.state(sc)
+        self.assertEqual(st["reloads"]["applied"], self.RELOADS)
+        durations.sort()
+        print("\n%d reloads: RSS after 10 %d KiB, after %d %d KiB; reload p50 %.2f ms, max %.2f ms"
+              % (self.RELOADS, rss10, self.RELOADS, rss, durations[len(durations) // 2], durations[-1]))
+        if not sanitized_binary():
+            self.assertLessEqual(rss - rss10, 1024, "RSS grew by %d KiB" % (rss - rss10))
+
+
+if __name__ == "__main__":
+    unittest.main()
