@@ -256,7 +256,8 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
         if (sc_msg_add(s, m, hd->name.p, hd->name.len, hd->value.p, hd->value.len) < 0)
             return -ENOMEM;
     }
-    if (d->caller.identity && c->route->inbound && sc_msg_add(s, m, idh, idh_len, d->caller.identity, strlen(d->caller.identity)) < 0)
+    const char *id = d->caller.identity;
+    if (id && c->route->inbound && sc_msg_add(s, m, idh, idh_len, id, strlen(id)) < 0)
         return -ENOMEM;
     if (h->te_trailers) {
         s->down_te_trailers = true;

@@ -120,7 +120,7 @@ typedef struct sc_attempt_outcome {
     bool gateway_failure;           /* counts against the instance: connect failure, reset, refused
                                      * stream, 502/503/504, gRPC UNAVAILABLE */
     bool cancelled;                 /* cut because the caller went away: says nothing of the instance */
-    uint64_t start_ns, end_ns;      /* start: SC_PIPE_TIMINGS routes only (always, for an observer) */
+    uint64_t start_ns, end_ns;      /* sc_now_ns() values */
 } sc_attempt_outcome;
 
 typedef struct sc_stage {
@@ -148,12 +148,12 @@ typedef struct sc_observer {
 #define SC_PIPELINE_MAX 8
 
 enum {
-    SC_PIPE_HEAD = 1u << 2,         /* some observer has on_response_head */
-    SC_PIPE_ATTEMPT_END = 1u << 3,  /* ... on_attempt_end */
-    SC_PIPE_COMPLETE = 1u << 4,     /* ... on_complete */
+    SC_PIPE_HEAD = 1u << 0,         /* some observer has on_response_head */
+    SC_PIPE_ATTEMPT_END = 1u << 1,  /* ... on_attempt_end */
+    SC_PIPE_COMPLETE = 1u << 2,     /* ... on_complete */
     /* Some observer hears about attempts or the end: the stream takes the
      * timings the outcomes carry (attempt and upstream start, first byte). */
-    SC_PIPE_TIMINGS = 1u << 5,
+    SC_PIPE_TIMINGS = 1u << 3,
 };
 
 typedef struct sc_pipeline {
@@ -175,7 +175,7 @@ void sc_stage_park(sc_stream *s, sc_link *list, uint64_t timeout_ms);
 /* A parked stream's verdict, exactly once (GO: the next stage runs now,
  * then the first attempt; DENY: the sidecar answers with `fail`). */
 void sc_admit_resume(sc_stream *s, sc_stage_verdict v, sc_fail fail);
-/* The stream parked at stage `st` on this list entry (for walking a list). */
+/* The parked stream a stage's list entry belongs to (for walking the list). */
 static inline sc_stream *sc_parked_stream(sc_link *l) { return SC_CONTAINER_OF(l, sc_stream, park_link); }
 /* The parked stream's word (the stage at which it waits). */
 static inline uint64_t *sc_parked_word(sc_stream *s) { return &s->stage_word[s->stage_pos]; }
