@@ -95,6 +95,8 @@ EOF
         vpid=$!; PIDS+=($vpid)
         wait_port "$PA" || { echo "$bin did not start: $(tail -5 "$WORK/sidecar.log")" >&2; exit 1; }
         port=$([[ $l == grpc ]] && echo "$PG" || echo "$PH")
+        wait_port "$port" || { echo "$bin: listener $port did not open" >&2; exit 1; }
+        curl -s -o /dev/null --max-time 30 "http://127.0.0.1:$PA/ready" || true
         load "$l" "$port" $((N / 10)) >/dev/null
         callgrind_control -i on "$vpid" >/dev/null
         res=$(load "$l" "$port" "$N")
