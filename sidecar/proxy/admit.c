@@ -27,6 +27,7 @@ static const sc_stage *const registry_stages[] = {
 
 static const sc_observer *const registry_observers[] = {
     &sc_observer_outlier,   /* outbound, outlier: consecutive gateway failures eject an instance */
+    &sc_observer_access,    /* every route: access log line, failure ring, trace spans (obs_access.c) */
 };
 
 _Static_assert(SC_ARRAY_LEN(registry_stages) <= SC_PIPELINE_MAX, "more stages than a pipeline holds");

@@ -11,6 +11,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "proxy/codec.h"
+#include "proxy/obs_access.h"
 #include "proxy/stage.h"
 #include "sidecar.h"
 
@@ -28,7 +29,7 @@ static bool is_gateway_failure(const sc_stream *s)
     return s->req.is_grpc && s->grpc_status == SC_GRPC_UNAVAILABLE;
 }
 
-void sc_attempt_end(sc_stream *s, bool cancelled)
+static void attempt_end(sc_stream *s, bool cancelled, bool retried)
 {
     sc_instance_state *st = s->inst;
     if (!st)
@@ -45,11 +46,14 @@ void sc_attempt_end(sc_stream *s, bool cancelled)
         .fail = s->fail,
         .gateway_failure = !cancelled && is_gateway_failure(s),
         .cancelled = cancelled,
+        .retried = retried,
         .start_ns = s->try_start_ns,
         .end_ns = sc_now_ns(),
     };
     sc_observe_attempt_end(s, &a);
 }
+
+void sc_attempt_end(sc_stream *s, bool cancelled) { attempt_end(s, cancelled, false); }
 
 void sc_attempt_detach(sc_stream *s)
 {
@@ -140,6 +144,8 @@ bool sc_attempt_retry(sc_stream *s, uint32_t cond, int http, int grpc)
     if (!s->replayable && s->req_sent > 0)
         return false; /* the body that went out was not kept (beyond retries.buffer_limit) */
     int64_t push = pushback_ms(s);
+    if (push) /* on the attempt that got it: its span is still open */
+        sc_obs_trace_event(s, SC_EV_PUSHBACK, push, true);
     if (push < 0)
         return false; /* the upstream asked not to be retried */
     sc_worker *w = s->w;
@@ -155,11 +161,13 @@ bool sc_attempt_retry(sc_stream *s, uint32_t cond, int http, int grpc)
     sc_route_stats *rs = &w->stats->routes[s->route->index];
     if (!sc_retry_budget_try_acquire(&s->route->budget, sc_now_ms())) {
         SC_STAT_INC(rs->retry_budget_exhausted);
+        sc_obs_trace_event(s, SC_EV_BUDGET_EXHAUSTED, -1, false);
         return false;
     }
     SC_STAT_INC(rs->retries);
-    sc_attempt_end(s, false);
+    attempt_end(s, false, true);
     sc_attempt_detach(s);
+    sc_obs_trace_event(s, SC_EV_BACKOFF, (int64_t)delay, false);
     /* Remember where this attempt went so the next one prefers another instance. */
     SC_DEBUG("upstream %s: attempt %u failed (http %d, grpc %d, %s); retrying in %llums", s->route->name, s->attempt,
              http, grpc, s->fail ? sc_fail_reason(s->fail) : "response", (unsigned long long)delay);
@@ -281,6 +289,7 @@ void sc_attempt_begin(sc_stream *s)
         sc_stream_upstream_failed(s, SC_FAIL_NO_INSTANCE);
         return;
     }
+    sc_obs_attempt_start(s); /* its span, its trace headers */
     uint64_t per_try = s->route->timeouts->per_try_ms;
     if (per_try && (!s->deadline_ns || per_try * 1000000u < sc_stream_remaining_ns(s))) {
         ev_timer_set(&s->try_timer, (double)per_try / 1000.0, 0);

@@ -126,6 +126,8 @@ static int local_reply(sc_stream *s, sc_fail why)
             return -ENOMEM;
         sc_msg_add(s, m, "grpc-message", 12, enc, elen); /* these two may be missing, the status may not */
         sc_msg_add(s, m, "x-sidecar-reason", 16, fi->reason, strlen(fi->reason));
+        if (s->request_id_len)
+            sc_msg_add(s, m, "x-request-id", 12, s->request_id, s->request_id_len);
         if (fallback)
             add_headers(s, m, bp->fallback_grpc_metadata, bp->n_fallback_grpc_metadata);
         return 0;
@@ -146,6 +148,8 @@ static int local_reply(sc_stream *s, sc_fail why)
     if (!sc_msg_find(m, "content-type")) /* a fallback may bring its own */
         sc_msg_add(s, m, "content-type", 12, "text/plain; charset=utf-8", 25);
     sc_msg_add(s, m, "x-sidecar-reason", 16, fi->reason, strlen(fi->reason));
+    if (s->request_id_len)
+        sc_msg_add(s, m, "x-request-id", 12, s->request_id, s->request_id_len);
     if (!(s->flags & SC_ST_F_HEAD_REQ) && n) {
         if (sc_buf_reserve(s->w, &s->respp.buf, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)n)) == 0 &&
             sc_buf_space(&s->respp.buf) >= n) {

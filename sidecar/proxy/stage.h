@@ -120,7 +120,8 @@ typedef struct sc_attempt_outcome {
     bool gateway_failure;           /* counts against the instance: connect failure, reset, refused
                                      * stream, 502/503/504, gRPC UNAVAILABLE */
     bool cancelled;                 /* cut because the caller went away: says nothing of the instance */
-    uint64_t start_ns, end_ns;      /* sc_now_ns() values */
+    bool retried;                   /* failed, and another attempt follows */
+    uint64_t start_ns, end_ns;      /* start: SC_PIPE_TIMINGS routes only (always, for an observer) */
 } sc_attempt_outcome;
 
 typedef struct sc_stage {
@@ -182,7 +183,7 @@ static inline uint64_t *sc_parked_word(sc_stream *s) { return &s->stage_word[s->
 
 /* The registry (admit.c). */
 extern const sc_stage sc_stage_allow, sc_stage_authz, sc_stage_breaker, sc_stage_retry_budget, sc_stage_bulkhead;
-extern const sc_observer sc_observer_outlier;
+extern const sc_observer sc_observer_outlier, sc_observer_access;
 
 /* Worker hooks of the built-in stages (worker.c calls them). */
 void sc_stage_authz_wake(sc_worker *w);           /* a Consul lookup this worker waits for ended */

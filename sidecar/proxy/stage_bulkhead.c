@@ -14,6 +14,7 @@
  * Every route has it, enabled or not: a disabled bulkhead admits everything
  * and still counts the requests in flight for /stats and /clusters.
  */
+#include "proxy/obs_access.h"
 #include "proxy/stage.h"
 
 #include "sidecar.h"
@@ -41,6 +42,7 @@ static sc_stage_verdict admit(sc_stream *s, const void *conf, uint64_t *word, sc
         sc_worker *w = s->w;
         uint64_t qt = r->policy ? r->policy->bulkhead.queue_timeout_ms : 0;
         sc_stage_park(s, &sc_rstate(w, r)->waiters, qt ? qt : NO_QUEUE_TIMEOUT_MS);
+        sc_obs_trace_event(s, SC_EV_BULKHEAD_QUEUED, (int64_t)atomic_load_explicit(&r->bulkhead.pending, memory_order_relaxed), false);
         if (!ev_is_active(&w->promote))
             ev_timer_again(w->loop, &w->promote);
         return SC_STAGE_PARK;
@@ -71,8 +73,11 @@ static void cancel(sc_stream *s, const void *conf, uint64_t *word)
 static void promote(sc_worker *w, sc_route *r)
 {
     sc_route_state *rs = sc_rstate(w, r);
-    while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead))
-        sc_admit_resume(sc_parked_stream(rs->waiters.next), SC_STAGE_GO, SC_FAIL_NONE);
+    while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
+        sc_stream *s = sc_parked_stream(rs->waiters.next);
+        sc_obs_trace_event(s, SC_EV_BULKHEAD_ADMITTED, (int64_t)((sc_now_ns() - s->start_ns) / 1000000u), false);
+        sc_admit_resume(s, SC_STAGE_GO, SC_FAIL_NONE);
+    }
 }
 
 static void release(sc_stream *s, const void *conf, uint64_t *word)

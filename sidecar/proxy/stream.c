@@ -8,6 +8,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "proxy/codec.h"
+#include "proxy/obs_access.h"
 #include "proxy/stage.h"
 #include "sidecar.h"
 
@@ -447,6 +448,7 @@ void sc_stream_start(sc_stream *s)
         ev_timer_set(&s->timer, (double)limit_ns / 1e9, 0);
         ev_timer_start(w->loop, &s->timer);
     }
+    sc_obs_stream_head(s); /* x-request-id, trace context */
     sc_admit_start(s);
 }
 
@@ -457,5 +459,6 @@ void sc_stream_refuse(sc_stream *s, sc_fail why)
     SC_STAT_INC(rs->active_requests);
     s->flags |= SC_ST_F_UP_STARTED;
     s->pipe = s->route->pipeline; /* its observers hear of it; no stage ran */
+    sc_obs_stream_head(s);        /* its answer carries the request ID */
     sc_stream_upstream_failed(s, why);
 }

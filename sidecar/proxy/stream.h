@@ -184,6 +184,15 @@ struct sc_stream {
     uint8_t refused_resends;        /* re-sends of this attempt after REFUSED_STREAM (up_h2.c bounds them) */
     uint32_t refused_attempt;       /* the attempt refused_resends counts for */
     int up_send_error;              /* nghttp2 could not send this attempt's request head (its error), 0 none */
+    /* observability (obs_access.c), set at the request head */
+    const char *request_id;         /* x-request-id as forwarded (arena), NULL: not set yet */
+    uint8_t request_id_len;
+    bool down_tls;                  /* the caller's side was TLS */
+    uint16_t trace_hdr_base;        /* s->req.hdrs index where the attempt's trace headers begin */
+    uint32_t attempts_sent;         /* attempts an instance was picked for */
+    const char *caller_id;          /* the caller's verified identity (arena), NULL: none */
+    struct sc_trace_req *trace;     /* arena; only when tracing is on (NULL: pays nothing) */
+    uint64_t up_end_ns;             /* the last attempt ended */
     _Alignas(8) char inline_arena[2048]; /* sc_arena hands out 8-byte aligned blocks from here */
 };
 

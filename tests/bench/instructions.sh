@@ -3,7 +3,13 @@
 # sidecar binaries, counted by valgrind's callgrind over a fixed number of
 # requests: the A/B comparison for a change that must not cost CPU.
 #
-#   tests/bench/instructions.sh [-n REQUESTS] [--loads grpc,http1] BINARY [BINARY...]
+#   tests/bench/instructions.sh [-n REQUESTS] [--loads grpc,http1] [--config-extra FILE]... BINARY [BINARY...]
+#
+# --config-extra FILE: a configuration variant, FILE appended to the
+# sidecar's YAML (top-level sections such as access_log: or tracing:); each
+# one given is measured besides the plain configuration, and the ratio
+# column gives its instructions per request against the plain one (same
+# binary, same load): the cost of a feature (tests/bench/variants/).
 #
 # Why instructions: CPU time per request (run.sh) needs a quiet machine and
 # several runs to see a 2% difference; an instruction count over the same
@@ -23,9 +29,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 N=20000
 LOADS=grpc,http1
 BINS=()
+EXTRAS=("")
 while (($#)); do
     case $1 in
         -n) N=$2; shift 2 ;;
+        --config-extra) EXTRAS+=("$(readlink -f "$2")"); shift 2 ;;
         --loads) LOADS=$2; shift 2 ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) BINS+=("$(readlink -f "$1")"); shift ;;
@@ -63,10 +71,12 @@ load() { # load KIND PORT COUNT
     esac
 }
 
-printf '| binary | load | requests | 2xx | instructions/request |\n|---|---|---:|---:|---:|\n'
+printf '| binary | config | load | requests | 2xx | instructions/request | ratio |\n|---|---|---|---:|---:|---:|---:|\n'
+declare -A BASE
 for bin in "${BINS[@]}"; do
-    IFS=, read -ra loads <<<"$LOADS"
-    for l in "${loads[@]}"; do
+  IFS=, read -ra loads <<<"$LOADS"
+  for l in "${loads[@]}"; do
+    for extra in "${EXTRAS[@]}"; do
         PA=$(free_port); PG=$(free_port); PH=$(free_port)
         cat >"$WORK/sidecar.yaml" <<EOF
 service: {name: bench}
@@ -77,6 +87,7 @@ upstreams:
   - {upstream: grpc-backend, protocol: grpc, listen: "127.0.0.1:$PG", discovery: {static: ["127.0.0.1:$BG"]}, timeouts: {connect: 1s, request: 30s, idle: 60s}}
   - {upstream: http-backend, protocol: http1, listen: "127.0.0.1:$PH", discovery: {static: ["127.0.0.1:$BH"]}, timeouts: {connect: 1s, request: 30s, idle: 60s}}
 EOF
+        [[ -z $extra ]] || cat "$extra" >>"$WORK/sidecar.yaml"
         out="$WORK/callgrind.out"
         rm -f "$out"*
         valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \
@@ -84,6 +95,8 @@ EOF
         vpid=$!; PIDS+=($vpid)
         wait_port "$PA" || { echo "$bin did not start: $(tail -5 "$WORK/sidecar.log")" >&2; exit 1; }
         port=$([[ $l == grpc ]] && echo "$PG" || echo "$PH")
+        wait_port "$port" || { echo "$bin: listener $port did not open" >&2; exit 1; }
+        curl -s -o /dev/null --max-time 30 "http://127.0.0.1:$PA/ready" || true
         load "$l" "$port" $((N / 10)) >/dev/null
         callgrind_control -i on "$vpid" >/dev/null
         res=$(load "$l" "$port" "$N")
@@ -93,7 +106,10 @@ EOF
         ok=$(sed -n 's/.* \([0-9]*\) 2xx.*/\1/p' <<<"$res" | head -1)
         ir=$(cat "$out".* 2>/dev/null | sed -n 's/^totals: *\([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s+0}')
         kill "$vpid" 2>/dev/null || true; wait "$vpid" 2>/dev/null || true
-        printf '| %s | %s | %d | %s | %s |\n' "$bin" "$l" "$N" "${ok:-?}" \
-            "$(awk -v ir="$ir" -v n="$N" 'BEGIN {printf "%.0f", ir / n}')"
+        per=$(awk -v ir="$ir" -v n="$N" 'BEGIN {printf "%.0f", ir / n}')
+        [[ -n $extra ]] || BASE["$bin/$l"]=$per
+        printf '| %s | %s | %s | %d | %s | %s | %s |\n' "$bin" "${extra:+$(basename "$extra")}" "$l" "$N" \
+            "${ok:-?}" "$per" "$(awk -v a="$per" -v b="${BASE["$bin/$l"]}" 'BEGIN {printf "%.3f", a / b}')"
     done
+  done
 done

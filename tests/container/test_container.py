@@ -342,7 +342,7 @@ class ImageTest(PodmanTestCase):
         os.makedirs(d)
         with open(os.path.join(d, "sidecar.yaml"), "w") as f:
             # Outbound only: with an inbound section /ready would also wait for an app.
-            f.write("service: {name: timing}\nadmin: {listen: \"0.0.0.0:19000\"}\n"
+            f.write("service: {name: timing}\nadmin: {listen: \"0.0.0.0:19000\", allow_remote: true}\n"
                     "upstreams: [{upstream: u, protocol: http1, listen: \"127.0.0.1:9191\",\n"
                     "             discovery: {static: [\"127.0.0.1:8080\"]}}]\n")
         name = "sc-test-image"

@@ -14,12 +14,13 @@ sample ratio.
 
 TwoSidecarTraceTest is the end-to-end case: a call through two sidecars
 whose first attempt fails at the app and is retried yields one connected
-trace. It needs the request path to report its spans (the outcome
-observers) and is skipped until the binary does.
+trace.
 """
 
 import json
 import os
+import shutil
+import tempfile
 import subprocess
 import sys
 import time
@@ -267,8 +268,6 @@ class SidecarTracingConfigTest(SidecarTestCase):
             self.assertIn(field, out)
 
 
-@unittest.skip("needs the request path to report spans (outcome observers, attempt lifecycle): "
-               "remove this skip when the glue is in")
 class TwoSidecarTraceTest(SidecarTestCase):
     """app client -> sidecar A (outbound 'api', retries on 5xx) -> sidecar B
     (inbound) -> app B, whose first call fails with 503. Expected trace:
@@ -300,7 +299,7 @@ class TwoSidecarTraceTest(SidecarTestCase):
         from fault_client import http_call
         out = http_call(a_out, "/items/1", [("x-fault-key", "trace-1"), ("x-fault-fail-first", "1")])
         self.assertEqual(out.code, 200)
-        spans = collector.wait_spans(8, timeout=10)
+        spans = collector.wait_spans(7, timeout=10)  # A: request + 2 attempts; B: 2 x (server + attempt)
         self.assertEqual(collector.violations, [])
         traces = collector.traces()
         self.assertEqual(len(traces), 1, "one connected trace")
@@ -325,6 +324,90 @@ class TwoSidecarTraceTest(SidecarTestCase):
         self.assertEqual(len(calls), 2)
         for call in calls:
             self.assertTrue(call["headers"]["traceparent"].startswith("00-%s-" % tid))
+
+
+class TracingOneSidecarTest(SidecarTestCase):
+    """Propagation formats, invalid context, sampling, and the access log's
+    trace fields, through one sidecar to an echoing app."""
+
+    def start(self, **tracing):
+        self.collector = OtlpCollector()
+        self.collector.start()
+        self.addCleanup(self.collector.stop)
+        app = self.http1_peer("app")
+        self.port = free_port()
+        self.logdir = tempfile.mkdtemp(prefix="sc-it-tr-")
+        self.addCleanup(shutil.rmtree, self.logdir, True)
+        cfg = harness.base_config(free_port(), upstreams=[harness.upstream("app", "http1", self.port, [app.port])],
+                                  name="web")
+        cfg["tracing"] = dict({"endpoint": self.collector.url, "batch_interval": "100ms", "sample_ratio": 1}, **tracing)
+        cfg["access_log"] = {"destination": "file", "path": os.path.join(self.logdir, "a.log"),
+                             "flush_interval": "10ms"}
+        self.sc = self.sidecar(cfg)
+
+    def call(self, headers=()):
+        from fault_client import http_call
+        out = http_call(self.port, "/echo", list(headers))
+        self.assertEqual(out.code, 200)
+        return {k.lower(): v for k, v in json.loads(out.body)["headers"]}, [k.lower() for k, _ in json.loads(out.body)["headers"]]
+
+    def test_b3_in_w3c_and_b3_out_access_log_ids(self):
+        self.start(propagation={"in": ["w3c", "b3", "b3multi"], "out": ["w3c", "b3"]})
+        tid, parent = "80f198ee56343ba864fe8b2a57d3eff7", "e457b5a2e4d86bd1"
+        seen, names = self.call([("b3", "%s-%s-1" % (tid, parent))])
+        self.assertEqual(names.count("b3"), 1)
+        self.assertRegex(seen["traceparent"], r"^00-%s-[0-9a-f]{16}-01$" % tid)
+        attempt_id = seen["traceparent"].split("-")[2]
+        b3 = seen["b3"].split("-")
+        self.assertEqual((b3[0], b3[1], b3[2]), (tid, attempt_id, "1"))
+        spans = self.collector.wait_spans(2, timeout=10)
+        self.assertEqual(self.collector.violations, [])
+        by_id = {s["spanId"]: s for s in spans}
+        att = by_id[attempt_id]
+        req = by_id[att["parentSpanId"]]
+        self.assertEqual((req["traceId"], req["parentSpanId"], req["kind"]), (tid, parent, 3))
+        self.assertEqual(b3[3], req["spanId"])
+        self.assertEqual(att["attributes"]["sidecar.outcome"], "ok")
+        self.assertEqual(req["attributes"]["sidecar.request_id"], seen["x-request-id"])
+        problems, _ = self.collector.check_trace(tid, remote_root=True)
+        self.assertEqual(problems, [])
+        with open(os.path.join(self.logdir, "a.log")) as f:
+            (line,) = [json.loads(l) for l in f.read().splitlines()]
+        self.assertEqual((line["trace_id"], line["span_id"]), (tid, req["spanId"]))
+
+    def test_invalid_traceparent_starts_a_new_trace(self):
+        self.start()
+        bad = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-zz"
+        seen, names = self.call([("traceparent", bad), ("tracestate", "k=v")])
+        self.assertEqual(names.count("traceparent"), 1)
+        self.assertNotIn("tracestate", seen)
+        tid = seen["traceparent"].split("-")[1]
+        self.assertNotEqual(tid, "4bf92f3577b34da6a3ce929d0e0e4736")
+        spans = self.collector.wait_spans(2, timeout=10, trace_id=tid)
+        root = [s for s in spans if not s.get("parentSpanId")]
+        self.assertEqual(len(root), 1)
+        self.assertEqual(self.collector.check_trace(tid)[0], [])
+
+    def test_sampling_ratio_zero_follows_the_parent(self):
+        self.start(sample_ratio=0)
+        seen, _ = self.call()
+        self.assertRegex(seen["traceparent"], r"-00$")  # not sampled, still a new span ID onward
+        seen, _ = self.call([("traceparent", CALLER_TP)])  # the caller sampled: recorded
+        self.assertRegex(seen["traceparent"], r"^00-4bf92f3577b34da6a3ce929d0e0e4736-[0-9a-f]{16}-01$")
+        self.collector.wait_spans(2, timeout=10)
+        time.sleep(0.5)
+        self.assertEqual({s["traceId"] for s in self.collector.get_spans()}, {"4bf92f3577b34da6a3ce929d0e0e4736"})
+
+    def test_sampling_ratio_half(self):
+        self.start(sample_ratio=0.5)
+        sampled = 0
+        for _ in range(40):
+            seen, _ = self.call()
+            sampled += seen["traceparent"].endswith("-01")
+        self.assertTrue(5 <= sampled <= 35, sampled)
+        self.collector.wait_spans(2 * sampled, timeout=10)
+        time.sleep(0.5)
+        self.assertEqual(len(self.collector.traces()), sampled)
 
 
 if __name__ == "__main__":

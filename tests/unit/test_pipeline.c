@@ -131,18 +131,20 @@ static void test_pipelines_follow_the_config(void **state)
     /* No tls.allow, no tls.authorize: the inbound route has its bulkhead only. */
     names(in->pipeline, false, buf, sizeof(buf));
     assert_string_equal(buf, "bulkhead");
+    /* The access observer is on every route (the failure rings are always on). */
     names(in->pipeline, true, buf, sizeof(buf));
-    assert_string_equal(buf, "");
+    assert_string_equal(buf, "access-log");
     /* Every outbound route has a breaker and a bulkhead (counted even when disabled). */
     names(plain->pipeline, false, buf, sizeof(buf));
     assert_string_equal(buf, "circuit-breaker,bulkhead");
     names(plain->pipeline, true, buf, sizeof(buf));
-    assert_string_equal(buf, "");
-    assert_int_equal(plain->pipeline->hooks, 0); /* no observer: no timings taken */
+    assert_string_equal(buf, "access-log");
+    /* the access observer hears attempts and completions, with their timings */
+    assert_true(plain->pipeline->hooks & SC_PIPE_TIMINGS);
     names(guarded->pipeline, false, buf, sizeof(buf));
     assert_string_equal(buf, "circuit-breaker,retry-budget,bulkhead");
     names(guarded->pipeline, true, buf, sizeof(buf));
-    assert_string_equal(buf, "outlier-detection");
+    assert_string_equal(buf, "outlier-detection,access-log");
     assert_true(guarded->pipeline->hooks & SC_PIPE_ATTEMPT_END);
     assert_true(guarded->pipeline->hooks & SC_PIPE_TIMINGS);
     /* settle goes to the breaker, release to the bulkhead, by position */
