@@ -123,6 +123,18 @@ static void add_pending(json_t *pending, const char *name)
     json_array_append_new(pending, json_string(path));
 }
 
+static bool listed(const json_t *ups, const char *name)
+{
+    size_t i;
+    json_t *u;
+    json_array_foreach(ups, i, u) {
+        const char *n = json_string_value(json_object_get(u, "upstream"));
+        if (n && strcmp(n, name) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* e's upstreams become the policies the routes run: an upstream the
  * process does not run (added) goes, one it still runs (removed, or with a
  * change that did not apply) shows as it runs; each such is pending. */
@@ -146,9 +158,7 @@ static void running_upstreams(sidecar *sc, json_t *e, json_t *pending)
     }
     for (size_t k = 0; k < sc->n_routes; k++) {
         sc_route *rt = &sc->routes[k];
-        bool listed = false;
-        json_array_foreach(ups, i, u) listed = listed || strcmp(json_string_value(json_object_get(u, "upstream")) ?: "", rt->name) == 0;
-        if (rt->inbound || listed)
+        if (rt->inbound || listed(ups, rt->name))
             continue;
         add_pending(pending, rt->name);
         json_array_append_new(out, sc_policy_to_json(rt->policy));
