@@ -19,11 +19,14 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Whether a changed route (an upstream added, removed or with another
- * policy, the inbound listener's fields) applies live. Until the request
- * path can take a new version of a route, such changes wait for a restart
+/* The parts of an upstream's policy a new version of its route applies
+ * live (route.h sc_route_update); an upstream with a change in any other
+ * part (protocol, listen, discovery, tls, a field not named), an upstream
+ * added or removed and a change of the inbound listener wait for a restart
  * like the process-wide settings that do. */
-#define ROUTES_LIVE false
+#define LIVE_PARTS                                                                                              \
+    (SC_PART_TIMEOUTS | SC_PART_RETRIES | SC_PART_RETRY_BUDGET | SC_PART_BULKHEAD | SC_PART_BREAKER |             \
+     SC_PART_FALLBACK | SC_PART_OUTLIER | SC_PART_LB | SC_PART_RATE_LIMITS)
 
 /* A change that keeps coming (a file written in a loop) still reloads
  * after this many debounce periods. */
@@ -32,7 +35,8 @@
 struct sc_reload {
     sidecar *sc;
     ev_signal sighup;
-    sc_config *loaded;              /* last valid configuration a reload loaded; NULL: sc->cfg */
+    sc_cfg_hold *loaded;            /* last valid configuration a reload loaded; NULL: sc->cfg
+                                     * (shared with the route versions made from it) */
     json_t *effective;              /* what /config shows */
     json_t *needs_restart;          /* array of paths the file says and the process does not run */
     char hash[SC_CONFIG_HASH_LEN + 1];      /* of `effective` */
@@ -58,7 +62,7 @@ const char *sc_reload_outcome_name(sc_reload_outcome o)
 
 static const sc_config *current(const sc_reload *r)
 {
-    return r->loaded ? r->loaded : r->sc->cfg;
+    return r->loaded ? r->loaded->cfg : r->sc->cfg;
 }
 
 static uint64_t unix_ms(void)
@@ -104,9 +108,62 @@ static void copy_path(json_t *dst, const json_t *src, const char *path)
     copy_path(ds, ss, dot + 1);
 }
 
-static bool route_pending(const sc_route_diff *rd)
+static sc_route *running_route(sidecar *sc, const char *name)
 {
-    return !ROUTES_LIVE && rd->change != SC_ROUTE_UNCHANGED;
+    for (size_t i = 0; i < sc->n_routes; i++)
+        if (!sc->routes[i].inbound && strcmp(sc->routes[i].name, name) == 0)
+            return &sc->routes[i];
+    return NULL;
+}
+
+static void add_pending(json_t *pending, const char *name)
+{
+    char path[200];
+    snprintf(path, sizeof(path), "upstreams.%s", name);
+    json_array_append_new(pending, json_string(path));
+}
+
+static bool listed(const json_t *ups, const char *name)
+{
+    size_t i;
+    json_t *u;
+    json_array_foreach(ups, i, u) {
+        const char *n = json_string_value(json_object_get(u, "upstream"));
+        if (n && strcmp(n, name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* e's upstreams become the policies the routes run: an upstream the
+ * process does not run (added) goes, one it still runs (removed, or with a
+ * change that did not apply) shows as it runs; each such is pending. */
+static void running_upstreams(sidecar *sc, json_t *e, json_t *pending)
+{
+    json_t *ups = json_object_get(e, "upstreams"), *out = json_array();
+    size_t i;
+    json_t *u;
+    json_array_foreach(ups, i, u) {
+        const char *name = json_string_value(json_object_get(u, "upstream"));
+        sc_route *rt = name ? running_route(sc, name) : NULL;
+        if (!rt) {
+            if (name)
+                add_pending(pending, name);
+            continue;
+        }
+        json_t *rj = sc_policy_to_json(rt->policy);
+        if (!json_equal(rj, u))
+            add_pending(pending, name);
+        json_array_append_new(out, rj);
+    }
+    for (size_t k = 0; k < sc->n_routes; k++) {
+        sc_route *rt = &sc->routes[k];
+        if (rt->inbound || listed(ups, rt->name))
+            continue;
+        add_pending(pending, rt->name);
+        json_array_append_new(out, sc_policy_to_json(rt->policy));
+    }
+    json_object_set_new(e, "upstreams", out);
 }
 
 /* Recomputes what the process runs: the configuration last loaded, with
@@ -120,24 +177,23 @@ static int refresh(sc_reload *r)
     if (rc == 0 && r->loaded) {
         json_t *b = sc_config_to_json(boot);
         sc_config_diff d;
-        rc = b ? sc_config_diff_build(boot, r->loaded, &d) : -ENOMEM;
+        rc = b ? sc_config_diff_build(boot, r->loaded->cfg, &d) : -ENOMEM;
         for (size_t i = 0; rc == 0 && i < d.n_settings; i++) {
             const sc_setting_diff *s = &d.settings[i];
-            bool route_setting = !ROUTES_LIVE && strcmp(s->path, "policies") == 0;
-            if (s->apply == SC_APPLY_RESTART || route_setting) {
+            if (s->apply == SC_APPLY_RESTART) {
                 copy_path(e, b, s->path);
                 json_array_append_new(pending, json_string(s->path));
             }
         }
         for (size_t i = 0; rc == 0 && i < d.n_routes; i++) {
             const sc_route_diff *rd = &d.routes[i];
-            if (!route_pending(rd))
+            if (!rd->inbound || rd->change == SC_ROUTE_UNCHANGED)
                 continue;
-            char path[200];
-            snprintf(path, sizeof(path), rd->inbound ? "inbound" : "upstreams.%s", rd->name);
-            json_array_append_new(pending, json_string(path));
-            copy_path(e, b, rd->inbound ? "inbound" : "upstreams");
+            json_array_append_new(pending, json_string("inbound"));
+            copy_path(e, b, "inbound");
         }
+        if (rc == 0)
+            running_upstreams(r->sc, e, pending);
         if (rc == 0)
             sc_config_diff_free(&d);
         json_decref(b);
@@ -296,15 +352,53 @@ static void watch_update(sc_reload *r)
 
 /* ---- applying ---- */
 
-/* The live settings that need an action (the others are read where they are
- * used). Returns the paths applied, as JSON. */
-static json_t *apply_live(sc_reload *r, const sc_config *nc, const sc_config_diff *d)
+static const sc_policy *find_policy(const sc_config *c, const char *name)
 {
-    (void)r;
+    for (size_t i = 0; i < c->n_policies; i++)
+        if (strcmp(c->policies[i].name, name) == 0)
+            return &c->policies[i];
+    return NULL;
+}
+
+/* Upstreams whose policy changed only in parts that apply live get a new
+ * version of their route (the requests that start from now on run under
+ * it). Compared with what the routes run (the effective configuration),
+ * not with the file last loaded: a change that waited for a restart is not
+ * taken for applied. */
+static void apply_routes(sc_reload *r, sc_cfg_hold *nh, json_t *done)
+{
+    json_t *nj = sc_config_to_json(nh->cfg);
+    sc_config_diff d;
+    if (!nj || !r->effective || sc_config_diff_build_json(r->effective, nj, &d) < 0) {
+        SC_WARN("reload: out of memory while comparing the upstreams; their policies stay");
+        json_decref(nj);
+        return;
+    }
+    for (size_t i = 0; i < d.n_routes; i++) {
+        const sc_route_diff *rd = &d.routes[i];
+        if (rd->inbound || rd->change != SC_ROUTE_CHANGED || (rd->parts & ~(uint32_t)LIVE_PARTS))
+            continue;
+        sc_route *rt = running_route(r->sc, rd->name);
+        const sc_policy *p = find_policy(nh->cfg, rd->name);
+        if (!rt || !p)
+            continue;
+        sc_route_update(rt, p, rd->parts, nh, r->sc);
+        add_pending(done, rd->name);
+    }
+    sc_config_diff_free(&d);
+    json_decref(nj);
+}
+
+/* The live settings that need an action (the others are read where they are
+ * used), and the upstreams' policies. Returns the paths applied, as JSON. */
+static json_t *apply_live(sc_reload *r, sc_cfg_hold *nh, const sc_config_diff *d)
+{
+    const sc_config *nc = nh->cfg;
     json_t *done = json_array();
+    apply_routes(r, nh, done);
     for (size_t i = 0; i < d->n_settings; i++) {
         const sc_setting_diff *s = &d->settings[i];
-        if (s->apply != SC_APPLY_LIVE || (!ROUTES_LIVE && strcmp(s->path, "policies") == 0))
+        if (s->apply != SC_APPLY_LIVE)
             continue;
         if (strcmp(s->path, "log.level") == 0) {
             sc_log_set_level(nc->log_level);
@@ -408,18 +502,19 @@ sc_reload_outcome sc_reload_run(sidecar *sc, const char *trigger)
             r->last_success_unix_ms = when;
             SC_INFO("reload (%s): the configuration is unchanged (hash %s)", trigger, r->hash);
         } else {
+            sc_cfg_hold *nh = sc_cfg_hold_new(nc);
             json_decref(live);
-            live = apply_live(r, nc, &d);
+            live = apply_live(r, nh, &d);
             json_decref(changes);
             changes = sc_config_diff_to_json(&d);
             char what[1024];
             describe(&d, what, sizeof(what));
             sc_config_diff_free(&d);
-            sc_config *old = r->loaded;
-            r->loaded = nc;
+            sc_cfg_hold *old = r->loaded;
+            r->loaded = nh;
             if (refresh(r) < 0)
                 SC_WARN("reload (%s): out of memory while recomputing the effective configuration", trigger);
-            sc_config_free(old);
+            sc_cfg_hold_put(old); /* freed with the last route version made from it */
             out = SC_RELOAD_APPLIED;
             r->n_applied++;
             r->last_success_unix_ms = when;
@@ -493,7 +588,7 @@ void sc_reload_stop(sidecar *sc)
         return;
     ev_signal_stop(sc->loop, &r->sighup);
     watch_off(r);
-    sc_config_free(r->loaded);
+    sc_cfg_hold_put(r->loaded);
     json_decref(r->effective);
     json_decref(r->needs_restart);
     json_decref(r->last);

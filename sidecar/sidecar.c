@@ -132,6 +132,7 @@ static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     sidecar *sc = t->data;
     sc_endpoints_reclaim();
+    sc_route_reclaim();
     if (atomic_load(&sc->workers_running) == 0)
         ev_break(loop, EVBREAK_ALL);
 }
@@ -307,6 +308,7 @@ void sc_sidecar_free(sidecar *sc)
     sc_access_log_free(sc->access_log); /* after the workers: they hold its producers */
     sc_failures_free(sc->failures);
     sc_endpoints_reclaim();
+    sc_route_reclaim_all();
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_endpoints_ref_clear(&sc->routes[r].endpoints);
         sc_route_free_states(&sc->routes[r]);

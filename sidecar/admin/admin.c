@@ -223,11 +223,11 @@ char *sc_admin_render_stats(const sidecar *sc)
     sc_prom_head(f, "sidecar_upstream_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.");
     for (size_t r = 0; r < sc->n_routes; r++)
         fprintf(f, "sidecar_upstream_breaker_state{upstream=\"%s\"} %d\n", sc->routes[r].name,
-                (int)sc_breaker_state_now(&sc->routes[r].breaker));
+                (int)sc_breaker_state_now(sc_route_breaker(&sc->routes[r])));
     sc_prom_head(f, "sidecar_upstream_breaker_transitions_total", "counter", "Circuit breaker state changes by destination.");
     for (size_t r = 0; r < sc->n_routes; r++) {
         sc_breaker_view v;
-        sc_breaker_snapshot(&sc->routes[r].breaker, now, &v);
+        sc_breaker_snapshot(sc_route_breaker(&sc->routes[r]), now, &v);
         fprintf(f, "sidecar_upstream_breaker_transitions_total{upstream=\"%s\",to=\"open\"} %llu\n", sc->routes[r].name, (unsigned long long)v.to_open);
         fprintf(f, "sidecar_upstream_breaker_transitions_total{upstream=\"%s\",to=\"half-open\"} %llu\n", sc->routes[r].name, (unsigned long long)v.to_half_open);
         fprintf(f, "sidecar_upstream_breaker_transitions_total{upstream=\"%s\",to=\"closed\"} %llu\n", sc->routes[r].name, (unsigned long long)v.to_closed);
@@ -488,12 +488,12 @@ static void handle_breaker(admin_conn *ac, const sc_h1_head *h)
         if (strcmp(sc->routes[r].name, name) != 0)
             continue;
         sc_breaker_transition tr = {0};
-        sc_breaker_force_ex(&sc->routes[r].breaker, mode, sc_now_ms(), &tr);
+        sc_breaker_force_ex(sc_route_breaker(&sc->routes[r]), mode, sc_now_ms(), &tr);
         SC_WARN("admin: circuit breaker of upstream %s: %s by operator%s%s -> %s", name, action,
                 tr.seq ? "; " : "", tr.seq ? sc_breaker_state_name(tr.from) : "",
-                sc_breaker_state_name(sc_breaker_state_now(&sc->routes[r].breaker)));
+                sc_breaker_state_name(sc_breaker_state_now(sc_route_breaker(&sc->routes[r]))));
         char body[128];
-        snprintf(body, sizeof(body), "%s\n", sc_breaker_state_name(sc_breaker_state_now(&sc->routes[r].breaker)));
+        snprintf(body, sizeof(body), "%s\n", sc_breaker_state_name(sc_breaker_state_now(sc_route_breaker(&sc->routes[r]))));
         respond(ac, 200, "text/plain", body);
         return;
     }

@@ -45,7 +45,7 @@ void sc_endpoints_publish(sc_endpoints_ref *ref, sc_endpoints *snap)
     sc_endpoints *old = atomic_exchange(&ref->cur, snap);
     if (!old)
         return;
-    old->retire_epoch = atomic_fetch_add(&g_epoch, 1) + 1;
+    old->retire_epoch = sc_epoch_retire();
     pthread_mutex_lock(&g_retire_lock);
     old->retired_next = g_retired;
     g_retired = old;
@@ -62,6 +62,16 @@ static bool can_free(uint64_t retire_epoch)
             return false;
     }
     return true;
+}
+
+uint64_t sc_epoch_retire(void)
+{
+    return atomic_fetch_add(&g_epoch, 1) + 1;
+}
+
+bool sc_epoch_passed(uint64_t retire_epoch)
+{
+    return can_free(retire_epoch);
 }
 
 size_t sc_endpoints_reclaim(void)

@@ -60,6 +60,13 @@ void sc_epoch_register(_Atomic uint64_t *slot);
 void sc_epoch_enter(_Atomic uint64_t *slot);   /* after poll */
 void sc_epoch_leave(_Atomic uint64_t *slot);   /* before poll */
 
+/* Anything else published by atomic pointer and retired by epoch (route
+ * versions, proxy/route.h): sc_epoch_retire() after the pointer is replaced
+ * returns the epoch to wait for; sc_epoch_passed() says when no worker can
+ * still see the old object (every worker slept in poll or woke after). */
+uint64_t sc_epoch_retire(void);
+bool sc_epoch_passed(uint64_t retire_epoch);
+
 /* Control thread: frees retired snapshots no worker can still see. Returns
  * how many are still waiting. */
 size_t sc_endpoints_reclaim(void);

@@ -35,9 +35,15 @@ _Static_assert(SC_PIPELINE_MAX <= 8, "settle_mask and release_mask hold a bit pe
 _Static_assert(SC_ARRAY_LEN(registry_observers) <= SC_PIPELINE_MAX, "more observers than a pipeline holds");
 _Static_assert(SC_PIPELINE_MAX == SC_ARRAY_LEN(((sc_stream *)0)->stage_word), "one word per stage");
 
-void sc_route_build_pipeline(sc_route *r, const struct sidecar *sc)
+sc_pipeline *sc_pipeline_build(const sc_route *r, const struct sidecar *sc)
 {
     sc_pipeline *p = sc_xcalloc(1, sizeof(*p));
+    p->policy = r->policy;
+    p->timeouts = r->timeouts;
+    p->breaker = sc_route_breaker(r);
+    p->owns_breaker = p->breaker != &r->breaker;
+    if (p->owns_breaker)
+        ((sc_breaker_box *)p->breaker)->refs++;
     for (size_t i = 0; i < SC_ARRAY_LEN(registry_stages); i++) {
         const sc_stage *st = registry_stages[i];
         const void *conf = NULL;
@@ -60,14 +66,47 @@ void sc_route_build_pipeline(sc_route *r, const struct sidecar *sc)
     }
     if (p->hooks & (SC_PIPE_ATTEMPT_END | SC_PIPE_COMPLETE))
         p->hooks |= SC_PIPE_TIMINGS; /* nobody else reads them: not a clock read per request for nothing */
-    r->pipeline = p;
+    return p;
+}
+
+void sc_pipeline_free(sc_pipeline *p)
+{
+    if (!p)
+        return;
+    if (p->owns_breaker && --((sc_breaker_box *)p->breaker)->refs == 0)
+        free(p->breaker);
+    sc_cfg_hold_put(p->hold);
+    free(p);
+}
+
+int64_t sc_pipeline_live(const sc_pipeline *p)
+{
+    int64_t n = 0;
+    for (unsigned i = 0; i < SC_PIPE_LIVE_SLOTS; i++)
+        n += atomic_load_explicit(&((sc_pipeline *)p)->live[i].n, memory_order_acquire);
+    return n;
+}
+
+void sc_route_build_pipeline(sc_route *r, const struct sidecar *sc)
+{
+    atomic_store(&r->breaker_cur, &r->breaker);
+    r->pipeline = sc_pipeline_build(r, sc);
     r->uc = sc_up_codec_for(r->protocol);
 }
 
 void sc_route_free_pipeline(sc_route *r)
 {
-    free((void *)r->pipeline);
+    sc_pipeline_free((sc_pipeline *)r->pipeline);
     r->pipeline = NULL;
+}
+
+void sc_pipeline_acquire(sc_stream *s)
+{
+    if (s->pipe)
+        return;
+    sc_pipeline *p = (sc_pipeline *)atomic_load_explicit(&s->route->pipeline, memory_order_acquire);
+    atomic_fetch_add_explicit(&p->live[s->w->id % SC_PIPE_LIVE_SLOTS].n, 1, memory_order_relaxed);
+    s->pipe = p;
 }
 
 /* ---- running the stages ---- */
@@ -98,7 +137,7 @@ static void run(sc_stream *s)
 
 void sc_admit_start(sc_stream *s)
 {
-    s->pipe = s->route->pipeline;
+    sc_pipeline_acquire(s);
     sc_stream_set_phase(s, SC_PHASE_ADMISSION);
     run(s);
 }
@@ -211,6 +250,9 @@ void sc_admit_end(sc_stream *s)
             if (p->observer[i]->on_complete)
                 p->observer[i]->on_complete(s, &o, p->observer_conf[i]);
     }
+    /* the last use of the version: a retired one may go now */
+    atomic_fetch_sub_explicit(&((sc_pipeline *)p)->live[s->w->id % SC_PIPE_LIVE_SLOTS].n, 1, memory_order_release);
+    s->pipe = NULL;
 }
 
 void sc_observe_head(sc_stream *s)

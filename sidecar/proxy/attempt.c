@@ -134,7 +134,7 @@ static int64_t pushback_ms(const sc_stream *s)
  * attempt when the policy, the body, the deadline and the budget allow. */
 bool sc_attempt_retry(sc_stream *s, uint32_t cond, int http, int grpc)
 {
-    const sc_policy *p = s->route->policy;
+    const sc_policy *p = sc_stream_policy(s);
     if (!p || !p->retries.enabled || !s->attempt || (s->flags & (SC_ST_F_DOWN_HEAD_SENT | SC_ST_F_DOWN_DONE)))
         return false;
     if (s->req.is_grpc && grpc < 0 && http && http != 200)
@@ -201,7 +201,7 @@ bool sc_attempt_judge_head(sc_stream *s)
 void sc_stream_req_consume(sc_stream *s, size_t n)
 {
     if (s->replayable) {
-        const sc_retry_policy *rp = &s->route->policy->retries;
+        const sc_retry_policy *rp = &sc_stream_policy(s)->retries;
         if (s->replay.end + n > rp->buffer_limit ||
             (!s->replay.data && !(s->replay.data = malloc(rp->buffer_limit ? rp->buffer_limit : 1)))) {
             s->replayable = false; /* too big to keep: this request will not be retried */
@@ -228,7 +228,7 @@ static bool pick_instance(sc_stream *s)
     if (!e || e->n == 0)
         return false;
     sc_route_state *rs = sc_rstate(s->w, s->route);
-    const sc_policy *p = s->route->policy;
+    const sc_policy *p = sc_stream_policy(s);
     sc_lb_kind kind = p ? p->lb : SC_LB_ROUND_ROBIN;
     bool outlier = p && p->outlier.enabled;
     bool avoid_prev = s->attempt > 1 && e->n > 1;
@@ -290,7 +290,7 @@ void sc_attempt_begin(sc_stream *s)
         return;
     }
     sc_obs_attempt_start(s); /* its span, its trace headers */
-    uint64_t per_try = s->route->timeouts->per_try_ms;
+    uint64_t per_try = s->pipe->timeouts->per_try_ms;
     if (per_try && (!s->deadline_ns || per_try * 1000000u < sc_stream_remaining_ns(s))) {
         ev_timer_set(&s->try_timer, (double)per_try / 1000.0, 0);
         ev_timer_start(s->w->loop, &s->try_timer);

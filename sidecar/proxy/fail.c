@@ -3,6 +3,7 @@
  * from it.
  */
 #include "proxy/fail.h"
+#include "proxy/stage.h"
 
 #include "http/grpc.h"
 #include "proxy/codec.h"
@@ -104,7 +105,8 @@ static int local_reply(sc_stream *s, sc_fail why)
     const sc_fail_info *fi = sc_fail_info_of(why);
     char msg[MSG_MAX];
     fail_text(s, why, msg, sizeof(msg) - 1); /* room for the body's newline */
-    const sc_breaker_policy *bp = s->route->policy ? &s->route->policy->breaker : NULL;
+    const sc_policy *pol = sc_stream_policy(s);
+    const sc_breaker_policy *bp = pol ? &pol->breaker : NULL;
     bool fallback = why == SC_FAIL_CIRCUIT_OPEN && bp && bp->has_fallback;
     sc_msg *m = &s->resp;
     m->n_hdrs = 0;

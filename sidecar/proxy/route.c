@@ -4,7 +4,9 @@
  * Everything here that mutates runs on the control thread.
  */
 #include "core/log.h"
+#include "config/config_diff.h"
 #include "proxy/proxy.h"
+#include "proxy/stage.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -66,4 +68,78 @@ void sc_route_free_states(sc_route *r)
         r->states = st->next;
         free(st);
     }
+}
+
+/* ---- versions (policy reload) ---- */
+
+static sc_pipeline *g_retired; /* control thread only */
+
+sc_cfg_hold *sc_cfg_hold_new(sc_config *cfg)
+{
+    sc_cfg_hold *h = sc_xcalloc(1, sizeof(*h));
+    h->cfg = cfg;
+    h->refs = 1;
+    return h;
+}
+
+void sc_cfg_hold_put(sc_cfg_hold *h)
+{
+    if (h && --h->refs == 0) {
+        sc_config_free(h->cfg);
+        free(h);
+    }
+}
+
+void sc_route_update(sc_route *r, const sc_policy *p, uint32_t parts, sc_cfg_hold *hold, const struct sidecar *sc)
+{
+    if (parts & SC_PART_BREAKER) {
+        /* new thresholds or window: counts under the old ones say nothing; a
+         * new breaker starts closed (streams admitted by the old one settle
+         * on it) */
+        sc_breaker_box *box = sc_xcalloc(1, sizeof(*box));
+        sc_breaker_init(&box->b, &p->breaker, sc_now_ms());
+        atomic_store(&r->breaker_cur, &box->b);
+    }
+    if (parts & SC_PART_BULKHEAD)
+        sc_bulkhead_set_limits(&r->bulkhead, &p->bulkhead);
+    if (parts & SC_PART_RETRY_BUDGET)
+        sc_retry_budget_set(&r->budget, p->retries.budget_ratio, p->retries.budget_min_per_second);
+    if (parts & SC_PART_OUTLIER)
+        sc_outlier_set_policy(&r->outlier, &p->outlier);
+    r->timeouts = &p->timeouts;
+    r->policy = p;
+    sc_pipeline *np = sc_pipeline_build(r, sc);
+    np->hold = hold;
+    if (hold)
+        hold->refs++;
+    sc_pipeline *old = (sc_pipeline *)atomic_exchange(&r->pipeline, np);
+    old->retire_epoch = sc_epoch_retire();
+    old->retired_next = g_retired;
+    g_retired = old;
+}
+
+static size_t reclaim(bool all)
+{
+    size_t waiting = 0;
+    for (sc_pipeline **pp = &g_retired; *pp;) {
+        sc_pipeline *p = *pp;
+        if (all || (sc_epoch_passed(p->retire_epoch) && sc_pipeline_live(p) == 0)) {
+            *pp = p->retired_next;
+            sc_pipeline_free(p);
+        } else {
+            pp = &p->retired_next;
+            waiting++;
+        }
+    }
+    return waiting;
+}
+
+size_t sc_route_reclaim(void)
+{
+    return reclaim(false);
+}
+
+void sc_route_reclaim_all(void)
+{
+    reclaim(true);
 }

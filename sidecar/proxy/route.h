@@ -11,6 +11,17 @@
  * config is read-only, endpoint snapshots are published with
  * sc_route_publish (discovery/endpoints.h has the reclamation rules), the
  * resilience objects are atomics.
+ *
+ * Versions (policy reload): policy, timeouts, the pipeline and the current
+ * breaker form the route's version, replaced together by sc_route_update
+ * (atomic pointers; the pipeline is stored last). A stream takes the
+ * version's pipeline once, when it starts (sc_pipeline_acquire), and reads
+ * its policy and timeouts there (s->pipe) to its end, so a request keeps the
+ * policy it started with. A replaced version is retired: freed by
+ * sc_route_reclaim once no worker can still load it (epoch) and no stream
+ * holds it (per-worker counts of the pipeline). Everything else of the route
+ * stays: endpoints, per-instance state, bulkhead, retry budget, outlier
+ * state (their limits change in place), per-worker pools and counters.
  */
 #ifndef SC_ROUTE_H
 #define SC_ROUTE_H
@@ -39,15 +50,17 @@ typedef struct sc_route {
     const char *name;               /* upstream name, or "inbound" */
     unsigned index;                 /* into sidecar->routes, each worker's per-route state and stats */
     sc_proto protocol;              /* towards the instances */
-    const sc_timeouts *timeouts;
-    const sc_policy *policy;        /* NULL for inbound */
+    /* The current version (see above); a stream reads its own in s->pipe. */
+    _Atomic(const sc_timeouts *) timeouts;
+    _Atomic(const sc_policy *) policy; /* NULL for inbound */
     bool inbound;
     sc_endpoints_ref endpoints;     /* published snapshot (discovery/endpoints.h) */
     /* The data plane's, set by sc_route_build_pipeline (proxy/stage.h, proxy/codec.h). */
-    const struct sc_pipeline *pipeline; /* admission stages and observers, in order */
+    _Atomic(const struct sc_pipeline *) pipeline; /* admission stages and observers, in order */
     const struct sc_up_codec *uc;   /* the codec towards the instances, from protocol */
     /* Resilience state shared by all workers (resilience/). */
-    sc_breaker breaker;
+    sc_breaker breaker;             /* the first breaker; read the current one with sc_route_breaker */
+    _Atomic(sc_breaker *) breaker_cur; /* &breaker, or the one a reload made (owned by its version) */
     sc_bulkhead bulkhead;
     sc_retry_budget budget;
     sc_outlier outlier;
@@ -66,5 +79,41 @@ void sc_route_free_states(sc_route *r);
  * upstream codec. Freed with sc_route_free_pipeline after the workers ended. */
 void sc_route_build_pipeline(sc_route *r, const struct sidecar *sc);
 void sc_route_free_pipeline(sc_route *r);
+
+static inline sc_breaker *sc_route_breaker(const sc_route *r)
+{
+    return atomic_load_explicit(&((sc_route *)r)->breaker_cur, memory_order_acquire);
+}
+
+/* A breaker a reload made, shared by the versions that use it (control
+ * thread counts): freed with the last of them. */
+typedef struct sc_breaker_box {
+    sc_breaker b;                   /* first: a box is its breaker */
+    unsigned refs;
+} sc_breaker_box;
+
+/* A loaded configuration shared by the route versions whose policies point
+ * into it (control thread only): freed when the last reference goes. */
+typedef struct sc_cfg_hold {
+    sc_config *cfg;
+    unsigned refs;
+} sc_cfg_hold;
+sc_cfg_hold *sc_cfg_hold_new(sc_config *cfg);  /* one reference, the caller's */
+void sc_cfg_hold_put(sc_cfg_hold *h);           /* NULL is fine */
+
+/* Control thread, workers running: route r takes policy p (a policy of
+ * hold's configuration, which the new version references) for requests
+ * that start from now on. parts (config_diff.h SC_PART_*) says what changed:
+ * a changed breaker (thresholds, window) gets a new, closed breaker; bulkhead
+ * limits, retry budget and outlier parameters change in place (counts,
+ * window, ejections stay); the rest is read from the policy. The old
+ * version is retired. */
+void sc_route_update(sc_route *r, const sc_policy *p, uint32_t parts, sc_cfg_hold *hold,
+                     const struct sidecar *sc);
+/* Control thread: frees retired versions nobody uses any more. Returns how
+ * many are still waiting. */
+size_t sc_route_reclaim(void);
+/* After the workers ended: frees every retired version. */
+void sc_route_reclaim_all(void);
 
 #endif

@@ -157,7 +157,23 @@ enum {
     SC_PIPE_TIMINGS = 1u << 3,
 };
 
+/* Streams holding a pipeline, per worker (id modulo the slots; a slot a
+ * worker shares takes atomic adds all the same): the control thread frees a
+ * retired pipeline when they sum to 0. */
+#define SC_PIPE_LIVE_SLOTS 16
+typedef struct sc_pipe_live {
+    _Alignas(64) _Atomic int64_t n;
+} sc_pipe_live;
+
 typedef struct sc_pipeline {
+    /* The route version it belongs to (route.h): what its streams read. */
+    const sc_policy *policy;        /* NULL for inbound */
+    const sc_timeouts *timeouts;
+    sc_breaker *breaker;            /* the breaker stage's */
+    bool owns_breaker;              /* a reload made it: freed with the pipeline */
+    sc_cfg_hold *hold;              /* the configuration policy points into; NULL: the process's */
+    uint64_t retire_epoch;          /* route.c: retired versions */
+    struct sc_pipeline *retired_next;
     uint8_t n_stages, n_observers;
     uint8_t hooks;                  /* SC_PIPE_* */
     uint8_t settle_mask;            /* bit i: stage i has settle */
@@ -166,7 +182,22 @@ typedef struct sc_pipeline {
     const void *stage_conf[SC_PIPELINE_MAX];
     const sc_observer *observer[SC_PIPELINE_MAX];
     const void *observer_conf[SC_PIPELINE_MAX];
+    sc_pipe_live live[SC_PIPE_LIVE_SLOTS];
 } sc_pipeline;
+
+/* Route r's current version's stages and observers (configure() reads
+ * r->policy and sc_route_breaker(r)); sc_pipeline_free releases it with the
+ * breaker and configuration it owns. Control thread. */
+sc_pipeline *sc_pipeline_build(const sc_route *r, const struct sidecar *sc);
+void sc_pipeline_free(sc_pipeline *p);
+/* Streams of p still running (control thread). */
+int64_t sc_pipeline_live(const sc_pipeline *p);
+
+/* The policy a stream runs under: its version's (NULL for inbound). */
+static inline const sc_policy *sc_stream_policy(const sc_stream *s)
+{
+    return s->pipe ? s->pipe->policy : s->route->policy;
+}
 
 /* ---- for stages ---- */
 
@@ -191,6 +222,9 @@ bool sc_stage_bulkhead_promote(sc_worker *w);     /* slots freed elsewhere: true
 
 /* ---- for the stream (stream.c, attempt.c) ---- */
 
+/* The stream starts: it takes its route's current version (s->pipe) for its
+ * whole life; sc_admit_end gives it back. */
+void sc_pipeline_acquire(sc_stream *s);
 /* The request head is complete and counted: run the stages, then the first attempt. */
 void sc_admit_start(sc_stream *s);
 /* The wait timer of a PARKED stream ran out. */

@@ -18,7 +18,7 @@
 static bool configure(const sc_route *r, const struct sidecar *sc, const void **conf)
 {
     (void)sc;
-    *conf = NULL;
+    *conf = sc_route_breaker(r); /* the version's: a stream settles on the breaker it was admitted by */
     return !r->inbound && r->policy;
 }
 
@@ -32,10 +32,10 @@ static void log_transition(const sc_route *r, const sc_breaker_transition *tr)
 
 static sc_stage_verdict admit(sc_stream *s, const void *conf, uint64_t *word, sc_fail *fail)
 {
-    (void)conf;
     sc_route *r = s->route;
+    sc_breaker *b = (sc_breaker *)conf;
     sc_breaker_transition tr = {0};
-    bool allowed = sc_breaker_allow_ex(&r->breaker, sc_now_ms(), word, &tr);
+    bool allowed = sc_breaker_allow_ex(b, sc_now_ms(), word, &tr);
     log_transition(r, &tr);
     if (allowed)
         return SC_STAGE_GO;
@@ -45,10 +45,10 @@ static sc_stage_verdict admit(sc_stream *s, const void *conf, uint64_t *word, sc
 
 static void settle(sc_stream *s, const void *conf, uint64_t *word, const sc_outcome *o)
 {
-    (void)conf;
     sc_route *r = s->route;
+    sc_breaker *b = (sc_breaker *)conf;
     if (o->abandoned) {
-        sc_breaker_abandon(&r->breaker, *word);
+        sc_breaker_abandon(b, *word);
         return;
     }
     int http = o->status;
@@ -58,10 +58,10 @@ static void settle(sc_stream *s, const void *conf, uint64_t *word, const sc_outc
     uint32_t cond = o->fail ? sc_fail_cond(o->fail) : 0;
     if (o->fail && !cond)
         http = 0; /* a local refusal says nothing about the upstream */
-    bool failure = sc_breaker_counts_as_failure(&r->policy->breaker, http, grpc, cond);
-    bool slow = sc_breaker_is_slow(&r->breaker, (o->end_ns - o->start_ns) / 1000000u);
+    bool failure = sc_breaker_counts_as_failure(&sc_stream_policy(s)->breaker, http, grpc, cond);
+    bool slow = sc_breaker_is_slow(b, (o->end_ns - o->start_ns) / 1000000u);
     sc_breaker_transition tr = {0};
-    sc_breaker_record_ex(&r->breaker, o->end_ns / 1000000u, failure, slow, *word, &tr);
+    sc_breaker_record_ex(b, o->end_ns / 1000000u, failure, slow, *word, &tr);
     log_transition(r, &tr);
 }
 

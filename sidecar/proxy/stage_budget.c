@@ -20,7 +20,7 @@ static sc_stage_verdict admit(sc_stream *s, const void *conf, uint64_t *word, sc
     (void)fail;
     sc_route *r = s->route;
     sc_retry_budget_on_request(&r->budget, s->start_ns / 1000000u);
-    s->replayable = r->policy->retries.max_attempts > 1;
+    s->replayable = sc_stream_policy(s)->retries.max_attempts > 1;
     return SC_STAGE_GO;
 }
 

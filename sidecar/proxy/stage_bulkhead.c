@@ -40,7 +40,8 @@ static sc_stage_verdict admit(sc_stream *s, const void *conf, uint64_t *word, sc
         return SC_STAGE_GO;
     case SC_BULKHEAD_QUEUE: {
         sc_worker *w = s->w;
-        uint64_t qt = r->policy ? r->policy->bulkhead.queue_timeout_ms : 0;
+        const sc_policy *pol = sc_stream_policy(s);
+        uint64_t qt = pol ? pol->bulkhead.queue_timeout_ms : 0;
         sc_stage_park(s, &sc_rstate(w, r)->waiters, qt ? qt : NO_QUEUE_TIMEOUT_MS);
         sc_obs_trace_event(s, SC_EV_BULKHEAD_QUEUED, (int64_t)atomic_load_explicit(&r->bulkhead.pending, memory_order_relaxed), false);
         if (!ev_is_active(&w->promote))

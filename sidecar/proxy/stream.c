@@ -429,9 +429,10 @@ void sc_stream_start(sc_stream *s)
     SC_STAT_INC(rs->requests);
     SC_STAT_INC(rs->active_requests);
     s->flags |= SC_ST_F_UP_STARTED;
+    sc_pipeline_acquire(s); /* the route's version this request runs under */
 
     /* Deadline: the smaller of the policy's and the caller's grpc-timeout. */
-    uint64_t limit_ns = r->timeouts->request_ms * 1000000u;
+    uint64_t limit_ns = s->pipe->timeouts->request_ms * 1000000u;
     for (size_t i = 0; i < s->req.n_hdrs; i++) {
         nghttp2_nv *nv = &s->req.hdrs[i];
         if (nv->namelen == 12 && memcmp(nv->name, "grpc-timeout", 12) == 0) {
@@ -458,7 +459,7 @@ void sc_stream_refuse(sc_stream *s, sc_fail why)
     SC_STAT_INC(rs->requests);
     SC_STAT_INC(rs->active_requests);
     s->flags |= SC_ST_F_UP_STARTED;
-    s->pipe = s->route->pipeline; /* its observers hear of it; no stage ran */
-    sc_obs_stream_head(s);        /* its answer carries the request ID */
+    sc_pipeline_acquire(s); /* its observers hear of it; no stage ran */
+    sc_obs_stream_head(s);  /* its answer carries the request ID */
     sc_stream_upstream_failed(s, why);
 }

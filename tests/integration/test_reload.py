@@ -12,8 +12,12 @@ import signal
 import time
 import unittest
 
+import threading
+
 import harness
 from harness import SidecarTestCase, free_port, http_get, wait_until
+from grpc_client import Echo
+from fault_client import http_call, unary
 
 
 def sanitized_binary():
@@ -371,6 +375,148 @@ class ReloadMemoryTest(ReloadTestCase):
               % (self.RELOADS, rss10, self.RELOADS, rss, durations[len(durations) // 2], durations[-1]))
         if not sanitized_binary():
             self.assertLessEqual(rss - rss10, 1024, "RSS grew by %d KiB" % (rss - rss10))
+
+
+class ReloadLiveTest(ReloadTestCase):
+    """Changed policies apply to the requests that start after the reload,
+    within 100 ms of SIGHUP; requests in flight and upstreams that did not
+    change see nothing of it."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.peer = cls.class_http1_peer()
+        cls.grpc = cls.class_grpc_peer()
+
+    def test_time_to_effect_and_what_a_change_keeps(self):
+        lp = free_port()
+        pol = harness.upstream("f", "http1", lp, [self.peer.port],
+                               circuit_breaker={"failure_rate": "50%", "min_calls": 50,
+                                                "fallback": {"http": {"status": 299, "body": "one\n"}}})
+        cfg = harness.base_config(free_port())
+        cfg["policies"] = "policies"
+        sc = self.sidecar(cfg, name="live", files={"policies/f.yaml": pol})
+        status, _, _ = sc.admin("/breaker?upstream=f&action=open", method="POST", data=b"")
+        self.assertEqual(status, 200)
+        self.assertEqual(http_get(lp, "/echo").status, 299)
+        # only the fallback changes: the breaker (forced open) stays; the new
+        # answer is in effect within 100 ms of the signal
+        pol["circuit_breaker"]["fallback"]["http"]["status"] = 298
+        self.write(sc, "policies/f.yaml", pol)
+        conn = None
+        t0 = time.monotonic()
+        sc.send_signal(signal.SIGHUP)
+        seen = None
+        while time.monotonic() - t0 < 2.0:
+            out = http_call(lp, "/echo", conn=conn)
+            if out.code == 298:
+                seen = time.monotonic() - t0
+                break
+        self.assertIsNotNone(seen, "the new fallback never answered\n" + sc.log_tail())
+        print("\nSIGHUP to the new policy in effect: %.1f ms" % (seen * 1000))
+        self.assertLessEqual(seen, 0.100)
+        st = self.state(sc)
+        self.assertEqual(st["last"]["changes"]["upstreams"]["changed"], {"f": ["circuit_breaker.fallback"]})
+        self.assertEqual(st["last"]["applied_live"], ["upstreams.f"])
+        self.assertEqual(st["needs_restart"], [])
+        self.assertEqual(sc.config_json()["upstreams"][0]["circuit_breaker"]["fallback"]["http"]["status"], 298)
+        # new thresholds: a new breaker, closed
+        pol["circuit_breaker"]["failure_rate"] = "70%"
+        self.write(sc, "policies/f.yaml", pol)
+        self.assertEqual(self.sighup(sc)["last"]["applied_live"], ["upstreams.f"])
+        self.assertEqual(http_get(lp, "/echo").status, 200)
+        # a request timeout: requests in flight keep theirs, new ones get the new one
+        slow = {}
+        t = threading.Thread(target=lambda: slow.setdefault("r", http_call(lp, "/delay/600", timeout=5)))
+        t.start()
+        time.sleep(0.1)
+        pol["timeouts"]["request"] = "300ms"
+        self.write(sc, "policies/f.yaml", pol)
+        self.sighup(sc)
+        self.assertEqual(http_call(lp, "/delay/600").code, 504)
+        t.join(5)
+        self.assertEqual(slow["r"].code, 200, "the request in flight took the new timeout")
+        # a change that cannot apply live (listen) waits for a restart; the rest applies
+        pol2 = dict(pol, listen=harness.addr(free_port()))
+        pol2["timeouts"] = dict(pol["timeouts"], request="5s")
+        self.write(sc, "policies/f.yaml", pol2)
+        st = self.sighup(sc)
+        self.assertEqual(st["last"]["outcome"], "applied")
+        self.assertEqual(st["needs_restart"], ["upstreams.f"])
+        self.assertEqual(http_call(lp, "/delay/400").code, 504)
+        self.assertEqual(sc.stats().value("sidecar_config_restart_pending"), 1)
+
+    def test_reloads_under_load_fail_nothing(self):
+        ports = {n: free_port() for n in ("h", "g", "c", "extra")}
+        peer = {"h": self.peer.port, "g": self.grpc.port, "c": self.peer.port, "extra": self.peer.port}
+        proto = {"h": "http1", "g": "grpc", "c": "http1", "extra": "http1"}
+
+        def pol(name, request, on, rate):
+            return harness.upstream(name, proto[name], ports[name], [peer[name]], timeouts={"request": request},
+                                    retries={"max_attempts": 2, "on": on},
+                                    circuit_breaker={"failure_rate": rate, "min_calls": 50})
+        set_a = {"h": pol("h", "5s", ["connect-failure"], "50%"),
+                 "g": pol("g", "5s", ["connect-failure"], "50%"),
+                 "c": pol("c", "5s", ["connect-failure"], "50%")}
+        set_b = {"h": set_a["h"],
+                 "g": pol("g", "4s", ["connect-failure", "unavailable"], "70%"),
+                 "c": pol("c", "3s", ["connect-failure", "gateway-error"], "80%"),
+                 "extra": pol("extra", "1s", ["reset"], "90%")}
+        sets = [{n: harness.to_yaml(p) for n, p in s.items()} for s in (set_a, set_b)]
+        cfg = harness.base_config(free_port())
+        cfg["policies"] = "policies"
+        sc = self.sidecar(cfg, name="load", files={"policies/%s.yaml" % n: t for n, t in sets[0].items()})
+        pdir = os.path.join(sc.dir, "policies")
+        stop = threading.Event()
+        results = {"h": [0, []], "c": [0, []], "g": [0, []]}
+        deadline = time.monotonic() + 60
+
+        def http_loop(name):
+            n = 0
+            while not stop.is_set() and n < 20000 and time.monotonic() < deadline:
+                out = http_call(ports[name], "/delay/15")
+                results[name][0] += 1
+                if out.code != 200:
+                    results[name][1].append(out.code)
+                n += 1
+
+        def grpc_loop():
+            echo = Echo(harness._grpc_channel(self, ports["g"]))
+            n = 0
+            while not stop.is_set() and n < 20000 and time.monotonic() < deadline:
+                out = unary(echo, metadata=[("x-echo-delay-ms", "15")])
+                results["g"][0] += 1
+                if out.code != 0:
+                    results["g"][1].append((out.code, out.details))
+                n += 1
+        threads = [threading.Thread(target=http_loop, args=(n,)) for n in ("h", "c")]
+        threads.append(threading.Thread(target=grpc_loop))
+        for t in threads:
+            t.start()
+        try:
+            for i in range(1, 101):
+                want = sets[i % 2]
+                for n in ("g", "c", "extra"):
+                    path = os.path.join(pdir, n + ".yaml")
+                    if n in want:
+                        with open(path, "w") as f:
+                            f.write(want[n])
+                    elif os.path.exists(path):
+                        os.unlink(path)
+                status, body = self.post_reload(sc)
+                self.assertEqual(status, 200, body)
+                self.assertEqual(body["last"]["outcome"], "applied", body["last"])
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        for name, (n, fails) in results.items():
+            self.assertGreater(n, 20, name)
+            self.assertEqual(fails, [], "%s: %d of %d requests failed" % (name, len(fails), n))
+        st = self.state(sc)
+        self.assertEqual(st["reloads"]["applied"], 100)
+        print("\n100 reloads under load: %s requests, none failed"
+              % ", ".join("%s %d" % (n, r[0]) for n, r in sorted(results.items())))
 
 
 if __name__ == "__main__":
