@@ -3,10 +3,11 @@
  * caller's bearer token is checked against the rule for the request path
  * before the rate limits run, so that a limit keyed by a claim sees it.
  *
- * The stage's word points to the request's sc_jwt_result (in the stream's
- * arena) from admit on; the result holds a reference to the verified
- * claims until the stream ends (release), and later stages read them
- * through sc_stage_jwt_claim.
+ * The stage's word: once passed, the verified claims (one reference,
+ * dropped in release; NULL without a token), which later stages read
+ * through sc_stage_jwt_claim; while parked, the request's sc_jwt_result (in
+ * the stream's arena: the common path keeps it on the stack, so a verified
+ * request costs the arena nothing).
  *
  *   passes   (verified, or no token where none is required): GO; with
  *            keep_token: false the token's header is removed; the rule's
@@ -107,27 +108,37 @@ static uint64_t park_ms(const sc_stream *s, const sc_jwt_result *r)
     return ft + SC_JWT_PARK_SLACK_MS;
 }
 
+/* A passing result's claims become the stage's word (the reference moves). */
+static void keep_claims(sc_jwt_result *r, uint64_t *word)
+{
+    *word = (uint64_t)(uintptr_t)r->claims;
+    r->claims = NULL;
+}
+
 static sc_stage_verdict admit(sc_stream *s, const void *conf, uint64_t *word, sc_fail *fail)
 {
     sc_jwt *j = jwt_of(conf);
     if (!j)
         return SC_STAGE_GO; /* not running (sc_sidecar_run starts it before any request) */
-    sc_jwt_result *r = sc_arena_alloc(&s->arena, sizeof(*r));
-    if (!r) {
-        *fail = SC_FAIL_NO_MEMORY;
-        return SC_STAGE_DENY;
-    }
-    check(s, j, 0, r);
-    *word = (uint64_t)(uintptr_t)r;
-    if (r->outcome == SC_JWT_PENDING) {
-        sc_stage_park(s, &s->w->jwt_waiters, park_ms(s, r));
+    sc_jwt_result r;
+    check(s, j, 0, &r);
+    if (r.outcome == SC_JWT_PENDING) {
+        sc_jwt_result *kept = sc_arena_alloc(&s->arena, sizeof(*kept));
+        if (!kept) {
+            sc_jwt_result_clear(&r);
+            *fail = SC_FAIL_NO_MEMORY;
+            return SC_STAGE_DENY;
+        }
+        *kept = r;
+        *word = (uint64_t)(uintptr_t)kept;
+        sc_stage_park(s, &s->w->jwt_waiters, park_ms(s, kept));
         return SC_STAGE_PARK;
     }
-    *fail = settle_result(s, j, r);
-    if (*fail == SC_FAIL_NONE)
-        return SC_STAGE_GO;
-    *word = 0;
-    return SC_STAGE_DENY;
+    *fail = settle_result(s, j, &r);
+    if (*fail != SC_FAIL_NONE)
+        return SC_STAGE_DENY;
+    keep_claims(&r, word);
+    return SC_STAGE_GO;
 }
 
 /* Waited for keys in vain: checked once more without waiting (a fetch may
@@ -158,7 +169,10 @@ static void cancel(sc_stream *s, const void *conf, uint64_t *word)
 
 static void release(sc_stream *s, const void *conf, uint64_t *word)
 {
-    cancel(s, conf, word);
+    (void)s;
+    (void)conf;
+    sc_jwt_claims_unref((sc_jwt_claims *)(uintptr_t)*word);
+    *word = 0;
 }
 
 void sc_stage_jwt_wake(sc_worker *w)
@@ -185,8 +199,11 @@ void sc_stage_jwt_wake(sc_worker *w)
     while (!sc_list_empty(&ready)) {
         sc_stream *s = sc_parked_stream(ready.next);
         uint64_t *word = sc_parked_word(s);
-        sc_fail f = settle_result(s, j, (sc_jwt_result *)(uintptr_t)*word);
-        if (f != SC_FAIL_NONE)
+        sc_jwt_result *r = (sc_jwt_result *)(uintptr_t)*word;
+        sc_fail f = settle_result(s, j, r);
+        if (f == SC_FAIL_NONE)
+            keep_claims(r, word);
+        else
             *word = 0;
         sc_admit_resume(s, f == SC_FAIL_NONE ? SC_STAGE_GO : SC_STAGE_DENY, f);
     }
@@ -198,11 +215,10 @@ const char *sc_stage_jwt_claim(const sc_stream *s, const char *name, size_t *len
     for (unsigned i = 0; p && i < p->n_stages && i < s->stage_pos; i++) {
         if (p->stage[i] != &sc_stage_jwt)
             continue;
-        const sc_jwt_result *r = (const sc_jwt_result *)(uintptr_t)s->stage_word[i];
-        const char *v = r ? sc_jwt_claim(r, name) : NULL;
-        if (v)
-            *len = strlen(v);
-        return v;
+        const sc_jwt_claim_entry *c = sc_jwt_claims_find((const sc_jwt_claims *)(uintptr_t)s->stage_word[i], name);
+        if (c)
+            *len = strlen(c->value);
+        return c ? c->value : NULL;
     }
     return NULL;
 }

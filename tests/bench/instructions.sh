@@ -100,6 +100,7 @@ EOF
         vpid=$!; PIDS+=($vpid)
         wait_port "$PA" || { echo "$bin did not start: $(tail -5 "$WORK/sidecar.log")" >&2; exit 1; }
         case $l in grpc) port=$PG ;; inbound) port=$PI ;; *) port=$PH ;; esac
+        wait_port "$port" || { echo "$bin: $l listener did not open" >&2; exit 1; } # workers bind after admin
         load "$l" "$port" $((N / 10)) >/dev/null
         callgrind_control -i on "$vpid" >/dev/null
         res=$(load "$l" "$port" "$N")
