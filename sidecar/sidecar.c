@@ -15,6 +15,8 @@
 #include "obs/access_log.h"
 #include "obs/failures.h"
 #include "obs/observe.h"
+#include "jwt/jwt_runtime.h"
+#include "ratelimit/ratelimit.h"
 #include "reload.h"
 
 #include <signal.h>
@@ -72,9 +74,36 @@ sidecar *sc_sidecar_new(sc_config *cfg)
             sc_route_publish(rt, e);
         }
     }
+    /* Rate limits before the pipelines: the stage's configure takes each route's set. */
+    char err[512];
+    sc->ratelimit = sc_rl_runtime_new(cfg, err, sizeof(err));
+    if (!sc->ratelimit)
+        sc->ratelimit_err = sc_xstrdup(err);
     for (size_t i = 0; i < sc->n_routes; i++)
         sc_route_build_pipeline(&sc->routes[i], sc);
     return sc;
+}
+
+/* Workers parked on an unknown kid: the JWKS fetch they wait for ended. */
+static void jwt_notify(void *arg)
+{
+    sidecar *sc = arg;
+    for (unsigned i = 0; i < sc->n_workers; i++)
+        sc_worker_wake(sc->workers[i], SC_WAKE_JWT);
+}
+
+/* inbound.jwt: keys loaded (a broken jwks_file stops the start), fetches begun. */
+static int jwt_start(sidecar *sc)
+{
+    char err[512];
+    int rv = sc_jwt_new(sc->cfg->inbound.jwt, sc->n_workers, &sc->jwt, err, sizeof(err));
+    if (rv == 0 && (rv = sc_jwt_start(sc->jwt, sc->loop, jwt_notify, sc, err, sizeof(err))) < 0) {
+        sc_jwt_free(sc->jwt);
+        sc->jwt = NULL;
+    }
+    if (rv < 0)
+        SC_ERROR("inbound.jwt: %s", rv == -ENOMEM ? "out of memory" : err);
+    return rv;
 }
 
 static void raise_nofile(void)
@@ -120,11 +149,14 @@ static void signal_cb(struct ev_loop *loop, ev_signal *w, int revents)
     sc_sidecar_drain(sc);
 }
 
-static void access_log_sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
+static void sighup_cb(struct ev_loop *loop, ev_signal *w, int revents)
 {
     (void)loop;
     (void)revents;
-    sc_access_log_reopen(((sidecar *)w->data)->access_log);
+    sidecar *sc = w->data;
+    sc_access_log_reopen(sc->access_log);
+    if (sc->jwt)
+        sc_jwt_reload(sc->jwt); /* every jwks_file read, every jwks_url fetched now */
 }
 
 static void tick_cb(struct ev_loop *loop, ev_timer *t, int revents)
@@ -148,6 +180,10 @@ int sc_sidecar_run(sidecar *sc)
         sc->n_workers = 1;
     sc->loop = ev_default_loop(EVFLAG_NOENV);
     char err[256];
+    if (!sc->ratelimit) {
+        SC_ERROR("rate limits: %s", sc->ratelimit_err ? sc->ratelimit_err : "cannot build them");
+        return -EINVAL;
+    }
     int rv = sc_admin_start(sc, &sc->admin, err, sizeof(err));
     if (rv < 0) {
         SC_ERROR("admin listener: %s", err);
@@ -190,6 +226,9 @@ int sc_sidecar_run(sidecar *sc)
         SC_ERROR("tls.authorize: cannot start: %s", strerror(-rv));
         return rv;
     }
+    /* inbound.jwt: keys and fetches on this loop, before the workers run (they read sc->jwt) */
+    if (cfg->inbound.jwt && (rv = jwt_start(sc)) < 0)
+        return rv;
     /* obs/: the failure rings and the access log writer, before the workers run */
     sc->failures = sc_failures_new(sc->n_workers);
     if (!sc->failures) {
@@ -233,10 +272,10 @@ int sc_sidecar_run(sidecar *sc)
     sigterm.data = sigint.data = sc;
     ev_signal_start(sc->loop, &sigterm);
     ev_signal_start(sc->loop, &sigint);
-    ev_signal sighup; /* access_log: a file is reopened (logrotate) */
-    ev_signal_init(&sighup, access_log_sighup_cb, SIGHUP);
+    ev_signal sighup; /* access_log: a file is reopened (logrotate); inbound.jwt: keys read again */
+    ev_signal_init(&sighup, sighup_cb, SIGHUP);
     sighup.data = sc;
-    if (sc->access_log)
+    if (sc->access_log || sc->jwt)
         ev_signal_start(sc->loop, &sighup);
     sc_tls_runtime_watch(sc);
     if (sc_reload_start(sc) < 0)
@@ -279,6 +318,9 @@ int sc_sidecar_run(sidecar *sc)
     sc->consul = NULL;
     sc_authz_free(sc->authz); /* after the workers and the Consul client: nothing refers to it now */
     sc->authz = NULL;
+    sc_jwt_stop(sc->jwt); /* after the workers: no request checks a token any more */
+    sc_jwt_free(sc->jwt);
+    sc->jwt = NULL;
     sc_grpc_health_stop(sc->grpc_health);
     sc->grpc_health = NULL;
     sc_app_health_stop(sc->app_health);
@@ -299,6 +341,8 @@ void sc_sidecar_free(sidecar *sc)
         return;
     sc_authz_free(sc->authz); /* still set only when the run ended early */
     sc->authz = NULL;
+    sc_jwt_free(sc->jwt); /* likewise */
+    sc->jwt = NULL;
     sc_tracer_free(sc->tracer);
     sc->tracer = NULL;
     for (unsigned i = 0; sc->workers && i < sc->n_workers; i++)
@@ -315,6 +359,8 @@ void sc_sidecar_free(sidecar *sc)
         sc_route_free_pipeline(&sc->routes[r]);
     }
     free(sc->routes);
+    sc_rl_runtime_free(sc->ratelimit); /* after the workers (their Redis clients) and the pipelines */
+    free(sc->ratelimit_err);
     sc_config_free(sc->cfg);
     free(sc);
 }

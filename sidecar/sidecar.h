@@ -36,6 +36,12 @@ typedef struct sidecar {
     struct sc_tls_watch *tls_client;      /* outbound origination material (mode: mutual) */
     struct sc_tls_watch *tls_client_anon; /* outbound, no client certificate (mode: simple) */
     struct sc_authz *authz;               /* tls.authorize: consul, NULL otherwise */
+    /* rate limits (ratelimit/ratelimit.h): built with the routes, NULL only
+     * when building failed (sc_sidecar_run then refuses to start, saying why
+     * in ratelimit_err); JWT (jwt/jwt_runtime.h): inbound.jwt, NULL when off */
+    struct sc_rl_runtime *ratelimit;
+    char *ratelimit_err;
+    struct sc_jwt *jwt;
     struct sc_tracer *tracer;             /* tracing: (trace/tracer.h), NULL when off */
     /* observability (obs/): the access log (NULL when access_log: is absent)
      * and the rings of recent failures (one per worker, GET /failures) */

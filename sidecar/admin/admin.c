@@ -5,6 +5,8 @@
 #include "core/log.h"
 #include "core/prom.h"
 #include "authz/authz.h"
+#include "jwt/jwt_runtime.h"
+#include "ratelimit/ratelimit.h"
 #include "discovery/app_health.h"
 #include "discovery/consul.h"
 #include "http/grpc.h"
@@ -218,6 +220,10 @@ char *sc_admin_render_stats(const sidecar *sc)
     }
     sc_consul_render_stats(sc->consul, f);         /* Consul client and health checks */
     sc_authz_render_stats(sc->authz, f);           /* tls.authorize: consul */
+    if (sc->ratelimit)                             /* rate_limits, redis */
+        sc_rl_runtime_render_prom(sc->ratelimit, f, sc_now_ns());
+    if (sc->jwt)                                   /* inbound.jwt */
+        sc_jwt_render_stats(sc->jwt, f);
     sc_app_health_render_stats(sc->app_health, f);
     uint64_t now = sc_now_ms();
     sc_prom_head(f, "sidecar_upstream_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.");
@@ -350,6 +356,13 @@ char *sc_admin_render_clusters(const sidecar *sc)
                                                          "remaining", (json_int_t)rv.remaining, "granted", (json_int_t)rv.granted,
                                                          "refused", (json_int_t)rv.refused, "ratio", rv.ratio,
                                                          "min_per_second", (json_int_t)rv.min_per_second));
+        if (sc->ratelimit) { /* rate_limits: each limit with its busiest keys */
+            sc_rl_set *rls = rt->inbound ? sc_rl_runtime_inbound(sc->ratelimit)
+                             : rt->policy ? sc_rl_runtime_upstream(sc->ratelimit, (size_t)(rt->policy - sc->cfg->policies))
+                                          : NULL;
+            if (rls && rls->n)
+                json_object_set_new(u, "rate_limits", sc_rl_runtime_route_json(rls, sc_now_ns()));
+        }
         json_t *cj = sc_consul_route_json(sc->consul, r); /* its Consul watch, when discovered there */
         if (cj)
             json_object_set_new(u, "consul", cj);
@@ -360,6 +373,8 @@ char *sc_admin_render_clusters(const sidecar *sc)
         json_object_set_new(root, "consul", sc_consul_json(sc->consul));
     if (sc->authz) /* tls.authorize: consul */
         json_object_set_new(root, "authorize", sc_authz_json(sc->authz));
+    if (sc->jwt) /* inbound.jwt: each issuer's keys and fetches */
+        json_object_set_new(root, "jwt", sc_jwt_json(sc->jwt));
     char *out = json_dumps(root, JSON_INDENT(2));
     json_decref(root);
     return out;

@@ -513,13 +513,12 @@ void sc_config_redis_free(sc_config *cfg)
 
 /* ---- checks across files ---- */
 
-/* Whether requests can carry verified JWT claims. No JWT stage exists yet,
- * so a claim key can never have a value: it is refused rather than left to
- * match every request as "missing". */
+/* Whether requests can carry verified JWT claims: only inbound ones, and
+ * only with inbound.jwt. Otherwise a claim key could never have a value: it
+ * is refused rather than left to match every request as "missing". */
 static bool jwt_configured(const sc_config *cfg)
 {
-    SC_UNUSED(cfg);
-    return false;
+    return cfg->inbound.jwt != NULL;
 }
 
 void sc_config_rl_cross_check(sc_cx *c, sc_config *cfg, const char *file, const char *prefix,
@@ -544,11 +543,12 @@ void sc_config_rl_cross_check(sc_cx *c, sc_config *cfg, const char *file, const 
             l->timeout_ms = cfg->redis.enabled ? cfg->redis.timeout_ms : 5;
         for (size_t k = 0; k < l->n_key; k++) {
             sc_config_path(fp, sizeof(fp), base, "key");
-            if (l->key[k].kind == SC_RL_KEY_CLAIM && !jwt_configured(cfg)) {
+            if (l->key[k].kind == SC_RL_KEY_CLAIM && (!inbound || !jwt_configured(cfg))) {
                 sc_diags_add(c->d, file, l->key_line ? l->key_line : l->line, fp,
-                             "claim:%s keys requests by a verified JWT claim, but JWT "
-                             "authentication is not configured, so no request carries one",
-                             l->key[k].arg);
+                             "claim:%s keys requests by a verified JWT claim, but %s, so no "
+                             "request carries one",
+                             l->key[k].arg, inbound ? "inbound.jwt is not configured"
+                                                    : "JWTs are only checked on the inbound listener");
                 c->n_errors++;
             }
             if (l->key[k].kind == SC_RL_KEY_CALLER && !inbound) {

@@ -5,6 +5,7 @@
 
 #include "core/log.h"
 #include "core/prom.h"
+#include "jwt/jwt_runtime.h"
 #include "tls/tls_runtime.h"
 
 #include <fcntl.h>
@@ -295,6 +296,8 @@ bool sc_health_ready(const sidecar *sc, char *why, size_t cap)
         app_down = true;
     else if (!sc_tls_runtime_cert_ok(sc, why, cap))
         return false; /* expired or not yet valid certificate: why says so */
+    else if (sc->jwt && !sc_jwt_ready(sc->jwt, why, cap))
+        return false; /* inbound.jwt: an issuer's jwks_url never answered: every token would be refused */
     if (!r && !app_down)
         return true;
     if (why && cap) {

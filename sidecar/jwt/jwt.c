@@ -623,9 +623,8 @@ int sc_jwt_token_from_header(const sc_jwt_rule *r, const char *value, size_t len
     }
     if (!len)
         return -1;
-    for (size_t i = 0; i < len; i++)
-        if (value[i] == ' ' || value[i] == '\t')
-            return -1;
+    if (memchr(value, ' ', len) || memchr(value, '\t', len)) /* vectorised: tokens are long */
+        return -1;
     *tok = value;
     *toklen = len;
     return 1;

@@ -20,6 +20,8 @@
 static const sc_stage *const registry_stages[] = {
     &sc_stage_allow,        /* inbound, tls.allow: the caller's identity is in the list */
     &sc_stage_authz,        /* inbound, tls.authorize: consul: Consul intentions */
+    &sc_stage_jwt,          /* inbound, inbound.jwt: the bearer token (PARK: an unknown kid's keys) */
+    &sc_stage_ratelimit,    /* rate_limits, after jwt (claim keys) (PARK: Redis decides a global limit) */
     &sc_stage_breaker,      /* outbound: circuit_breaker (counts even when disabled, for the admin view) */
     &sc_stage_retry_budget, /* outbound, retries: the request counts for the retry budget */
     &sc_stage_bulkhead,     /* every route: bulkhead / inbound.max_concurrent (queue: PARK) */

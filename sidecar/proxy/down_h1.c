@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "http/hdr.h"
+#include "jwt/jwt_config.h"
 #include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
@@ -243,8 +244,9 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
         if (sc_h1_is_hop_by_hop_head(h, hd->name.p, hd->name.len) || name_is(&hd->name, "host", 4) ||
             name_is(&hd->name, "content-length", 14) || name_is(&hd->name, "expect", 6))
             continue;
-        if (sc_hdr_aliases(hd->name.p, hd->name.len, idh)) {
-            /* only ever set by the sidecar, and apps read every spelling of it */
+        if (sc_hdr_aliases(hd->name.p, hd->name.len, idh) ||
+            (c->route->inbound && sc_jwt_header_reserved(cfg->inbound.jwt, hd->name.p, hd->name.len))) {
+            /* only ever set by the sidecar (identity, JWT claims), and apps read every spelling of it */
             SC_DEBUG("%s listener: removed %.*s sent by %s", c->route->name, (int)hd->name.len, hd->name.p,
                      c->peer_text);
             continue;

@@ -15,6 +15,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "http/hdr.h"
+#include "jwt/jwt_config.h"
 #include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
@@ -168,8 +169,9 @@ static int on_trailer(sc_down_conn *d, sc_stream *s, const char *n, size_t namel
 {
     const sc_config *cfg = s->w->sc->cfg;
     if (caller_denied(d, s) || trailer_dropped((const uint8_t *)n, namelen) ||
-        sc_hdr_aliases(n, namelen, cfg->tls.identity_header))
-        return 0; /* the identity header, in any spelling an app reads, is only ever set by the sidecar */
+        sc_hdr_aliases(n, namelen, cfg->tls.identity_header) ||
+        (s->route->inbound && sc_jwt_header_reserved(cfg->inbound.jwt, n, namelen)))
+        return 0; /* the identity and JWT claim headers, in any spelling an app reads, are only ever set by the sidecar */
     if (sc_hdr_has_underscore(n, namelen)) {
         if (cfg->limits.header_underscores == SC_HDR_US_DROP)
             return 0;
@@ -286,8 +288,9 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     }
     if (eq(name, namelen, "te"))
         s->down_te_trailers = true;
-    if (sc_hdr_aliases(n, namelen, cfg->tls.identity_header))
-        return 0; /* only ever set by the sidecar, from a verified certificate, in any spelling an app reads */
+    if (sc_hdr_aliases(n, namelen, cfg->tls.identity_header) ||
+        (s->route->inbound && sc_jwt_header_reserved(cfg->inbound.jwt, n, namelen)))
+        return 0; /* only ever set by the sidecar (verified certificate, JWT claims), in any spelling an app reads */
     if (sc_hdr_has_underscore(n, namelen)) {
         if (cfg->limits.header_underscores == SC_HDR_US_DROP)
             return 0;

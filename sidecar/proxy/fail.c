@@ -46,6 +46,15 @@ const sc_fail_info sc_fail_table[SC_FAIL_KINDS] = {
                            SC_GRPC_PERMISSION_DENIED, 0, SC_FAIL_NO_STAT, 0},
     [SC_FAIL_AUTHZ_UNAVAILABLE] = {"authz-unavailable", "Consul could not say whether the caller may call", 503,
                                    SC_GRPC_UNAVAILABLE, 0, SC_FAIL_NO_STAT, 0},
+    [SC_FAIL_JWT_UNAUTHENTICATED] = {"jwt-invalid", "no valid JWT (inbound.jwt)", 401, SC_GRPC_UNAUTHENTICATED, 0,
+                                     SC_FAIL_NO_STAT, 0},
+    [SC_FAIL_JWT_FORBIDDEN] = {"jwt-claims", "the JWT lacks a claim or scope this path requires (inbound.jwt)", 403,
+                               SC_GRPC_PERMISSION_DENIED, 0, SC_FAIL_NO_STAT, 0},
+    [SC_FAIL_RATE_LIMITED] = {"rate-limited", "rate limit reached (rate_limits)", 429, SC_GRPC_RESOURCE_EXHAUSTED,
+                              SC_FAIL_F_QUIET, SC_FAIL_NO_STAT, 0},
+    [SC_FAIL_RATE_LIMIT_UNAVAILABLE] = {"rate-limit-unavailable",
+                                        "Redis could not decide a global rate limit (on_error: deny)", 503,
+                                        SC_GRPC_UNAVAILABLE, SC_FAIL_F_QUIET, SC_FAIL_NO_STAT, 0},
     [SC_FAIL_HEADERS_TOO_LARGE] = {"request-headers-too-large",
                                    "request header fields larger than limits.max_header_bytes", 431,
                                    SC_GRPC_RESOURCE_EXHAUSTED, SC_FAIL_F_REQUEST, SC_FAIL_NO_STAT, 0},
@@ -74,6 +83,36 @@ void sc_stream_fail_msg(sc_stream *s, const char *fmt, ...)
     if (n < 0)
         return;
     s->fail_msg = sc_arena_dup(&s->arena, msg, SC_MIN((size_t)n, sizeof(msg) - 1));
+}
+
+int sc_stream_fail_header(sc_stream *s, const char *name, const char *value)
+{
+    if (!s->fail_hdrs && !(s->fail_hdrs = sc_arena_alloc(&s->arena, SC_FAIL_MAX_HEADERS * sizeof(nghttp2_nv))))
+        return -ENOMEM;
+    if (s->n_fail_hdrs >= SC_FAIL_MAX_HEADERS)
+        return -ENOSPC;
+    size_t nl = strlen(name), vl = strlen(value);
+    char *n = sc_arena_dup(&s->arena, name, nl), *v = sc_arena_dup(&s->arena, value, vl);
+    if (!n || !v)
+        return -ENOMEM;
+    for (size_t i = 0; i < nl; i++)
+        n[i] = (char)(n[i] >= 'A' && n[i] <= 'Z' ? n[i] + 32 : n[i]);
+    s->fail_hdrs[s->n_fail_hdrs++] = (nghttp2_nv){(uint8_t *)n, (uint8_t *)v, nl, vl, NGHTTP2_NV_FLAG_NONE};
+    return 0;
+}
+
+/* The stage's own header fields (sc_stream_fail_header), then x-sidecar-reason
+ * unless one of them replaced it. */
+static void add_fail_headers(sc_stream *s, sc_msg *m, const sc_fail_info *fi)
+{
+    bool reason = false;
+    for (size_t i = 0; i < s->n_fail_hdrs; i++) {
+        const nghttp2_nv *nv = &s->fail_hdrs[i];
+        reason |= nv->namelen == 16 && memcmp(nv->name, "x-sidecar-reason", 16) == 0;
+        sc_msg_add(s, m, (const char *)nv->name, nv->namelen, (const char *)nv->value, nv->valuelen);
+    }
+    if (!reason)
+        sc_msg_add(s, m, "x-sidecar-reason", 16, fi->reason, strlen(fi->reason));
 }
 
 /* The answer's text: the one given for this stream, or the table's. */
@@ -127,11 +166,14 @@ static int local_reply(sc_stream *s, sc_fail why)
             sc_msg_add(s, m, "grpc-status", 11, code, strlen(code)) < 0)
             return -ENOMEM;
         sc_msg_add(s, m, "grpc-message", 12, enc, elen); /* these two may be missing, the status may not */
-        sc_msg_add(s, m, "x-sidecar-reason", 16, fi->reason, strlen(fi->reason));
         if (s->request_id_len)
             sc_msg_add(s, m, "x-request-id", 12, s->request_id, s->request_id_len);
-        if (fallback)
+        if (fallback) {
+            sc_msg_add(s, m, "x-sidecar-reason", 16, fi->reason, strlen(fi->reason));
             add_headers(s, m, bp->fallback_grpc_metadata, bp->n_fallback_grpc_metadata);
+        } else {
+            add_fail_headers(s, m, fi);
+        }
         return 0;
     }
     const char *body = msg;
@@ -149,9 +191,12 @@ static int local_reply(sc_stream *s, sc_fail why)
         add_headers(s, m, bp->fallback_http_headers, bp->n_fallback_http_headers);
     if (!sc_msg_find(m, "content-type")) /* a fallback may bring its own */
         sc_msg_add(s, m, "content-type", 12, "text/plain; charset=utf-8", 25);
-    sc_msg_add(s, m, "x-sidecar-reason", 16, fi->reason, strlen(fi->reason));
     if (s->request_id_len)
         sc_msg_add(s, m, "x-request-id", 12, s->request_id, s->request_id_len);
+    if (fallback)
+        sc_msg_add(s, m, "x-sidecar-reason", 16, fi->reason, strlen(fi->reason));
+    else
+        add_fail_headers(s, m, fi);
     if (!(s->flags & SC_ST_F_HEAD_REQ) && n) {
         if (sc_buf_reserve(s->w, &s->respp.buf, SC_MAX(s->w->sc->cfg->limits.stream_buffer, (uint32_t)n)) == 0 &&
             sc_buf_space(&s->respp.buf) >= n) {

@@ -41,6 +41,11 @@ typedef enum {
     SC_FAIL_REFUSED_STREAM,         /* 503 / UNAVAILABLE: the upstream refused the stream */
     SC_FAIL_FORBIDDEN,              /* 403 / PERMISSION_DENIED: caller identity not allowed */
     SC_FAIL_AUTHZ_UNAVAILABLE,      /* 503 / UNAVAILABLE: Consul could not say whether the caller may call */
+    SC_FAIL_JWT_UNAUTHENTICATED,    /* 401 / UNAUTHENTICATED: inbound.jwt: no usable token (missing, malformed,
+                                     * expired, unverifiable); x-sidecar-reason names why (jwt-*) */
+    SC_FAIL_JWT_FORBIDDEN,          /* 403 / PERMISSION_DENIED: a valid token without the rule's claims / scopes */
+    SC_FAIL_RATE_LIMITED,           /* 429 / RESOURCE_EXHAUSTED: a rate limit's bucket is empty */
+    SC_FAIL_RATE_LIMIT_UNAVAILABLE, /* 503 / UNAVAILABLE: Redis could not decide a global limit (on_error: deny) */
     /* Refused before it went anywhere (the request itself is at fault): */
     SC_FAIL_HEADERS_TOO_LARGE,      /* 431 / RESOURCE_EXHAUSTED: header fields beyond limits.max_header_bytes,
                                      * or beyond what the upstream accepts (its SETTINGS_MAX_HEADER_LIST_SIZE) */
@@ -95,6 +100,16 @@ static inline uint32_t sc_fail_cond(sc_fail f) { return sc_fail_info_of(f)->cond
  * bytes; out of memory: the table's text is used). For the admission
  * stages and codecs that know more than the failure kind says. */
 void sc_stream_fail_msg(sc_stream *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Adds a header field to the sidecar's own answer for this stream (copied
+ * into the arena; at most SC_FAIL_MAX_HEADERS, more are dropped): for a
+ * stage whose refusal says more than a status (Retry-After,
+ * WWW-Authenticate, ...). In a gRPC answer they are metadata next to
+ * grpc-status. An x-sidecar-reason given here replaces the table's (a
+ * stage naming its refusal more precisely). Not used for a circuit
+ * breaker's fallback. Returns 0 or -ENOMEM / -ENOSPC. */
+#define SC_FAIL_MAX_HEADERS 8
+int sc_stream_fail_header(sc_stream *s, const char *name, const char *value);
 
 /* The caller's side of a failure that ends the exchange: before the
  * response head went out, the sidecar's own answer in the caller's protocol

@@ -188,6 +188,9 @@ struct sc_worker {
     unsigned start_delay_ms;        /* $SIDECAR_TEST_WORKER_START_DELAY_MS: tests only */
     struct sc_tls_session_cache *tls_sessions; /* outbound TLS resumption */
     sc_link authz_waiters;          /* streams parked by stage_authz.c (SC_WAKE_AUTHZ resumes them) */
+    sc_link jwt_waiters;            /* streams parked by stage_jwt.c for keys (SC_WAKE_JWT resumes them) */
+    sc_link rl_waiters;             /* streams parked by stage_ratelimit.c while Redis decides (its callback resumes them) */
+    struct sc_rl_worker *rl;        /* this worker's Redis client (global rate limits), NULL: none */
     /* free lists */
     void *free_streams;
     void *free_blocks[2];           /* block pool, two sizes (worker.c) */

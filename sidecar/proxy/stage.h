@@ -213,12 +213,18 @@ static inline sc_stream *sc_parked_stream(sc_link *l) { return SC_CONTAINER_OF(l
 static inline uint64_t *sc_parked_word(sc_stream *s) { return &s->stage_word[s->stage_pos]; }
 
 /* The registry (admit.c). */
-extern const sc_stage sc_stage_allow, sc_stage_authz, sc_stage_breaker, sc_stage_retry_budget, sc_stage_bulkhead;
+extern const sc_stage sc_stage_allow, sc_stage_authz, sc_stage_jwt, sc_stage_ratelimit, sc_stage_breaker,
+    sc_stage_retry_budget, sc_stage_bulkhead;
 extern const sc_observer sc_observer_outlier, sc_observer_access;
 
 /* Worker hooks of the built-in stages (worker.c calls them). */
 void sc_stage_authz_wake(sc_worker *w);           /* a Consul lookup this worker waits for ended */
 bool sc_stage_bulkhead_promote(sc_worker *w);     /* slots freed elsewhere: true while waiters remain */
+void sc_stage_jwt_wake(sc_worker *w);             /* a JWKS fetch ended: requests waiting for keys go on */
+/* A claim of the caller's verified JWT (stage_jwt.c) as text, for the
+ * stages after it (a rate-limit key); NULL: no verified token on this
+ * stream, or no such claim. Valid until the stream ends. */
+const char *sc_stage_jwt_claim(const sc_stream *s, const char *name, size_t *len);
 
 /* ---- for the stream (stream.c, attempt.c) ---- */
 

@@ -144,6 +144,8 @@ struct sc_stream {
     uint64_t first_byte_ns;         /* this attempt's response head arrived (0: not yet) */
     sc_fail fail;
     const char *fail_msg;           /* the sidecar's answer, when it says more than the failure table (arena) */
+    nghttp2_nv *fail_hdrs;          /* header fields the answer adds (sc_stream_fail_header; arena) */
+    uint8_t n_fail_hdrs;
     int grpc_status;                /* seen in trailers, -1 none */
     /* per-stream state for HTTP/1 sides */
     sc_h1_body h1_body;             /* body decoder of whichever side is HTTP/1 */

@@ -5,6 +5,7 @@
 #include "core/log.h"
 #include "http/grpc.h"
 #include "http/hdr.h"
+#include "jwt/jwt_config.h"
 #include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
@@ -44,8 +45,9 @@ static int take_trailers(sc_stream *s, sc_h1_body *b, sc_pipe *p)
         size_t nl = tr[i].name.len;
         if (sc_h1_trailer_forbidden(n, nl))
             continue;
-        if (from_caller && sc_hdr_aliases(n, nl, cfg->tls.identity_header))
-            continue; /* only ever set by the sidecar, in the head */
+        if (from_caller && (sc_hdr_aliases(n, nl, cfg->tls.identity_header) ||
+                            (s->route->inbound && sc_jwt_header_reserved(cfg->inbound.jwt, n, nl))))
+            continue; /* only ever set by the sidecar (identity, JWT claims), in the head */
         if (from_caller && sc_hdr_has_underscore(n, nl)) {
             if (cfg->limits.header_underscores == SC_HDR_US_REJECT) {
                 b->why = "trailer field name with '_' refused (limits.header_underscores: reject)";

@@ -7,6 +7,7 @@
 #include "core/log.h"
 #include "proxy/codec.h"
 #include "proxy/stage.h"
+#include "ratelimit/ratelimit.h"
 #include "sidecar.h"
 #include "tls/tls.h"
 
@@ -724,6 +725,8 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
     }
     if (why & SC_WAKE_AUTHZ)
         sc_stage_authz_wake(w);
+    if (why & SC_WAKE_JWT)
+        sc_stage_jwt_wake(w);
     if (!(why & SC_WAKE_DRAIN) || w->draining)
         return;
     /* Connections the kernel completed on this worker's listening sockets
@@ -755,6 +758,8 @@ static int worker_init(sc_worker *w, sidecar *sc, unsigned id)
     sc_list_init(&w->down_conns);
     sc_list_init(&w->streams);
     sc_list_init(&w->authz_waiters);
+    sc_list_init(&w->jwt_waiters);
+    sc_list_init(&w->rl_waiters);
     w->rstate = sc_xcalloc(sc->n_routes, sizeof(*w->rstate));
     for (size_t i = 0; i < sc->n_routes; i++) {
         sc_list_init(&w->rstate[i].h2_conns);
@@ -816,6 +821,8 @@ void sc_worker_loop_begin(sc_worker *w)
     ev_prepare_start(w->loop, &w->flush);
     ev_check_start(w->loop, &w->check);
     sc_epoch_enter(&w->epoch);
+    if (w->sc->ratelimit && sc_rl_runtime_has_global(w->sc->ratelimit) && !(w->rl = sc_rl_worker_new(w->sc->ratelimit, w->loop)))
+        SC_ERROR("worker %u: no memory for a Redis client: global rate limits follow their on_error", w->id);
 }
 
 void sc_worker_loop_end(sc_worker *w)
@@ -832,6 +839,8 @@ void sc_worker_loop_end(sc_worker *w)
             sc_conn_close(SC_CONTAINER_OF(rs->h1_idle.next, sc_conn, link), -ECANCELED);
     }
     bury(graveyard_of(w));
+    sc_rl_worker_free(w->rl); /* no stream waits for Redis now */
+    w->rl = NULL;
     sc_epoch_leave(&w->epoch);
 }
 

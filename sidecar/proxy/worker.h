@@ -39,6 +39,7 @@ enum {
     SC_WAKE_DRAIN = 1u << 0,    /* stop accepting, finish in-flight requests within drain_timeout, exit */
     SC_WAKE_STOP = 1u << 1,     /* exit now (second signal) */
     SC_WAKE_AUTHZ = 1u << 2,    /* a Consul authorization lookup ended: requests waiting for it go on */
+    SC_WAKE_JWT = 1u << 3,      /* a JWKS fetch ended: requests waiting for an issuer's keys go on */
 };
 void sc_worker_wake(sc_worker *w, unsigned reasons);
 

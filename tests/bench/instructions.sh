@@ -3,7 +3,8 @@
 # sidecar binaries, counted by valgrind's callgrind over a fixed number of
 # requests: the A/B comparison for a change that must not cost CPU.
 #
-#   tests/bench/instructions.sh [-n REQUESTS] [--loads grpc,http1] [--config-extra FILE]... BINARY [BINARY...]
+#   tests/bench/instructions.sh [-n REQUESTS] [--loads grpc,http1,inbound] [--config-extra FILE]...
+#       [--inbound-extra FILE] [-H 'Name: value'] BINARY [BINARY...]
 #
 # --config-extra FILE: a configuration variant, FILE appended to the
 # sidecar's YAML (top-level sections such as access_log: or tracing:); each
@@ -22,12 +23,19 @@
 # runs under callgrind with instrumentation off; REQUESTS/10 warm-up requests;
 # instrumentation on (callgrind_control -i on), REQUESTS requests, off again,
 # dump; the Ir total of that dump / REQUESTS. Loads: grpc = h2load -c 8 -m 16 unary
-# POSTs (the run.sh request), http1 = h2load --h1 -c 16 GETs. Every process
-# is killed on exit; every load is bounded by `timeout`.
+# POSTs (the run.sh request), http1 = h2load --h1 -c 16 GETs, inbound = the
+# same GETs through the inbound listener (in front of the HTTP/1.1 backend).
+# Variants of one binary: --inbound-extra FILE adds FILE's lines to the
+# `inbound:` section (e.g. a `jwt:` mapping, indented by two spaces), -H adds
+# a header to every request of every load (e.g. an Authorization bearer
+# token); tests/bench/jwt_ab.sh runs JWT off against on this way. Every
+# process is killed on exit; every load is bounded by `timeout`.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 N=20000
 LOADS=grpc,http1
+INBOUND_EXTRA=
+HDRS=()
 BINS=()
 EXTRAS=("")
 while (($#)); do
@@ -35,11 +43,13 @@ while (($#)); do
         -n) N=$2; shift 2 ;;
         --config-extra) EXTRAS+=("$(readlink -f "$2")"); shift 2 ;;
         --loads) LOADS=$2; shift 2 ;;
-        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        --inbound-extra) INBOUND_EXTRA=$(readlink -f "$2"); shift 2 ;;
+        -H) HDRS+=(-H "$2"); shift 2 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) BINS+=("$(readlink -f "$1")"); shift ;;
     esac
 done
-((${#BINS[@]})) || { echo "usage: $0 [-n N] [--loads grpc,http1] BINARY..." >&2; exit 2; }
+((${#BINS[@]})) || { echo "usage: $0 [-n N] [--loads grpc,http1,inbound] [--config-extra FILE] [--inbound-extra FILE] [-H HEADER] BINARY..." >&2; exit 2; }
 for t in valgrind callgrind_control h2load cc; do
     command -v "$t" >/dev/null || { echo "$t is needed (valgrind, nghttp2-client, gcc)" >&2; exit 2; }
 done
@@ -66,8 +76,8 @@ printf '\x00\x00\x00\x00\x10\x0a\x0ehello-sidecar!' >"$WORK/grpc-request.bin"
 load() { # load KIND PORT COUNT
     case $1 in
         grpc) timeout 600 h2load -n "$3" -c 8 -m 16 -d "$WORK/grpc-request.bin" -H 'content-type: application/grpc' \
-                  -H 'te: trailers' "http://127.0.0.1:$2/bench.Bench/Echo" ;;
-        http1) timeout 600 h2load --h1 -n "$3" -c 16 -m 1 "http://127.0.0.1:$2/" ;;
+                  -H 'te: trailers' "${HDRS[@]}" "http://127.0.0.1:$2/bench.Bench/Echo" ;;
+        http1|inbound) timeout 600 h2load --h1 -n "$3" -c 16 -m 1 "${HDRS[@]}" "http://127.0.0.1:$2/" ;;
     esac
 }
 
@@ -77,7 +87,7 @@ for bin in "${BINS[@]}"; do
   IFS=, read -ra loads <<<"$LOADS"
   for l in "${loads[@]}"; do
     for extra in "${EXTRAS[@]}"; do
-        PA=$(free_port); PG=$(free_port); PH=$(free_port)
+        PA=$(free_port); PG=$(free_port); PH=$(free_port); PI=$(free_port)
         cat >"$WORK/sidecar.yaml" <<EOF
 service: {name: bench}
 admin: {listen: "127.0.0.1:$PA"}
@@ -86,6 +96,12 @@ log: {level: warn}
 upstreams:
   - {upstream: grpc-backend, protocol: grpc, listen: "127.0.0.1:$PG", discovery: {static: ["127.0.0.1:$BG"]}, timeouts: {connect: 1s, request: 30s, idle: 60s}}
   - {upstream: http-backend, protocol: http1, listen: "127.0.0.1:$PH", discovery: {static: ["127.0.0.1:$BH"]}, timeouts: {connect: 1s, request: 30s, idle: 60s}}
+inbound:
+  listen: "127.0.0.1:$PI"
+  app: "127.0.0.1:$BH"
+  app_protocol: http1
+  timeouts: {connect: 1s, request: 30s, idle: 60s}
+$( [[ $INBOUND_EXTRA ]] && sed 's/^/  /' "$INBOUND_EXTRA" )
 EOF
         [[ -z $extra ]] || cat "$extra" >>"$WORK/sidecar.yaml"
         out="$WORK/callgrind.out"
@@ -94,8 +110,8 @@ EOF
             "$bin" --config "$WORK/sidecar.yaml" >"$WORK/sidecar.log" 2>&1 &
         vpid=$!; PIDS+=($vpid)
         wait_port "$PA" || { echo "$bin did not start: $(tail -5 "$WORK/sidecar.log")" >&2; exit 1; }
-        port=$([[ $l == grpc ]] && echo "$PG" || echo "$PH")
-        wait_port "$port" || { echo "$bin: listener $port did not open" >&2; exit 1; }
+        case $l in grpc) port=$PG ;; inbound) port=$PI ;; *) port=$PH ;; esac
+        wait_port "$port" || { echo "$bin: $l listener did not open" >&2; exit 1; } # workers bind after admin
         curl -s -o /dev/null --max-time 30 "http://127.0.0.1:$PA/ready" || true
         load "$l" "$port" $((N / 10)) >/dev/null
         callgrind_control -i on "$vpid" >/dev/null

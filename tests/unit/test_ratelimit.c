@@ -768,7 +768,11 @@ static void test_config_errors(void **st)
         {HEAD IN "    - {name: a, rate: 1/s, key: [method, path, caller, 'header:x', 'header:y']}\n",
          "inbound.rate_limits[0].key", "too many parts"},
         {HEAD IN "    - {name: a, rate: 1/s, key: 'claim:sub'}\n", "inbound.rate_limits[0].key",
-         "JWT authentication is not configured"},
+         "inbound.jwt is not configured"},
+        {HEAD "upstreams:\n  - upstream: p\n    protocol: http1\n    listen: 127.0.0.1:9191\n"
+              "    discovery: {static: [127.0.0.1:9000]}\n"
+              "    rate_limits: [{name: a, rate: 1/s, key: 'claim:sub'}]\n",
+         "upstreams[0].rate_limits[0].key", "only checked on the inbound listener"},
         {HEAD IN "    - {name: a, rate: 1/s, key: caller}\n", "inbound.rate_limits[0].key",
          "inbound mutual TLS"},
         {HEAD IN "    - {name: a, rate: 1/s, scope: global}\n", "inbound.rate_limits[0].scope",
