@@ -452,6 +452,26 @@ def report(results_path, meta_path):
     else:
         out.append("Ratios: none (no sidecar rows measured).")
 
+    # The L4 floor (HAProxy mode tcp, nothing parsed): how far above the cost
+    # of forwarding the bytes each proxy is, CPU per request.
+    floor_lines = []
+    for load in all_loads:
+        f = by.get((load, "floor"))
+        if not f or stalled(load, f) or not _num(f["cpu_us"]):
+            continue
+        vals = [f"{p} {ratio(by[(load, p)]['cpu_us'], f['cpu_us'])}"
+                for p in proxies if p not in ("floor", "direct") and (load, p) in by
+                and not stalled(load, by[(load, p)])]
+        if vals:
+            floor_lines.append(f"- {load}: floor {_f(f['cpu_us'], '{:.2f}')} µs/req; "
+                               + ", ".join(vals))
+    if floor_lines:
+        out.append("")
+        out.append("CPU per request over the L4 floor (HAProxy `mode tcp`, same backends, "
+                   "bytes forwarded, nothing parsed; 1.00x = the floor):")
+        out.append("")
+        out.extend(floor_lines)
+
     # TLS: what a handshake and what TLS on a kept-alive connection cost.
     hs = [l for l in all_loads if key_of.get(l) in HANDSHAKE_LOADS]
     pairs = []

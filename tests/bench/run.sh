@@ -26,7 +26,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 PY=/usr/bin/python3
 LIB="$HERE/benchlib.py"
 
-ALL_PROXIES="sidecar,sidecar_policies,haproxy,nghttpx,nginx"
+ALL_PROXIES="sidecar,sidecar_policies,haproxy,nghttpx,nginx,floor"
 ALL_LOADS="grpc,http1,grpc-lat,http1-lat,tls-full,tls-resumed,tls-persistent"
 # Proxies with an mTLS listener (the others skip the tls-* loads).
 TLS_PROXIES="sidecar,haproxy,nghttpx"
@@ -161,6 +161,7 @@ ensure_tools() {
     [[ -f /usr/include/ev.h ]] || pkgs+=(libev-dev)
     [[ $HTTP_BACKEND == nginx ]] || in_list nginx "$ONLY" && need nginx nginx-light
     in_list haproxy "$ONLY" && need haproxy haproxy
+    in_list floor "$ONLY" && need haproxy haproxy
     in_list nghttpx "$ONLY" && need nghttpx nghttp2-proxy
     if ((TLS_WANTED)); then
         need openssl openssl
@@ -273,9 +274,9 @@ render() {
 BACKEND_GRPC=$((PORT_BASE + 1))
 BACKEND_HTTP=$((PORT_BASE + 2))
 declare -A PORTS_GRPC=([direct]=$BACKEND_GRPC [sidecar]=$((PORT_BASE + 10)) [sidecar_policies]=$((PORT_BASE + 12))
-    [haproxy]=$((PORT_BASE + 20)) [nghttpx]=$((PORT_BASE + 30)) [nginx]=$((PORT_BASE + 40)))
+    [haproxy]=$((PORT_BASE + 20)) [nghttpx]=$((PORT_BASE + 30)) [nginx]=$((PORT_BASE + 40)) [floor]=$((PORT_BASE + 44)))
 declare -A PORTS_HTTP=([direct]=$BACKEND_HTTP [sidecar]=$((PORT_BASE + 11)) [sidecar_policies]=$((PORT_BASE + 13))
-    [haproxy]=$((PORT_BASE + 21)) [nghttpx]=$((PORT_BASE + 31)) [nginx]=$((PORT_BASE + 41)))
+    [haproxy]=$((PORT_BASE + 21)) [nghttpx]=$((PORT_BASE + 31)) [nginx]=$((PORT_BASE + 41)) [floor]=$((PORT_BASE + 45)))
 # mTLS listeners (TLS_PROXIES): sidecar inbound, HAProxy and nghttpx frontends.
 declare -A PORTS_TLS=([sidecar]=$((PORT_BASE + 14)) [haproxy]=$((PORT_BASE + 22)) [nghttpx]=$((PORT_BASE + 32)))
 SIDECAR_ADMIN=$((PORT_BASE + 19))
@@ -423,6 +424,20 @@ start_haproxy() {
     wait_port "$PORT_GRPC" "$PROXY_PID" 5 && wait_port "$PORT_HTTP" "$PROXY_PID" 5 \
         || { REASON="did not listen: $(why "$WORK/haproxy.log")"; return 1; }
     wait_tls_port || { REASON="mTLS frontend did not listen: $(why "$WORK/haproxy.log")"; return 1; }
+}
+
+# The L4 floor: HAProxy in mode tcp (conf/haproxy-tcp.cfg.in), bytes copied
+# between connections, nothing parsed. Its row is the "floor" proxy; the report
+# prints every proxy's CPU per request over it.
+start_floor() {
+    command -v haproxy >/dev/null || { REASON="haproxy not installed"; return 1; }
+    render "$HERE/conf/haproxy-tcp.cfg.in" "$WORK/haproxy-tcp.cfg"
+    local out
+    out=$(haproxy -c -f "$WORK/haproxy-tcp.cfg" 2>&1) || { REASON="config check: $(echo "$out" | tail -n 3 | tr '\n' ' ')"; return 1; }
+    start_bg haproxy-tcp "${ON_PROXY_CORE[@]}" haproxy -db -f "$WORK/haproxy-tcp.cfg"
+    PROXY_PID=$LAST_PID
+    wait_port "$PORT_GRPC" "$PROXY_PID" 5 && wait_port "$PORT_HTTP" "$PROXY_PID" 5 \
+        || { REASON="did not listen: $(why "$WORK/haproxy-tcp.log")"; return 1; }
 }
 
 start_nghttpx() {
