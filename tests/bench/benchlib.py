@@ -232,6 +232,9 @@ def parse_s_time(out_path, wall, mode):
     if mode == "plain":
         mm = re.search(r"(\d+) not 200", text)
         wrong = int(mm.group(1)) if mm else 0
+    elif mode == "confirmed":   # handshake_client.c
+        mm = re.search(r"(\d+) not confirmed", text)
+        wrong = int(mm.group(1)) if mm else 0
     else:
         wrong = full if mode == "reuse" else resumed
     try:
@@ -331,7 +334,7 @@ COLS = ["load", "proxy", "rps", "cpu_us", "p50", "p99", "rss_idle", "rss_load",
 
 # Loads (the run.sh names in the "key" column) whose unit is a connection,
 # not a request: req/s is handshakes/s and CPU µs/req is µs per connection.
-HANDSHAKE_LOADS = ("tls-full", "tls-resumed")
+HANDSHAKE_LOADS = ("tls-full", "tls-full-stime", "tls-resumed")
 # tls-persistent is compared with its plaintext twin, measured right after it
 # in the same proxy process at the same rate with the same tool.
 TLS_PAIRS = (("tls-persistent", "tls-plain"), ("tls-paced", "tls-paced-plain"),
