@@ -201,17 +201,12 @@ bool sc_attempt_judge_head(sc_stream *s)
 void sc_stream_req_consume(sc_stream *s, size_t n)
 {
     if (s->replayable) {
-        const sc_retry_policy *rp = &sc_stream_policy(s)->retries;
-        if (s->replay.end + n > rp->buffer_limit ||
-            (!s->replay.data && !(s->replay.data = malloc(rp->buffer_limit ? rp->buffer_limit : 1)))) {
+        /* The copy grows with what was sent (up to retries.buffer_limit). */
+        if (sc_buf_append_heap(&s->replay, sc_buf_head(&s->reqp.buf), n,
+                               sc_stream_policy(s)->retries.buffer_limit) < 0) {
             s->replayable = false; /* too big to keep: this request will not be retried */
             free(s->replay.data);
-            s->replay.data = NULL;
-            s->replay.end = 0;
-        } else {
-            s->replay.cap = (uint32_t)rp->buffer_limit;
-            memcpy(s->replay.data + s->replay.end, sc_buf_head(&s->reqp.buf), n);
-            s->replay.end += (uint32_t)n;
+            s->replay = (sc_buf){0};
         }
     }
     sc_buf_consume(&s->reqp.buf, n);

@@ -9,6 +9,8 @@
 
 #include "core/common.h"
 
+#include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 
 typedef struct sc_buf {
@@ -41,6 +43,34 @@ static inline void sc_buf_consume(sc_buf *b, size_t n)
     b->start += (uint32_t)n;
     if (b->start == b->end)
         b->start = b->end = 0;
+}
+
+/* Appends n bytes to a buffer on the heap (not the block pool), growing it by
+ * doubling from 256 bytes up to limit: a copy that is kept, such as a retry's
+ * replay of the request body, holds about what was appended, not limit (an
+ * 18-byte gRPC message pinned a 64 KiB block). -E2BIG when the contents would
+ * exceed limit, -ENOMEM; b is unchanged on failure. The caller frees b->data. */
+static inline int sc_buf_append_heap(sc_buf *b, const void *p, size_t n, size_t limit)
+{
+    size_t need = (size_t)b->end + n;
+    if (need > limit || limit > UINT32_MAX)
+        return -E2BIG;
+    if (need > b->cap || !b->data) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < need)
+            cap *= 2;
+        if (cap > limit)
+            cap = limit ? limit : 1;
+        char *nd = realloc(b->data, cap);
+        if (!nd)
+            return -ENOMEM;
+        b->data = nd;
+        b->cap = (uint32_t)cap;
+    }
+    if (n)
+        memcpy(b->data + b->end, p, n);
+    b->end += (uint32_t)n;
+    return 0;
 }
 
 #endif

@@ -560,17 +560,18 @@ static int submit_head(sc_down_conn *d, sc_stream *s)
     nghttp2_nv *nva = n <= SC_ARRAY_LEN(stack) ? stack : sc_arena_alloc(&s->arena, n * sizeof(*nva));
     if (!nva)
         return -ENOMEM;
-    char status[8], cl[24];
-    snprintf(status, sizeof(status), "%d", s->resp.status);
+    /* Numbers by hand: snprintf was 1,350 instructions of a ~37k-instruction gRPC call. */
+    char status[24], cl[24];
+    size_t status_len = sc_fmt_u64(status, (uint64_t)(s->resp.status > 0 ? s->resp.status : 0));
     size_t k = 0;
-    nva[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, strlen(status), NGHTTP2_NV_FLAG_NONE};
+    nva[k++] = (nghttp2_nv){(uint8_t *)":status", (uint8_t *)status, 7, status_len, NGHTTP2_NV_FLAG_NONE};
     for (size_t i = 0; i < s->resp.n_hdrs; i++)
         if (!resp_hop(&s->resp.hdrs[i]))
             nva[k++] = s->resp.hdrs[i];
     bool no_body = (s->flags & SC_ST_F_HEAD_REQ) || s->resp.status == 204 || s->resp.status == 304;
     if (s->resp.content_length >= 0 && s->resp.status != 204) {
-        snprintf(cl, sizeof(cl), "%lld", (long long)s->resp.content_length);
-        nva[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, strlen(cl), NGHTTP2_NV_FLAG_NONE};
+        size_t cl_len = sc_fmt_u64(cl, (uint64_t)s->resp.content_length);
+        nva[k++] = (nghttp2_nv){(uint8_t *)"content-length", (uint8_t *)cl, 14, cl_len, NGHTTP2_NV_FLAG_NONE};
     }
     int rv;
     if (no_body || (s->respp.eof && sc_buf_len(&s->respp.buf) == 0 && s->respp.n_trailers == 0)) {

@@ -115,24 +115,20 @@ static int submit(sc_up_conn *u, sc_stream *s)
     for (size_t i = 0; i < m->n_hdrs; i++)
         if (!skip_req_header(&m->hdrs[i]))
             nva[k++] = m->hdrs[i];
-    char tbuf[16], clbuf[24], abuf[12];
+    char tbuf[16], clbuf[24], abuf[24];   /* numbers by hand (sc_fmt_u64), not snprintf */
     if (s->attempt > 1) {
         /* Tell the upstream which attempt this is. */
-        if (m->is_grpc) {
-            int al = snprintf(abuf, sizeof(abuf), "%u", s->attempt - 1);
-            nva[k++] = NV("grpc-previous-rpc-attempts", abuf, (size_t)al);
-        } else {
-            int al = snprintf(abuf, sizeof(abuf), "%u", s->attempt);
-            nva[k++] = NV("x-sidecar-attempt", abuf, (size_t)al);
-        }
+        if (m->is_grpc)
+            nva[k++] = NV("grpc-previous-rpc-attempts", abuf, sc_fmt_u64(abuf, s->attempt - 1));
+        else
+            nva[k++] = NV("x-sidecar-attempt", abuf, sc_fmt_u64(abuf, s->attempt));
     }
     if (m->is_grpc && s->deadline_ns) {
         size_t tl = sc_grpc_timeout_format(sc_stream_remaining_ns(s), tbuf, sizeof(tbuf));
         nva[k++] = NV("grpc-timeout", tbuf, tl);
     }
     if (m->content_length >= 0) {
-        int cl = snprintf(clbuf, sizeof(clbuf), "%lld", (long long)m->content_length);
-        nva[k++] = NV("content-length", clbuf, (size_t)cl);
+        nva[k++] = NV("content-length", clbuf, sc_fmt_u64(clbuf, (uint64_t)m->content_length));
     }
 #undef NV
     uint32_t list = 0;

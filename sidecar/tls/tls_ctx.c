@@ -27,7 +27,13 @@
 #include <unistd.h>
 
 #define MATERIAL_MAX (1u << 20)         /* a PEM file larger than 1 MiB is a mistake */
-#define SERVER_SESSION_CACHE 10000      /* sessions (each holds the client's certificate); oldest evicted */
+/* Sessions in a server context's cache, oldest evicted. Each holds the
+ * client's certificate chain as parsed X509 objects: about 13 KiB of RSS per
+ * session with a leaf + CA chain (38 MiB for 2,900 full handshakes by
+ * tests/bench/handshake_client.c), so 10,000 reached 130 MiB. 2,048 covers a
+ * TLS 1.3 ticket outstanding for each of 512 callers x 4 (the client side keeps
+ * at most 4 per upstream instance) in about 26 MiB. */
+#define SERVER_SESSION_CACHE 2048
 
 int sc_tls_ctx_idx = -1, sc_tls_conn_idx = -1;
 static pthread_once_t idx_once = PTHREAD_ONCE_INIT;

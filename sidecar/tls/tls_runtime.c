@@ -93,11 +93,25 @@ static void reload(sidecar *sc, bool force)
     check_expiry(sc);
 }
 
+/* Once a minute (this timer ticks every second): expired sessions out of the
+ * inbound context's session cache, whose automatic flush is off
+ * (sc_tls_ctx_flush_sessions). A session cut to its client certificate's
+ * notAfter, or past its lifetime, would otherwise stay until evicted. */
+#define SESSION_FLUSH_TICKS 60
+
 static void reload_cb(struct ev_loop *loop, ev_timer *t, int revents)
 {
     (void)loop;
     (void)revents;
-    reload(t->data, false);
+    static unsigned ticks;
+    sidecar *sc = t->data;
+    reload(sc, false);
+    if (sc->tls_server && ++ticks >= SESSION_FLUSH_TICKS) {
+        ticks = 0;
+        sc_tls_ctx *ctx = sc_tls_watch_get(sc->tls_server);
+        sc_tls_ctx_flush_sessions(ctx, time(NULL));
+        sc_tls_ctx_unref(ctx);
+    }
 }
 
 static void sighup_cb(struct ev_loop *loop, ev_signal *s, int revents)

@@ -232,6 +232,9 @@ def parse_s_time(out_path, wall, mode):
     if mode == "plain":
         mm = re.search(r"(\d+) not 200", text)
         wrong = int(mm.group(1)) if mm else 0
+    elif mode == "confirmed":   # handshake_client.c
+        mm = re.search(r"(\d+) not confirmed", text)
+        wrong = int(mm.group(1)) if mm else 0
     else:
         wrong = full if mode == "reuse" else resumed
     try:
@@ -331,7 +334,7 @@ COLS = ["load", "proxy", "rps", "cpu_us", "p50", "p99", "rss_idle", "rss_load",
 
 # Loads (the run.sh names in the "key" column) whose unit is a connection,
 # not a request: req/s is handshakes/s and CPU µs/req is µs per connection.
-HANDSHAKE_LOADS = ("tls-full", "tls-resumed")
+HANDSHAKE_LOADS = ("tls-full", "tls-full-stime", "tls-resumed")
 # tls-persistent is compared with its plaintext twin, measured right after it
 # in the same proxy process at the same rate with the same tool.
 TLS_PAIRS = (("tls-persistent", "tls-plain"), ("tls-paced", "tls-paced-plain"),
@@ -451,6 +454,26 @@ def report(results_path, meta_path):
         out.extend(lines)
     else:
         out.append("Ratios: none (no sidecar rows measured).")
+
+    # The L4 floor (HAProxy mode tcp, nothing parsed): how far above the cost
+    # of forwarding the bytes each proxy is, CPU per request.
+    floor_lines = []
+    for load in all_loads:
+        f = by.get((load, "floor"))
+        if not f or stalled(load, f) or not _num(f["cpu_us"]):
+            continue
+        vals = [f"{p} {ratio(by[(load, p)]['cpu_us'], f['cpu_us'])}"
+                for p in proxies if p not in ("floor", "direct") and (load, p) in by
+                and not stalled(load, by[(load, p)])]
+        if vals:
+            floor_lines.append(f"- {load}: floor {_f(f['cpu_us'], '{:.2f}')} µs/req; "
+                               + ", ".join(vals))
+    if floor_lines:
+        out.append("")
+        out.append("CPU per request over the L4 floor (HAProxy `mode tcp`, same backends, "
+                   "bytes forwarded, nothing parsed; 1.00x = the floor):")
+        out.append("")
+        out.extend(floor_lines)
 
     # TLS: what a handshake and what TLS on a kept-alive connection cost.
     hs = [l for l in all_loads if key_of.get(l) in HANDSHAKE_LOADS]

