@@ -373,7 +373,9 @@ int sc_consul_watch_init(sc_consul *c)
     sidecar *sc = c->sc;
     const sc_config *cfg = c->cfg;
     ev_init(&c->cache_timer, cache_timer_cb);
-    c->by_route = calloc(sc->n_routes ? sc->n_routes : 1, sizeof(*c->by_route));
+    /* every slot a reload may fill (a route it adds is not watched: NULL) */
+    c->by_route = calloc(sc->routes_cap > sc->n_routes ? sc->routes_cap : sc->n_routes ? sc->n_routes : 1,
+                         sizeof(*c->by_route));
     size_t nw = 0;
     for (size_t r = 0; r < sc->n_routes; r++)
         if (sc->routes[r].policy && sc->routes[r].policy->discovery == SC_DISCOVERY_CONSUL)

@@ -168,7 +168,10 @@ struct sc_worker {
     pthread_t thread;
     struct ev_loop *loop;
     struct sidecar *sc;             /* process-wide state (sidecar.h) */
-    ev_io *listeners;               /* one per route */
+    ev_io *listeners;               /* one per route slot (routes_cap), fd -1 = none */
+    _Atomic int *handoff;           /* per route slot: a listening socket the control thread bound
+                                     * for this worker (sc_workers_hand), -1 = none */
+    size_t route_slots;             /* length of listeners, handoff, rstate, stats->routes */
     ev_async wakeup;                /* sc_worker_wake: the reasons are in `wake` */
     _Atomic unsigned wake;          /* SC_WAKE_* bits not handled yet (worker.h) */
     ev_prepare flush;               /* flush dirty connections before polling */
