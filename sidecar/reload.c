@@ -361,12 +361,14 @@ static const sc_policy *find_policy(const sc_config *c, const char *name)
     return NULL;
 }
 
-/* A removed route of this name and protocol, to take again. */
+/* A removed route of this name and protocol, to take again; not one the
+ * Consul watches still feed (they were set up for it at start). */
 static sc_route *removed_route(sidecar *sc, const sc_policy *p)
 {
     for (size_t i = 0; i < sc->n_routes; i++) {
         sc_route *rt = &sc->routes[i];
-        if (!rt->inbound && !sc_route_active(rt) && rt->protocol == p->protocol && strcmp(rt->name, p->name) == 0)
+        if (!rt->inbound && !sc_route_active(rt) && rt->protocol == p->protocol &&
+            rt->policy->discovery == SC_DISCOVERY_STATIC && strcmp(rt->name, p->name) == 0)
             return rt;
     }
     return NULL;

@@ -74,6 +74,7 @@ typedef struct sc_route_state {
     uint32_t *load;
     size_t scratch_n;
     uint32_t n_conns;               /* open upstream connections */
+    uint64_t removed_ms;            /* when this worker saw the route removed (drain_timeout from then), 0 = not */
 } sc_route_state;
 
 /* ---- connections ---- */
@@ -178,6 +179,7 @@ struct sc_worker {
     ev_idle more;                   /* active while dirty work is left: no sleeping poll */
     ev_check check;                 /* epoch tracking after polling */
     ev_timer drain_timer;
+    ev_timer route_drain;           /* removed routes: their connections close at drain_timeout (worker.c) */
     ev_timer accept_pause;          /* out of descriptors: listeners rest (worker.c) */
     ev_timer promote;               /* while bulkhead waiters exist: take slots freed elsewhere */
     sc_link dirty;

@@ -705,11 +705,56 @@ static void promote_cb(struct ev_loop *loop, ev_timer *t, int revents)
         ev_timer_stop(loop, t);
 }
 
+/* Connections of `rt` still open drain_timeout after the route was removed
+ * are closed, as at shutdown. */
+static void close_route_conns(sc_worker *w, const sc_route *rt)
+{
+    unsigned n = 0;
+    sc_link *k = w->down_conns.next;
+    while (k != &w->down_conns) {
+        sc_conn *c = SC_CONTAINER_OF(k, sc_conn, link);
+        k = k->next;
+        if (c->route == rt) {
+            sc_conn_close(c, -ECANCELED);
+            n++;
+        }
+    }
+    if (n)
+        SC_WARN("upstream %s removed: drain timeout: closed %u connections with requests still in flight", rt->name,
+                n);
+}
+
+static void route_drain_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    sc_worker *w = SC_CONTAINER_OF(t, sc_worker, route_drain);
+    uint64_t now = sc_now_ms(), timeout = w->sc->cfg->drain_timeout_ms, next = 0;
+    size_t n = atomic_load(&w->sc->n_routes);
+    for (size_t i = 0; i < n && i < w->route_slots; i++) {
+        sc_route_state *rs = &w->rstate[i];
+        if (!rs->removed_ms)
+            continue;
+        if (sc_route_active(&w->sc->routes[i])) {
+            rs->removed_ms = 0;
+        } else if (now - rs->removed_ms >= timeout) {
+            rs->removed_ms = 0;
+            close_route_conns(w, &w->sc->routes[i]);
+        } else if (!next || rs->removed_ms + timeout < next) {
+            next = rs->removed_ms + timeout;
+        }
+    }
+    if (next) {
+        ev_timer_set(t, (double)(next - now) / 1000.0, 0);
+        ev_timer_start(loop, t);
+    }
+}
+
 /* SC_WAKE_ROUTES: listeners handed over replace the route's (the new
  * socket is open before the old one closes, so a moved listener loses no
  * connection the kernel has not queued on the old one yet); a removed
  * route's listener closes and its connections drain like at shutdown
- * (requests in flight finish, keep-alive ends with them). */
+ * (requests in flight finish, keep-alive ends with them; what is still
+ * open after drain_timeout is closed by route_drain_cb). */
 static void routes_changed(sc_worker *w)
 {
     size_t n = atomic_load(&w->sc->n_routes);
@@ -734,8 +779,17 @@ static void routes_changed(sc_worker *w)
         ev_io_set(l, fd, EV_READ);
         if (fd >= 0 && !ev_is_active(&w->accept_pause))
             ev_io_start(w->loop, l);
-        if (!gone)
+        if (!gone) {
+            w->rstate[i].removed_ms = 0; /* added again: a later removal drains from then */
             continue;
+        }
+        if (!w->rstate[i].removed_ms) {
+            w->rstate[i].removed_ms = sc_now_ms();
+            if (!ev_is_active(&w->route_drain)) {
+                ev_timer_set(&w->route_drain, (double)w->sc->cfg->drain_timeout_ms / 1000.0, 0);
+                ev_timer_start(w->loop, &w->route_drain);
+            }
+        }
         sc_link *k = w->down_conns.next;
         while (k != &w->down_conns) {
             sc_conn *c = SC_CONTAINER_OF(k, sc_conn, link);
@@ -848,6 +902,7 @@ static int worker_init(sc_worker *w, sidecar *sc, unsigned id)
     ev_async_init(&w->wakeup, wakeup_cb);
     ev_async_start(w->loop, &w->wakeup);
     ev_init(&w->accept_pause, accept_pause_cb);
+    ev_init(&w->route_drain, route_drain_cb);
     ev_init(&w->promote, promote_cb);
     w->promote.repeat = 0.005;
     const char *delay = getenv("SIDECAR_TEST_WORKER_START_DELAY_MS");

@@ -597,6 +597,28 @@ class ReloadUpstreamsTest(ReloadTestCase):
         self.assertEqual(sc.stats().series("sidecar_upstream_requests_total", upstream="b"), [])
         self.assertEqual(http_call(ports["a"], "/echo").code, 200)
 
+    def test_removed_upstream_connections_end_at_drain_timeout(self):
+        ports = {"a": free_port(), "b": free_port()}
+        cfg = harness.base_config(free_port())
+        cfg["policies"] = "policies"
+        cfg["drain_timeout"] = "400ms"
+        sc = self.sidecar(cfg, name="upstreams", files={"policies/%s.yaml" % n: self.pol(n, ports[n]) for n in "ab"})
+        slow = {}
+        t = threading.Thread(target=lambda: slow.setdefault("r", http_call(ports["b"], "/delay/5000", timeout=10)))
+        t.start()
+        time.sleep(0.1)
+        os.unlink(os.path.join(sc.dir, "policies/b.yaml"))
+        t0 = time.monotonic()
+        self.sighup(sc)
+        t.join(10)
+        took = time.monotonic() - t0
+        self.assertEqual(slow["r"].code, -1, "the request outlived the drain of its removed upstream")
+        self.assertGreaterEqual(took, 0.35)
+        self.assertLess(took, 2.0)
+        self.assertTrue(wait_until(lambda: "upstream b removed: drain timeout: closed 1 connections" in sc.log_text(),
+                                   2.0), sc.log_tail())
+        self.assertEqual(http_call(ports["a"], "/echo").code, 200)
+
     def test_alternating_add_remove_under_load(self):
         ports = {n: free_port() for n in ("a", "b", "x")}
         sc = self.start(["a", "b"], ports)
