@@ -9,6 +9,7 @@
 
 #include "config/config_diff.h"
 #include "core/log.h"
+#include "discovery/consul.h"
 #include "core/prom.h"
 
 #include <jansson.h>
@@ -23,8 +24,8 @@
  * live (route.h sc_route_update); a new listen address applies live too
  * (apply_routes). An upstream with a change in any other part (protocol,
  * discovery, tls, a field not named), an added upstream discovered through
- * Consul and a change of the inbound listener wait for a restart like the
- * process-wide settings that do. */
+ * Consul without consul: settings, and a change of the inbound listener
+ * wait for a restart like the process-wide settings that do. */
 #define LIVE_PARTS                                                                                              \
     (SC_PART_TIMEOUTS | SC_PART_RETRIES | SC_PART_RETRY_BUDGET | SC_PART_BULKHEAD | SC_PART_BREAKER |             \
      SC_PART_FALLBACK | SC_PART_OUTLIER | SC_PART_LB | SC_PART_RATE_LIMITS)
@@ -361,14 +362,27 @@ static const sc_policy *find_policy(const sc_config *c, const char *name)
     return NULL;
 }
 
-/* A removed route of this name and protocol, to take again; not one the
- * Consul watches still feed (they were set up for it at start). */
+static bool same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* A removed route of this name and protocol, to take again: with static
+ * discovery one that had static discovery; with Consul one the watch of
+ * the same service, tag and datacenter still feeds (a watch is never
+ * stopped). */
 static sc_route *removed_route(sidecar *sc, const sc_policy *p)
 {
     for (size_t i = 0; i < sc->n_routes; i++) {
         sc_route *rt = &sc->routes[i];
-        if (!rt->inbound && !sc_route_active(rt) && rt->protocol == p->protocol &&
-            rt->policy->discovery == SC_DISCOVERY_STATIC && strcmp(rt->name, p->name) == 0)
+        if (rt->inbound || sc_route_active(rt) || rt->protocol != p->protocol || strcmp(rt->name, p->name) != 0)
+            continue;
+        const sc_policy *o = rt->policy;
+        if (o->discovery != p->discovery)
+            continue;
+        if (p->discovery == SC_DISCOVERY_STATIC ||
+            (same_str(o->consul.service, p->consul.service) && same_str(o->consul.tag, p->consul.tag) &&
+             same_str(o->consul.dc, p->consul.dc)))
             return rt;
     }
     return NULL;
@@ -388,23 +402,28 @@ static bool bind_listeners(sc_reload *r, const sc_policy *p, int **fds)
     return false;
 }
 
-/* An added upstream (static discovery) gets a route and its listeners: a
- * removed route of the same name and protocol again, or a free slot. */
+/* An added upstream gets a route and its listeners: a removed route of the
+ * same name and protocol again, or a free slot (with Consul discovery, a
+ * watch of its own from now on). */
 static bool add_route(sc_reload *r, sc_cfg_hold *nh, const sc_policy *p)
 {
     sidecar *sc = r->sc;
-    if (p->discovery != SC_DISCOVERY_STATIC)
-        return false; /* the Consul watches are set up at start */
+    if (p->discovery != SC_DISCOVERY_STATIC && !sc->consul)
+        return false;
     int *fds;
     if (!bind_listeners(r, p, &fds))
         return false;
     sc_route *rt = removed_route(sc, p);
     if (rt) {
         sc_route_update(rt, p, SC_PART_BREAKER | SC_PART_BULKHEAD | SC_PART_RETRY_BUDGET | SC_PART_OUTLIER, nh, sc);
-        sc_sidecar_route_publish_static(rt, p);
+        if (p->discovery == SC_DISCOVERY_STATIC)
+            sc_sidecar_route_publish_static(rt, p); /* a Consul route keeps what its watch found */
         atomic_store(&rt->removed, false);
     } else if ((rt = sc_sidecar_route_prepare(sc, p, nh))) {
         atomic_store(&sc->n_routes, (size_t)rt->index + 1);
+        int rc = p->discovery == SC_DISCOVERY_CONSUL ? sc_consul_watch_route(sc->consul, rt->index) : 0;
+        if (rc < 0) /* not expected: there is a watch slot for every route slot */
+            SC_ERROR("reload: upstream %s: cannot watch it in Consul: %s", p->name, strerror(-rc));
     } else {
         SC_ERROR("reload: upstream %s: no free route slot (%zu in use); it waits for a restart", p->name,
                  sc->routes_cap);
@@ -422,7 +441,7 @@ static bool add_route(sc_reload *r, sc_cfg_hold *nh, const sc_policy *p)
 /* Upstreams whose policy changed only in parts that apply live get a new
  * version of their route (the requests that start from now on run under
  * it); a new listen address is bound before the old one closes. Upstreams
- * added (static discovery) start, removed ones stop accepting and drain.
+ * added start, removed ones stop accepting and drain.
  * Compared with what the routes run (the effective configuration), not
  * with the file last loaded: a change that waited for a restart is not
  * taken for applied. */

@@ -673,5 +673,44 @@ class ReloadUpstreamsTest(ReloadTestCase):
             self.assertLessEqual(rss[1] - rss[0], 1024, "RSS grew by %d KiB" % (rss[1] - rss[0]))
 
 
+class ReloadConsulUpstreamTest(ReloadTestCase):
+    """An upstream discovered through Consul added by a reload gets a watch
+    of its own; removed and added again, it takes its route and watch back."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.peer = cls.class_http1_peer()
+
+    def test_added_consul_upstream_is_watched(self):
+        from test_consul import consul_upstream
+        emu = self.emulator()
+        emu.register_instance("pay", id="pay-1", port=self.peer.port, address="127.0.0.1")
+        ports = {"a": free_port(), "pay": free_port()}
+        cfg = harness.base_config(free_port())
+        cfg["consul"] = {"address": "http://127.0.0.1:%d" % emu.port, "register_service": False}
+        cfg["policies"] = "policies"
+        sc = self.sidecar(cfg, name="consul-add",
+                          files={"policies/a.yaml": harness.upstream("a", "http1", ports["a"], [self.peer.port])})
+        pay_path = os.path.join(sc.dir, "policies/pay.yaml")
+        for i in range(4):
+            self.write(sc, "policies/pay.yaml", consul_upstream("pay", ports["pay"]))
+            st = self.sighup(sc)
+            self.assertEqual(st["last"]["applied_live"], ["upstreams.pay"], st)
+            self.assertEqual(st["needs_restart"], [])
+            self.assertTrue(wait_until(lambda: http_call(ports["pay"], "/echo", timeout=1).code == 200, 3.0),
+                            "the added Consul upstream never answered\n" + sc.log_tail())
+            up = [u for u in sc.clusters()["upstreams"] if u["name"] == "pay"]
+            self.assertEqual(len(up), 1)
+            self.assertEqual(up[0]["consul"]["service"], "pay")
+            # one watch for every addition: the route and its watch are taken again
+            self.assertEqual(len(sc.stats().series("sidecar_consul_watch_stale", upstream="pay")), 1)
+            os.unlink(pay_path)
+            st = self.sighup(sc)
+            self.assertEqual(st["last"]["applied_live"], ["upstreams.pay"], st)
+            self.assertTrue(wait_until(lambda: http_call(ports["pay"], "/echo", timeout=1).code == -1, 2.0))
+        self.assertEqual(http_call(ports["a"], "/echo").code, 200)
+        self.assertEqual(sc.stats().series("sidecar_consul_watch_stale", upstream="pay"), [])
+
+
 if __name__ == "__main__":
     unittest.main()
