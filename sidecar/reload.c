@@ -390,11 +390,11 @@ static sc_route *removed_route(sidecar *sc, const sc_policy *p)
 
 /* Listening sockets on p's address, one per worker, into *fds (freed by
  * the caller). false (logged) when the address cannot be bound. */
-static bool bind_listeners(sc_reload *r, const sc_policy *p, int **fds)
+static bool bind_listeners(sc_reload *r, const sc_policy *p, bool probe, int **fds)
 {
     char err[256];
     *fds = sc_xcalloc(r->sc->n_workers ? r->sc->n_workers : 1, sizeof(int));
-    if (sc_workers_bind(r->sc, &p->listen, *fds, err, sizeof(err)) == 0)
+    if (sc_workers_bind(r->sc, &p->listen, probe, *fds, err, sizeof(err)) == 0)
         return true;
     SC_ERROR("reload: upstream %s: %s; the change waits", p->name, err);
     free(*fds);
@@ -410,10 +410,15 @@ static bool add_route(sc_reload *r, sc_cfg_hold *nh, const sc_policy *p)
     sidecar *sc = r->sc;
     if (p->discovery != SC_DISCOVERY_STATIC && !sc->consul)
         return false;
-    int *fds;
-    if (!bind_listeners(r, p, &fds))
-        return false;
+    /* A route taken again on its old address: the workers may not have
+     * closed its listeners yet (a removal just before); those are no
+     * reason to refuse, and the handover replaces them. */
     sc_route *rt = removed_route(sc, p);
+    const sc_addr *was = rt ? &rt->policy->listen : NULL;
+    bool own = was && was->len == p->listen.len && memcmp(&was->ss, &p->listen.ss, was->len) == 0;
+    int *fds;
+    if (!bind_listeners(r, p, !own, &fds))
+        return false;
     if (rt) {
         sc_route_update(rt, p, SC_PART_BREAKER | SC_PART_BULKHEAD | SC_PART_RETRY_BUDGET | SC_PART_OUTLIER, nh, sc);
         if (p->discovery == SC_DISCOVERY_STATIC)
@@ -476,7 +481,7 @@ static void apply_routes(sc_reload *r, sc_cfg_hold *nh, json_t *done)
             !p)
             continue;
         int *fds = NULL;
-        if ((rd->parts & SC_PART_LISTEN) && !bind_listeners(r, p, &fds))
+        if ((rd->parts & SC_PART_LISTEN) && !bind_listeners(r, p, true, &fds))
             continue;
         sc_route_update(rt, p, rd->parts, nh, r->sc);
         if (fds) {

@@ -1021,9 +1021,9 @@ void sc_worker_free(sc_worker *w)
     free(w);
 }
 
-int sc_workers_bind(const sidecar *sc, const sc_addr *a, int *fds, char *err, size_t errlen)
+int sc_workers_bind(const sidecar *sc, const sc_addr *a, bool probe, int *fds, char *err, size_t errlen)
 {
-    int rv = sc_listen_probe(a, err, errlen);
+    int rv = probe ? sc_listen_probe(a, err, errlen) : 0;
     for (unsigned i = 0; rv == 0 && i < sc->n_workers; i++) {
         rv = sc_listen_socket(a, &fds[i], err, errlen);
         if (rv < 0)

@@ -46,9 +46,11 @@ void sc_worker_wake(sc_worker *w, unsigned reasons);
 
 /* Control thread, reload adding a route or moving its listener: one
  * listening socket on `a` per worker into fds[n_workers] (bound now, so an
- * address problem shows before anything changes). 0, or a negative errno
- * with err set and nothing left open. */
-int sc_workers_bind(const struct sidecar *sc, const sc_addr *a, int *fds, char *err, size_t errlen);
+ * address problem shows before anything changes). probe: first check that
+ * no other socket holds the address (false when the holders may be this
+ * process's own listeners of a removed route not closed yet). 0, or a
+ * negative errno with err set and nothing left open. */
+int sc_workers_bind(const struct sidecar *sc, const sc_addr *a, bool probe, int *fds, char *err, size_t errlen);
 /* Hands fds (from sc_workers_bind; taken) to each worker as route `route`'s
  * listener, replacing the one it has, and wakes them. The route must be
  * published (route < n_routes) first. */
