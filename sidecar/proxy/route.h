@@ -6,8 +6,9 @@
  * the data plane carries a request is private to sidecar/proxy/ (the
  * route's pipeline of admission stages and observers, its upstream codec).
  *
- * Threads: a route is set up on the control thread before the workers run
- * and lives until they are joined. Workers read it without locks: the
+ * Threads: a route is set up on the control thread, before the workers run
+ * or (an upstream a reload adds) before sidecar.n_routes counts it, and
+ * lives until the workers are joined; a removed one keeps its slot. Workers read it without locks: the
  * config is read-only, endpoint snapshots are published with
  * sc_route_publish (discovery/endpoints.h has the reclamation rules), the
  * resilience objects are atomics.
