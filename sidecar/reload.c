@@ -9,6 +9,7 @@
 
 #include "config/config_diff.h"
 #include "core/log.h"
+#include "discovery/consul.h"
 #include "core/prom.h"
 
 #include <jansson.h>
@@ -20,10 +21,11 @@
 #include <unistd.h>
 
 /* The parts of an upstream's policy a new version of its route applies
- * live (route.h sc_route_update); an upstream with a change in any other
- * part (protocol, listen, discovery, tls, a field not named), an upstream
- * added or removed and a change of the inbound listener wait for a restart
- * like the process-wide settings that do. */
+ * live (route.h sc_route_update); a new listen address applies live too
+ * (apply_routes). An upstream with a change in any other part (protocol,
+ * discovery, tls, a field not named), an added upstream discovered through
+ * Consul without consul: settings, and a change of the inbound listener
+ * wait for a restart like the process-wide settings that do. */
 #define LIVE_PARTS                                                                                              \
     (SC_PART_TIMEOUTS | SC_PART_RETRIES | SC_PART_RETRY_BUDGET | SC_PART_BULKHEAD | SC_PART_BREAKER |             \
      SC_PART_FALLBACK | SC_PART_OUTLIER | SC_PART_LB | SC_PART_RATE_LIMITS)
@@ -111,7 +113,7 @@ static void copy_path(json_t *dst, const json_t *src, const char *path)
 static sc_route *running_route(sidecar *sc, const char *name)
 {
     for (size_t i = 0; i < sc->n_routes; i++)
-        if (!sc->routes[i].inbound && strcmp(sc->routes[i].name, name) == 0)
+        if (!sc->routes[i].inbound && sc_route_active(&sc->routes[i]) && strcmp(sc->routes[i].name, name) == 0)
             return &sc->routes[i];
     return NULL;
 }
@@ -158,7 +160,7 @@ static void running_upstreams(sidecar *sc, json_t *e, json_t *pending)
     }
     for (size_t k = 0; k < sc->n_routes; k++) {
         sc_route *rt = &sc->routes[k];
-        if (rt->inbound || listed(ups, rt->name))
+        if (rt->inbound || !sc_route_active(rt) || listed(ups, rt->name))
             continue;
         add_pending(pending, rt->name);
         json_array_append_new(out, sc_policy_to_json(rt->policy));
@@ -360,10 +362,93 @@ static const sc_policy *find_policy(const sc_config *c, const char *name)
     return NULL;
 }
 
+static bool same_str(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* A removed route of this name and protocol, to take again: with static
+ * discovery one that had static discovery; with Consul one the watch of
+ * the same service, tag and datacenter still feeds (a watch is never
+ * stopped). */
+static sc_route *removed_route(sidecar *sc, const sc_policy *p)
+{
+    for (size_t i = 0; i < sc->n_routes; i++) {
+        sc_route *rt = &sc->routes[i];
+        if (rt->inbound || sc_route_active(rt) || rt->protocol != p->protocol || strcmp(rt->name, p->name) != 0)
+            continue;
+        const sc_policy *o = rt->policy;
+        if (o->discovery != p->discovery)
+            continue;
+        if (p->discovery == SC_DISCOVERY_STATIC ||
+            (same_str(o->consul.service, p->consul.service) && same_str(o->consul.tag, p->consul.tag) &&
+             same_str(o->consul.dc, p->consul.dc)))
+            return rt;
+    }
+    return NULL;
+}
+
+/* Listening sockets on p's address, one per worker, into *fds (freed by
+ * the caller). false (logged) when the address cannot be bound. */
+static bool bind_listeners(sc_reload *r, const sc_policy *p, bool probe, int **fds)
+{
+    char err[256];
+    *fds = sc_xcalloc(r->sc->n_workers ? r->sc->n_workers : 1, sizeof(int));
+    if (sc_workers_bind(r->sc, &p->listen, probe, *fds, err, sizeof(err)) == 0)
+        return true;
+    SC_ERROR("reload: upstream %s: %s; the change waits", p->name, err);
+    free(*fds);
+    *fds = NULL;
+    return false;
+}
+
+/* An added upstream gets a route and its listeners: a removed route of the
+ * same name and protocol again, or a free slot (with Consul discovery, a
+ * watch of its own from now on). */
+static bool add_route(sc_reload *r, sc_cfg_hold *nh, const sc_policy *p)
+{
+    sidecar *sc = r->sc;
+    if (p->discovery != SC_DISCOVERY_STATIC && !sc->consul)
+        return false;
+    /* A route taken again on its old address: the workers may not have
+     * closed its listeners yet (a removal just before); those are no
+     * reason to refuse, and the handover replaces them. */
+    sc_route *rt = removed_route(sc, p);
+    const sc_addr *was = rt ? &rt->policy->listen : NULL;
+    bool own = was && was->len == p->listen.len && memcmp(&was->ss, &p->listen.ss, was->len) == 0;
+    int *fds;
+    if (!bind_listeners(r, p, !own, &fds))
+        return false;
+    if (rt) {
+        sc_route_update(rt, p, SC_PART_BREAKER | SC_PART_BULKHEAD | SC_PART_RETRY_BUDGET | SC_PART_OUTLIER, nh, sc);
+        if (p->discovery == SC_DISCOVERY_STATIC)
+            sc_sidecar_route_publish_static(rt, p); /* a Consul route keeps what its watch found */
+        atomic_store(&rt->removed, false);
+    } else if ((rt = sc_sidecar_route_prepare(sc, p, nh))) {
+        atomic_store(&sc->n_routes, (size_t)rt->index + 1);
+        int rc = p->discovery == SC_DISCOVERY_CONSUL ? sc_consul_watch_route(sc->consul, rt->index) : 0;
+        if (rc < 0) /* not expected: there is a watch slot for every route slot */
+            SC_ERROR("reload: upstream %s: cannot watch it in Consul: %s", p->name, strerror(-rc));
+    } else {
+        SC_ERROR("reload: upstream %s: no free route slot (%zu in use); it waits for a restart", p->name,
+                 sc->routes_cap);
+        for (unsigned i = 0; i < sc->n_workers; i++)
+            close(fds[i]);
+        free(fds);
+        return false;
+    }
+    sc_workers_hand(sc, rt->index, fds);
+    free(fds);
+    SC_INFO("reload: upstream %s added, listening on %s", p->name, p->listen.text);
+    return true;
+}
+
 /* Upstreams whose policy changed only in parts that apply live get a new
  * version of their route (the requests that start from now on run under
- * it). Compared with what the routes run (the effective configuration),
- * not with the file last loaded: a change that waited for a restart is not
+ * it); a new listen address is bound before the old one closes. Upstreams
+ * added start, removed ones stop accepting and drain.
+ * Compared with what the routes run (the effective configuration), not
+ * with the file last loaded: a change that waited for a restart is not
  * taken for applied. */
 static void apply_routes(sc_reload *r, sc_cfg_hold *nh, json_t *done)
 {
@@ -376,13 +461,34 @@ static void apply_routes(sc_reload *r, sc_cfg_hold *nh, json_t *done)
     }
     for (size_t i = 0; i < d.n_routes; i++) {
         const sc_route_diff *rd = &d.routes[i];
-        if (rd->inbound || rd->change != SC_ROUTE_CHANGED || (rd->parts & ~(uint32_t)LIVE_PARTS))
+        if (rd->inbound)
             continue;
         sc_route *rt = running_route(r->sc, rd->name);
         const sc_policy *p = find_policy(nh->cfg, rd->name);
-        if (!rt || !p)
+        if (rd->change == SC_ROUTE_ADDED && p && !rt) {
+            if (add_route(r, nh, p))
+                add_pending(done, rd->name);
+            continue;
+        }
+        if (rd->change == SC_ROUTE_REMOVED && rt) {
+            atomic_store(&rt->removed, true);
+            sc_workers_wake(r->sc, SC_WAKE_ROUTES);
+            SC_INFO("reload: upstream %s removed: its listener closes, its connections drain", rd->name);
+            add_pending(done, rd->name);
+            continue;
+        }
+        if (rd->change != SC_ROUTE_CHANGED || (rd->parts & ~(uint32_t)(LIVE_PARTS | SC_PART_LISTEN)) || !rt ||
+            !p)
+            continue;
+        int *fds = NULL;
+        if ((rd->parts & SC_PART_LISTEN) && !bind_listeners(r, p, true, &fds))
             continue;
         sc_route_update(rt, p, rd->parts, nh, r->sc);
+        if (fds) {
+            sc_workers_hand(r->sc, rt->index, fds);
+            free(fds);
+            SC_INFO("reload: upstream %s now listens on %s", p->name, p->listen.text);
+        }
         add_pending(done, rd->name);
     }
     sc_config_diff_free(&d);

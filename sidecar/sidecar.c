@@ -39,12 +39,50 @@ static sc_endpoints *static_snapshot(const sc_static_instance *in, size_t n)
     return e;
 }
 
+void sc_sidecar_route_publish_static(sc_route *rt, const sc_policy *p)
+{
+    if (p->discovery == SC_DISCOVERY_STATIC) {
+        sc_route_publish(rt, static_snapshot(p->instances, p->n_instances));
+    } else {
+        sc_endpoints *e = sc_endpoints_new(0);
+        e->stale = true;
+        sc_route_publish(rt, e);
+    }
+}
+
+static void init_policy_route(sc_route *rt, unsigned index, const sc_policy *p)
+{
+    rt->name = p->name;
+    rt->index = index;
+    rt->protocol = p->protocol;
+    rt->timeouts = &p->timeouts;
+    rt->policy = p;
+    sc_route_init_resilience(rt, p, 0);
+    sc_sidecar_route_publish_static(rt, p);
+}
+
+sc_route *sc_sidecar_route_prepare(sidecar *sc, const sc_policy *p, sc_cfg_hold *hold)
+{
+    size_t n = atomic_load(&sc->n_routes);
+    if (n >= sc->routes_cap)
+        return NULL;
+    sc_route *rt = &sc->routes[n];
+    memset(rt, 0, sizeof(*rt));
+    rt->owned_name = sc_xstrdup(p->name);
+    init_policy_route(rt, (unsigned)n, p);
+    rt->name = rt->owned_name; /* p's configuration may go before the route */
+    sc_route_build_pipeline(rt, sc);
+    sc_route_hold_config(rt, hold);
+    return rt;
+}
+
 sidecar *sc_sidecar_new(sc_config *cfg)
 {
     sidecar *sc = sc_xcalloc(1, sizeof(*sc));
     sc->cfg = cfg;
     sc->n_routes = (cfg->inbound.enabled ? 1 : 0) + cfg->n_policies;
-    sc->routes = sc_xcalloc(sc->n_routes ? sc->n_routes : 1, sizeof(sc_route));
+    sc->routes_cap = sc->n_routes + SC_ROUTES_SPARE;
+    sc->routes = sc_xcalloc(sc->routes_cap, sizeof(sc_route));
     size_t r = 0;
     if (cfg->inbound.enabled) {
         sc_route *rt = &sc->routes[r];
@@ -57,23 +95,8 @@ sidecar *sc_sidecar_new(sc_config *cfg)
         sc_route_init_resilience(rt, NULL, cfg->inbound.max_concurrent);
         sc_route_publish(rt, static_snapshot(&app, 1));
     }
-    for (size_t i = 0; i < cfg->n_policies; i++) {
-        const sc_policy *p = &cfg->policies[i];
-        sc_route *rt = &sc->routes[r];
-        rt->name = p->name;
-        rt->index = (unsigned)r++;
-        rt->protocol = p->protocol;
-        rt->timeouts = &p->timeouts;
-        rt->policy = p;
-        sc_route_init_resilience(rt, p, 0);
-        if (p->discovery == SC_DISCOVERY_STATIC) {
-            sc_route_publish(rt, static_snapshot(p->instances, p->n_instances));
-        } else {
-            sc_endpoints *e = sc_endpoints_new(0);
-            e->stale = true;
-            sc_route_publish(rt, e);
-        }
-    }
+    for (size_t i = 0; i < cfg->n_policies; i++, r++)
+        init_policy_route(&sc->routes[r], (unsigned)r, &cfg->policies[i]);
     /* Rate limits before the pipelines: the stage's configure takes each route's set. */
     char err[512];
     sc->ratelimit = sc_rl_runtime_new(cfg, err, sizeof(err));
@@ -357,6 +380,7 @@ void sc_sidecar_free(sidecar *sc)
         sc_endpoints_ref_clear(&sc->routes[r].endpoints);
         sc_route_free_states(&sc->routes[r]);
         sc_route_free_pipeline(&sc->routes[r]);
+        free(sc->routes[r].owned_name);
     }
     free(sc->routes);
     sc_rl_runtime_free(sc->ratelimit); /* after the workers (their Redis clients) and the pipelines */

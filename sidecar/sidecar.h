@@ -18,8 +18,11 @@
 
 typedef struct sidecar {
     sc_config *cfg;
-    sc_route *routes;               /* [0] inbound (when configured), then one per policy */
-    size_t n_routes;
+    sc_route *routes;               /* [routes_cap]: [0] inbound (when configured), then one per policy;
+                                     * a route never moves (workers and connections point at it) */
+    _Atomic size_t n_routes;        /* in use; grows on the control thread when a reload adds an upstream
+                                     * (the route is set up before the count publishes it) */
+    size_t routes_cap;              /* the start-up routes plus SC_ROUTES_SPARE (0: n_routes, tests) */
     struct sc_worker **workers;     /* [n_workers] (proxy/worker.h) */
     unsigned n_workers;
     struct ev_loop *loop;           /* control thread loop (the main thread) */
@@ -54,7 +57,25 @@ typedef struct sidecar {
     struct sc_reload *reload;
 } sidecar;
 
+/* Room for upstreams a reload adds beyond those of the start: a removed
+ * upstream's slot is used again when an upstream of the same name and
+ * protocol comes back, so add/remove cycles do not use it up. */
+#define SC_ROUTES_SPARE 64
+
+/* The routes the process runs (a removed one is left out of the views). */
+#define SC_FOR_ACTIVE_ROUTES(sc, r)                                                                             \
+    for (size_t r = 0; r < (sc)->n_routes; r++)                                                                 \
+        if (sc_route_active(&(sc)->routes[r]))
+
 sidecar *sc_sidecar_new(sc_config *cfg);
+/* Control thread: a route for policy p (static discovery) in the next free
+ * slot, ready for requests but not yet counted in n_routes (the caller
+ * publishes it once its listeners are bound). hold (NULL: sc->cfg) is the
+ * configuration p belongs to; the route's pipeline references it. NULL when
+ * every slot is in use. */
+sc_route *sc_sidecar_route_prepare(sidecar *sc, const sc_policy *p, sc_cfg_hold *hold);
+/* The instances of p (static discovery) published to rt. */
+void sc_sidecar_route_publish_static(sc_route *rt, const sc_policy *p);
 /* Binds every listener (so errors show before anything runs), starts the
  * workers and runs the control loop until SIGTERM/SIGINT and the drain end.
  * Returns 0 after a clean drain, or a negative error when start-up failed. */

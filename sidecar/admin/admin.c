@@ -145,17 +145,17 @@ char *sc_admin_render_stats(const sidecar *sc)
     };
     for (size_t m = 0; m < SC_ARRAY_LEN(per_route); m++) {
         sc_prom_head(f, per_route[m].name, per_route[m].type, per_route[m].help);
-        for (size_t r = 0; r < sc->n_routes; r++)
+        SC_FOR_ACTIVE_ROUTES(sc, r)
             fprintf(f, "%s{upstream=\"%s\"} %llu\n", per_route[m].name, sc->routes[r].name,
                     (unsigned long long)sc_workers_sum_route(sc, r, per_route[m].off));
     }
     sc_prom_head(f, "sidecar_upstream_responses_total", "counter", "Responses by HTTP status class (0xx: no response).");
-    for (size_t r = 0; r < sc->n_routes; r++)
+    SC_FOR_ACTIVE_ROUTES(sc, r)
         for (int k = 0; k < 6; k++)
             fprintf(f, "sidecar_upstream_responses_total{upstream=\"%s\",class=\"%dxx\"} %llu\n", sc->routes[r].name, k,
                     (unsigned long long)sc_workers_sum_route(sc, r, RS_OFF(responses) + (size_t)k * sizeof(sc_counter)));
     sc_prom_head(f, "sidecar_upstream_grpc_responses_total", "counter", "gRPC calls by grpc-status.");
-    for (size_t r = 0; r < sc->n_routes; r++)
+    SC_FOR_ACTIVE_ROUTES(sc, r)
         for (int k = 0; k <= SC_GRPC_STATUS_MAX; k++) {
             uint64_t v = sc_workers_sum_route(sc, r, RS_OFF(grpc) + (size_t)k * sizeof(sc_counter));
             if (v || k == 0)
@@ -163,7 +163,7 @@ char *sc_admin_render_stats(const sidecar *sc)
                         sc->routes[r].name, sc_grpc_status_name(k), (unsigned long long)v);
         }
     sc_prom_head(f, "sidecar_upstream_request_duration_seconds", "histogram", "Time from request head to the end of the exchange.");
-    for (size_t r = 0; r < sc->n_routes; r++) {
+    SC_FOR_ACTIVE_ROUTES(sc, r) {
         uint64_t cum = 0;
         for (int k = 0; k <= SC_LAT_BUCKETS; k++) {
             cum += sc_workers_sum_route(sc, r, RS_OFF(lat_buckets) + (size_t)k * sizeof(sc_counter));
@@ -207,14 +207,13 @@ char *sc_admin_render_stats(const sidecar *sc)
     for (int k = 0; k < SC_BAD_REQ_KINDS; k++)
         fprintf(f, "sidecar_downstream_bad_requests_total{reason=\"%s\"} %llu\n", sc_bad_req_names[k],
                 (unsigned long long)sc_workers_sum(sc, WS_OFF(bad_requests) + (size_t)k * sizeof(sc_counter)));
-    for (size_t r = 0; r < sc->n_routes; r++) {
+    sc_prom_head(f, "sidecar_upstream_instances", "gauge", "Instances known for the upstream.");
+    SC_FOR_ACTIVE_ROUTES(sc, r) {
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
-        if (r == 0)
-            sc_prom_head(f, "sidecar_upstream_instances", "gauge", "Instances known for the upstream.");
         fprintf(f, "sidecar_upstream_instances{upstream=\"%s\"} %zu\n", sc->routes[r].name, e ? e->n : 0);
     }
     sc_prom_head(f, "sidecar_upstream_discovery_stale", "gauge", "1 when the instance list is last-known data.");
-    for (size_t r = 0; r < sc->n_routes; r++) {
+    SC_FOR_ACTIVE_ROUTES(sc, r) {
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
         fprintf(f, "sidecar_upstream_discovery_stale{upstream=\"%s\"} %d\n", sc->routes[r].name, e && e->stale);
     }
@@ -227,11 +226,11 @@ char *sc_admin_render_stats(const sidecar *sc)
     sc_app_health_render_stats(sc->app_health, f);
     uint64_t now = sc_now_ms();
     sc_prom_head(f, "sidecar_upstream_breaker_state", "gauge", "Circuit breaker: 0 closed, 1 open, 2 half-open.");
-    for (size_t r = 0; r < sc->n_routes; r++)
+    SC_FOR_ACTIVE_ROUTES(sc, r)
         fprintf(f, "sidecar_upstream_breaker_state{upstream=\"%s\"} %d\n", sc->routes[r].name,
                 (int)sc_breaker_state_now(sc_route_breaker(&sc->routes[r])));
     sc_prom_head(f, "sidecar_upstream_breaker_transitions_total", "counter", "Circuit breaker state changes by destination.");
-    for (size_t r = 0; r < sc->n_routes; r++) {
+    SC_FOR_ACTIVE_ROUTES(sc, r) {
         sc_breaker_view v;
         sc_breaker_snapshot(sc_route_breaker(&sc->routes[r]), now, &v);
         fprintf(f, "sidecar_upstream_breaker_transitions_total{upstream=\"%s\",to=\"open\"} %llu\n", sc->routes[r].name, (unsigned long long)v.to_open);
@@ -240,7 +239,7 @@ char *sc_admin_render_stats(const sidecar *sc)
     }
     sc_prom_head(f, "sidecar_upstream_bulkhead_active", "gauge", "Requests holding a bulkhead slot.");
     sc_prom_head(f, "sidecar_upstream_bulkhead_pending", "gauge", "Requests waiting in the bulkhead queue.");
-    for (size_t r = 0; r < sc->n_routes; r++) {
+    SC_FOR_ACTIVE_ROUTES(sc, r) {
         sc_bulkhead_view v;
         sc_bulkhead_snapshot(&sc->routes[r].bulkhead, &v);
         fprintf(f, "sidecar_upstream_bulkhead_active{upstream=\"%s\"} %u\n", sc->routes[r].name, v.active);
@@ -248,7 +247,7 @@ char *sc_admin_render_stats(const sidecar *sc)
     }
     sc_prom_head(f, "sidecar_upstream_ejections_total", "counter", "Instances ejected by outlier detection.");
     sc_prom_head(f, "sidecar_upstream_instances_ejected", "gauge", "Instances ejected now.");
-    for (size_t r = 0; r < sc->n_routes; r++) {
+    SC_FOR_ACTIVE_ROUTES(sc, r) {
         sc_endpoints *e = sc_endpoints_current(&((sidecar *)sc)->routes[r].endpoints);
         sc_outlier_view v;
         sc_outlier_snapshot(&sc->routes[r].outlier, e ? e->n : 0, &v);
@@ -300,7 +299,7 @@ char *sc_admin_render_clusters(const sidecar *sc)
     uint64_t now = sc_now_ms();
     json_t *root = json_object();
     json_t *ups = json_array();
-    for (size_t r = 0; r < sc->n_routes; r++) {
+    SC_FOR_ACTIVE_ROUTES(sc, r) {
         const sc_route *rt = &sc->routes[r];
         json_t *u = json_object();
         json_object_set_new(u, "name", json_string(rt->name));
@@ -499,7 +498,7 @@ static void handle_breaker(admin_conn *ac, const sc_h1_head *h)
         respond(ac, 400, "text/plain", "action must be open, close or release\n");
         return;
     }
-    for (size_t r = 0; r < sc->n_routes; r++) {
+    SC_FOR_ACTIVE_ROUTES(sc, r) {
         if (strcmp(sc->routes[r].name, name) != 0)
             continue;
         sc_breaker_transition tr = {0};
@@ -563,7 +562,7 @@ static void handle_failures(admin_conn *ac, const sc_h1_head *h)
         }
     }
     size_t r = 0;
-    while (up && r < sc->n_routes && strcmp(sc->routes[r].name, up) != 0)
+    while (up && r < sc->n_routes && (!sc_route_active(&sc->routes[r]) || strcmp(sc->routes[r].name, up) != 0))
         r++;
     if (up && r == sc->n_routes) {
         respond(ac, 404, "text/plain", "no such upstream\n");

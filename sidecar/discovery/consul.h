@@ -99,6 +99,11 @@ typedef void (*sc_consul_authorize_cb)(void *arg, long status, const char *answe
 int sc_consul_authorize(sc_consul *c, const char *body, uint64_t timeout_ms,
                         sc_consul_authorize_cb done, void *arg);
 
+/* Control thread, reload: starts the watch of route `route_index` (just
+ * added, Consul discovery); its service, tag and dc are copied. 0, or
+ * -ENOSPC when every watch slot is in use. */
+int sc_consul_watch_route(sc_consul *c, size_t route_index);
+
 /* Admin /clusters: the state of the client (address, registration) and of
  * the watch of one route (NULL when the route is not watched). New
  * references, caller decrefs. */

@@ -69,6 +69,7 @@ typedef struct watch {
     size_t route_index;
     sc_route *route;
     const char *service, *tag, *dc;
+    char *owned[3];             /* copies of service, tag, dc for a route a reload added (its policy may go) */
     creq *req;
     ev_timer timer;
     sc_consul_bucket bucket;
@@ -141,9 +142,9 @@ struct sc_consul {
     void *dereg_arg;
 
     /* watches (consul_watch.c) */
-    watch *watches;
-    size_t n_watches;
-    watch **by_route;           /* [sc->n_routes], NULL = not watched */
+    watch *watches;             /* [watches_cap]: a watch never moves (by_route points at it) */
+    size_t n_watches, watches_cap;
+    watch **by_route;           /* [sc->routes_cap], NULL = not watched */
 
     /* Connect (tls.source: consul; consul_connect.c) */
     bool connect;

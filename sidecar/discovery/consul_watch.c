@@ -368,17 +368,35 @@ static void watch_start(watch *w)
 }
 
 
+static watch *watch_setup(sc_consul *c, size_t r)
+{
+    const sc_policy *p = c->sc->routes[r].policy;
+    watch *w = &c->watches[c->n_watches++];
+    w->c = c;
+    w->route_index = r;
+    w->route = &c->sc->routes[r];
+    w->service = p->consul.service ? p->consul.service : p->name;
+    w->tag = p->consul.tag;
+    w->dc = p->consul.dc ? p->consul.dc : c->cfg->consul.datacenter;
+    sc_consul_bucket_init(&w->bucket, BUCKET_BURST, BUCKET_PER_S, sc_now_ms());
+    ev_init(&w->timer, watch_timer_cb);
+    c->by_route[r] = w;
+    return w;
+}
+
 int sc_consul_watch_init(sc_consul *c)
 {
     sidecar *sc = c->sc;
-    const sc_config *cfg = c->cfg;
     ev_init(&c->cache_timer, cache_timer_cb);
-    c->by_route = calloc(sc->n_routes ? sc->n_routes : 1, sizeof(*c->by_route));
+    /* every slot a reload may fill */
+    size_t slots = sc->routes_cap > sc->n_routes ? sc->routes_cap : sc->n_routes;
+    c->by_route = calloc(slots ? slots : 1, sizeof(*c->by_route));
     size_t nw = 0;
     for (size_t r = 0; r < sc->n_routes; r++)
         if (sc->routes[r].policy && sc->routes[r].policy->discovery == SC_DISCOVERY_CONSUL)
             nw++;
-    c->watches = calloc(nw ? nw : 1, sizeof(*c->watches));
+    c->watches_cap = nw + (slots - sc->n_routes);
+    c->watches = calloc(c->watches_cap ? c->watches_cap : 1, sizeof(*c->watches));
     if (!c->by_route || !c->watches)
         return -ENOMEM;
     /* one connection per blocking query, plus a few for writes */
@@ -386,19 +404,23 @@ int sc_consul_watch_init(sc_consul *c)
     cache_load(c);
     for (size_t r = 0; r < sc->n_routes; r++) {
         const sc_policy *p = sc->routes[r].policy;
-        if (!p || p->discovery != SC_DISCOVERY_CONSUL)
-            continue;
-        watch *w = &c->watches[c->n_watches++];
-        w->c = c;
-        w->route_index = r;
-        w->route = &sc->routes[r];
-        w->service = p->consul.service ? p->consul.service : p->name;
-        w->tag = p->consul.tag;
-        w->dc = p->consul.dc ? p->consul.dc : cfg->consul.datacenter;
-        sc_consul_bucket_init(&w->bucket, BUCKET_BURST, BUCKET_PER_S, sc_now_ms());
-        ev_init(&w->timer, watch_timer_cb);
-        c->by_route[r] = w;
+        if (p && p->discovery == SC_DISCOVERY_CONSUL)
+            watch_setup(c, r);
     }
+    return 0;
+}
+
+int sc_consul_watch_route(sc_consul *c, size_t route_index)
+{
+    if (!c || c->n_watches >= c->watches_cap || c->by_route[route_index])
+        return -ENOSPC;
+    watch *w = watch_setup(c, route_index);
+    const char **f[3] = {&w->service, &w->tag, &w->dc};
+    for (int i = 0; i < 3; i++)
+        if (*f[i])
+            *f[i] = w->owned[i] = sc_xstrdup(*f[i]);
+    sc_consul_http_max_connects(c, (long)(c->n_watches + 10));
+    watch_start(w);
     return 0;
 }
 
@@ -423,6 +445,9 @@ void sc_consul_watch_stop(sc_consul *c)
     for (size_t i = 0; i < c->n_watches; i++)
         ev_timer_stop(c->loop, &c->watches[i].timer);
     cache_write(c);
+    for (size_t i = 0; i < c->n_watches; i++)
+        for (int k = 0; k < 3; k++)
+            free(c->watches[i].owned[k]);
     free(c->watches);
     free(c->by_route);
     free(c->cache_doc);
@@ -473,6 +498,8 @@ void sc_consul_watch_render_stats(const sc_consul *c, FILE *f)
         sc_prom_head(f, heads[m][0], heads[m][1], heads[m][2]);
         for (size_t i = 0; i < c->n_watches; i++) {
             const watch *w = &c->watches[i];
+            if (!sc_route_active(w->route))
+                continue; /* removed by a reload: its watch goes on for a later addition */
             const sc_endpoints *cur = sc_endpoints_current(&w->route->endpoints);
             unsigned long long v = m == 0   ? w->errors_total
                                    : m == 1 ? w->changes_total

@@ -74,6 +74,7 @@ typedef struct sc_route_state {
     uint32_t *load;
     size_t scratch_n;
     uint32_t n_conns;               /* open upstream connections */
+    uint64_t removed_ms;            /* when this worker saw the route removed (drain_timeout from then), 0 = not */
 } sc_route_state;
 
 /* ---- connections ---- */
@@ -168,13 +169,17 @@ struct sc_worker {
     pthread_t thread;
     struct ev_loop *loop;
     struct sidecar *sc;             /* process-wide state (sidecar.h) */
-    ev_io *listeners;               /* one per route */
+    ev_io *listeners;               /* one per route slot (routes_cap), fd -1 = none */
+    _Atomic int *handoff;           /* per route slot: a listening socket the control thread bound
+                                     * for this worker (sc_workers_hand), -1 = none */
+    size_t route_slots;             /* length of listeners, handoff, rstate, stats->routes */
     ev_async wakeup;                /* sc_worker_wake: the reasons are in `wake` */
     _Atomic unsigned wake;          /* SC_WAKE_* bits not handled yet (worker.h) */
     ev_prepare flush;               /* flush dirty connections before polling */
     ev_idle more;                   /* active while dirty work is left: no sleeping poll */
     ev_check check;                 /* epoch tracking after polling */
     ev_timer drain_timer;
+    ev_timer route_drain;           /* removed routes: their connections close at drain_timeout (worker.c) */
     ev_timer accept_pause;          /* out of descriptors: listeners rest (worker.c) */
     ev_timer promote;               /* while bulkhead waiters exist: take slots freed elsewhere */
     sc_link dirty;

@@ -118,6 +118,14 @@ void sc_route_update(sc_route *r, const sc_policy *p, uint32_t parts, sc_cfg_hol
     g_retired = old;
 }
 
+void sc_route_hold_config(sc_route *r, sc_cfg_hold *hold)
+{
+    sc_pipeline *p = (sc_pipeline *)r->pipeline;
+    p->hold = hold;
+    if (hold)
+        hold->refs++;
+}
+
 static size_t reclaim(bool all)
 {
     size_t waiting = 0;

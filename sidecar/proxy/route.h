@@ -6,8 +6,9 @@
  * the data plane carries a request is private to sidecar/proxy/ (the
  * route's pipeline of admission stages and observers, its upstream codec).
  *
- * Threads: a route is set up on the control thread before the workers run
- * and lives until they are joined. Workers read it without locks: the
+ * Threads: a route is set up on the control thread, before the workers run
+ * or (an upstream a reload adds) before sidecar.n_routes counts it, and
+ * lives until the workers are joined; a removed one keeps its slot. Workers read it without locks: the
  * config is read-only, endpoint snapshots are published with
  * sc_route_publish (discovery/endpoints.h has the reclamation rules), the
  * resilience objects are atomics.
@@ -66,7 +67,17 @@ typedef struct sc_route {
     sc_outlier outlier;
     sc_instance_state *states;      /* control thread adds, nobody frees before the route */
     sc_ratelimit log_limit;         /* per-request warnings about this upstream */
+    /* Live add/remove (reload): a removed route keeps its slot, its state and
+     * its counters; its listeners close, its connections drain. An upstream
+     * of the same name and protocol added later takes the slot again. */
+    _Atomic bool removed;
+    char *owned_name;               /* `name` when a reload added the route (freed with sc) */
 } sc_route;
+
+static inline bool sc_route_active(const sc_route *r)
+{
+    return !atomic_load_explicit(&((sc_route *)r)->removed, memory_order_acquire);
+}
 
 /* Control thread: attaches per-instance state to `snap` and publishes it;
  * instances that left are taken out of the outlier cap. Takes the snapshot. */
@@ -110,6 +121,9 @@ void sc_cfg_hold_put(sc_cfg_hold *h);           /* NULL is fine */
  * version is retired. */
 void sc_route_update(sc_route *r, const sc_policy *p, uint32_t parts, sc_cfg_hold *hold,
                      const struct sidecar *sc);
+/* Control thread, at set-up of a route a reload adds: its pipeline
+ * references hold (the configuration its policy points into). */
+void sc_route_hold_config(sc_route *r, sc_cfg_hold *hold);
 /* Control thread: frees retired versions nobody uses any more. Returns how
  * many are still waiting. */
 size_t sc_route_reclaim(void);

@@ -706,6 +706,101 @@ static void promote_cb(struct ev_loop *loop, ev_timer *t, int revents)
         ev_timer_stop(loop, t);
 }
 
+/* Connections of `rt` still open drain_timeout after the route was removed
+ * are closed, as at shutdown. */
+static void close_route_conns(sc_worker *w, const sc_route *rt)
+{
+    unsigned n = 0;
+    sc_link *k = w->down_conns.next;
+    while (k != &w->down_conns) {
+        sc_conn *c = SC_CONTAINER_OF(k, sc_conn, link);
+        k = k->next;
+        if (c->route == rt) {
+            sc_conn_close(c, -ECANCELED);
+            n++;
+        }
+    }
+    if (n)
+        SC_WARN("upstream %s removed: drain timeout: closed %u connections with requests still in flight", rt->name,
+                n);
+}
+
+static void route_drain_cb(struct ev_loop *loop, ev_timer *t, int revents)
+{
+    (void)revents;
+    sc_worker *w = SC_CONTAINER_OF(t, sc_worker, route_drain);
+    uint64_t now = sc_now_ms(), timeout = w->sc->cfg->drain_timeout_ms, next = 0;
+    size_t n = atomic_load(&w->sc->n_routes);
+    for (size_t i = 0; i < n && i < w->route_slots; i++) {
+        sc_route_state *rs = &w->rstate[i];
+        if (!rs->removed_ms)
+            continue;
+        if (sc_route_active(&w->sc->routes[i])) {
+            rs->removed_ms = 0;
+        } else if (now - rs->removed_ms >= timeout) {
+            rs->removed_ms = 0;
+            close_route_conns(w, &w->sc->routes[i]);
+        } else if (!next || rs->removed_ms + timeout < next) {
+            next = rs->removed_ms + timeout;
+        }
+    }
+    if (next) {
+        ev_timer_set(t, (double)(next - now) / 1000.0, 0);
+        ev_timer_start(loop, t);
+    }
+}
+
+/* SC_WAKE_ROUTES: listeners handed over replace the route's (the new
+ * socket is open before the old one closes, so a moved listener loses no
+ * connection the kernel has not queued on the old one yet); a removed
+ * route's listener closes and its connections drain like at shutdown
+ * (requests in flight finish, keep-alive ends with them; what is still
+ * open after drain_timeout is closed by route_drain_cb). */
+static void routes_changed(sc_worker *w)
+{
+    size_t n = atomic_load(&w->sc->n_routes);
+    for (size_t i = 0; i < n && i < w->route_slots; i++) {
+        sc_route *rt = &w->sc->routes[i];
+        ev_io *l = &w->listeners[i];
+        int fd = atomic_exchange(&w->handoff[i], -1);
+        bool gone = !sc_route_active(rt);
+        if (fd >= 0 && (gone || w->draining)) {
+            close(fd);
+            fd = -1;
+        }
+        if (fd < 0 && !(gone && l->fd >= 0))
+            continue;
+        if (l->fd >= 0) {
+            if (fd >= 0) /* connections already queued on the old socket are taken first */
+                for (int burst = 0; burst < 16 && l->fd >= 0; burst++)
+                    accept_cb(w->loop, l, EV_READ);
+            ev_io_stop(w->loop, l);
+            close(l->fd);
+        }
+        ev_io_set(l, fd, EV_READ);
+        if (fd >= 0 && !ev_is_active(&w->accept_pause))
+            ev_io_start(w->loop, l);
+        if (!gone) {
+            w->rstate[i].removed_ms = 0; /* added again: a later removal drains from then */
+            continue;
+        }
+        if (!w->rstate[i].removed_ms) {
+            w->rstate[i].removed_ms = sc_now_ms();
+            if (!ev_is_active(&w->route_drain)) {
+                ev_timer_set(&w->route_drain, (double)w->sc->cfg->drain_timeout_ms / 1000.0, 0);
+                ev_timer_start(w->loop, &w->route_drain);
+            }
+        }
+        sc_link *k = w->down_conns.next;
+        while (k != &w->down_conns) {
+            sc_conn *c = SC_CONTAINER_OF(k, sc_conn, link);
+            k = k->next;
+            if (c->route == rt)
+                c->ops->down->drain(c);
+        }
+    }
+}
+
 void sc_worker_wake(sc_worker *w, unsigned reasons)
 {
     atomic_fetch_or_explicit(&w->wake, reasons, memory_order_release);
@@ -727,6 +822,8 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
         sc_stage_authz_wake(w);
     if (why & SC_WAKE_JWT)
         sc_stage_jwt_wake(w);
+    if (why & SC_WAKE_ROUTES)
+        routes_changed(w);
     if (!(why & SC_WAKE_DRAIN) || w->draining)
         return;
     /* Connections the kernel completed on this worker's listening sockets
@@ -760,17 +857,25 @@ static int worker_init(sc_worker *w, sidecar *sc, unsigned id)
     sc_list_init(&w->authz_waiters);
     sc_list_init(&w->jwt_waiters);
     sc_list_init(&w->rl_waiters);
-    w->rstate = sc_xcalloc(sc->n_routes, sizeof(*w->rstate));
-    for (size_t i = 0; i < sc->n_routes; i++) {
+    size_t n = sc->n_routes;
+    w->route_slots = sc->routes_cap > n ? sc->routes_cap : n;
+    w->rstate = sc_xcalloc(w->route_slots, sizeof(*w->rstate));
+    for (size_t i = 0; i < w->route_slots; i++) {
         sc_list_init(&w->rstate[i].h2_conns);
         sc_list_init(&w->rstate[i].h1_idle);
         sc_list_init(&w->rstate[i].waiters);
         sc_lb_ctx_init(&w->rstate[i].lb, sc_now_ns() ^ ((uint64_t)(id + 1) << 32) ^ i);
     }
-    w->stats = sc_xcalloc(1, sizeof(sc_worker_stats) + sc->n_routes * sizeof(sc_route_stats));
-    w->stats->n_routes = sc->n_routes;
-    w->listeners = sc_xcalloc(sc->n_routes, sizeof(ev_io));
-    for (size_t i = 0; i < sc->n_routes; i++) {
+    w->stats = sc_xcalloc(1, sizeof(sc_worker_stats) + w->route_slots * sizeof(sc_route_stats));
+    w->stats->n_routes = w->route_slots;
+    w->listeners = sc_xcalloc(w->route_slots, sizeof(ev_io));
+    w->handoff = sc_xcalloc(w->route_slots, sizeof(*w->handoff));
+    for (size_t i = 0; i < w->route_slots; i++) {
+        atomic_init(&w->handoff[i], -1);
+        ev_io_init(&w->listeners[i], accept_cb, -1, EV_READ); /* a slot a reload may fill */
+        w->listeners[i].data = w;
+    }
+    for (size_t i = 0; i < n; i++) {
         int fd;
         char err[256];
         if (id == 0) {
@@ -802,6 +907,7 @@ static int worker_init(sc_worker *w, sidecar *sc, unsigned id)
     ev_async_init(&w->wakeup, wakeup_cb);
     ev_async_start(w->loop, &w->wakeup);
     ev_init(&w->accept_pause, accept_pause_cb);
+    ev_init(&w->route_drain, route_drain_cb);
     ev_init(&w->promote, promote_cb);
     w->promote.repeat = 0.005;
     const char *delay = getenv("SIDECAR_TEST_WORKER_START_DELAY_MS");
@@ -817,7 +923,8 @@ static int worker_init(sc_worker *w, sidecar *sc, unsigned id)
 void sc_worker_loop_begin(sc_worker *w)
 {
     for (size_t i = 0; i < w->sc->n_routes; i++)
-        ev_io_start(w->loop, &w->listeners[i]);
+        if (w->listeners[i].fd >= 0)
+            ev_io_start(w->loop, &w->listeners[i]);
     ev_prepare_start(w->loop, &w->flush);
     ev_check_start(w->loop, &w->check);
     sc_epoch_enter(&w->epoch);
@@ -909,14 +1016,49 @@ void sc_worker_free(sc_worker *w)
     sc_tls_session_cache_free(w->tls_sessions);
     if (w->loop)
         ev_loop_destroy(w->loop);
-    for (size_t i = 0; w->rstate && i < w->sc->n_routes; i++) {
+    for (size_t i = 0; w->rstate && i < w->route_slots; i++) {
         free(w->rstate[i].skip);
         free(w->rstate[i].load);
     }
+    for (size_t i = 0; w->handoff && i < w->route_slots; i++)
+        if (w->handoff[i] >= 0)
+            close(w->handoff[i]);
+    free(w->handoff);
     free(w->rstate);
     free(w->stats);
     free(w->listeners);
     free(w);
+}
+
+int sc_workers_bind(const sidecar *sc, const sc_addr *a, bool probe, int *fds, char *err, size_t errlen)
+{
+    int rv = probe ? sc_listen_probe(a, err, errlen) : 0;
+    for (unsigned i = 0; rv == 0 && i < sc->n_workers; i++) {
+        rv = sc_listen_socket(a, &fds[i], err, errlen);
+        if (rv < 0)
+            while (i > 0)
+                close(fds[--i]);
+    }
+    return rv;
+}
+
+void sc_workers_hand(sidecar *sc, size_t route, int *fds)
+{
+    for (unsigned i = 0; i < sc->n_workers; i++) {
+        sc_worker *w = sc->workers[i];
+        int old = w && route < w->route_slots ? atomic_exchange(&w->handoff[route], fds[i]) : fds[i];
+        if (old >= 0)
+            close(old);
+        fds[i] = -1;
+    }
+    sc_workers_wake(sc, SC_WAKE_ROUTES);
+}
+
+void sc_workers_wake(sidecar *sc, unsigned reasons)
+{
+    for (unsigned i = 0; i < sc->n_workers; i++)
+        if (sc->workers[i])
+            sc_worker_wake(sc->workers[i], reasons);
 }
 
 uint64_t sc_workers_sum(const sidecar *sc, size_t off)

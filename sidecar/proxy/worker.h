@@ -40,8 +40,24 @@ enum {
     SC_WAKE_STOP = 1u << 1,     /* exit now (second signal) */
     SC_WAKE_AUTHZ = 1u << 2,    /* a Consul authorization lookup ended: requests waiting for it go on */
     SC_WAKE_JWT = 1u << 3,      /* a JWKS fetch ended: requests waiting for an issuer's keys go on */
+    SC_WAKE_ROUTES = 1u << 4,   /* a reload added or removed routes: take the listeners handed over,
+                                 * close those of removed routes and drain their connections */
 };
 void sc_worker_wake(sc_worker *w, unsigned reasons);
+
+/* Control thread, reload adding a route or moving its listener: one
+ * listening socket on `a` per worker into fds[n_workers] (bound now, so an
+ * address problem shows before anything changes). probe: first check that
+ * no other socket holds the address (false when the holders may be this
+ * process's own listeners of a removed route not closed yet). 0, or a
+ * negative errno with err set and nothing left open. */
+int sc_workers_bind(const struct sidecar *sc, const sc_addr *a, bool probe, int *fds, char *err, size_t errlen);
+/* Hands fds (from sc_workers_bind; taken) to each worker as route `route`'s
+ * listener, replacing the one it has, and wakes them. The route must be
+ * published (route < n_routes) first. */
+void sc_workers_hand(struct sidecar *sc, size_t route, int *fds);
+/* Wakes every worker with `reasons`. */
+void sc_workers_wake(struct sidecar *sc, unsigned reasons);
 
 /* Sum over sc's workers of one counter: off is offsetof(sc_worker_stats,
  * <counter>) (plus k * sizeof(sc_counter) for an array element). Any thread. */

@@ -357,6 +357,8 @@ class ReloadMemoryTest(ReloadTestCase):
             status, body = self.post_reload(sc)
             self.assertEqual(status, 200, body)
             self.assertEqual(body["last"]["outcome"], "applied", body["last"])
+            # "extra" is added right after its removal: its own closing listener is no obstacle
+            self.assertEqual(body["needs_restart"], [], "reload %d: %s" % (i, body))
             return body
         deadline = time.monotonic() + 120
         for i in range(1, 11):
@@ -435,14 +437,26 @@ class ReloadLiveTest(ReloadTestCase):
         self.assertEqual(http_call(lp, "/delay/600").code, 504)
         t.join(5)
         self.assertEqual(slow["r"].code, 200, "the request in flight took the new timeout")
-        # a change that cannot apply live (listen) waits for a restart; the rest applies
-        pol2 = dict(pol, listen=harness.addr(free_port()))
+        # a new listen address applies live: bound before the old one closes
+        lp2 = free_port()
+        pol2 = dict(pol, listen=harness.addr(lp2))
         pol2["timeouts"] = dict(pol["timeouts"], request="5s")
         self.write(sc, "policies/f.yaml", pol2)
         st = self.sighup(sc)
         self.assertEqual(st["last"]["outcome"], "applied")
+        self.assertEqual(st["needs_restart"], [])
+        self.assertEqual(st["last"]["applied_live"], ["upstreams.f"])
+        self.assertTrue(wait_until(lambda: http_call(lp, "/echo", timeout=1).code == -1, 2.0),
+                        "the old listen address still accepts")
+        self.assertEqual(http_call(lp2, "/delay/400").code, 200)
+        # a change that cannot apply live (protocol) waits for a restart; the rest applies
+        pol3 = dict(pol2, protocol="http2")
+        pol3["timeouts"] = dict(pol2["timeouts"], request="300ms")
+        self.write(sc, "policies/f.yaml", pol3)
+        st = self.sighup(sc)
+        self.assertEqual(st["last"]["outcome"], "applied")
         self.assertEqual(st["needs_restart"], ["upstreams.f"])
-        self.assertEqual(http_call(lp, "/delay/400").code, 504)
+        self.assertEqual(http_call(lp2, "/delay/400").code, 200)
         self.assertEqual(sc.stats().value("sidecar_config_restart_pending"), 1)
 
     def test_reloads_under_load_fail_nothing(self):
@@ -517,6 +531,187 @@ class ReloadLiveTest(ReloadTestCase):
         self.assertEqual(st["reloads"]["applied"], 100)
         print("\n100 reloads under load: %s requests, none failed"
               % ", ".join("%s %d" % (n, r[0]) for n, r in sorted(results.items())))
+
+
+class ReloadUpstreamsTest(ReloadTestCase):
+    """Upstreams added and removed by a reload: an added one (static
+    discovery) listens and serves at once, a removed one stops accepting
+    while its requests in flight finish, and the upstreams that did not
+    change see nothing of either."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.peer = cls.class_http1_peer()
+
+    def start(self, names, ports):
+        cfg = harness.base_config(free_port())
+        cfg["policies"] = "policies"
+        files = {"policies/%s.yaml" % n: self.pol(n, ports[n]) for n in names}
+        return self.sidecar(cfg, name="upstreams", files=files)
+
+    def pol(self, name, port):
+        return harness.upstream(name, "http1", port, [self.peer.port])
+
+    def test_added_upstream_serves_within_100ms(self):
+        ports = {"a": free_port(), "b": free_port()}
+        sc = self.start(["a"], ports)
+        self.assertEqual(http_call(ports["b"], "/echo", timeout=1).code, -1)
+        self.write(sc, "policies/b.yaml", self.pol("b", ports["b"]))
+        t0 = time.monotonic()
+        sc.send_signal(signal.SIGHUP)
+        seen = None
+        while time.monotonic() - t0 < 2.0:
+            if http_call(ports["b"], "/echo", timeout=1).code == 200:
+                seen = time.monotonic() - t0
+                break
+            time.sleep(0.002)
+        self.assertIsNotNone(seen, "the added upstream never answered\n" + sc.log_tail())
+        print("\nSIGHUP to the added upstream serving: %.1f ms" % (seen * 1000))
+        self.assertLessEqual(seen, 0.100)
+        st = self.state(sc)
+        self.assertEqual(st["last"]["changes"]["upstreams"]["added"], ["b"])
+        self.assertEqual(st["last"]["applied_live"], ["upstreams.b"])
+        self.assertEqual(st["needs_restart"], [])
+        self.assertEqual(sorted(u["upstream"] for u in sc.config_json()["upstreams"]), ["a", "b"])
+        self.assertIn("b", [u["name"] for u in sc.clusters()["upstreams"]])
+        self.assertGreaterEqual(sc.stats().value("sidecar_upstream_requests_total", upstream="b"), 1)
+        self.assertEqual(http_call(ports["a"], "/echo").code, 200)
+
+    def test_removed_upstream_refuses_new_and_finishes_in_flight(self):
+        ports = {"a": free_port(), "b": free_port()}
+        sc = self.start(["a", "b"], ports)
+        self.assertEqual(http_call(ports["b"], "/echo").code, 200)
+        slow = {}
+        t = threading.Thread(target=lambda: slow.setdefault("r", http_call(ports["b"], "/delay/600", timeout=5)))
+        t.start()
+        time.sleep(0.1)
+        os.unlink(os.path.join(sc.dir, "policies/b.yaml"))
+        st = self.sighup(sc)
+        self.assertEqual(st["last"]["changes"]["upstreams"]["removed"], ["b"])
+        self.assertEqual(st["last"]["applied_live"], ["upstreams.b"])
+        self.assertEqual(st["needs_restart"], [])
+        self.assertTrue(wait_until(lambda: http_call(ports["b"], "/echo", timeout=1).code == -1, 2.0),
+                        "the removed upstream still accepts")
+        t.join(5)
+        self.assertEqual(slow["r"].code, 200, "the request in flight on the removed upstream failed")
+        self.assertEqual([u["upstream"] for u in sc.config_json()["upstreams"]], ["a"])
+        self.assertNotIn("b", [u["name"] for u in sc.clusters()["upstreams"]])
+        self.assertEqual(sc.stats().series("sidecar_upstream_requests_total", upstream="b"), [])
+        self.assertEqual(http_call(ports["a"], "/echo").code, 200)
+
+    def test_removed_upstream_connections_end_at_drain_timeout(self):
+        ports = {"a": free_port(), "b": free_port()}
+        cfg = harness.base_config(free_port())
+        cfg["policies"] = "policies"
+        cfg["drain_timeout"] = "400ms"
+        sc = self.sidecar(cfg, name="upstreams", files={"policies/%s.yaml" % n: self.pol(n, ports[n]) for n in "ab"})
+        slow = {}
+        t = threading.Thread(target=lambda: slow.setdefault("r", http_call(ports["b"], "/delay/5000", timeout=10)))
+        t.start()
+        time.sleep(0.1)
+        os.unlink(os.path.join(sc.dir, "policies/b.yaml"))
+        t0 = time.monotonic()
+        self.sighup(sc)
+        t.join(10)
+        took = time.monotonic() - t0
+        self.assertEqual(slow["r"].code, -1, "the request outlived the drain of its removed upstream")
+        self.assertGreaterEqual(took, 0.35)
+        self.assertLess(took, 2.0)
+        self.assertTrue(wait_until(lambda: "upstream b removed: drain timeout: closed 1 connections" in sc.log_text(),
+                                   2.0), sc.log_tail())
+        self.assertEqual(http_call(ports["a"], "/echo").code, 200)
+
+    def test_alternating_add_remove_under_load(self):
+        ports = {n: free_port() for n in ("a", "b", "x")}
+        sc = self.start(["a", "b"], ports)
+        x_path = os.path.join(sc.dir, "policies/x.yaml")
+        x_text = harness.to_yaml(self.pol("x", ports["x"]))
+        stop = threading.Event()
+        results = {"a": [0, []], "b": [0, []]}
+        deadline = time.monotonic() + 60
+
+        def load(name):
+            n = 0
+            while not stop.is_set() and n < 20000 and time.monotonic() < deadline:
+                out = http_call(ports[name], "/delay/5")
+                results[name][0] += 1
+                if out.code != 200:
+                    results[name][1].append((out.code, out.reason))
+                n += 1
+        threads = [threading.Thread(target=load, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        rss = []
+        try:
+            for i in range(1, 101):
+                if i % 2:
+                    with open(x_path, "w") as f:
+                        f.write(x_text)
+                else:
+                    os.unlink(x_path)
+                status, body = self.post_reload(sc)
+                self.assertEqual(status, 200, body)
+                self.assertEqual(body["last"]["outcome"], "applied", body["last"])
+                self.assertEqual(body["needs_restart"], [], body)
+                if i % 2:
+                    self.assertEqual(http_call(ports["x"], "/echo").code, 200, "x added by reload %d" % i)
+                else:
+                    self.assertTrue(wait_until(lambda: http_call(ports["x"], "/echo", timeout=1).code == -1, 2.0),
+                                    "x removed by reload %d still accepts" % i)
+                if i in (10, 100):
+                    rss.append(sc.rss_kib())
+                time.sleep(0.01)
+                self.assertLess(time.monotonic(), deadline)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(30)
+        for name, (n, fails) in results.items():
+            self.assertGreater(n, 20, name)
+            self.assertEqual(fails, [], "%s: %d of %d requests failed" % (name, len(fails), n))
+        print("\n100 add/remove reloads under load: a %d, b %d requests, none failed; RSS %d -> %d KiB"
+              % (results["a"][0], results["b"][0], rss[0], rss[1]))
+        if not sanitized_binary():
+            self.assertLessEqual(rss[1] - rss[0], 1024, "RSS grew by %d KiB" % (rss[1] - rss[0]))
+
+
+class ReloadConsulUpstreamTest(ReloadTestCase):
+    """An upstream discovered through Consul added by a reload gets a watch
+    of its own; removed and added again, it takes its route and watch back."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.peer = cls.class_http1_peer()
+
+    def test_added_consul_upstream_is_watched(self):
+        from test_consul import consul_upstream
+        emu = self.emulator()
+        emu.register_instance("pay", id="pay-1", port=self.peer.port, address="127.0.0.1")
+        ports = {"a": free_port(), "pay": free_port()}
+        cfg = harness.base_config(free_port())
+        cfg["consul"] = {"address": "http://127.0.0.1:%d" % emu.port, "register_service": False}
+        cfg["policies"] = "policies"
+        sc = self.sidecar(cfg, name="consul-add",
+                          files={"policies/a.yaml": harness.upstream("a", "http1", ports["a"], [self.peer.port])})
+        pay_path = os.path.join(sc.dir, "policies/pay.yaml")
+        for i in range(4):
+            self.write(sc, "policies/pay.yaml", consul_upstream("pay", ports["pay"]))
+            st = self.sighup(sc)
+            self.assertEqual(st["last"]["applied_live"], ["upstreams.pay"], st)
+            self.assertEqual(st["needs_restart"], [])
+            self.assertTrue(wait_until(lambda: http_call(ports["pay"], "/echo", timeout=1).code == 200, 3.0),
+                            "the added Consul upstream never answered\n" + sc.log_tail())
+            up = [u for u in sc.clusters()["upstreams"] if u["name"] == "pay"]
+            self.assertEqual(len(up), 1)
+            self.assertEqual(up[0]["consul"]["service"], "pay")
+            # one watch for every addition: the route and its watch are taken again
+            self.assertEqual(len(sc.stats().series("sidecar_consul_watch_stale", upstream="pay")), 1)
+            os.unlink(pay_path)
+            st = self.sighup(sc)
+            self.assertEqual(st["last"]["applied_live"], ["upstreams.pay"], st)
+            self.assertTrue(wait_until(lambda: http_call(ports["pay"], "/echo", timeout=1).code == -1, 2.0))
+        self.assertEqual(http_call(ports["a"], "/echo").code, 200)
+        self.assertEqual(sc.stats().series("sidecar_consul_watch_stale", upstream="pay"), [])
 
 
 if __name__ == "__main__":
