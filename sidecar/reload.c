@@ -25,10 +25,12 @@
  * (apply_routes). An upstream with a change in any other part (protocol,
  * discovery, tls, a field not named), an added upstream discovered through
  * Consul without consul: settings, and a change of the inbound listener
- * wait for a restart like the process-wide settings that do. */
+ * wait for a restart like the process-wide settings that do. So does a
+ * change of rate_limits: the limits, their shared buckets and their Redis
+ * keys are built once from the configuration the process started with. */
 #define LIVE_PARTS                                                                                              \
     (SC_PART_TIMEOUTS | SC_PART_RETRIES | SC_PART_RETRY_BUDGET | SC_PART_BULKHEAD | SC_PART_BREAKER |             \
-     SC_PART_FALLBACK | SC_PART_OUTLIER | SC_PART_LB | SC_PART_RATE_LIMITS)
+     SC_PART_FALLBACK | SC_PART_OUTLIER | SC_PART_LB)
 
 /* A change that keeps coming (a file written in a loop) still reloads
  * after this many debounce periods. */

@@ -16,6 +16,7 @@
  * (gRPC: the same as metadata, and grpc-retry-pushback-ms); Redis unable to
  * decide with on_error: deny: 503 / UNAVAILABLE (rate-limit-unavailable).
  */
+#include "core/log.h"
 #include "proxy/stage.h"
 
 #include "ratelimit/ratelimit.h"
@@ -32,10 +33,19 @@ static bool configure(const sc_route *r, const struct sidecar *sc, const void **
     if (!sc->ratelimit)
         return false;
     sc_rl_set *set = NULL;
+    const sc_policy *p = r->policy;
     if (r->inbound) {
         set = sc_rl_runtime_inbound(sc->ratelimit);
-    } else if (r->policy && r->policy >= sc->cfg->policies && r->policy < sc->cfg->policies + sc->cfg->n_policies) {
-        set = sc_rl_runtime_upstream(sc->ratelimit, (size_t)(r->policy - sc->cfg->policies));
+    } else if (p) {
+        /* The limits (and their Redis keys and shared buckets) are built once,
+         * from the configuration the process started with; a route rebuilt
+         * by a policy reload finds its upstream's set there by name. A reload
+         * that changes rate_limits waits for a restart (reload.c). */
+        for (size_t i = 0; i < sc->cfg->n_policies && !set; i++)
+            if (strcmp(sc->cfg->policies[i].name, p->name) == 0)
+                set = sc_rl_runtime_upstream(sc->ratelimit, i);
+        if (!set && p->n_rate_limits)
+            SC_WARN("upstream %s: added by a reload with rate_limits: they apply after a restart", p->name);
     }
     *conf = set;
     return set && set->n > 0;
