@@ -5,6 +5,7 @@
  * access_log.c.
  */
 #include "obs/access_log.h"
+#include "obs/digits.h"
 #include "obs/jsonw.h"
 
 #include <arpa/inet.h>
@@ -111,7 +112,7 @@ size_t sc_obs_sockaddr_text(const struct sockaddr *sa, char *out)
         for (int i = 0; i < 4; i++) {
             if (i)
                 out[n++] = '.';
-            n += sc_fmt_u64(out + n, a[i]);
+            n += sc_fmt_dec(out + n, a[i]);
         }
         port = ntohs(in->sin_port);
     } else if (sa->sa_family == AF_INET6) {
@@ -126,7 +127,7 @@ size_t sc_obs_sockaddr_text(const struct sockaddr *sa, char *out)
         return 0;
     }
     out[n++] = ':';
-    n += sc_fmt_u64(out + n, port);
+    n += sc_fmt_dec(out + n, port);
     return n;
 }
 

@@ -2,7 +2,7 @@
  * request_id.c: x-request-id validation and generation (request_id.h).
  */
 #include "obs/request_id.h"
-#include "obs/hexpair.h"
+#include "obs/digits.h"
 
 #include <pthread.h>
 #include <sys/random.h>

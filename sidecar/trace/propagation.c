@@ -5,7 +5,7 @@
  */
 #include "trace/propagation.h"
 
-#include "obs/hexpair.h"
+#include "obs/digits.h"
 
 #include <strings.h>
 
