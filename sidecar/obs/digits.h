@@ -24,10 +24,32 @@ static const char sc_hex_pairs[513] =
     "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
     "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
 
+/* The 8 hex digits of x, most significant first, as they go to memory:
+ * each nibble spread into a byte of its own, then '0' or 'a' - 10 added
+ * to all eight at once (about 20 instructions instead of 8 table steps). */
+static inline uint64_t sc_hex_word(uint32_t x)
+{
+    uint64_t v = x;
+    v = ((v & 0xffff0000ull) << 16) | (v & 0xffffull);
+    v = ((v & 0x0000ff000000ff00ull) << 8) | (v & 0x000000ff000000ffull);
+    v = ((v & 0x00f000f000f000f0ull) << 4) | (v & 0x000f000f000f000full);
+    uint64_t letters = ((v + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull; /* 1 where >= 10 */
+    v += 0x3030303030303030ull + letters * ('a' - '0' - 10);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
 /* Writes 2n hex digits of b[0..n) into out (no terminator). */
 static inline void sc_hex_bytes(const uint8_t *b, size_t n, char *out)
 {
-    for (size_t i = 0; i < n; i++)
+    size_t whole = n & ~(size_t)3;
+    for (size_t i = 0; i < whole; i += 4) {
+        uint64_t w = sc_hex_word((uint32_t)b[i] << 24 | (uint32_t)b[i + 1] << 16 | (uint32_t)b[i + 2] << 8 | b[i + 3]);
+        memcpy(out + 2 * i, &w, 8);
+    }
+    for (size_t i = whole; i < n; i++)
         memcpy(out + 2 * i, sc_hex_pairs + 2 * b[i], 2);
 }
 

@@ -103,14 +103,21 @@ void sc_request_id_format(const uint8_t id[16], char *out)
 }
 
 /* Straight from the two 64-bit outputs into the text, byte i of the ID
- * being byte i % 8 (little end first) of the first or second output. */
+ * being byte i % 8 (little end first) of the first or second output; four
+ * bytes at a time (sc_hex_word), split where the dashes go. */
 size_t sc_request_id_generate(sc_request_id_rng *r, char *out)
 {
     uint64_t a = sc_request_id_rng_next(r), c = sc_request_id_rng_next(r);
-    for (int i = 0; i < 8; i++) {
-        memcpy(out + id_pos[i], sc_hex_pairs + 2 * (uint8_t)(a >> (8 * i)), 2);
-        memcpy(out + id_pos[8 + i], sc_hex_pairs + 2 * (uint8_t)(c >> (8 * i)), 2);
-    }
+    char w[4][8];
+    uint64_t v[4] = {sc_hex_word(__builtin_bswap32((uint32_t)a)), sc_hex_word(__builtin_bswap32((uint32_t)(a >> 32))),
+                     sc_hex_word(__builtin_bswap32((uint32_t)c)), sc_hex_word(__builtin_bswap32((uint32_t)(c >> 32)))};
+    memcpy(w, v, sizeof(w));
+    memcpy(out, w[0], 8);
+    memcpy(out + 9, w[1], 4);
+    memcpy(out + 14, w[1] + 4, 4);
+    memcpy(out + 19, w[2], 4);
+    memcpy(out + 24, w[2] + 4, 4);
+    memcpy(out + 28, w[3], 8);
     out[8] = out[13] = out[18] = out[23] = '-';
     out[SC_REQUEST_ID_LEN] = 0;
     return SC_REQUEST_ID_LEN;

@@ -104,7 +104,8 @@ void sc_obs_attempt_start(sc_stream *s)
     if (!s->trace_hdr_base)
         s->trace_hdr_base = (uint16_t)(s->req.n_hdrs + 1); /* +1: 0 means "not yet" */
     s->req.n_hdrs = s->trace_hdr_base - 1u; /* the previous attempt's headers go */
-    sc_trace_attempt_start(trace_worker(s), s->trace, s->attempt, sc_now_ns(), &out);
+    /* the clock only for an attempt span that is recorded */
+    sc_trace_attempt_start(trace_worker(s), s->trace, s->attempt, s->trace->sampled ? sc_now_ns() : 0, &out);
     for (size_t i = 0; i < out.n; i++) {
         /* The names are literals of the propagation module: not copied. */
         char *v = sc_msg_add_in_place(s, &s->req, out.h[i].name, out.h[i].name_len, out.h[i].value_len);

@@ -21,9 +21,11 @@ void sc_sampler_init(sc_sampler *s, double ratio)
 
 bool sc_sampler_ratio(const sc_sampler *s, const uint8_t trace_id[SC_TRACE_ID_LEN])
 {
-    uint64_t x = 0;
-    for (int i = 8; i < 16; i++)
-        x = x << 8 | trace_id[i];
+    uint64_t x; /* the low 8 bytes, big-endian */
+    memcpy(&x, trace_id + 8, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
     return (x >> 1) < s->bound;
 }
 
@@ -91,7 +93,9 @@ uint64_t sc_trace_rng_next(sc_trace_rng *r)
 /* Big-endian: the first byte of the ID is the top byte of v. */
 static inline void put64(uint8_t *out, uint64_t v)
 {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
     v = __builtin_bswap64(v);
+#endif
     memcpy(out, &v, 8);
 }
 
