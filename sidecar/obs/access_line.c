@@ -99,7 +99,7 @@ static void jstr(sc_jw *w, sc_obs_str s, size_t budget)
     if (s.p)
         sc_jw_str(w, s.p, s.len, budget);
     else
-        SC_JW_LIT(w, "null");
+        sc_jw_raw(w, "null", 4);
 }
 
 size_t sc_obs_sockaddr_text(const struct sockaddr *sa, char *out)
@@ -157,22 +157,45 @@ uint64_t sc_access_wall_ns(const sc_access_record *r)
     return t > 0 ? (uint64_t)t : 0;
 }
 
+/* Keys, punctuation, numbers and the time are written without a bound
+ * check: with every string held to its budget (sc_jw_str) the _Static_assert
+ * above keeps the line inside SC_ACCESS_LINE_MAX, which sc_access_format
+ * checks once on entry; B_FIXED covers all of these. */
+#define PUT(w, lit) (memcpy((w)->p, "" lit, sizeof(lit) - 1), (w)->p += sizeof(lit) - 1)
+
+static inline void put_u64(sc_jw *w, uint64_t v)
+{
+    w->p += sc_fmt_dec(w->p, v);
+}
+
+/* Milliseconds with three decimals, from nanoseconds. */
+static inline void put_ms(sc_jw *w, uint64_t ns)
+{
+    uint64_t us = ns / 1000u;
+    put_u64(w, us / 1000u);
+    unsigned frac = (unsigned)(us % 1000u);
+    w->p[0] = '.';
+    w->p[1] = (char)('0' + frac / 100);
+    memcpy(w->p + 2, sc_dec_pairs + 2 * (frac % 100), 2);
+    w->p += 4;
+}
+
 static void jproto(sc_jw *w, uint8_t p)
 {
     if (p == SC_OBS_PROTO_HTTP1)
-        SC_JW_LIT(w, "\"HTTP/1.1\"");
+        PUT(w, "\"HTTP/1.1\"");
     else if (p == SC_OBS_PROTO_HTTP2)
-        SC_JW_LIT(w, "\"HTTP/2\"");
+        PUT(w, "\"HTTP/2\"");
     else
-        SC_JW_LIT(w, "null");
+        PUT(w, "null");
 }
 
 static void jbool(sc_jw *w, bool b)
 {
     if (b)
-        SC_JW_LIT(w, "true");
+        PUT(w, "true");
     else
-        SC_JW_LIT(w, "false");
+        PUT(w, "false");
 }
 
 size_t sc_access_format(const sc_access_record *r, char *buf, size_t cap)
@@ -181,18 +204,18 @@ size_t sc_access_format(const sc_access_record *r, char *buf, size_t cap)
         return 0;
     sc_jw w;
     sc_jw_init(&w, buf, cap - 1); /* room for the '\n' */
-    SC_JW_LIT(&w, "{\"time\":");
+    PUT(&w, "{\"time\":");
     sc_jw_time(&w, sc_access_wall_ns(r));
     if (r->direction == SC_OBS_INBOUND)
-        SC_JW_LIT(&w, ",\"direction\":\"inbound\",\"upstream\":");
+        PUT(&w, ",\"direction\":\"inbound\",\"upstream\":");
     else
-        SC_JW_LIT(&w, ",\"direction\":\"outbound\",\"upstream\":");
+        PUT(&w, ",\"direction\":\"outbound\",\"upstream\":");
     jstr(&w, r->upstream, B_UPSTREAM);
-    SC_JW_LIT(&w, ",\"method\":");
+    PUT(&w, ",\"method\":");
     jstr(&w, r->method, B_METHOD);
-    SC_JW_LIT(&w, ",\"authority\":");
+    PUT(&w, ",\"authority\":");
     jstr(&w, r->authority, B_AUTHORITY);
-    SC_JW_LIT(&w, ",\"path\":");
+    PUT(&w, ",\"path\":");
     jstr(&w, r->path, B_PATH);
     /* gRPC: "/package.Service/Method" */
     sc_obs_str svc = {0}, mth = {0};
@@ -204,29 +227,33 @@ size_t sc_access_format(const sc_access_record *r, char *buf, size_t cap)
             mth = (sc_obs_str){slash + 1, r->path.len - (size_t)(slash - r->path.p) - 1};
         }
     }
-    SC_JW_LIT(&w, ",\"grpc_service\":");
-    jstr(&w, svc, B_GRPC);
-    SC_JW_LIT(&w, ",\"grpc_method\":");
-    jstr(&w, mth, B_GRPC);
-    SC_JW_LIT(&w, ",\"status\":");
-    sc_jw_u64(&w, r->status > 0 ? (uint64_t)r->status : 0);
-    SC_JW_LIT(&w, ",\"grpc_status\":");
+    if (svc.p) {
+        PUT(&w, ",\"grpc_service\":");
+        jstr(&w, svc, B_GRPC);
+        PUT(&w, ",\"grpc_method\":");
+        jstr(&w, mth, B_GRPC);
+    } else {
+        PUT(&w, ",\"grpc_service\":null,\"grpc_method\":null"); /* both or neither */
+    }
+    PUT(&w, ",\"status\":");
+    put_u64(&w, r->status > 0 ? (uint64_t)r->status : 0);
+    PUT(&w, ",\"grpc_status\":");
     if (r->grpc_status >= 0)
-        sc_jw_u64(&w, (uint64_t)r->grpc_status);
+        put_u64(&w, (uint64_t)r->grpc_status);
     else
-        SC_JW_LIT(&w, "null");
-    SC_JW_LIT(&w, ",\"reason\":");
+        PUT(&w, "null");
+    PUT(&w, ",\"reason\":");
     sc_jw_cstr_or_null(&w, r->reason, B_REASON);
-    SC_JW_LIT(&w, ",\"duration_ms\":");
-    sc_jw_ms(&w, r->duration_ns);
-    SC_JW_LIT(&w, ",\"upstream_ms\":");
+    PUT(&w, ",\"duration_ms\":");
+    put_ms(&w, r->duration_ns);
+    PUT(&w, ",\"upstream_ms\":");
     if (r->upstream_ns >= 0)
-        sc_jw_ms(&w, (uint64_t)r->upstream_ns);
+        put_ms(&w, (uint64_t)r->upstream_ns);
     else
-        SC_JW_LIT(&w, "null");
-    SC_JW_LIT(&w, ",\"attempts\":");
-    sc_jw_u64(&w, r->attempts);
-    SC_JW_LIT(&w, ",\"instance\":");
+        PUT(&w, "null");
+    PUT(&w, ",\"attempts\":");
+    put_u64(&w, r->attempts);
+    PUT(&w, ",\"instance\":");
     if (!r->instance.p && r->instance_addr) {
         char a[80];
         size_t n = sc_obs_sockaddr_text(r->instance_addr, a);
@@ -234,29 +261,33 @@ size_t sc_access_format(const sc_access_record *r, char *buf, size_t cap)
     } else {
         jstr(&w, r->instance, B_INSTANCE);
     }
-    SC_JW_LIT(&w, ",\"bytes_in\":");
-    sc_jw_u64(&w, r->bytes_in);
-    SC_JW_LIT(&w, ",\"bytes_out\":");
-    sc_jw_u64(&w, r->bytes_out);
-    SC_JW_LIT(&w, ",\"caller\":");
+    PUT(&w, ",\"bytes_in\":");
+    put_u64(&w, r->bytes_in);
+    PUT(&w, ",\"bytes_out\":");
+    put_u64(&w, r->bytes_out);
+    PUT(&w, ",\"caller\":");
     jstr(&w, r->caller, B_CALLER);
-    SC_JW_LIT(&w, ",\"request_id\":");
+    PUT(&w, ",\"request_id\":");
     jstr(&w, r->request_id, B_REQUEST_ID);
-    SC_JW_LIT(&w, ",\"trace_id\":");
-    jstr(&w, r->trace_id, B_TRACE);
-    SC_JW_LIT(&w, ",\"span_id\":");
-    jstr(&w, r->span_id, B_TRACE);
-    SC_JW_LIT(&w, ",\"downstream_protocol\":");
+    if (r->trace_id.p || r->span_id.p) {
+        PUT(&w, ",\"trace_id\":");
+        jstr(&w, r->trace_id, B_TRACE);
+        PUT(&w, ",\"span_id\":");
+        jstr(&w, r->span_id, B_TRACE);
+    } else {
+        PUT(&w, ",\"trace_id\":null,\"span_id\":null");
+    }
+    PUT(&w, ",\"downstream_protocol\":");
     jproto(&w, r->down_proto);
-    SC_JW_LIT(&w, ",\"upstream_protocol\":");
+    PUT(&w, ",\"upstream_protocol\":");
     jproto(&w, r->up_proto);
-    SC_JW_LIT(&w, ",\"downstream_tls\":");
+    PUT(&w, ",\"downstream_tls\":");
     jbool(&w, r->down_tls);
-    SC_JW_LIT(&w, ",\"upstream_tls\":");
+    PUT(&w, ",\"upstream_tls\":");
     jbool(&w, r->up_tls);
     if (w.truncated)
-        SC_JW_LIT(&w, ",\"truncated\":true");
-    SC_JW_LIT(&w, "}");
+        PUT(&w, ",\"truncated\":true");
+    PUT(&w, "}");
     if (w.overflow)
         return 0; /* cannot happen with the budgets above; never write half a line */
     *w.p++ = '\n';

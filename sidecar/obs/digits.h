@@ -60,25 +60,30 @@ static const char sc_dec_pairs[201] =
     "50515253545556575859606162636465666768697071727374"
     "75767778798081828384858687888990919293949596979899";
 
-/* v in decimal into out (up to 20 bytes, no terminator); returns the length. */
+/* v in decimal into out (up to 20 bytes, no terminator); returns the
+ * length: the digits counted first, then written from the end two at a
+ * time straight into out. */
 static inline size_t sc_fmt_dec(char *out, uint64_t v)
 {
-    char tmp[20];
-    char *p = tmp + sizeof(tmp);
+    static const uint64_t pow10[19] = {
+        10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull, 100000000ull, 1000000000ull,
+        10000000000ull, 100000000000ull, 1000000000000ull, 10000000000000ull, 100000000000000ull,
+        1000000000000000ull, 10000000000000000ull, 100000000000000000ull, 1000000000000000000ull,
+        10000000000000000000ull};
+    size_t n = 1;
+    while (n < 20 && v >= pow10[n - 1])
+        n++;
+    char *p = out + n;
     while (v >= 100) {
         unsigned r = (unsigned)(v % 100);
         v /= 100;
         p -= 2;
         memcpy(p, sc_dec_pairs + 2 * r, 2);
     }
-    if (v >= 10) {
-        p -= 2;
-        memcpy(p, sc_dec_pairs + 2 * v, 2);
-    } else {
-        *--p = (char)('0' + v);
-    }
-    size_t n = (size_t)(tmp + sizeof(tmp) - p);
-    memcpy(out, p, n);
+    if (v >= 10)
+        memcpy(p - 2, sc_dec_pairs + 2 * v, 2);
+    else
+        p[-1] = (char)('0' + v);
     return n;
 }
 

@@ -116,11 +116,25 @@ void sc_jw_str(sc_jw *w, const char *s, size_t len, size_t budget)
     if (len + 2 <= budget) {
         /* the common case: nothing to escape and it fits */
         size_t i = 0;
-        for (; i + 8 <= len; i += 8) {
-            uint64_t x;
-            memcpy(&x, in + i, 8);
-            if (special8(x))
-                break;
+        uint64_t x;
+        if (len >= 8) {
+            size_t whole = len & ~(size_t)7;
+            for (; i < whole; i += 8) {
+                memcpy(&x, in + i, 8);
+                if (special8(x))
+                    break;
+            }
+            if (i == whole && i < len) {
+                memcpy(&x, in + len - 8, 8); /* the last 8, overlapping */
+                if (!special8(x))
+                    i = len;
+            }
+        } else {
+            /* short: padded with a plain byte */
+            x = 0x6161616161616161ull;
+            memcpy(&x, in, len);
+            if (!special8(x))
+                i = len;
         }
         while (i < len && !byte_class[in[i]])
             i++;
