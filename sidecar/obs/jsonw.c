@@ -81,15 +81,15 @@ static const uint8_t byte_class[256] = {
 };
 
 /* Non-zero when one of the 8 bytes of x is not copied as is (class 1 or
- * 2 above: below 0x20, '"', '\\', 0x7f, or 0x80 and up), tested a word at
- * a time (the "has a zero byte" / "has a byte less than" bit tricks). */
+ * 2 above: below 0x20, '"', '\\', 0x7f, or 0x80 and up), a word at a
+ * time: a byte's top bit ends up set when it is 0x80 or more (x), below
+ * 0x20 (x - 0x20), 0x7f (x + 1), '"' or '\\' (x ^ c - 1). A borrow or carry
+ * between bytes only starts at a byte that is itself one of these, so the
+ * answer (not which byte) is exact. */
 static inline uint64_t special8(uint64_t x)
 {
     const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-#define HASZERO(v) (((v) - ones) & ~(v) & highs)
-    return (((x - ones * 0x20) & ~x & highs) | (x & highs) | HASZERO(x ^ (ones * '"')) |
-            HASZERO(x ^ (ones * '\\')) | HASZERO(x ^ (ones * 0x7f)));
-#undef HASZERO
+    return ((x - ones * 0x20) | x | (x + ones) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones)) & highs;
 }
 
 static inline bool plain(unsigned char c)

@@ -81,6 +81,7 @@ void sc_obs_stream_head(sc_stream *s)
         if (v) {
             id_len = sc_request_id_generate(&ow->rid, v);
             id = v;
+            s->req.hdrs[s->req.n_hdrs - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique: not worth an HPACK entry */
         } /* else out of memory: the request goes on without one */
     }
     s->request_id = id ? id : "";
@@ -109,8 +110,12 @@ void sc_obs_attempt_start(sc_stream *s)
     for (size_t i = 0; i < out.n; i++) {
         /* The names are literals of the propagation module: not copied. */
         char *v = sc_msg_add_in_place(s, &s->req, out.h[i].name, out.h[i].name_len, out.h[i].value_len);
-        if (v)
+        if (v) {
             memcpy(v, out.h[i].value, out.h[i].value_len);
+            /* new per attempt: an HPACK table entry would only push out
+             * the ones that repeat */
+            s->req.hdrs[s->req.n_hdrs - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+        }
     }
 }
 
