@@ -102,33 +102,53 @@ static void jstr(sc_jw *w, sc_obs_str s, size_t budget)
         sc_jw_raw(w, "null", 4);
 }
 
+static size_t port_text(char *out, size_t n, unsigned port)
+{
+    out[n++] = ':';
+    return n + sc_fmt_dec(out + n, port);
+}
+
+/* The text of the last IPv4 address formatted on this thread: the lines
+ * of one worker mostly name the same few instances in a row. */
+static _Thread_local struct {
+    uint32_t addr;      /* network order */
+    uint16_t port;      /* network order */
+    uint8_t len;        /* 0: empty */
+    char text[24];      /* up to "255.255.255.255:65535" */
+} v4_text;
+
 size_t sc_obs_sockaddr_text(const struct sockaddr *sa, char *out)
 {
     size_t n = 0;
-    unsigned port;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        if (v4_text.len && v4_text.addr == in->sin_addr.s_addr && v4_text.port == in->sin_port) {
+            memcpy(out, v4_text.text, v4_text.len);
+            return v4_text.len;
+        }
         const uint8_t *a = (const uint8_t *)&in->sin_addr;
         for (int i = 0; i < 4; i++) {
             if (i)
                 out[n++] = '.';
             n += sc_fmt_dec(out + n, a[i]);
         }
-        port = ntohs(in->sin_port);
-    } else if (sa->sa_family == AF_INET6) {
+        n = port_text(out, n, ntohs(in->sin_port));
+        v4_text.addr = in->sin_addr.s_addr;
+        v4_text.port = in->sin_port;
+        memcpy(v4_text.text, out, n);
+        v4_text.len = (uint8_t)n;
+        return n;
+    }
+    if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
         out[n++] = '[';
         if (!inet_ntop(AF_INET6, &in6->sin6_addr, out + n, 48))
             return 0;
         n += strlen(out + n);
         out[n++] = ']';
-        port = ntohs(in6->sin6_port);
-    } else {
-        return 0;
+        return port_text(out, n, ntohs(in6->sin6_port));
     }
-    out[n++] = ':';
-    n += sc_fmt_dec(out + n, port);
-    return n;
+    return 0;
 }
 
 /* Wall clock minus monotonic clock, per thread, read again when a second
