@@ -46,7 +46,12 @@ static inline void sc_hex_bytes(const uint8_t *b, size_t n, char *out)
 {
     size_t whole = n & ~(size_t)3;
     for (size_t i = 0; i < whole; i += 4) {
-        uint64_t w = sc_hex_word((uint32_t)b[i] << 24 | (uint32_t)b[i + 1] << 16 | (uint32_t)b[i + 2] << 8 | b[i + 3]);
+        uint32_t x; /* b[i] the top byte */
+        memcpy(&x, b + i, 4);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        x = __builtin_bswap32(x);
+#endif
+        uint64_t w = sc_hex_word(x);
         memcpy(out + 2 * i, &w, 8);
     }
     for (size_t i = whole; i < n; i++)

@@ -163,21 +163,34 @@ static void put_hex(sc_otlp_buf *b, const uint8_t *id, size_t n)
     PUTL(b, "\"");
 }
 
+/* {"key":"<key>" and `tail`, in one step: keys are the fixed attribute
+ * and event value names of span.c (letters, digits, '.', '_'), which need
+ * no escaping. */
+static void put_key(sc_otlp_buf *b, const char *key, const char *tail, size_t tail_len)
+{
+    size_t kl = strlen(key);
+    if (!grow(b, 8 + kl + tail_len))
+        return;
+    char *o = b->p + b->len;
+    memcpy(o, "{\"key\":\"", 8);
+    memcpy(o + 8, key, kl);
+    memcpy(o + 8 + kl, tail, tail_len);
+    b->len += 8 + kl + tail_len;
+    b->p[b->len] = 0;
+}
+#define PUT_KEY(b, key, lit) put_key((b), (key), "" lit, sizeof(lit) - 1)
+
 /* {"key":"k","value":{"stringValue":"v"}} */
 static void put_kv_str(sc_otlp_buf *b, const char *key, const char *v, size_t n)
 {
-    PUTL(b, "{\"key\":");
-    put_cstr(b, key);
-    PUTL(b, ",\"value\":{\"stringValue\":");
+    PUT_KEY(b, key, "\",\"value\":{\"stringValue\":");
     put_str(b, v, n);
     PUTL(b, "}}");
 }
 
 static void put_kv_int(sc_otlp_buf *b, const char *key, int64_t v)
 {
-    PUTL(b, "{\"key\":");
-    put_cstr(b, key);
-    PUTL(b, ",\"value\":{\"intValue\":\"");
+    PUT_KEY(b, key, "\",\"value\":{\"intValue\":\"");
     put_i64(b, v);
     PUTL(b, "\"}}");
 }
