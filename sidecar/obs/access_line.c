@@ -94,7 +94,7 @@ _Static_assert(B_UPSTREAM + B_METHOD + B_AUTHORITY + B_PATH + 2 * B_GRPC + B_REA
                    B_REQUEST_ID + 2 * B_TRACE + B_FIXED < SC_ACCESS_LINE_MAX,
                "an access log line must fit SC_ACCESS_LINE_MAX with every field at its budget");
 
-static void jstr(sc_jw *w, sc_obs_str s, size_t budget)
+static inline void jstr(sc_jw *w, sc_obs_str s, size_t budget)
 {
     if (s.p)
         sc_jw_str(w, s.p, s.len, budget);
@@ -200,7 +200,7 @@ static inline void put_ms(sc_jw *w, uint64_t ns)
     w->p += 4;
 }
 
-static void jproto(sc_jw *w, uint8_t p)
+static inline void jproto(sc_jw *w, uint8_t p)
 {
     if (p == SC_OBS_PROTO_HTTP1)
         PUT(w, "\"HTTP/1.1\"");
@@ -210,7 +210,7 @@ static void jproto(sc_jw *w, uint8_t p)
         PUT(w, "null");
 }
 
-static void jbool(sc_jw *w, bool b)
+static inline void jbool(sc_jw *w, bool b)
 {
     if (b)
         PUT(w, "true");
