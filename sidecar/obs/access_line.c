@@ -5,6 +5,7 @@
  * access_log.c.
  */
 #include "obs/access_log.h"
+#include "obs/digits.h"
 #include "obs/jsonw.h"
 
 #include <arpa/inet.h>
@@ -93,41 +94,61 @@ _Static_assert(B_UPSTREAM + B_METHOD + B_AUTHORITY + B_PATH + 2 * B_GRPC + B_REA
                    B_REQUEST_ID + 2 * B_TRACE + B_FIXED < SC_ACCESS_LINE_MAX,
                "an access log line must fit SC_ACCESS_LINE_MAX with every field at its budget");
 
-static void jstr(sc_jw *w, sc_obs_str s, size_t budget)
+static inline void jstr(sc_jw *w, sc_obs_str s, size_t budget)
 {
     if (s.p)
         sc_jw_str(w, s.p, s.len, budget);
     else
-        SC_JW_LIT(w, "null");
+        sc_jw_raw(w, "null", 4);
 }
+
+static size_t port_text(char *out, size_t n, unsigned port)
+{
+    out[n++] = ':';
+    return n + sc_fmt_dec(out + n, port);
+}
+
+/* The text of the last IPv4 address formatted on this thread: the lines
+ * of one worker mostly name the same few instances in a row. */
+static _Thread_local struct {
+    uint32_t addr;      /* network order */
+    uint16_t port;      /* network order */
+    uint8_t len;        /* 0: empty */
+    char text[24];      /* up to "255.255.255.255:65535" */
+} v4_text;
 
 size_t sc_obs_sockaddr_text(const struct sockaddr *sa, char *out)
 {
     size_t n = 0;
-    unsigned port;
     if (sa->sa_family == AF_INET) {
         const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        if (v4_text.len && v4_text.addr == in->sin_addr.s_addr && v4_text.port == in->sin_port) {
+            memcpy(out, v4_text.text, v4_text.len);
+            return v4_text.len;
+        }
         const uint8_t *a = (const uint8_t *)&in->sin_addr;
         for (int i = 0; i < 4; i++) {
             if (i)
                 out[n++] = '.';
-            n += sc_fmt_u64(out + n, a[i]);
+            n += sc_fmt_dec(out + n, a[i]);
         }
-        port = ntohs(in->sin_port);
-    } else if (sa->sa_family == AF_INET6) {
+        n = port_text(out, n, ntohs(in->sin_port));
+        v4_text.addr = in->sin_addr.s_addr;
+        v4_text.port = in->sin_port;
+        memcpy(v4_text.text, out, n);
+        v4_text.len = (uint8_t)n;
+        return n;
+    }
+    if (sa->sa_family == AF_INET6) {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
         out[n++] = '[';
         if (!inet_ntop(AF_INET6, &in6->sin6_addr, out + n, 48))
             return 0;
         n += strlen(out + n);
         out[n++] = ']';
-        port = ntohs(in6->sin6_port);
-    } else {
-        return 0;
+        return port_text(out, n, ntohs(in6->sin6_port));
     }
-    out[n++] = ':';
-    n += sc_fmt_u64(out + n, port);
-    return n;
+    return 0;
 }
 
 /* Wall clock minus monotonic clock, per thread, read again when a second
@@ -156,22 +177,45 @@ uint64_t sc_access_wall_ns(const sc_access_record *r)
     return t > 0 ? (uint64_t)t : 0;
 }
 
-static void jproto(sc_jw *w, uint8_t p)
+/* Keys, punctuation, numbers and the time are written without a bound
+ * check: with every string held to its budget (sc_jw_str) the _Static_assert
+ * above keeps the line inside SC_ACCESS_LINE_MAX, which sc_access_format
+ * checks once on entry; B_FIXED covers all of these. */
+#define PUT(w, lit) (memcpy((w)->p, "" lit, sizeof(lit) - 1), (w)->p += sizeof(lit) - 1)
+
+static inline void put_u64(sc_jw *w, uint64_t v)
 {
-    if (p == SC_OBS_PROTO_HTTP1)
-        SC_JW_LIT(w, "\"HTTP/1.1\"");
-    else if (p == SC_OBS_PROTO_HTTP2)
-        SC_JW_LIT(w, "\"HTTP/2\"");
-    else
-        SC_JW_LIT(w, "null");
+    w->p += sc_fmt_dec(w->p, v);
 }
 
-static void jbool(sc_jw *w, bool b)
+/* Milliseconds with three decimals, from nanoseconds. */
+static inline void put_ms(sc_jw *w, uint64_t ns)
+{
+    uint64_t us = ns / 1000u;
+    put_u64(w, us / 1000u);
+    unsigned frac = (unsigned)(us % 1000u);
+    w->p[0] = '.';
+    w->p[1] = (char)('0' + frac / 100);
+    memcpy(w->p + 2, sc_dec_pairs + 2 * (frac % 100), 2);
+    w->p += 4;
+}
+
+static inline void jproto(sc_jw *w, uint8_t p)
+{
+    if (p == SC_OBS_PROTO_HTTP1)
+        PUT(w, "\"HTTP/1.1\"");
+    else if (p == SC_OBS_PROTO_HTTP2)
+        PUT(w, "\"HTTP/2\"");
+    else
+        PUT(w, "null");
+}
+
+static inline void jbool(sc_jw *w, bool b)
 {
     if (b)
-        SC_JW_LIT(w, "true");
+        PUT(w, "true");
     else
-        SC_JW_LIT(w, "false");
+        PUT(w, "false");
 }
 
 size_t sc_access_format(const sc_access_record *r, char *buf, size_t cap)
@@ -180,18 +224,18 @@ size_t sc_access_format(const sc_access_record *r, char *buf, size_t cap)
         return 0;
     sc_jw w;
     sc_jw_init(&w, buf, cap - 1); /* room for the '\n' */
-    SC_JW_LIT(&w, "{\"time\":");
+    PUT(&w, "{\"time\":");
     sc_jw_time(&w, sc_access_wall_ns(r));
     if (r->direction == SC_OBS_INBOUND)
-        SC_JW_LIT(&w, ",\"direction\":\"inbound\",\"upstream\":");
+        PUT(&w, ",\"direction\":\"inbound\",\"upstream\":");
     else
-        SC_JW_LIT(&w, ",\"direction\":\"outbound\",\"upstream\":");
+        PUT(&w, ",\"direction\":\"outbound\",\"upstream\":");
     jstr(&w, r->upstream, B_UPSTREAM);
-    SC_JW_LIT(&w, ",\"method\":");
+    PUT(&w, ",\"method\":");
     jstr(&w, r->method, B_METHOD);
-    SC_JW_LIT(&w, ",\"authority\":");
+    PUT(&w, ",\"authority\":");
     jstr(&w, r->authority, B_AUTHORITY);
-    SC_JW_LIT(&w, ",\"path\":");
+    PUT(&w, ",\"path\":");
     jstr(&w, r->path, B_PATH);
     /* gRPC: "/package.Service/Method" */
     sc_obs_str svc = {0}, mth = {0};
@@ -203,29 +247,33 @@ size_t sc_access_format(const sc_access_record *r, char *buf, size_t cap)
             mth = (sc_obs_str){slash + 1, r->path.len - (size_t)(slash - r->path.p) - 1};
         }
     }
-    SC_JW_LIT(&w, ",\"grpc_service\":");
-    jstr(&w, svc, B_GRPC);
-    SC_JW_LIT(&w, ",\"grpc_method\":");
-    jstr(&w, mth, B_GRPC);
-    SC_JW_LIT(&w, ",\"status\":");
-    sc_jw_u64(&w, r->status > 0 ? (uint64_t)r->status : 0);
-    SC_JW_LIT(&w, ",\"grpc_status\":");
+    if (svc.p) {
+        PUT(&w, ",\"grpc_service\":");
+        jstr(&w, svc, B_GRPC);
+        PUT(&w, ",\"grpc_method\":");
+        jstr(&w, mth, B_GRPC);
+    } else {
+        PUT(&w, ",\"grpc_service\":null,\"grpc_method\":null"); /* both or neither */
+    }
+    PUT(&w, ",\"status\":");
+    put_u64(&w, r->status > 0 ? (uint64_t)r->status : 0);
+    PUT(&w, ",\"grpc_status\":");
     if (r->grpc_status >= 0)
-        sc_jw_u64(&w, (uint64_t)r->grpc_status);
+        put_u64(&w, (uint64_t)r->grpc_status);
     else
-        SC_JW_LIT(&w, "null");
-    SC_JW_LIT(&w, ",\"reason\":");
+        PUT(&w, "null");
+    PUT(&w, ",\"reason\":");
     sc_jw_cstr_or_null(&w, r->reason, B_REASON);
-    SC_JW_LIT(&w, ",\"duration_ms\":");
-    sc_jw_ms(&w, r->duration_ns);
-    SC_JW_LIT(&w, ",\"upstream_ms\":");
+    PUT(&w, ",\"duration_ms\":");
+    put_ms(&w, r->duration_ns);
+    PUT(&w, ",\"upstream_ms\":");
     if (r->upstream_ns >= 0)
-        sc_jw_ms(&w, (uint64_t)r->upstream_ns);
+        put_ms(&w, (uint64_t)r->upstream_ns);
     else
-        SC_JW_LIT(&w, "null");
-    SC_JW_LIT(&w, ",\"attempts\":");
-    sc_jw_u64(&w, r->attempts);
-    SC_JW_LIT(&w, ",\"instance\":");
+        PUT(&w, "null");
+    PUT(&w, ",\"attempts\":");
+    put_u64(&w, r->attempts);
+    PUT(&w, ",\"instance\":");
     if (!r->instance.p && r->instance_addr) {
         char a[80];
         size_t n = sc_obs_sockaddr_text(r->instance_addr, a);
@@ -233,29 +281,33 @@ size_t sc_access_format(const sc_access_record *r, char *buf, size_t cap)
     } else {
         jstr(&w, r->instance, B_INSTANCE);
     }
-    SC_JW_LIT(&w, ",\"bytes_in\":");
-    sc_jw_u64(&w, r->bytes_in);
-    SC_JW_LIT(&w, ",\"bytes_out\":");
-    sc_jw_u64(&w, r->bytes_out);
-    SC_JW_LIT(&w, ",\"caller\":");
+    PUT(&w, ",\"bytes_in\":");
+    put_u64(&w, r->bytes_in);
+    PUT(&w, ",\"bytes_out\":");
+    put_u64(&w, r->bytes_out);
+    PUT(&w, ",\"caller\":");
     jstr(&w, r->caller, B_CALLER);
-    SC_JW_LIT(&w, ",\"request_id\":");
+    PUT(&w, ",\"request_id\":");
     jstr(&w, r->request_id, B_REQUEST_ID);
-    SC_JW_LIT(&w, ",\"trace_id\":");
-    jstr(&w, r->trace_id, B_TRACE);
-    SC_JW_LIT(&w, ",\"span_id\":");
-    jstr(&w, r->span_id, B_TRACE);
-    SC_JW_LIT(&w, ",\"downstream_protocol\":");
+    if (r->trace_id.p || r->span_id.p) {
+        PUT(&w, ",\"trace_id\":");
+        jstr(&w, r->trace_id, B_TRACE);
+        PUT(&w, ",\"span_id\":");
+        jstr(&w, r->span_id, B_TRACE);
+    } else {
+        PUT(&w, ",\"trace_id\":null,\"span_id\":null");
+    }
+    PUT(&w, ",\"downstream_protocol\":");
     jproto(&w, r->down_proto);
-    SC_JW_LIT(&w, ",\"upstream_protocol\":");
+    PUT(&w, ",\"upstream_protocol\":");
     jproto(&w, r->up_proto);
-    SC_JW_LIT(&w, ",\"downstream_tls\":");
+    PUT(&w, ",\"downstream_tls\":");
     jbool(&w, r->down_tls);
-    SC_JW_LIT(&w, ",\"upstream_tls\":");
+    PUT(&w, ",\"upstream_tls\":");
     jbool(&w, r->up_tls);
     if (w.truncated)
-        SC_JW_LIT(&w, ",\"truncated\":true");
-    SC_JW_LIT(&w, "}");
+        PUT(&w, ",\"truncated\":true");
+    PUT(&w, "}");
     if (w.overflow)
         return 0; /* cannot happen with the budgets above; never write half a line */
     *w.p++ = '\n';

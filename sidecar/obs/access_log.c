@@ -92,6 +92,21 @@ static void maybe_kick(sc_access_producer *p)
         kick(p->log);
 }
 
+/* The line of len bytes written at head h is complete: publish it, and
+ * wake the writer when the ring is half full. */
+static void published(sc_access_producer *p, uint64_t h, size_t len)
+{
+    atomic_store_explicit(&p->head, h + len, memory_order_release);
+    stat_inc(&p->lines);
+    if (SC_UNLIKELY(h + len - p->tail_cache >= p->cap / 2)) {
+        /* half full by the cached tail: look at the real one before waking
+         * the writer (a stale cache would kick it for every line) */
+        p->tail_cache = atomic_load_explicit(&p->tail, memory_order_acquire);
+        if (h + len - p->tail_cache >= p->cap / 2)
+            maybe_kick(p);
+    }
+}
+
 int sc_access_producer_put(sc_access_producer *p, const char *line, size_t len)
 {
     uint64_t h = atomic_load_explicit(&p->head, memory_order_relaxed);
@@ -108,15 +123,7 @@ int sc_access_producer_put(sc_access_producer *p, const char *line, size_t len)
     memcpy(p->data + off, line, first);
     if (first < len)
         memcpy(p->data, line + first, len - first);
-    atomic_store_explicit(&p->head, h + len, memory_order_release);
-    stat_inc(&p->lines);
-    if (SC_UNLIKELY(h + len - p->tail_cache >= p->cap / 2)) {
-        /* half full by the cached tail: look at the real one before waking
-         * the writer (a stale cache would kick it for every line) */
-        p->tail_cache = atomic_load_explicit(&p->tail, memory_order_acquire);
-        if (h + len - p->tail_cache >= p->cap / 2)
-            maybe_kick(p);
-    }
+    published(p, h, len);
     return 1;
 }
 
@@ -124,6 +131,20 @@ int sc_access_log_emit(sc_access_producer *p, const sc_access_record *r)
 {
     if (!p || !sc_access_select_match(&p->log->sel, r, &p->rng))
         return 0;
+    /* Straight into the ring when a longest line fits there without
+     * wrapping (by the cached tail: the free room can only have grown);
+     * else on the stack and copied in two pieces. */
+    uint64_t h = atomic_load_explicit(&p->head, memory_order_relaxed);
+    uint64_t off = h & p->mask;
+    if (p->cap - off >= SC_ACCESS_LINE_MAX && p->cap - (h - p->tail_cache) >= SC_ACCESS_LINE_MAX) {
+        size_t n = sc_access_format(r, p->data + off, SC_ACCESS_LINE_MAX);
+        if (SC_UNLIKELY(!n)) {
+            stat_inc(&p->dropped);
+            return -ENOBUFS;
+        }
+        published(p, h, n);
+        return 1;
+    }
     char line[SC_ACCESS_LINE_MAX];
     size_t n = sc_access_format(r, line, sizeof(line));
     if (SC_UNLIKELY(!n)) {

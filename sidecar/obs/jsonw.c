@@ -2,11 +2,16 @@
  * jsonw.c: the bounded JSON writer (jsonw.h).
  */
 #include "obs/jsonw.h"
+#include "obs/digits.h"
 
 void sc_jw_u64(sc_jw *w, uint64_t v)
 {
-    char tmp[20];
-    sc_jw_raw(w, tmp, sc_fmt_u64(tmp, v));
+    if (SC_UNLIKELY((size_t)(w->end - w->p) < 20)) {
+        char tmp[20];
+        sc_jw_raw(w, tmp, sc_fmt_dec(tmp, v));
+        return;
+    }
+    w->p += sc_fmt_dec(w->p, v);
 }
 
 void sc_jw_i64(sc_jw *w, int64_t v)
@@ -24,7 +29,8 @@ void sc_jw_ms(sc_jw *w, uint64_t ns)
     uint64_t us = ns / 1000u;
     sc_jw_u64(w, us / 1000u);
     unsigned frac = (unsigned)(us % 1000u);
-    char t[4] = {'.', (char)('0' + frac / 100), (char)('0' + frac / 10 % 10), (char)('0' + frac % 10)};
+    char t[4] = {'.', (char)('0' + frac / 100)};
+    memcpy(t + 2, sc_dec_pairs + 2 * (frac % 100), 2);
     sc_jw_raw(w, t, 4);
 }
 
@@ -74,6 +80,63 @@ static const uint8_t byte_class[256] = {
     2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
 };
 
+/* Non-zero when one of the 8 bytes of x is not copied as is (class 1 or
+ * 2 above: below 0x20, '"', '\\', 0x7f, or 0x80 and up), a word at a
+ * time: a byte's top bit ends up set when it is 0x80 or more (x), below
+ * 0x20 (x - 0x20), 0x7f (x + 1), '"' or '\\' (x ^ c - 1). A borrow or carry
+ * between bytes only starts at a byte that is itself one of these, so the
+ * answer (not which byte) is exact. */
+static inline uint64_t special8(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    return ((x - ones * 0x20) | x | (x + ones) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones)) & highs;
+}
+
+/* True when no byte of s[0..n) needs escaping, a word at a time (words
+ * that overlap at the end: every byte tested is one of the string's). */
+static inline bool plain_all(const unsigned char *s, size_t n)
+{
+    uint64_t x;
+    if (n >= 8) {
+        size_t whole = n & ~(size_t)7;
+        for (size_t i = 0; i < whole; i += 8) {
+            memcpy(&x, s + i, 8);
+            if (special8(x))
+                return false;
+        }
+        memcpy(&x, s + n - 8, 8);
+        return !special8(x);
+    }
+    if (n >= 4) {
+        uint32_t lo, hi;
+        memcpy(&lo, s, 4);
+        memcpy(&hi, s + n - 4, 4);
+        return !special8(lo | (uint64_t)hi << 32);
+    }
+    x = 0x6161616161616161ull; /* padded with a plain byte */
+    for (size_t i = 0; i < n; i++)
+        x = (x << 8) | s[i];
+    return !special8(x);
+}
+
+/* memcpy for the short strings of a line, inline: fixed-size moves that
+ * overlap at the end instead of a call. */
+static inline void copy_small(char *d, const unsigned char *s, size_t n)
+{
+    if (n >= 8) {
+        size_t whole = n & ~(size_t)7;
+        for (size_t i = 0; i < whole; i += 8)
+            memcpy(d + i, s + i, 8);
+        memcpy(d + n - 8, s + n - 8, 8);
+    } else if (n >= 4) {
+        memcpy(d, s, 4);
+        memcpy(d + n - 4, s + n - 4, 4);
+    } else {
+        for (size_t i = 0; i < n; i++)
+            d[i] = (char)s[i];
+    }
+}
+
 static inline bool plain(unsigned char c)
 {
     return byte_class[c] == 0;
@@ -95,17 +158,12 @@ void sc_jw_str(sc_jw *w, const char *s, size_t len, size_t budget)
     char *soft = hard - 3;              /* where "..." starts if the string does not fit */
     char *cut = NULL;                   /* output position of the first character past `soft` */
     *q++ = '"';
-    if (len + 2 <= budget) {
+    if (len + 2 <= budget && plain_all(in, len)) {
         /* the common case: nothing to escape and it fits */
-        size_t i = 0;
-        while (i < len && !byte_class[in[i]])
-            i++;
-        if (i == len) {
-            memcpy(q, in, len);
-            q[len] = '"';
-            w->p = q + len + 1;
-            return;
-        }
+        copy_small(q, in, len);
+        q[len] = '"';
+        w->p = q + len + 1;
+        return;
     }
     while (in < e) {
         char esc[6];
@@ -200,34 +258,48 @@ static inline void two(char *o, unsigned v)
     o[1] = (char)('0' + v % 10);
 }
 
+/* The text up to the seconds of the last second formatted on this thread:
+ * the lines of one second share it, so most lines format only the ms. */
+static _Thread_local struct {
+    uint64_t secs;
+    bool valid;
+    char t[20];     /* "\"YYYY-MM-DDTHH:MM:SS" */
+} time_cache;
+
 void sc_jw_time(sc_jw *w, uint64_t unix_ns)
 {
     uint64_t secs = unix_ns / 1000000000u;
     unsigned ms = (unsigned)(unix_ns / 1000000u % 1000u);
-    int64_t y;
-    unsigned mo, d;
-    sc_jw_civil((int64_t)(secs / 86400u), &y, &mo, &d);
-    unsigned sod = (unsigned)(secs % 86400u);
-    /* "YYYY-MM-DDTHH:MM:SS.mmmZ" with quotes: 26 bytes (years 0..9999) */
-    char t[26];
-    unsigned yy = (unsigned)(y < 0 ? 0 : y > 9999 ? 9999 : y);
-    t[0] = '"';
-    two(t + 1, yy / 100);
-    two(t + 3, yy % 100);
-    t[5] = '-';
-    two(t + 6, mo);
-    t[8] = '-';
-    two(t + 9, d);
-    t[11] = 'T';
-    two(t + 12, sod / 3600);
-    t[14] = ':';
-    two(t + 15, sod / 60 % 60);
-    t[17] = ':';
-    two(t + 18, sod % 60);
-    t[20] = '.';
-    t[21] = (char)('0' + ms / 100);
-    two(t + 22, ms % 100);
-    t[24] = 'Z';
-    t[25] = '"';
-    sc_jw_raw(w, t, sizeof(t));
+    char *t = time_cache.t;
+    if (!time_cache.valid || time_cache.secs != secs) {
+        int64_t y;
+        unsigned mo, d;
+        sc_jw_civil((int64_t)(secs / 86400u), &y, &mo, &d);
+        unsigned sod = (unsigned)(secs % 86400u);
+        /* "YYYY-MM-DDTHH:MM:SS.mmmZ" with quotes: 26 bytes (years 0..9999) */
+        unsigned yy = (unsigned)(y < 0 ? 0 : y > 9999 ? 9999 : y);
+        t[0] = '"';
+        two(t + 1, yy / 100);
+        two(t + 3, yy % 100);
+        t[5] = '-';
+        two(t + 6, mo);
+        t[8] = '-';
+        two(t + 9, d);
+        t[11] = 'T';
+        two(t + 12, sod / 3600);
+        t[14] = ':';
+        two(t + 15, sod / 60 % 60);
+        t[17] = ':';
+        two(t + 18, sod % 60);
+        time_cache.secs = secs;
+        time_cache.valid = true;
+    }
+    char out[26];
+    memcpy(out, t, 20);
+    out[20] = '.';
+    out[21] = (char)('0' + ms / 100);
+    memcpy(out + 22, sc_dec_pairs + 2 * (ms % 100), 2);
+    out[24] = 'Z';
+    out[25] = '"';
+    sc_jw_raw(w, out, sizeof(out));
 }

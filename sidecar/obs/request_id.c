@@ -2,6 +2,7 @@
  * request_id.c: x-request-id validation and generation (request_id.h).
  */
 #include "obs/request_id.h"
+#include "obs/digits.h"
 
 #include <pthread.h>
 #include <sys/random.h>
@@ -90,27 +91,34 @@ uint64_t sc_request_id_rng_next(sc_request_id_rng *r)
     return out;
 }
 
+/* The 8-4-4-4-12 layout: where each of the 16 bytes' two digits go. */
+static const uint8_t id_pos[16] = {0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34};
+
 void sc_request_id_format(const uint8_t id[16], char *out)
 {
-    static const char hex[] = "0123456789abcdef";
-    char *o = out;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            *o++ = '-';
-        *o++ = hex[id[i] >> 4];
-        *o++ = hex[id[i] & 15];
-    }
-    *o = 0;
+    for (int i = 0; i < 16; i++)
+        memcpy(out + id_pos[i], sc_hex_pairs + 2 * id[i], 2);
+    out[8] = out[13] = out[18] = out[23] = '-';
+    out[SC_REQUEST_ID_LEN] = 0;
 }
 
+/* Straight from the two 64-bit outputs into the text, byte i of the ID
+ * being byte i % 8 (little end first) of the first or second output; four
+ * bytes at a time (sc_hex_word), split where the dashes go. */
 size_t sc_request_id_generate(sc_request_id_rng *r, char *out)
 {
-    uint8_t b[16];
     uint64_t a = sc_request_id_rng_next(r), c = sc_request_id_rng_next(r);
-    for (int i = 0; i < 8; i++) {
-        b[i] = (uint8_t)(a >> (8 * i));
-        b[8 + i] = (uint8_t)(c >> (8 * i));
-    }
-    sc_request_id_format(b, out);
+    char w[4][8];
+    uint64_t v[4] = {sc_hex_word(__builtin_bswap32((uint32_t)a)), sc_hex_word(__builtin_bswap32((uint32_t)(a >> 32))),
+                     sc_hex_word(__builtin_bswap32((uint32_t)c)), sc_hex_word(__builtin_bswap32((uint32_t)(c >> 32)))};
+    memcpy(w, v, sizeof(w));
+    memcpy(out, w[0], 8);
+    memcpy(out + 9, w[1], 4);
+    memcpy(out + 14, w[1] + 4, 4);
+    memcpy(out + 19, w[2], 4);
+    memcpy(out + 24, w[2] + 4, 4);
+    memcpy(out + 28, w[3], 8);
+    out[8] = out[13] = out[18] = out[23] = '-';
+    out[SC_REQUEST_ID_LEN] = 0;
     return SC_REQUEST_ID_LEN;
 }

@@ -62,24 +62,27 @@ void sc_obs_stream_head(sc_stream *s)
         s->req.hdrs[kept++] = *nv;
     }
     s->req.n_hdrs = kept;
-    char buf[SC_REQUEST_ID_LEN + 1];
     const char *id = NULL;
     size_t id_len = 0;
-    int gen = 1;
-    if (ow) {
-        gen = sc_obs_request_id(ow, rid ? (const char *)rid->value : NULL, rid ? rid->valuelen : 0, n_rid, buf, &id,
-                                &id_len);
-    }
-    if (gen == 1 && id) {
-        size_t k = 0;
-        for (size_t i = 0; i < s->req.n_hdrs; i++)
-            if (!name_is(&s->req.hdrs[i], "x-request-id", 12))
-                s->req.hdrs[k++] = s->req.hdrs[i];
-        s->req.n_hdrs = k;
-        if (sc_msg_add(s, &s->req, "x-request-id", 12, buf, id_len) == 0)
-            id = (const char *)s->req.hdrs[s->req.n_hdrs - 1].value;
-        else
-            id = NULL; /* out of memory: the request goes on without one */
+    if (ow && n_rid == 1 && sc_request_id_valid((const char *)rid->value, rid->valuelen)) {
+        id = (const char *)rid->value; /* the caller's, kept */
+        id_len = rid->valuelen;
+    } else if (ow) {
+        /* None, invalid or several: the fields go and a new ID, generated
+         * straight into the arena, takes their place. */
+        if (n_rid) {
+            size_t k = 0;
+            for (size_t i = 0; i < s->req.n_hdrs; i++)
+                if (!name_is(&s->req.hdrs[i], "x-request-id", 12))
+                    s->req.hdrs[k++] = s->req.hdrs[i];
+            s->req.n_hdrs = k;
+        }
+        char *v = sc_msg_add_in_place(s, &s->req, "x-request-id", 12, SC_REQUEST_ID_LEN);
+        if (v) {
+            id_len = sc_request_id_generate(&ow->rid, v);
+            id = v;
+            s->req.hdrs[s->req.n_hdrs - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique: not worth an HPACK entry */
+        } /* else out of memory: the request goes on without one */
     }
     s->request_id = id ? id : "";
     s->request_id_len = (uint8_t)(id ? id_len : 0);
@@ -89,7 +92,7 @@ void sc_obs_stream_head(sc_stream *s)
         if (c->identity)
             s->caller_id = sc_arena_dup(&s->arena, c->identity, strlen(c->identity));
     }
-    if (tw && (s->trace = sc_arena_alloc(&s->arena, sizeof(sc_trace_req))))
+    if (tw && (s->trace = sc_arena_alloc(&s->arena, sc_trace_req_size(&in))))
         sc_trace_req_start(tw, s->trace, &in, s->route->inbound ? SC_SPAN_KIND_SERVER : SC_SPAN_KIND_CLIENT,
                            s->start_ns);
 }
@@ -102,9 +105,18 @@ void sc_obs_attempt_start(sc_stream *s)
     if (!s->trace_hdr_base)
         s->trace_hdr_base = (uint16_t)(s->req.n_hdrs + 1); /* +1: 0 means "not yet" */
     s->req.n_hdrs = s->trace_hdr_base - 1u; /* the previous attempt's headers go */
-    sc_trace_attempt_start(trace_worker(s), s->trace, s->attempt, sc_now_ns(), &out);
-    for (size_t i = 0; i < out.n; i++)
-        sc_msg_add(s, &s->req, out.h[i].name, out.h[i].name_len, out.h[i].value, out.h[i].value_len);
+    /* the clock only for an attempt span that is recorded */
+    sc_trace_attempt_start(trace_worker(s), s->trace, s->attempt, s->trace->sampled ? sc_now_ns() : 0, &out);
+    for (size_t i = 0; i < out.n; i++) {
+        /* The names are literals of the propagation module: not copied. */
+        char *v = sc_msg_add_in_place(s, &s->req, out.h[i].name, out.h[i].name_len, out.h[i].value_len);
+        if (v) {
+            memcpy(v, out.h[i].value, out.h[i].value_len);
+            /* new per attempt: an HPACK table entry would only push out
+             * the ones that repeat */
+            s->req.hdrs[s->req.n_hdrs - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+        }
+    }
 }
 
 void sc_obs_trace_event(sc_stream *s, sc_span_event_kind e, int64_t value, bool attempt)
@@ -266,7 +278,6 @@ static void on_complete(sc_stream *s, const sc_outcome *o, const void *conf)
     if (!s->request_id)
         sc_obs_stream_head(s); /* a stream that ended before its head was complete */
     char trace_hex[33], span_hex[17];
-    bool traced = s->trace && sc_trace_req_ids(s->trace, trace_hex, span_hex);
     bool reached = o->instance != NULL;
     sc_access_record r = {
         .start_mono_ns = s->start_ns,
@@ -287,8 +298,6 @@ static void on_complete(sc_stream *s, const sc_outcome *o, const void *conf)
         .bytes_out = o->bytes_out,
         .caller = sc_obs_cstr(s->caller_id),
         .request_id = {s->request_id_len ? s->request_id : NULL, s->request_id_len},
-        .trace_id = traced ? (sc_obs_str){trace_hex, 32} : (sc_obs_str){NULL, 0},
-        .span_id = traced ? (sc_obs_str){span_hex, 16} : (sc_obs_str){NULL, 0},
         .direction = s->route->inbound ? SC_OBS_INBOUND : SC_OBS_OUTBOUND,
         .down_proto = s->dc == &sc_down_h2_codec ? SC_OBS_PROTO_HTTP2 : SC_OBS_PROTO_HTTP1,
         .up_proto = reached ? up_proto(s->route) : SC_OBS_PROTO_NONE,
@@ -296,8 +305,14 @@ static void on_complete(sc_stream *s, const sc_outcome *o, const void *conf)
         .up_tls = reached && s->route->policy && s->route->policy->tls.mode != SC_TLS_OFF,
         .grpc = o->grpc,
     };
-    if (ow)
+    /* The IDs in hex only for a line or a failure entry that shows them. */
+    if (ow && (ow->log || (ow->failures && sc_access_is_error(&r)))) {
+        if (s->trace && sc_trace_req_ids(s->trace, trace_hex, span_hex)) {
+            r.trace_id = (sc_obs_str){trace_hex, 32};
+            r.span_id = (sc_obs_str){span_hex, 16};
+        }
         sc_obs_done(ow, &r);
+    }
     if (s->trace)
         trace_end(s, o, &r);
 }

@@ -63,19 +63,27 @@ void sc_arena_reset(sc_arena *a)
 
 /* ---- headers ---- */
 
-static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, const char *name, size_t nlen,
-                     const char *value, size_t vlen)
+/* Room for one more entry in a header array; false when out of memory. */
+static bool nv_room(sc_stream *s, nghttp2_nv **arr, size_t n, size_t *cap)
 {
-    if (*n == *cap) {
+    if (n == *cap) {
         size_t ncap = *cap ? *cap * 2 : 16;
         nghttp2_nv *na = sc_arena_alloc(&s->arena, ncap * sizeof(*na));
         if (!na)
-            return -ENOMEM;
-        if (*n)
-            memcpy(na, *arr, *n * sizeof(*na));
+            return false;
+        if (n)
+            memcpy(na, *arr, n * sizeof(*na));
         *arr = na;
         *cap = ncap;
     }
+    return true;
+}
+
+static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, const char *name, size_t nlen,
+                     const char *value, size_t vlen)
+{
+    if (!nv_room(s, arr, *n, cap))
+        return -ENOMEM;
     char *nm = sc_arena_dup(&s->arena, name, nlen);
     char *vl = sc_arena_dup(&s->arena, value, vlen);
     if (!nm || !vl)
@@ -95,6 +103,17 @@ static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, con
 int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
 {
     return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen);
+}
+
+char *sc_msg_add_in_place(sc_stream *s, sc_msg *m, const char *static_name, size_t nlen, size_t vlen)
+{
+    char *v;
+    if (!nv_room(s, &m->hdrs, m->n_hdrs, &m->cap_hdrs) || !(v = sc_arena_alloc(&s->arena, vlen + 1)))
+        return NULL;
+    m->hdrs[m->n_hdrs++] = (nghttp2_nv){.name = (uint8_t *)static_name, .namelen = nlen, .value = (uint8_t *)v,
+                                        .valuelen = vlen,
+                                        .flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+    return v;
 }
 
 int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen)

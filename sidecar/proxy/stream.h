@@ -259,6 +259,11 @@ uint64_t sc_stream_remaining_ns(const sc_stream *s);
 
 /* Header helpers (arena copies; names lower-cased). */
 int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);
+/* Appends a header whose name is a lower-case string that outlives the
+ * stream (a literal: not copied) and returns room for its vlen-byte value
+ * (NUL terminated by the caller's choice) in the arena, for the caller to
+ * write in place; NULL when out of memory. */
+char *sc_msg_add_in_place(sc_stream *s, sc_msg *m, const char *static_name, size_t nlen, size_t vlen);
 const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
 /* Appends body bytes to a pipe; -ENOBUFS when they do not fit (for HTTP/2
  * that means the peer sent more than the window it was granted). */

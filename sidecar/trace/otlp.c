@@ -3,6 +3,8 @@
  */
 #include "trace/otlp.h"
 
+#include "obs/digits.h"
+
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +54,7 @@ static void put(sc_otlp_buf *b, const char *s, size_t n)
 static void put_u64(sc_otlp_buf *b, uint64_t v)
 {
     char d[20];
-    put(b, d, sc_fmt_u64(d, v));
+    put(b, d, sc_fmt_dec(d, v));
 }
 
 static void put_i64(sc_otlp_buf *b, int64_t v)
@@ -99,13 +101,32 @@ static size_t utf8_len(const unsigned char *s, size_t n)
 }
 
 /* A JSON string with its quotes. */
+/* True when all 8 bytes of x are printable ASCII other than '"' and '\\'
+ * (0x20..0x7f): a byte's top bit ends up set when it is 0x80 or more, below
+ * 0x20, '"' or '\\'; a borrow between bytes only starts at such a byte. */
+static inline bool plain8(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    return !(((x - ones * 0x20) | x | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones)) & highs);
+}
+
 static void put_str(sc_otlp_buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";
     PUTL(b, "\"");
     const unsigned char *u = (const unsigned char *)s;
-    size_t run = 0; /* bytes copied as they are, flushed in one put */
-    for (size_t i = 0; i < n;) {
+    size_t i = 0;
+    /* the common case, plain ASCII, 8 bytes a step */
+    size_t whole = n & ~(size_t)7;
+    while (i < whole) {
+        uint64_t x;
+        memcpy(&x, u + i, 8);
+        if (!plain8(x))
+            break;
+        i += 8;
+    }
+    size_t run = i; /* bytes copied as they are, flushed in one put */
+    while (i < n) {
         unsigned char c = u[i];
         size_t l = c >= 0x20 && c != '"' && c != '\\' ? utf8_len(u + i, n - i) : 0;
         if (l) {
@@ -142,21 +163,34 @@ static void put_hex(sc_otlp_buf *b, const uint8_t *id, size_t n)
     PUTL(b, "\"");
 }
 
+/* {"key":"<key>" and `tail`, in one step: keys are the fixed attribute
+ * and event value names of span.c (letters, digits, '.', '_'), which need
+ * no escaping. */
+static void put_key(sc_otlp_buf *b, const char *key, const char *tail, size_t tail_len)
+{
+    size_t kl = strlen(key);
+    if (!grow(b, 8 + kl + tail_len))
+        return;
+    char *o = b->p + b->len;
+    memcpy(o, "{\"key\":\"", 8);
+    memcpy(o + 8, key, kl);
+    memcpy(o + 8 + kl, tail, tail_len);
+    b->len += 8 + kl + tail_len;
+    b->p[b->len] = 0;
+}
+#define PUT_KEY(b, key, lit) put_key((b), (key), "" lit, sizeof(lit) - 1)
+
 /* {"key":"k","value":{"stringValue":"v"}} */
 static void put_kv_str(sc_otlp_buf *b, const char *key, const char *v, size_t n)
 {
-    PUTL(b, "{\"key\":");
-    put_cstr(b, key);
-    PUTL(b, ",\"value\":{\"stringValue\":");
+    PUT_KEY(b, key, "\",\"value\":{\"stringValue\":");
     put_str(b, v, n);
     PUTL(b, "}}");
 }
 
 static void put_kv_int(sc_otlp_buf *b, const char *key, int64_t v)
 {
-    PUTL(b, "{\"key\":");
-    put_cstr(b, key);
-    PUTL(b, ",\"value\":{\"intValue\":\"");
+    PUT_KEY(b, key, "\",\"value\":{\"intValue\":\"");
     put_i64(b, v);
     PUTL(b, "\"}}");
 }

@@ -5,22 +5,26 @@
  */
 #include "trace/propagation.h"
 
+#include "obs/digits.h"
+
 #include <strings.h>
 
-static const char hexdig[] = "0123456789abcdef";
 
 void sc_trace_hex(const uint8_t *b, size_t n, char *out)
 {
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hexdig[b[i] >> 4];
-        out[2 * i + 1] = hexdig[b[i] & 15];
-    }
+    sc_hex_bytes(b, n, out);
 }
 
 bool sc_trace_id_is_zero(const uint8_t *b, size_t n)
 {
-    uint8_t acc = 0;
-    for (size_t i = 0; i < n; i++)
+    uint64_t acc = 0;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, b + i, 8);
+        acc |= w;
+    }
+    for (; i < n; i++)
         acc |= b[i];
     return acc == 0;
 }
@@ -408,7 +412,10 @@ bool sc_trace_parse_b3multi(const sc_trace_in *in, sc_trace_ctx *out)
 
 void sc_trace_in_init(sc_trace_in *in, const char *force_header)
 {
-    memset(in, 0, sizeof(*in));
+    /* Everything but the tracestate slots (about 800 bytes, read only up
+     * to n_tracestate): this runs for every request. */
+    memset(&in->traceparent, 0, sizeof(in->traceparent));
+    memset(&in->n_tracestate, 0, sizeof(*in) - offsetof(sc_trace_in, n_tracestate));
     in->force_header = force_header;
     in->force_header_len = force_header ? strlen(force_header) : 0;
 }
@@ -435,6 +442,9 @@ bool sc_trace_in_header(sc_trace_in *in, const char *name, size_t nl, const char
             in->forced = true;
         return false;
     }
+    /* Every trace header name starts with t, b or x: most names stop here. */
+    if (nl < 2 || (name[0] != 't' && name[0] != 'b' && name[0] != 'x'))
+        return false;
     if (nl == 11 && memcmp(name, "traceparent", 11) == 0) {
         keep(&in->traceparent, value, vl);
     } else if (nl == 10 && memcmp(name, "tracestate", 10) == 0) {
@@ -470,6 +480,11 @@ void sc_trace_extract(const sc_trace_in *in, unsigned formats, sc_trace_ctx *out
 {
     uint8_t decision = SC_TRACE_DECISION_NONE;
     bool debug = false;
+    if (!(in->traceparent.count | in->b3.count | in->b3_trace_id.count | in->b3_span_id.count |
+          in->b3_parent_id.count | in->b3_sampled.count | in->b3_flags.count)) {
+        ctx_clear(out); /* no trace header at all: the common case, nothing to parse */
+        return;
+    }
     if ((formats & SC_TRACE_FMT_W3C) && in->traceparent.count == 1 &&
         sc_trace_parse_traceparent(in->traceparent.p, in->traceparent.len, out)) {
         /* Only with a valid traceparent; an invalid tracestate leaves none. */

@@ -21,9 +21,11 @@ void sc_sampler_init(sc_sampler *s, double ratio)
 
 bool sc_sampler_ratio(const sc_sampler *s, const uint8_t trace_id[SC_TRACE_ID_LEN])
 {
-    uint64_t x = 0;
-    for (int i = 8; i < 16; i++)
-        x = x << 8 | trace_id[i];
+    uint64_t x; /* the low 8 bytes, big-endian */
+    memcpy(&x, trace_id + 8, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    x = __builtin_bswap64(x);
+#endif
     return (x >> 1) < s->bound;
 }
 
@@ -88,25 +90,31 @@ uint64_t sc_trace_rng_next(sc_trace_rng *r)
     return result;
 }
 
-static void put64(uint8_t *out, uint64_t v)
+/* Big-endian: the first byte of the ID is the top byte of v. */
+static inline void put64(uint8_t *out, uint64_t v)
 {
-    for (int i = 7; i >= 0; i--) {
-        out[i] = (uint8_t)v;
-        v >>= 8;
-    }
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    memcpy(out, &v, 8);
 }
 
 void sc_trace_new_trace_id(sc_trace_rng *r, uint8_t out[SC_TRACE_ID_LEN])
 {
+    uint64_t hi, lo;
     do {
-        put64(out, sc_trace_rng_next(r));
-        put64(out + 8, sc_trace_rng_next(r));
-    } while (sc_trace_id_is_zero(out, SC_TRACE_ID_LEN));
+        hi = sc_trace_rng_next(r);
+        lo = sc_trace_rng_next(r);
+    } while (!(hi | lo));
+    put64(out, hi);
+    put64(out + 8, lo);
 }
 
 void sc_trace_new_span_id(sc_trace_rng *r, uint8_t out[SC_SPAN_ID_LEN])
 {
+    uint64_t v;
     do
-        put64(out, sc_trace_rng_next(r));
-    while (sc_trace_id_is_zero(out, SC_SPAN_ID_LEN));
+        v = sc_trace_rng_next(r);
+    while (!v);
+    put64(out, v);
 }

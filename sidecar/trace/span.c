@@ -76,6 +76,7 @@ void sc_span_init(sc_span *s, const uint8_t trace_id[SC_TRACE_ID_LEN], const uin
     s->trace_flags = SC_TRACE_FLAG_SAMPLED;
     s->parent_remote = false;
     s->n_attrs = s->n_events = s->dropped_attrs = s->dropped_events = 0;
+    s->attr_set = 0;
     s->status_len = s->pool_used = 0;
     s->status_msg[0] = 0;
     s->name_len = (uint16_t)SC_MIN(name ? name_len : 0, sizeof(s->name));
@@ -91,15 +92,20 @@ static void count_drop(uint8_t *n)
 }
 
 /* The slot of key k: the existing one, or a new one; NULL when full. */
+_Static_assert(SC_ATTR__COUNT <= 32, "sc_span.attr_set has a bit per attribute");
+
 static sc_span_attr *slot(sc_span *s, sc_span_attr_key k)
 {
-    for (unsigned i = 0; i < s->n_attrs; i++)
-        if (s->attrs[i].key == k)
-            return &s->attrs[i];
+    if (s->attr_set & (UINT32_C(1) << k)) {
+        for (unsigned i = 0; i < s->n_attrs; i++)
+            if (s->attrs[i].key == k)
+                return &s->attrs[i];
+    }
     if (s->n_attrs == SC_SPAN_MAX_ATTRS) {
         count_drop(&s->dropped_attrs);
         return NULL;
     }
+    s->attr_set |= UINT32_C(1) << k;
     sc_span_attr *a = &s->attrs[s->n_attrs++];
     a->key = (uint8_t)k;
     return a;

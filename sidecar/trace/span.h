@@ -119,6 +119,7 @@ typedef struct sc_span {
     uint8_t trace_flags;          /* W3C trace flags of the context (sampled) */
     bool parent_remote;           /* the parent is the caller's span (another process) */
     uint8_t n_attrs, n_events;
+    uint32_t attr_set;          /* bit k: attribute k is among attrs (no search for a new one) */
     uint8_t dropped_attrs, dropped_events;
     uint16_t name_len, status_len, pool_used;
     uint64_t start_ns, end_ns;    /* CLOCK_MONOTONIC */

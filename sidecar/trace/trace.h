@@ -72,9 +72,11 @@ void sc_trace_worker_free(sc_trace_worker *tw);
 #define SC_TRACE_REQ_EVENTS 6
 #define SC_TRACE_ATTEMPT_EVENTS 4
 
-/* Per-request state, embedded in the request (no pointers out of it). */
+/* Per-request state, embedded in the request (no pointers out of it).
+ * ctx comes last and its tracestate text last in it, so that a request
+ * without a tracestate header can be given the shorter block of
+ * sc_trace_req_size() (the text alone is over half of the struct). */
 typedef struct sc_trace_req {
-    sc_trace_ctx ctx;           /* the caller's context, or a new trace (ctx.valid false) */
     uint8_t span_id[SC_SPAN_ID_LEN];         /* the request span */
     uint8_t attempt_span_id[SC_SPAN_ID_LEN]; /* the current attempt's span */
     bool active;                /* tracing is on for this request: trace headers are replaced */
@@ -87,7 +89,18 @@ typedef struct sc_trace_req {
     uint64_t start_ns, attempt_start_ns;     /* CLOCK_MONOTONIC */
     sc_span_event events[SC_TRACE_REQ_EVENTS];
     sc_span_event attempt_events[SC_TRACE_ATTEMPT_EVENTS];
+    sc_trace_ctx ctx;           /* the caller's context, or a new trace (ctx.valid false); keep last */
 } sc_trace_req;
+
+/* Bytes an sc_trace_req started from `in` needs: all of it when `in`
+ * carries tracestate fields, else only up to the tracestate text's
+ * terminator (tracestate_len stays 0 and only tracestate[0] is written). */
+static inline size_t sc_trace_req_size(const sc_trace_in *in)
+{
+    if (in->n_tracestate || in->tracestate_bad)
+        return sizeof(sc_trace_req);
+    return offsetof(sc_trace_req, ctx) + offsetof(sc_trace_ctx, tracestate) + 1;
+}
 
 /*
  * The request's head is in: reads the caller's context from `in` (NULL = no

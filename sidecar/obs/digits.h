@@ -1,0 +1,95 @@
+/*
+ * digits.h: numbers to text by tables of digit pairs, for what is written
+ * on every request: a byte to two lower-case hex digits (one load and one
+ * 2-byte store instead of two shifts, two loads and two stores: request,
+ * trace and span IDs), and decimal two digits a step (half the divisions,
+ * each by a constant: a multiply) for the access log's numbers.
+ * Header only; nothing allocates.
+ */
+#ifndef SC_OBS_DIGITS_H
+#define SC_OBS_DIGITS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* sc_hex_pairs + 2 * b: the two digits of byte b. */
+static const char sc_hex_pairs[513] =
+    "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+    "202122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f"
+    "404142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f"
+    "606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"
+    "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf"
+    "c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf"
+    "e0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff";
+
+/* The 8 hex digits of x, most significant first, as they go to memory:
+ * each nibble spread into a byte of its own, then '0' or 'a' - 10 added
+ * to all eight at once (about 20 instructions instead of 8 table steps). */
+static inline uint64_t sc_hex_word(uint32_t x)
+{
+    uint64_t v = x;
+    v = ((v & 0xffff0000ull) << 16) | (v & 0xffffull);
+    v = ((v & 0x0000ff000000ff00ull) << 8) | (v & 0x000000ff000000ffull);
+    v = ((v & 0x00f000f000f000f0ull) << 4) | (v & 0x000f000f000f000full);
+    uint64_t letters = ((v + 0x0606060606060606ull) >> 4) & 0x0101010101010101ull; /* 1 where >= 10 */
+    v += 0x3030303030303030ull + letters * ('a' - '0' - 10);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
+    return v;
+}
+
+/* Writes 2n hex digits of b[0..n) into out (no terminator). */
+static inline void sc_hex_bytes(const uint8_t *b, size_t n, char *out)
+{
+    size_t whole = n & ~(size_t)3;
+    for (size_t i = 0; i < whole; i += 4) {
+        uint32_t x; /* b[i] the top byte */
+        memcpy(&x, b + i, 4);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        x = __builtin_bswap32(x);
+#endif
+        uint64_t w = sc_hex_word(x);
+        memcpy(out + 2 * i, &w, 8);
+    }
+    for (size_t i = whole; i < n; i++)
+        memcpy(out + 2 * i, sc_hex_pairs + 2 * b[i], 2);
+}
+
+/* sc_dec_pairs + 2 * v: the two decimal digits of v (0..99). */
+static const char sc_dec_pairs[201] =
+    "00010203040506070809101112131415161718192021222324"
+    "25262728293031323334353637383940414243444546474849"
+    "50515253545556575859606162636465666768697071727374"
+    "75767778798081828384858687888990919293949596979899";
+
+/* v in decimal into out (up to 20 bytes, no terminator); returns the
+ * length: the digits counted first, then written from the end two at a
+ * time straight into out. */
+static inline size_t sc_fmt_dec(char *out, uint64_t v)
+{
+    static const uint64_t pow10[19] = {
+        10ull, 100ull, 1000ull, 10000ull, 100000ull, 1000000ull, 10000000ull, 100000000ull, 1000000000ull,
+        10000000000ull, 100000000000ull, 1000000000000ull, 10000000000000ull, 100000000000000ull,
+        1000000000000000ull, 10000000000000000ull, 100000000000000000ull, 1000000000000000000ull,
+        10000000000000000000ull};
+    size_t n = 1;
+    while (n < 20 && v >= pow10[n - 1])
+        n++;
+    char *p = out + n;
+    while (v >= 100) {
+        unsigned r = (unsigned)(v % 100);
+        v /= 100;
+        p -= 2;
+        memcpy(p, sc_dec_pairs + 2 * r, 2);
+    }
+    if (v >= 10)
+        memcpy(p - 2, sc_dec_pairs + 2 * v, 2);
+    else
+        p[-1] = (char)('0' + v);
+    return n;
+}
+
+#endif
