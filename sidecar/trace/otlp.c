@@ -21,12 +21,12 @@ void sc_otlp_buf_free(sc_otlp_buf *b)
     *b = (sc_otlp_buf){0};
 }
 
-static bool grow(sc_otlp_buf *b, size_t more)
+/* The slow path of grow(): out of line, so that every put inlines to a
+ * compare and a copy (of a fixed size for the literals). */
+static __attribute__((noinline)) bool grow_slow(sc_otlp_buf *b, size_t more)
 {
     if (b->oom)
         return false;
-    if (b->len + more + 1 <= b->cap)
-        return true;
     size_t cap = b->cap ? b->cap : 4096;
     while (cap < b->len + more + 1)
         cap *= 2;
@@ -40,7 +40,15 @@ static bool grow(sc_otlp_buf *b, size_t more)
     return true;
 }
 
-static void put(sc_otlp_buf *b, const char *s, size_t n)
+/* Room for `more` bytes and the NUL; false once an allocation failed. */
+static inline bool grow(sc_otlp_buf *b, size_t more)
+{
+    if (SC_LIKELY(!b->oom && b->len + more + 1 <= b->cap))
+        return true;
+    return grow_slow(b, more);
+}
+
+static inline __attribute__((always_inline)) void put(sc_otlp_buf *b, const char *s, size_t n)
 {
     if (!grow(b, n))
         return;
@@ -53,8 +61,10 @@ static void put(sc_otlp_buf *b, const char *s, size_t n)
 
 static void put_u64(sc_otlp_buf *b, uint64_t v)
 {
-    char d[20];
-    put(b, d, sc_fmt_dec(d, v));
+    if (!grow(b, 20)) /* the digits straight into the buffer */
+        return;
+    b->len += sc_fmt_dec(b->p + b->len, v);
+    b->p[b->len] = 0;
 }
 
 static void put_i64(sc_otlp_buf *b, int64_t v)
