@@ -38,6 +38,12 @@ static inline size_t sc_buf_space(sc_buf *b)
 
 static inline char *sc_buf_tail(const sc_buf *b) { return b->data + b->end; }
 
+/* A rollback point for a writer that may give up half-way: the length of
+ * the data, not the end offset, because sc_buf_space() may compact the
+ * buffer (move the data to the front) between the mark and the rewind. */
+static inline size_t sc_buf_mark(const sc_buf *b) { return b->end - b->start; }
+static inline void sc_buf_rewind(sc_buf *b, size_t mark) { b->end = b->start + (uint32_t)mark; }
+
 static inline void sc_buf_consume(sc_buf *b, size_t n)
 {
     b->start += (uint32_t)n;

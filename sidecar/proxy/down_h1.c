@@ -506,7 +506,7 @@ static int write_head(sc_conn *c, sc_stream *s)
     line[n++] = '\n';
     if (sc_buf_reserve(c->w, &c->out, 64 * 1024) < 0)
         return -ENOMEM; /* not a full buffer that drains: nothing would call again */
-    size_t before = c->out.end;
+    size_t before = sc_buf_mark(&c->out);
     if (sc_conn_write(c, line, n) < 0 || write_fields(c, s->resp.hdrs, s->resp.n_hdrs, false) < 0)
         goto full;
     if (s->resp.content_length >= 0 && st != 204 && st >= 200) {
@@ -533,7 +533,7 @@ static int write_head(sc_conn *c, sc_stream *s)
     }
     return 0;
 full:
-    c->out.end = (uint32_t)before;
+    sc_buf_rewind(&c->out, before);
     return -ENOBUFS;
 }
 
@@ -600,11 +600,11 @@ static int produce(sc_conn *c)
         return 0;
     if (s->respp.eof && (no_body || sc_buf_len(&s->respp.buf) == 0)) {
         if (s->down_chunked) {
-            size_t before = c->out.end;
+            size_t before = sc_buf_mark(&c->out);
             if (sc_conn_write(c, "0\r\n", 3) < 0 ||
                 (s->down_te_trailers && write_fields(c, s->respp.trailers, s->respp.n_trailers, true) < 0) ||
                 sc_conn_write(c, "\r\n", 2) < 0) {
-                c->out.end = (uint32_t)before;
+                sc_buf_rewind(&c->out, before);
                 return 0;
             }
         }
@@ -625,9 +625,9 @@ static void informational(sc_stream *s, int status, const nghttp2_nv *nv, size_t
     sc_conn *c = s->down;
     char line[64];
     int l = snprintf(line, sizeof(line), "HTTP/1.1 %d %s\r\n", status, sc_h1_reason(status));
-    size_t before = c->out.end;
+    size_t before = sc_buf_mark(&c->out);
     if (sc_conn_write(c, line, (size_t)l) < 0 || write_fields(c, nv, n, false) < 0 || sc_conn_write(c, "\r\n", 2) < 0)
-        c->out.end = (uint32_t)before; /* no room: an informational response may be dropped */
+        sc_buf_rewind(&c->out, before); /* no room: an informational response may be dropped */
     sc_conn_mark_dirty(c);
 }
 

@@ -192,7 +192,7 @@ static int put_nv(sc_conn *c, const nghttp2_nv *nv, size_t n, bool (*skip)(const
 
 static int write_request_head(sc_conn *c, sc_stream *s)
 {
-    size_t before = c->out.end;
+    size_t before = sc_buf_mark(&c->out);
     const sc_msg *m = &s->req;
     char line[64];
     if (put(c, m->method, m->method_len) < 0 || put(c, " ", 1) < 0 || put(c, m->path, m->path_len) < 0 ||
@@ -226,7 +226,7 @@ static int write_request_head(sc_conn *c, sc_stream *s)
     s->up_head_sent = true;
     return 0;
 full:
-    c->out.end = (uint32_t)before;
+    sc_buf_rewind(&c->out, before);
     s->up_chunked = false;
     return -ENOBUFS;
 }
@@ -259,10 +259,10 @@ static int produce(sc_conn *c)
     }
     if (s->reqp.eof && sc_buf_len(&s->reqp.buf) == 0) {
         if (s->up_chunked) {
-            size_t before = c->out.end;
+            size_t before = sc_buf_mark(&c->out);
             if (put(c, "0\r\n", 3) < 0 || put_nv(c, s->reqp.trailers, s->reqp.n_trailers, skip_trailer) < 0 ||
                 put(c, "\r\n", 2) < 0) {
-                c->out.end = (uint32_t)before;
+                sc_buf_rewind(&c->out, before);
                 return 0;
             }
         }
