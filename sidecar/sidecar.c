@@ -335,8 +335,14 @@ int sc_sidecar_run(sidecar *sc)
         sc_worker_join(sc->workers[i]);
     ev_signal_stop(sc->loop, &sighup);
     sc_reload_stop(sc);
+    /* The admin and gRPC health threads read the other components (readiness
+     * looks at app health, certificates and JWKS): they stop before any of
+     * those is freed. */
+    sc_grpc_health_stop(sc->grpc_health);
+    sc->grpc_health = NULL;
+    sc_admin_stop(sc->admin);
+    sc->admin = NULL;
     sc_access_log_stop(sc->access_log); /* the workers are quiet: every queued line is written */
-    /* consul + health (issue 4) */
     sc_consul_stop(sc->consul);
     sc->consul = NULL;
     sc_authz_free(sc->authz); /* after the workers and the Consul client: nothing refers to it now */
@@ -344,12 +350,8 @@ int sc_sidecar_run(sidecar *sc)
     sc_jwt_stop(sc->jwt); /* after the workers: no request checks a token any more */
     sc_jwt_free(sc->jwt);
     sc->jwt = NULL;
-    sc_grpc_health_stop(sc->grpc_health);
-    sc->grpc_health = NULL;
     sc_app_health_stop(sc->app_health);
     sc->app_health = NULL;
-    sc_admin_stop(sc->admin);
-    sc->admin = NULL;
     sc_tls_runtime_stop(sc);
     sc_tracer_flush(sc->tracer, 5000); /* the workers are gone: what they recorded goes now */
     sc_tracer_free(sc->tracer);

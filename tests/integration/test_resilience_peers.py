@@ -37,6 +37,9 @@ class FaultGrpcPeerTest(unittest.TestCase):
     def setUp(self):
         self.a.reset()
         self.b.reset()
+        # A handler leaves the in-flight gauge just after its answer is sent,
+        # so the previous test's last call may still count here.
+        self.assertTrue(self.a.wait_for(lambda: self.a.inflight == 0 and self.b.inflight == 0, 3))
 
     def test_fail_first_numbered_across_instances(self):
         md = [("x-fault-key", "k"), ("x-fault-fail-first", "2"), ("x-fault-message", "nope")]
@@ -139,6 +142,9 @@ class FaultHttpPeerTest(unittest.TestCase):
     def setUp(self):
         self.a.reset()
         self.b.reset()
+        # A handler leaves the in-flight gauge just after its response is
+        # written, so the previous test's last call may still count here.
+        self.assertTrue(self.a.wait_for(lambda: self.a.inflight == 0 and self.b.inflight == 0, 3))
 
     def test_fail_first_retry_after_and_body(self):
         h = [("x-fault-key", "k"), ("x-fault-fail-first", "1"), ("x-fault-pushback", "2"),
