@@ -253,6 +253,7 @@ static void parse_forward(sc_cx *c, const sc_ynode *v, const char *field, sc_jwt
             continue;
         }
         r->forward[r->n_forward].claim = sc_xstrdup(k->str);
+        r->forward[r->n_forward].header_len = strlen(h);
         r->forward[r->n_forward++].header = h;
     }
 }
@@ -370,6 +371,8 @@ void sc_config_parse_jwt(sc_cx *c, const sc_ynode *m, sc_config *cfg)
             sc_jwt_rule *r = &jc->rules[jc->n_rules++];
             parse_rule(c, rv->items[i], p, jc, r, cfg->tls.identity_header);
             needs_issuer |= r->mode != SC_JWT_MODE_OFF;
+            for (size_t k = 0; k < r->n_forward; k++)
+                jc->forward_len_mask |= 1ull << SC_MIN(r->forward[k].header_len, (size_t)63);
             for (size_t k = 0; k + 1 < jc->n_rules; k++)
                 if (r->prefix && jc->rules[k].prefix && strcmp(r->prefix, jc->rules[k].prefix) == 0)
                     sc_config_err_line(c, r->line, p, "prefix '%.64s' already has a rule (line %u)", r->prefix,

@@ -388,8 +388,18 @@ const sc_jwt_claim_entry *sc_jwt_claims_find(const sc_jwt_claims *c, const char 
 {
     if (!c || !name)
         return NULL;
-    sc_jwt_claim_entry key = {.name = name};
-    return bsearch(&key, c->v, c->n, sizeof(*c->v), claim_cmp);
+    size_t lo = 0, hi = c->n; /* sorted by name: a binary search without bsearch's indirect calls */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int d = strcmp(name, c->v[mid].name);
+        if (!d)
+            return &c->v[mid];
+        if (d < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return NULL;
 }
 
 /* The string form of a scalar or a nested container (compact JSON). */
@@ -595,6 +605,8 @@ sc_jwt_outcome sc_jwt_rule_check(const sc_jwt_rule *r, const sc_jwt_claims *c, c
             return SC_JWT_CLAIMS;
         }
     }
+    if (!r->n_scopes)
+        return SC_JWT_OK;
     const sc_jwt_claim_entry *scope = sc_jwt_claims_find(c, "scope");
     const sc_jwt_claim_entry *scp = sc_jwt_claims_find(c, "scp");
     for (size_t i = 0; i < r->n_scopes; i++)
@@ -605,29 +617,47 @@ sc_jwt_outcome sc_jwt_rule_check(const sc_jwt_rule *r, const sc_jwt_claims *c, c
     return SC_JWT_OK;
 }
 
-int sc_jwt_token_from_header(const sc_jwt_rule *r, const char *value, size_t len, const char **tok, size_t *toklen)
+static inline bool blank(char c)
 {
-    while (len && (value[0] == ' ' || value[0] == '\t'))
+    return c == ' ' || c == '\t';
+}
+
+/* "bearer" in any case, without a call: this runs for every request. */
+static inline bool is_bearer(const char *v)
+{
+    return (v[0] | 0x20) == 'b' && (v[1] | 0x20) == 'e' && (v[2] | 0x20) == 'a' && (v[3] | 0x20) == 'r' &&
+           (v[4] | 0x20) == 'e' && (v[5] | 0x20) == 'r';
+}
+
+int sc_jwt_token_in_value(const sc_jwt_rule *r, const char *value, size_t len, const char **tok, size_t *toklen)
+{
+    while (len && blank(value[0]))
         value++, len--;
-    while (len && (value[len - 1] == ' ' || value[len - 1] == '\t'))
+    while (len && blank(value[len - 1]))
         len--;
-    bool authz = strcmp(r->header, "authorization") == 0;
-    bool bearer = len >= 6 && strncasecmp(value, "bearer", 6) == 0 &&
-                  (len == 6 || value[6] == ' ' || value[6] == '\t');
-    if (bearer) {
+    if (len >= 6 && is_bearer(value) && (len == 6 || blank(value[6]))) {
         value += 6, len -= 6;
-        while (len && (value[0] == ' ' || value[0] == '\t'))
+        while (len && blank(value[0]))
             value++, len--;
-    } else if (authz) {
+    } else if (strcmp(r->header, "authorization") == 0) {
         return 0; /* Basic, Negotiate, ...: not ours */
     }
     if (!len)
         return -1;
-    if (memchr(value, ' ', len) || memchr(value, '\t', len)) /* vectorised: tokens are long */
-        return -1;
     *tok = value;
     *toklen = len;
     return 1;
+}
+
+bool sc_jwt_token_has_blank(const char *tok, size_t len)
+{
+    return memchr(tok, ' ', len) || memchr(tok, '\t', len); /* vectorised: tokens are long */
+}
+
+int sc_jwt_token_from_header(const sc_jwt_rule *r, const char *value, size_t len, const char **tok, size_t *toklen)
+{
+    int rc = sc_jwt_token_in_value(r, value, len, tok, toklen);
+    return rc > 0 && sc_jwt_token_has_blank(*tok, *toklen) ? -1 : rc;
 }
 
 /* ---- refusals ---- */

@@ -172,6 +172,12 @@ sc_jwt_outcome sc_jwt_rule_check(const sc_jwt_rule *r, const sc_jwt_claims *c, c
  */
 int sc_jwt_token_from_header(const sc_jwt_rule *r, const char *value, size_t len, const char **tok, size_t *toklen);
 
+/* The same without the look for blanks inside the token, which
+ * sc_jwt_token_has_blank does apart: the request path looks only when the
+ * token is not in the verified-token cache (a cached token has none). */
+int sc_jwt_token_in_value(const sc_jwt_rule *r, const char *value, size_t len, const char **tok, size_t *toklen);
+bool sc_jwt_token_has_blank(const char *tok, size_t len);
+
 /* ---- refusals ---- */
 
 /*

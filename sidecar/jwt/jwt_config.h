@@ -93,6 +93,7 @@ typedef struct sc_jwt_claim_req {
 typedef struct sc_jwt_forward {
     char *claim;
     char *header;                   /* lower-case header name */
+    size_t header_len;
 } sc_jwt_forward;
 
 typedef struct sc_jwt_rule {
@@ -118,6 +119,7 @@ typedef struct sc_jwt_config {
     char *realm;                    /* WWW-Authenticate realm; default service.name */
     uint32_t max_token_bytes;
     uint32_t cache_entries;         /* 0 = no cache */
+    uint64_t forward_len_mask;      /* bit n: a rule forwards a claim in a header of n bytes (bit 63: >= 63) */
 } sc_jwt_config;
 
 void sc_jwt_config_free(sc_jwt_config *c);    /* NULL is a no-op */
@@ -137,6 +139,10 @@ const sc_jwt_rule *sc_jwt_rule_for_path(const sc_jwt_config *c, const char *path
  * length, or -1 when the result does not fit or the path does not start
  * with '/'. Exposed for tests. */
 long sc_jwt_path_normalize(const char *path, size_t len, char *out, size_t cap);
+
+/* True when the normalisation would return the path unchanged: it starts
+ * with '/' and holds no '%', "//" or "/." (false may still be normal). */
+bool sc_jwt_path_is_normal(const char *path, size_t len);
 
 /*
  * True when a request header `name` must be removed from every inbound

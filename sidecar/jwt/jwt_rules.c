@@ -143,6 +143,20 @@ long sc_jwt_path_normalize(const char *path, size_t len, char *out, size_t cap)
     return (long)k;
 }
 
+bool sc_jwt_path_is_normal(const char *path, size_t len)
+{
+    if (!len || path[0] != '/' || len > 8000)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char ch = path[i];
+        if (ch == '%')
+            return false;
+        if (ch == '/' && i + 1 < len && (path[i + 1] == '/' || path[i + 1] == '.'))
+            return false;
+    }
+    return true;
+}
+
 static const sc_jwt_rule *longest(const sc_jwt_config *c, const char *p, size_t len)
 {
     const sc_jwt_rule *best = NULL;
@@ -172,6 +186,8 @@ const sc_jwt_rule *sc_jwt_rule_for_path(const sc_jwt_config *c, const char *path
     if (q)
         len = (size_t)(q - path);
     const sc_jwt_rule *raw = longest(c, path, len);
+    if (sc_jwt_path_is_normal(path, len))
+        return raw; /* the usual path: normalising would give it back unchanged */
     char buf[8192];
     long n = sc_jwt_path_normalize(path, len, buf, sizeof(buf));
     const sc_jwt_rule *norm = n >= 0 ? longest(c, buf, (size_t)n) : NULL;
@@ -186,11 +202,12 @@ const sc_jwt_rule *sc_jwt_rule_for_path(const sc_jwt_config *c, const char *path
 
 bool sc_jwt_header_reserved(const sc_jwt_config *c, const char *name, size_t len)
 {
-    if (!c)
+    /* asked for every inbound header line: the lengths rule most out at once */
+    if (!c || !(c->forward_len_mask & (1ull << SC_MIN(len, (size_t)63))))
         return false;
     for (size_t i = 0; i < c->n_rules; i++)
         for (size_t k = 0; k < c->rules[i].n_forward; k++)
-            if (sc_hdr_aliases(name, len, c->rules[i].forward[k].header))
+            if (c->rules[i].forward[k].header_len == len && sc_hdr_aliases(name, len, c->rules[i].forward[k].header))
                 return true;
     return false;
 }

@@ -607,11 +607,25 @@ static int64_t until_of(const sc_jwt_claims *c, const sc_jwt_issuer_cfg *is)
     return c->exp > INT64_MAX - lw ? INT64_MAX : c->exp + lw;
 }
 
+/* Every field but the 256 bytes of why, which only a refusal fills. */
+static void result_init(sc_jwt_result *r, const sc_jwt_rule *rule)
+{
+    r->outcome = SC_JWT_OK;
+    r->rule = rule;
+    r->claims = NULL;
+    r->issuer = NULL;
+    r->cache_hit = false;
+    r->wait_issuer = 0;
+    r->wait_seq = 0;
+    r->n_named = 0;
+    r->named_at = 0;
+    r->why[0] = '\0';
+}
+
 void sc_jwt_check_token(sc_jwt *j, unsigned worker, const sc_jwt_rule *rule, const char *tok, size_t len,
                         int64_t now_unix, unsigned flags, sc_jwt_result *r)
 {
-    memset(r, 0, sizeof(*r));
-    r->rule = rule;
+    result_init(r, rule);
     if (!rule || rule->mode == SC_JWT_MODE_OFF) {
         finish(j, worker, r, SC_JWT_SKIPPED);
         return;
@@ -646,6 +660,11 @@ void sc_jwt_check_token(sc_jwt *j, unsigned worker, const sc_jwt_rule *rule, con
     if (c) {
         r->cache_hit = true;
     } else {
+        if (sc_jwt_token_has_blank(tok, len)) { /* a cached token has none: looked for only here */
+            snprintf(r->why, sizeof(r->why), "a Bearer credential without a single token");
+            finish(j, worker, r, SC_JWT_MALFORMED);
+            return;
+        }
         sc_jwt_token t;
         sc_jwt_outcome o = sc_jwt_token_parse(tok, len, cfg->max_token_bytes, &t, r->why, sizeof(r->why));
         if (o != SC_JWT_OK) {
@@ -708,13 +727,17 @@ void sc_jwt_check(sc_jwt *j, unsigned worker, const char *path, size_t path_len,
     }
     const char *tok = NULL;
     size_t toklen = 0, found = 0;
+    uint32_t named = 0, named_at = 0;
     bool bad = false;
+    size_t hlen = strlen(rule->header);
     for (size_t i = 0; i < n_hdrs; i++) {
-        if (!sc_hdr_aliases((const char *)hdrs[i].name, hdrs[i].namelen, rule->header))
+        if (hdrs[i].namelen != hlen || !sc_hdr_aliases((const char *)hdrs[i].name, hdrs[i].namelen, rule->header))
             continue;
+        if (named++ == 0)
+            named_at = (uint32_t)i;
         const char *t;
         size_t tl;
-        int rc = sc_jwt_token_from_header(rule, (const char *)hdrs[i].value, hdrs[i].valuelen, &t, &tl);
+        int rc = sc_jwt_token_in_value(rule, (const char *)hdrs[i].value, hdrs[i].valuelen, &t, &tl);
         if (rc < 0)
             bad = true;
         if (rc > 0 && found++ == 0) {
@@ -723,14 +746,15 @@ void sc_jwt_check(sc_jwt *j, unsigned worker, const char *path, size_t path_len,
         }
     }
     if (bad || found > 1) {
-        memset(r, 0, sizeof(*r));
-        r->rule = rule;
+        result_init(r, rule);
         snprintf(r->why, sizeof(r->why), "%s", found > 1 ? "more than one bearer token in the request"
                                                          : "a Bearer credential without a single token");
         finish(j, worker, r, SC_JWT_MALFORMED);
-        return;
+    } else {
+        sc_jwt_check_token(j, worker, rule, tok, toklen, now_unix, flags, r);
     }
-    sc_jwt_check_token(j, worker, rule, tok, toklen, now_unix, flags, r);
+    r->n_named = named;
+    r->named_at = named_at;
 }
 
 bool sc_jwt_wait_over(sc_jwt *j, const sc_jwt_result *r)
@@ -766,7 +790,7 @@ size_t sc_jwt_forward_headers(const sc_jwt_result *r, sc_jwt_header *out, size_t
         const sc_jwt_claim_entry *c = sc_jwt_claims_find(r->claims, f->claim);
         if (!c || !c->header_safe)
             continue;
-        out[n++] = (sc_jwt_header){.name = f->header, .name_len = strlen(f->header), .value = c->value,
+        out[n++] = (sc_jwt_header){.name = f->header, .name_len = f->header_len, .value = c->value,
                                    .value_len = strlen(c->value)};
     }
     return n;

@@ -100,7 +100,9 @@ typedef struct sc_jwt_result {
     bool cache_hit;                 /* OK: from the cache */
     uint32_t wait_issuer;           /* PENDING: whose keys are awaited */
     uint64_t wait_seq;              /* PENDING: the fetch count when it parked */
-    char why[256];                  /* refused: why (for the log and the refusal) */
+    uint32_t n_named;               /* sc_jwt_check: header lines named as the rule's header */
+    uint32_t named_at;              /* ... the index of the first one among hdrs */
+    char why[256];                  /* refused: why (for the log and the refusal); only why[0] is set when empty */
 } sc_jwt_result;
 
 /* Flags of sc_jwt_check. */

@@ -55,10 +55,14 @@ static void check(sc_stream *s, sc_jwt *j, unsigned flags, sc_jwt_result *r)
 static bool forward(sc_stream *s, const sc_jwt_result *r)
 {
     sc_msg *m = &s->req;
-    if (r->rule) {
-        size_t k = 0;
-        for (size_t i = 0; i < m->n_hdrs; i++)
-            if (!sc_jwt_header_stripped(r->rule, (const char *)m->hdrs[i].name, m->hdrs[i].namelen))
+    if (r->n_named && sc_jwt_header_stripped(r->rule, (const char *)m->hdrs[r->named_at].name,
+                                             m->hdrs[r->named_at].namelen)) {
+        /* the check counted the token header's lines: the usual one goes
+         * without a second walk over every header */
+        size_t k = r->named_at;
+        for (size_t i = k + 1; i < m->n_hdrs; i++)
+            if (r->n_named == 1 ||
+                !sc_jwt_header_stripped(r->rule, (const char *)m->hdrs[i].name, m->hdrs[i].namelen))
                 m->hdrs[k++] = m->hdrs[i];
         m->n_hdrs = k;
     }
@@ -66,8 +70,10 @@ static bool forward(sc_stream *s, const sc_jwt_result *r)
         return true;
     sc_jwt_header h[SC_JWT_MAX_FORWARD];
     size_t n = sc_jwt_forward_headers(r, h, SC_ARRAY_LEN(h));
+    /* not copied: the names are the rule's (lower-case, configuration) and
+     * the values the claims', which the stage's word holds until release */
     for (size_t i = 0; i < n; i++)
-        if (sc_msg_add(s, m, h[i].name, h[i].name_len, h[i].value, h[i].value_len) < 0)
+        if (sc_msg_add_ref(s, m, h[i].name, h[i].name_len, h[i].value, h[i].value_len) < 0)
             return false;
     return true;
 }

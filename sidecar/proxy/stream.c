@@ -105,6 +105,16 @@ int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const cha
     return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen);
 }
 
+int sc_msg_add_ref(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    if (!nv_room(s, &m->hdrs, m->n_hdrs, &m->cap_hdrs))
+        return -ENOMEM;
+    m->hdrs[m->n_hdrs++] = (nghttp2_nv){.name = (uint8_t *)name, .namelen = nlen, .value = (uint8_t *)value,
+                                        .valuelen = vlen,
+                                        .flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE};
+    return 0;
+}
+
 char *sc_msg_add_in_place(sc_stream *s, sc_msg *m, const char *static_name, size_t nlen, size_t vlen)
 {
     char *v;

@@ -264,6 +264,11 @@ int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const cha
  * (NUL terminated by the caller's choice) in the arena, for the caller to
  * write in place; NULL when out of memory. */
 char *sc_msg_add_in_place(sc_stream *s, sc_msg *m, const char *static_name, size_t nlen, size_t vlen);
+/* Appends a header by reference, nothing copied: the caller guarantees a
+ * lower-case name and that both bytes outlive the stream (configuration,
+ * or data the stream holds a reference on until it ends). -ENOMEM when the
+ * header array cannot grow. */
+int sc_msg_add_ref(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);
 const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
 /* Appends body bytes to a pipe; -ENOBUFS when they do not fit (for HTTP/2
  * that means the peer sent more than the window it was granted). */

@@ -23,6 +23,12 @@ static void test_aliases(void **state)
     assert_false(al("", "x-sidecar-caller"));
     /* a configured canonical name may itself use either spelling */
     assert_true(al("x-my-id", "X_My_Id"));
+    assert_true(al("", ""));
+    assert_false(al("a", ""));
+    /* a name with a NUL byte where canon ends: not equal, and nothing past canon is read */
+    assert_false(sc_hdr_aliases("ab\0c", 4, "ab"));
+    assert_false(sc_hdr_aliases("ab\0", 3, "ab"));
+    assert_true(sc_hdr_aliases("abX", 2, "ab")); /* only the first len bytes */
 }
 
 static void test_underscore(void **state)

@@ -672,6 +672,18 @@ static void test_request_headers_and_modes(void **st)
     const char *two[] = {"authorization", bearer, "authorization", bearer};
     assert_int_equal(check_req(&fx, "/orders", two, 2, &r), SC_JWT_MALFORMED);
     assert_non_null(strstr(r.why, "more than one"));
+    assert_int_equal(r.n_named, 2);
+    sc_jwt_result_clear(&r);
+    /* a blank inside the token, while the token without it is cached: the
+     * request path looks for blanks only on a cache miss, which this is */
+    char spaced[2048];
+    size_t tl = strlen(t);
+    snprintf(spaced, sizeof(spaced), "Bearer %.*s %s", (int)(tl / 2), t, t + tl / 2);
+    const char *blank[] = {"accept", "*/*", "authorization", spaced};
+    assert_int_equal(check_req(&fx, "/orders", blank, 2, &r), SC_JWT_MALFORMED);
+    assert_non_null(strstr(r.why, "without a single token"));
+    assert_int_equal(r.n_named, 1);
+    assert_int_equal(r.named_at, 1);
     sc_jwt_result_clear(&r);
     /* off: not looked at, even a broken token */
     const char *junk[] = {"authorization", "Bearer junk"};
@@ -754,6 +766,27 @@ static void test_rule_for_path(void **st)
     }
     assert_int_equal(sc_jwt_path_normalize("x", 1, out, sizeof(out)), -1);
     assert_int_equal(sc_jwt_path_normalize("/aaaaaaaaaa", 11, out, 4), -1);
+    /* the request path skips normalising a path it calls normal: every such
+     * path must come back unchanged (random paths over the bytes that matter) */
+    static const char alpha[] = "/./a%2e";
+    unsigned seed = 7, normal = 0;
+    for (int t = 0; t < 20000; t++) {
+        char p[16];
+        size_t len = 1 + (seed = seed * 1103515245u + 12345u) % sizeof(p);
+        for (size_t i = 0; i < len; i++)
+            p[i] = alpha[((seed = seed * 1103515245u + 12345u) >> 16) % (sizeof(alpha) - 1)];
+        p[0] = (seed >> 8) & 1 ? '/' : p[0];
+        if (!sc_jwt_path_is_normal(p, len))
+            continue;
+        normal++;
+        long n = sc_jwt_path_normalize(p, len, out, sizeof(out));
+        if (n != (long)len || memcmp(out, p, len) != 0)
+            fail_msg("\"%.*s\" is called normal but normalises to \"%.*s\"", (int)len, p, (int)(n < 0 ? 0 : n), out);
+    }
+    assert_true(normal > 100);
+    assert_false(sc_jwt_path_is_normal("/a/.well-known", 14));
+    assert_false(sc_jwt_path_is_normal("a", 1));
+    assert_true(sc_jwt_path_is_normal("/pkg.Orders/Get", 15));
     fx_close(&fx);
 }
 
