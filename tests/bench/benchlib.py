@@ -455,6 +455,27 @@ def report(results_path, meta_path):
     else:
         out.append("Ratios: none (no sidecar rows measured).")
 
+    # Feature costs: the sidecar with a feature on (sidecar_policies, and the
+    # observability variants) against the plain sidecar of the same run.
+    cost_lines = []
+    for load in all_loads:
+        s = by.get((load, "sidecar"))
+        if not s or stalled(load, s):
+            continue
+        for p in proxies:
+            q = by.get((load, p))
+            if not p.startswith("sidecar_") or not q or stalled(load, q):
+                continue
+            cost_lines.append(f"- {load}: {p} / sidecar: CPU/req {ratio(q['cpu_us'], s['cpu_us'])} "
+                              f"({_f(q['cpu_us'], '{:.2f}')} vs {_f(s['cpu_us'], '{:.2f}')} µs)")
+    if cost_lines:
+        out.append("")
+        out.append("Feature cost, the sidecar with the feature on / off (CPU per request; "
+                   "sidecar_policies: every resilience policy; sidecar_log: every access-log line; "
+                   "sidecar_trace / sidecar_trace1: tracing sampling 100% / 1%):")
+        out.append("")
+        out.extend(cost_lines)
+
     # The L4 floor (HAProxy mode tcp, nothing parsed): how far above the cost
     # of forwarding the bytes each proxy is, CPU per request.
     floor_lines = []

@@ -27,6 +27,10 @@ PY=/usr/bin/python3
 LIB="$HERE/benchlib.py"
 
 ALL_PROXIES="sidecar,sidecar_policies,haproxy,nghttpx,nginx,floor"
+# The sidecar with one observability feature on (its cost against "sidecar"
+# in the same run): every access-log line to a file, tracing with every
+# request sampled, tracing at 1%. Run only when named in --only.
+OBS_PROXIES="sidecar_log,sidecar_trace,sidecar_trace1"
 ALL_LOADS="grpc,http1,grpc-lat,http1-lat,tls-full,tls-full-stime,tls-resumed,tls-persistent"
 # Proxies with an mTLS listener (the others skip the tls-* loads).
 TLS_PROXIES="sidecar,haproxy,nghttpx"
@@ -54,7 +58,9 @@ usage: $0 [options]
   --quick          short runs (2 s per load, 1 s warm-up): a smoke test
   --duration N     seconds per measured load (default 10, --quick: 2)
   --only LIST      proxies, comma-separated, from: $ALL_PROXIES (default: all)
-                   (the no-proxy baseline "direct" always runs unless --no-direct)
+                   (the no-proxy baseline "direct" always runs unless --no-direct),
+                   and $OBS_PROXIES (only when named: the sidecar with
+                   access logs / tracing at 100% / tracing at 1%, against "sidecar")
   --loads LIST     loads, comma-separated, from: $ALL_LOADS (default: all)
                    tls-full: mTLS full handshakes, each confirmed by the server's
                    ticket (handshake_client.c); tls-full-stime: openssl s_time -new
@@ -69,7 +75,7 @@ usage: $0 [options]
   --keep-work      keep the work directory (configs, logs, raw tool output)
   --wait-quiet S   first wait up to S seconds for both cores to be idle (< 5% busy
                    over 1 s); the run goes on either way, with a warning if not
-Environment: BENCH_PORT_BASE (default 27100; ports BASE+1..BASE+49 are used),
+Environment: BENCH_PORT_BASE (default 27100; ports BASE+1..BASE+56 are used),
   BENCH_HTTP_BACKEND=c|nginx (HTTP/1 backend, default c: tests/bench/http1_backend.c).
 EOF
 }
@@ -106,7 +112,7 @@ LOAD_TIMEOUT=$((DURATION + 30))
 
 in_list() { [[ ",$2," == *",$1,"* ]]; }
 for p in ${ONLY//,/ }; do
-    in_list "$p" "$ALL_PROXIES,direct" || { echo "unknown proxy in --only: $p" >&2; exit 2; }
+    in_list "$p" "$ALL_PROXIES,$OBS_PROXIES,direct" || { echo "unknown proxy in --only: $p" >&2; exit 2; }
 done
 for l in ${LOADS//,/ }; do
     in_list "$l" "$ALL_LOADS" || { echo "unknown load in --loads: $l" >&2; exit 2; }
@@ -116,7 +122,7 @@ TLS_WANTED=0
 for l in ${LOADS//,/ }; do [[ $l == tls-* ]] && TLS_WANTED=1; done
 PROXIES=()
 ((DIRECT)) && PROXIES+=(direct)
-for p in ${ALL_PROXIES//,/ }; do in_list "$p" "$ONLY" && PROXIES+=("$p"); done
+for p in ${ALL_PROXIES//,/ } ${OBS_PROXIES//,/ }; do in_list "$p" "$ONLY" && PROXIES+=("$p"); done
 if ((TLS_WANTED)); then
     tls_any=0
     for p in "${PROXIES[@]}"; do in_list "$p" "$TLS_PROXIES" && tls_any=1; done
@@ -276,17 +282,20 @@ render() {
 BACKEND_GRPC=$((PORT_BASE + 1))
 BACKEND_HTTP=$((PORT_BASE + 2))
 declare -A PORTS_GRPC=([direct]=$BACKEND_GRPC [sidecar]=$((PORT_BASE + 10)) [sidecar_policies]=$((PORT_BASE + 12))
-    [haproxy]=$((PORT_BASE + 20)) [nghttpx]=$((PORT_BASE + 30)) [nginx]=$((PORT_BASE + 40)) [floor]=$((PORT_BASE + 44)))
+    [haproxy]=$((PORT_BASE + 20)) [nghttpx]=$((PORT_BASE + 30)) [nginx]=$((PORT_BASE + 40)) [floor]=$((PORT_BASE + 44))
+    [sidecar_log]=$((PORT_BASE + 50)) [sidecar_trace]=$((PORT_BASE + 52)) [sidecar_trace1]=$((PORT_BASE + 54)))
 declare -A PORTS_HTTP=([direct]=$BACKEND_HTTP [sidecar]=$((PORT_BASE + 11)) [sidecar_policies]=$((PORT_BASE + 13))
-    [haproxy]=$((PORT_BASE + 21)) [nghttpx]=$((PORT_BASE + 31)) [nginx]=$((PORT_BASE + 41)) [floor]=$((PORT_BASE + 45)))
+    [haproxy]=$((PORT_BASE + 21)) [nghttpx]=$((PORT_BASE + 31)) [nginx]=$((PORT_BASE + 41)) [floor]=$((PORT_BASE + 45))
+    [sidecar_log]=$((PORT_BASE + 51)) [sidecar_trace]=$((PORT_BASE + 53)) [sidecar_trace1]=$((PORT_BASE + 55)))
 # mTLS listeners (TLS_PROXIES): sidecar inbound, HAProxy and nghttpx frontends.
 declare -A PORTS_TLS=([sidecar]=$((PORT_BASE + 14)) [haproxy]=$((PORT_BASE + 22)) [nghttpx]=$((PORT_BASE + 32)))
 SIDECAR_ADMIN=$((PORT_BASE + 19))
 SIDECAR_POLICIES_ADMIN=$((PORT_BASE + 18))
+SIDECAR_OBS_ADMIN=$((PORT_BASE + 56))   # one at a time
 
 check_ports_free() {
     local p
-    for p in $BACKEND_GRPC $BACKEND_HTTP $SIDECAR_ADMIN $SIDECAR_POLICIES_ADMIN "${PORTS_GRPC[@]}" "${PORTS_HTTP[@]}" "${PORTS_TLS[@]}"; do
+    for p in $BACKEND_GRPC $BACKEND_HTTP $SIDECAR_ADMIN $SIDECAR_POLICIES_ADMIN $SIDECAR_OBS_ADMIN "${PORTS_GRPC[@]}" "${PORTS_HTTP[@]}" "${PORTS_TLS[@]}"; do
         port_open "$p" && die "port $p is in use (set BENCH_PORT_BASE)"
     done
     return 0
@@ -388,13 +397,32 @@ start_sidecar() { start_sidecar_with sidecar "$SIDECAR_ADMIN"; }
 # The same binary with every resilience policy enabled (what the policies cost:
 # CPU per request is to stay within 10% of the run without them).
 start_sidecar_policies() { start_sidecar_with sidecar-policies "$SIDECAR_POLICIES_ADMIN"; }
+# The plain configuration plus one observability section (OBS_PROXIES). The
+# access log goes to a real file in the work directory, written by the
+# sidecar's own writer thread (on the proxy core, so in its CPU); spans go
+# by OTLP/HTTP to the HTTP/1.1 backend, which reads each POST and answers
+# 200 like a collector (on the load core).
+start_sidecar_obs() {
+    local conf="$WORK/sidecar-$1.yaml.in"
+    cp "$HERE/conf/sidecar.yaml.in" "$conf"
+    case $1 in
+        log) echo "access_log: {destination: file, path: \"$WORK/access.log\", select: all}" >>"$conf" ;;
+        trace) echo "tracing: {endpoint: \"http://127.0.0.1:$BACKEND_HTTP/v1/traces\", sample_ratio: 1}" >>"$conf" ;;
+        trace1) echo "tracing: {endpoint: \"http://127.0.0.1:$BACKEND_HTTP/v1/traces\", sample_ratio: 0.01}" >>"$conf" ;;
+    esac
+    start_sidecar_with "$conf" "$SIDECAR_OBS_ADMIN"
+}
+start_sidecar_log() { rm -f "$WORK/access.log"; start_sidecar_obs log; }
+start_sidecar_trace() { start_sidecar_obs trace; }
+start_sidecar_trace1() { start_sidecar_obs trace1; }
 
 start_sidecar_with() {
     local conf=$1
     [[ -e $SIDECAR_BIN ]] || { REASON="$SIDECAR_BIN not built"; return 1; }
     [[ -x $SIDECAR_BIN ]] || { REASON="$SIDECAR_BIN not executable"; return 1; }
     PORT_ADMIN=$2
-    render "$HERE/conf/$conf.yaml.in" "$WORK/sidecar.yaml"
+    [[ $conf == /* ]] || conf="$HERE/conf/$conf.yaml.in"   # a name in conf/, or a rendered variant's path
+    render "$conf" "$WORK/sidecar.yaml"
     start_bg sidecar "${ON_PROXY_CORE[@]}" "$SIDECAR_BIN" --config "$WORK/sidecar.yaml"
     PROXY_PID=$LAST_PID
     local i code=""
