@@ -753,6 +753,48 @@ class TlsRecordBoundaryTest(SidecarTestCase):
 # expiry of the local certificate
 # ----------------------------------------------------------------------------
 
+class CallerRateLimitTest(SidecarTestCase):
+    """An inbound rate limit keyed by the caller's verified identity: each
+    certificate's SPIFFE ID has its own bucket, a forged identity header
+    counts for nothing, and /clusters names the callers."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.app = cls.class_http1_peer("app")
+        cls.port = free_port()
+        cfg = api_config(free_port(), cls.port, cls.app.port, allow=(WEB_ID, ident("web-*"), BATCH_ID))
+        cfg["inbound"]["rate_limits"] = [{"name": "per-caller", "rate": "3/m", "key": "caller"}]
+        cls.sc = cls.class_sidecar(cfg, name="api-rl")
+
+    def codes(self, cert, n, *extra):
+        out = []
+        for _ in range(n):
+            r = curl_tls(self.port, "-o", "/dev/null", "-w", "%{http_code}", *extra, cert=cert)
+            out.append(r.stdout.decode().strip())
+        return out
+
+    def test_each_caller_has_its_own_bucket(self):
+        self.assertEqual(self.codes("web", 4), ["200"] * 3 + ["429"])
+        # another identity, and one claiming to be someone else through the
+        # identity header: its own certificate decides its bucket
+        self.assertEqual(self.codes("web-2", 3, "-H", "%s: %s" % (HDR, ident("batch"))), ["200"] * 3)
+        self.assertEqual(self.codes("batch", 3), ["200"] * 3)
+        self.assertEqual(self.codes("web-2", 1), ["429"])
+        r = curl_tls(self.port, "-D", "-", "-o", "/dev/null", cert="web")
+        head = r.stdout.decode().lower()
+        self.assertIn("x-sidecar-rate-limit: per-caller", head)
+        self.assertIn("retry-after:", head)
+        lim = None
+        for u in self.sc.clusters()["upstreams"]:
+            if u["name"] == "inbound":
+                lim = {l["name"]: l for l in u.get("rate_limits", [])}["per-caller"]
+        self.assertIsNotNone(lim)
+        keys = {b["key"] for b in lim["busiest"]}
+        self.assertEqual(keys, {WEB_ID, ident("web-2"), BATCH_ID})
+        self.assertEqual(lim["decisions"]["allowed"], 9)
+        self.assertEqual(self.app.count("requests_started"), 9)
+
+
 class ExpiryTest(SidecarTestCase):
 
     def _wait_ready_status(self, sc, want, timeout=6.0):
