@@ -403,7 +403,8 @@ class RegistrationTest(ConsulTestCase):
         self.assertTrue(wait_until(lambda: emu.requests(path_prefix="/v1/agent/service/register", since=seq), 10))
         self.assertEqual(header(emu.requests(path_prefix="/v1/agent/service/register", since=seq)[0],
                                 "X-Consul-Token"), "weak-secret")
-        self.assertEqual(sc.clusters()["consul"]["registration"]["state"], "failed")
+        # the emulator records the request before the sidecar reads its 403
+        self.assertTrue(wait_until(lambda: sc.clusters()["consul"]["registration"]["state"] == "failed", 5))
 
         # the operator fixes the file and sends SIGHUP: the next requests succeed at once
         with open(tf, "w") as f:
