@@ -80,69 +80,12 @@ static const uint8_t byte_class[256] = {
     2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
 };
 
-/* Non-zero when one of the 8 bytes of x is not copied as is (class 1 or
- * 2 above: below 0x20, '"', '\\', 0x7f, or 0x80 and up), a word at a
- * time: a byte's top bit ends up set when it is 0x80 or more (x), below
- * 0x20 (x - 0x20), 0x7f (x + 1), '"' or '\\' (x ^ c - 1). A borrow or carry
- * between bytes only starts at a byte that is itself one of these, so the
- * answer (not which byte) is exact. */
-static inline uint64_t special8(uint64_t x)
-{
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    return ((x - ones * 0x20) | x | (x + ones) | ((x ^ (ones * '"')) - ones) | ((x ^ (ones * '\\')) - ones)) & highs;
-}
-
-/* True when no byte of s[0..n) needs escaping, a word at a time (words
- * that overlap at the end: every byte tested is one of the string's). */
-static inline bool plain_all(const unsigned char *s, size_t n)
-{
-    uint64_t x;
-    if (n >= 8) {
-        size_t whole = n & ~(size_t)7;
-        for (size_t i = 0; i < whole; i += 8) {
-            memcpy(&x, s + i, 8);
-            if (special8(x))
-                return false;
-        }
-        memcpy(&x, s + n - 8, 8);
-        return !special8(x);
-    }
-    if (n >= 4) {
-        uint32_t lo, hi;
-        memcpy(&lo, s, 4);
-        memcpy(&hi, s + n - 4, 4);
-        return !special8(lo | (uint64_t)hi << 32);
-    }
-    x = 0x6161616161616161ull; /* padded with a plain byte */
-    for (size_t i = 0; i < n; i++)
-        x = (x << 8) | s[i];
-    return !special8(x);
-}
-
-/* memcpy for the short strings of a line, inline: fixed-size moves that
- * overlap at the end instead of a call. */
-static inline void copy_small(char *d, const unsigned char *s, size_t n)
-{
-    if (n >= 8) {
-        size_t whole = n & ~(size_t)7;
-        for (size_t i = 0; i < whole; i += 8)
-            memcpy(d + i, s + i, 8);
-        memcpy(d + n - 8, s + n - 8, 8);
-    } else if (n >= 4) {
-        memcpy(d, s, 4);
-        memcpy(d + n - 4, s + n - 4, 4);
-    } else {
-        for (size_t i = 0; i < n; i++)
-            d[i] = (char)s[i];
-    }
-}
-
 static inline bool plain(unsigned char c)
 {
     return byte_class[c] == 0;
 }
 
-void sc_jw_str(sc_jw *w, const char *s, size_t len, size_t budget)
+void sc_jw_str_any(sc_jw *w, const char *s, size_t len, size_t budget)
 {
     size_t room = (size_t)(w->end - w->p);
     if (budget > room)
@@ -158,9 +101,9 @@ void sc_jw_str(sc_jw *w, const char *s, size_t len, size_t budget)
     char *soft = hard - 3;              /* where "..." starts if the string does not fit */
     char *cut = NULL;                   /* output position of the first character past `soft` */
     *q++ = '"';
-    if (len + 2 <= budget && plain_all(in, len)) {
+    if (len + 2 <= budget && sc_jw_plain_all(in, len)) {
         /* the common case: nothing to escape and it fits */
-        copy_small(q, in, len);
+        sc_jw_copy_small(q, in, len);
         q[len] = '"';
         w->p = q + len + 1;
         return;
