@@ -63,13 +63,18 @@ typedef struct sc_h2_mem {
     bool creating;                  /* inside nghttp2_session_server_new3 */
 } sc_h2_mem;
 
-static size_t g_page;               /* the page size (init_callbacks) */
+/* Blocks are aligned to and rounded to this: the page size of the targets
+ * this runs on (a constant keeps the per-allocation test to one compare).
+ * Where pages are larger, madvise() refuses the ranges and nothing is
+ * trimmed (init_callbacks turns it off). */
+#define H2MEM_PAGE ((size_t)4096)
+static bool g_trim_ok;
 
 static void *big_alloc(sc_h2_mem *m, size_t n)
 {
-    size_t len = (n + g_page - 1) & ~(g_page - 1);
+    size_t len = (n + H2MEM_PAGE - 1) & ~(H2MEM_PAGE - 1);
     void *p;
-    if (len < n || posix_memalign(&p, g_page, len) != 0)
+    if (len < n || posix_memalign(&p, H2MEM_PAGE, len) != 0)
         return NULL;
     for (int i = 0; i < H2MEM_BLOCKS; i++)
         if (!m->blk[i]) {
@@ -85,7 +90,7 @@ static void *big_alloc(sc_h2_mem *m, size_t n)
 /* The slot of a large block, -1 when p is not one. */
 static int big_slot(const sc_h2_mem *m, const void *p)
 {
-    if (!p || ((uintptr_t)p & (g_page - 1)))
+    if (((uintptr_t)p & (H2MEM_PAGE - 1)) || !p)
         return -1;
     for (int i = 0; i < H2MEM_BLOCKS; i++)
         if (m->blk[i] == p)
@@ -95,7 +100,7 @@ static int big_slot(const sc_h2_mem *m, const void *p)
 
 static void *h2mem_malloc(size_t n, void *ud)
 {
-    return n < g_page ? malloc(n) : big_alloc(ud, n);
+    return n < H2MEM_PAGE ? malloc(n) : big_alloc(ud, n);
 }
 
 static void h2mem_free(void *p, void *ud)
@@ -115,7 +120,7 @@ static void *h2mem_calloc(size_t k, size_t n, void *ud)
     size_t t;
     if (__builtin_mul_overflow(k, n, &t))
         return NULL;
-    if (t < g_page)
+    if (t < H2MEM_PAGE)
         return calloc(k, n);
     void *p = big_alloc(ud, t);
     if (p)
@@ -127,14 +132,14 @@ static void *h2mem_realloc(void *p, size_t n, void *ud)
 {
     sc_h2_mem *m = ud;
     int i = big_slot(m, p);
-    if (i < 0 && n < g_page)
+    if (i < 0 && n < H2MEM_PAGE)
         return realloc(p, n);
     if (!p)
         return big_alloc(m, n);
     size_t old = i >= 0 ? m->len[i] : malloc_usable_size(p);
-    if (i >= 0 && n <= old && n >= g_page)
+    if (i >= 0 && n <= old && n >= H2MEM_PAGE)
         return p;
-    void *q = n < g_page ? malloc(n) : big_alloc(m, n);
+    void *q = n < H2MEM_PAGE ? malloc(n) : big_alloc(m, n);
     if (!q)
         return NULL;
     memcpy(q, p, SC_MIN(old, n));
@@ -153,7 +158,7 @@ static bool page_is_zero(const char *p)
 {
     const uint64_t *q = (const uint64_t *)p;
     uint64_t acc = 0;
-    for (size_t i = 0; i < g_page / sizeof(*q); i++)
+    for (size_t i = 0; i < H2MEM_PAGE / sizeof(*q); i++)
         acc |= q[i];
     return acc == 0;
 }
@@ -166,7 +171,7 @@ static bool trim(sc_down_conn *d)
 {
     sc_conn *c = &d->super;
     sc_h2_mem *m = d->h2mem;
-    if (!m || !d->h2 || c->pend_len || sc_buf_len(&c->out) || nghttp2_session_want_write(d->h2))
+    if (!g_trim_ok || !m || !d->h2 || c->pend_len || sc_buf_len(&c->out) || nghttp2_session_want_write(d->h2))
         return false;
     sc_buf_release(c->w, &c->out); /* none held once drained; kept as the rule */
     sc_buf_release(c->w, &c->in);
@@ -181,9 +186,9 @@ static bool trim(sc_down_conn *d)
             continue;
         }
         size_t run = 0; /* all-zero pages keep their contents when handed back */
-        for (size_t off = 0; off <= m->len[i]; off += g_page) {
+        for (size_t off = 0; off <= m->len[i]; off += H2MEM_PAGE) {
             if (off < m->len[i] && page_is_zero(b + off)) {
-                run += g_page;
+                run += H2MEM_PAGE;
                 continue;
             }
             pages_release(b + off - run, run);
@@ -944,8 +949,7 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void init_callbacks(void)
 {
-    long page = sysconf(_SC_PAGESIZE);
-    g_page = page > 0 && !(page & (page - 1)) ? (size_t)page : 4096;
+    g_trim_ok = sysconf(_SC_PAGESIZE) == (long)H2MEM_PAGE;
     nghttp2_session_callbacks_new(&g_callbacks);
     nghttp2_session_callbacks_set_on_begin_headers_callback(g_callbacks, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(g_callbacks, on_header);
