@@ -29,6 +29,14 @@ typedef struct sc_down_conn {
     uint32_t n_streams;
     uint32_t n_oversized;           /* header blocks refused as too large (down_h2.c ends the connection past a bound) */
     bool goaway_sent;
+    /* Idle memory (down_h2.c): the session allocates through h2mem, so the
+     * pages of its large blocks can be handed back to the kernel once the
+     * connection has been idle for a while (trim_checked: this idle spell
+     * was looked at; trimmed: pages were handed back, counted in
+     * sc_worker_stats.h2_idle_trimmed until the next stream). */
+    bool trim_checked;
+    bool trimmed;
+    struct sc_h2_mem *h2mem;
     sc_caller caller;               /* who is calling (super.caller points here) */
 } sc_down_conn;
 

@@ -23,7 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <malloc.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define CONN_WINDOW (16 * 1024 * 1024)
 
@@ -32,12 +35,199 @@ static sc_stream *get_stream(nghttp2_session *session, int32_t sid)
     return nghttp2_session_get_stream_user_data(session, sid);
 }
 
+/* ---- session memory ----
+ *
+ * An idle HTTP/2 connection keeps its nghttp2 session: the HPACK tables and
+ * settings must survive until the next request. Most of a session's memory
+ * is in two blocks it allocates when it is created and keeps for its whole
+ * life: the outbound frame buffer (16 KiB and a few bytes, written for every
+ * frame sent, meaningless between frames) and the stream table (4 KiB, all
+ * zeros when no stream is open). The session allocates through this
+ * allocator: blocks of a page or more are page-aligned whole pages, and the
+ * connection remembers them, so once it has been idle for TRIM_AFTER_MS
+ * (trim()) the pages of the frame buffer and the all-zero pages of the other
+ * blocks go back to the kernel (MADV_DONTNEED: they read as zeros and are
+ * faulted in again when the connection is used). Small allocations go to
+ * malloc as before: nothing changes on the per-request path. */
+#define TRIM_AFTER_MS 1000
+#define H2MEM_BLOCKS 4
+/* A large block allocated while the session is created, this large, is its
+ * outbound frame buffer (nghttp2 1.52: 9 + 1 + 16384 bytes). */
+#define FRAMEBUF_MIN 16384
+
+typedef struct sc_h2_mem {
+    nghttp2_mem mem;                /* mem_user_data points here */
+    void *blk[H2MEM_BLOCKS];        /* large blocks of the session, page-aligned */
+    size_t len[H2MEM_BLOCKS];       /* their lengths, whole pages */
+    int framebuf;                   /* index of the frame buffer in blk, -1: not known */
+    bool creating;                  /* inside nghttp2_session_server_new3 */
+} sc_h2_mem;
+
+/* Blocks are aligned to and rounded to this: the page size of the targets
+ * this runs on (a constant keeps the per-allocation test to one compare).
+ * Where pages are larger, madvise() refuses the ranges and nothing is
+ * trimmed (init_callbacks turns it off). */
+#define H2MEM_PAGE ((size_t)4096)
+static bool g_trim_ok;
+
+static void *big_alloc(sc_h2_mem *m, size_t n)
+{
+    size_t len = (n + H2MEM_PAGE - 1) & ~(H2MEM_PAGE - 1);
+    void *p;
+    if (len < n || posix_memalign(&p, H2MEM_PAGE, len) != 0)
+        return NULL;
+    for (int i = 0; i < H2MEM_BLOCKS; i++)
+        if (!m->blk[i]) {
+            m->blk[i] = p;
+            m->len[i] = len;
+            if (m->creating && n >= FRAMEBUF_MIN && m->framebuf < 0)
+                m->framebuf = i;
+            break;
+        }
+    return p; /* more large blocks than slots: still served, never trimmed */
+}
+
+/* The slot of a large block, -1 when p is not one. */
+static int big_slot(const sc_h2_mem *m, const void *p)
+{
+    if (((uintptr_t)p & (H2MEM_PAGE - 1)) || !p)
+        return -1;
+    for (int i = 0; i < H2MEM_BLOCKS; i++)
+        if (m->blk[i] == p)
+            return i;
+    return -1;
+}
+
+static void *h2mem_malloc(size_t n, void *ud)
+{
+    return n < H2MEM_PAGE ? malloc(n) : big_alloc(ud, n);
+}
+
+static void h2mem_free(void *p, void *ud)
+{
+    sc_h2_mem *m = ud;
+    int i = big_slot(m, p);
+    if (i >= 0) {
+        m->blk[i] = NULL;
+        if (m->framebuf == i)
+            m->framebuf = -1;
+    }
+    free(p);
+}
+
+static void *h2mem_calloc(size_t k, size_t n, void *ud)
+{
+    size_t t;
+    if (__builtin_mul_overflow(k, n, &t))
+        return NULL;
+    if (t < H2MEM_PAGE)
+        return calloc(k, n);
+    void *p = big_alloc(ud, t);
+    if (p)
+        memset(p, 0, t);
+    return p;
+}
+
+static void *h2mem_realloc(void *p, size_t n, void *ud)
+{
+    sc_h2_mem *m = ud;
+    int i = big_slot(m, p);
+    if (i < 0 && n < H2MEM_PAGE)
+        return realloc(p, n);
+    if (!p)
+        return big_alloc(m, n);
+    size_t old = i >= 0 ? m->len[i] : malloc_usable_size(p);
+    if (i >= 0 && n <= old && n >= H2MEM_PAGE)
+        return p;
+    void *q = n < H2MEM_PAGE ? malloc(n) : big_alloc(m, n);
+    if (!q)
+        return NULL;
+    memcpy(q, p, SC_MIN(old, n));
+    h2mem_free(p, m);
+    return q;
+}
+
+/* Hands back [p, p + len) (whole pages) to the kernel; it reads as zeros. */
+static void pages_release(char *p, size_t len)
+{
+    if (len)
+        (void)madvise(p, len, MADV_DONTNEED); /* on failure the pages just stay */
+}
+
+static bool page_is_zero(const char *p)
+{
+    const uint64_t *q = (const uint64_t *)p;
+    uint64_t acc = 0;
+    for (size_t i = 0; i < H2MEM_PAGE / sizeof(*q); i++)
+        acc |= q[i];
+    return acc == 0;
+}
+
+/* The connection has been idle for TRIM_AFTER_MS: what its session holds
+ * and does not need until the next frame goes back to the kernel. Only
+ * with nothing to write: c->pend may point into the frame buffer, and a
+ * frame being sent lives there. Returns true when pages were handed back. */
+static bool trim(sc_down_conn *d)
+{
+    sc_conn *c = &d->super;
+    sc_h2_mem *m = d->h2mem;
+    if (!g_trim_ok || !m || !d->h2 || c->pend_len || sc_buf_len(&c->out) || nghttp2_session_want_write(d->h2))
+        return false;
+    sc_buf_release(c->w, &c->out); /* none held once drained; kept as the rule */
+    sc_buf_release(c->w, &c->in);
+    bool any = false;
+    for (int i = 0; i < H2MEM_BLOCKS; i++) {
+        char *b = m->blk[i];
+        if (!b)
+            continue;
+        if (i == m->framebuf) {
+            pages_release(b, m->len[i]);
+            any = true;
+            continue;
+        }
+        size_t run = 0; /* all-zero pages keep their contents when handed back */
+        for (size_t off = 0; off <= m->len[i]; off += H2MEM_PAGE) {
+            if (off < m->len[i] && page_is_zero(b + off)) {
+                run += H2MEM_PAGE;
+                continue;
+            }
+            pages_release(b + off - run, run);
+            any |= run != 0;
+            run = 0;
+        }
+    }
+    return any;
+}
+
+/* The connection has a stream again (or goes): it is not trimmed any more. */
+static void untrim(sc_down_conn *d)
+{
+    d->trim_checked = false;
+    if (d->trimmed) {
+        d->trimmed = false;
+        SC_STAT_DEC(d->super.w->stats->h2_idle_trimmed);
+    }
+}
+
+/* With no stream open: the idle timer, first for the trim (TRIM_AFTER_MS),
+ * then for the idle timeout (timeouts.idle, counted from the same start). */
 static void arm_idle(sc_conn *c)
 {
     sc_down_conn *d = SC_DOWN(c);
     ev_timer_stop(c->w->loop, &c->timer);
-    if (d->n_streams == 0 && c->route->timeouts->idle_ms) {
-        ev_timer_set(&c->timer, (double)c->route->timeouts->idle_ms / 1000.0, 0);
+    if (d->n_streams)
+        return;
+    uint64_t idle = c->route->timeouts->idle_ms, after;
+    if (idle && idle <= TRIM_AFTER_MS) {
+        d->trim_checked = true; /* it closes before a trim would be due */
+        after = idle;
+    } else if (!d->trim_checked) {
+        after = TRIM_AFTER_MS;
+    } else {
+        after = idle ? idle - TRIM_AFTER_MS : 0;
+    }
+    if (after) {
+        ev_timer_set(&c->timer, (double)after / 1000.0, 0);
         ev_timer_start(c->w->loop, &c->timer);
     }
 }
@@ -101,6 +291,8 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
     d->n_streams++;
     ev_timer_stop(c->w->loop, &c->timer);
+    if (d->trim_checked)
+        untrim(d);
     return 0;
 }
 
@@ -694,6 +886,9 @@ static void on_close(sc_conn *c, int err)
         nghttp2_session_del(d->h2);
         d->h2 = NULL;
     }
+    untrim(d);
+    free(d->h2mem);
+    d->h2mem = NULL;
     c->w->n_down_conns--;
     SC_STAT_DEC(c->w->stats->down_conns);
 }
@@ -706,6 +901,15 @@ static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
     sc_down_conn *d = SC_DOWN(c);
     if (d->n_streams)
         return;
+    if (!d->trim_checked) {
+        d->trim_checked = true;
+        if (trim(d)) {
+            d->trimmed = true;
+            SC_STAT_INC(c->w->stats->h2_idle_trimmed);
+        }
+        arm_idle(c); /* the rest of the idle timeout, if any */
+        return;
+    }
     /* Closed after the flush with or without the GOAWAY (no memory for it). */
     (void)nghttp2_submit_goaway(d->h2, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(d->h2),
                                 NGHTTP2_NO_ERROR, NULL, 0);
@@ -745,6 +949,7 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void init_callbacks(void)
 {
+    g_trim_ok = sysconf(_SC_PAGESIZE) == (long)H2MEM_PAGE;
     nghttp2_session_callbacks_new(&g_callbacks);
     nghttp2_session_callbacks_set_on_begin_headers_callback(g_callbacks, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(g_callbacks, on_header);
@@ -798,10 +1003,27 @@ int sc_down_h2_upgrade(sc_conn *c)
      * H2_RESET_RATE per second (else GOAWAY; see on_frame_send). */
     nghttp2_option_set_max_outbound_ack(opt, 1000);
     nghttp2_option_set_stream_reset_rate_limit(opt, H2_RESET_BURST, H2_RESET_RATE);
-    int rv0 = nghttp2_session_server_new2(&d->h2, g_callbacks, d, opt);
-    nghttp2_option_del(opt);
-    if (rv0 != 0)
+    /* A closed stream is forgotten at once: nghttp2 would otherwise keep it
+     * (and its slot in the stream table) for the RFC 7540 priority tree,
+     * which the sidecar does not use, so an idle connection would hold the
+     * last stream it carried. */
+    nghttp2_option_set_no_closed_streams(opt, 1);
+    sc_h2_mem *m = calloc(1, sizeof(*m));
+    if (!m) {
+        nghttp2_option_del(opt);
         return -ENOMEM;
+    }
+    *m = (sc_h2_mem){.mem = {m, h2mem_malloc, h2mem_free, h2mem_calloc, h2mem_realloc}, .framebuf = -1,
+                     .creating = true};
+    d->h2mem = m;
+    int rv0 = nghttp2_session_server_new3(&d->h2, g_callbacks, d, opt, &m->mem);
+    m->creating = false;
+    nghttp2_option_del(opt);
+    if (rv0 != 0) {
+        free(m);
+        d->h2mem = NULL;
+        return -ENOMEM;
+    }
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->limits.h2_max_concurrent_streams},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->limits.stream_buffer},
@@ -812,6 +1034,8 @@ int sc_down_h2_upgrade(sc_conn *c)
         /* Out of memory: without our SETTINGS the caller would wait for ever. */
         nghttp2_session_del(d->h2);
         d->h2 = NULL;
+        free(d->h2mem);
+        d->h2mem = NULL;
         return -ENOMEM;
     }
     c->ops = &down_h2_ops;

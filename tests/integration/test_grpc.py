@@ -404,5 +404,39 @@ class GrpcLoadTest(GrpcBase):
         self.assertEqual(errors, [])
 
 
+class GrpcIdleConnectionTest(SidecarTestCase):
+    """An idle HTTP/2 connection gives its session memory back (the frame
+    buffer and the empty stream table, down_h2.c) and still works after."""
+
+    def test_idle_connection_is_trimmed_and_still_works(self):
+        srv = self.grpc_peer("backend")
+        port = free_port()
+        cfg = harness.base_config(free_port(), upstreams=[
+            harness.upstream("backend", "grpc", port, [srv.port], timeouts={"idle": "60s"})], workers=1)
+        sc = self.sidecar(cfg)
+        echo = Echo(harness._grpc_channel(self, port))
+
+        def trimmed_idle():
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                st = sc.stats()
+                if (st.value("sidecar_downstream_h2_idle_trimmed") == 1
+                        and st.value("sidecar_downstream_connections_active") == 1):
+                    return True
+                time.sleep(0.2)
+            return False
+
+        self.assertEqual(echo.unary(b"first", timeout=10), b"first")
+        self.assertTrue(trimmed_idle(), "the idle connection was never trimmed:\n" + sc.stats().text[-2000:])
+        # The same connection (HPACK state kept), with responses of many frames.
+        for size in (1, 100 * 1024):
+            msg = payload(size, size)
+            self.assertEqual(echo.unary(msg, timeout=10), msg)
+        self.assertTrue(trimmed_idle(), "not trimmed again after the second use")
+        self.assertEqual(echo.unary(b"third", timeout=10), b"third")
+        self.assertEqual(sc.stats().value("sidecar_downstream_connections_total"), 1)
+        self.assertEqual(srv.count("Unary"), 4)
+
+
 if __name__ == "__main__":
     unittest.main()
