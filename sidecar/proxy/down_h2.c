@@ -54,6 +54,8 @@ static sc_stream *get_stream(nghttp2_session *session, int32_t sid)
 /* A large block allocated while the session is created, this large, is its
  * outbound frame buffer (nghttp2 1.52: 9 + 1 + 16384 bytes). */
 #define FRAMEBUF_MIN 16384
+#define FRAMEBUF_VERSION 0x0134 /* nghttp2 1.52.x (major, minor) */
+static bool g_framebuf_known;
 
 typedef struct sc_h2_mem {
     nghttp2_mem mem;                /* mem_user_data points here */
@@ -180,7 +182,7 @@ static bool trim(sc_down_conn *d)
         char *b = m->blk[i];
         if (!b)
             continue;
-        if (i == m->framebuf) {
+        if (i == m->framebuf && g_framebuf_known) {
             pages_release(b, m->len[i]);
             any = true;
             continue;
@@ -950,6 +952,10 @@ static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static void init_callbacks(void)
 {
     g_trim_ok = sysconf(_SC_PAGESIZE) == (long)H2MEM_PAGE;
+    /* Which block is the frame buffer was read from nghttp2 1.52's session
+     * creation: with another minor version only all-zero pages are handed
+     * back (those are safe whatever the blocks are). */
+    g_framebuf_known = (nghttp2_version(0)->version_num >> 8) == FRAMEBUF_VERSION;
     nghttp2_session_callbacks_new(&g_callbacks);
     nghttp2_session_callbacks_set_on_begin_headers_callback(g_callbacks, on_begin_headers);
     nghttp2_session_callbacks_set_on_header_callback(g_callbacks, on_header);
