@@ -6,6 +6,7 @@
 #include "obs/digits.h"
 
 #include <jansson.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -166,11 +167,14 @@ static void put_cstr(sc_otlp_buf *b, const char *s) { put_str(b, s, strlen(s)); 
 
 static void put_hex(sc_otlp_buf *b, const uint8_t *id, size_t n)
 {
-    char h[32];
-    sc_trace_hex(id, n, h);
-    PUTL(b, "\"");
-    put(b, h, 2 * n);
-    PUTL(b, "\"");
+    if (!grow(b, 2 * n + 2)) /* the digits straight into the buffer */
+        return;
+    char *o = b->p + b->len;
+    o[0] = '"';
+    sc_trace_hex(id, n, o + 1);
+    o[2 * n + 1] = '"';
+    b->len += 2 * n + 2;
+    b->p[b->len] = 0;
 }
 
 /* {"key":"<key>" and `tail`, in one step: keys are the fixed attribute
@@ -205,17 +209,69 @@ static void put_kv_int(sc_otlp_buf *b, const char *key, int64_t v)
     PUTL(b, "\"}}");
 }
 
-static void put_time(sc_otlp_buf *b, const char *field, uint64_t mono_ns, int64_t offset_ns)
+static void put_time_(sc_otlp_buf *b, const char *field, size_t field_len, uint64_t mono_ns, int64_t offset_ns)
 {
     int64_t t = (int64_t)mono_ns + offset_ns;
-    put(b, field, strlen(field));
-    PUTL(b, "\"");
+    put(b, field, field_len);
     put_u64(b, t > 0 ? (uint64_t)t : 0);
     PUTL(b, "\"");
+}
+/* `field` a literal ending in the opening quote of the value */
+#define put_time(b, field, mono_ns, offset_ns) put_time_((b), "" field, sizeof(field) - 1, (mono_ns), (offset_ns))
+
+/* The start of every attribute's JSON object by key and value type, made
+ * once: {"key":"<name>","value":{"stringValue": (then the string),
+ * ..."intValue":" (then the digits) or ..."boolValue": (then true or
+ * false): one copy per attribute instead of a strlen and three. */
+typedef struct attr_prefix {
+    char s[96];
+    uint8_t n;
+} attr_prefix;
+static attr_prefix g_prefix[SC_ATTR__COUNT][3];
+static pthread_once_t g_prefix_once = PTHREAD_ONCE_INIT;
+
+static void prefix_init(void)
+{
+    static const char *const value[3] = {
+        [SC_ATTR_T_STR] = "\"stringValue\":", [SC_ATTR_T_INT] = "\"intValue\":\"", [SC_ATTR_T_BOOL] = "\"boolValue\":"};
+    for (unsigned k = 0; k < SC_ATTR__COUNT; k++)
+        for (unsigned t = 0; t < 3; t++) {
+            int n = snprintf(g_prefix[k][t].s, sizeof(g_prefix[k][t].s), "{\"key\":\"%s\",\"value\":{%s",
+                             sc_span_attr_name((sc_span_attr_key)k), value[t]);
+            g_prefix[k][t].n = (uint8_t)(n > 0 && (size_t)n < sizeof(g_prefix[k][t].s) ? n : 0);
+        }
+}
+
+/* One attribute of a span: false when its key or type has no prefix (then
+ * the caller writes it the long way). */
+static bool put_attr(sc_otlp_buf *b, const sc_span *s, const sc_span_attr *a)
+{
+    if (a->key >= SC_ATTR__COUNT || a->type > SC_ATTR_T_BOOL || !g_prefix[a->key][a->type].n)
+        return false;
+    const attr_prefix *pf = &g_prefix[a->key][a->type];
+    put(b, pf->s, pf->n);
+    if (a->type == SC_ATTR_T_STR) {
+        put_str(b, s->pool + a->off, a->len);
+        PUTL(b, "}}");
+    } else if (a->type == SC_ATTR_T_INT) {
+        if (a->i < 0) {
+            PUTL(b, "-");
+            put_u64(b, (uint64_t)0 - (uint64_t)a->i);
+        } else {
+            put_u64(b, (uint64_t)a->i);
+        }
+        PUTL(b, "\"}}");
+    } else if (a->i) {
+        PUTL(b, "true}}");
+    } else {
+        PUTL(b, "false}}");
+    }
+    return true;
 }
 
 int sc_otlp_begin(sc_otlp_buf *b, const sc_otlp_resource *res)
 {
+    pthread_once(&g_prefix_once, prefix_init);
     PUTL(b, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
     put_kv_str(b, "service.name", res->service_name, strlen(res->service_name));
     PUTL(b, ",");
@@ -254,14 +310,17 @@ int sc_otlp_span(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns, bool first
     put_str(b, s->name, s->name_len);
     PUTL(b, ",\"kind\":");
     put_u64(b, s->kind);
-    put_time(b, ",\"startTimeUnixNano\":", s->start_ns, offset_ns);
-    put_time(b, ",\"endTimeUnixNano\":", s->end_ns, offset_ns);
+    put_time(b, ",\"startTimeUnixNano\":\"", s->start_ns, offset_ns);
+    put_time(b, ",\"endTimeUnixNano\":\"", s->end_ns, offset_ns);
     PUTL(b, ",\"attributes\":[");
+    pthread_once(&g_prefix_once, prefix_init); /* a no-op after sc_otlp_begin */
     for (unsigned i = 0; i < s->n_attrs; i++) {
         const sc_span_attr *a = &s->attrs[i];
-        const char *key = sc_span_attr_name(a->key);
         if (i)
             PUTL(b, ",");
+        if (put_attr(b, s, a))
+            continue;
+        const char *key = sc_span_attr_name(a->key);
         if (a->type == SC_ATTR_T_STR) {
             put_kv_str(b, key, s->pool + a->off, a->len);
         } else if (a->type == SC_ATTR_T_BOOL) {
@@ -285,7 +344,7 @@ int sc_otlp_span(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns, bool first
         const sc_span_event *e = &s->events[i];
         if (i)
             PUTL(b, ",");
-        put_time(b, "{\"timeUnixNano\":", e->t_ns, offset_ns);
+        put_time(b, "{\"timeUnixNano\":\"", e->t_ns, offset_ns);
         PUTL(b, ",\"name\":");
         put_cstr(b, sc_span_event_name(e->kind));
         PUTL(b, ",\"attributes\":[");

@@ -11,6 +11,8 @@
 # one given is measured besides the plain configuration, and the ratio
 # column gives its instructions per request against the plain one (same
 # binary, same load): the cost of a feature (tests/bench/variants/).
+# @BACKEND_HTTP@ in FILE becomes the HTTP/1.1 backend's port: the tracing
+# variants export their spans there, so the export's work is counted too.
 #
 # Why instructions: CPU time per request (run.sh) needs a quiet machine and
 # several runs to see a 2% difference; an instruction count over the same
@@ -103,7 +105,8 @@ inbound:
   timeouts: {connect: 1s, request: 30s, idle: 60s}
 $( [[ $INBOUND_EXTRA ]] && sed 's/^/  /' "$INBOUND_EXTRA" )
 EOF
-        [[ -z $extra ]] || cat "$extra" >>"$WORK/sidecar.yaml"
+        # @BACKEND_HTTP@: the HTTP/1.1 backend's port (it answers an OTLP POST as a collector would)
+        [[ -z $extra ]] || sed "s/@BACKEND_HTTP@/$BH/g" "$extra" >>"$WORK/sidecar.yaml"
         out="$WORK/callgrind.out"
         rm -f "$out"*
         valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$out" \

@@ -1,0 +1,84 @@
+/*
+ * test_digits.c: the number-to-text helpers of obs/digits.h against
+ * snprintf and a plain hex loop, at every digit-count boundary and on
+ * pseudo-random values.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "obs/digits.h"
+
+static void check_dec(uint64_t v)
+{
+    char want[32], got[32];
+    int wn = snprintf(want, sizeof(want), "%" PRIu64, v);
+    memset(got, 'x', sizeof(got));
+    size_t n = sc_fmt_dec(got, v);
+    if (n != (size_t)wn || memcmp(got, want, n) != 0 || got[n] != 'x')
+        fail_msg("%s: got \"%.*s\" (%zu bytes)", want, (int)n, got, n);
+    assert_int_equal(sc_dec_len(v), n);
+}
+
+static void test_dec_boundaries(void **state)
+{
+    (void)state;
+    check_dec(0);
+    check_dec(UINT64_MAX);
+    uint64_t p = 1;
+    for (int i = 0; i < 20; i++) {
+        check_dec(p);
+        check_dec(p - 1);
+        check_dec(p + 1);
+        if (i < 19)
+            p *= 10;
+    }
+    for (int b = 0; b < 64; b++) { /* every bit length */
+        check_dec(UINT64_C(1) << b);
+        check_dec((UINT64_C(1) << b) - 1);
+    }
+}
+
+static void test_dec_random(void **state)
+{
+    (void)state;
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        check_dec(x >> (i % 64)); /* every magnitude */
+    }
+}
+
+static void test_hex(void **state)
+{
+    (void)state;
+    uint8_t b[16];
+    for (int i = 0; i < 16; i++)
+        b[i] = (uint8_t)(i * 37 + 5);
+    for (size_t n = 0; n <= 16; n++) {
+        char got[33], want[33];
+        memset(got, 'x', sizeof(got));
+        sc_hex_bytes(b, n, got);
+        for (size_t i = 0; i < n; i++)
+            snprintf(want + 2 * i, 3, "%02x", b[i]);
+        assert_memory_equal(got, want, 2 * n);
+        assert_int_equal(got[2 * n], 'x');
+    }
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dec_boundaries),
+        cmocka_unit_test(test_dec_random),
+        cmocka_unit_test(test_hex),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
