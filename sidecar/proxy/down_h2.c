@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <malloc.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -59,6 +58,7 @@ static bool g_framebuf_known;
 
 typedef struct sc_h2_mem {
     nghttp2_mem mem;                /* mem_user_data points here */
+    sc_smallpool *pool;             /* the worker's: blocks under a page */
     void *blk[H2MEM_BLOCKS];        /* large blocks of the session, page-aligned */
     size_t len[H2MEM_BLOCKS];       /* their lengths, whole pages */
     int framebuf;                   /* index of the frame buffer in blk, -1: not known */
@@ -72,21 +72,27 @@ typedef struct sc_h2_mem {
 #define H2MEM_PAGE ((size_t)4096)
 static bool g_trim_ok;
 
+/* A block of a page or more: page-aligned whole pages, remembered for the
+ * trim. With every slot taken it is a plain pool block instead (never
+ * trimmed), so that every block the session frees is either remembered
+ * here or carries the pool's header. */
 static void *big_alloc(sc_h2_mem *m, size_t n)
 {
+    int slot = -1;
+    for (int i = 0; i < H2MEM_BLOCKS && slot < 0; i++)
+        if (!m->blk[i])
+            slot = i;
     size_t len = (n + H2MEM_PAGE - 1) & ~(H2MEM_PAGE - 1);
+    if (slot < 0 || len < n)
+        return sc_smallpool_alloc(m->pool, n);
     void *p;
-    if (len < n || posix_memalign(&p, H2MEM_PAGE, len) != 0)
+    if (posix_memalign(&p, H2MEM_PAGE, len) != 0)
         return NULL;
-    for (int i = 0; i < H2MEM_BLOCKS; i++)
-        if (!m->blk[i]) {
-            m->blk[i] = p;
-            m->len[i] = len;
-            if (m->creating && n >= FRAMEBUF_MIN && m->framebuf < 0)
-                m->framebuf = i;
-            break;
-        }
-    return p; /* more large blocks than slots: still served, never trimmed */
+    m->blk[slot] = p;
+    m->len[slot] = len;
+    if (m->creating && n >= FRAMEBUF_MIN && m->framebuf < 0)
+        m->framebuf = slot;
+    return p;
 }
 
 /* The slot of a large block, -1 when p is not one. */
@@ -100,20 +106,25 @@ static int big_slot(const sc_h2_mem *m, const void *p)
     return -1;
 }
 
+/* Under a page: the worker's small-block pool (a dozen blocks per stream
+ * come and go here without malloc). */
 static void *h2mem_malloc(size_t n, void *ud)
 {
-    return n < H2MEM_PAGE ? malloc(n) : big_alloc(ud, n);
+    sc_h2_mem *m = ud;
+    return n < H2MEM_PAGE ? sc_smallpool_alloc(m->pool, n) : big_alloc(m, n);
 }
 
 static void h2mem_free(void *p, void *ud)
 {
     sc_h2_mem *m = ud;
     int i = big_slot(m, p);
-    if (i >= 0) {
-        m->blk[i] = NULL;
-        if (m->framebuf == i)
-            m->framebuf = -1;
+    if (i < 0) {
+        sc_smallpool_free(m->pool, p);
+        return;
     }
+    m->blk[i] = NULL;
+    if (m->framebuf == i)
+        m->framebuf = -1;
     free(p);
 }
 
@@ -122,9 +133,7 @@ static void *h2mem_calloc(size_t k, size_t n, void *ud)
     size_t t;
     if (__builtin_mul_overflow(k, n, &t))
         return NULL;
-    if (t < H2MEM_PAGE)
-        return calloc(k, n);
-    void *p = big_alloc(ud, t);
+    void *p = h2mem_malloc(t, ud);
     if (p)
         memset(p, 0, t);
     return p;
@@ -133,15 +142,15 @@ static void *h2mem_calloc(size_t k, size_t n, void *ud)
 static void *h2mem_realloc(void *p, size_t n, void *ud)
 {
     sc_h2_mem *m = ud;
+    if (!p)
+        return h2mem_malloc(n, m);
     int i = big_slot(m, p);
     if (i < 0 && n < H2MEM_PAGE)
-        return realloc(p, n);
-    if (!p)
-        return big_alloc(m, n);
-    size_t old = i >= 0 ? m->len[i] : malloc_usable_size(p);
+        return sc_smallpool_realloc(m->pool, p, n);
+    size_t old = i >= 0 ? m->len[i] : sc_smallpool_usable(p);
     if (i >= 0 && n <= old && n >= H2MEM_PAGE)
         return p;
-    void *q = n < H2MEM_PAGE ? malloc(n) : big_alloc(m, n);
+    void *q = h2mem_malloc(n, m);
     if (!q)
         return NULL;
     memcpy(q, p, SC_MIN(old, n));
@@ -1019,7 +1028,8 @@ int sc_down_h2_upgrade(sc_conn *c)
         nghttp2_option_del(opt);
         return -ENOMEM;
     }
-    *m = (sc_h2_mem){.mem = {m, h2mem_malloc, h2mem_free, h2mem_calloc, h2mem_realloc}, .framebuf = -1,
+    *m = (sc_h2_mem){.mem = {m, h2mem_malloc, h2mem_free, h2mem_calloc, h2mem_realloc}, .pool = &c->w->h2pool,
+                     .framebuf = -1,
                      .creating = true};
     d->h2mem = m;
     int rv0 = nghttp2_session_server_new3(&d->h2, g_callbacks, d, opt, &m->mem);

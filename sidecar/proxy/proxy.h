@@ -22,6 +22,7 @@
 
 #include "config/config.h"
 #include "core/common.h"
+#include "core/smallpool.h"
 #include "http/h1.h"
 #include "lb/lb.h"
 #include "proxy/buf.h"
@@ -200,8 +201,14 @@ struct sc_worker {
     void *free_streams;
     void *free_blocks[2];           /* block pool, two sizes (worker.c) */
     unsigned n_free_blocks[2];
+    sc_smallpool h2pool;            /* the small blocks of this worker's HTTP/2 sessions (sc_worker_h2_mem) */
+    nghttp2_mem h2mem;              /* allocator of its upstream HTTP/2 sessions: h2pool */
     _Atomic uint64_t epoch;         /* 0 while idle in poll, else the global epoch at wake-up */
 };
+
+/* What one worker's HTTP/2 sessions may keep of freed small blocks, per
+ * size class (7 classes): at most 7 x this per worker. */
+#define SC_H2POOL_CLASS_BYTES (64u * 1024u)
 
 /* Block pool: stream_buffer-sized blocks for sc_buf, per worker. */
 int sc_buf_reserve(sc_worker *w, sc_buf *b, uint32_t cap);

@@ -585,7 +585,7 @@ static sc_up_conn *new_conn(sc_stream *s, int *err)
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->limits.stream_buffer},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cfg->limits.max_header_bytes},
     };
-    if (!opt || nghttp2_session_client_new2(&u->h2, g_callbacks, u, opt) != 0 ||
+    if (!opt || nghttp2_session_client_new3(&u->h2, g_callbacks, u, opt, &s->w->h2mem) != 0 ||
         nghttp2_submit_settings(u->h2, NGHTTP2_FLAG_NONE, iv, SC_ARRAY_LEN(iv)) != 0 ||
         nghttp2_session_set_local_window_size(u->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW) != 0) {
         nghttp2_option_del(opt);

@@ -844,10 +844,19 @@ static void wakeup_cb(struct ev_loop *loop, ev_async *a, int revents)
     }
 }
 
+/* nghttp2_mem of the worker's upstream sessions: its small-block pool
+ * (only the worker's thread allocates and frees through it). */
+static void *pool_malloc(size_t n, void *ud) { return sc_smallpool_alloc(ud, n); }
+static void pool_free(void *p, void *ud) { sc_smallpool_free(ud, p); }
+static void *pool_calloc(size_t k, size_t n, void *ud) { return sc_smallpool_calloc(ud, k, n); }
+static void *pool_realloc(void *p, size_t n, void *ud) { return sc_smallpool_realloc(ud, p, n); }
+
 static int worker_init(sc_worker *w, sidecar *sc, unsigned id)
 {
     w->id = id;
     w->sc = sc;
+    sc_smallpool_init(&w->h2pool, SC_H2POOL_CLASS_BYTES);
+    w->h2mem = (nghttp2_mem){&w->h2pool, pool_malloc, pool_free, pool_calloc, pool_realloc};
     w->loop = ev_loop_new(EVBACKEND_EPOLL | EVFLAG_NOENV);
     if (!w->loop)
         return -ENOMEM;
@@ -1013,6 +1022,7 @@ void sc_worker_free(sc_worker *w)
         w->free_streams = *(void **)s;
         free(s);
     }
+    sc_smallpool_drain(&w->h2pool); /* every session is gone (sc_worker_loop_end) */
     sc_tls_session_cache_free(w->tls_sessions);
     if (w->loop)
         ev_loop_destroy(w->loop);
