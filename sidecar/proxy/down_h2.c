@@ -307,7 +307,8 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     return 0;
 }
 
-static bool eq(const uint8_t *a, size_t alen, const char *lit)
+/* lit a string literal: inlined, its strlen is a constant. */
+static inline __attribute__((always_inline)) bool eq(const uint8_t *a, size_t alen, const char *lit)
 {
     size_t l = strlen(lit);
     return alen == l && memcmp(a, lit, l) == 0;
@@ -353,18 +354,19 @@ static bool oversized_flood(sc_down_conn *d)
     return true;
 }
 
+/* Connection-specific fields and the framing and routing ones this hop
+ * writes itself: never passed on from a response head or a request trailer. */
+static const sc_lit hop_fields[] = {SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"),
+                                    SC_LIT("transfer-encoding"), SC_LIT("upgrade"), SC_LIT("te"),
+                                    SC_LIT("trailer"), SC_LIT("host"), SC_LIT("content-length")};
+
 /* Names a request trailer may not carry: connection-specific fields and the
  * ones whose meaning belongs to the head (RFC 9110 6.5.1). */
 static bool trailer_dropped(const uint8_t *name, size_t len)
 {
-    static const char *const no[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
-                                     "te", "trailer", "host", "content-length"};
     if (len && name[0] == ':')
         return true;
-    for (size_t i = 0; i < SC_ARRAY_LEN(no); i++)
-        if (eq(name, len, no[i]))
-            return true;
-    return false;
+    return sc_lit_in(name, len, hop_fields, SC_ARRAY_LEN(hop_fields));
 }
 
 /* A request trailer: filtered as the head's fields are. */
@@ -748,12 +750,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
 
 static bool resp_hop(const nghttp2_nv *nv)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                                      "upgrade", "te", "trailer", "content-length", "host"};
-    for (size_t i = 0; i < SC_ARRAY_LEN(hop); i++)
-        if (eq(nv->name, nv->namelen, hop[i]))
-            return true;
-    return false;
+    return sc_lit_in(nv->name, nv->namelen, hop_fields, SC_ARRAY_LEN(hop_fields));
 }
 
 static int submit_head(sc_down_conn *d, sc_stream *s)

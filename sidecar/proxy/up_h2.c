@@ -35,7 +35,8 @@
  * final head's. More is a hostile upstream: the stream fails. */
 #define MAX_INFORMATIONAL 8
 
-static bool eq(const uint8_t *a, size_t alen, const char *lit)
+/* lit a string literal: inlined, its strlen is a constant. */
+static inline __attribute__((always_inline)) bool eq(const uint8_t *a, size_t alen, const char *lit)
 {
     size_t l = strlen(lit);
     return alen == l && memcmp(a, lit, l) == 0;
@@ -78,12 +79,12 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
 
 static bool skip_req_header(const nghttp2_nv *nv)
 {
-    static const char *const hop[] = {"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                                      "upgrade", "trailer", "host", "content-length",
-                                      "grpc-previous-rpc-attempts", "x-sidecar-attempt"};
-    for (size_t i = 0; i < SC_ARRAY_LEN(hop); i++)
-        if (eq(nv->name, nv->namelen, hop[i]))
-            return true;
+    static const sc_lit hop[] = {SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"),
+                                 SC_LIT("transfer-encoding"), SC_LIT("upgrade"), SC_LIT("trailer"),
+                                 SC_LIT("host"), SC_LIT("content-length"),
+                                 SC_LIT("grpc-previous-rpc-attempts"), SC_LIT("x-sidecar-attempt")};
+    if (sc_lit_in(nv->name, nv->namelen, hop, SC_ARRAY_LEN(hop)))
+        return true;
     if (eq(nv->name, nv->namelen, "te") && !eq(nv->value, nv->valuelen, "trailers"))
         return true;
     return false;
