@@ -390,7 +390,8 @@ static int on_trailer(sc_down_conn *d, sc_stream *s, const char *n, size_t namel
             return reset_stream(d, s, NGHTTP2_PROTOCOL_ERROR);
         }
     }
-    return sc_pipe_add_trailer(s, &s->reqp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+    return sc_pipe_add_trailer_lower(s, &s->reqp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+                                                                                 : 0;
 }
 
 /* A pseudo-header of the request head (nghttp2 checked their syntax, order
@@ -504,7 +505,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
             return 0;
         }
     }
-    return sc_msg_add(s, m, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+    return sc_msg_add_lower(s, m, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
 }
 
 /* RFC 9113 8.2.3: a caller may split `cookie` into several fields; HTTP/1.1

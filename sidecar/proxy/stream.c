@@ -79,18 +79,26 @@ static bool nv_room(sc_stream *s, nghttp2_nv **arr, size_t n, size_t *cap)
     return true;
 }
 
+/* name and value copied into one arena block, both NUL-terminated; the
+ * name lower-cased unless the caller says it is (HTTP/2 field names:
+ * nghttp2 refuses a received name with an upper-case letter). */
 static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, const char *name, size_t nlen,
-                     const char *value, size_t vlen)
+                     const char *value, size_t vlen, bool lower)
 {
     if (!nv_room(s, arr, *n, cap))
         return -ENOMEM;
-    char *nm = sc_arena_dup(&s->arena, name, nlen);
-    char *vl = sc_arena_dup(&s->arena, value, vlen);
-    if (!nm || !vl)
+    char *nm = sc_arena_alloc(&s->arena, nlen + vlen + 2);
+    if (!nm)
         return -ENOMEM;
-    for (size_t i = 0; i < nlen; i++)
-        if (nm[i] >= 'A' && nm[i] <= 'Z')
-            nm[i] = (char)(nm[i] + 32);
+    char *vl = nm + nlen + 1;
+    memcpy(nm, name, nlen);
+    nm[nlen] = 0;
+    memcpy(vl, value, vlen);
+    vl[vlen] = 0;
+    if (!lower)
+        for (size_t i = 0; i < nlen; i++)
+            if (nm[i] >= 'A' && nm[i] <= 'Z')
+                nm[i] = (char)(nm[i] + 32);
     nghttp2_nv *nv = &(*arr)[(*n)++];
     nv->name = (uint8_t *)nm;
     nv->namelen = nlen;
@@ -102,7 +110,12 @@ static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, con
 
 int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen);
+    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen, false);
+}
+
+int sc_msg_add_lower(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen, true);
 }
 
 int sc_msg_add_ref(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
@@ -128,7 +141,12 @@ char *sc_msg_add_in_place(sc_stream *s, sc_msg *m, const char *static_name, size
 
 int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen);
+    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen, false);
+}
+
+int sc_pipe_add_trailer_lower(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen)
+{
+    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen, true);
 }
 
 const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name)

@@ -274,6 +274,11 @@ const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
  * that means the peer sent more than the window it was granted). */
 int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len);
 int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen);
+/* The same for a name known to be lower-case already (a field name nghttp2
+ * received: it refuses upper-case ones): not lower-cased again. */
+int sc_msg_add_lower(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);
+int sc_pipe_add_trailer_lower(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value,
+                              size_t vlen);
 
 /* ---- attempts (attempt.c) ---- */
 

@@ -252,7 +252,8 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     if (eq(name, namelen, "grpc-status"))
         s->grpc_status = sc_grpc_status_wire(value, valuelen);
     if (s->resp.head_done) {
-        return sc_pipe_add_trailer(s, &s->respp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+        return sc_pipe_add_trailer_lower(s, &s->respp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+                                                                                   : 0;
     }
     if (eq(name, namelen, ":status")) {
         int st = 0;
@@ -268,7 +269,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         s->resp.content_length = cl;
         return 0;
     }
-    return sc_msg_add(s, &s->resp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+    return sc_msg_add_lower(s, &s->resp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)

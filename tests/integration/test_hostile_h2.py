@@ -228,6 +228,20 @@ class HostileCallersTest(HostileBase):
             self.assertIn("x-kept", names, name)
             self.assertIn("x-trailer-kept", tnames, "%s: %r" % (name, seen))
 
+    def test_upper_case_field_names_are_refused(self):
+        """HTTP/2 field names are lower-case (RFC 9113 8.2.1); the sidecar
+        relies on it (it does not lower-case them again), so a caller's
+        request with an upper-case name, in the head or in trailers, is
+        reset and never reaches the app."""
+        before = self.app_requests()
+        with H2Conn(self.port) as c:
+            st = c.response(c.get("/echo", extra=[("X-Upper", "1")]))
+            self.assertEqual(st.rst, h2_raw.PROTOCOL_ERROR, st)
+            st = c.response(c.get("/echo", method="POST", body=b"d", trailers=[("X-Upper", "1")]))
+            self.assertEqual(st.rst, h2_raw.PROTOCOL_ERROR, st)
+        self.assertEqual(self.app_requests(), before, "a request with an upper-case field name reached the app")
+        self.still_serves()
+
     def test_cookie_crumbs_reach_an_http1_app_as_one_field(self):
         with H2Conn(self.port) as c:
             st = c.response(c.get("/echo", extra=[("cookie", "a=1"), ("x-between", "y"), ("cookie", "b=2"),
@@ -380,6 +394,21 @@ class HostileUpstreamTest(HostileBase):
         self.assertBoundedAndIdle(rss, "103 flood")
         self.assertIn("informational (1xx) responses", self.sc.log_text())
         self.still_serves()
+
+    def test_upper_case_field_names_from_the_upstream_fail_the_request(self):
+        """An upstream whose response head or trailers carry an upper-case
+        field name broke HTTP/2: the request fails (a 502 before the
+        head, a reset after it); the name never reaches the caller."""
+        def names(fields):
+            return [n.lower() for n, _ in fields or ()]
+        with H2Conn(self.port) as c:
+            st = c.response(c.get("/upper"))
+            self.assertNotIn("x-upper", names(st.headers), st)
+            self.assertEqual(st.status, 502, st)
+            st = c.response(c.get("/upper-trailer"))
+            self.assertNotIn("x-upper", names(st.trailers), st)
+            self.assertTrue(st.rst is not None or st.status == 502, st)
+        self.h2_get_ok(self.port, "/ok")
 
     def test_garbage_grpc_status_is_counted_as_unknown(self):
         def unknown():

@@ -304,6 +304,9 @@ class H2Upstream:
                      ?len= bytes, 40), then 200
       /grpc-status   trailers-only gRPC answer with grpc-status ?v= as given
       /grpc-trailers gRPC answer: head, empty body, trailers grpc-status ?v=
+      /upper         200 whose head carries a field name with upper-case
+                     letters (X-Upper), which HTTP/2 forbids
+      /upper-trailer 200, body "x", then trailers with X-Upper
       /refuse        RST_STREAM(REFUSED_STREAM) at once
       /goaway        GOAWAY naming the stream before this one as the last
                      processed (so this one was not), connection kept open
@@ -480,6 +483,13 @@ class H2Upstream:
             head([(":status", "200"), ("content-type", "application/grpc")])
             body(b"", end=False)
             head([("grpc-status", q.get("v", "0"))], end=True)
+        elif path == "/upper":
+            head([(":status", "200"), ("X-Upper", "1"), ("content-length", "1")])
+            body(b"x")
+        elif path == "/upper-trailer":
+            head([(":status", "200"), ("content-type", "text/plain")])
+            body(b"x", end=False)
+            head([("X-Upper", "1")], end=True)
         elif path == "/refuse":
             send(frame(RST_STREAM, 0, sid, struct.pack(">I", REFUSED_STREAM)))
         elif path == "/goaway":
