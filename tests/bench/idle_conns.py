@@ -2,7 +2,7 @@
 """tests/bench/idle_conns.py: memory per idle client connection of the
 sidecar, HAProxy and nghttpx, in one run.
 
-    /usr/bin/python3 tests/bench/idle_conns.py [-n 3000] [--mode h2|http1|both]
+    /usr/bin/python3 tests/bench/idle_conns.py [-n 3000] [--mode h2|http1|both|mixed]
         [--only sidecar,haproxy,nghttpx] [--sidecar PATH] [--batch 100]
         [--settle 2] [--keep-work]
 
@@ -22,6 +22,16 @@ cleartext, in front of the same gRPC and HTTP/1.1 backends, all on
   3. wait --settle seconds, read the RSS of the tree again;
   4. report (RSS with N idle connections - RSS before) / N, in KiB, then
      close everything and stop the proxy.
+
+--mode mixed: N connections at once, half HTTP/1.1 keep-alive idle after
+one GET, half h2c each holding one gRPC call open (HEADERS and one message
+sent, the request never ended, so the proxy keeps the stream and its
+upstream stream); while they are held, a probe makes --probes sequential
+GETs on a connection of its own and reports their p50/p99 (the same probe
+runs before the connections open, for reference). The limits of the
+proxies' configurations are raised for it (HAProxy maxconn, the sidecar's
+limits.max_connections); HAProxy needs two descriptors per maxconn, so
+with a hard limit of 20,000 descriptors -n is at most about 9,900.
 
 The HTTP/2 client is a minimal raw one (no python3-h2 on Debian 12 by
 default): connection preface, an empty SETTINGS, HEADERS (HPACK literal
@@ -159,14 +169,17 @@ def hpack_literal(name, value):
     return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
 
 
-def grpc_request_bytes(port):
+def grpc_request_bytes(port, end=True):
+    """end=False: the request is left open (no END_STREAM), and the
+    server's SETTINGS are acknowledged up front (it sends them first)."""
     block = b"".join(hpack_literal(k, v) for k, v in (
         (":method", "POST"), (":scheme", "http"), (":path", GRPC_PATH),
         (":authority", f"127.0.0.1:{port}"), ("content-type", "application/grpc"),
         ("te", "trailers")))
     return (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0)       # SETTINGS (empty)
+            + (b"" if end else frame(4, 0x1, 0))                        # SETTINGS ACK
             + frame(1, 0x4, 1, block)                                   # HEADERS, END_HEADERS
-            + frame(0, 0x1, 1, GRPC_MSG))                               # DATA, END_STREAM
+            + frame(0, 0x1 if end else 0, 1, GRPC_MSG))                 # DATA (END_STREAM)
 
 
 class H2Call:
@@ -302,6 +315,68 @@ def open_idle(port, n, mode, batch):
     return socks, ok, bad
 
 
+def open_held(port, n, batch):
+    """N h2c connections, each with one gRPC call left open. Returns the
+    sockets; what the proxy sends back is read and dropped."""
+    socks = []
+    req = grpc_request_bytes(port, end=False)
+    for start in range(0, n, batch):
+        for _ in range(min(batch, n - start)):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(req)
+            s.setblocking(False)
+            socks.append(s)
+        drain(socks[start:], 0.2)
+    return socks
+
+
+def drain(socks, seconds):
+    """Reads whatever arrived on socks for at most `seconds`; returns how
+    many of them the peer closed."""
+    closed = 0
+    end = time.monotonic() + seconds
+    pending = list(socks)
+    while pending and time.monotonic() < end:
+        nxt = []
+        for s in pending:
+            try:
+                if s.recv(65536) == b"":
+                    closed += 1
+                    continue
+                nxt.append(s)
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed += 1
+        pending = nxt
+        if pending:
+            time.sleep(0.01)
+    return closed
+
+
+def probe(port, n):
+    """n sequential GETs on one keep-alive connection: (p50, p99) in ms, or
+    None when one failed."""
+    times = []
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        req = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+        for _ in range(n):
+            t0 = time.monotonic()
+            s.sendall(req)
+            c = H1Call(s)
+            while not c.done:
+                data = s.recv(65536)
+                if not data:
+                    return None
+                c.feed(data)
+            if not c.ok:
+                return None
+            times.append((time.monotonic() - t0) * 1000.0)
+    times.sort()
+    return times[len(times) // 2], times[min(len(times) - 1, int(len(times) * 0.99))]
+
+
 # ---------------------------------------------------------------- proxies
 
 class Bench:
@@ -335,6 +410,9 @@ class Bench:
         w = self.work
         if name == "sidecar":
             render(os.path.join(HERE, "conf", "sidecar.yaml.in"), f"{w}/sidecar.yaml", sub)
+            if self.args.mode == "mixed":
+                with open(f"{w}/sidecar.yaml", "a") as f:
+                    f.write(f"limits: {{max_connections: {self.args.n + 1000}}}\n")
             p = self.procs.start(name, [self.args.sidecar, "--config", f"{w}/sidecar.yaml"], w)
             end = time.monotonic() + START_TIMEOUT
             while time.monotonic() < end and p.poll() is None:
@@ -345,6 +423,18 @@ class Bench:
                 raise RuntimeError(f"sidecar not ready: {open(w + '/sidecar.log').read()[-400:]}")
         elif name == "haproxy":
             render(os.path.join(HERE, "conf", "haproxy.cfg.in"), f"{w}/haproxy.cfg", sub)
+            if self.args.mode == "mixed":
+                with open(f"{w}/haproxy.cfg") as f:
+                    cfg = f.read()
+                with open(f"{w}/haproxy.cfg", "w") as f:
+                    # HAProxy asks for 2 x maxconn + 15 descriptors and will not start
+                    # with fewer: maxconn is what the hard limit allows, at most N + 100.
+                    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+                    mc = min(self.args.n + 100, (hard - 15) // 2)
+                    if mc < self.args.n + 2:
+                        log(f"haproxy: maxconn {mc} (the descriptor hard limit is {hard}): "
+                            f"fewer than N + 2; use a smaller -n")
+                    f.write(re.sub(r"maxconn \d+", f"maxconn {mc}\n    ulimit-n {2 * mc + 15}", cfg))
             p = self.procs.start(name, ["haproxy", "-db", "-f", f"{w}/haproxy.cfg"], w)
         elif name == "nghttpx":
             render(os.path.join(HERE, "conf", "nghttpx.conf.in"), f"{w}/nghttpx.conf", sub)
@@ -356,7 +446,39 @@ class Bench:
                 raise RuntimeError(f"{name} did not listen on {port}")
         return p, sub["PORT_GRPC"], sub["PORT_HTTP"]
 
+    def measure_mixed(self, name):
+        n = self.args.n
+        p, pg, ph = self.start(name)
+        try:
+            warm, wok, _ = open_idle(pg, 4, "h2", 4)
+            for s in warm:
+                s.close()
+            time.sleep(self.args.settle)
+            quiet = probe(ph, self.args.probes)
+            before = benchlib.rss_kib(p.pid)
+            h1, ok1, bad1 = open_idle(ph, n // 2, "http1", self.args.batch)
+            for s in h1:
+                s.setblocking(False)
+            held = open_held(pg, n - n // 2, self.args.batch)
+            time.sleep(self.args.settle)
+            closed = drain(held + h1, 0.5)
+            after = benchlib.rss_kib(p.pid)
+            loaded = probe(ph, self.args.probes)
+            alive = p.poll() is None
+            for s in held + h1:
+                s.close()
+            per = (after - before) / n
+            log(f"{name} mixed: {n // 2} HTTP/1.1 idle ({ok1} ok), {n - n // 2} h2c with a held stream, "
+                f"{closed} closed by the proxy; RSS {before} -> {after} KiB: {per:.2f} KiB per connection; "
+                f"probe p50/p99 {quiet} ms before, {loaded} ms held")
+            return {"before": before, "after": after, "per": per, "ok": ok1 + (n - n // 2) - closed,
+                    "bad": bad1 + closed, "alive": alive, "quiet": quiet, "loaded": loaded}
+        finally:
+            self.procs.stop(p)
+
     def measure(self, name, mode):
+        if mode == "mixed":
+            return self.measure_mixed(name)
         n = self.args.n
         p, pg, ph = self.start(name)
         port = pg if mode == "h2" else ph
@@ -386,7 +508,8 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=3000, help="idle connections per proxy (default 3000)")
-    ap.add_argument("--mode", choices=("h2", "http1", "both"), default="h2")
+    ap.add_argument("--mode", choices=("h2", "http1", "both", "mixed"), default="h2")
+    ap.add_argument("--probes", type=int, default=200, help="mixed: sequential probe GETs (default 200)")
     ap.add_argument("--only", default=",".join(PROXIES), help="comma-separated subset of " + ",".join(PROXIES))
     ap.add_argument("--sidecar", default=os.environ.get("SIDECAR_BIN", os.path.join(ROOT, "build", "sidecar")))
     ap.add_argument("--batch", type=int, default=100, help="connections opened and called at once (default 100)")
@@ -428,7 +551,8 @@ def main():
           f"RSS read {args.settle:g} s after the last call; KiB = (RSS with N idle - RSS before) / N)\n")
     print("| connection | proxy | RSS before | RSS with N idle | KiB per idle connection | calls ok |")
     print("|---|---|---:|---:|---:|---:|")
-    label = {"h2": "h2c, after one gRPC call", "http1": "HTTP/1.1 keep-alive, after one GET"}
+    label = {"h2": "h2c, after one gRPC call", "http1": "HTTP/1.1 keep-alive, after one GET",
+             "mixed": "half HTTP/1.1 idle, half h2c with a held gRPC stream"}
     for mode in modes:
         for name in only:
             r = results.get((mode, name))
@@ -444,6 +568,12 @@ def main():
             r = results.get((mode, name))
             if name != "sidecar" and s and r and r["per"] > 0:
                 print(f"- {label[mode]}: sidecar / {name}: {s['per'] / r['per']:.2f}x")
+    for name in only:
+        r = results.get(("mixed", name))
+        if r:
+            fmt = lambda t: "failed" if t is None else f"p50 {t[0]:.2f} ms, p99 {t[1]:.2f} ms"
+            print(f"- {name}: probe ({args.probes} sequential GETs) before: {fmt(r['quiet'])}; "
+                  f"with the N connections held: {fmt(r['loaded'])}")
     bad = [f"{m} {p}" for (m, p), r in results.items() if r["bad"] or not r["alive"]]
     if bad:
         print(f"\nWarning: failed calls or a proxy that exited: {', '.join(bad)}")
