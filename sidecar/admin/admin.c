@@ -191,6 +191,10 @@ char *sc_admin_render_stats(const sidecar *sc)
                  "Idle HTTP/2 connections from callers whose session memory was handed back to the kernel.");
     fprintf(f, "sidecar_downstream_h2_idle_trimmed %llu\n",
             (unsigned long long)sc_workers_sum(sc, WS_OFF(h2_idle_trimmed)));
+    sc_prom_head(f, "sidecar_buffer_blocks", "gauge",
+                 "Buffer blocks held by connections and requests (each at most limits.stream_buffer bytes); "
+                 "an idle connection or a request waiting for data holds none.");
+    fprintf(f, "sidecar_buffer_blocks %llu\n", (unsigned long long)sc_workers_sum(sc, WS_OFF(buf_blocks)));
     sc_prom_head(f, "sidecar_streams_active", "gauge", "Requests in flight on all listeners.");
     fprintf(f, "sidecar_streams_active %llu\n", (unsigned long long)sc_workers_sum(sc, WS_OFF(streams)));
     static const struct {

@@ -210,6 +210,8 @@ void sc_stream_req_consume(sc_stream *s, size_t n)
         }
     }
     sc_buf_consume(&s->reqp.buf, n);
+    if (sc_buf_len(&s->reqp.buf) == 0)
+        sc_buf_release(s->w, &s->reqp.buf); /* a stream waiting for more of its body holds no block */
     s->req_sent += n;
     sc_stream_req_drained(s, n);
 }

@@ -443,6 +443,10 @@ void sc_stream_resp_informational(sc_stream *s, int status, const nghttp2_nv *nv
 
 void sc_stream_resp_drained(sc_stream *s, size_t n)
 {
+    /* The codecs copied what they took: a stream waiting for more of its
+     * response (a server-streaming call between messages) holds no block. */
+    if (sc_buf_len(&s->respp.buf) == 0)
+        sc_buf_release(s->w, &s->respp.buf);
     if (!s->up || sc_stream_up_done(s))
         return;
     s->route->uc->consumed(s, n);

@@ -72,6 +72,7 @@ int sc_buf_reserve(sc_worker *w, sc_buf *b, uint32_t cap)
         if (!b->data)
             return -ENOMEM;
     }
+    SC_STAT_INC(w->stats->buf_blocks);
     b->cap = cap;
     b->start = b->end = 0;
     return 0;
@@ -81,6 +82,7 @@ void sc_buf_release(sc_worker *w, sc_buf *b)
 {
     if (!b->data)
         return;
+    SC_STAT_DEC(w->stats->buf_blocks);
     uint32_t size;
     int k = block_class(w, b->cap, &size);
     if (k >= 0 && w->n_free_blocks[k] < MAX_FREE_BLOCKS) {

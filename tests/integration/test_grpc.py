@@ -438,5 +438,44 @@ class GrpcIdleConnectionTest(SidecarTestCase):
         self.assertEqual(srv.count("Unary"), 4)
 
 
+class GrpcHeldStreamTest(SidecarTestCase):
+    """Calls whose request is still open but has nothing waiting (a client
+    stream between messages) hold no buffer block: what arrived was passed
+    on and the block went back (sidecar_buffer_blocks)."""
+
+    def test_open_calls_hold_no_buffer(self):
+        import h2_raw
+        srv = self.grpc_peer("backend")
+        port = free_port()
+        sc = self.sidecar(harness.base_config(free_port(), upstreams=[
+            harness.upstream("backend", "grpc", port, [srv.port])], workers=1))
+        head = [(":method", "POST"), (":scheme", "http"), (":path", "/test.Echo/ClientStream"),
+                (":authority", "backend"), ("content-type", "application/grpc"), ("te", "trailers")]
+        msg = b"\x00\x00\x00\x00\x03abc"
+        conns = []
+        try:
+            for _ in range(20):
+                c = h2_raw.H2Conn(port)
+                conns.append(c)
+                c.request(head, end_stream=False, body=msg)
+            # every message has reached the backend's stream; nothing is waiting in the sidecar
+            self.assertTrue(harness.wait_until(lambda: sc.stats().value("sidecar_streams_active") == 20, 10),
+                            sc.stats().text[-1500:])
+            time.sleep(0.3)
+            blocks = sc.stats().value("sidecar_buffer_blocks")
+            self.assertLess(blocks, 10, "20 open calls hold %d buffer blocks" % blocks)
+            # and each call still completes: the rest of the stream, then the answer
+            for c in conns:
+                sid = max(c.streams)
+                c.send(h2_raw.frame(h2_raw.DATA, h2_raw.END_STREAM, sid, msg))
+            for c in conns:
+                st = c.response(max(c.streams), timeout=10)
+                self.assertEqual(st.trailer("grpc-status"), "0", st)
+        finally:
+            for c in conns:
+                c.close()
+        self.assertTrue(harness.wait_until(lambda: sc.stats().value("sidecar_buffer_blocks") == 0, 10))
+
+
 if __name__ == "__main__":
     unittest.main()
