@@ -286,6 +286,7 @@ static void parse_rule(sc_cx *c, const sc_ynode *m, const char *path, const sc_j
                       r->header);
     if (!r->header)
         r->header = sc_xstrdup("authorization");
+    r->header_len = strlen(r->header);
     if (f[3]) {
         char **names = NULL;
         size_t n = 0;

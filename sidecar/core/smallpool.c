@@ -82,10 +82,8 @@ void *sc_smallpool_realloc(sc_smallpool *p, void *ptr, size_t n)
         return sc_smallpool_alloc(p, n);
     size_t have = sc_smallpool_usable(ptr);
     header *h = head_of(ptr);
-    if (h->cls != PLAIN && n <= have) {
-        h->size = n;
+    if (h->cls != PLAIN && n <= have)
         return ptr; /* the class already holds it */
-    }
     void *q = sc_smallpool_alloc(p, n);
     if (!q)
         return NULL;

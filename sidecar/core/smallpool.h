@@ -61,7 +61,7 @@ typedef struct sc_smallpool_header {
     uint8_t cls;            /* class index, or SC_SMALLPOOL_PLAIN */
     uint8_t pad_;
     uint32_t pad2_;
-    uint64_t size;          /* the bytes asked for (realloc of a plain block copies them) */
+    uint64_t size;          /* SC_SMALLPOOL_PLAIN: the bytes asked for (what realloc copies) */
 } sc_smallpool_header;
 #define SC_SMALLPOOL_PLAIN 0xffu
 #define SC_SMALLPOOL_MAGIC 0x5350u /* "SP": a header this module wrote */
@@ -93,7 +93,6 @@ static inline void *sc_smallpool_alloc(sc_smallpool *p, size_t n)
         p->hits++;
         h->magic = SC_SMALLPOOL_MAGIC;
         h->cls = (uint8_t)c;
-        h->size = n;
         return (char *)h + SC_SMALLPOOL_HEADER;
     }
     return sc_smallpool_alloc_slow(p, n, c);

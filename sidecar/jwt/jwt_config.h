@@ -100,6 +100,7 @@ typedef struct sc_jwt_rule {
     char *prefix;                   /* path prefix, starts with '/' */
     sc_jwt_mode mode;
     char *header;                   /* lower-case; default "authorization" (then "Bearer <token>") */
+    size_t header_len;
     uint32_t issuers;               /* bit i = issuers[i] accepted; all by default */
     sc_jwt_claim_req *claims;       /* required claims (403 when missing) */
     size_t n_claims;

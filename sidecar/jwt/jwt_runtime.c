@@ -729,9 +729,8 @@ void sc_jwt_check(sc_jwt *j, unsigned worker, const char *path, size_t path_len,
     size_t toklen = 0, found = 0;
     uint32_t named = 0, named_at = 0;
     bool bad = false;
-    size_t hlen = strlen(rule->header);
     for (size_t i = 0; i < n_hdrs; i++) {
-        if (hdrs[i].namelen != hlen || !sc_hdr_aliases((const char *)hdrs[i].name, hdrs[i].namelen, rule->header))
+        if (hdrs[i].namelen != rule->header_len || !sc_hdr_aliases((const char *)hdrs[i].name, hdrs[i].namelen, rule->header))
             continue;
         if (named++ == 0)
             named_at = (uint32_t)i;

@@ -71,8 +71,8 @@ void sc_jw_ms(sc_jw *w, uint64_t ns);
  * nothing to escape that fits: a line has a dozen of them). */
 void sc_jw_str_any(sc_jw *w, const char *s, size_t len, size_t budget);
 
-/* Non-zero when one of the 8 bytes of x is not copied as is (class 1 or
- * 2 above: below 0x20, '"', '\\', 0x7f, or 0x80 and up), a word at a
+/* Non-zero when one of the 8 bytes of x is not copied as is (below 0x20,
+ * '"', '\\', 0x7f, or 0x80 and up: jsonw.c's escaped or UTF-8 classes), a word at a
  * time: a byte's top bit ends up set when it is 0x80 or more (x), below
  * 0x20 (x - 0x20), 0x7f (x + 1), '"' or '\\' (x ^ c - 1). A borrow or carry
  * between bytes only starts at a byte that is itself one of these, so the

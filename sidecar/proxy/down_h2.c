@@ -46,8 +46,9 @@ static sc_stream *get_stream(nghttp2_session *session, int32_t sid)
  * connection remembers them, so once it has been idle for TRIM_AFTER_MS
  * (trim()) the pages of the frame buffer and the all-zero pages of the other
  * blocks go back to the kernel (MADV_DONTNEED: they read as zeros and are
- * faulted in again when the connection is used). Small allocations go to
- * malloc as before: nothing changes on the per-request path. */
+ * faulted in again when the connection is used). Smaller blocks come from
+ * the worker's small-block pool (core/smallpool.h), as for the upstream
+ * sessions. */
 #define TRIM_AFTER_MS 1000
 #define H2MEM_BLOCKS 4
 /* A large block allocated while the session is created, this large, is its

@@ -201,7 +201,7 @@ struct sc_worker {
     void *free_streams;
     void *free_blocks[2];           /* block pool, two sizes (worker.c) */
     unsigned n_free_blocks[2];
-    sc_smallpool h2pool;            /* the small blocks of this worker's HTTP/2 sessions (sc_worker_h2_mem) */
+    sc_smallpool h2pool;            /* the small blocks of this worker's HTTP/2 sessions, both sides */
     nghttp2_mem h2mem;              /* allocator of its upstream HTTP/2 sessions: h2pool */
     _Atomic uint64_t epoch;         /* 0 while idle in poll, else the global epoch at wake-up */
 };

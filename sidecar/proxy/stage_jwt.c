@@ -44,9 +44,8 @@ static sc_jwt *jwt_of(const void *conf)
 
 static void check(sc_stream *s, sc_jwt *j, unsigned flags, sc_jwt_result *r)
 {
-    const char *q = memchr(s->req.path, '?', s->req.path_len);
-    size_t plen = q ? (size_t)(q - s->req.path) : s->req.path_len;
-    sc_jwt_check(j, s->w->id, s->req.path, plen, s->req.hdrs, s->req.n_hdrs, (int64_t)time(NULL), flags, r);
+    /* the path with its query: the rule lookup leaves the query out */
+    sc_jwt_check(j, s->w->id, s->req.path, s->req.path_len, s->req.hdrs, s->req.n_hdrs, (int64_t)time(NULL), flags, r);
 }
 
 /* A passing result: the token's header goes when the rule says so; the claim

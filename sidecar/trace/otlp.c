@@ -222,56 +222,50 @@ static void put_time_(sc_otlp_buf *b, const char *field, size_t field_len, uint6
 /* The start of every attribute's JSON object by key and value type, made
  * once: {"key":"<name>","value":{"stringValue": (then the string),
  * ..."intValue":" (then the digits) or ..."boolValue": (then true or
- * false): one copy per attribute instead of a strlen and three. */
+ * false): one copy per attribute instead of a strlen and three. The row
+ * after the last key is sc_span_attr_name's name for an unknown one. */
 typedef struct attr_prefix {
     char s[96];
     uint8_t n;
 } attr_prefix;
-static attr_prefix g_prefix[SC_ATTR__COUNT][3];
+static attr_prefix g_prefix[SC_ATTR__COUNT + 1][3];
 static pthread_once_t g_prefix_once = PTHREAD_ONCE_INIT;
 
 static void prefix_init(void)
 {
     static const char *const value[3] = {
         [SC_ATTR_T_STR] = "\"stringValue\":", [SC_ATTR_T_INT] = "\"intValue\":\"", [SC_ATTR_T_BOOL] = "\"boolValue\":"};
-    for (unsigned k = 0; k < SC_ATTR__COUNT; k++)
+    for (unsigned k = 0; k <= SC_ATTR__COUNT; k++)
         for (unsigned t = 0; t < 3; t++) {
             int n = snprintf(g_prefix[k][t].s, sizeof(g_prefix[k][t].s), "{\"key\":\"%s\",\"value\":{%s",
                              sc_span_attr_name((sc_span_attr_key)k), value[t]);
-            g_prefix[k][t].n = (uint8_t)(n > 0 && (size_t)n < sizeof(g_prefix[k][t].s) ? n : 0);
+            if (n <= 0 || (size_t)n >= sizeof(g_prefix[k][t].s))
+                abort(); /* the names are span.c's fixed ones: a longer one is a bug any test finds */
+            g_prefix[k][t].n = (uint8_t)n;
         }
 }
 
-/* One attribute of a span: false when its key or type has no prefix (then
- * the caller writes it the long way). */
-static bool put_attr(sc_otlp_buf *b, const sc_span *s, const sc_span_attr *a)
+/* One attribute of a span (a type neither string nor bool is an integer). */
+static void put_attr(sc_otlp_buf *b, const sc_span *s, const sc_span_attr *a)
 {
-    if (a->key >= SC_ATTR__COUNT || a->type > SC_ATTR_T_BOOL || !g_prefix[a->key][a->type].n)
-        return false;
-    const attr_prefix *pf = &g_prefix[a->key][a->type];
+    unsigned t = a->type == SC_ATTR_T_STR || a->type == SC_ATTR_T_BOOL ? a->type : SC_ATTR_T_INT;
+    const attr_prefix *pf = &g_prefix[SC_MIN((unsigned)a->key, (unsigned)SC_ATTR__COUNT)][t];
     put(b, pf->s, pf->n);
-    if (a->type == SC_ATTR_T_STR) {
+    if (t == SC_ATTR_T_STR) {
         put_str(b, s->pool + a->off, a->len);
         PUTL(b, "}}");
-    } else if (a->type == SC_ATTR_T_INT) {
-        if (a->i < 0) {
-            PUTL(b, "-");
-            put_u64(b, (uint64_t)0 - (uint64_t)a->i);
-        } else {
-            put_u64(b, (uint64_t)a->i);
-        }
+    } else if (t == SC_ATTR_T_INT) {
+        put_i64(b, a->i);
         PUTL(b, "\"}}");
     } else if (a->i) {
         PUTL(b, "true}}");
     } else {
         PUTL(b, "false}}");
     }
-    return true;
 }
 
 int sc_otlp_begin(sc_otlp_buf *b, const sc_otlp_resource *res)
 {
-    pthread_once(&g_prefix_once, prefix_init);
     PUTL(b, "{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
     put_kv_str(b, "service.name", res->service_name, strlen(res->service_name));
     PUTL(b, ",");
@@ -313,26 +307,11 @@ int sc_otlp_span(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns, bool first
     put_time(b, ",\"startTimeUnixNano\":\"", s->start_ns, offset_ns);
     put_time(b, ",\"endTimeUnixNano\":\"", s->end_ns, offset_ns);
     PUTL(b, ",\"attributes\":[");
-    pthread_once(&g_prefix_once, prefix_init); /* a no-op after sc_otlp_begin */
+    pthread_once(&g_prefix_once, prefix_init);
     for (unsigned i = 0; i < s->n_attrs; i++) {
-        const sc_span_attr *a = &s->attrs[i];
         if (i)
             PUTL(b, ",");
-        if (put_attr(b, s, a))
-            continue;
-        const char *key = sc_span_attr_name(a->key);
-        if (a->type == SC_ATTR_T_STR) {
-            put_kv_str(b, key, s->pool + a->off, a->len);
-        } else if (a->type == SC_ATTR_T_BOOL) {
-            PUTL(b, "{\"key\":");
-            put_cstr(b, key);
-            if (a->i)
-                PUTL(b, ",\"value\":{\"boolValue\":true}}");
-            else
-                PUTL(b, ",\"value\":{\"boolValue\":false}}");
-        } else {
-            put_kv_int(b, key, a->i);
-        }
+        put_attr(b, s, &s->attrs[i]);
     }
     PUTL(b, "]");
     if (s->dropped_attrs) {
