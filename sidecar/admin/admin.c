@@ -188,7 +188,7 @@ char *sc_admin_render_stats(const sidecar *sc)
     fprintf(f, "sidecar_downstream_connections_refused_total %llu\n",
             (unsigned long long)sc_workers_sum(sc, WS_OFF(down_conns_refused)));
     sc_prom_head(f, "sidecar_downstream_h2_idle_trimmed", "gauge",
-                 "Idle HTTP/2 connections from callers whose session memory was handed back to the kernel.");
+                 "HTTP/2 connections from callers, idle or quiet, whose session memory was handed back to the kernel.");
     fprintf(f, "sidecar_downstream_h2_idle_trimmed %llu\n",
             (unsigned long long)sc_workers_sum(sc, WS_OFF(h2_idle_trimmed)));
     sc_prom_head(f, "sidecar_buffer_blocks", "gauge",

@@ -97,6 +97,14 @@ static inline void *sc_smallpool_alloc(sc_smallpool *p, size_t n)
     }
     return sc_smallpool_alloc_slow(p, n, c);
 }
+/* n bytes in a block of their own size (malloc with the header), never
+ * from or back to a class list: for blocks kept for a long time, where a
+ * class's rounding up would be waste held for as long. Freed like any
+ * other block. */
+static inline void *sc_smallpool_alloc_exact(sc_smallpool *p, size_t n)
+{
+    return sc_smallpool_alloc_slow(p, n, SC_SMALLPOOL_PLAIN);
+}
 /* Zeroed k * n bytes; NULL on overflow or out of memory. */
 void *sc_smallpool_calloc(sc_smallpool *p, size_t k, size_t n);
 /* NULL is a no-op. ptr must come from a pool function (any pool's: the

@@ -31,11 +31,13 @@ typedef struct sc_down_conn {
     bool goaway_sent;
     /* Idle memory (down_h2.c): the session allocates through h2mem, so the
      * pages of its large blocks can be handed back to the kernel once the
-     * connection has been idle for a while (trim_checked: this idle spell
-     * was looked at; trimmed: pages were handed back, counted in
-     * sc_worker_stats.h2_idle_trimmed until the next stream). */
+     * connection has been idle (or, with streams open, quiet) for a while
+     * (trim_checked: this idle spell was looked at; trimmed: pages were
+     * handed back, counted in sc_worker_stats.h2_idle_trimmed until the
+     * next stream). */
     bool trim_checked;
     bool trimmed;
+    bool io_seen;                   /* read since the last look at a connection with streams open */
     struct sc_h2_mem *h2mem;
     sc_caller caller;               /* who is calling (super.caller points here) */
 } sc_down_conn;

@@ -46,7 +46,9 @@ static sc_stream *get_stream(nghttp2_session *session, int32_t sid)
  * connection remembers them, so once it has been idle for TRIM_AFTER_MS
  * (trim()) the pages of the frame buffer and the all-zero pages of the other
  * blocks go back to the kernel (MADV_DONTNEED: they read as zeros and are
- * faulted in again when the connection is used). Smaller blocks come from
+ * faulted in again when the connection is used). A connection with streams
+ * open that has read nothing for one to two periods (a call held open, an
+ * answer awaited) gives back its frame buffer the same way. Smaller blocks come from
  * the worker's small-block pool (core/smallpool.h), as for the upstream
  * sessions. */
 #define TRIM_AFTER_MS 1000
@@ -112,7 +114,15 @@ static int big_slot(const sc_h2_mem *m, const void *p)
 static void *h2mem_malloc(size_t n, void *ud)
 {
     sc_h2_mem *m = ud;
-    return n < H2MEM_PAGE ? sc_smallpool_alloc(m->pool, n) : big_alloc(m, n);
+    if (n >= H2MEM_PAGE)
+        return big_alloc(m, n);
+    /* What the session allocates when it is created it keeps for its life
+     * (the session struct, the two HPACK tables' 1 KiB rings): exact-size
+     * blocks, not the pool's power-of-two classes, which would round each
+     * ring (1 KiB and the header) up to 2 KiB on every connection. */
+    if (SC_UNLIKELY(m->creating))
+        return sc_smallpool_alloc_exact(m->pool, n);
+    return sc_smallpool_alloc(m->pool, n);
 }
 
 static void h2mem_free(void *p, void *ud)
@@ -186,7 +196,8 @@ static bool trim(sc_down_conn *d)
     if (!g_trim_ok || !m || !d->h2 || c->pend_len || sc_buf_len(&c->out) || nghttp2_session_want_write(d->h2))
         return false;
     sc_buf_release(c->w, &c->out); /* none held once drained; kept as the rule */
-    sc_buf_release(c->w, &c->in);
+    if (!sc_buf_len(&c->in))
+        sc_buf_release(c->w, &c->in); /* (reads go through a stack buffer) */
     bool any = false;
     for (int i = 0; i < H2MEM_BLOCKS; i++) {
         char *b = m->blk[i];
@@ -226,9 +237,11 @@ static void untrim(sc_down_conn *d)
 static void arm_idle(sc_conn *c)
 {
     sc_down_conn *d = SC_DOWN(c);
-    ev_timer_stop(c->w->loop, &c->timer);
     if (d->n_streams)
-        return;
+        return; /* its timer looks for quiet (idle_cb) */
+    ev_timer_stop(c->w->loop, &c->timer);
+    if (d->trimmed && !d->trim_checked)
+        untrim(d); /* trimmed while streams were open: the idle spell starts afresh */
     uint64_t idle = c->route->timeouts->idle_ms, after;
     if (idle && idle <= TRIM_AFTER_MS) {
         d->trim_checked = true; /* it closes before a trim would be due */
@@ -302,9 +315,17 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     }
     nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
     d->n_streams++;
-    ev_timer_stop(c->w->loop, &c->timer);
-    if (d->trim_checked)
+    /* The timer armed when the last stream ended (arm_idle) is left to run:
+     * with streams open it looks for a quiet connection to trim (idle_cb).
+     * After an idle spell it may be far off (the idle timeout's remainder),
+     * so it is brought back to TRIM_AFTER_MS; after a trim with streams
+     * open it is not running. */
+    if (d->trim_checked || d->trimmed) {
         untrim(d);
+        ev_timer_stop(c->w->loop, &c->timer);
+        ev_timer_set(&c->timer, (double)TRIM_AFTER_MS / 1000.0, 0);
+        ev_timer_start(c->w->loop, &c->timer);
+    }
     return 0;
 }
 
@@ -850,6 +871,7 @@ static void recv_failed(sc_conn *c, int rv)
 
 static void on_readable(sc_conn *c)
 {
+    SC_DOWN(c)->io_seen = true;
     int rv = sc_h2_feed(c, SC_DOWN(c)->h2, 0);
     if (rv < 0) {
         recv_failed(c, rv);
@@ -909,8 +931,26 @@ static void idle_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     sc_conn *c = SC_CONTAINER_OF(t, sc_conn, timer);
     sc_down_conn *d = SC_DOWN(c);
-    if (d->n_streams)
+    if (d->n_streams) {
+        /* Streams are open (a call held open, an answer awaited): once the
+         * connection has read nothing for a whole period, its frame buffer
+         * goes back as on an idle one. Nothing to write is trim()'s rule;
+         * a frame written later faults its page in again. Trimmed once per
+         * quiet spell (the next stream, or the last one ending, re-arms);
+         * while trim() refuses (output pending), looked at again. */
+        bool seen = d->io_seen;
+        d->io_seen = false;
+        if (!seen && !d->trimmed && trim(d)) {
+            d->trimmed = true;
+            SC_STAT_INC(c->w->stats->h2_idle_trimmed);
+            return;
+        }
+        if (!d->trimmed) {
+            ev_timer_set(&c->timer, (double)TRIM_AFTER_MS / 1000.0, 0);
+            ev_timer_start(c->w->loop, &c->timer);
+        }
         return;
+    }
     if (!d->trim_checked) {
         d->trim_checked = true;
         if (trim(d)) {

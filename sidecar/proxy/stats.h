@@ -63,7 +63,7 @@ typedef struct sc_worker_stats {
     sc_counter down_conns_total;
     sc_counter down_conns_refused;   /* closed at accept: limits.max_connections open on the worker */
     sc_counter streams;             /* gauge */
-    sc_counter h2_idle_trimmed;     /* gauge: idle HTTP/2 callers' connections whose session pages were handed back */
+    sc_counter h2_idle_trimmed;     /* gauge: idle or quiet HTTP/2 callers' connections whose session pages were handed back */
     sc_counter buf_blocks;          /* gauge: buffer blocks held by connections and streams (sc_buf_reserve) */
     sc_counter bad_requests[SC_BAD_REQ_KINDS];
     sc_counter tls_handshakes;       /* completed, inbound and outbound */

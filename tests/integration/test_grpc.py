@@ -441,7 +441,8 @@ class GrpcIdleConnectionTest(SidecarTestCase):
 class GrpcHeldStreamTest(SidecarTestCase):
     """Calls whose request is still open but has nothing waiting (a client
     stream between messages) hold no buffer block: what arrived was passed
-    on and the block went back (sidecar_buffer_blocks)."""
+    on and the block went back (sidecar_buffer_blocks); once their
+    connections are quiet, the sessions' frame buffers go back too."""
 
     def test_open_calls_hold_no_buffer(self):
         import h2_raw
@@ -464,10 +465,21 @@ class GrpcHeldStreamTest(SidecarTestCase):
             time.sleep(0.3)
             blocks = sc.stats().value("sidecar_buffer_blocks")
             self.assertLess(blocks, 10, "20 open calls hold %d buffer blocks" % blocks)
+            # quiet for a second or two, each connection gives its frame buffer back
+            # with its call still open (down_h2.c), and is counted while it stays so
+            self.assertTrue(harness.wait_until(
+                lambda: sc.stats().value("sidecar_downstream_h2_idle_trimmed") == 20, 10),
+                "held connections not trimmed:\n" + sc.stats().text[-1500:])
             # and each call still completes: the rest of the stream, then the answer
             for c in conns:
                 sid = max(c.streams)
                 c.send(h2_raw.frame(h2_raw.DATA, h2_raw.END_STREAM, sid, msg))
+            for c in conns:
+                st = c.response(max(c.streams), timeout=10)
+                self.assertEqual(st.trailer("grpc-status"), "0", st)
+            # a second call on each connection, after the trim with the stream open
+            for c in conns:
+                c.request(head, end_stream=True, body=msg)
             for c in conns:
                 st = c.response(max(c.streams), timeout=10)
                 self.assertEqual(st.trailer("grpc-status"), "0", st)

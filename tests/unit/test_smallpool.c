@@ -1,8 +1,8 @@
 /*
  * test_smallpool.c: the per-thread small-block cache: classes and
- * alignment, reuse from the lists, the per-class bound, plain blocks,
- * realloc across classes, the NULL pool, and a random workload checked
- * byte for byte.
+ * alignment, reuse from the lists, the per-class bound, plain and exact
+ * blocks, realloc across classes, the NULL pool, and a random workload
+ * checked byte for byte.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -40,6 +40,21 @@ static void test_classes_and_reuse(void **state)
     assert_int_equal(sc_smallpool_usable(big), 5000);
     memset(big, 1, 5000);
     sc_smallpool_free(&p, big);
+    /* exact: a small block of its own size, not a class's, and not kept
+     * on a list when freed (a 1 KiB block would otherwise take 2 KiB) */
+    unsigned n6 = p.n[6];
+    void *ex = sc_smallpool_alloc_exact(&p, 1024);
+    assert_non_null(ex);
+    assert_int_equal((uintptr_t)ex % 16, 0);
+    assert_int_equal(sc_smallpool_usable(ex), 1024);
+    memset(ex, 2, 1024);
+    sc_smallpool_free(&p, ex);
+    assert_int_equal(p.n[6], n6);
+    ex = sc_smallpool_alloc_exact(&p, 1024);
+    memset(ex, 3, 1024);
+    ex = sc_smallpool_realloc(&p, ex, 1030); /* moves to a class, bytes kept */
+    assert_int_equal(((unsigned char *)ex)[1023], 3);
+    sc_smallpool_free(&p, ex);
     sc_smallpool_drain(&p);
 }
 
