@@ -46,15 +46,17 @@ void sc_obs_stream_head(sc_stream *s)
     if (tw)
         sc_trace_in_init(&in, tw->pol->force_header);
     /* One pass: x-request-id fields counted, trace headers offered to the
-     * tracer and taken out (this hop writes its own per attempt). */
-    const nghttp2_nv *rid = NULL;
+     * tracer and taken out (this hop writes its own per attempt). The
+     * fields after a removed one move up, so the first x-request-id is
+     * remembered by its new place, not its old one. */
+    size_t rid = 0;
     unsigned n_rid = 0;
     size_t kept = 0;
     for (size_t i = 0; i < s->req.n_hdrs; i++) {
         nghttp2_nv *nv = &s->req.hdrs[i];
         if (name_is(nv, "x-request-id", 12)) {
             if (!n_rid++)
-                rid = nv;
+                rid = kept;
         } else if (tw && sc_trace_in_header(&in, (const char *)nv->name, nv->namelen, (const char *)nv->value,
                                             nv->valuelen)) {
             continue; /* the values stay in the arena for the extraction below */
@@ -64,9 +66,11 @@ void sc_obs_stream_head(sc_stream *s)
     s->req.n_hdrs = kept;
     const char *id = NULL;
     size_t id_len = 0;
-    if (ow && n_rid == 1 && sc_request_id_valid((const char *)rid->value, rid->valuelen)) {
-        id = (const char *)rid->value; /* the caller's, kept */
-        id_len = rid->valuelen;
+    if (ow && n_rid == 1 && sc_request_id_valid((const char *)s->req.hdrs[rid].value, s->req.hdrs[rid].valuelen)) {
+        nghttp2_nv *nv = &s->req.hdrs[rid];
+        id = (const char *)nv->value; /* the caller's, kept */
+        id_len = nv->valuelen;
+        nv->flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique: not worth an HPACK entry */
     } else if (ow) {
         /* None, invalid or several: the fields go and a new ID, generated
          * straight into the arena, takes their place. */

@@ -388,6 +388,22 @@ class TracingOneSidecarTest(SidecarTestCase):
         self.assertEqual(len(root), 1)
         self.assertEqual(self.collector.check_trace(tid)[0], [])
 
+    def test_request_id_after_trace_headers_is_kept(self):
+        # The trace headers are taken out of the request in the same pass that
+        # finds x-request-id: the caller's ID must survive the fields after it
+        # moving up (a header after it once took its place).
+        self.start()
+        tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        seen, names = self.call([("traceparent", tp), ("tracestate", "k=v"), ("x-request-id", "caller-id-1"),
+                                 ("x-after", "ok-1"), ("x-later", "ok-2")])
+        self.assertEqual(seen["x-request-id"], "caller-id-1")
+        self.assertEqual(names.count("x-request-id"), 1)
+        self.assertEqual((seen["x-after"], seen["x-later"]), ("ok-1", "ok-2"))
+        spans = self.collector.wait_spans(2, timeout=10, trace_id="4bf92f3577b34da6a3ce929d0e0e4736")
+        req = [s for s in spans if s["parentSpanId"] == "00f067aa0ba902b7"]
+        self.assertEqual(len(req), 1)
+        self.assertEqual(req[0]["attributes"]["sidecar.request_id"], "caller-id-1")
+
     def test_sampling_ratio_zero_follows_the_parent(self):
         self.start(sample_ratio=0)
         seen, _ = self.call()
