@@ -126,7 +126,11 @@ static int submit(sc_up_conn *u, sc_stream *s)
     }
     if (m->is_grpc && s->deadline_ns) {
         size_t tl = sc_grpc_timeout_format(sc_stream_remaining_ns(s), tbuf, sizeof(tbuf));
-        nva[k++] = NV("grpc-timeout", tbuf, tl);
+        /* A new value on every call: as an HPACK table entry it would push
+         * out the fields that repeat, and every later grpc-timeout would be
+         * compared with each such entry (nghttp2 files them by name). */
+        nva[k] = NV("grpc-timeout", tbuf, tl);
+        nva[k++].flags |= NGHTTP2_NV_FLAG_NO_INDEX;
     }
     if (m->content_length >= 0) {
         nva[k++] = NV("content-length", clbuf, sc_fmt_u64(clbuf, (uint64_t)m->content_length));
