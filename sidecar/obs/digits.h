@@ -80,6 +80,27 @@ static inline size_t sc_dec_len(uint64_t v)
     return t + 1 - (v < pow10[t]) + (v == 0);
 }
 
+/* The 8 decimal digits of v (< 10^8, leading zeros included), most
+ * significant first, as they go to memory: v split in two halves of 4
+ * digits, each half in two of 2, each of those in two digits, every split
+ * done on all lanes of the word at once by a multiply and shift (exact for
+ * these ranges: x / 100 = x * 5243 >> 19 for x < 43699, x / 10 = x * 103 >> 10
+ * for x < 179), then '0' added to all eight: about 20 instructions, no
+ * table, for what sc_fmt_dec does in four table steps. */
+static inline uint64_t sc_dec_word(uint32_t v)
+{
+    uint64_t z = (uint64_t)(v / 10000u) | (uint64_t)(v % 10000u) << 32;          /* 2 lanes of 32 bits, < 10^4 */
+    uint64_t q = ((z * 5243u) >> 19) & 0x0000007f0000007full;
+    z = q | (z - q * 100u) << 16;                                                 /* 4 lanes of 16 bits, < 100 */
+    q = ((z * 103u) >> 10) & 0x000f000f000f000full;
+    z = q | (z - q * 10u) << 8;                                                   /* 8 lanes of 8 bits, < 10 */
+    z += 0x3030303030303030ull;
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    z = __builtin_bswap64(z);
+#endif
+    return z;
+}
+
 /* v in decimal into out (up to 20 bytes, no terminator); returns the
  * length: the digits counted first, then written from the end two at a
  * time straight into out, eight at a time in 32-bit arithmetic (a

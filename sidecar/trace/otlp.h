@@ -19,7 +19,8 @@
 
 #include "trace/span.h"
 
-/* A growing byte buffer; `oom` sticks once an allocation failed. */
+/* A growing byte buffer; `oom` sticks once an allocation failed. The body
+ * is p[0..len); p[len] is a NUL after sc_otlp_end only. */
 typedef struct sc_otlp_buf {
     char *p;
     size_t len, cap;
