@@ -25,8 +25,7 @@ void sc_otlp_buf_free(sc_otlp_buf *b)
 }
 
 /*
- * Writing: every piece reserves the most it can write (a span's fixed part
- * once, each string attribute, the events and status together), then
+ * Writing: a span reserves the most it can write once (span_max()), then
  * writes through a cursor with no further checks; the NUL goes after the
  * body only, in sc_otlp_end (the reader, tracer.c, passes the length). A
  * string's bound is 6 bytes a byte (\u00XX and \ufffd are the longest
@@ -92,6 +91,24 @@ static inline uint64_t load64(const void *p)
 }
 static inline void store64(void *p, uint64_t x) { memcpy(p, &x, 8); }
 
+/* 10 <= v < 10^4 in decimal (status codes, counts): the 4 digits in the
+ * lanes of one 32-bit word as sc_dec_word does, without its first split;
+ * 4 bytes are stored at o whatever the length. */
+static inline char *dec_small(char *o, uint32_t v)
+{
+    uint32_t z = v / 100u | (v % 100u) << 16; /* 2 lanes of 16 bits, < 100 */
+    uint32_t q = ((z * 103u) >> 10) & 0x000f000fu;
+    z = (q | (z - q * 10u) << 8) + 0x30303030u;
+    size_t n = 2 + (v >= 100u) + (v >= 1000u);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    z >>= 8 * (4 - n); /* the leading zeros are the first bytes */
+#else
+    z = __builtin_bswap32(z) << 8 * (4 - n);
+#endif
+    memcpy(o, &z, 4);
+    return o + n;
+}
+
 /* 1 <= v < 10^8 in decimal; 8 bytes are stored at o whatever the length. */
 static inline char *dec_short(char *o, uint32_t v)
 {
@@ -114,6 +131,8 @@ static inline char *dec(char *o, uint64_t v)
         *o = (char)('0' + v);
         return o + 1;
     }
+    if (v < 10000u)
+        return dec_small(o, (uint32_t)v);
     if (v < 100000000u)
         return dec_short(o, (uint32_t)v);
     if (v < 10000000000000000ull) {
@@ -137,16 +156,37 @@ static inline char *dec_signed(char *o, int64_t v)
     return dec(o, (uint64_t)v);
 }
 
+/* A time in decimal. The times of a batch are close: all but their last 8
+ * digits (a 0.1 s step) are mostly those of the time before, kept in
+ * b->time_hi as text, so a time is a compare, a copy and one sc_dec_word.
+ * (A zeroed buffer's hi, 0, is no time's: the times that use it are 10^8
+ * or more.) Stores stay within NUM_MAX bytes. */
+static inline char *dec_time(char *o, sc_otlp_buf *b, uint64_t v)
+{
+    if (v < 100000000u)
+        return dec(o, v);
+    uint64_t hi = v / 100000000u;
+    if (hi != b->time_hi) {
+        b->time_len = (uint8_t)(dec(b->time_text, hi) - b->time_text); /* up to 12 digits */
+        b->time_hi = hi;
+    }
+    memcpy(o, b->time_text, sizeof(b->time_text));
+    o += b->time_len;
+    store64(o, sc_dec_word((uint32_t)(v % 100000000u)));
+    return o + 8;
+}
+
 /* A time field: `field` a literal ending in the value's opening quote. */
-static inline char *time_(char *o, const char *field, size_t field_len, uint64_t mono_ns, int64_t offset_ns)
+static inline char *time_(char *o, sc_otlp_buf *b, const char *field, size_t field_len, uint64_t mono_ns,
+                          int64_t offset_ns)
 {
     int64_t t = (int64_t)mono_ns + offset_ns;
     memcpy(o, field, field_len);
-    o = dec(o + field_len, t > 0 ? (uint64_t)t : 0);
+    o = dec_time(o + field_len, b, t > 0 ? (uint64_t)t : 0);
     *o = '"';
     return o + 1;
 }
-#define TIME(o, field, mono_ns, offset_ns) time_((o), "" field, sizeof(field) - 1, (mono_ns), (offset_ns))
+#define TIME(o, b, field, mono_ns, offset_ns) time_((o), (b), "" field, sizeof(field) - 1, (mono_ns), (offset_ns))
 
 /* An ID in quotes, in lower-case hex. */
 static inline char *hex_id(char *o, const uint8_t *id, size_t n)
@@ -203,7 +243,7 @@ static inline bool plain8(uint64_t x)
  * (having written some of it). No byte goes alone: 8 bytes a step and the
  * last 8 by an overlapping load; below 8, two overlapping loads of 4 or 2
  * (or the one byte) checked as one word padded with spaces, which are plain. */
-static inline bool copy_plain(char *o, const char *s, size_t n)
+static inline __attribute__((always_inline)) bool copy_plain(char *o, const char *s, size_t n)
 {
     const uint64_t spaces = 0x2020202020202020ull;
     if (n >= 8) {
@@ -288,8 +328,9 @@ static __attribute__((noinline)) char *escape(char *o, const char *s, size_t n)
     return o;
 }
 
-/* A JSON string with its quotes (at most STR_MAX(n) bytes). */
-static inline char *str(char *o, const char *s, size_t n)
+/* A JSON string with its quotes (at most STR_MAX(n) bytes). Inlined
+ * everywhere: most are short, where a call costs as much as the copy. */
+static inline __attribute__((always_inline)) char *str(char *o, const char *s, size_t n)
 {
     *o++ = '"';
     if (SC_LIKELY(copy_plain(o, s, n)))
@@ -326,17 +367,19 @@ static void put_kv_str(sc_otlp_buf *b, const char *key, const char *v)
  * cursor moved by n. The row after the last key is sc_span_attr_name's
  * name for an unknown one. */
 typedef struct attr_prefix {
-    char s[64];
-    uint8_t n;
+    char s[63];
+    uint8_t n; /* copied along with s: the next bytes written overwrite it */
 } attr_prefix;
-static attr_prefix g_prefix[SC_ATTR__COUNT + 1][3];
+/* by key and type; 4 types a row and 64 bytes an entry, so an entry's
+ * address is two shifts */
+static attr_prefix g_prefix[SC_ATTR__COUNT + 1][4];
 
 /* What follows an event's time by kind, made once the same way:
  * ","name":"<name>","attributes":[ and, for a kind with a value, the
  * value's {"key":"<value name>","value":{"intValue":" (then the digits). */
 typedef struct event_text {
-    char s[128];
-    uint8_t n, n_bare; /* n_bare: without the value's part */
+    char s[126];
+    uint8_t n, n_bare; /* n_bare: without the value's part; copied along like attr_prefix.n */
 } event_text;
 static event_text g_event[SC_EV__COUNT + 1];
 static pthread_once_t g_tables_once = PTHREAD_ONCE_INIT;
@@ -385,50 +428,51 @@ static void tables_init(void)
     }
 }
 
-/* The most a span writes besides its strings: the fixed fields (IDs,
- * flags, kind, times, the keys), each attribute (a prefix copied whole,
- * an int or bool and the closing) and each event (the time, the text
- * copied whole, a value and the closing); with room to spare. */
-#define SPAN_HEAD_MAX 320
-#define SPAN_ATTR_MAX (1 + sizeof(((attr_prefix *)0)->s) + NUM_MAX + 8)
-#define SPAN_EVENT_MAX (24 + NUM_MAX + sizeof(((event_text *)0)->s) + NUM_MAX + 8)
-#define SPAN_TAIL_MAX 160
+/* The most a span writes besides its strings' bytes: the fixed fields
+ * (IDs, flags, kind, times, the keys, dropped counts, status), each
+ * attribute (a comma, the prefix copied whole, an int or bool or a string's
+ * quotes, the closing) and each event (the time, the text copied whole, a
+ * value and the closing); with room to spare. */
+#define SPAN_FIXED_MAX 480
+#define SPAN_ATTR_MAX (1 + sizeof(attr_prefix) + NUM_MAX + 8)
+#define SPAN_EVENT_MAX (24 + NUM_MAX + sizeof(event_text) + NUM_MAX + 8)
 
-/* One attribute of a span (a type neither string nor bool is an integer). */
-static inline int put_attr(sc_otlp_buf *b, const sc_span *s, const sc_span_attr *a, bool first)
+/* The most sc_otlp_span writes for s. The string attributes' bytes are
+ * s->pool_used at most (span.c takes each value from the pool, a value set
+ * again included); attr() holds them to it, so a record that says
+ * otherwise has a value cut short, never a write past the reservation. */
+static inline size_t span_max(const sc_span *s)
+{
+    return SPAN_FIXED_MAX + STR_MAX(s->name_len) + STR_MAX(s->status_len) + s->n_attrs * SPAN_ATTR_MAX +
+           6 * (size_t)s->pool_used + s->n_events * SPAN_EVENT_MAX;
+}
+
+/* One attribute of a span (a type neither string nor bool is an integer);
+ * *pool_left: the pool bytes the reservation still has room for. */
+static inline char *attr(char *o, const sc_span *s, const sc_span_attr *a, bool first, size_t *pool_left)
 {
     unsigned t = a->type == SC_ATTR_T_STR || a->type == SC_ATTR_T_BOOL ? a->type : SC_ATTR_T_INT;
-    size_t more = SPAN_ATTR_MAX + (t == SC_ATTR_T_STR ? STR_MAX(a->len) : 0);
-    char *o = reserve(b, more), *const o0 = o;
-    if (!o)
-        return -ENOMEM;
     const attr_prefix *pf = &g_prefix[SC_MIN((unsigned)a->key, (unsigned)SC_ATTR__COUNT)][t];
     *o = ',';
     o += !first;
-    memcpy(o, pf->s, sizeof(pf->s));
+    memcpy(o, pf, sizeof(*pf));
     o += pf->n;
     if (t == SC_ATTR_T_STR) {
-        o = str(o, s->pool + a->off, a->len);
-        o = LIT(o, "}}");
-    } else if (t == SC_ATTR_T_INT) {
-        o = dec_signed(o, a->i);
-        o = LIT(o, "\"}}");
-    } else if (a->i) {
-        o = LIT(o, "true}}");
-    } else {
-        o = LIT(o, "false}}");
+        size_t len = SC_MIN((size_t)a->len, *pool_left); /* a->len in a record span.c made */
+        *pool_left -= len;
+        o = str(o, s->pool + a->off, len);
+        return LIT(o, "}}");
     }
-    commit(b, o0, o, more);
-    return 0;
+    if (t == SC_ATTR_T_INT) {
+        o = dec_signed(o, a->i);
+        return LIT(o, "\"}}");
+    }
+    return a->i ? LIT(o, "true}}") : LIT(o, "false}}");
 }
 
 /* IDs, flags, name, kind, times, up to the attributes' '['. */
-static int put_span_head(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns, bool first)
+static inline char *span_head(char *o, sc_otlp_buf *b, const sc_span *s, int64_t offset_ns, bool first)
 {
-    size_t more = SPAN_HEAD_MAX + STR_MAX(s->name_len);
-    char *o = reserve(b, more), *const o0 = o;
-    if (!o)
-        return -ENOMEM;
     *o = ',';
     o += !first;
     o = LIT(o, "{\"traceId\":");
@@ -446,21 +490,15 @@ static int put_span_head(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns, bo
     o = str(o, s->name, s->name_len);
     o = LIT(o, ",\"kind\":");
     o = dec(o, s->kind);
-    o = TIME(o, ",\"startTimeUnixNano\":\"", s->start_ns, offset_ns);
-    o = TIME(o, ",\"endTimeUnixNano\":\"", s->end_ns, offset_ns);
-    o = LIT(o, ",\"attributes\":[");
-    commit(b, o0, o, more);
-    return 0;
+    o = TIME(o, b, ",\"startTimeUnixNano\":\"", s->start_ns, offset_ns);
+    o = TIME(o, b, ",\"endTimeUnixNano\":\"", s->end_ns, offset_ns);
+    return LIT(o, ",\"attributes\":[");
 }
 
 /* From the attributes' ']' to the span's end: dropped counts, events,
  * status. */
-static int put_span_tail(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns)
+static inline char *span_tail(char *o, sc_otlp_buf *b, const sc_span *s, int64_t offset_ns)
 {
-    size_t more = SPAN_TAIL_MAX + s->n_events * SPAN_EVENT_MAX + STR_MAX(s->status_len);
-    char *o = reserve(b, more), *const o0 = o;
-    if (!o)
-        return -ENOMEM;
     *o++ = ']';
     if (s->dropped_attrs) {
         o = LIT(o, ",\"droppedAttributesCount\":");
@@ -472,8 +510,8 @@ static int put_span_tail(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns)
         const event_text *et = &g_event[SC_MIN((unsigned)e->kind, (unsigned)SC_EV__COUNT)];
         *o = ',';
         o += i != 0;
-        o = TIME(o, "{\"timeUnixNano\":\"", e->t_ns, offset_ns);
-        memcpy(o, et->s, sizeof(et->s));
+        o = TIME(o, b, "{\"timeUnixNano\":\"", e->t_ns, offset_ns);
+        memcpy(o, et, sizeof(*et));
         if (et->n != et->n_bare && e->value >= 0) {
             o = dec(o + et->n, (uint64_t)e->value);
             o = LIT(o, "\"}}]}");
@@ -492,9 +530,7 @@ static int put_span_tail(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns)
         o = LIT(o, ",\"message\":");
         o = str(o, s->status_msg, s->status_len);
     }
-    o = LIT(o, "}}");
-    commit(b, o0, o, more);
-    return 0;
+    return LIT(o, "}}");
 }
 
 int sc_otlp_begin(sc_otlp_buf *b, const sc_otlp_resource *res)
@@ -523,12 +559,17 @@ int sc_otlp_begin(sc_otlp_buf *b, const sc_otlp_resource *res)
 int sc_otlp_span(sc_otlp_buf *b, const sc_span *s, int64_t offset_ns, bool first)
 {
     pthread_once(&g_tables_once, tables_init); /* a span without a begin still gets the tables */
-    if (put_span_head(b, s, offset_ns, first) < 0)
+    size_t more = span_max(s);
+    char *o = reserve(b, more), *const o0 = o;
+    if (!o)
         return -ENOMEM;
+    o = span_head(o, b, s, offset_ns, first);
+    size_t pool_left = s->pool_used;
     for (unsigned i = 0; i < s->n_attrs; i++)
-        if (put_attr(b, s, &s->attrs[i], i == 0) < 0)
-            return -ENOMEM;
-    return put_span_tail(b, s, offset_ns);
+        o = attr(o, s, &s->attrs[i], i == 0, &pool_left);
+    o = span_tail(o, b, s, offset_ns);
+    commit(b, o0, o, more);
+    return 0;
 }
 
 /* The NUL after the body (the only one written). */

@@ -95,18 +95,19 @@ static void test_dec_word(void **state)
 static void test_hex(void **state)
 {
     (void)state;
-    uint8_t b[16];
-    for (int i = 0; i < 16; i++)
-        b[i] = (uint8_t)(i * 37 + 5);
-    for (size_t n = 0; n <= 16; n++) {
-        char got[33], want[33];
-        memset(got, 'x', sizeof(got));
-        sc_hex_bytes(b, n, got);
-        for (size_t i = 0; i < n; i++)
-            snprintf(want + 2 * i, 3, "%02x", b[i]);
-        assert_memory_equal(got, want, 2 * n);
-        assert_int_equal(got[2 * n], 'x');
-    }
+    uint8_t b[40];
+    for (int round = 0; round < 7; round++) /* every byte value somewhere (37 odd: a bijection mod 256), at every length */
+        for (size_t n = 0; n <= sizeof(b); n++) {
+            for (size_t i = 0; i < sizeof(b); i++)
+                b[i] = (uint8_t)((i + (size_t)round * 40) * 37 + 5);
+            char got[2 * sizeof(b) + 1], want[2 * sizeof(b) + 1];
+            memset(got, 'x', sizeof(got));
+            sc_hex_bytes(b, n, got);
+            for (size_t i = 0; i < n; i++)
+                snprintf(want + 2 * i, 3, "%02x", b[i]);
+            assert_memory_equal(got, want, 2 * n);
+            assert_int_equal(got[2 * n], 'x');
+        }
 }
 
 int main(void)

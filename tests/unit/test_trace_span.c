@@ -547,14 +547,23 @@ static int64_t rnd_int(void)
     }
 }
 
-/* A time that added to the offset stays within int64 (as the real clocks do). */
+/* A time that added to the offset stays within int64 (as the real clocks
+ * do); most near g_base, the time of the body's spans, as in a batch. */
+static uint64_t g_base;
 static uint64_t rnd_time(void)
 {
-    switch (rnd_below(4)) {
+    switch (rnd_below(6)) {
     case 0: return rnd_below(1000);
     case 1: return rnd() >> 2;
-    default: return 1000000000ull * rnd_below(1000000) + rnd_below(1000000000);
+    case 2: return 1000000000ull * rnd_below(1000000) + rnd_below(1000000000);
+    default: return g_base + rnd_below(rnd_below(2) ? 1000000000ull : 1000);
     }
+}
+
+/* A later time: within microseconds, or up to seconds. */
+static uint64_t rnd_after(uint64_t t)
+{
+    return t + (rnd_below(2) ? rnd_below(100000) : rnd_below(10000000000ull));
 }
 
 static void rnd_span(sc_span *s)
@@ -576,7 +585,7 @@ static void rnd_span(sc_span *s)
     s->status_len = (uint16_t)rnd_len(SC_SPAN_STATUS_MAX);
     rnd_string(s->status_msg, s->status_len);
     s->start_ns = rnd_time();
-    s->end_ns = rnd_below(4) ? s->start_ns + rnd_below(10000000000ull) : rnd_time();
+    s->end_ns = rnd_below(4) ? rnd_after(s->start_ns) : rnd_time();
     s->n_attrs = (uint8_t)rnd_below(SC_SPAN_MAX_ATTRS + 1);
     size_t pool = 0;
     for (unsigned i = 0; i < s->n_attrs; i++) {
@@ -597,7 +606,7 @@ static void rnd_span(sc_span *s)
     for (unsigned i = 0; i < s->n_events; i++) {
         sc_span_event *e = &s->events[i];
         e->kind = (uint8_t)(rnd_below(16) == 0 ? rnd() : rnd_below(SC_EV__COUNT));
-        e->t_ns = rnd_below(4) ? s->start_ns + rnd_below(10000000000ull) : rnd_time();
+        e->t_ns = rnd_below(4) ? rnd_after(s->start_ns) : rnd_time();
         e->value = rnd_below(4) ? (int64_t)rnd_below(100000) : rnd_int();
     }
     s->dropped_attrs = (uint8_t)(rnd_below(4) == 0 ? rnd() : 0);
@@ -635,9 +644,11 @@ static void test_otlp_matches_reference(void **state)
         assert_int_equal(sc_otlp_begin(&b, &res), 0);
         ref_begin(&r, &res);
         unsigned n = (unsigned)rnd_below(body % 16 == 0 ? 200 : 6);
+        g_base = 1000000000ull * rnd_below(1000000) + rnd_below(1000000000);
+        int64_t body_off = rnd_offset(); /* one offset a batch, as the tracer does; some spans another */
         for (unsigned i = 0; i < n; i++, spans++) {
             rnd_span(s);
-            int64_t off = rnd_offset();
+            int64_t off = rnd_below(8) ? body_off : rnd_offset();
             assert_int_equal(sc_otlp_span(&b, s, off, i == 0), 0);
             ref_span(&r, s, off, i == 0);
         }
