@@ -19,11 +19,17 @@
 
 #include "trace/span.h"
 
-/* A growing byte buffer; `oom` sticks once an allocation failed. */
+/* A growing byte buffer; `oom` sticks once an allocation failed. The body
+ * is p[0..len); p[len] is a NUL after sc_otlp_end only. */
 typedef struct sc_otlp_buf {
     char *p;
     size_t len, cap;
     bool oom;
+    /* the leading digits (all but the last 8) of the last time written,
+     * and their text: the next time has them mostly (otlp.c, dec_time) */
+    uint8_t time_len;
+    uint64_t time_hi;
+    char time_text[16];
 } sc_otlp_buf;
 
 void sc_otlp_buf_reset(sc_otlp_buf *b);  /* len = 0, oom = false; keeps the memory */

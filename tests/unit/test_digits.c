@@ -56,21 +56,58 @@ static void test_dec_random(void **state)
     }
 }
 
+static void check_dec_word(uint32_t v)
+{
+    char want[16], got[8];
+    snprintf(want, sizeof(want), "%08" PRIu32, v);
+    uint64_t w = sc_dec_word(v);
+    memcpy(got, &w, 8);
+    if (memcmp(got, want, 8) != 0)
+        fail_msg("%s: got \"%.8s\"", want, got);
+}
+
+/* sc_dec_word: every power of ten and its neighbours, every value of a
+ * 4-digit half in both halves, and pseudo-random values. */
+static void test_dec_word(void **state)
+{
+    (void)state;
+    for (uint32_t p = 1; p <= 100000000u; p *= 10) {
+        check_dec_word(p - 1);
+        if (p < 100000000u) {
+            check_dec_word(p);
+            check_dec_word(p + 1);
+        }
+    }
+    for (uint32_t h = 0; h < 10000u; h++) {
+        check_dec_word(h);
+        check_dec_word(h * 10000u);
+        check_dec_word(h * 10000u + 9999u - h);
+    }
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 200000; i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        check_dec_word((uint32_t)(x % 100000000u));
+    }
+}
+
 static void test_hex(void **state)
 {
     (void)state;
-    uint8_t b[16];
-    for (int i = 0; i < 16; i++)
-        b[i] = (uint8_t)(i * 37 + 5);
-    for (size_t n = 0; n <= 16; n++) {
-        char got[33], want[33];
-        memset(got, 'x', sizeof(got));
-        sc_hex_bytes(b, n, got);
-        for (size_t i = 0; i < n; i++)
-            snprintf(want + 2 * i, 3, "%02x", b[i]);
-        assert_memory_equal(got, want, 2 * n);
-        assert_int_equal(got[2 * n], 'x');
-    }
+    uint8_t b[40];
+    for (int round = 0; round < 7; round++) /* every byte value somewhere (37 odd: a bijection mod 256), at every length */
+        for (size_t n = 0; n <= sizeof(b); n++) {
+            for (size_t i = 0; i < sizeof(b); i++)
+                b[i] = (uint8_t)((i + (size_t)round * 40) * 37 + 5);
+            char got[2 * sizeof(b) + 1], want[2 * sizeof(b) + 1];
+            memset(got, 'x', sizeof(got));
+            sc_hex_bytes(b, n, got);
+            for (size_t i = 0; i < n; i++)
+                snprintf(want + 2 * i, 3, "%02x", b[i]);
+            assert_memory_equal(got, want, 2 * n);
+            assert_int_equal(got[2 * n], 'x');
+        }
 }
 
 int main(void)
@@ -78,6 +115,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dec_boundaries),
         cmocka_unit_test(test_dec_random),
+        cmocka_unit_test(test_dec_word),
         cmocka_unit_test(test_hex),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
