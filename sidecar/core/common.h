@@ -22,6 +22,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/decimal.h" /* sc_fmt_u64 */
+
 #define SC_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define SC_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define SC_MAX(a, b) ((a) > (b) ? (a) : (b))
@@ -75,22 +77,6 @@ static inline int sc_hexval(char c)
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
     return -1;
-}
-
-/* Writes v in decimal at out (at least 20 bytes), no terminator; returns
- * the number of digits. snprintf("%llu") costs ~1000 instructions of
- * format parsing; this is what the per-request header lines need. */
-static inline size_t sc_fmt_u64(char *out, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        out[i] = tmp[n - 1 - i];
-    return n;
 }
 
 #endif

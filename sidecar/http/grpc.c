@@ -129,15 +129,7 @@ size_t sc_grpc_timeout_format(uint64_t ns, char *buf, size_t cap)
             break;
     }
     /* UINT64_MAX ns is ~5.1e6 hours, so the loop always ends within 8 digits. */
-    char tmp[TIMEOUT_MAX_DIGITS];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v && n < sizeof(tmp));
-    size_t len = 0;
-    while (n)
-        buf[len++] = tmp[--n];
+    size_t len = sc_fmt_u64(buf, v);
     buf[len++] = unit;
     buf[len] = '\0';
     return len;

@@ -105,7 +105,7 @@ static inline void jstr(sc_jw *w, sc_obs_str s, size_t budget)
 static size_t port_text(char *out, size_t n, unsigned port)
 {
     out[n++] = ':';
-    return n + sc_fmt_dec(out + n, port);
+    return n + sc_fmt_u64(out + n, port);
 }
 
 /* The text of the last IPv4 address formatted on this thread: the lines
@@ -130,7 +130,7 @@ size_t sc_obs_sockaddr_text(const struct sockaddr *sa, char *out)
         for (int i = 0; i < 4; i++) {
             if (i)
                 out[n++] = '.';
-            n += sc_fmt_dec(out + n, a[i]);
+            n += sc_fmt_u64(out + n, a[i]);
         }
         n = port_text(out, n, ntohs(in->sin_port));
         v4_text.addr = in->sin_addr.s_addr;
@@ -185,7 +185,7 @@ uint64_t sc_access_wall_ns(const sc_access_record *r)
 
 static inline void put_u64(sc_jw *w, uint64_t v)
 {
-    w->p += sc_fmt_dec(w->p, v);
+    w->p += sc_fmt_u64(w->p, v);
 }
 
 /* Milliseconds with three decimals, from nanoseconds. */

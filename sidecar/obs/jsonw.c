@@ -8,10 +8,10 @@ void sc_jw_u64(sc_jw *w, uint64_t v)
 {
     if (SC_UNLIKELY((size_t)(w->end - w->p) < 20)) {
         char tmp[20];
-        sc_jw_raw(w, tmp, sc_fmt_dec(tmp, v));
+        sc_jw_raw(w, tmp, sc_fmt_u64(tmp, v));
         return;
     }
-    w->p += sc_fmt_dec(w->p, v);
+    w->p += sc_fmt_u64(w->p, v);
 }
 
 void sc_jw_i64(sc_jw *w, int64_t v)

@@ -19,7 +19,7 @@ static void check_dec(uint64_t v)
     char want[32], got[32];
     int wn = snprintf(want, sizeof(want), "%" PRIu64, v);
     memset(got, 'x', sizeof(got));
-    size_t n = sc_fmt_dec(got, v);
+    size_t n = sc_fmt_u64(got, v);
     if (n != (size_t)wn || memcmp(got, want, n) != 0 || got[n] != 'x')
         fail_msg("%s: got \"%.*s\" (%zu bytes)", want, (int)n, got, n);
     assert_int_equal(sc_dec_len(v), n);
