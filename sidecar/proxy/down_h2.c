@@ -185,10 +185,12 @@ static bool page_is_zero(const char *p)
     return acc == 0;
 }
 
-/* The connection has been idle for TRIM_AFTER_MS: what its session holds
- * and does not need until the next frame goes back to the kernel. Only
- * with nothing to write: c->pend may point into the frame buffer, and a
- * frame being sent lives there. Returns true when pages were handed back. */
+/* The connection has been idle (no stream) or quiet (streams open, nothing
+ * read) for TRIM_AFTER_MS: what its session holds and does not need until
+ * the next frame goes back to the kernel. Only with nothing to write:
+ * c->pend may point into the frame buffer, and a frame being sent lives
+ * there; between frames nghttp2 keeps nothing in it. Returns true when
+ * pages were handed back. */
 static bool trim(sc_down_conn *d)
 {
     sc_conn *c = &d->super;
