@@ -2,7 +2,7 @@
 """tests/bench/idle_conns.py: memory per idle client connection of the
 sidecar, HAProxy and nghttpx, in one run.
 
-    /usr/bin/python3 tests/bench/idle_conns.py [-n 3000] [--mode h2|http1|both|mixed]
+    /usr/bin/python3 tests/bench/idle_conns.py [-n 3000] [--mode h2|http1|both|mixed|held]
         [--only sidecar,haproxy,nghttpx] [--sidecar PATH] [--batch 100]
         [--settle 2] [--keep-work]
 
@@ -32,6 +32,8 @@ runs before the connections open, for reference). The limits of the
 proxies' configurations are raised for it (HAProxy maxconn, the sidecar's
 limits.max_connections); HAProxy needs two descriptors per maxconn, so
 with a hard limit of 20,000 descriptors -n is at most about 9,900.
+--mode held: the same with all N connections h2c holding a call (the
+HTTP/2 half of mixed on its own).
 
 The HTTP/2 client is a minimal raw one (no python3-h2 on Debian 12 by
 default): connection preface, an empty SETTINGS, HEADERS (HPACK literal
@@ -410,7 +412,7 @@ class Bench:
         w = self.work
         if name == "sidecar":
             render(os.path.join(HERE, "conf", "sidecar.yaml.in"), f"{w}/sidecar.yaml", sub)
-            if self.args.mode == "mixed":
+            if self.args.mode in ("mixed", "held"):
                 with open(f"{w}/sidecar.yaml", "a") as f:
                     f.write(f"limits: {{max_connections: {self.args.n + 1000}}}\n")
             p = self.procs.start(name, [self.args.sidecar, "--config", f"{w}/sidecar.yaml"], w)
@@ -423,7 +425,7 @@ class Bench:
                 raise RuntimeError(f"sidecar not ready: {open(w + '/sidecar.log').read()[-400:]}")
         elif name == "haproxy":
             render(os.path.join(HERE, "conf", "haproxy.cfg.in"), f"{w}/haproxy.cfg", sub)
-            if self.args.mode == "mixed":
+            if self.args.mode in ("mixed", "held"):
                 with open(f"{w}/haproxy.cfg") as f:
                     cfg = f.read()
                 with open(f"{w}/haproxy.cfg", "w") as f:
@@ -446,7 +448,8 @@ class Bench:
                 raise RuntimeError(f"{name} did not listen on {port}")
         return p, sub["PORT_GRPC"], sub["PORT_HTTP"]
 
-    def measure_mixed(self, name):
+    def measure_mixed(self, name, n_h1):
+        """N connections at once: n_h1 HTTP/1.1 idle, the rest h2c holding a call."""
         n = self.args.n
         p, pg, ph = self.start(name)
         try:
@@ -456,10 +459,10 @@ class Bench:
             time.sleep(self.args.settle)
             quiet = probe(ph, self.args.probes)
             before = benchlib.rss_kib(p.pid)
-            h1, ok1, bad1 = open_idle(ph, n // 2, "http1", self.args.batch)
+            h1, ok1, bad1 = open_idle(ph, n_h1, "http1", self.args.batch) if n_h1 else ([], 0, 0)
             for s in h1:
                 s.setblocking(False)
-            held = open_held(pg, n - n // 2, self.args.batch)
+            held = open_held(pg, n - n_h1, self.args.batch)
             time.sleep(self.args.settle)
             closed = drain(held + h1, 0.5)
             after = benchlib.rss_kib(p.pid)
@@ -468,17 +471,17 @@ class Bench:
             for s in held + h1:
                 s.close()
             per = (after - before) / n
-            log(f"{name} mixed: {n // 2} HTTP/1.1 idle ({ok1} ok), {n - n // 2} h2c with a held stream, "
+            log(f"{name}: {n_h1} HTTP/1.1 idle ({ok1} ok), {n - n_h1} h2c with a held stream, "
                 f"{closed} closed by the proxy; RSS {before} -> {after} KiB: {per:.2f} KiB per connection; "
                 f"probe p50/p99 {quiet} ms before, {loaded} ms held")
-            return {"before": before, "after": after, "per": per, "ok": ok1 + (n - n // 2) - closed,
+            return {"before": before, "after": after, "per": per, "ok": ok1 + (n - n_h1) - closed,
                     "bad": bad1 + closed, "alive": alive, "quiet": quiet, "loaded": loaded}
         finally:
             self.procs.stop(p)
 
     def measure(self, name, mode):
-        if mode == "mixed":
-            return self.measure_mixed(name)
+        if mode in ("mixed", "held"):
+            return self.measure_mixed(name, self.args.n // 2 if mode == "mixed" else 0)
         n = self.args.n
         p, pg, ph = self.start(name)
         port = pg if mode == "h2" else ph
@@ -508,8 +511,8 @@ class Bench:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", type=int, default=3000, help="idle connections per proxy (default 3000)")
-    ap.add_argument("--mode", choices=("h2", "http1", "both", "mixed"), default="h2")
-    ap.add_argument("--probes", type=int, default=200, help="mixed: sequential probe GETs (default 200)")
+    ap.add_argument("--mode", choices=("h2", "http1", "both", "mixed", "held"), default="h2")
+    ap.add_argument("--probes", type=int, default=200, help="mixed, held: sequential probe GETs (default 200)")
     ap.add_argument("--only", default=",".join(PROXIES), help="comma-separated subset of " + ",".join(PROXIES))
     ap.add_argument("--sidecar", default=os.environ.get("SIDECAR_BIN", os.path.join(ROOT, "build", "sidecar")))
     ap.add_argument("--batch", type=int, default=100, help="connections opened and called at once (default 100)")
@@ -552,7 +555,8 @@ def main():
     print("| connection | proxy | RSS before | RSS with N idle | KiB per idle connection | calls ok |")
     print("|---|---|---:|---:|---:|---:|")
     label = {"h2": "h2c, after one gRPC call", "http1": "HTTP/1.1 keep-alive, after one GET",
-             "mixed": "half HTTP/1.1 idle, half h2c with a held gRPC stream"}
+             "mixed": "half HTTP/1.1 idle, half h2c with a held gRPC stream",
+             "held": "h2c with a held gRPC stream"}
     for mode in modes:
         for name in only:
             r = results.get((mode, name))
@@ -569,7 +573,7 @@ def main():
             if name != "sidecar" and s and r and r["per"] > 0:
                 print(f"- {label[mode]}: sidecar / {name}: {s['per'] / r['per']:.2f}x")
     for name in only:
-        r = results.get(("mixed", name))
+        r = results.get((modes[0], name)) if modes[0] in ("mixed", "held") else None
         if r:
             fmt = lambda t: "failed" if t is None else f"p50 {t[0]:.2f} ms, p99 {t[1]:.2f} ms"
             print(f"- {name}: probe ({args.probes} sequential GETs) before: {fmt(r['quiet'])}; "
