@@ -29,8 +29,8 @@ sent, the request never ended, so the proxy keeps the stream and its
 upstream stream); while they are held, a probe makes --probes sequential
 GETs on a connection of its own and reports their p50/p99 (the same probe
 runs before the connections open, for reference). The limits of the
-proxies' configurations are raised for it (HAProxy maxconn, the sidecar's
-limits.max_connections); HAProxy needs two descriptors per maxconn, so
+proxies' configurations are raised to fit N in every mode (HAProxy maxconn,
+the sidecar's limits.max_connections); HAProxy needs two descriptors per maxconn, so
 with a hard limit of 20,000 descriptors -n is at most about 9,900.
 --mode held: the same with all N connections h2c holding a call (the
 HTTP/2 half of mixed on its own).
@@ -412,7 +412,7 @@ class Bench:
         w = self.work
         if name == "sidecar":
             render(os.path.join(HERE, "conf", "sidecar.yaml.in"), f"{w}/sidecar.yaml", sub)
-            if self.args.mode in ("mixed", "held"):
+            if self.args.n + 1000 > 10000:  # the sidecar's default limits.max_connections
                 with open(f"{w}/sidecar.yaml", "a") as f:
                     f.write(f"limits: {{max_connections: {self.args.n + 1000}}}\n")
             p = self.procs.start(name, [self.args.sidecar, "--config", f"{w}/sidecar.yaml"], w)
@@ -425,7 +425,7 @@ class Bench:
                 raise RuntimeError(f"sidecar not ready: {open(w + '/sidecar.log').read()[-400:]}")
         elif name == "haproxy":
             render(os.path.join(HERE, "conf", "haproxy.cfg.in"), f"{w}/haproxy.cfg", sub)
-            if self.args.mode in ("mixed", "held"):
+            if self.args.n + 100 > 4096:  # conf/haproxy.cfg.in's maxconn
                 with open(f"{w}/haproxy.cfg") as f:
                     cfg = f.read()
                 with open(f"{w}/haproxy.cfg", "w") as f:
