@@ -67,6 +67,15 @@ static inline bool sc_lit_in(const void *name, size_t len, const sc_lit *tab, si
     return false;
 }
 
+/* True when a[0..alen) equals lit exactly. lit a string literal: always
+ * inlined, so its strlen is a constant and the test is a compare and a
+ * fixed-size memcmp. */
+static inline __attribute__((always_inline)) bool sc_lit_eq(const void *a, size_t alen, const char *lit)
+{
+    size_t l = strlen(lit);
+    return alen == l && memcmp(a, lit, l) == 0;
+}
+
 /* The value of one hexadecimal digit (either case), -1 for anything else. */
 static inline int sc_hexval(char c)
 {

@@ -331,13 +331,6 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
     return 0;
 }
 
-/* lit a string literal: inlined, its strlen is a constant. */
-static inline __attribute__((always_inline)) bool eq(const uint8_t *a, size_t alen, const char *lit)
-{
-    size_t l = strlen(lit);
-    return alen == l && memcmp(a, lit, l) == 0;
-}
-
 /* What a caller's request head has earned while it was decoded
  * (sc_stream.down_hdr_verdict): the first verdict stands, but too large
  * overrides the others (it is what the caller has to fix first). */
@@ -424,9 +417,9 @@ static int on_pseudo(sc_down_conn *d, sc_stream *s, const uint8_t *name, size_t 
                      size_t valuelen)
 {
     sc_msg *m = &s->req;
-    if (eq(name, namelen, ":method") && eq(value, valuelen, "HEAD"))
+    if (sc_lit_eq(name, namelen, ":method") && sc_lit_eq(value, valuelen, "HEAD"))
         s->flags |= SC_ST_F_HEAD_REQ;
-    if (eq(name, namelen, ":protocol")) {
+    if (sc_lit_eq(name, namelen, ":protocol")) {
         set_verdict(s, HEAD_EXT_CONNECT); /* extended CONNECT (RFC 8441): not proxied */
         return 0;
     }
@@ -434,16 +427,16 @@ static int on_pseudo(sc_down_conn *d, sc_stream *s, const uint8_t *name, size_t 
         return 0;
     const char **dst = NULL;
     size_t *dst_len = NULL;
-    if (eq(name, namelen, ":method")) {
+    if (sc_lit_eq(name, namelen, ":method")) {
         dst = &m->method;
         dst_len = &m->method_len;
-    } else if (eq(name, namelen, ":path")) {
+    } else if (sc_lit_eq(name, namelen, ":path")) {
         dst = &m->path;
         dst_len = &m->path_len;
-    } else if (eq(name, namelen, ":authority")) {
+    } else if (sc_lit_eq(name, namelen, ":authority")) {
         dst = &m->authority;
         dst_len = &m->authority_len;
-    } else if (eq(name, namelen, ":scheme")) {
+    } else if (sc_lit_eq(name, namelen, ":scheme")) {
         dst = &m->scheme;
     } else {
         return 0;
@@ -474,7 +467,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     uint32_t total = sc_hdr_list_add(&s->down_hdr_bytes, namelen, valuelen);
     sc_msg *m = &s->req;
     if (total > limit) {
-        if (eq(name, namelen, "content-type") && sc_grpc_is_content_type(v, valuelen))
+        if (sc_lit_eq(name, namelen, "content-type") && sc_grpc_is_content_type(v, valuelen))
             m->is_grpc = true; /* the answer speaks the caller's protocol */
         bool first = s->down_hdr_verdict != HEAD_TOO_LARGE;
         if (!trailer && total <= HEAD_DECODE_FACTOR * limit) {
@@ -497,18 +490,18 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return on_trailer(d, s, n, namelen, v, valuelen);
     if (namelen && n[0] == ':')
         return on_pseudo(d, s, name, namelen, value, valuelen);
-    if (eq(name, namelen, "content-type") && sc_grpc_is_content_type(v, valuelen))
+    if (sc_lit_eq(name, namelen, "content-type") && sc_grpc_is_content_type(v, valuelen))
         m->is_grpc = true;
     if (caller_denied(d, s) || s->down_hdr_verdict != HEAD_OK)
         return 0; /* refused anyway: nothing more of it is kept */
-    if (eq(name, namelen, "content-length")) {
+    if (sc_lit_eq(name, namelen, "content-length")) {
         int64_t cl = 0;
         for (size_t i = 0; i < valuelen; i++)
             cl = cl * 10 + (v[i] - '0'); /* nghttp2 validated the digits */
         m->content_length = cl;
         return 0;
     }
-    if (eq(name, namelen, "host")) {
+    if (sc_lit_eq(name, namelen, "host")) {
         if (!m->authority) {
             if (!(m->authority = sc_arena_dup(&s->arena, v, valuelen)))
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -516,7 +509,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         }
         return 0;
     }
-    if (eq(name, namelen, "te"))
+    if (sc_lit_eq(name, namelen, "te"))
         s->down_te_trailers = true;
     if (sc_hdr_aliases(n, namelen, cfg->tls.identity_header) ||
         (s->route->inbound && sc_jwt_header_reserved(cfg->inbound.jwt, n, namelen)))
@@ -540,7 +533,7 @@ static int join_cookies(sc_stream *s)
     sc_msg *m = &s->req;
     size_t n = 0, len = 0;
     for (size_t i = 0; i < m->n_hdrs; i++)
-        if (eq(m->hdrs[i].name, m->hdrs[i].namelen, "cookie")) {
+        if (sc_lit_eq(m->hdrs[i].name, m->hdrs[i].namelen, "cookie")) {
             n++;
             len += m->hdrs[i].valuelen;
         }
@@ -553,7 +546,7 @@ static int join_cookies(sc_stream *s)
     nghttp2_nv *first = NULL;
     for (size_t i = 0; i < m->n_hdrs; i++) {
         nghttp2_nv nv = m->hdrs[i];
-        if (eq(nv.name, nv.namelen, "cookie")) {
+        if (sc_lit_eq(nv.name, nv.namelen, "cookie")) {
             if (off) {
                 memcpy(joined + off, "; ", 2);
                 off += 2;
@@ -593,7 +586,7 @@ static sc_fail head_refusal(const sc_stream *s, sc_bad_req_kind *kind, const cha
     default:
         break;
     }
-    if (m->method && eq((const uint8_t *)m->method, m->method_len, "CONNECT")) {
+    if (m->method && sc_lit_eq(m->method, m->method_len, "CONNECT")) {
         *kind = SC_BAD_REQ_UNSUPPORTED;
         *what = "CONNECT is not proxied";
         return SC_FAIL_METHOD_UNSUPPORTED;
@@ -604,7 +597,7 @@ static sc_fail head_refusal(const sc_stream *s, sc_bad_req_kind *kind, const cha
         return SC_FAIL_BAD_REQUEST;
     }
     if (m->path[0] != '/' && !(m->path_len == 1 && m->path[0] == '*' &&
-                               eq((const uint8_t *)m->method, m->method_len, "OPTIONS"))) {
+                               sc_lit_eq(m->method, m->method_len, "OPTIONS"))) {
         *what = ":path is neither an absolute path nor '*' (OPTIONS)";
         return SC_FAIL_BAD_REQUEST;
     }
@@ -642,7 +635,7 @@ static int request_head_done(sc_down_conn *d, sc_stream *s)
             return reset_stream(d, s, NGHTTP2_INTERNAL_ERROR);
     }
     if (s->reqp.eof && m->content_length < 0 &&
-        !(eq((const uint8_t *)m->method, m->method_len, "GET") || eq((const uint8_t *)m->method, m->method_len, "HEAD")))
+        !(sc_lit_eq(m->method, m->method_len, "GET") || sc_lit_eq(m->method, m->method_len, "HEAD")))
         m->content_length = 0;
     sc_stream_start(s);
     return 0;

@@ -66,11 +66,11 @@ void sc_obs_stream_head(sc_stream *s)
     s->req.n_hdrs = kept;
     const char *id = NULL;
     size_t id_len = 0;
-    if (ow && n_rid == 1 && sc_request_id_valid((const char *)s->req.hdrs[rid].value, s->req.hdrs[rid].valuelen)) {
-        nghttp2_nv *nv = &s->req.hdrs[rid];
-        id = (const char *)nv->value; /* the caller's, kept */
-        id_len = nv->valuelen;
-        nv->flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique: not worth an HPACK entry */
+    nghttp2_nv *caller_id = n_rid == 1 ? &s->req.hdrs[rid] : NULL;
+    if (ow && caller_id && sc_request_id_valid((const char *)caller_id->value, caller_id->valuelen)) {
+        id = (const char *)caller_id->value; /* the caller's, kept */
+        id_len = caller_id->valuelen;
+        caller_id->flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique: not worth an HPACK entry */
     } else if (ow) {
         /* None, invalid or several: the fields go and a new ID, generated
          * straight into the arena, takes their place. */

@@ -80,10 +80,10 @@ static bool nv_room(sc_stream *s, nghttp2_nv **arr, size_t n, size_t *cap)
 }
 
 /* name and value copied into one arena block, both NUL-terminated; the
- * name lower-cased unless the caller says it is (HTTP/2 field names:
- * nghttp2 refuses a received name with an upper-case letter). */
+ * name lower-cased unless already_lower (HTTP/2 field names: nghttp2
+ * refuses a received name with an upper-case letter). */
 static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, const char *name, size_t nlen,
-                     const char *value, size_t vlen, bool lower)
+                     const char *value, size_t vlen, bool already_lower)
 {
     if (!nv_room(s, arr, *n, cap))
         return -ENOMEM;
@@ -95,7 +95,7 @@ static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, con
     nm[nlen] = 0;
     memcpy(vl, value, vlen);
     vl[vlen] = 0;
-    if (!lower)
+    if (!already_lower)
         for (size_t i = 0; i < nlen; i++)
             if (nm[i] >= 'A' && nm[i] <= 'Z')
                 nm[i] = (char)(nm[i] + 32);

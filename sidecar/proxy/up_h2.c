@@ -35,13 +35,6 @@
  * final head's. More is a hostile upstream: the stream fails. */
 #define MAX_INFORMATIONAL 8
 
-/* lit a string literal: inlined, its strlen is a constant. */
-static inline __attribute__((always_inline)) bool eq(const uint8_t *a, size_t alen, const char *lit)
-{
-    size_t l = strlen(lit);
-    return alen == l && memcmp(a, lit, l) == 0;
-}
-
 static sc_stream *get_stream(nghttp2_session *session, int32_t sid)
 {
     return nghttp2_session_get_stream_user_data(session, sid);
@@ -85,7 +78,7 @@ static bool skip_req_header(const nghttp2_nv *nv)
                                  SC_LIT("grpc-previous-rpc-attempts"), SC_LIT("x-sidecar-attempt")};
     if (sc_lit_in(nv->name, nv->namelen, hop, SC_ARRAY_LEN(hop)))
         return true;
-    if (eq(nv->name, nv->namelen, "te") && !eq(nv->value, nv->valuelen, "trailers"))
+    if (sc_lit_eq(nv->name, nv->namelen, "te") && !sc_lit_eq(nv->value, nv->valuelen, "trailers"))
         return true;
     return false;
 }
@@ -253,20 +246,20 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         sc_stream_upstream_failed(s, SC_FAIL_PROTOCOL); /* resets the upstream stream (cancel) */
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     }
-    if (eq(name, namelen, "grpc-status"))
+    if (sc_lit_eq(name, namelen, "grpc-status"))
         s->grpc_status = sc_grpc_status_wire(value, valuelen);
     if (s->resp.head_done) {
         return sc_pipe_add_trailer_lower(s, &s->respp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
                                                                                    : 0;
     }
-    if (eq(name, namelen, ":status")) {
+    if (sc_lit_eq(name, namelen, ":status")) {
         int st = 0;
         for (size_t i = 0; i < valuelen; i++)
             st = st * 10 + (v[i] - '0');
         s->resp.status = st;
         return 0;
     }
-    if (eq(name, namelen, "content-length")) {
+    if (sc_lit_eq(name, namelen, "content-length")) {
         int64_t cl = 0;
         for (size_t i = 0; i < valuelen; i++)
             cl = cl * 10 + (v[i] - '0');
