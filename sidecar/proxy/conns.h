@@ -7,6 +7,40 @@
 
 #include "proxy/stream.h"
 
+/* The stream an HTTP/2 connection's callbacks looked up last. nghttp2 calls
+ * back several times for one stream in a row (each header field, the end of
+ * the head, each DATA chunk, the frame sent) and each
+ * nghttp2_session_get_stream_user_data is a hash lookup (about 33
+ * instructions; 25 per proxied gRPC call). The entry mirrors the session's
+ * user data: every change of a stream's user data goes through
+ * sc_h2_set_stream (nghttp2_submit_request sets it too, for a stream ID
+ * not yet assigned, so never the one held here), and a stream's user data is cleared (through it) before
+ * its sc_stream is let go, so the entry never outlives what it points at.
+ * Stream IDs are never reused within a session. */
+typedef struct sc_h2_last {
+    int32_t sid;                    /* 0: empty */
+    sc_stream *s;
+} sc_h2_last;
+
+static inline sc_stream *sc_h2_get_stream(sc_h2_last *last, nghttp2_session *h2, int32_t sid)
+{
+    if (sid == last->sid && sid != 0)
+        return last->s;
+    sc_stream *s = nghttp2_session_get_stream_user_data(h2, sid);
+    last->sid = s ? sid : 0;
+    last->s = s;
+    return s;
+}
+
+static inline void sc_h2_set_stream(sc_h2_last *last, nghttp2_session *h2, int32_t sid, sc_stream *s)
+{
+    nghttp2_session_set_stream_user_data(h2, sid, s);
+    if (sid == last->sid || s) {
+        last->sid = s ? sid : 0;
+        last->s = s;
+    }
+}
+
 /* A caller's connection: starts as HTTP/1 and switches to HTTP/2 when the
  * first bytes are the HTTP/2 connection preface (h2c prior knowledge). */
 typedef struct sc_down_conn {
@@ -26,6 +60,7 @@ typedef struct sc_down_conn {
     const char *refusal_why;        /* body text (static string) */
     /* HTTP/2 */
     nghttp2_session *h2;
+    sc_h2_last last;                /* the stream looked up last (sc_h2_get_stream) */
     uint32_t n_streams;
     uint32_t n_oversized;           /* header blocks refused as too large (down_h2.c ends the connection past a bound) */
     bool goaway_sent;
@@ -54,8 +89,10 @@ typedef struct sc_up_conn {
     uint32_t interim_bytes;         /* ... and their bytes (bounded by limits.max_header_bytes) */
     /* HTTP/2 */
     nghttp2_session *h2;
+    sc_h2_last last;                /* the stream looked up last (sc_h2_get_stream) */
     uint32_t n_streams;
     uint32_t max_streams;           /* peer's SETTINGS_MAX_CONCURRENT_STREAMS */
+    uint32_t n_submitted;           /* request heads submitted (up_h2.c's submit) */
     bool goaway;                    /* no new streams on this connection */
     bool settings_seen;
 } sc_up_conn;

@@ -29,9 +29,9 @@
 
 #define CONN_WINDOW (16 * 1024 * 1024)
 
-static sc_stream *get_stream(nghttp2_session *session, int32_t sid)
+static sc_stream *get_stream(sc_down_conn *d, int32_t sid)
 {
-    return nghttp2_session_get_stream_user_data(session, sid);
+    return sc_h2_get_stream(&d->last, d->h2, sid);
 }
 
 /* ---- session memory ----
@@ -262,7 +262,7 @@ static void arm_idle(sc_conn *c)
 /* Detaches the stream from the session and tells the stream the caller's side ended. */
 static void detach(sc_down_conn *d, sc_stream *s, bool aborted)
 {
-    nghttp2_session_set_stream_user_data(d->h2, s->down_sid, NULL);
+    sc_h2_set_stream(&d->last, d->h2, s->down_sid, NULL);
     if (s->down_unconsumed) {
         nghttp2_session_consume_connection(d->h2, s->down_unconsumed);
         s->down_unconsumed = 0;
@@ -299,7 +299,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
         return 0;
     if (frame->headers.cat != NGHTTP2_HCAT_REQUEST) {
         /* Trailers: a field section of their own, with a budget of their own. */
-        sc_stream *s = get_stream(session, frame->hd.stream_id);
+        sc_stream *s = get_stream(d, frame->hd.stream_id);
         if (s)
             s->down_hdr_bytes = 0;
         return 0;
@@ -315,7 +315,7 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
             return NGHTTP2_ERR_CALLBACK_FAILURE;
         return 0;
     }
-    nghttp2_session_set_stream_user_data(session, frame->hd.stream_id, s);
+    sc_h2_set_stream(&d->last, session, frame->hd.stream_id, s);
     d->n_streams++;
     /* The timer armed when the last stream ended (arm_idle) is left to run:
      * with streams open it looks for a quiet connection to trim (idle_cb).
@@ -387,7 +387,8 @@ static bool trailer_dropped(const uint8_t *name, size_t len)
 }
 
 /* A request trailer: filtered as the head's fields are. */
-static int on_trailer(sc_down_conn *d, sc_stream *s, const char *n, size_t namelen, const char *v, size_t valuelen)
+static int on_trailer(sc_down_conn *d, sc_stream *s, const char *n, size_t namelen, const char *v, size_t valuelen,
+                      uint8_t flags)
 {
     const sc_config *cfg = s->w->sc->cfg;
     if (caller_denied(d, s) || trailer_dropped((const uint8_t *)n, namelen) ||
@@ -407,7 +408,7 @@ static int on_trailer(sc_down_conn *d, sc_stream *s, const char *n, size_t namel
             return reset_stream(d, s, NGHTTP2_PROTOCOL_ERROR);
         }
     }
-    return sc_pipe_add_trailer_lower(s, &s->reqp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+    return sc_pipe_add_trailer_lower(s, &s->reqp, n, namelen, v, valuelen, flags) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
                                                                                  : 0;
 }
 
@@ -453,11 +454,11 @@ static int on_pseudo(sc_down_conn *d, sc_stream *s, const uint8_t *name, size_t 
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
                      const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
 {
-    (void)flags;
+    (void)session;
     sc_down_conn *d = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    sc_stream *s = get_stream(session, frame->hd.stream_id);
+    sc_stream *s = get_stream(d, frame->hd.stream_id);
     if (!s)
         return 0;
     const sc_config *cfg = s->w->sc->cfg;
@@ -487,7 +488,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         return reset_stream(d, s, NGHTTP2_PROTOCOL_ERROR);
     }
     if (trailer)
-        return on_trailer(d, s, n, namelen, v, valuelen);
+        return on_trailer(d, s, n, namelen, v, valuelen, flags);
     if (namelen && n[0] == ':')
         return on_pseudo(d, s, name, namelen, value, valuelen);
     if (sc_lit_eq(name, namelen, "content-type") && sc_grpc_is_content_type(v, valuelen))
@@ -522,7 +523,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
             return 0;
         }
     }
-    return sc_msg_add_lower(s, m, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+    return sc_msg_add_lower(s, m, n, namelen, v, valuelen, flags) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
 }
 
 /* RFC 9113 8.2.3: a caller may split `cookie` into several fields; HTTP/1.1
@@ -643,10 +644,11 @@ static int request_head_done(sc_down_conn *d, sc_stream *s)
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
+    (void)session;
     sc_stream *s;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        s = get_stream(session, frame->hd.stream_id);
+        s = get_stream(user_data, frame->hd.stream_id);
         if (!s)
             return 0;
         if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)
@@ -658,7 +660,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         sc_stream_req_progress(s);
         break;
     case NGHTTP2_DATA:
-        s = get_stream(session, frame->hd.stream_id);
+        s = get_stream(user_data, frame->hd.stream_id);
         if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
             s->reqp.eof = true;
             sc_stream_req_progress(s);
@@ -674,8 +676,7 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
                          void *user_data)
 {
     (void)flags;
-    (void)user_data;
-    sc_stream *s = get_stream(session, sid);
+    sc_stream *s = get_stream(user_data, sid);
     if (!s || sc_stream_up_done(s)) {
         /* Nobody will read it: give the window back at once. */
         nghttp2_session_consume(session, sid, len);
@@ -712,7 +713,7 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
     }
     if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
         (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
-        sc_stream *s = get_stream(session, frame->hd.stream_id);
+        sc_stream *s = get_stream(d, frame->hd.stream_id);
         if (s) {
             s->flags |= SC_ST_F_DOWN_RESP_END;
             /* Response complete while the caller still sends: tell it to stop. */
@@ -726,9 +727,10 @@ static int on_frame_send(nghttp2_session *session, const nghttp2_frame *frame, v
 
 static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error_code, void *user_data)
 {
+    (void)session;
     (void)error_code;
     sc_down_conn *d = user_data;
-    sc_stream *s = get_stream(session, sid);
+    sc_stream *s = get_stream(d, sid);
     if (s)
         detach(d, s, !(s->flags & SC_ST_F_DOWN_RESP_END));
     return 0;
@@ -737,9 +739,8 @@ static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error
 static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, size_t length, uint32_t *data_flags,
                          nghttp2_data_source *source, void *user_data)
 {
-    (void)user_data;
     sc_stream *s = source->ptr;
-    if (!s || get_stream(session, sid) != s)
+    if (!s || get_stream(user_data, sid) != s)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     size_t n = SC_MIN(length, sc_buf_len(&s->respp.buf));
     if (n) {

@@ -70,7 +70,7 @@ void sc_obs_stream_head(sc_stream *s)
     if (ow && caller_id && sc_request_id_valid((const char *)caller_id->value, caller_id->valuelen)) {
         id = (const char *)caller_id->value; /* the caller's, kept */
         id_len = caller_id->valuelen;
-        caller_id->flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique: not worth an HPACK entry */
+        caller_id->flags |= SC_NV_F_UNIQUE;
     } else if (ow) {
         /* None, invalid or several: the fields go and a new ID, generated
          * straight into the arena, takes their place. */
@@ -85,7 +85,7 @@ void sc_obs_stream_head(sc_stream *s)
         if (v) {
             id_len = sc_request_id_generate(&ow->rid, v);
             id = v;
-            s->req.hdrs[s->req.n_hdrs - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX; /* unique: not worth an HPACK entry */
+            s->req.hdrs[s->req.n_hdrs - 1].flags |= SC_NV_F_UNIQUE;
         } /* else out of memory: the request goes on without one */
     }
     s->request_id = id ? id : "";
@@ -116,9 +116,7 @@ void sc_obs_attempt_start(sc_stream *s)
         char *v = sc_msg_add_in_place(s, &s->req, out.h[i].name, out.h[i].name_len, out.h[i].value_len);
         if (v) {
             memcpy(v, out.h[i].value, out.h[i].value_len);
-            /* new per attempt: an HPACK table entry would only push out
-             * the ones that repeat */
-            s->req.hdrs[s->req.n_hdrs - 1].flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+            s->req.hdrs[s->req.n_hdrs - 1].flags |= SC_NV_F_UNIQUE; /* new per attempt */
         }
     }
 }

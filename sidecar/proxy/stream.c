@@ -83,7 +83,7 @@ static bool nv_room(sc_stream *s, nghttp2_nv **arr, size_t n, size_t *cap)
  * name lower-cased unless already_lower (HTTP/2 field names: nghttp2
  * refuses a received name with an upper-case letter). */
 static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, const char *name, size_t nlen,
-                     const char *value, size_t vlen, bool already_lower)
+                     const char *value, size_t vlen, bool already_lower, uint8_t never_index)
 {
     if (!nv_room(s, arr, *n, cap))
         return -ENOMEM;
@@ -104,18 +104,20 @@ static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, con
     nv->namelen = nlen;
     nv->value = (uint8_t *)vl;
     nv->valuelen = vlen;
-    nv->flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE;
+    nv->flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE | never_index;
     return 0;
 }
 
 int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen, false);
+    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen, false, 0);
 }
 
-int sc_msg_add_lower(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
+int sc_msg_add_lower(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen,
+                     uint8_t rx_flags)
 {
-    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen, true);
+    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen, true,
+                     rx_flags & NGHTTP2_NV_FLAG_NO_INDEX);
 }
 
 int sc_msg_add_ref(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
@@ -141,12 +143,14 @@ char *sc_msg_add_in_place(sc_stream *s, sc_msg *m, const char *static_name, size
 
 int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen)
 {
-    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen, false);
+    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen, false, 0);
 }
 
-int sc_pipe_add_trailer_lower(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen)
+int sc_pipe_add_trailer_lower(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen,
+                              uint8_t rx_flags)
 {
-    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen, true);
+    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen, true,
+                     rx_flags & NGHTTP2_NV_FLAG_NO_INDEX);
 }
 
 const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name)

@@ -53,6 +53,16 @@ typedef struct sc_pipe {
     bool eof;                       /* producer finished (after buf drains, the end) */
 } sc_pipe;
 
+/* A request field whose value is new on every request (x-request-id, the
+ * trace headers; up_h2.c adds grpc-timeout itself), marked in nghttp2_nv's
+ * flags with a bit nghttp2 does not use. An HTTP/2 upstream connection sends
+ * such a field as a literal without a table entry, except on the requests
+ * where it renews the name's entry (up_h2.c): an entry would hold a value
+ * never seen again and push out the fields that repeat. Not the same as
+ * NGHTTP2_NV_FLAG_NO_INDEX, which a caller's never-indexed field carries to
+ * the upstream as it came (RFC 7541 7.1.3: never indexed by anyone). */
+#define SC_NV_F_UNIQUE 0x80
+
 typedef struct sc_msg {
     /* request: method/scheme/authority/path; response: status */
     const char *method, *scheme, *authority, *path;
@@ -274,11 +284,14 @@ const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name);
  * that means the peer sent more than the window it was granted). */
 int sc_pipe_put(sc_stream *s, sc_pipe *p, const void *data, size_t len);
 int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen);
-/* The same for a name known to be lower-case already (a field name nghttp2
- * received: it refuses upper-case ones): not lower-cased again. */
-int sc_msg_add_lower(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);
+/* The same for a field nghttp2 received: its name is lower-case already
+ * (nghttp2 refuses upper-case ones), so not lower-cased again, and rx_flags
+ * are the flags nghttp2 gave it: a field the peer sent never-indexed
+ * (NGHTTP2_NV_FLAG_NO_INDEX) is sent on never-indexed (RFC 7541 7.1.3). */
+int sc_msg_add_lower(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen,
+                     uint8_t rx_flags);
 int sc_pipe_add_trailer_lower(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value,
-                              size_t vlen);
+                              size_t vlen, uint8_t rx_flags);
 
 /* ---- attempts (attempt.c) ---- */
 

@@ -34,18 +34,20 @@
  * header fields count against limits.max_header_bytes together with the
  * final head's. More is a hostile upstream: the stream fails. */
 #define MAX_INFORMATIONAL 8
+/* How often a connection sends its per-request fields with a table entry
+ * (submit()). */
+#define RENEW_UNIQUE_EVERY 1024
 
-static sc_stream *get_stream(nghttp2_session *session, int32_t sid)
+static sc_stream *get_stream(sc_up_conn *u, int32_t sid)
 {
-    return nghttp2_session_get_stream_user_data(session, sid);
+    return sc_h2_get_stream(&u->last, u->h2, sid);
 }
 
 static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, size_t length, uint32_t *data_flags,
                          nghttp2_data_source *source, void *user_data)
 {
-    (void)user_data;
     sc_stream *s = source->ptr;
-    if (!s || get_stream(session, sid) != s)
+    if (!s || get_stream(user_data, sid) != s)
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     size_t n = SC_MIN(length, sc_buf_len(&s->reqp.buf));
     if (n) {
@@ -106,9 +108,21 @@ static int submit(sc_up_conn *u, sc_stream *s)
     nva[k++] = NV(":scheme", "http", 4);
     nva[k++] = NV(":authority", m->authority, m->authority_len);
     nva[k++] = NV(":path", m->path, m->path_len);
+    /* Fields new on every request (SC_NV_F_UNIQUE, grpc-timeout) go without
+     * a table entry, but a literal's name is sent as a string too (Huffman
+     * coded, about 330 instructions each) unless the table holds an entry
+     * of that name. So the connection's first request, and every
+     * RENEW_UNIQUE_EVERY-th after it (the entry may have been pushed out),
+     * sends them with one: later requests name them by index. */
+    bool renew = u->n_submitted++ % RENEW_UNIQUE_EVERY == 0;
+    uint8_t unique_flags = renew ? 0 : NGHTTP2_NV_FLAG_NO_INDEX;
     for (size_t i = 0; i < m->n_hdrs; i++)
-        if (!skip_req_header(&m->hdrs[i]))
-            nva[k++] = m->hdrs[i];
+        if (!skip_req_header(&m->hdrs[i])) {
+            nva[k] = m->hdrs[i];
+            if (nva[k].flags & SC_NV_F_UNIQUE)
+                nva[k].flags = (uint8_t)((nva[k].flags & ~SC_NV_F_UNIQUE) | unique_flags);
+            k++;
+        }
     char tbuf[16], clbuf[24], abuf[24];   /* numbers by hand (sc_fmt_u64), not snprintf */
     if (s->attempt > 1) {
         /* Tell the upstream which attempt this is. */
@@ -119,11 +133,12 @@ static int submit(sc_up_conn *u, sc_stream *s)
     }
     if (m->is_grpc && s->deadline_ns) {
         size_t tl = sc_grpc_timeout_format(sc_stream_remaining_ns(s), tbuf, sizeof(tbuf));
-        /* A new value on every call: as an HPACK table entry it would push
-         * out the fields that repeat, and every later grpc-timeout would be
-         * compared with each such entry (nghttp2 files them by name). */
+        /* A new value on every call: as an HPACK table entry on every call
+         * it would push out the fields that repeat, and every later
+         * grpc-timeout would be compared with each such entry (nghttp2
+         * files them by name). */
         nva[k] = NV("grpc-timeout", tbuf, tl);
-        nva[k++].flags |= NGHTTP2_NV_FLAG_NO_INDEX;
+        nva[k++].flags |= unique_flags;
     }
     if (m->content_length >= 0) {
         nva[k++] = NV("content-length", clbuf, sc_fmt_u64(clbuf, (uint64_t)m->content_length));
@@ -216,10 +231,10 @@ again:
 
 static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
 {
-    (void)user_data;
+    (void)session;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    sc_stream *s = get_stream(session, frame->hd.stream_id);
+    sc_stream *s = get_stream(user_data, frame->hd.stream_id);
     if (s && s->resp.head_done)
         s->up_hdr_bytes = 0; /* trailers: a field section of their own, with a budget of their own */
     return 0;
@@ -228,11 +243,11 @@ static int on_begin_headers(nghttp2_session *session, const nghttp2_frame *frame
 static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
                      const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data)
 {
-    (void)flags;
+    (void)session;
     sc_up_conn *u = user_data;
     if (frame->hd.type != NGHTTP2_HEADERS)
         return 0;
-    sc_stream *s = get_stream(session, frame->hd.stream_id);
+    sc_stream *s = get_stream(u, frame->hd.stream_id);
     if (!s)
         return 0;
     const char *n = (const char *)name, *v = (const char *)value;
@@ -249,8 +264,9 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
     if (sc_lit_eq(name, namelen, "grpc-status"))
         s->grpc_status = sc_grpc_status_wire(value, valuelen);
     if (s->resp.head_done) {
-        return sc_pipe_add_trailer_lower(s, &s->respp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
-                                                                                   : 0;
+        return sc_pipe_add_trailer_lower(s, &s->respp, n, namelen, v, valuelen, flags) < 0
+                   ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+                   : 0;
     }
     if (sc_lit_eq(name, namelen, ":status")) {
         int st = 0;
@@ -266,7 +282,7 @@ static int on_header(nghttp2_session *session, const nghttp2_frame *frame, const
         s->resp.content_length = cl;
         return 0;
     }
-    return sc_msg_add_lower(s, &s->resp, n, namelen, v, valuelen) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
+    return sc_msg_add_lower(s, &s->resp, n, namelen, v, valuelen, flags) < 0 ? NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE : 0;
 }
 
 static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, void *user_data)
@@ -275,7 +291,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
     sc_stream *s;
     switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-        s = get_stream(session, frame->hd.stream_id);
+        s = get_stream(u, frame->hd.stream_id);
         if (!s)
             return 0;
         if (!s->resp.head_done) {
@@ -299,7 +315,7 @@ static int on_frame_recv(nghttp2_session *session, const nghttp2_frame *frame, v
         sc_stream_resp_progress(s);
         break;
     case NGHTTP2_DATA:
-        s = get_stream(session, frame->hd.stream_id);
+        s = get_stream(u, frame->hd.stream_id);
         if (s && (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
             s->respp.eof = true;
             sc_stream_resp_progress(s);
@@ -326,12 +342,11 @@ static int on_data_chunk(nghttp2_session *session, uint8_t flags, int32_t sid, c
                          void *user_data)
 {
     (void)flags;
-    sc_stream *s = get_stream(session, sid);
+    sc_stream *s = get_stream(user_data, sid);
     if (!s) {
         nghttp2_session_consume(session, sid, len);
         return 0;
     }
-    (void)user_data;
     if (sc_pipe_put(s, &s->respp, data, len) < 0) /* more than the window we granted */
         return nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, sid, NGHTTP2_FLOW_CONTROL_ERROR) == 0
                    ? 0 : NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -378,10 +393,10 @@ static sc_fail unsendable_head_fail(int lib_error)
  * taken for the upstream's refusal and re-sent forever. */
 static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *frame, int lib_error_code, void *user_data)
 {
-    (void)user_data;
+    (void)session;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
-    sc_stream *s = get_stream(session, frame->hd.stream_id);
+    sc_stream *s = get_stream(user_data, frame->hd.stream_id);
     if (s)
         s->up_send_error = lib_error_code;
     return 0;
@@ -390,10 +405,10 @@ static int on_frame_not_send(nghttp2_session *session, const nghttp2_frame *fram
 static int on_stream_close(nghttp2_session *session, int32_t sid, uint32_t error_code, void *user_data)
 {
     sc_up_conn *u = user_data;
-    sc_stream *s = get_stream(session, sid);
+    sc_stream *s = get_stream(u, sid);
     if (!s)
         return 0;
-    nghttp2_session_set_stream_user_data(session, sid, NULL);
+    sc_h2_set_stream(&u->last, session, sid, NULL);
     if (s->up_unconsumed) {
         nghttp2_session_consume_connection(session, s->up_unconsumed);
         s->up_unconsumed = 0;
@@ -459,7 +474,7 @@ static void consumed(sc_stream *s, size_t n)
 static void cancel(sc_stream *s)
 {
     sc_up_conn *u = SC_UP(s->up);
-    nghttp2_session_set_stream_user_data(u->h2, s->up_sid, NULL);
+    sc_h2_set_stream(&u->last, u->h2, s->up_sid, NULL);
     if (s->up_unconsumed) {
         nghttp2_session_consume_connection(u->h2, s->up_unconsumed);
         s->up_unconsumed = 0;

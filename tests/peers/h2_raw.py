@@ -95,13 +95,58 @@ def window_updates(sid, n):
     return frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", n)) + frame(WINDOW_UPDATE, 0, sid, struct.pack(">I", n))
 
 
+def _hpack_int(block, i, prefix):
+    """RFC 7541 5.1: the integer at block[i] with a `prefix`-bit prefix; (value, next index)."""
+    mask = (1 << prefix) - 1
+    v = block[i] & mask
+    i += 1
+    if v < mask:
+        return v, i
+    shift = 0
+    while True:
+        b = block[i]
+        i += 1
+        v += (b & 0x7f) << shift
+        shift += 7
+        if not b & 0x80:
+            return v, i
+
+
+def field_forms(block):
+    """How each field of a header block was represented (RFC 7541 6):
+    [(form, name_by_index)] in field order, form one of "indexed",
+    "incremental" (literal added to the table), "without" (literal, not
+    added) and "never" (literal never to be indexed by anyone); name_by_index
+    tells whether a literal named its field by a table index or spelled the
+    name out. Dynamic table size updates are not fields and are skipped."""
+    out, i = [], 0
+    while i < len(block):
+        b = block[i]
+        if b & 0x80:
+            _, i = _hpack_int(block, i, 7)
+            out.append(("indexed", True))
+            continue
+        if b & 0xe0 == 0x20:
+            _, i = _hpack_int(block, i, 5)
+            continue
+        form, prefix = ("incremental", 6) if b & 0x40 else ("never", 4) if b & 0x10 else ("without", 4)
+        idx, i = _hpack_int(block, i, prefix)
+        for _ in range(1 if idx else 2):       # the value, and the name when spelled out
+            n, i = _hpack_int(block, i, 7)
+            i += n
+        out.append((form, idx != 0))
+    return out
+
+
 class BlockReader:
     """Reassembles header blocks (HEADERS + CONTINUATION) and decodes them
-    with one HPACK decoder per connection."""
+    with one HPACK decoder per connection; last_forms is field_forms() of the
+    last block completed."""
 
     def __init__(self):
         self.dec = _new_decoder()
         self.cur = None             # [sid, bytes, flags of the HEADERS frame]
+        self.last_forms = []
 
     def feed(self, ftype, flags, sid, payload):
         """A HEADERS or CONTINUATION frame: (sid, [(name, value)], HEADERS flags)
@@ -114,6 +159,7 @@ class BlockReader:
             return None
         sid, block, f0 = self.cur
         self.cur = None
+        self.last_forms = field_forms(block)
         hdrs = [(n.decode() if isinstance(n, bytes) else n, v.decode("latin-1") if isinstance(v, bytes) else v)
                 for n, v in self.dec.decode(block)]
         return sid, hdrs, f0
@@ -135,6 +181,7 @@ class Stream:
         self.informational = []     # [headers] of 1xx heads
         self.headers = None         # final head: [(name, value)] as str
         self.trailers = None
+        self.head_forms = self.trailer_forms = None     # field_forms() of the head, of the trailers
         self.data = b""
         self.rst = None             # RST_STREAM error code
         self.ended = False          # END_STREAM seen
@@ -197,7 +244,9 @@ class H2Conn:
         self.sock.sendall(data)
 
     def encode(self, headers):
-        return self.enc.encode([(_b(n), _b(v)) for n, v in headers])
+        """`headers`: (name, value) pairs, or (name, value, True) for a field
+        sent never-indexed (RFC 7541 6.2.3)."""
+        return self.enc.encode([(_b(h[0]), _b(h[1])) + tuple(h[2:]) for h in headers])
 
     def request(self, headers, end_stream=True, sid=None, body=None, trailers=None):
         """Sends one request; returns its stream id. `headers` include the
@@ -242,8 +291,10 @@ class H2Conn:
                     st.informational.append(hdrs)
                 elif st.headers is None:
                     st.headers = hdrs
+                    st.head_forms = self.blocks.last_forms
                 else:
                     st.trailers = hdrs
+                    st.trailer_forms = self.blocks.last_forms
                 if f0 & END_STREAM:
                     st.ended = True
 
@@ -304,6 +355,8 @@ class H2Upstream:
                      ?len= bytes, 40), then 200
       /grpc-status   trailers-only gRPC answer with grpc-status ?v= as given
       /grpc-trailers gRPC answer: head, empty body, trailers grpc-status ?v=
+      /never-indexed 200 with a never-indexed field (RFC 7541 6.2.3) in
+                     its head (x-secret) and its trailers (x-trailer-secret)
       /upper         200 whose head carries a field name with upper-case
                      letters (X-Upper), which HTTP/2 forbids
       /upper-trailer 200, body "x", then trailers with X-Upper
@@ -314,7 +367,9 @@ class H2Upstream:
 
     `settings` are sent in the server's SETTINGS (e.g. a small
     SETTINGS_MAX_HEADER_LIST_SIZE). Records: connections, requests (dict
-    with sid, path, headers, trailers), resets (sid, code) received.
+    with sid, path, headers, trailers, forms and trailer_forms (field_forms()
+    of each block), conn (the connection's number, from 1)), resets (sid,
+    code) received.
     """
 
     def __init__(self, name="h2up", settings=None, host="127.0.0.1"):
@@ -412,7 +467,7 @@ class H2Upstream:
                     elif ftype in (HEADERS, CONTINUATION):
                         done = blocks.feed(ftype, flags, sid, payload)
                         if done:
-                            self._on_block(send, enc, pending, *done)
+                            self._on_block(send, enc, pending, *done, forms=blocks.last_forms, conn_id=conn_id)
                 d = sock.recv(65536)
                 if not d:
                     return
@@ -425,12 +480,14 @@ class H2Upstream:
             except OSError:
                 pass
 
-    def _on_block(self, send, enc, pending, sid, hdrs, flags):
+    def _on_block(self, send, enc, pending, sid, hdrs, flags, forms, conn_id):
         """A complete header block from the sidecar: a request head, or its trailers."""
         if sid in pending:
             pending[sid]["trailers"] = hdrs
+            pending[sid]["trailer_forms"] = forms
         else:
-            rec = {"sid": sid, "headers": hdrs, "trailers": None, "path": dict(hdrs).get(":path", "")}
+            rec = {"sid": sid, "headers": hdrs, "trailers": None, "path": dict(hdrs).get(":path", ""),
+                   "forms": forms, "trailer_forms": None, "conn": conn_id}
             with self.lock:
                 self.requests.append(rec)
             pending[sid] = rec
@@ -483,6 +540,10 @@ class H2Upstream:
             head([(":status", "200"), ("content-type", "application/grpc")])
             body(b"", end=False)
             head([("grpc-status", q.get("v", "0"))], end=True)
+        elif path == "/never-indexed":
+            head([(":status", "200"), ("content-type", "text/plain"), ("x-secret", "head-secret", True)])
+            body(b"x", end=False)
+            head([("x-trailer-secret", "trailer-secret", True)], end=True)
         elif path == "/upper":
             head([(":status", "200"), ("X-Upper", "1"), ("content-length", "1")])
             body(b"x")

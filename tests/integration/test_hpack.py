@@ -1,0 +1,97 @@
+"""How the sidecar represents header fields in the HPACK blocks it sends
+(RFC 7541 6), seen on the wire by peers written by hand
+(tests/peers/h2_raw.py: field_forms() reads each field's representation):
+
+- a field a peer sent never-indexed (6.2.3) is sent on never-indexed, in a
+  request head and its trailers (caller -> upstream) and in a response head
+  and its trailers (upstream -> caller): RFC 7541 7.1.3 forbids an
+  intermediary to re-encode it in a form that could index it;
+- the fields with a new value on every request (x-request-id, grpc-timeout)
+  are sent without a table entry, yet named by a table index: the first
+  request on an upstream connection adds an entry carrying the name, the
+  next ones refer to it instead of spelling the name out again.
+"""
+import unittest
+
+import harness
+from harness import SidecarTestCase, free_port
+
+from h2_raw import H2Conn, H2Upstream
+
+GRPC_MESSAGE = b"\x00\x00\x00\x00\x03abc"
+
+
+def forms_by_name(headers, forms):
+    """{name: (form, name_by_index)} of a block (the last field of a name wins)."""
+    assert len(headers) == len(forms), (headers, forms)
+    return {n: f for (n, _), f in zip(headers, forms)}
+
+
+class HpackFormsTest(SidecarTestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.up = H2Upstream(name="h2")
+        cls.up.start()
+        cls.addClassCleanup(cls.up.stop)
+        cls.gup = H2Upstream(name="grpc")
+        cls.gup.start()
+        cls.addClassCleanup(cls.gup.stop)
+        cls.port, cls.gport = free_port(), free_port()
+        cls.sc = cls.class_sidecar(harness.base_config(free_port(), [
+            harness.upstream("h2", "http2", cls.port, [cls.up.port]),
+            harness.upstream("grpc", "grpc", cls.gport, [cls.gup.port]),
+        ], workers=1))
+
+    def test_callers_never_indexed_fields_reach_the_upstream_never_indexed(self):
+        with H2Conn(self.port) as c:
+            sid = c.request([(":method", "POST"), (":scheme", "http"), (":path", "/echo?never"),
+                             (":authority", "a"), ("x-secret", "head-secret", True), ("x-plain", "1")],
+                            body=b"x", trailers=[("x-trailer-secret", "trailer-secret", True)])
+            st = c.response(sid)
+        self.assertEqual(st.status, 200, st)
+        rec = self.up.last("/echo?never")
+        head = forms_by_name(rec["headers"], rec["forms"])
+        self.assertEqual(head["x-secret"][0], "never", rec)
+        self.assertNotEqual(head["x-plain"][0], "never", rec)
+        trailers = forms_by_name(rec["trailers"], rec["trailer_forms"])
+        self.assertEqual(trailers["x-trailer-secret"][0], "never", rec)
+
+    def test_upstreams_never_indexed_fields_reach_the_caller_never_indexed(self):
+        with H2Conn(self.port) as c:
+            st = c.response(c.get("/never-indexed"))
+        self.assertEqual(st.status, 200, st)
+        self.assertEqual(st.header("x-secret"), "head-secret")
+        self.assertEqual(forms_by_name(st.headers, st.head_forms)["x-secret"][0], "never", st)
+        self.assertEqual(dict(st.trailers).get("x-trailer-secret"), "trailer-secret", st)
+        self.assertEqual(forms_by_name(st.trailers, st.trailer_forms)["x-trailer-secret"][0], "never", st)
+
+    def test_per_request_fields_are_named_by_index_after_the_first_request(self):
+        n = 6
+        with H2Conn(self.gport) as c:
+            for i in range(n):
+                extra = [("x-request-id", "caller-id-%d" % i)] if i >= n - 2 else []
+                sid = c.request([(":method", "POST"), (":scheme", "http"), (":path", "/grpc-trailers?%d" % i),
+                                 (":authority", "a"), ("content-type", "application/grpc"), ("te", "trailers")]
+                                + extra, body=GRPC_MESSAGE)
+                st = c.response(sid)
+                self.assertEqual(st.status, 200, st)
+        recs = [r for r in self.gup.requests if r["path"].startswith("/grpc-trailers?")]
+        self.assertEqual(len(recs), n, recs)
+        self.assertEqual(len({r["conn"] for r in recs}), 1, "one upstream connection expected: %s" % recs)
+        for i, rec in enumerate(recs):
+            forms = forms_by_name(rec["headers"], rec["forms"])
+            hdrs = dict(rec["headers"])
+            self.assertIn("grpc-timeout", forms, rec)
+            if i >= n - 2:
+                self.assertEqual(hdrs["x-request-id"], "caller-id-%d" % i, rec)
+            for name in ("x-request-id", "grpc-timeout"):
+                if i == 0:
+                    # the connection's first request: an entry whose name the next ones use
+                    self.assertEqual(forms[name], ("incremental", False), (name, rec))
+                else:
+                    # a value never seen again: no entry, the name by index
+                    self.assertEqual(forms[name], ("never", True), (name, i, rec))
+
+
+if __name__ == "__main__":
+    unittest.main()
