@@ -67,6 +67,35 @@ static inline bool sc_lit_in(const void *name, size_t len, const sc_lit *tab, si
     return false;
 }
 
+/* A set of names with the mask of their lengths (bit L set: an entry is L
+ * bytes long), so that a name of a length no entry has (most names) is
+ * refused with one test. Made at compile time from one list, an X-macro
+ * that applies its argument to each literal:
+ *
+ *   #define HOP(X) X("connection") X("keep-alive")
+ *   SC_LIT_SET(hop_set, HOP);
+ *   ... sc_lit_set_has(&hop_set, name, len) ...
+ *
+ * Entries are at most 63 bytes long (the compiler refuses a longer one:
+ * the shift overflows). */
+typedef struct {
+    uint64_t lens;
+    size_t n;
+    const sc_lit *tab;
+} sc_lit_set;
+#define SC_LIT_ITEM_(s) SC_LIT(s),
+#define SC_LIT_LENBIT_(s) (UINT64_C(1) << (sizeof(s) - 1)) |
+#define SC_LIT_SET(name, LIST)                                                                                        \
+    static const sc_lit name##_tab_[] = {LIST(SC_LIT_ITEM_)};                                                         \
+    static const sc_lit_set name = {LIST(SC_LIT_LENBIT_) 0, sizeof(name##_tab_) / sizeof(name##_tab_[0]), name##_tab_}
+
+static inline bool sc_lit_set_has(const sc_lit_set *set, const void *name, size_t len)
+{
+    if (len > 63 || !((set->lens >> len) & 1))
+        return false;
+    return sc_lit_in(name, len, set->tab, set->n);
+}
+
 /* True when a[0..alen) equals lit exactly. lit a string literal: always
  * inlined, so its strlen is a constant and the test is a compare and a
  * fixed-size memcmp. */

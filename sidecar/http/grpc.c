@@ -135,19 +135,29 @@ size_t sc_grpc_timeout_format(uint64_t ns, char *buf, size_t cap)
     return len;
 }
 
+/* v starts with lower-case `base` (n bytes) in any letter case: media types
+ * are case-insensitive (RFC 9110 8.3.1). The lower-case spelling every
+ * client sends is a plain memcmp (two word compares for the gRPC type). */
+static bool prefix_ieq(const char *v, const char *base, size_t n)
+{
+    if (memcmp(v, base, n) == 0)
+        return true;
+    for (size_t i = 0; i < n; i++) {
+        char c = v[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c + 32);
+        if (c != base[i])
+            return false;
+    }
+    return true;
+}
+
 bool sc_grpc_is_content_type(const char *v, size_t len)
 {
     static const char base[] = "application/grpc";
     const size_t blen = sizeof(base) - 1;
-    if (!v || len < blen)
+    if (!v || len < blen || !prefix_ieq(v, base, blen))
         return false;
-    for (size_t i = 0; i < blen; i++) {
-        char c = v[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c + 32); /* media types are case-insensitive (RFC 9110 8.3.1) */
-        if (c != base[i])
-            return false;
-    }
     if (len == blen)
         return true;
     if (v[blen] == '+')

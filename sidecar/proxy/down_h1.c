@@ -442,12 +442,14 @@ static void on_readable(sc_conn *c)
         sc_conn_mark_dirty(c); /* decrypted bytes left after the bounded loop */
 }
 
+#define RESPONSE_HOP(X)                                                                                         \
+    X("connection") X("keep-alive") X("proxy-connection") X("transfer-encoding") X("upgrade") X("te")                \
+    X("trailer") X("content-length")
+SC_LIT_SET(response_hop_set, RESPONSE_HOP);
+
 static bool is_response_hop(const nghttp2_nv *nv)
 {
-    static const sc_lit hop[] = {SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"),
-                                 SC_LIT("transfer-encoding"), SC_LIT("upgrade"), SC_LIT("te"),
-                                 SC_LIT("trailer"), SC_LIT("content-length")};
-    return sc_lit_in(nv->name, nv->namelen, hop, SC_ARRAY_LEN(hop));
+    return sc_lit_set_has(&response_hop_set, nv->name, nv->namelen);
 }
 
 /* Header or trailer fields (trailers: also without the fields a trailer

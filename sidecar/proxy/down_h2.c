@@ -373,9 +373,10 @@ static bool oversized_flood(sc_down_conn *d)
 
 /* Connection-specific fields and the framing and routing ones this hop
  * writes itself: never passed on from a response head or a request trailer. */
-static const sc_lit hop_fields[] = {SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"),
-                                    SC_LIT("transfer-encoding"), SC_LIT("upgrade"), SC_LIT("te"),
-                                    SC_LIT("trailer"), SC_LIT("host"), SC_LIT("content-length")};
+#define HOP_FIELDS(X)                                                                                           \
+    X("connection") X("keep-alive") X("proxy-connection") X("transfer-encoding") X("upgrade") X("te")                \
+    X("trailer") X("host") X("content-length")
+SC_LIT_SET(hop_fields, HOP_FIELDS);
 
 /* Names a request trailer may not carry: connection-specific fields and the
  * ones whose meaning belongs to the head (RFC 9110 6.5.1). */
@@ -383,7 +384,7 @@ static bool trailer_dropped(const uint8_t *name, size_t len)
 {
     if (len && name[0] == ':')
         return true;
-    return sc_lit_in(name, len, hop_fields, SC_ARRAY_LEN(hop_fields));
+    return sc_lit_set_has(&hop_fields, name, len);
 }
 
 /* A request trailer: filtered as the head's fields are. */
@@ -769,7 +770,7 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
 
 static bool resp_hop(const nghttp2_nv *nv)
 {
-    return sc_lit_in(nv->name, nv->namelen, hop_fields, SC_ARRAY_LEN(hop_fields));
+    return sc_lit_set_has(&hop_fields, nv->name, nv->namelen);
 }
 
 static int submit_head(sc_down_conn *d, sc_stream *s)

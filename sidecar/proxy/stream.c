@@ -67,7 +67,10 @@ void sc_arena_reset(sc_arena *a)
 static bool nv_room(sc_stream *s, nghttp2_nv **arr, size_t n, size_t *cap)
 {
     if (n == *cap) {
-        size_t ncap = *cap ? *cap * 2 : 16;
+        /* 8 to start: a gRPC call's request head, response head and
+         * trailers then fit the stream's inline arena with their strings
+         * (16 each made every call take a 4 KiB chunk from malloc). */
+        size_t ncap = *cap ? *cap * 2 : 8;
         nghttp2_nv *na = sc_arena_alloc(&s->arena, ncap * sizeof(*na));
         if (!na)
             return false;

@@ -149,13 +149,14 @@ static void attach(sc_stream *s)
     bind_stream(u, s);
 }
 
+#define SKIPPED(X)                                                                                              \
+    X("connection") X("keep-alive") X("proxy-connection") X("transfer-encoding") X("upgrade") X("te")                \
+    X("trailer") X("host") X("content-length") X("grpc-previous-rpc-attempts") X("x-sidecar-attempt")
+SC_LIT_SET(skipped_set, SKIPPED);
+
 static bool skip_req_header(const nghttp2_nv *nv)
 {
-    static const sc_lit hop[] = {SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"),
-                                 SC_LIT("transfer-encoding"), SC_LIT("upgrade"), SC_LIT("te"),
-                                 SC_LIT("trailer"), SC_LIT("host"), SC_LIT("content-length"),
-                                 SC_LIT("grpc-previous-rpc-attempts"), SC_LIT("x-sidecar-attempt")};
-    return sc_lit_in(nv->name, nv->namelen, hop, SC_ARRAY_LEN(hop));
+    return sc_lit_set_has(&skipped_set, nv->name, nv->namelen);
 }
 
 static int put(sc_conn *c, const void *p, size_t n) { return sc_conn_write(c, p, n); }

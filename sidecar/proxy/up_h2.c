@@ -72,13 +72,14 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     return (ssize_t)n;
 }
 
+#define SKIPPED(X)                                                                                              \
+    X("connection") X("keep-alive") X("proxy-connection") X("transfer-encoding") X("upgrade") X("trailer")           \
+    X("host") X("content-length") X("grpc-previous-rpc-attempts") X("x-sidecar-attempt")
+SC_LIT_SET(skipped_set, SKIPPED);
+
 static bool skip_req_header(const nghttp2_nv *nv)
 {
-    static const sc_lit hop[] = {SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"),
-                                 SC_LIT("transfer-encoding"), SC_LIT("upgrade"), SC_LIT("trailer"),
-                                 SC_LIT("host"), SC_LIT("content-length"),
-                                 SC_LIT("grpc-previous-rpc-attempts"), SC_LIT("x-sidecar-attempt")};
-    if (sc_lit_in(nv->name, nv->namelen, hop, SC_ARRAY_LEN(hop)))
+    if (sc_lit_set_has(&skipped_set, nv->name, nv->namelen))
         return true;
     if (sc_lit_eq(nv->name, nv->namelen, "te") && !sc_lit_eq(nv->value, nv->valuelen, "trailers"))
         return true;
