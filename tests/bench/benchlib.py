@@ -21,7 +21,9 @@ Subcommands (all print to stdout, errors to stderr, exit 0 unless noted):
   check-http URL                 one GET; exit 1 with a reason on failure
   check-https URL CA CERT KEY    one GET over mTLS (client certificate CERT/KEY,
                                  server verified against CA); exit 1 on failure
-  report RESULTS_TSV META_FILE   Markdown table + ratio lines
+  report RESULTS_TSV META_FILE   Markdown table + ratio lines; with rows from
+                                 several rounds (run.sh --repeat), medians of
+                                 the rounds and per-round ratios, see report()
 The parse subcommands print: rps <TAB> ok_requests <TAB> p50_us <TAB> p99_us <TAB> errors
 (for s_time: handshakes/s, connections, -, -, and as errors the connections
 whose handshake was not of the kind asked for: resumed ones in a -new run,
@@ -31,6 +33,7 @@ import math
 import os
 import re
 import signal
+import statistics
 import sys
 import time
 
@@ -330,7 +333,10 @@ def check_https(url, ca, cert, key):
 # ---------------------------------------------------------------- report
 
 COLS = ["load", "proxy", "rps", "cpu_us", "p50", "p99", "rss_idle", "rss_load",
-        "core0", "errors", "note", "other0", "key", "wakeups"]
+        "core0", "errors", "note", "other0", "key", "wakeups", "round"]
+# The figures of the main table that a report over several rounds gives as
+# the median of the rounds (errors are summed instead).
+MEDIAN_COLS = ("rps", "cpu_us", "wakeups", "p50", "p99", "rss_idle", "rss_load", "core0")
 
 # Loads (the run.sh names in the "key" column) whose unit is a connection,
 # not a request: req/s is handshakes/s and CPU µs/req is µs per connection.
@@ -371,7 +377,40 @@ def _num(v):
         return None
 
 
+def _median_rows(rows):
+    """One row per (load, proxy), in the order first seen, from the rows of
+    every round: each figure the median over the rounds that measured it,
+    errors summed, other0 the largest, and "runs" the number of rounds that
+    measured it. A (load, proxy) no round measured keeps its first row (and
+    that row's note)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["load"], r["proxy"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        ok = [r for r in rs if not r["note"]]
+        if not ok:
+            out.append(dict(rs[0], runs=0))
+            continue
+        m = dict(ok[0], runs=len(ok))
+        for c in MEDIAN_COLS:
+            vals = [v for v in (_num(r[c]) for r in ok) if v is not None]
+            m[c] = repr(statistics.median(vals)) if vals else ""
+        errs = [v for v in (_num(r["errors"]) for r in ok) if v is not None]
+        m["errors"] = f"{sum(errs):.0f}" if errs else ""
+        others = [v for v in (_num(r["other0"]) for r in ok) if v is not None]
+        m["other0"] = repr(max(others)) if others else ""
+        out.append(m)
+    return out
+
+
 def report(results_path, meta_path):
+    """The Markdown report. Rows carry their round (run.sh --repeat); with
+    one round it is that run's table and ratios. With several, the table gives
+    per load and proxy the median of the rounds (errors summed), a second
+    table each round's CPU per request, and every ratio is taken within each
+    round (both figures from the same slice of machine time) and reported as
+    the median of those per-round ratios with their range."""
     rows = []
     with open(results_path) as f:
         for line in f:
@@ -380,56 +419,135 @@ def report(results_path, meta_path):
             parts = line.rstrip("\n").split("\t")
             parts += [""] * (len(COLS) - len(parts))
             rows.append(dict(zip(COLS, parts)))
+    for r in rows:
+        # Results written before rounds existed are one round.
+        r["round"] = int(r["round"]) if r["round"].isdigit() else 1
+    rounds = sorted({r["round"] for r in rows})
+    nr = len(rounds)
+    table = rows if nr <= 1 else _median_rows(rows)
     meta = open(meta_path).read().rstrip("\n") if os.path.exists(meta_path) else ""
     out = []
     if meta:
         out.append(meta)
+    if nr > 1:
+        out.append(f"- rounds: {nr} (--repeat), interleaved: each round ran every load on every "
+                   "proxy in the order of the table, then the next round began. Every figure in "
+                   f"the table is the median of the {nr} runs of its load and proxy (errors: "
+                   "their sum); every ratio is the median of the ratios taken within each round, "
+                   "followed by their range and how many rounds gave one")
+    if out:
         out.append("")
     out.append("| load | proxy | req/s | CPU µs/req | wake-ups/req | p50 | p99 | RSS idle | RSS load "
                "| proxy core % | errors |")
     out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    notes = {}   # reason -> [(proxy, load)]
+    notes = {}   # (proxy, reason) -> {load: [rounds]}
     for r in rows:
         if r["note"]:
-            notes.setdefault((r["proxy"], r["note"]), []).append(r["load"])
+            notes.setdefault((r["proxy"], r["note"]), {}).setdefault(r["load"], []).append(r["round"])
+    for r in table:
+        if r["note"]:
             out.append(f"| {r['load']} | {r['proxy']} | n/a | | | | | | | | |")
             continue
+        # A median over fewer rounds than ran says so (the others were n/a).
+        runs = r.get("runs", nr)
+        proxy = r["proxy"] if runs == nr else f"{r['proxy']} ({runs} of {nr} rounds)"
         out.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
-            r["load"], r["proxy"], _f(r["rps"], "{:,.0f}"), _f(r["cpu_us"], "{:.2f}"), _f(r["wakeups"], "{:.2f}"),
+            r["load"], proxy, _f(r["rps"], "{:,.0f}"), _f(r["cpu_us"], "{:.2f}"), _f(r["wakeups"], "{:.2f}"),
             _us(r["p50"]), _us(r["p99"]), _mib(r["rss_idle"]), _mib(r["rss_load"]),
             _f(r["core0"], "{:.0f}%"), r["errors"] or "0"))
     out.append("")
     all_loads = list(dict.fromkeys(r["load"] for r in rows))
-    for (proxy, note), loads in notes.items():
+    for (proxy, note), where in notes.items():
+        loads = list(where)
         which = "" if len(loads) == len(all_loads) else " for " + ", ".join(loads)
+        when = sorted({rd for rds in where.values() for rd in rds})
+        if len(when) < nr:
+            which += (" in round " if len(when) == 1 else " in rounds ") + ", ".join(map(str, when))
         out.append(f"- {proxy}: n/a{which} ({note})")
     if notes:
         out.append("")
 
     key_of = {r["load"]: r["key"] for r in rows}
-    by = {(r["load"], r["proxy"]): r for r in rows if not r["note"]}
+    by = {(r["load"], r["proxy"]): r for r in table if not r["note"]}
+    by_round = {rd: {} for rd in rounds}
+    for r in rows:
+        if not r["note"]:
+            by_round[r["round"]][(r["load"], r["proxy"])] = r
     proxies = list(dict.fromkeys(r["proxy"] for r in rows))
     peers = [p for p in proxies if p not in ("sidecar", "direct")]
+
+    if nr > 1:
+        # Each round's CPU per request: how far one run can be from another.
+        out.append("CPU µs/req in each round (the table above gives the median; spread = "
+                   "(max - min) / median):")
+        out.append("")
+        out.append("| load | proxy | " + " | ".join(f"round {rd}" for rd in rounds)
+                   + " | min | median | max | spread |")
+        out.append("|---|---|" + "---:|" * (nr + 4))
+        for r in table:
+            k = (r["load"], r["proxy"])
+            cells = [_num(by_round[rd][k]["cpu_us"]) if k in by_round[rd] else None for rd in rounds]
+            vals = [v for v in cells if v is not None]
+            if not vals:
+                continue
+            med = statistics.median(vals)
+            spread = f"{(max(vals) - min(vals)) / med:.0%}" if med else "—"
+            out.append(f"| {k[0]} | {k[1]} | "
+                       + " | ".join("n/a" if v is None else f"{v:.2f}" for v in cells)
+                       + f" | {min(vals):.2f} | {med:.2f} | {max(vals):.2f} | {spread} |")
+        out.append("")
 
     def target_rate(load):
         m = re.search(r"@(\d+) rps", load)
         return float(m.group(1)) if m else None
 
-    def stalled(load, r):
-        """A run so far below what the load asks that its figures mean nothing."""
+    def stalled(load, r, src=None):
+        """A run so far below what the load asks that its figures mean nothing
+        (against direct in src: one round's rows, or by default the medians)."""
         rps = _num(r["rps"]) or 0.0
         rate = target_rate(load)
         if rate:
             return rps < 0.9 * rate
-        d = by.get((load, "direct"))
+        d = (by if src is None else src).get((load, "direct"))
         return bool(d and _num(d["rps"]) and rps < 0.02 * _num(d["rps"]))
 
     def ratio(a, b):
         a, b = _num(a), _num(b)
         return f"{a / b:.2f}x" if a and b else "—"
 
+    def round_ratios(ka, kb, field):
+        """by_round[rd][ka][field] / by_round[rd][kb][field] for every round
+        in which both were measured and neither stalled."""
+        vals = []
+        for rd in rounds:
+            src = by_round[rd]
+            x, y = src.get(ka), src.get(kb)
+            if not x or not y or stalled(ka[0], x, src) or stalled(kb[0], y, src):
+                continue
+            a, b = _num(x[field]), _num(y[field])
+            if a and b:
+                vals.append(a / b)
+        return vals
+
+    def rratio(ka, kb, field):
+        """The ratio of two rows' field, (load, proxy) keys ka / kb: with one
+        round that run's ratio; with several, the median of the per-round
+        ratios, their range and how many rounds gave one."""
+        if nr <= 1:
+            return ratio(by[ka][field], by[kb][field])
+        return median_ratio(round_ratios(ka, kb, field))
+
+    def median_ratio(vals):
+        """"0.74x (0.70-0.79, 3 rounds)": per-round ratios, their median first."""
+        if not vals:
+            return "—"
+        n = len(vals)
+        return (f"{statistics.median(vals):.2f}x ({min(vals):.2f}-{max(vals):.2f}, "
+                f"{n} round{'s' if n != 1 else ''})")
+
     # Ratios: sidecar / peer; below 1.00 means the sidecar uses less.
     lines = []
+    crossing = []   # CPU/req ratios below 1.00x in some rounds, above in others
     for load in all_loads:
         s = by.get((load, "sidecar"))
         if not s:
@@ -442,11 +560,15 @@ def report(results_path, meta_path):
             q = by.get((load, p))
             if not q or stalled(load, q):
                 continue
-            extra = (f", p99 {ratio(s['p99'], q['p99'])}" if fixed_rate
-                     else f", req/s {ratio(s['rps'], q['rps'])}")
-            lines.append(f"- {load}: sidecar vs {p}: CPU/req {ratio(s['cpu_us'], q['cpu_us'])}, "
-                         f"RSS load {ratio(s['rss_load'], q['rss_load'])}, "
-                         f"RSS idle {ratio(s['rss_idle'], q['rss_idle'])}{extra}")
+            ks, kq = (load, "sidecar"), (load, p)
+            extra = (f", p99 {rratio(ks, kq, 'p99')}" if fixed_rate
+                     else f", req/s {rratio(ks, kq, 'rps')}")
+            lines.append(f"- {load}: sidecar vs {p}: CPU/req {rratio(ks, kq, 'cpu_us')}, "
+                         f"RSS load {rratio(ks, kq, 'rss_load')}, "
+                         f"RSS idle {rratio(ks, kq, 'rss_idle')}{extra}")
+            rs = round_ratios(ks, kq, "cpu_us") if nr > 1 else []
+            if rs and round(min(rs), 2) < 1 < round(max(rs), 2):
+                crossing.append(f"sidecar vs {p} on {load} ({min(rs):.2f}-{max(rs):.2f})")
     if lines:
         out.append("Ratios, sidecar / peer (CPU/req, RSS, p99: < 1.00x means the sidecar "
                    "uses less; req/s: > 1.00x means the sidecar is faster):")
@@ -466,7 +588,7 @@ def report(results_path, meta_path):
             q = by.get((load, p))
             if not p.startswith("sidecar_") or not q or stalled(load, q):
                 continue
-            cost_lines.append(f"- {load}: {p} / sidecar: CPU/req {ratio(q['cpu_us'], s['cpu_us'])} "
+            cost_lines.append(f"- {load}: {p} / sidecar: CPU/req {rratio((load, p), (load, 'sidecar'), 'cpu_us')} "
                               f"({_f(q['cpu_us'], '{:.2f}')} vs {_f(s['cpu_us'], '{:.2f}')} µs)")
     if cost_lines:
         out.append("")
@@ -483,7 +605,7 @@ def report(results_path, meta_path):
         f = by.get((load, "floor"))
         if not f or stalled(load, f) or not _num(f["cpu_us"]):
             continue
-        vals = [f"{p} {ratio(by[(load, p)]['cpu_us'], f['cpu_us'])}"
+        vals = [f"{p} {rratio((load, p), (load, 'floor'), 'cpu_us')}"
                 for p in proxies if p not in ("floor", "direct") and (load, p) in by
                 and not stalled(load, by[(load, p)])]
         if vals:
@@ -533,11 +655,24 @@ def report(results_path, meta_path):
                 out.append("- resumed handshake alone, estimated as (resumed handshake + GET) - "
                            "(plaintext connection + GET): " + ", ".join(vals))
             s = est.get("sidecar")
+
+            def alone(src, p):
+                r, t = src.get((res, p)), src.get((twin, p))
+                if r and t and _num(r["cpu_us"]) and _num(t["cpu_us"]):
+                    return _num(r["cpu_us"]) - _num(t["cpu_us"])
+                return None
+
             for p in peers:
                 if s and est.get(p):
-                    out.append(f"  - sidecar vs {p}: {s / est[p]:.2f}x")
+                    if nr <= 1:
+                        out.append(f"  - sidecar vs {p}: {s / est[p]:.2f}x")
+                        continue
+                    # With rounds: the estimate and its ratio within each round.
+                    vals = [alone(by_round[rd], "sidecar") / alone(by_round[rd], p) for rd in rounds
+                            if alone(by_round[rd], "sidecar") and alone(by_round[rd], p)]
+                    out.append(f"  - sidecar vs {p}: {median_ratio(vals)}")
         if full and res:
-            vals = [f"{p} {ratio(by[(res, p)]['cpu_us'], by[(full, p)]['cpu_us'])}"
+            vals = [f"{p} {rratio((res, p), (full, p), 'cpu_us')}"
                     for p in tproxies if (res, p) in by and (full, p) in by]
             if vals:
                 out.append("- (resumed handshake + GET) / full handshake, CPU per connection: "
@@ -547,56 +682,89 @@ def report(results_path, meta_path):
             for p in tproxies:
                 t, q = by.get((tl, p)), by.get((pl, p))
                 if t and q and not stalled(tl, t) and not stalled(pl, q):
-                    vals.append(f"{p} {ratio(t['cpu_us'], q['cpu_us'])} "
+                    vals.append(f"{p} {rratio((tl, p), (pl, p), 'cpu_us')} "
                                 f"({_f(t['cpu_us'], '{:.1f}')} / {_f(q['cpu_us'], '{:.1f}')} µs)")
             if vals:
                 out.append(f"- TLS / plaintext CPU per request on kept-alive connections at the "
                            f"same rate, \"{tl}\" / \"{pl}\": " + ", ".join(vals))
 
     # Sanity: at saturation the proxy, not core 1 (load tool + backend), must
-    # be the limit, or req/s and CPU/req compare different regimes.
+    # be the limit, or req/s and CPU/req compare different regimes. Checked
+    # in every round on that round's rows: a round that warned is named.
+    def checks(src):
+        """The checks over one round's rows, src: (load, proxy) -> row. Returns
+        load -> {"stall", "near", "unsat": [(proxy, figure)], "errors": bool}."""
+        found = {}
+        for load in all_loads:
+            d = src.get((load, "direct"))
+            near, unsat, stall = [], [], []
+            for p in proxies:
+                q = src.get((load, p))
+                if not q or p == "direct":
+                    continue
+                if stalled(load, q, src):
+                    stall.append((p, f"{_num(q['rps']) or 0:,.0f} req/s"))
+                    continue
+                if target_rate(load) or key_of.get(load) in HANDSHAKE_LOADS + ("tls-plain-max",):
+                    # Fixed rate: nothing to saturate. Handshakes: the client pays
+                    # about as much per handshake as the server, so core 1 is the
+                    # limit; CPU per handshake hardly depends on batching.
+                    # tls-plain-max is paced at its TLS twin's rate on purpose.
+                    continue
+                if d and _num(q["rps"]) and _num(d["rps"]) and _num(q["rps"]) >= 0.9 * _num(d["rps"]):
+                    near.append((p, f"{_num(q['rps']) / _num(d['rps']):.0%}"))
+                c = _num(q["core0"])
+                if c is not None and c < 85:
+                    unsat.append((p, f"{c:.0f}%"))
+            errors = any(_num(src[k]["errors"]) for k in src if k[0] == load)
+            found[load] = {"stall": stall, "near": near, "unsat": unsat, "errors": errors}
+        return found
+
+    found = {rd: checks(by_round[rd]) for rd in rounds}
+
+    def who(load, kind):
+        """"proxy (figure)" for each proxy one check flagged; with several
+        rounds, "proxy (round 1: figure, round 3: figure)"."""
+        seen = {}
+        for rd in rounds:
+            for p, fig in found[rd][load][kind]:
+                seen.setdefault(p, []).append((rd, fig))
+        if nr <= 1:
+            return ", ".join(f"{p} ({v[0][1]})" for p, v in seen.items())
+        return ", ".join(f"{p} (" + ", ".join(f"round {rd}: {fig}" for rd, fig in seen[p]) + ")"
+                         for p in proxies if p in seen)
+
     warn = []
     for load in all_loads:
-        d = by.get((load, "direct"))
-        near, unsat, stall = [], [], []
-        for p in proxies:
-            q = by.get((load, p))
-            if not q or p == "direct":
-                continue
-            if stalled(load, q):
-                stall.append(f"{p} ({_num(q['rps']) or 0:,.0f} req/s)")
-                continue
-            if target_rate(load) or key_of.get(load) in HANDSHAKE_LOADS + ("tls-plain-max",):
-                # Fixed rate: nothing to saturate. Handshakes: the client pays
-                # about as much per handshake as the server, so core 1 is the
-                # limit; CPU per handshake hardly depends on batching.
-                # tls-plain-max is paced at its TLS twin's rate on purpose.
-                continue
-            if d and _num(q["rps"]) and _num(d["rps"]) and _num(q["rps"]) >= 0.9 * _num(d["rps"]):
-                near.append(f"{p} ({_num(q['rps']) / _num(d['rps']):.0%})")
-            c = _num(q["core0"])
-            if c is not None and c < 85:
-                unsat.append(f"{p} ({c:.0f}%)")
+        stall, near, unsat = who(load, "stall"), who(load, "near"), who(load, "unsat")
         if stall:
             warn.append(f"- {load}: far below the load (fixed rate missed, or < 2% of direct "
-                        f"req/s), stalled or starved, figures meaningless: {', '.join(stall)}")
+                        f"req/s), stalled or starved, figures meaningless: {stall}")
         if near:
             warn.append(f"- {load}: within 90% of direct req/s, the load core may be the limit: "
-                        f"{', '.join(near)}")
+                        f"{near}")
         if unsat:
             warn.append(f"- {load}: proxy core not saturated, CPU/req measured with less batching "
-                        f"than a saturated peer's: {', '.join(unsat)}")
-        if any(_num(by[k]["errors"]) for k in by if k[0] == load):
+                        f"than a saturated peer's: {unsat}")
+        erred = [rd for rd in rounds if found[rd][load]["errors"]]
+        if erred and nr <= 1:
             warn.append(f"- {load}: some runs had errors (see the errors column)")
-    noisy = {}
+        elif erred:
+            warn.append(f"- {load}: some runs had errors, in round{'s' if len(erred) > 1 else ''} "
+                        f"{', '.join(map(str, erred))} (the errors column sums the rounds)")
+    noisy = {}   # proxy -> (largest share of the proxy core others took, its round)
     for r in rows:
         o = _num(r.get("other0"))
-        if o is not None and o > 5:
-            noisy[r["proxy"]] = max(noisy.get(r["proxy"], 0.0), o)
+        if o is not None and o > 5 and o > noisy.get(r["proxy"], (0.0, 0))[0]:
+            noisy[r["proxy"]] = (o, r["round"])
     if noisy:
         warn.append("- the machine was not quiet: other processes used up to "
-                    + ", ".join(f"{o:.0f}% ({p})" for p, o in noisy.items())
+                    + ", ".join(f"{o:.0f}% ({p})" if nr <= 1 else f"{o:.0f}% ({p}, round {rd})"
+                                for p, (o, rd) in noisy.items())
                     + " of the proxy core during the runs: repeat on an idle machine before quoting")
+    if crossing:
+        warn.append("- CPU/req below 1.00x in some rounds and above in others, no clear winner: "
+                    + ", ".join(crossing))
     out.append("")
     measured = any(k[1] != "direct" for k in by)
     if warn:
@@ -605,7 +773,8 @@ def report(results_path, meta_path):
         out.extend(warn)
     elif measured:
         out.append("Sanity: no proxy came within 90% of direct req/s or left its core "
-                   "unsaturated at saturation; no stalls, no errors, a quiet machine.")
+                   "unsaturated at saturation; no stalls, no errors, a quiet machine"
+                   + ("." if nr <= 1 else f", in each of the {nr} rounds."))
     print("\n".join(out))
 
 

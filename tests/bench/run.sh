@@ -4,12 +4,19 @@
 # machine, in one run. See tests/bench/README.md for the method.
 #
 #   tests/bench/run.sh [--quick] [--duration N] [--only LIST] [--loads LIST]
-#                      [--sidecar PATH] [--out FILE] [--no-direct] [--keep-work]
+#                      [--repeat N] [--sidecar PATH] [--out FILE] [--no-direct]
+#                      [--keep-work] [--wait-quiet S]
 #
 # Layout: every proxy runs with one worker pinned to core 0; backends, load
 # generators and the samplers run on core 1. Everything listens on 127.0.0.1.
 # Every process this script starts is killed on exit; every load is bounded
 # in time (the tool's own duration plus a `timeout` around it).
+#
+# --repeat N runs the whole measurement N times in interleaved rounds (round 1:
+# every proxy with every load, in the usual order; then round 2, ...), so that
+# every proxy sees the same slices of a noisy machine's time. Each result row
+# carries its round; the report gives medians over the rounds and, for every
+# ratio, the median of the ratios taken within each round with their range.
 #
 # Extension points (look for "EXTENSION"): a new proxy is a start_<name>
 # function plus its name in ALL_PROXIES; a new load is a case in load_cmd()
@@ -43,6 +50,7 @@ LOADS=$ALL_LOADS
 DIRECT=1
 KEEP_WORK=0
 WAIT_QUIET=0
+REPEAT=1
 OUT=""
 SIDECAR_BIN=${SIDECAR_BIN:-$ROOT/build/sidecar}
 PORT_BASE=${BENCH_PORT_BASE:-27100}
@@ -69,6 +77,11 @@ usage: $0 [options]
                    kept-alive mTLS connections against a plaintext twin, at a fixed
                    rate and at the highest rate the load core reaches. TLS loads
                    run on $TLS_PROXIES only.
+  --repeat N       run everything N times (default 1), in interleaved rounds: round 1
+                   is every selected proxy with every selected load, then round 2, ...
+                   The report gives per load and proxy the median of the N runs
+                   (errors summed), each run's CPU µs/req, and every ratio as the
+                   median of the ratios taken within each round, with their range
   --sidecar PATH   sidecar binary (default: \$SIDECAR_BIN or build/sidecar)
   --out FILE       results file (default: tests/bench/results-<date>.md)
   --no-direct      skip the no-proxy baseline
@@ -97,6 +110,8 @@ while (($#)); do
         --keep-work) KEEP_WORK=1 ;;
         --wait-quiet) WAIT_QUIET=${2:?--wait-quiet needs seconds}; shift ;;
         --wait-quiet=*) WAIT_QUIET=${1#*=} ;;
+        --repeat) REPEAT=${2:?--repeat needs a count}; shift ;;
+        --repeat=*) REPEAT=${1#*=} ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -107,6 +122,8 @@ if ((QUICK)); then WARM=1; : "${DURATION:=2}"; else WARM=2; : "${DURATION:=10}";
 [[ $DURATION =~ ^[0-9]+$ ]] && ((DURATION >= 1 && DURATION <= 600)) \
     || { echo "--duration must be 1..600 seconds" >&2; exit 2; }
 [[ $WAIT_QUIET =~ ^[0-9]+$ ]] || { echo "--wait-quiet needs a number of seconds" >&2; exit 2; }
+[[ $REPEAT =~ ^[0-9]+$ ]] && ((REPEAT >= 1 && REPEAT <= 100)) \
+    || { echo "--repeat must be 1..100" >&2; exit 2; }
 # Hard bound for any one load-tool run: its own duration plus slack.
 LOAD_TIMEOUT=$((DURATION + 30))
 
@@ -631,17 +648,21 @@ load_label() {
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
-# row LOAD PROXY RPS CPU_US P50 P99 RSS_IDLE RSS_LOAD CORE0 ERRORS NOTE OTHER0 KEY
-# (KEY: the load's name in load_cmd, for the report's TLS section)
-row() { local IFS=$'\t'; echo "$*" >>"$RESULTS"; }
-na_row() { row "$(load_label "$1")" "$2" "" "" "" "" "" "" "" "" "$3" "" "$1"; }
+# row LOAD PROXY RPS CPU_US P50 P99 RSS_IDLE RSS_LOAD CORE0 ERRORS NOTE OTHER0 KEY WAKEUPS
+# (KEY: the load's name in load_cmd, for the report's TLS section); row adds
+# the round (ROUND, 1..REPEAT) as the last column.
+ROUND=1
+row() { local IFS=$'\t'; echo "$*"$'\t'"$ROUND" >>"$RESULTS"; }
+na_row() { row "$(load_label "$1")" "$2" "" "" "" "" "" "" "" "" "$3" "" "$1" ""; }
 TLS_NEGOTIATED="$WORK/tls-negotiated.txt"
 : >"$TLS_NEGOTIATED"
 
 # run_load LOAD PROXY PID RSS_IDLE: warm-up, then the measured run.
 run_load() {
     local load=$1 proxy=$2 pid=$3 rss_idle=$4
-    local raw="$WORK/$proxy.$load"
+    # Raw tool output of every round is kept apart (--keep-work).
+    local raw="$WORK/$proxy.$load" rtag=""
+    ((REPEAT > 1)) && rtag=".r$ROUND" raw+=".r$ROUND"
     load_cmd "$load" "$WARM" "$raw.warm.reqlog"
     log "$proxy / $load: warm-up ${WARM}s"
     "${ON_LOAD_CORE[@]}" timeout -k 5 "$LOAD_TIMEOUT" "${CMD[@]}" >"$raw.warm.out" 2>&1
@@ -651,7 +672,7 @@ run_load() {
     local c0="" c1="" w0="" w1="" t0 t1 sampler="" i
     if [[ -n $pid ]]; then
         rm -f "$raw.rss"
-        start_bg "$proxy.$load.sampler" "${ON_LOAD_CORE[@]}" "$PY" "$LIB" sample "$pid" "$raw.rss" 0.1 "$LOAD_TIMEOUT"
+        start_bg "$proxy.$load$rtag.sampler" "${ON_LOAD_CORE[@]}" "$PY" "$LIB" sample "$pid" "$raw.rss" 0.1 "$LOAD_TIMEOUT"
         sampler=$LAST_PID
         # Let the sampler start (its first reading is the idle-before-load value)
         # so that its own start-up does not land inside the measured run.
@@ -692,7 +713,7 @@ run_load() {
     fi
     rm -f "$raw.reqlog"
     if [[ -z $ok || $ok == 0 ]]; then
-        note=${note:-"no successful requests (see $proxy.$load.out)"}
+        note=${note:-"no successful requests (see $proxy.$load$rtag.out)"}
     elif [[ -n $pid ]]; then
         local hz; hz=$(getconf CLK_TCK)
         cpu_us=$(awk -v a="$c0" -v b="$c1" -v n="$ok" -v hz="$hz" 'BEGIN{printf "%.3f", (b-a)*1e6/hz/n}')
@@ -872,8 +893,13 @@ META="$WORK/meta.md"
     fi
 } >"$META"
 
-for proxy in "${PROXIES[@]}"; do
-    bench_proxy "$proxy"
+# Rounds interleave: every proxy runs every load once per round, so a slow
+# stretch of machine time lands on all of them rather than on one.
+for ((ROUND = 1; ROUND <= REPEAT; ROUND++)); do
+    ((REPEAT > 1)) && log "round $ROUND of $REPEAT"
+    for proxy in "${PROXIES[@]}"; do
+        bench_proxy "$proxy"
+    done
 done
 
 mkdir -p "$(dirname "$OUT")"
