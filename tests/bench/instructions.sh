@@ -11,6 +11,11 @@
 # one given is measured besides the plain configuration, and the ratio
 # column gives its instructions per request against the plain one (same
 # binary, same load): the cost of a feature (tests/bench/variants/).
+# --upstream-extra FILE: the same for a variant of both upstreams' policies:
+# FILE's lines (keys of an upstream, such as retries: or bulkhead:) are added
+# to each of the two upstreams, and a `timeouts:` line there replaces the
+# plain one (tests/bench/variants/policies_upstream.yaml: every resilience
+# policy on, as run.sh's sidecar_policies).
 # @BACKEND_HTTP@ in FILE becomes the HTTP/1.1 backend's port: the tracing
 # variants export their spans there, so the export's work is counted too.
 #
@@ -44,14 +49,15 @@ while (($#)); do
     case $1 in
         -n) N=$2; shift 2 ;;
         --config-extra) EXTRAS+=("$(readlink -f "$2")"); shift 2 ;;
+        --upstream-extra) EXTRAS+=("up:$(readlink -f "$2")"); shift 2 ;;
         --loads) LOADS=$2; shift 2 ;;
         --inbound-extra) INBOUND_EXTRA=$(readlink -f "$2"); shift 2 ;;
         -H) HDRS+=(-H "$2"); shift 2 ;;
-        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) BINS+=("$(readlink -f "$1")"); shift ;;
     esac
 done
-((${#BINS[@]})) || { echo "usage: $0 [-n N] [--loads grpc,http1,inbound] [--config-extra FILE] [--inbound-extra FILE] [-H HEADER] BINARY..." >&2; exit 2; }
+((${#BINS[@]})) || { echo "usage: $0 [-n N] [--loads grpc,http1,inbound] [--config-extra FILE] [--upstream-extra FILE] [--inbound-extra FILE] [-H HEADER] BINARY..." >&2; exit 2; }
 for t in valgrind callgrind_control h2load cc; do
     command -v "$t" >/dev/null || { echo "$t is needed (valgrind, nghttp2-client, gcc)" >&2; exit 2; }
 done
@@ -90,14 +96,33 @@ for bin in "${BINS[@]}"; do
   for l in "${loads[@]}"; do
     for extra in "${EXTRAS[@]}"; do
         PA=$(free_port); PG=$(free_port); PH=$(free_port); PI=$(free_port)
+        up_extra=
+        if [[ $extra == up:* ]]; then up_extra=${extra#up:}; extra=; fi
+        # the keys an upstream gets besides its name, protocol, listener and instances
+        up_keys() {
+            if [[ $up_extra ]]; then
+                grep -q '^timeouts:' "$up_extra" || echo "    timeouts: {connect: 1s, request: 30s, idle: 60s}"
+                sed 's/^/    /' "$up_extra"
+            else
+                echo "    timeouts: {connect: 1s, request: 30s, idle: 60s}"
+            fi
+        }
         cat >"$WORK/sidecar.yaml" <<EOF
 service: {name: bench}
 admin: {listen: "127.0.0.1:$PA"}
 workers: 1
 log: {level: warn}
 upstreams:
-  - {upstream: grpc-backend, protocol: grpc, listen: "127.0.0.1:$PG", discovery: {static: ["127.0.0.1:$BG"]}, timeouts: {connect: 1s, request: 30s, idle: 60s}}
-  - {upstream: http-backend, protocol: http1, listen: "127.0.0.1:$PH", discovery: {static: ["127.0.0.1:$BH"]}, timeouts: {connect: 1s, request: 30s, idle: 60s}}
+  - upstream: grpc-backend
+    protocol: grpc
+    listen: "127.0.0.1:$PG"
+    discovery: {static: ["127.0.0.1:$BG"]}
+$(up_keys)
+  - upstream: http-backend
+    protocol: http1
+    listen: "127.0.0.1:$PH"
+    discovery: {static: ["127.0.0.1:$BH"]}
+$(up_keys)
 inbound:
   listen: "127.0.0.1:$PI"
   app: "127.0.0.1:$BH"
@@ -126,8 +151,9 @@ EOF
         ir=$(cat "$out".* 2>/dev/null | sed -n 's/^totals: *\([0-9]*\).*/\1/p' | awk '{s+=$1} END {print s+0}')
         kill "$vpid" 2>/dev/null || true; wait "$vpid" 2>/dev/null || true
         per=$(awk -v ir="$ir" -v n="$N" 'BEGIN {printf "%.0f", ir / n}')
-        [[ -n $extra ]] || BASE["$bin/$l"]=$per
-        printf '| %s | %s | %s | %d | %s | %s | %s |\n' "$bin" "${extra:+$(basename "$extra")}" "$l" "$N" \
+        [[ -n $extra || -n $up_extra ]] || BASE["$bin/$l"]=$per
+        shown=${extra:-$up_extra}
+        printf '| %s | %s | %s | %d | %s | %s | %s |\n' "$bin" "${shown:+$(basename "$shown")}" "$l" "$N" \
             "${ok:-?}" "$per" "$(awk -v a="$per" -v b="${BASE["$bin/$l"]}" 'BEGIN {printf "%.3f", a / b}')"
     done
   done
