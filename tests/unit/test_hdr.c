@@ -1,10 +1,13 @@
-/* Unit tests for http/hdr.h: header-name aliasing the way CGI-style apps read names. */
+/* Unit tests for http/hdr.h: header-name aliasing the way CGI-style apps
+ * read names; and core/common.h's name sets (SC_LIT_SET), which the codecs
+ * use for their hop-by-hop lists. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <cmocka.h>
 #include <string.h>
 
+#include "core/common.h"
 #include "http/hdr.h"
 
 static bool al(const char *n, const char *canon) { return sc_hdr_aliases(n, strlen(n), canon); }
@@ -31,6 +34,33 @@ static void test_aliases(void **state)
     assert_true(sc_hdr_aliases("abX", 2, "ab")); /* only the first len bytes */
 }
 
+#define TEST_SET(X) X("te") X("host") X("connection") X("keep-alive") X("grpc-previous-rpc-attempts")
+SC_LIT_SET(test_set, TEST_SET);
+
+static bool in_set(const char *n) { return sc_lit_set_has(&test_set, n, strlen(n)); }
+
+static void test_lit_set(void **state)
+{
+    (void)state;
+    assert_int_equal(test_set.n, 5);
+    /* one bit per length present: 2, 4, 10 (two names), 26 */
+    assert_int_equal(test_set.lens, (1u << 2) | (1u << 4) | (1u << 10) | (1u << 26));
+    assert_true(in_set("te"));
+    assert_true(in_set("host"));
+    assert_true(in_set("connection"));
+    assert_true(in_set("keep-alive"));
+    assert_true(in_set("grpc-previous-rpc-attempts"));
+    /* a length the set has, other bytes */
+    assert_false(in_set("tx"));
+    assert_false(in_set("user-agent"));
+    assert_false(in_set("Connection")); /* exact bytes: callers hand over lower-case names */
+    /* lengths it has not, the empty name, and names longer than the mask */
+    assert_false(in_set(""));
+    assert_false(in_set("content-type"));
+    assert_false(in_set("x-a-header-name-far-longer-than-sixty-three-bytes-which-no-set-entry-can-be"));
+    assert_false(sc_lit_set_has(&test_set, "host", 3)); /* the length is honoured, not the NUL */
+}
+
 static void test_underscore(void **state)
 {
     (void)state;
@@ -44,6 +74,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_aliases),
         cmocka_unit_test(test_underscore),
+        cmocka_unit_test(test_lit_set),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
