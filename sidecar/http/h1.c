@@ -68,18 +68,28 @@ static inline bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
 static inline char lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c; }
 
-/* a[0..alen) equals the NUL-terminated b, ignoring ASCII case. Walks b
- * instead of measuring it first: most comparisons fail at the first byte. */
-static bool ieq(const char *a, size_t alen, const char *b)
+/* a[0..n) equals b[0..n), ignoring ASCII case. */
+static bool ieq_n(const char *a, const char *b, size_t n)
 {
-    size_t i = 0;
-    for (; i < alen; i++)
-        if (!b[i] || lower(a[i]) != lower(b[i]))
+    for (size_t i = 0; i < n; i++)
+        if (lower(a[i]) != lower(b[i]))
             return false;
-    return b[i] == '\0';
+    return true;
 }
 
-static bool str_ieq(sc_h1_str s, const char *lit) { return ieq(s.p, s.len, lit); }
+/* a[0..alen) equals the NUL-terminated b, ignoring ASCII case. The lengths
+ * are compared first (b is mostly a literal, whose strlen the compiler
+ * knows): most names in a head differ from the one looked for in length. */
+static inline __attribute__((always_inline)) bool ieq(const char *a, size_t alen, const char *b)
+{
+    size_t blen = strlen(b);
+    return alen == blen && ieq_n(a, b, alen);
+}
+
+static inline __attribute__((always_inline)) bool str_ieq(sc_h1_str s, const char *lit)
+{
+    return ieq(s.p, s.len, lit);
+}
 
 /*
  * Comma-separated list (RFC 9110 5.6.1): yields the next element with OWS
@@ -695,20 +705,22 @@ const sc_h1_header *sc_h1_find(const sc_h1_head *h, const char *name)
 {
     size_t len = strlen(name);
     for (size_t i = 0; i < h->n_headers; i++)
-        if (h->headers[i].name.len == len && ieq(h->headers[i].name.p, len, name))
+        if (h->headers[i].name.len == len && ieq_n(h->headers[i].name.p, name, len))
             return &h->headers[i];
     return NULL;
 }
 
+#define HOP_BY_HOP(X)                                                                                           \
+    X("connection") X("keep-alive") X("proxy-connection") X("te") X("trailer") X("transfer-encoding") X("upgrade")
+SC_LIT_SET(hop_by_hop, HOP_BY_HOP);
+
 bool sc_h1_is_hop_by_hop(const char *name, size_t len, sc_h1_str connection)
 {
-    static const sc_lit fixed[] = {
-        SC_LIT("connection"), SC_LIT("keep-alive"), SC_LIT("proxy-connection"), SC_LIT("te"),
-        SC_LIT("trailer"),    SC_LIT("transfer-encoding"), SC_LIT("upgrade"),
-    };
-    for (size_t i = 0; i < SC_ARRAY_LEN(fixed); i++)
-        if (fixed[i].len == len && ieq(name, len, fixed[i].p))
-            return true;
+    /* any letter case: the length mask first, so most names cost one test */
+    if (len <= 63 && ((hop_by_hop.lens >> len) & 1))
+        for (size_t i = 0; i < hop_by_hop.n; i++)
+            if (hop_by_hop.tab[i].len == len && ieq_n(name, hop_by_hop.tab[i].p, len))
+                return true;
     if (!connection.p)
         return false;
     const char *p = connection.p, *end = connection.p + connection.len;
@@ -749,7 +761,7 @@ bool sc_h1_trailer_forbidden(const char *name, size_t len)
     if (sc_h1_is_hop_by_hop(name, len, none))
         return true;
     for (size_t i = 0; i < SC_ARRAY_LEN(deny); i++)
-        if (deny[i].len == len && ieq(name, len, deny[i].p))
+        if (deny[i].len == len && ieq_n(name, deny[i].p, len))
             return true;
     return false;
 }
