@@ -186,6 +186,11 @@ static int parse_version(const char **pp, const char *end, int *minor, perr *e)
 {
     static const char pat[] = "HTTP/1.1";
     const char *p = *pp;
+    if (end - p >= 8 && memcmp(p, pat, 8) == 0) { /* nearly every message: one word compare */
+        *minor = 1;
+        *pp = p + 8;
+        return 1;
+    }
     for (int i = 0; i < 8; i++) {
         if (p + i == end)
             return INCOMPLETE;
