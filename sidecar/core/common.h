@@ -89,11 +89,16 @@ typedef struct {
     static const sc_lit name##_tab_[] = {LIST(SC_LIT_ITEM_)};                                                         \
     static const sc_lit_set name = {LIST(SC_LIT_LENBIT_) 0, sizeof(name##_tab_) / sizeof(name##_tab_[0]), name##_tab_}
 
+/* Whether an entry of the set is len bytes long (for a compare of another
+ * kind, such as in any letter case, after it). */
+static inline bool sc_lit_set_len_in(const sc_lit_set *set, size_t len)
+{
+    return len <= 63 && ((set->lens >> len) & 1);
+}
+
 static inline bool sc_lit_set_has(const sc_lit_set *set, const void *name, size_t len)
 {
-    if (len > 63 || !((set->lens >> len) & 1))
-        return false;
-    return sc_lit_in(name, len, set->tab, set->n);
+    return sc_lit_set_len_in(set, len) && sc_lit_in(name, len, set->tab, set->n);
 }
 
 /* True when a[0..alen) equals lit exactly. lit a string literal: always

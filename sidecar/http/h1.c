@@ -14,6 +14,7 @@
  * Nothing allocates; parsed strings point into the caller's buffers.
  */
 #include "http/h1.h"
+#include "http/hdr.h"
 
 #include <string.h>
 
@@ -715,14 +716,12 @@ const sc_h1_header *sc_h1_find(const sc_h1_head *h, const char *name)
     return NULL;
 }
 
-#define HOP_BY_HOP(X)                                                                                           \
-    X("connection") X("keep-alive") X("proxy-connection") X("te") X("trailer") X("transfer-encoding") X("upgrade")
-SC_LIT_SET(hop_by_hop, HOP_BY_HOP);
+SC_LIT_SET(hop_by_hop, SC_HDR_HOP_BY_HOP);
 
 bool sc_h1_is_hop_by_hop(const char *name, size_t len, sc_h1_str connection)
 {
     /* any letter case: the length mask first, so most names cost one test */
-    if (len <= 63 && ((hop_by_hop.lens >> len) & 1))
+    if (sc_lit_set_len_in(&hop_by_hop, len))
         for (size_t i = 0; i < hop_by_hop.n; i++)
             if (hop_by_hop.tab[i].len == len && ieq_n(name, hop_by_hop.tab[i].p, len))
                 return true;

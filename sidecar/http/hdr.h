@@ -28,4 +28,13 @@ bool sc_hdr_aliases(const char *name, size_t len, const char *canon);
 /* True when `name` contains '_'. */
 bool sc_hdr_has_underscore(const char *name, size_t len);
 
+/* The hop-by-hop fields (RFC 9110 7.6.1, RFC 9113 8.2.2; proxy-connection
+ * too, which old clients send), never passed from one connection to the
+ * next, as X-macro lists for SC_LIT_SET (core/common.h): each codec's set
+ * is this list and the fields it writes itself. `te` apart, for HTTP/2
+ * upstreams, which keep "te: trailers". */
+#define SC_HDR_HOP_BY_HOP_BUT_TE(X)                                                                             \
+    X("connection") X("keep-alive") X("proxy-connection") X("transfer-encoding") X("upgrade") X("trailer")
+#define SC_HDR_HOP_BY_HOP(X) SC_HDR_HOP_BY_HOP_BUT_TE(X) X("te")
+
 #endif

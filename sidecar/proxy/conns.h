@@ -14,8 +14,9 @@
  * instructions; 25 per proxied gRPC call). The entry mirrors the session's
  * user data: every change of a stream's user data goes through
  * sc_h2_set_stream (nghttp2_submit_request sets it too, for a stream ID
- * not yet assigned, so never the one held here), and a stream's user data is cleared (through it) before
- * its sc_stream is let go, so the entry never outlives what it points at.
+ * not yet assigned, so never the one held here), and a stream's user data
+ * is cleared (through it) before its sc_stream is let go, so the entry
+ * never outlives what it points at.
  * Stream IDs are never reused within a session. */
 typedef struct sc_h2_last {
     int32_t sid;                    /* 0: empty */
@@ -35,10 +36,10 @@ static inline sc_stream *sc_h2_get_stream(sc_h2_last *last, nghttp2_session *h2,
 static inline void sc_h2_set_stream(sc_h2_last *last, nghttp2_session *h2, int32_t sid, sc_stream *s)
 {
     nghttp2_session_set_stream_user_data(h2, sid, s);
-    if (sid == last->sid || s) {
-        last->sid = s ? sid : 0;
-        last->s = s;
-    }
+    if (s)
+        *last = (sc_h2_last){sid, s};
+    else if (sid == last->sid)
+        last->sid = 0;
 }
 
 /* A caller's connection: starts as HTTP/1 and switches to HTTP/2 when the

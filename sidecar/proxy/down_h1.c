@@ -442,9 +442,7 @@ static void on_readable(sc_conn *c)
         sc_conn_mark_dirty(c); /* decrypted bytes left after the bounded loop */
 }
 
-#define RESPONSE_HOP(X)                                                                                         \
-    X("connection") X("keep-alive") X("proxy-connection") X("transfer-encoding") X("upgrade") X("te")                \
-    X("trailer") X("content-length")
+#define RESPONSE_HOP(X) SC_HDR_HOP_BY_HOP(X) X("content-length")
 SC_LIT_SET(response_hop_set, RESPONSE_HOP);
 
 static bool is_response_hop(const nghttp2_nv *nv)

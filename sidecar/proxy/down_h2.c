@@ -373,9 +373,7 @@ static bool oversized_flood(sc_down_conn *d)
 
 /* Connection-specific fields and the framing and routing ones this hop
  * writes itself: never passed on from a response head or a request trailer. */
-#define HOP_FIELDS(X)                                                                                           \
-    X("connection") X("keep-alive") X("proxy-connection") X("transfer-encoding") X("upgrade") X("te")                \
-    X("trailer") X("host") X("content-length")
+#define HOP_FIELDS(X) SC_HDR_HOP_BY_HOP(X) X("host") X("content-length")
 SC_LIT_SET(hop_fields, HOP_FIELDS);
 
 /* Names a request trailer may not carry: connection-specific fields and the

@@ -84,9 +84,10 @@ static bool nv_room(sc_stream *s, nghttp2_nv **arr, size_t n, size_t *cap)
 
 /* name and value copied into one arena block, both NUL-terminated; the
  * name lower-cased unless already_lower (HTTP/2 field names: nghttp2
- * refuses a received name with an upper-case letter). */
+ * refuses a received name with an upper-case letter); of rx_flags (what
+ * nghttp2 said of a received field), never-indexed is kept. */
 static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, const char *name, size_t nlen,
-                     const char *value, size_t vlen, bool already_lower, uint8_t never_index)
+                     const char *value, size_t vlen, bool already_lower, uint8_t rx_flags)
 {
     if (!nv_room(s, arr, *n, cap))
         return -ENOMEM;
@@ -107,7 +108,7 @@ static int nv_append(sc_stream *s, nghttp2_nv **arr, size_t *n, size_t *cap, con
     nv->namelen = nlen;
     nv->value = (uint8_t *)vl;
     nv->valuelen = vlen;
-    nv->flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE | never_index;
+    nv->flags = NGHTTP2_NV_FLAG_NO_COPY_NAME | NGHTTP2_NV_FLAG_NO_COPY_VALUE | (rx_flags & NGHTTP2_NV_FLAG_NO_INDEX);
     return 0;
 }
 
@@ -119,8 +120,7 @@ int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const cha
 int sc_msg_add_lower(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen,
                      uint8_t rx_flags)
 {
-    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen, true,
-                     rx_flags & NGHTTP2_NV_FLAG_NO_INDEX);
+    return nv_append(s, &m->hdrs, &m->n_hdrs, &m->cap_hdrs, name, nlen, value, vlen, true, rx_flags);
 }
 
 int sc_msg_add_ref(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen)
@@ -152,8 +152,7 @@ int sc_pipe_add_trailer(sc_stream *s, sc_pipe *p, const char *name, size_t nlen,
 int sc_pipe_add_trailer_lower(sc_stream *s, sc_pipe *p, const char *name, size_t nlen, const char *value, size_t vlen,
                               uint8_t rx_flags)
 {
-    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen, true,
-                     rx_flags & NGHTTP2_NV_FLAG_NO_INDEX);
+    return nv_append(s, &p->trailers, &p->n_trailers, &p->cap_trailers, name, nlen, value, vlen, true, rx_flags);
 }
 
 const nghttp2_nv *sc_msg_find(const sc_msg *m, const char *name)

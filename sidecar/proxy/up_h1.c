@@ -150,8 +150,7 @@ static void attach(sc_stream *s)
 }
 
 #define SKIPPED(X)                                                                                              \
-    X("connection") X("keep-alive") X("proxy-connection") X("transfer-encoding") X("upgrade") X("te")                \
-    X("trailer") X("host") X("content-length") X("grpc-previous-rpc-attempts") X("x-sidecar-attempt")
+    SC_HDR_HOP_BY_HOP(X) X("host") X("content-length") X("grpc-previous-rpc-attempts") X("x-sidecar-attempt")
 SC_LIT_SET(skipped_set, SKIPPED);
 
 static bool skip_req_header(const nghttp2_nv *nv)

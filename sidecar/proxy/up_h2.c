@@ -14,6 +14,7 @@
  */
 #include "core/log.h"
 #include "http/grpc.h"
+#include "http/hdr.h"
 #include "proxy/codec.h"
 #include "proxy/conns.h"
 #include "sidecar.h"
@@ -72,9 +73,9 @@ static ssize_t read_body(nghttp2_session *session, int32_t sid, uint8_t *buf, si
     return (ssize_t)n;
 }
 
+/* te apart: "te: trailers" goes on (skip_req_header) */
 #define SKIPPED(X)                                                                                              \
-    X("connection") X("keep-alive") X("proxy-connection") X("transfer-encoding") X("upgrade") X("trailer")           \
-    X("host") X("content-length") X("grpc-previous-rpc-attempts") X("x-sidecar-attempt")
+    SC_HDR_HOP_BY_HOP_BUT_TE(X) X("host") X("content-length") X("grpc-previous-rpc-attempts") X("x-sidecar-attempt")
 SC_LIT_SET(skipped_set, SKIPPED);
 
 static bool skip_req_header(const nghttp2_nv *nv)

@@ -100,12 +100,8 @@ for bin in "${BINS[@]}"; do
         if [[ $extra == up:* ]]; then up_extra=${extra#up:}; extra=; fi
         # the keys an upstream gets besides its name, protocol, listener and instances
         up_keys() {
-            if [[ $up_extra ]]; then
-                grep -q '^timeouts:' "$up_extra" || echo "    timeouts: {connect: 1s, request: 30s, idle: 60s}"
-                sed 's/^/    /' "$up_extra"
-            else
-                echo "    timeouts: {connect: 1s, request: 30s, idle: 60s}"
-            fi
+            [[ $up_extra ]] && grep -q '^timeouts:' "$up_extra" || echo "    timeouts: {connect: 1s, request: 30s, idle: 60s}"
+            [[ -z $up_extra ]] || sed 's/^/    /' "$up_extra"
         }
         cat >"$WORK/sidecar.yaml" <<EOF
 service: {name: bench}
