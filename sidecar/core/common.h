@@ -110,6 +110,23 @@ static inline __attribute__((always_inline)) bool sc_lit_eq(const void *a, size_
     return alen == l && memcmp(a, lit, l) == 0;
 }
 
+/* ASCII letter case, independent of the locale (header names, media types
+ * and tokens are ASCII; strncasecmp goes through the locale's tables). */
+static inline char sc_ascii_lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+}
+
+/* a[0..n) equals b[0..n), ignoring ASCII case. Bytes equal as they are
+ * (most, in the spellings clients send) skip the case folding. */
+static inline bool sc_ascii_ieq_n(const char *a, const char *b, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i] && sc_ascii_lower(a[i]) != sc_ascii_lower(b[i]))
+            return false;
+    return true;
+}
+
 /* The value of one hexadecimal digit (either case), -1 for anything else. */
 static inline int sc_hexval(char c)
 {

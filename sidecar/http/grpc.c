@@ -140,16 +140,7 @@ size_t sc_grpc_timeout_format(uint64_t ns, char *buf, size_t cap)
  * client sends is a plain memcmp (two word compares for the gRPC type). */
 static bool prefix_ieq(const char *v, const char *base, size_t n)
 {
-    if (memcmp(v, base, n) == 0)
-        return true;
-    for (size_t i = 0; i < n; i++) {
-        char c = v[i];
-        if (c >= 'A' && c <= 'Z')
-            c = (char)(c + 32);
-        if (c != base[i])
-            return false;
-    }
-    return true;
+    return memcmp(v, base, n) == 0 || sc_ascii_ieq_n(v, base, n);
 }
 
 bool sc_grpc_is_content_type(const char *v, size_t len)

@@ -67,24 +67,13 @@ static inline bool is_vchar(char c) { return (unsigned char)c >= 0x21 && (unsign
 static inline bool is_ows(char c) { return c == ' ' || c == '\t'; }
 static inline bool is_digit(char c) { return c >= '0' && c <= '9'; }
 
-static inline char lower(char c) { return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c; }
-
-/* a[0..n) equals b[0..n), ignoring ASCII case. */
-static bool ieq_n(const char *a, const char *b, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (lower(a[i]) != lower(b[i]))
-            return false;
-    return true;
-}
-
 /* a[0..alen) equals the NUL-terminated b, ignoring ASCII case. The lengths
  * are compared first (b is mostly a literal, whose strlen the compiler
  * knows): most names in a head differ from the one looked for in length. */
 static inline __attribute__((always_inline)) bool ieq(const char *a, size_t alen, const char *b)
 {
     size_t blen = strlen(b);
-    return alen == blen && ieq_n(a, b, alen);
+    return alen == blen && sc_ascii_ieq_n(a, b, alen);
 }
 
 static inline __attribute__((always_inline)) bool str_ieq(sc_h1_str s, const char *lit)
@@ -250,11 +239,11 @@ static bool authority_valid(sc_h1_str a, bool need_host, bool need_port)
 static bool absolute_form(sc_h1_str t)
 {
     size_t i = 0;
-    char c0 = lower(t.p[0]);
+    char c0 = sc_ascii_lower(t.p[0]);
     if (c0 < 'a' || c0 > 'z')
         return false;
     for (i = 1; i < t.len && t.p[i] != ':'; i++) {
-        char c = lower(t.p[i]);
+        char c = sc_ascii_lower(t.p[i]);
         if (!((c >= 'a' && c <= 'z') || is_digit(c) || c == '+' || c == '-' || c == '.'))
             return false;
     }
@@ -534,7 +523,7 @@ static int derive(sc_h1_head *h, bool is_request, bool head_response, perr *e)
 
     for (size_t i = 0; i < h->n_headers; i++) {
         sc_h1_str n = h->headers[i].name, v = h->headers[i].value;
-        switch (lower(n.p[0])) {
+        switch (sc_ascii_lower(n.p[0])) {
         case 'c':
             if (str_ieq(n, "content-length")) {
                 uint64_t x;
@@ -711,7 +700,7 @@ const sc_h1_header *sc_h1_find(const sc_h1_head *h, const char *name)
 {
     size_t len = strlen(name);
     for (size_t i = 0; i < h->n_headers; i++)
-        if (h->headers[i].name.len == len && ieq_n(h->headers[i].name.p, name, len))
+        if (h->headers[i].name.len == len && sc_ascii_ieq_n(h->headers[i].name.p, name, len))
             return &h->headers[i];
     return NULL;
 }
@@ -723,7 +712,7 @@ bool sc_h1_is_hop_by_hop(const char *name, size_t len, sc_h1_str connection)
     /* any letter case: the length mask first, so most names cost one test */
     if (sc_lit_set_len_in(&hop_by_hop, len))
         for (size_t i = 0; i < hop_by_hop.n; i++)
-            if (hop_by_hop.tab[i].len == len && ieq_n(name, hop_by_hop.tab[i].p, len))
+            if (hop_by_hop.tab[i].len == len && sc_ascii_ieq_n(name, hop_by_hop.tab[i].p, len))
                 return true;
     if (!connection.p)
         return false;
@@ -732,7 +721,7 @@ bool sc_h1_is_hop_by_hop(const char *name, size_t len, sc_h1_str connection)
     while (list_next(&p, end, &el))
         if (el.len == len && el.len > 0) {
             size_t i = 0;
-            while (i < len && lower(el.p[i]) == lower(name[i]))
+            while (i < len && sc_ascii_lower(el.p[i]) == sc_ascii_lower(name[i]))
                 i++;
             if (i == len)
                 return true;
@@ -765,7 +754,7 @@ bool sc_h1_trailer_forbidden(const char *name, size_t len)
     if (sc_h1_is_hop_by_hop(name, len, none))
         return true;
     for (size_t i = 0; i < SC_ARRAY_LEN(deny); i++)
-        if (deny[i].len == len && ieq_n(name, deny[i].p, len))
+        if (deny[i].len == len && sc_ascii_ieq_n(name, deny[i].p, len))
             return true;
     return false;
 }
@@ -825,7 +814,7 @@ static int hexval(char c)
 {
     if (c <= '9')
         return c - '0';
-    return lower(c) - 'a' + 10;
+    return sc_ascii_lower(c) - 'a' + 10;
 }
 
 /* The trailer line just completed (trailer_buf[trailer_len - aux ..)) must

@@ -7,6 +7,8 @@
 
 #include "proxy/stream.h"
 
+#include <assert.h>
+
 /* The stream an HTTP/2 connection's callbacks looked up last. nghttp2 calls
  * back several times for one stream in a row (each header field, the end of
  * the head, each DATA chunk, the frame sent) and each
@@ -25,8 +27,12 @@ typedef struct sc_h2_last {
 
 static inline sc_stream *sc_h2_get_stream(sc_h2_last *last, nghttp2_session *h2, int32_t sid)
 {
-    if (sid == last->sid && sid != 0)
+    if (sid == last->sid && sid != 0) {
+        /* Debug builds (the sanitizer suite runs the integration tests on
+         * one) check the invariant above on every hit. */
+        assert(last->s == nghttp2_session_get_stream_user_data(h2, sid));
         return last->s;
+    }
     sc_stream *s = nghttp2_session_get_stream_user_data(h2, sid);
     last->sid = s ? sid : 0;
     last->s = s;

@@ -9,7 +9,8 @@
 - the fields with a new value on every request (x-request-id, grpc-timeout)
   are sent without a table entry, yet named by a table index: the first
   request on an upstream connection adds an entry carrying the name, the
-  next ones refer to it instead of spelling the name out again.
+  next ones refer to it instead of spelling the name out again, and every
+  1,024th request adds an entry again (the old one may have been evicted).
 """
 import unittest
 
@@ -91,6 +92,54 @@ class HpackFormsTest(SidecarTestCase):
                 else:
                     # a value never seen again: no entry, the name by index
                     self.assertEqual(forms[name], ("never", True), (name, i, rec))
+
+
+class HpackRenewalTest(SidecarTestCase):
+    """Every 1,024th request on an upstream connection renews the table
+    entries of the per-request fields (the dynamic table may have dropped
+    them since the first request). A sidecar and an upstream of its own, so
+    that the connection carries only this test's requests."""
+
+    EVERY = 1024
+
+    @classmethod
+    def setUpClass(cls):
+        cls.gup = H2Upstream(name="grpc")
+        cls.gup.start()
+        cls.addClassCleanup(cls.gup.stop)
+        cls.gport = free_port()
+        cls.sc = cls.class_sidecar(harness.base_config(free_port(), [
+            harness.upstream("grpc", "grpc", cls.gport, [cls.gup.port]),
+        ], workers=1))
+
+    def test_entries_are_renewed_every_1024th_request(self):
+        n, batch = self.EVERY + 2, 32
+        def head(i):
+            return [(":method", "POST"), (":scheme", "http"), (":path", "/grpc-trailers?%d" % i),
+                    (":authority", "a"), ("content-type", "application/grpc"), ("te", "trailers")]
+        with H2Conn(self.gport) as c:
+            for start in range(0, n, batch):
+                # a few calls in flight at a time: one upstream connection
+                # still carries them, in the order they were sent
+                sids = [c.request(head(i), body=GRPC_MESSAGE)
+                        for i in range(start, min(n, start + batch))]
+                for sid in sids:
+                    st = c.response(sid)
+                    self.assertEqual(st.status, 200, st)
+        recs = [r for r in self.gup.requests if r["path"].startswith("/grpc-trailers?")]
+        self.assertEqual(len(recs), n)
+        self.assertEqual(len({r["conn"] for r in recs}), 1, "one upstream connection expected")
+        for i in (0, 1, self.EVERY - 1, self.EVERY, self.EVERY + 1):
+            forms = forms_by_name(recs[i]["headers"], recs[i]["forms"])
+            for name in ("x-request-id", "grpc-timeout"):
+                form, by_index = forms[name]
+                if i % self.EVERY:
+                    self.assertEqual((form, by_index), ("never", True), (name, i))
+                else:
+                    # an entry again (named by index or not: the old one
+                    # may still be in the table)
+                    self.assertEqual(form, "incremental", (name, i))
+                    self.assertTrue(i or not by_index, (name, i))
 
 
 if __name__ == "__main__":

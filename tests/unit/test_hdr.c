@@ -61,6 +61,25 @@ static void test_lit_set(void **state)
     assert_false(sc_lit_set_has(&test_set, "host", 3)); /* the length is honoured, not the NUL */
 }
 
+static void test_ascii_ieq(void **state)
+{
+    (void)state;
+    assert_true(sc_ascii_ieq_n("Content-Length", "content-length", 14));
+    assert_true(sc_ascii_ieq_n("CONTENT-LENGTH", "content-length", 14));
+    assert_true(sc_ascii_ieq_n("content-length", "Content-Length", 14)); /* either side folded */
+    assert_true(sc_ascii_ieq_n("", "", 0));
+    assert_true(sc_ascii_ieq_n("abX", "abY", 2)); /* only the first n bytes */
+    assert_false(sc_ascii_ieq_n("content-lengtH", "content-lengts", 14));
+    /* letters only: '@' and '`', '[' and '{' differ by the same bit */
+    assert_false(sc_ascii_ieq_n("@", "`", 1));
+    assert_false(sc_ascii_ieq_n("[", "{", 1));
+    assert_false(sc_ascii_ieq_n("\xc9", "\xe9", 1)); /* not ASCII: not folded */
+    assert_int_equal(sc_ascii_lower('A'), 'a');
+    assert_int_equal(sc_ascii_lower('Z'), 'z');
+    assert_int_equal(sc_ascii_lower('a'), 'a');
+    assert_int_equal(sc_ascii_lower('-'), '-');
+}
+
 static void test_underscore(void **state)
 {
     (void)state;
@@ -75,6 +94,7 @@ int main(void)
         cmocka_unit_test(test_aliases),
         cmocka_unit_test(test_underscore),
         cmocka_unit_test(test_lit_set),
+        cmocka_unit_test(test_ascii_ieq),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
