@@ -1264,6 +1264,66 @@ static void test_all_bytes(void **state)
     }
 }
 
+/* Names, values, the Host, the method and the request-target are scanned
+ * several bytes a step: every byte at every position of a run longer than
+ * a step, at both ends too. */
+static void test_all_bytes_every_position(void **state)
+{
+    (void)state;
+    static sc_h1_head h;
+    char buf[96];
+    for (int c = 0; c < 256; c++) {
+        bool value_ok = c == '\t' || c >= 0x20 ? c != 0x7f : false;
+        bool name_ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       (c && strchr("!#$%&'*+-.^_`|~", c));
+        bool host_ok = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                       (c && strchr("-._~!$&'()*+,;=%", c));
+        for (int pos = 0; pos < 11; pos++) {
+            char run[12] = "abcdefghijk";
+            run[pos] = (char)c;
+            int n = snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: a\r\nX: a%.11sb\r\n\r\n", "ZZZZZZZZZZZ");
+            memcpy(strstr(buf, "ZZZZZZZZZZZ"), run, 11);
+            int rc = sc_h1_parse_head(buf, (size_t)n, true, false, NULL, &h, NULL);
+            assert_int_equal(rc, value_ok ? n : SC_H1_ERR_SYNTAX);
+
+            n = snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: a\r\n%.11s: b\r\n\r\n", "ZZZZZZZZZZZ");
+            memcpy(strstr(buf, "ZZZZZZZZZZZ"), run, 11);
+            rc = sc_h1_parse_head(buf, (size_t)n, true, false, NULL, &h, NULL);
+            /* a ':' ends the name early: the rest is the value */
+            assert_int_equal(rc, name_ok || (c == ':' && pos > 0) ? n : SC_H1_ERR_SYNTAX);
+
+            n = snprintf(buf, sizeof(buf), "GET / HTTP/1.1\r\nHost: %.11s\r\n\r\n", "ZZZZZZZZZZZ");
+            memcpy(strstr(buf, "ZZZZZZZZZZZ"), run, 11);
+            rc = sc_h1_parse_head(buf, (size_t)n, true, false, NULL, &h, NULL);
+            /* whitespace at either end is not part of the value; a ':' at the
+             * end starts an empty port */
+            bool edge = pos == 0 || pos == 10;
+            bool ok = host_ok || (edge && (c == ' ' || c == '\t')) || (pos == 10 && c == ':');
+            assert_int_equal(rc, ok ? n : SC_H1_ERR_SYNTAX);
+
+            n = snprintf(buf, sizeof(buf), "GET /%.11s HTTP/1.1\r\nHost: a\r\n\r\n", "ZZZZZZZZZZZ");
+            memcpy(strstr(buf, "ZZZZZZZZZZZ"), run, 11);
+            rc = sc_h1_parse_head(buf, (size_t)n, true, false, NULL, &h, NULL);
+            assert_int_equal(rc, c > 0x20 && c < 0x7f ? n : SC_H1_ERR_SYNTAX);
+
+            n = snprintf(buf, sizeof(buf), "%.11s / HTTP/1.1\r\nHost: a\r\n\r\n", "ZZZZZZZZZZZ");
+            memcpy(strstr(buf, "ZZZZZZZZZZZ"), run, 11);
+            rc = sc_h1_parse_head(buf, (size_t)n, true, false, NULL, &h, NULL);
+            assert_int_equal(rc, name_ok ? n : SC_H1_ERR_SYNTAX);
+        }
+    }
+    /* trailing whitespace is not part of the value, inner whitespace is */
+    const char *r = "GET / HTTP/1.1\r\nHost: a\r\nX: \t a \t b \t \r\n\r\n";
+    assert_int_equal(sc_h1_parse_head(r, strlen(r), true, false, NULL, &h, NULL), (int)strlen(r));
+    const sc_h1_header *f = sc_h1_find(&h, "x");
+    assert_non_null(f);
+    assert_int_equal(f->value.len, 5);
+    assert_memory_equal(f->value.p, "a \t b", 5);
+    r = "GET / HTTP/1.1\r\nHost: a\r\nX:  \t  \r\n\r\n";
+    assert_int_equal(sc_h1_parse_head(r, strlen(r), true, false, NULL, &h, NULL), (int)strlen(r));
+    assert_int_equal(sc_h1_find(&h, "x")->value.len, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1288,6 +1348,7 @@ int main(void)
         cmocka_unit_test(test_hop_by_hop_head),
         cmocka_unit_test(test_trailer_forbidden),
         cmocka_unit_test(test_reason),
+        cmocka_unit_test(test_all_bytes_every_position),
         cmocka_unit_test(test_content_length_line),
         cmocka_unit_test(test_all_bytes),
     };
