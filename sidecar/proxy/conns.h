@@ -55,7 +55,8 @@ typedef struct sc_down_conn {
     /* HTTP/1 */
     sc_stream *cur;                 /* the request being served */
     bool close_after;               /* close once the current response is out */
-    bool awaiting_head;             /* header-read timer is armed */
+    bool awaiting_head;             /* a request head is being read */
+    bool head_timed;                /* ... and its header-read deadline is set */
     bool served;                    /* has carried a request (drain: idle keep-alive, close at once) */
     uint32_t head_scanned;          /* bytes of the pending head already seen by the parser */
     bool continue_due;              /* "100 Continue" owed to the current request, not yet in out */
@@ -110,7 +111,8 @@ typedef struct sc_up_conn {
 /* upconn.c: shared by up_h1.c and up_h2.c. */
 sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr *sa, socklen_t len,
                            const sc_conn_ops *ops, int *err);
-/* Starts the idle timer of an upstream connection with nothing to do. */
+/* Sets the idle deadline of an upstream connection with nothing to do
+ * (sc_conn_deadline_clear when it gets work again). */
 void sc_up_conn_idle(sc_up_conn *u);
 /* Fails every stream still waiting on u->pending. */
 void sc_up_conn_fail_pending(sc_up_conn *u, sc_fail why);

@@ -38,13 +38,11 @@ static uint32_t in_cap(const sc_conn *c)
     return cfg->limits.max_header_bytes + 1 > cap ? cfg->limits.max_header_bytes + 1 : cap;
 }
 
+/* The connection's one timeout (idle, header read, a refusal's or a
+ * drain's grace) is a lazy deadline: see sc_conn_deadline. */
 static void arm_timer(sc_conn *c, uint64_t ms)
 {
-    ev_timer_stop(c->w->loop, &c->timer);
-    if (ms) {
-        ev_timer_set(&c->timer, (double)ms / 1000.0, 0);
-        ev_timer_start(c->w->loop, &c->timer);
-    }
+    sc_conn_deadline(c, ms);
 }
 
 /*
@@ -125,6 +123,8 @@ static void timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     sc_conn *c = SC_CONTAINER_OF(t, sc_conn, timer);
     sc_down_conn *d = SC_DOWN(c);
+    if (!sc_conn_deadline_due(c))
+        return; /* moved later, or cleared, since the timer was started */
     if (d->refusing || (c->flags & SC_CONN_F_CLOSING)) {
         sc_conn_close(c, 0); /* a refusal not written, or not read, in time */
         return;
@@ -290,8 +290,9 @@ static int begin_request(sc_conn *c, const sc_h1_head *h)
     }
     m->head_done = true;
     d->awaiting_head = false;
+    d->head_timed = false;
     d->served = true;
-    ev_timer_stop(c->w->loop, &c->timer);
+    sc_conn_deadline_clear(c);
     sc_stream_start(s);
     return 0;
 }
@@ -341,10 +342,11 @@ static void process(sc_conn *c)
                 sc_conn_close(c, -EPROTO);
             return;
         }
-        if (!d->awaiting_head) {
-            d->awaiting_head = true;
-            arm_timer(c, c->route->timeouts->header_read_ms);
-        }
+        /* A head that arrives whole (nearly every one) is parsed before
+         * the header-read deadline would matter: it is set only when the
+         * head is still incomplete after the first parse (below). Until
+         * then the idle deadline stays. */
+        d->awaiting_head = true;
         sc_h1_head h;
         const char *why = NULL;
         sc_h1_limits lim = {c->w->sc->cfg->limits.max_request_line, c->w->sc->cfg->limits.max_header_bytes};
@@ -360,6 +362,10 @@ static void process(sc_conn *c)
             if (len >= in_cap(c))
                 reject(c, 431, SC_BAD_REQ_TOO_LARGE, BAD_REQUEST,
                        "request header block too large (limits.max_header_bytes)");
+            else if (!d->head_timed) {
+                d->head_timed = true;
+                arm_timer(c, c->route->timeouts->header_read_ms);
+            }
             return;
         }
         if (n < 0) {
@@ -480,6 +486,7 @@ static void finish_response(sc_conn *c, sc_stream *s)
         return;
     }
     d->awaiting_head = false;
+    d->head_timed = false;
     arm_timer(c, c->route->timeouts->idle_ms);
     sc_conn_resume_read(c);
     if (sc_buf_len(&c->in))
@@ -729,6 +736,7 @@ void sc_down_accept(sc_worker *w, sc_route *route, int fd, const struct sockaddr
     SC_STAT_INC(w->stats->down_conns_total);
     ev_io_start(w->loop, &c->io);
     d->awaiting_head = true;
+    d->head_timed = true;
     arm_timer(c, route->timeouts->header_read_ms);
 }
 

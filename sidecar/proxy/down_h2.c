@@ -1090,6 +1090,8 @@ int sc_down_h2_upgrade(sc_conn *c)
     }
     c->ops = &down_h2_ops;
     ev_timer_stop(c->w->loop, &c->timer);
+    sc_conn_deadline_clear(c); /* HTTP/2 runs the timer itself (arm_idle) */
+    c->timer_at_ns = 0;
     ev_set_cb(&c->timer, idle_cb);
     arm_idle(c);
     if (sc_buf_len(&c->in)) {

@@ -138,6 +138,8 @@ enum {
 struct sc_conn {
     ev_io io;
     ev_timer timer;                 /* idle / header-read / connect timeout */
+    uint64_t deadline_ns;           /* sc_conn_deadline: monotonic, 0 = none */
+    uint64_t timer_at_ns;           /* when the timer, if running for a deadline, fires */
     const sc_conn_ops *ops;
     sc_worker *w;
     sc_route *route;                /* downstream: the listener's route; upstream: its route */
@@ -221,6 +223,25 @@ void sc_conn_pause_read(sc_conn *c);
 void sc_conn_resume_read(sc_conn *c);
 /* Closes at once (err < 0: abnormal) or, with SC_CONN_F_CLOSING, after flushing. */
 void sc_conn_close(sc_conn *c, int err);
+/*
+ * A lazy deadline on c->timer, for the idle and header-read timeouts that
+ * move on every request of a keep-alive connection. Setting a deadline
+ * later than the running timer's, or clearing it, touches no timer: the
+ * timer fires when it was set to, and its callback asks
+ * sc_conn_deadline_due(), which restarts it for what is left. Only an
+ * earlier deadline restarts it at once. Back-to-back requests then cost no
+ * timer operation (it was two starts and two stops on libev's heap, about
+ * 300 instructions per HTTP/1.1 request). ms 0 = no deadline.
+ */
+void sc_conn_deadline(sc_conn *c, uint64_t ms);
+static inline void sc_conn_deadline_clear(sc_conn *c)
+{
+    c->deadline_ns = 0;
+}
+/* In c->timer's callback: true when the deadline has passed (the caller
+ * acts on it); false when there is none or it is still ahead (the timer is
+ * then restarted for the rest). */
+bool sc_conn_deadline_due(sc_conn *c);
 void sc_conn_close_after_flush(sc_conn *c);
 /* Socket I/O of every protocol goes through these two, so transport security
  * (TLS) sits under all codecs. Same contract as recv(2)/send(2) with errno. */

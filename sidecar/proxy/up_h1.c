@@ -130,7 +130,7 @@ static void attach(sc_stream *s)
         sc_conn *c = SC_CONTAINER_OF(l, sc_conn, link);
         if (c->peer_len == s->up_addr_len && memcmp(&c->peer, &s->up_addr, c->peer_len) == 0) {
             sc_list_remove(&c->link);
-            ev_timer_stop(w->loop, &c->timer);
+            sc_conn_deadline_clear(c);
             bind_stream(SC_UP(c), s);
             return;
         }

@@ -173,7 +173,7 @@ static int submit(sc_up_conn *u, sc_stream *s)
     sc_stream_bound(s);
     u->n_streams++;
     if (!(u->super.flags & SC_CONN_F_CONNECTING))
-        ev_timer_stop(u->super.w->loop, &u->super.timer);
+        sc_conn_deadline_clear(&u->super);
     sc_conn_mark_dirty(&u->super);
     return 0;
 }

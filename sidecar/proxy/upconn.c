@@ -24,7 +24,7 @@ static void up_conn_timer_cb(struct ev_loop *loop, ev_timer *t, int revents)
                 (unsigned long long)c->route->timeouts->connect_ms);
         sc_up_conn_fail_pending(SC_UP(c), SC_FAIL_CONNECT_TIMEOUT);
         sc_conn_close(c, -ETIMEDOUT);
-    } else {
+    } else if (sc_conn_deadline_due(c)) {
         SC_DEBUG("upstream %s: closing idle connection to %s", c->route->name, c->peer_text);
         sc_conn_close(c, 0);
     }
@@ -104,6 +104,14 @@ void sc_up_conn_idle(sc_up_conn *u)
 {
     sc_conn *c = &u->super;
     uint64_t idle = c->route->timeouts->idle_ms;
+    if (!(c->flags & SC_CONN_F_CONNECTING)) {
+        /* lazy (proxy.h): a connection that goes busy and idle again on
+         * every request touches no timer; its users clear the deadline
+         * (sc_conn_deadline_clear) when it gets work */
+        sc_conn_deadline(c, idle);
+        return;
+    }
+    /* still connecting: the idle timeout replaces the connect timeout */
     ev_timer_stop(c->w->loop, &c->timer);
     if (idle) {
         ev_timer_set(&c->timer, (double)idle / 1000.0, 0);

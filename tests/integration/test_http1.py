@@ -478,5 +478,76 @@ class BurstUpstreamTest(SidecarTestCase):
                     self.assertEqual((got, sha), (n, pattern_sha256(n)))
 
 
+class KeepAliveDeadlinesTest(SidecarTestCase):
+    """The idle and header-read timeouts of keep-alive connections, whose
+    deadlines move on every request without the timer being restarted (the
+    timer fires at the old deadline and is started again for the rest):
+
+    - a connection used more often than its idle timeout stays open, on both
+      sides, and closes one idle timeout after its last response;
+    - a head that trickles in on a connection that already carried a request
+      gets its header-read deadline from its first bytes, not the idle one.
+    """
+
+    IDLE_S = 1.0
+    HEADER_READ_S = 0.6
+
+    @classmethod
+    def setUpClass(cls):
+        cls.web = cls.class_http1_peer("web")
+        cls.idle_port, cls.head_port = free_port(), free_port()
+        cfg = harness.base_config(free_port(), upstreams=[
+            harness.upstream("ka", "http1", cls.idle_port, [cls.web.port],
+                             timeouts={"idle": "%dms" % int(cls.IDLE_S * 1000), "header_read": "5s"}),
+            harness.upstream("hr", "http1", cls.head_port, [cls.web.port],
+                             timeouts={"idle": "5s", "header_read": "%dms" % int(cls.HEADER_READ_S * 1000)}),
+        ], workers=1)
+        cls.sc = cls.class_sidecar(cfg)
+
+    def setUp(self):
+        self.web.reset()
+
+    def upstream_conns(self, name):
+        return [u for u in self.sc.clusters()["upstreams"] if u["name"] == name][0]["active_connections"]
+
+    def test_idle_deadline_moves_with_every_request(self):
+        n, gap = 7, 0.4                             # 2.4 s of use, idle timeout 1 s
+        with RawConn(self.idle_port, timeout=10) as c:
+            for i in range(n):
+                c.send(b"GET /echo?%d HTTP/1.1\r\nHost: a\r\n\r\n" % i)
+                self.assertEqual(c.read_response().status, 200, i)
+                last = time.monotonic()
+                if i < n - 1:
+                    self.assertFalse(c.closed_by_peer(gap), "closed while in use (request %d)" % i)
+            self.assertEqual(self.web.count("connections"), 1, "the upstream connection was not kept")
+            self.assertEqual(self.upstream_conns("ka"), 1)
+            self.assertTrue(c.closed_by_peer(self.IDLE_S + 3.0), "idle connection not closed")
+            took = time.monotonic() - last
+        self.assertBetween(took, self.IDLE_S - 0.2, self.IDLE_S + 1.0,
+                           "caller's connection closed %.2fs after its last response" % took)
+        # the upstream connection's deadline moved the same way
+        deadline = last + self.IDLE_S + 3.0
+        while self.upstream_conns("ka") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        took = time.monotonic() - last
+        self.assertEqual(self.upstream_conns("ka"), 0, "idle upstream connection not closed")
+        self.assertBetween(took, self.IDLE_S - 0.2, self.IDLE_S + 1.5,
+                           "upstream connection closed %.2fs after its last response" % took)
+
+    def test_slow_second_head_gets_the_header_read_deadline(self):
+        with RawConn(self.head_port, timeout=10) as c:
+            c.send(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+            self.assertEqual(c.read_response().status, 200)
+            time.sleep(0.3)                         # the idle deadline (5 s) is running
+            t0 = time.monotonic()
+            c.send(b"GET /echo HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+            r = c.read_response(timeout=5.0)
+            took = time.monotonic() - t0
+        self.assertEqual(r.status, 408, r)
+        self.assertBetween(took, self.HEADER_READ_S - 0.1, self.HEADER_READ_S + 1.0,
+                           "408 after %.2fs, header_read is %.1fs" % (took, self.HEADER_READ_S))
+        self.assertEqual(self.web.count("requests_started"), 1)
+
+
 if __name__ == "__main__":
     unittest.main()
