@@ -76,8 +76,8 @@ int sc_lb_pick(sc_lb_kind kind, const sc_instance *inst, size_t n, const uint32_
         return weighted_random(inst, n, skip, total, uniform, ctx);
     case SC_LB_LEAST_REQUEST: {
         int a = weighted_random(inst, n, skip, total, uniform, ctx);
-        if (!load)
-            return a;
+        if (!load || a < 0 || weight_of(inst, (size_t)a) == total)
+            return a; /* no loads, or a is the only eligible instance: nothing to compare */
         int b = weighted_random(inst, n, skip, total, uniform, ctx);
         if (a == b) /* one more draw for a distinct second candidate */
             b = weighted_random(inst, n, skip, total, uniform, ctx);

@@ -152,6 +152,26 @@ static void test_p2c_weight_scales_load(void **st)
     assert_true(heavy > both_drawn / 2);
 }
 
+static void test_p2c_single_eligible_draws_once(void **st)
+{
+    (void)st;
+    sc_instance in[3];
+    uint32_t w[3] = {1, 5, 1};
+    mk(in, 3, w);
+    uint32_t load[3] = {0, 100, 0};
+    uint8_t skip[3] = {1, 0, 1}; /* only instance 1 is eligible, however loaded */
+    sc_lb_ctx c, ref;
+    sc_lb_ctx_init(&c, 11);
+    sc_lb_ctx_init(&ref, 11);
+    for (int i = 0; i < 100; i++) {
+        assert_int_equal(sc_lb_pick(SC_LB_LEAST_REQUEST, in, 3, load, skip, &c), 1);
+        sc_lb_rand(&ref); /* one draw per pick: no second candidate to look for */
+        assert_true(c.rng == ref.rng);
+    }
+    /* one instance in all */
+    assert_int_equal(sc_lb_pick(SC_LB_LEAST_REQUEST, in, 1, load, NULL, &c), 0);
+}
+
 static void test_rand_never_zero_state(void **st)
 {
     (void)st;
@@ -173,6 +193,7 @@ int main(void)
         cmocka_unit_test(test_all_skipped_routes_to_all),
         cmocka_unit_test(test_random_weighted),
         cmocka_unit_test(test_p2c_prefers_less_loaded),
+        cmocka_unit_test(test_p2c_single_eligible_draws_once),
         cmocka_unit_test(test_p2c_never_picks_worst_of_many),
         cmocka_unit_test(test_p2c_weight_scales_load),
         cmocka_unit_test(test_rand_never_zero_state),
