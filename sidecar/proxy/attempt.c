@@ -61,7 +61,7 @@ void sc_attempt_detach(sc_stream *s)
     if (s->up)
         s->route->uc->cancel(s);
     s->up = NULL;
-    ev_timer_stop(s->w->loop, &s->try_timer);
+    sc_stream_try_deadline_stop(s);
 }
 
 /* Puts the body sent so far back in front of what is still waiting. */
@@ -288,9 +288,7 @@ void sc_attempt_begin(sc_stream *s)
     }
     sc_obs_attempt_start(s); /* its span, its trace headers */
     uint64_t per_try = s->pipe->timeouts->per_try_ms;
-    if (per_try && (!s->deadline_ns || per_try * 1000000u < sc_stream_remaining_ns(s))) {
-        ev_timer_set(&s->try_timer, (double)per_try / 1000.0, 0);
-        ev_timer_start(s->w->loop, &s->try_timer);
-    }
+    if (per_try && (!s->deadline_ns || per_try * 1000000u < sc_stream_remaining_ns(s)))
+        sc_stream_try_deadline_start(s, per_try);
     s->route->uc->attach(s);
 }

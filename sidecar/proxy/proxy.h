@@ -26,7 +26,9 @@
 #include "http/h1.h"
 #include "lb/lb.h"
 #include "proxy/buf.h"
+#include "proxy/deadline.h"
 #include "proxy/fail.h"
+#include "proxy/list.h"
 #include "proxy/route.h"
 #include "proxy/stats.h"
 #include "proxy/worker.h"
@@ -41,30 +43,6 @@ typedef struct sc_worker sc_worker;
 typedef struct sc_conn sc_conn;
 typedef struct sc_stream sc_stream;
 
-/* ---- intrusive doubly linked list ---- */
-typedef struct sc_link {
-    struct sc_link *prev, *next;
-} sc_link;
-
-static inline void sc_list_init(sc_link *h) { h->prev = h->next = h; }
-static inline bool sc_list_empty(const sc_link *h) { return h->next == h; }
-static inline bool sc_link_linked(const sc_link *l) { return l->next != NULL && l->next != l; }
-static inline void sc_list_push(sc_link *h, sc_link *l)
-{
-    l->prev = h->prev;
-    l->next = h;
-    h->prev->next = l;
-    h->prev = l;
-}
-static inline void sc_list_remove(sc_link *l)
-{
-    if (!l->next)
-        return;
-    l->prev->next = l->next;
-    l->next->prev = l->prev;
-    l->prev = l->next = NULL;
-}
-
 /* Per worker, per route: connection pool and balancing state. */
 typedef struct sc_route_state {
     sc_link h2_conns;               /* upstream HTTP/2 connections */
@@ -76,6 +54,8 @@ typedef struct sc_route_state {
     size_t scratch_n;
     uint32_t n_conns;               /* open upstream connections */
     uint64_t removed_ms;            /* when this worker saw the route removed (drain_timeout from then), 0 = not */
+    sc_dq deadlines;                /* request deadlines of this route's streams (stream.c) */
+    sc_dq try_deadlines;            /* per-try deadlines of their attempts */
 } sc_route_state;
 
 /* ---- connections ---- */

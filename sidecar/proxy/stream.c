@@ -257,12 +257,50 @@ sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t d
     return s;
 }
 
+/* A deadline of the stream, at `at` (after_ns from now): in the route's
+ * queue q when it comes after every deadline queued there (the same
+ * timeout, started later: nearly always), else on the stream's timer t. */
+static void deadline_start(sc_stream *s, sc_dq *q, sc_dq_entry *e, ev_timer *t, uint64_t at, uint64_t after_ns)
+{
+    sc_dq_remove(e); /* never in a queue twice */
+    if (!sc_dq_add(q, e, at)) {
+        ev_timer_set(t, (double)after_ns / 1e9, 0);
+        ev_timer_start(s->w->loop, t);
+    }
+}
+
+static void deadline_stop_on(sc_stream *s, sc_dq_entry *e, ev_timer *t)
+{
+    if (sc_dq_queued(e))
+        sc_dq_remove(e);
+    else
+        ev_timer_stop(s->w->loop, t);
+}
+
+/* The request deadline is over (answered, failed or freed). */
+static void deadline_stop(sc_stream *s)
+{
+    deadline_stop_on(s, &s->dl, &s->timer);
+}
+
+void sc_stream_try_deadline_start(sc_stream *s, uint64_t per_try_ms)
+{
+    uint64_t after = per_try_ms * 1000000u;
+    deadline_start(s, &sc_rstate(s->w, s->route)->try_deadlines, &s->try_dl, &s->try_timer, sc_now_ns() + after,
+                   after);
+}
+
+void sc_stream_try_deadline_stop(sc_stream *s)
+{
+    deadline_stop_on(s, &s->try_dl, &s->try_timer);
+}
+
 static void stream_free(sc_stream *s)
 {
     sc_worker *w = s->w;
     sc_route_stats *rs = &w->stats->routes[s->route->index];
-    ev_timer_stop(w->loop, &s->timer);
-    ev_timer_stop(w->loop, &s->try_timer);
+    deadline_stop(s);
+    sc_stream_try_deadline_stop(s);
     ev_timer_stop(w->loop, &s->wait_timer);
     sc_list_remove(&s->wlink);
     sc_list_remove(&s->up_link);
@@ -376,7 +414,7 @@ void sc_stream_upstream_failed(sc_stream *s, sc_fail why)
                  s->req.path ? s->req.path : "", sc_fail_reason(why));
     sc_attempt_end(s, false);
     up_cancel(s);
-    ev_timer_stop(s->w->loop, &s->timer);
+    deadline_stop(s);
     sc_admit_settle(s, false);
     if (s->flags & SC_ST_F_DOWN_DONE) {
         maybe_free(s);
@@ -392,8 +430,8 @@ void sc_stream_upstream_done(sc_stream *s)
 {
     sc_stream_set_phase(s, SC_PHASE_DONE);
     s->up = NULL;
-    ev_timer_stop(s->w->loop, &s->timer);
-    ev_timer_stop(s->w->loop, &s->try_timer);
+    deadline_stop(s);
+    sc_stream_try_deadline_stop(s);
     sc_attempt_end(s, false);
     sc_admit_settle(s, false);
     maybe_free(s);
@@ -423,6 +461,24 @@ static void stream_timeout_cb(struct ev_loop *loop, ev_timer *t, int revents)
     (void)revents;
     sc_stream *s = SC_CONTAINER_OF(t, sc_stream, timer);
     sc_stream_upstream_failed(s, SC_FAIL_TIMEOUT); /* a parked stream leaves its stage (up_cancel) */
+}
+
+static void deadline_expired(sc_dq_entry *e)
+{
+    sc_stream *s = SC_CONTAINER_OF(e, sc_stream, dl);
+    sc_stream_upstream_failed(s, SC_FAIL_TIMEOUT);
+}
+
+static void try_deadline_expired(sc_dq_entry *e)
+{
+    sc_stream *s = SC_CONTAINER_OF(e, sc_stream, try_dl);
+    sc_stream_upstream_failed(s, SC_FAIL_TRY_TIMEOUT);
+}
+
+void sc_stream_deadlines_init(sc_route_state *rs, struct ev_loop *loop)
+{
+    sc_dq_init(&rs->deadlines, loop, deadline_expired);
+    sc_dq_init(&rs->try_deadlines, loop, try_deadline_expired);
 }
 
 void sc_stream_req_progress(sc_stream *s) { up_event(s); }
@@ -503,8 +559,7 @@ void sc_stream_start(sc_stream *s)
     }
     if (limit_ns) {
         s->deadline_ns = s->start_ns + limit_ns;
-        ev_timer_set(&s->timer, (double)limit_ns / 1e9, 0);
-        ev_timer_start(w->loop, &s->timer);
+        deadline_start(s, &sc_rstate(w, r)->deadlines, &s->dl, &s->timer, s->deadline_ns, limit_ns);
     }
     sc_obs_stream_head(s); /* x-request-id, trace context */
     sc_admit_start(s);

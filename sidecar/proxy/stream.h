@@ -145,7 +145,8 @@ struct sc_stream {
     sc_pipe reqp, respp;
     sc_arena arena;
     /* deadline and timings (sc_now_ns values) */
-    ev_timer timer;                 /* the request deadline */
+    ev_timer timer;                 /* the request deadline, when not in the route's queue */
+    sc_dq_entry dl;                 /* the request deadline in the route's queue (deadline.h) */
     uint64_t start_ns;              /* the stream began (its request head arriving) */
     uint64_t deadline_ns;           /* 0 = none */
     /* taken only when the route's observers use them (SC_PIPE_TIMINGS, stage.h): */
@@ -171,7 +172,8 @@ struct sc_stream {
     bool replayable;                /* every byte sent is in `replay` (within retries.buffer_limit) */
     /* resilience */
     uint32_t attempt;               /* 1-based attempt in flight (or waiting for) */
-    ev_timer try_timer;             /* per_try timeout of the current attempt */
+    ev_timer try_timer;             /* per_try timeout of the current attempt, when not queued */
+    sc_dq_entry try_dl;             /* ... in the route's queue (deadline.h) */
     ev_timer wait_timer;            /* what it bounds depends on the phase (see sc_phase) */
     sc_instance_state *inst;        /* instance of the current attempt (may be NULL) */
     sc_link park_link;              /* on the parking stage's list while PARKED */
@@ -227,6 +229,12 @@ sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t d
 /* The downstream codec finished the request head: deadline, admission
  * stages, first attempt. Counts the request. */
 void sc_stream_start(sc_stream *s);
+/* Sets up a route's queues of request and per-try deadlines on a worker's loop. */
+void sc_stream_deadlines_init(sc_route_state *rs, struct ev_loop *loop);
+/* The current attempt's per-try deadline, per_try_ms from now; stopped
+ * when the attempt ends (sc_stream_try_deadline_stop). */
+void sc_stream_try_deadline_start(sc_stream *s, uint64_t per_try_ms);
+void sc_stream_try_deadline_stop(sc_stream *s);
 /* The downstream codec refuses a request it has decoded (malformed, too
  * large, not supported) before it goes anywhere: counted as a request and
  * answered locally in the caller's protocol (status and x-sidecar-reason from `why`). */

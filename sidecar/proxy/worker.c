@@ -914,6 +914,7 @@ static int worker_init(sc_worker *w, sidecar *sc, unsigned id)
         sc_list_init(&w->rstate[i].h2_conns);
         sc_list_init(&w->rstate[i].h1_idle);
         sc_list_init(&w->rstate[i].waiters);
+        sc_stream_deadlines_init(&w->rstate[i], w->loop);
         sc_lb_ctx_init(&w->rstate[i].lb, sc_now_ns() ^ ((uint64_t)(id + 1) << 32) ^ i);
     }
     w->stats = sc_xcalloc(1, sizeof(sc_worker_stats) + w->route_slots * sizeof(sc_route_stats));
@@ -996,6 +997,10 @@ void sc_worker_loop_end(sc_worker *w)
             sc_conn_close(SC_CONTAINER_OF(rs->h1_idle.next, sc_conn, link), -ECANCELED);
     }
     bury(graveyard_of(w));
+    for (size_t i = 0; i < w->route_slots; i++) { /* every stream is gone */
+        sc_dq_stop(&w->rstate[i].deadlines);
+        sc_dq_stop(&w->rstate[i].try_deadlines);
+    }
     sc_rl_worker_free(w->rl); /* no stream waits for Redis now */
     w->rl = NULL;
     sc_epoch_leave(&w->epoch);
