@@ -729,13 +729,8 @@ bool sc_h1_is_hop_by_hop(const char *name, size_t len, sc_h1_str connection)
     const char *p = connection.p, *end = connection.p + connection.len;
     sc_h1_str el;
     while (list_next(&p, end, &el))
-        if (el.len == len && el.len > 0) {
-            size_t i = 0;
-            while (i < len && sc_ascii_lower(el.p[i]) == sc_ascii_lower(name[i]))
-                i++;
-            if (i == len)
-                return true;
-        }
+        if (el.len == len && len > 0 && sc_ascii_ieq_n(el.p, name, len))
+            return true;
     return false;
 }
 
@@ -820,13 +815,6 @@ static int body_fail(sc_h1_body *b, int rc, const char *why)
     return rc;
 }
 
-static int hexval(char c)
-{
-    if (c <= '9')
-        return c - '0';
-    return sc_ascii_lower(c) - 'a' + 10;
-}
-
 /* The trailer line just completed (trailer_buf[trailer_len - aux ..)) must
  * be `token ":" value`; value bytes were checked as they arrived. */
 static bool trailer_line_ok(const char *l, size_t n)
@@ -891,7 +879,7 @@ int sc_h1_body_decode(sc_h1_body *b, const char *in, size_t len, size_t *consume
             if (is_hex(c)) {
                 if (b->aux == 16)
                     return body_fail(b, SC_H1_ERR_SYNTAX, "chunk size too long");
-                unsigned d = (unsigned)hexval(c);
+                unsigned d = (unsigned)sc_hexval(c); /* is_hex: 0..15 */
                 if (b->remaining > (MAX_BODY_LENGTH - d) / 16)
                     return body_fail(b, SC_H1_ERR_SYNTAX, "chunk size overflow");
                 b->remaining = b->remaining * 16 + d;

@@ -3,16 +3,16 @@
  */
 #include "proxy/deadline.h"
 
-/* A deadline this close has passed: libev runs timers by its loop time,
- * which may be a little behind the clock read here. */
-#define SLACK_NS 1000000u
-
-static void arm(sc_dq *q, uint64_t now, uint64_t at)
+void sc_deadline_timer(struct ev_loop *loop, ev_timer *t, uint64_t *armed_ns, uint64_t now, uint64_t at)
 {
-    ev_timer_stop(q->loop, &q->timer);
-    ev_timer_set(&q->timer, at > now ? (double)(at - now) / 1e9 : 0.0, 0);
-    ev_timer_start(q->loop, &q->timer);
-    q->armed_ns = at;
+    if (ev_is_active(t) && *armed_ns && *armed_ns <= at)
+        return; /* it fires first; its callback starts it again for the rest */
+    if (!now)
+        now = sc_now_ns();
+    ev_timer_stop(loop, t);
+    ev_timer_set(t, at > now ? (double)(at - now) / 1e9 : 0.0, 0);
+    ev_timer_start(loop, t);
+    *armed_ns = at;
 }
 
 static void fired(struct ev_loop *loop, ev_timer *t, int revents)
@@ -24,8 +24,8 @@ static void fired(struct ev_loop *loop, ev_timer *t, int revents)
     uint64_t now = sc_now_ns();
     while (!sc_list_empty(&q->list)) {
         sc_dq_entry *e = SC_CONTAINER_OF(q->list.next, sc_dq_entry, link);
-        if (e->at_ns > now + SLACK_NS) {
-            arm(q, now, e->at_ns);
+        if (!sc_deadline_passed(e->at_ns, now)) {
+            sc_deadline_timer(q->loop, &q->timer, &q->armed_ns, now, e->at_ns);
             return;
         }
         sc_list_remove(&e->link);
@@ -62,7 +62,6 @@ bool sc_dq_add(sc_dq *q, sc_dq_entry *e, uint64_t at_ns)
     sc_list_push(&q->list, &e->link);
     /* Empty until now: the timer may still run for a head that left. It
      * stays when it fires no later than this deadline. */
-    if (!q->armed_ns || q->armed_ns > at_ns)
-        arm(q, sc_now_ns(), at_ns);
+    sc_deadline_timer(q->loop, &q->timer, &q->armed_ns, 0, at_ns);
     return true;
 }

@@ -28,6 +28,21 @@
 
 #include <ev.h>
 
+/* The step both lazy deadlines take (the queue here, a connection's idle
+ * and header-read deadline in proxy.h): t runs for time `at` (sc_now_ns()
+ * time), unless it already runs for a deadline no later (*armed_ns: what
+ * it runs for, 0 = not started by this function, or fired since). now is
+ * sc_now_ns(), or 0 to read the clock only when the timer is started. */
+void sc_deadline_timer(struct ev_loop *loop, ev_timer *t, uint64_t *armed_ns, uint64_t now, uint64_t at);
+
+/* A deadline this close has passed: libev runs timers by its loop time,
+ * which may be a little behind the clock. */
+#define SC_DEADLINE_SLACK_NS 1000000u
+static inline bool sc_deadline_passed(uint64_t at, uint64_t now)
+{
+    return at <= now + SC_DEADLINE_SLACK_NS;
+}
+
 typedef struct sc_dq_entry {
     sc_link link;                   /* in sc_dq.list; unlinked: next == NULL */
     uint64_t at_ns;                 /* the deadline, sc_now_ns() time */

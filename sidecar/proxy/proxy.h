@@ -119,7 +119,7 @@ struct sc_conn {
     ev_io io;
     ev_timer timer;                 /* idle / header-read / connect timeout */
     uint64_t deadline_ns;           /* sc_conn_deadline: monotonic, 0 = none */
-    uint64_t timer_at_ns;           /* when the timer, if running for a deadline, fires */
+    uint64_t timer_at_ns;           /* when the timer, if running for a deadline, fires (sc_deadline_timer) */
     const sc_conn_ops *ops;
     sc_worker *w;
     sc_route *route;                /* downstream: the listener's route; upstream: its route */

@@ -504,39 +504,25 @@ void sc_conn_init(sc_conn *c, sc_worker *w, int fd, const sc_conn_ops *ops, sc_r
     ev_init(&c->timer, NULL);
 }
 
-/* A deadline this close is due: libev runs a timer by its loop time, which
- * may be a little behind the monotonic clock read here. */
-#define DEADLINE_SLACK_NS 1000000u
-
-static void deadline_timer_start(sc_conn *c, uint64_t now, uint64_t at)
-{
-    c->timer_at_ns = at;
-    ev_timer_set(&c->timer, (double)(at - now) / 1e9, 0);
-    ev_timer_start(c->w->loop, &c->timer);
-}
-
 void sc_conn_deadline(sc_conn *c, uint64_t ms)
 {
     if (!ms) {
         c->deadline_ns = 0;
         return;
     }
-    uint64_t now = sc_now_ns(), at = now + ms * 1000000u;
-    c->deadline_ns = at;
-    if (ev_is_active(&c->timer) && c->timer_at_ns && c->timer_at_ns <= at)
-        return; /* it fires first; sc_conn_deadline_due restarts it */
-    ev_timer_stop(c->w->loop, &c->timer);
-    deadline_timer_start(c, now, at);
+    uint64_t now = sc_now_ns();
+    c->deadline_ns = now + ms * 1000000u;
+    sc_deadline_timer(c->w->loop, &c->timer, &c->timer_at_ns, now, c->deadline_ns);
 }
 
 bool sc_conn_deadline_due(sc_conn *c)
 {
-    c->timer_at_ns = 0;
+    c->timer_at_ns = 0; /* it fired */
     if (!c->deadline_ns)
         return false;
     uint64_t now = sc_now_ns();
-    if (c->deadline_ns > now + DEADLINE_SLACK_NS) {
-        deadline_timer_start(c, now, c->deadline_ns);
+    if (!sc_deadline_passed(c->deadline_ns, now)) {
+        sc_deadline_timer(c->w->loop, &c->timer, &c->timer_at_ns, now, c->deadline_ns);
         return false;
     }
     c->deadline_ns = 0;
