@@ -112,7 +112,9 @@ typedef struct sc_up_conn {
 sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr *sa, socklen_t len,
                            const sc_conn_ops *ops, int *err);
 /* Sets the idle deadline of an upstream connection with nothing to do
- * (sc_conn_deadline_clear when it gets work again). */
+ * (sc_conn_deadline_clear when it gets work again). A connection still
+ * connecting keeps its connect timeout instead; its codec calls this again
+ * from on_connected when it comes up with nothing to do. */
 void sc_up_conn_idle(sc_up_conn *u);
 /* Fails every stream still waiting on u->pending. */
 void sc_up_conn_fail_pending(sc_up_conn *u, sc_fail why);

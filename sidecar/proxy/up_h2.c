@@ -548,6 +548,8 @@ static void on_connected(sc_conn *c)
     sc_up_conn *u = SC_UP(c);
     for (sc_link *l = u->pending.next; l != &u->pending; l = l->next)
         sc_stream_connected(SC_CONTAINER_OF(l, sc_stream, up_link));
+    if (!(c->flags & SC_CONN_F_CLOSED))
+        conn_maybe_idle(u); /* up with no stream left (they went while it connected) */
 }
 
 static const sc_conn_ops up_h2_ops = {

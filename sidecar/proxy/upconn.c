@@ -103,20 +103,16 @@ sc_up_conn *sc_up_conn_new(sc_worker *w, sc_route *route, const struct sockaddr 
 void sc_up_conn_idle(sc_up_conn *u)
 {
     sc_conn *c = &u->super;
-    uint64_t idle = c->route->timeouts->idle_ms;
-    if (!(c->flags & SC_CONN_F_CONNECTING)) {
-        /* lazy (proxy.h): a connection that goes busy and idle again on
-         * every request touches no timer; its users clear the deadline
-         * (sc_conn_deadline_clear) when it gets work */
-        sc_conn_deadline(c, idle);
+    /* Still connecting (its streams left before it came up): the connect
+     * timeout keeps running, so a connect that hangs is still given up at
+     * timeouts.connect; the codec's on_connected calls here again once the
+     * connection is up with nothing to do, and the idle timeout starts then. */
+    if (c->flags & SC_CONN_F_CONNECTING)
         return;
-    }
-    /* still connecting: the idle timeout replaces the connect timeout */
-    ev_timer_stop(c->w->loop, &c->timer);
-    if (idle) {
-        ev_timer_set(&c->timer, (double)idle / 1000.0, 0);
-        ev_timer_start(c->w->loop, &c->timer);
-    }
+    /* lazy (proxy.h): a connection that goes busy and idle again on every
+     * request touches no timer; its users clear the deadline
+     * (sc_conn_deadline_clear) when it gets work */
+    sc_conn_deadline(c, c->route->timeouts->idle_ms);
 }
 
 void sc_up_conn_fail_pending(sc_up_conn *u, sc_fail why)

@@ -228,6 +228,94 @@ class MidStreamFailureTest(SidecarTestCase):
         self.assertLess(time.monotonic() - t, 1.5)
 
 
+class ConnectingIdleTest(SidecarTestCase):
+    """An HTTP/2 upstream connection whose only stream went away while it was
+    still connecting: the connect timeout still bounds the connect, and a
+    connection that comes up with nothing to do gets the idle timeout."""
+
+    def setUp(self):
+        self.hole = harness.Blackhole()
+        self.addCleanup(self.hole.close)
+        if not self.hole.hangs():
+            self.skipTest("the loopback blackhole trick does not work here")
+
+    def start(self, timeouts):
+        port = free_port()
+        self.sc = self.sidecar(harness.base_config(free_port(), workers=1, upstreams=[
+            harness.upstream("late", "grpc", port, [self.hole.port], timeouts=timeouts)]))
+        return Echo(self.channel(port))
+
+    def active(self):
+        return self.sc.stats().value("sidecar_upstream_connections_active", upstream="late")
+
+    def wait_active(self, want, within):
+        end = time.monotonic() + within
+        while time.monotonic() < end:
+            if self.active() == want:
+                return True
+            time.sleep(0.05)
+        return self.active() == want
+
+    def test_connect_timeout_still_bounds_the_connect(self):
+        echo = self.start({"connect": "1s", "request": "200ms", "idle": "60s"})
+        t = time.monotonic()
+        with self.assertRaises(grpc.RpcError) as cm:
+            echo.unary(b"x", timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED, cm.exception.details())
+        self.assertEqual(self.active(), 1, "the connection attempt is still running")
+        self.assertTrue(self.wait_active(0, 3.0), "a connect whose stream left ran past its 1s connect timeout")
+        self.assertBetween(time.monotonic() - t, 0.8, 3.0, "the connect timeout is 1s")
+
+    def test_connection_up_with_nothing_to_do_gets_the_idle_timeout(self):
+        echo = self.start({"connect": "10s", "request": "200ms", "idle": "1s"})
+        with self.assertRaises(grpc.RpcError) as cm:
+            echo.unary(b"x", timeout=10)
+        self.assertEqual(cm.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED, cm.exception.details())
+        # Let the sidecar's SYN in: drop the fillers (their pending connects
+        # stop) and take the one the kernel queued, then wait for the
+        # sidecar's retransmitted SYN to be accepted.
+        for s in self.hole.fillers:
+            s.close()
+        self.hole.fillers = []
+        lsock = self.hole.lsock
+        lsock.settimeout(0.5)
+        up = None
+        end = time.monotonic() + 8
+        while up is None and time.monotonic() < end:
+            try:
+                c, _ = lsock.accept()
+            except socket.timeout:
+                continue
+            c.settimeout(0.5)
+            try:
+                first = c.recv(24)
+            except socket.timeout:
+                first = b""
+            if first.startswith(b"PRI * HTTP/2.0"):
+                up = c
+            else:
+                c.close()
+        self.assertIsNotNone(up, "the sidecar's connection never came up")
+        self.addCleanup(up.close)
+        connected = time.monotonic()
+        up.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # an empty SETTINGS frame
+        up.settimeout(0.25)
+        closed = None
+        while time.monotonic() - connected < 4:
+            try:
+                if up.recv(65536) == b"":
+                    closed = time.monotonic()
+                    break
+            except socket.timeout:
+                continue
+            except OSError:
+                closed = time.monotonic()
+                break
+        self.assertIsNotNone(closed, "an idle connection stayed open 4s with a 1s idle timeout")
+        self.assertBetween(closed - connected, 0.7, 2.5, "the idle timeout is 1s")
+        self.assertTrue(self.wait_active(0, 1.0))
+
+
 class RoundRobinTest(SidecarTestCase):
     @classmethod
     def setUpClass(cls):
