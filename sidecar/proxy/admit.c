@@ -206,7 +206,7 @@ void sc_stream_outcome(const sc_stream *s, sc_outcome *o)
         .start_ns = s->start_ns,
         .upstream_start_ns = s->up_start_ns,
         .first_byte_ns = s->first_byte_ns,
-        .end_ns = sc_now_ns(),
+        .end_ns = sc_worker_now_ns(s->w),
         .instance = s->up_addr_len ? (const struct sockaddr *)&s->up_addr : NULL,
         .instance_len = s->up_addr_len,
         .bytes_in = s->reqp.total,

@@ -48,7 +48,7 @@ static void attempt_end(sc_stream *s, bool cancelled, bool retried)
         .cancelled = cancelled,
         .retried = retried,
         .start_ns = s->try_start_ns,
-        .end_ns = sc_now_ns(),
+        .end_ns = sc_worker_now_ns(s->w),
     };
     sc_observe_attempt_end(s, &a);
 }
@@ -159,7 +159,7 @@ bool sc_attempt_retry(sc_stream *s, uint32_t cond, int http, int grpc)
             return false;
     }
     sc_route_stats *rs = &w->stats->routes[s->route->index];
-    if (!sc_retry_budget_try_acquire(&s->route->budget, sc_now_ms())) {
+    if (!sc_retry_budget_try_acquire(&s->route->budget, sc_worker_now_ms(s->w))) {
         SC_STAT_INC(rs->retry_budget_exhausted);
         sc_obs_trace_event(s, SC_EV_BUDGET_EXHAUSTED, -1, false);
         return false;
@@ -184,7 +184,7 @@ bool sc_attempt_judge_head(sc_stream *s)
 {
     s->head_checked = true;
     if (s->pipe->hooks & SC_PIPE_TIMINGS)
-        s->first_byte_ns = sc_now_ns();
+        s->first_byte_ns = sc_worker_now_ns(s->w);
     int http = s->resp.status;
     int grpc = -1;
     if (s->req.is_grpc) {
@@ -245,7 +245,7 @@ static bool pick_instance(sc_stream *s)
         }
         skip = rs->skip;
         load = rs->load;
-        uint64_t now = sc_now_ms();
+        uint64_t now = sc_worker_now_ms(s->w);
         for (size_t i = 0; i < e->n; i++) {
             sc_instance_state *st = e->inst[i].state;
             skip[i] = 0;
@@ -278,7 +278,7 @@ void sc_attempt_begin(sc_stream *s)
 {
     s->attempt++;
     if (s->pipe->hooks & SC_PIPE_TIMINGS) {
-        s->try_start_ns = sc_now_ns();
+        s->try_start_ns = sc_worker_now_ns(s->w);
         if (!s->up_start_ns)
             s->up_start_ns = s->try_start_ns;
     }

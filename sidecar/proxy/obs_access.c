@@ -110,7 +110,7 @@ void sc_obs_attempt_start(sc_stream *s)
         s->trace_hdr_base = (uint16_t)(s->req.n_hdrs + 1); /* +1: 0 means "not yet" */
     s->req.n_hdrs = s->trace_hdr_base - 1u; /* the previous attempt's headers go */
     /* the clock only for an attempt span that is recorded */
-    sc_trace_attempt_start(trace_worker(s), s->trace, s->attempt, s->trace->sampled ? sc_now_ns() : 0, &out);
+    sc_trace_attempt_start(trace_worker(s), s->trace, s->attempt, s->trace->sampled ? sc_worker_now_ns(s->w) : 0, &out);
     for (size_t i = 0; i < out.n; i++) {
         /* The names are literals of the propagation module: not copied. */
         char *v = sc_msg_add_in_place(s, &s->req, out.h[i].name, out.h[i].name_len, out.h[i].value_len);
@@ -126,9 +126,9 @@ void sc_obs_trace_event(sc_stream *s, sc_span_event_kind e, int64_t value, bool 
     if (!s->trace || !s->trace->sampled)
         return;
     if (attempt)
-        sc_trace_attempt_event(s->trace, e, sc_now_ns(), value);
+        sc_trace_attempt_event(s->trace, e, sc_worker_now_ns(s->w), value);
     else
-        sc_trace_req_event(s->trace, e, sc_now_ns(), value);
+        sc_trace_req_event(s->trace, e, sc_worker_now_ns(s->w), value);
 }
 
 /* ---- the observer ---- */

@@ -95,7 +95,7 @@ static sc_stage_verdict admit(sc_stream *s, const void *conf, uint64_t *word, sc
     if (!s->down->ssl || sc_tls_peer_serial(s->down->ssl, serial, sizeof(serial)) < 0)
         serial[0] = 0;
     sc_authz_decision dec;
-    sc_authz_check(az, s->w->id, c->identity, serial, sc_now_ms(), &dec);
+    sc_authz_check(az, s->w->id, c->identity, serial, sc_worker_now_ms(s->w), &dec);
     switch (dec.verdict) {
     case SC_AUTHZ_ALLOW:
     case SC_AUTHZ_DENY:

@@ -35,7 +35,7 @@ static sc_stage_verdict admit(sc_stream *s, const void *conf, uint64_t *word, sc
     sc_route *r = s->route;
     sc_breaker *b = (sc_breaker *)conf;
     sc_breaker_transition tr = {0};
-    bool allowed = sc_breaker_allow_ex(b, sc_now_ms(), word, &tr);
+    bool allowed = sc_breaker_allow_ex(b, sc_worker_now_ms(s->w), word, &tr);
     log_transition(r, &tr);
     if (allowed)
         return SC_STAGE_GO;

@@ -248,7 +248,7 @@ sc_stream *sc_stream_new(sc_worker *w, sc_route *route, sc_conn *down, int32_t d
     s->req.content_length = -1;
     s->resp.content_length = -1;
     s->grpc_status = -1;
-    s->start_ns = sc_now_ns();
+    s->start_ns = sc_worker_now_ns(w);
     ev_init(&s->timer, stream_timeout_cb);
     ev_init(&s->try_timer, try_timeout_cb);
     ev_init(&s->wait_timer, wait_timer_cb);
@@ -286,7 +286,7 @@ static void deadline_stop(sc_stream *s)
 void sc_stream_try_deadline_start(sc_stream *s, uint64_t per_try_ms)
 {
     uint64_t after = per_try_ms * 1000000u;
-    deadline_start(s, &sc_rstate(s->w, s->route)->try_deadlines, &s->try_dl, &s->try_timer, sc_now_ns() + after,
+    deadline_start(s, &sc_rstate(s->w, s->route)->try_deadlines, &s->try_dl, &s->try_timer, sc_worker_now_ns(s->w) + after,
                    after);
 }
 
@@ -315,7 +315,7 @@ static void stream_free(sc_stream *s)
             SC_STAT_INC(rs->responses[0]);
         if (s->req.is_grpc && s->grpc_status >= 0 && s->grpc_status <= SC_GRPC_STATUS_MAX)
             SC_STAT_INC(rs->grpc[s->grpc_status]);
-        sc_stats_observe_latency(rs, (sc_now_ns() - s->start_ns) / 1000);
+        sc_stats_observe_latency(rs, (sc_worker_now_ns(w) - s->start_ns) / 1000);
         SC_STAT_ADD(rs->bytes_in, s->reqp.total);
         SC_STAT_ADD(rs->bytes_out, s->respp.total);
     }
@@ -340,7 +340,7 @@ uint64_t sc_stream_remaining_ns(const sc_stream *s)
 {
     if (!s->deadline_ns)
         return 0;
-    uint64_t now = sc_now_ns();
+    uint64_t now = sc_worker_now_ns(s->w);
     return s->deadline_ns > now ? s->deadline_ns - now : 1;
 }
 

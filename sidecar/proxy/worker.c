@@ -458,6 +458,7 @@ static void conn_io_cb(struct ev_loop *loop, ev_io *io, int revents)
 {
     (void)loop;
     sc_conn *c = SC_CONTAINER_OF(io, sc_conn, io);
+    sc_worker_tick(c->w);
     if (c->flags & SC_CONN_F_TLS_HS) {
         tls_step(c);
         return;
@@ -510,7 +511,7 @@ void sc_conn_deadline(sc_conn *c, uint64_t ms)
         c->deadline_ns = 0;
         return;
     }
-    uint64_t now = sc_now_ns();
+    uint64_t now = sc_worker_now_ns(c->w);
     c->deadline_ns = now + ms * 1000000u;
     sc_deadline_timer(c->w->loop, &c->timer, &c->timer_at_ns, now, c->deadline_ns);
 }
@@ -520,7 +521,7 @@ bool sc_conn_deadline_due(sc_conn *c)
     c->timer_at_ns = 0; /* it fired */
     if (!c->deadline_ns)
         return false;
-    uint64_t now = sc_now_ns();
+    uint64_t now = sc_worker_now_ns(c->w);
     if (!sc_deadline_passed(c->deadline_ns, now)) {
         sc_deadline_timer(c->w->loop, &c->timer, &c->timer_at_ns, now, c->deadline_ns);
         return false;
@@ -647,6 +648,7 @@ static void check_cb(struct ev_loop *loop, ev_check *c, int revents)
     (void)loop;
     (void)revents;
     sc_worker *w = SC_CONTAINER_OF(c, sc_worker, check);
+    sc_worker_tick(w); /* a new iteration: timers and wake-ups read the clock afresh */
     sc_epoch_enter(&w->epoch);
 }
 

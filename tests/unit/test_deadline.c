@@ -2,7 +2,8 @@
  * test_deadline.c: the lazy deadline queue (proxy/deadline.h) on a real
  * libev loop: order of expiry, removal without touching the timer, the
  * timer kept when a later deadline arrives, restarted for an earlier one,
- * and deadlines out of order refused.
+ * and deadlines out of order refused; and the worker's clock
+ * (sc_worker_now_ns), read once per event.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,8 +11,10 @@
 #include <cmocka.h>
 
 #include "proxy/deadline.h"
+#include "proxy/proxy.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 
 #define MS 1000000ull
@@ -143,12 +146,32 @@ static void test_fires_early_timer_then_rearms(void **state)
     assert_true(sc_list_empty(&q->list));
 }
 
+/* One reading per event: uses within an event share it, a tick makes the
+ * next use read the clock again, and readings never go back. */
+static void test_worker_clock(void **state)
+{
+    (void)state;
+    sc_worker w = {0};
+    uint64_t before = sc_now_ns();
+    uint64_t a = sc_worker_now_ns(&w);
+    assert_true(a >= before);
+    struct timespec pause = {0, 2 * 1000000};
+    nanosleep(&pause, NULL);
+    assert_int_equal(sc_worker_now_ns(&w), a);
+    assert_int_equal(sc_worker_now_ms(&w), a / MS);
+    sc_worker_tick(&w);
+    uint64_t b = sc_worker_now_ns(&w);
+    assert_true(b >= a + 2 * MS);
+    assert_true(b <= sc_now_ns());
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_order_and_removal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lazy_timer_when_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fires_early_timer_then_rearms, setup, teardown),
+        cmocka_unit_test(test_worker_clock),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
