@@ -175,6 +175,9 @@ sc_span *sc_span_ring_reserve(sc_span_ring *r);
 /* Publishes the reserved slot; returns the number of spans now waiting. */
 uint32_t sc_span_ring_commit(sc_span_ring *r);
 
+/* Asks the CPU for s's memory ahead of use (write: about to be filled). */
+void sc_span_prefetch(const sc_span *s, bool write);
+
 /* Consumer. */
 uint32_t sc_span_ring_pending(sc_span_ring *r);
 /* The i-th waiting span (i < pending). */

@@ -161,8 +161,11 @@ static uint32_t build_batch(sc_tracer *t)
     for (unsigned k = 0; k < t->n_workers && taken < t->batch_size; k++) {
         sc_span_ring *r = &t->workers[(t->rr + k) % t->n_workers].ring;
         uint32_t n = SC_MIN(sc_span_ring_pending(r), t->batch_size - taken);
-        for (uint32_t i = 0; i < n; i++)
+        for (uint32_t i = 0; i < n; i++) {
+            if (i + 1 < n)
+                sc_span_prefetch(sc_span_ring_peek(r, i + 1), false);
             sc_otlp_span(&t->body, sc_span_ring_peek(r, i), t->offset_ns, taken + i == 0);
+        }
         sc_span_ring_release(r, n);
         taken += n;
     }
