@@ -76,7 +76,8 @@ static void promote(sc_worker *w, sc_route *r)
     sc_route_state *rs = sc_rstate(w, r);
     while (!sc_list_empty(&rs->waiters) && sc_bulkhead_try_promote(&r->bulkhead)) {
         sc_stream *s = sc_parked_stream(rs->waiters.next);
-        sc_obs_trace_event(s, SC_EV_BULKHEAD_ADMITTED, (int64_t)((sc_worker_now_ns(s->w) - s->start_ns) / 1000000u), false);
+        uint64_t waited_ms = (sc_worker_now_ns(w) - s->start_ns) / 1000000u;
+        sc_obs_trace_event(s, SC_EV_BULKHEAD_ADMITTED, (int64_t)waited_ms, false);
         sc_admit_resume(s, SC_STAGE_GO, SC_FAIL_NONE);
     }
 }

@@ -285,9 +285,8 @@ static void deadline_stop(sc_stream *s)
 
 void sc_stream_try_deadline_start(sc_stream *s, uint64_t per_try_ms)
 {
-    uint64_t after = per_try_ms * 1000000u;
-    deadline_start(s, &sc_rstate(s->w, s->route)->try_deadlines, &s->try_dl, &s->try_timer, sc_worker_now_ns(s->w) + after,
-                   after);
+    uint64_t after = per_try_ms * 1000000u, at = sc_worker_now_ns(s->w) + after;
+    deadline_start(s, &sc_rstate(s->w, s->route)->try_deadlines, &s->try_dl, &s->try_timer, at, after);
 }
 
 void sc_stream_try_deadline_stop(sc_stream *s)
