@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: installs dependencies, builds the normal, the
 # ASan+UBSan and the ThreadSanitizer configurations, runs every unit test,
-# fuzz-corpus replay and integration test under ctest in the first two, the
-# thread hand-off modules in the third. The last line is ctest's summary of
-# the normal build; the exit code covers all three.
-# The whole test suite: installs dependencies, builds the normal and the
-# ASan+UBSan configurations, runs every unit test, fuzz-corpus replay and
-# integration test under ctest, and the deployment test (container image,
-# Kubernetes, Compose, .deb with podman) as a step of its own. The last
-# line is ctest's summary.
+# fuzz-corpus replay and integration test under ctest in the first two and
+# the thread hand-off modules in the third, and the deployment test
+# (container image, Kubernetes, Compose, .deb with podman) as a step of its
+# own. The last line is ctest's summary of the normal build; the exit code
+# covers every step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bash deploy/install-deps.sh || exit 1
