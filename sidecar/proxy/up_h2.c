@@ -135,10 +135,13 @@ static int submit(sc_up_conn *u, sc_stream *s)
     }
     if (m->is_grpc && s->deadline_ns) {
         size_t tl = sc_grpc_timeout_format(sc_stream_remaining_ns(s), tbuf, sizeof(tbuf));
-        /* A new value on every call: as an HPACK table entry on every call
+        /* Often a new value on every call (a caller's own deadline, a
+         * retry, a call that waited): as an HPACK table entry on every call
          * it would push out the fields that repeat, and every later
          * grpc-timeout would be compared with each such entry (nghttp2
-         * files them by name). */
+         * files them by name). A call that goes up in the callback that
+         * read its head sends the whole timeout (the worker's clock is
+         * read once per callback), the same value each time. */
         nva[k] = NV("grpc-timeout", tbuf, tl);
         nva[k++].flags |= unique_flags;
     }

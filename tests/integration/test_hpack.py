@@ -129,17 +129,26 @@ class HpackRenewalTest(SidecarTestCase):
         recs = [r for r in self.gup.requests if r["path"].startswith("/grpc-trailers?")]
         self.assertEqual(len(recs), n)
         self.assertEqual(len({r["conn"] for r in recs}), 1, "one upstream connection expected")
+        first = dict(recs[0]["headers"])
         for i in (0, 1, self.EVERY - 1, self.EVERY, self.EVERY + 1):
             forms = forms_by_name(recs[i]["headers"], recs[i]["forms"])
+            values = dict(recs[i]["headers"])
             for name in ("x-request-id", "grpc-timeout"):
                 form, by_index = forms[name]
                 if i % self.EVERY:
                     self.assertEqual((form, by_index), ("never", True), (name, i))
+                elif i and values[name] == first[name]:
+                    # The same value as the first request's (grpc-timeout:
+                    # the whole request timeout left when the call went up
+                    # in the callback that read it): its entry is still in
+                    # the table, and HPACK names the field by that entry.
+                    self.assertEqual(form, "indexed", (name, i))
                 else:
                     # an entry again (named by index or not: the old one
                     # may still be in the table)
                     self.assertEqual(form, "incremental", (name, i))
                     self.assertTrue(i or not by_index, (name, i))
+        self.assertNotEqual(dict(recs[self.EVERY]["headers"])["x-request-id"], first["x-request-id"])
 
 
 if __name__ == "__main__":
