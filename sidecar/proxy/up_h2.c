@@ -17,6 +17,7 @@
 #include "http/hdr.h"
 #include "proxy/codec.h"
 #include "proxy/conns.h"
+#include "proxy/stage.h"
 #include "sidecar.h"
 
 #include <stdio.h>
@@ -134,16 +135,21 @@ static int submit(sc_up_conn *u, sc_stream *s)
             nva[k++] = NV("x-sidecar-attempt", abuf, sc_fmt_u64(abuf, s->attempt));
     }
     if (m->is_grpc && s->deadline_ns) {
-        size_t tl = sc_grpc_timeout_format(sc_stream_remaining_ns(s), tbuf, sizeof(tbuf));
+        uint64_t left = sc_stream_remaining_ns(s);
+        size_t tl = sc_grpc_timeout_format(left, tbuf, sizeof(tbuf));
+        nva[k] = NV("grpc-timeout", tbuf, tl);
         /* Often a new value on every call (a caller's own deadline, a
          * retry, a call that waited): as an HPACK table entry on every call
          * it would push out the fields that repeat, and every later
          * grpc-timeout would be compared with each such entry (nghttp2
-         * files them by name). A call that goes up in the callback that
-         * read its head sends the whole timeout (the worker's clock is
-         * read once per callback), the same value each time. */
-        nva[k] = NV("grpc-timeout", tbuf, tl);
-        nva[k++].flags |= unique_flags;
+         * files them by name). But a call that goes up in the callback
+         * that read its head, without a shorter deadline of its caller's,
+         * sends the policy's whole timeout (the worker's clock is read
+         * once per callback): the same value every time, so it gets an
+         * entry and goes as one index after the first. */
+        if (left != s->pipe->timeouts->request_ms * 1000000u)
+            nva[k].flags |= unique_flags;
+        k++;
     }
     if (m->content_length >= 0) {
         nva[k++] = NV("content-length", clbuf, sc_fmt_u64(clbuf, (uint64_t)m->content_length));

@@ -71,6 +71,9 @@ class HpackFormsTest(SidecarTestCase):
         with H2Conn(self.gport) as c:
             for i in range(n):
                 extra = [("x-request-id", "caller-id-%d" % i)] if i >= n - 2 else []
+                if i in (2, 3):
+                    # a caller's own deadline, shorter than the policy's 5 s
+                    extra.append(("grpc-timeout", "%dm" % (3000 + i)))
                 sid = c.request([(":method", "POST"), (":scheme", "http"), (":path", "/grpc-trailers?%d" % i),
                                  (":authority", "a"), ("content-type", "application/grpc"), ("te", "trailers")]
                                 + extra, body=GRPC_MESSAGE)
@@ -79,6 +82,8 @@ class HpackFormsTest(SidecarTestCase):
         recs = [r for r in self.gup.requests if r["path"].startswith("/grpc-trailers?")]
         self.assertEqual(len(recs), n, recs)
         self.assertEqual(len({r["conn"] for r in recs}), 1, "one upstream connection expected: %s" % recs)
+        whole = dict(recs[0]["headers"])["grpc-timeout"]
+        self.assertEqual(whole, "5000000u", "the policy's whole 5 s request timeout")
         for i, rec in enumerate(recs):
             forms = forms_by_name(rec["headers"], rec["forms"])
             hdrs = dict(rec["headers"])
@@ -89,9 +94,16 @@ class HpackFormsTest(SidecarTestCase):
                 if i == 0:
                     # the connection's first request: an entry whose name the next ones use
                     self.assertEqual(forms[name], ("incremental", False), (name, rec))
+                elif name == "grpc-timeout" and i not in (2, 3):
+                    # the policy's whole timeout again: the entry itself
+                    self.assertEqual(hdrs[name], whole, rec)
+                    self.assertEqual(forms[name], ("indexed", True), (name, i, rec))
                 else:
-                    # a value never seen again: no entry, the name by index
+                    # a value never seen again (a request ID, what is left
+                    # of a caller's deadline): no entry, the name by index
                     self.assertEqual(forms[name], ("never", True), (name, i, rec))
+                    if name == "grpc-timeout":
+                        self.assertNotEqual(hdrs[name], whole, rec)
 
 
 class HpackRenewalTest(SidecarTestCase):
@@ -135,14 +147,14 @@ class HpackRenewalTest(SidecarTestCase):
             values = dict(recs[i]["headers"])
             for name in ("x-request-id", "grpc-timeout"):
                 form, by_index = forms[name]
-                if i % self.EVERY:
-                    self.assertEqual((form, by_index), ("never", True), (name, i))
-                elif i and values[name] == first[name]:
+                if i and values[name] == first[name]:
                     # The same value as the first request's (grpc-timeout:
-                    # the whole request timeout left when the call went up
-                    # in the callback that read it): its entry is still in
-                    # the table, and HPACK names the field by that entry.
-                    self.assertEqual(form, "indexed", (name, i))
+                    # the policy's whole timeout, sent with an entry): that
+                    # entry is still in the table and names the field.
+                    self.assertEqual(name, "grpc-timeout")
+                    self.assertEqual((form, by_index), ("indexed", True), (name, i))
+                elif i % self.EVERY:
+                    self.assertEqual((form, by_index), ("never", True), (name, i))
                 else:
                     # an entry again (named by index or not: the old one
                     # may still be in the table)
