@@ -335,6 +335,11 @@ static void maybe_free(sc_stream *s)
         stream_free(s);
 }
 
+uint64_t sc_stream_policy_timeout_ns(const sc_stream *s)
+{
+    return s->pipe->timeouts->request_ms * 1000000u;
+}
+
 uint64_t sc_stream_remaining_ns(const sc_stream *s)
 {
     if (!s->deadline_ns)
@@ -544,7 +549,7 @@ void sc_stream_start(sc_stream *s)
     sc_pipeline_acquire(s); /* the route's version this request runs under */
 
     /* Deadline: the smaller of the policy's and the caller's grpc-timeout. */
-    uint64_t limit_ns = s->pipe->timeouts->request_ms * 1000000u;
+    uint64_t limit_ns = sc_stream_policy_timeout_ns(s);
     for (size_t i = 0; i < s->req.n_hdrs; i++) {
         nghttp2_nv *nv = &s->req.hdrs[i];
         if (nv->namelen == 12 && memcmp(nv->name, "grpc-timeout", 12) == 0) {

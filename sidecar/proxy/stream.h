@@ -274,6 +274,9 @@ void sc_stream_upstream_done(sc_stream *s);
 
 /* The time a stream's deadline leaves for an upstream grpc-timeout; 0 = none. */
 uint64_t sc_stream_remaining_ns(const sc_stream *s);
+/* The policy's whole request timeout for this stream (timeouts.request of
+ * the route version it runs under); 0 = none. */
+uint64_t sc_stream_policy_timeout_ns(const sc_stream *s);
 
 /* Header helpers (arena copies; names lower-cased). */
 int sc_msg_add(sc_stream *s, sc_msg *m, const char *name, size_t nlen, const char *value, size_t vlen);

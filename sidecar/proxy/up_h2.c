@@ -17,7 +17,6 @@
 #include "http/hdr.h"
 #include "proxy/codec.h"
 #include "proxy/conns.h"
-#include "proxy/stage.h"
 #include "sidecar.h"
 
 #include <stdio.h>
@@ -147,7 +146,7 @@ static int submit(sc_up_conn *u, sc_stream *s)
          * sends the policy's whole timeout (the worker's clock is read
          * once per callback): the same value every time, so it gets an
          * entry and goes as one index after the first. */
-        if (left != s->pipe->timeouts->request_ms * 1000000u)
+        if (left != sc_stream_policy_timeout_ns(s))
             nva[k].flags |= unique_flags;
         k++;
     }
@@ -557,8 +556,7 @@ static void on_connected(sc_conn *c)
     sc_up_conn *u = SC_UP(c);
     for (sc_link *l = u->pending.next; l != &u->pending; l = l->next)
         sc_stream_connected(SC_CONTAINER_OF(l, sc_stream, up_link));
-    if (!(c->flags & SC_CONN_F_CLOSED))
-        conn_maybe_idle(u); /* up with no stream left (they went while it connected) */
+    conn_maybe_idle(u); /* up with no stream left (they went while it connected) */
 }
 
 static const sc_conn_ops up_h2_ops = {

@@ -321,9 +321,16 @@ class Blackhole:
         finally:
             s.close()
 
-    def close(self):
+    def open_up(self):
+        """Let connections in again: the fillers go (their pending connects
+        stop); the one the kernel queued is still to be accepted, and a
+        connect whose SYN was dropped gets in at its retransmission."""
         for s in self.fillers:
             s.close()
+        self.fillers = []
+
+    def close(self):
+        self.open_up()
         self.lsock.close()
 
 

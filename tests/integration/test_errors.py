@@ -274,9 +274,7 @@ class ConnectingIdleTest(SidecarTestCase):
         # Let the sidecar's SYN in: drop the fillers (their pending connects
         # stop) and take the one the kernel queued, then wait for the
         # sidecar's retransmitted SYN to be accepted.
-        for s in self.hole.fillers:
-            s.close()
-        self.hole.fillers = []
+        self.hole.open_up()
         lsock = self.hole.lsock
         lsock.settimeout(0.5)
         up = None
